@@ -1,0 +1,115 @@
+// ProcessGroup: a set of ranks that run collectives together — rank, size, split() into
+// sub-groups (the data × tensor × pipeline mesh), and every collective in a blocking and an
+// async form. The async form returns a Work handle (test, wait) so callers overlap
+// communication with computation.
+//
+// Thread-safety: a ProcessGroup may be called from several threads. Calls on one group and
+// on the groups split from it run one at a time, in the order they were issued, on the
+// group's executor (the caller's thread when nothing is queued, else a background thread),
+// so every rank sees the same order. Buffers passed to an async call must stay valid until
+// its Work completes.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chorus/common/clock.h"
+#include "chorus/comm/collectives/collectives.h"
+#include "chorus/comm/rendezvous/bootstrap.h"
+#include "chorus/comm/transport/transport.h"
+
+namespace chorus::comm {
+
+class Executor;
+
+// The handle of an async collective.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // True when the collective has finished; rethrows its error if it failed. Never blocks.
+  virtual bool test() = 0;
+  // Blocks until the collective has finished (bounded by its timeout); rethrows its error.
+  virtual void wait() = 0;
+};
+using WorkPtr = std::shared_ptr<Work>;
+
+struct GroupOptions {
+  Millis timeout{0};  // 0: CHORUS_TIMEOUT_MS
+  AllreduceAlgo defaultAlgo = AllreduceAlgo::kAuto;
+};
+
+struct InitOptions {
+  std::string transport;  // "" : CHORUS_TRANSPORT
+  GroupOptions group;
+};
+
+class ProcessGroup {
+ public:
+  // Joins the job described by the environment (chorus launch, torchrun variables, mpirun,
+  // srun): bootstrap, store, transport. Blocks until every rank has joined or the timeout.
+  static std::shared_ptr<ProcessGroup> fromEnvironment(const InitOptions& opts = {});
+  // Wraps a connected transport (threads-as-ranks tests, the launcher, benchmarks).
+  // `keepAlive` holds anything the transport needs alive (the store, a store server).
+  static std::shared_ptr<ProcessGroup> create(std::shared_ptr<Transport> transport, GroupOptions opts = {},
+                                              std::shared_ptr<void> keepAlive = nullptr);
+  ~ProcessGroup();
+
+  int rank() const { return rank_; }
+  int size() const { return static_cast<int>(ranks_.size()); }
+  const char* transportName() const;
+  Millis timeout() const { return timeout_; }
+  // Global rank (in the job) of group rank r.
+  int globalRank(int r) const { return ranks_[r]; }
+
+  // Collective over this group: ranks with the same color form a sub-group, ordered by
+  // (key, rank). A negative color joins no sub-group and gets nullptr.
+  std::shared_ptr<ProcessGroup> split(int color, int key);
+
+  void allreduce(const AllreduceOptions& o);
+  void reduceScatter(const ReduceScatterOptions& o);
+  void allgather(const AllgatherOptions& o);
+  void broadcast(const BroadcastOptions& o);
+  void reduce(const ReduceOptions& o);
+  void gather(const GatherOptions& o);
+  void scatter(const ScatterOptions& o);
+  void alltoall(const AlltoallOptions& o);
+  void barrier(Millis timeout = Millis(0));
+
+  WorkPtr allreduceAsync(const AllreduceOptions& o);
+  WorkPtr reduceScatterAsync(const ReduceScatterOptions& o);
+  WorkPtr allgatherAsync(const AllgatherOptions& o);
+  WorkPtr broadcastAsync(const BroadcastOptions& o);
+  WorkPtr reduceAsync(const ReduceOptions& o);
+  WorkPtr gatherAsync(const GatherOptions& o);
+  WorkPtr scatterAsync(const ScatterOptions& o);
+  WorkPtr alltoallAsync(const AlltoallOptions& o);
+  WorkPtr barrierAsync(Millis timeout = Millis(0));
+
+  // Tagged point-to-point between group ranks. A recv must name the sender's tag and size.
+  void send(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout = Millis(0));
+  void recv(int peer, uint32_t tag, void* data, size_t bytes, Millis timeout = Millis(0));
+  WorkPtr sendAsync(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout = Millis(0));
+  WorkPtr recvAsync(int peer, uint32_t tag, void* data, size_t bytes, Millis timeout = Millis(0));
+
+ private:
+  struct Shared;
+  ProcessGroup(std::shared_ptr<Shared> shared, std::vector<int> ranks, int rank, uint16_t groupId, GroupOptions opts);
+  // Runs fn on a Comm for one call, in issue order; wraps errors with the op and tag.
+  WorkPtr submit(CollectiveKind kind, uint64_t sig, const CollectiveCommon& common,
+                 std::function<void(Comm&)> fn, bool async);
+
+  std::shared_ptr<Shared> shared_;
+  std::vector<int> ranks_;  // group rank -> global rank
+  int rank_;
+  uint16_t groupId_;
+  Millis timeout_;
+  AllreduceAlgo defaultAlgo_;
+  uint32_t seq_ = 0;       // calls issued on this group
+  uint32_t splits_ = 0;    // splits issued on this group
+};
+
+}  // namespace chorus::comm
