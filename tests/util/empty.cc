@@ -1,1 +1,0 @@
-// Keeps chorus_test_util non-empty.
