@@ -19,6 +19,7 @@
 
 #include "chorus/common/clock.h"
 #include "chorus/comm/collectives/collectives.h"
+#include "chorus/comm/collectives/comm.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
 #include "chorus/comm/transport/transport.h"
 

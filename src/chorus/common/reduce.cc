@@ -1,5 +1,7 @@
 #include "chorus/common/reduce.h"
 
+#include <cpuid.h>
+
 #include <cstdint>
 
 #include "chorus/common/error.h"
@@ -13,13 +15,21 @@ void combineAvx2(void* out, const void* a, const void* b, size_t n, DType t, Red
 namespace {
 using CombineFn = void (*)(void*, const void*, const void*, size_t, DType, ReduceOp);
 
-CombineFn pickCombine() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma")) {
-    return kernels::combineAvx2;
-  }
-  return kernels::combineGeneric;
+// AVX2, FMA and F16C from cpuid, and the OS saving the AVX registers (OSXSAVE + XCR0).
+// cpuid directly, because clang's __builtin_cpu_supports does not know "f16c".
+bool cpuHasAvx2F16c() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+  if (!(fma && osxsave && avx && f16c)) return false;
+  unsigned xcr0lo, xcr0hi;
+  __asm__("xgetbv" : "=a"(xcr0lo), "=d"(xcr0hi) : "c"(0));
+  if ((xcr0lo & 6u) != 6u) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return b & (1u << 5);
 }
+
+CombineFn pickCombine() { return cpuHasAvx2F16c() ? kernels::combineAvx2 : kernels::combineGeneric; }
 
 const CombineFn kCombine = pickCombine();
 

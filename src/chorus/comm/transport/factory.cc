@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "chorus/common/env.h"
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"
 
@@ -37,7 +38,9 @@ bool allOnOneHost(const TransportOptions& opts) {
 
 }  // namespace
 
-std::unique_ptr<Transport> createTransport(const std::string& name, const TransportOptions& opts) {
+std::unique_ptr<Transport> createTransport(const std::string& name, const TransportOptions& options) {
+  TransportOptions opts = options;
+  if (opts.bindAddr.empty()) opts.bindAddr = envString("CHORUS_BIND_ADDR");
   if (opts.rank < 0 || opts.rank >= opts.size) {
     throw InvalidArgument(str("transport: rank ", opts.rank, " is outside a job of ", opts.size, " ranks"));
   }

@@ -1,0 +1,71 @@
+// All-reduce dispatch: runs the requested algorithm, or for kAuto the one the table below
+// picks for the message size, world size and transport.
+//
+// The algorithms (each file opens with its steps and its α-β cost):
+//   hd    halving_doubling_allreduce.cc  2·log2(P)·α + 2·(P-1)/P·n·β   few rounds: small n
+//   tree  tree_allreduce.cc              ~2·log2(P)·α + ~2·n·β         medium n, many ranks
+//   ring  ring_allreduce.cc              2·(P-1)·α + 2·(P-1)/P·n·β     large n
+//   mpi   the transport's own all-reduce (MPI_Allreduce), for comparisons under mpirun
+//
+// The table is a starting point from the cost model: hd while the α terms dominate, tree for
+// medium messages once P is large enough that ring's 2(P-1) rounds hurt, ring when bandwidth
+// dominates. The crossovers are measured with `chorus bench collectives --algo <each>`
+// (results under bench/results/) and the constants below are updated from them.
+#include <string>
+
+#include "chorus/common/error.h"
+#include "chorus/common/reduce.h"
+#include "chorus/comm/collectives/collectives.h"
+#include "chorus/comm/collectives/comm.h"
+#include "chorus/comm/collectives/detail.h"
+
+namespace chorus::comm {
+
+namespace {
+
+// Messages below this many bytes use halving-doubling: shared memory has a low α, so the
+// crossover to ring comes early; over tcp each round costs tens of microseconds.
+constexpr size_t kAutoHdMaxBytesShm = size_t{32} << 10;
+constexpr size_t kAutoHdMaxBytesTcp = size_t{256} << 10;
+// From this many ranks up, medium messages (below the bytes bound) use the double binary tree.
+constexpr int kAutoTreeMinRanks = 16;
+constexpr size_t kAutoTreeMaxBytes = size_t{4} << 20;
+
+}  // namespace
+
+AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& transport) {
+  if (size <= 1) return AllreduceAlgo::kRing;
+  const size_t hdMax = transport == "shm" ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
+  if (bytes < hdMax) return AllreduceAlgo::kHalvingDoubling;
+  if (size >= kAutoTreeMinRanks && bytes < kAutoTreeMaxBytes) return AllreduceAlgo::kTree;
+  return AllreduceAlgo::kRing;
+}
+
+void allreduce(Comm& comm, const AllreduceOptions& opts) {
+  AllreduceAlgo algo = opts.algo;
+  if (algo == AllreduceAlgo::kAuto) {
+    algo = chooseAllreduceAlgo(opts.count * dtypeSize(opts.dtype), comm.size(), comm.transport().name());
+  }
+  switch (algo) {
+    case AllreduceAlgo::kRing: return allreduceRing(comm, opts);
+    case AllreduceAlgo::kHalvingDoubling: return allreduceHalvingDoubling(comm, opts);
+    case AllreduceAlgo::kTree: return allreduceTree(comm, opts);
+    case AllreduceAlgo::kMpi: {
+      detail::requireBuffer(opts.data, opts.count, "allreduce data");
+      const bool wholeJob = comm.size() == comm.transport().size();
+      // MPI has no average: sum natively, divide once here.
+      if (!wholeJob || !comm.transport().nativeAllreduce(opts.data, opts.count, opts.dtype,
+                                                         detail::partialOp(opts.op))) {
+        throw InvalidArgument(str("--algo mpi needs the mpi transport under mpirun (this group runs on '",
+                                  comm.transport().name(), "' with ", comm.size(), " of ", comm.transport().size(),
+                                  " ranks; mpi all-reduce covers the whole job only)"));
+      }
+      finishReduce(opts.data, opts.count, opts.dtype, opts.op, comm.size());
+      return;
+    }
+    case AllreduceAlgo::kAuto: break;
+  }
+  throw InvalidArgument(str("unknown all-reduce algorithm code ", static_cast<int>(algo)));
+}
+
+}  // namespace chorus::comm

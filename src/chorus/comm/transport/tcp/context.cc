@@ -1,0 +1,508 @@
+// The tcp transport's context: setting up the mesh and the progress loop that every wait
+// runs. The per-connection protocol (frames, matching, held messages) lives in pair.cc.
+//
+// Setup, for rank i of n:
+//   1. listen on bindAddr:0 (if some rank j > i will connect) and publish "addr:port" under
+//      "<prefix>/tcp/i";
+//   2. a helper thread accepts; each accepted socket gets its own short-lived thread that runs
+//      the secret handshake and reads the 16-byte hello (magic, version, rank, size), so a
+//      stalled or hostile client never holds up the real peers;
+//   3. meanwhile this thread, for j = 0 .. i-1: reads j's address, connects, proves the
+//      secret, sends its hello and checks j's answer;
+//   4. once every j > i has been accepted, the helpers are stopped (sockets still
+//      mid-handshake are shut down) and joined.
+// Ranks only ever wait on lower ranks' acceptors, which never wait on anybody, so setup cannot
+// deadlock; it costs one handshake round trip per connection, overlapped across peers.
+//
+// Progress: one poll() over every live connection plus an eventfd that close() writes. A wait
+// first spins (poll with timeout 0, then sched_yield, so an oversubscribed host still runs the
+// peer it waits for) for CHORUS_SPIN_US, then blocks in poll() until the deadline with the
+// mutex released, so close() from another thread can fail the requests and wake it.
+#include "chorus/comm/transport/tcp/context.h"
+
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <set>
+#include <thread>
+
+#include "chorus/common/env.h"
+#include "chorus/common/error.h"
+#include "chorus/common/logging.h"
+#include "chorus/comm/net/auth.h"
+#include "chorus/comm/rendezvous/store.h"
+
+namespace chorus::comm {
+
+std::unique_ptr<Transport> createTcpTransport(const TransportOptions& opts) {
+  return std::make_unique<tcp::TcpContext>(opts);
+}
+
+}  // namespace chorus::comm
+
+namespace chorus::comm::tcp {
+
+namespace {
+
+constexpr uint32_t kHelloMagic = 0x48544843;  // "CHTH"
+constexpr uint32_t kHelloVersion = 1;
+constexpr size_t kHelloBytes = 16;
+// Socket buffers: large enough that a chunk in flight each way never fills them.
+constexpr int kSocketBufferBytes = 4 << 20;
+constexpr size_t kMinChunkBytes = 64;
+constexpr size_t kMaxChunkBytes = size_t{1} << 30;
+
+struct Hello {
+  int rank = -1;
+  int size = 0;
+};
+
+void put32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+
+void encodeHello(const Hello& h, uint8_t* out) {
+  put32(out, kHelloMagic);
+  put32(out + 4, kHelloVersion);
+  put32(out + 8, static_cast<uint32_t>(h.rank));
+  put32(out + 12, static_cast<uint32_t>(h.size));
+}
+
+Hello decodeHello(const uint8_t* in) {
+  if (get32(in) != kHelloMagic || get32(in + 4) != kHelloVersion) {
+    throw Error("bad tcp transport hello (not a chorus rank of the same version)");
+  }
+  Hello h;
+  h.rank = static_cast<int>(get32(in + 8));
+  h.size = static_cast<int>(get32(in + 12));
+  return h;
+}
+
+std::string storeKey(const std::string& prefix, int rank) { return prefix + "/tcp/" + std::to_string(rank); }
+
+// "host:port" or "[v6]:port".
+net::Endpoint parseEndpoint(const std::string& s, int peer) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
+    throw Error(str("rank ", peer, " published the tcp address '", s, "', which is not host:port"));
+  }
+  net::Endpoint ep;
+  ep.host = s.substr(0, colon);
+  if (ep.host.size() >= 2 && ep.host.front() == '[' && ep.host.back() == ']') {
+    ep.host = ep.host.substr(1, ep.host.size() - 2);
+  }
+  const std::string port = s.substr(colon + 1);
+  char* end = nullptr;
+  long p = std::strtol(port.c_str(), &end, 10);
+  if (*end != '\0' || p <= 0 || p > 65535) {
+    throw Error(str("rank ", peer, " published the tcp address '", s, "' with a bad port"));
+  }
+  ep.port = static_cast<int>(p);
+  return ep;
+}
+
+void tuneSocket(int fd) {
+  net::setNoDelay(fd);
+  net::setBufferSizes(fd, kSocketBufferBytes);
+}
+
+std::string rankList(const std::vector<int>& ranks) {
+  std::string s;
+  for (size_t k = 0; k < ranks.size(); ++k) s += (k > 0 ? ", " : "") + std::to_string(ranks[k]);
+  return s;
+}
+
+// Shared between the setup thread, the acceptor and the handshake threads.
+struct AcceptState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<net::Fd> peers;  // by rank, filled by handshake threads
+  std::vector<bool> claimed;   // a handshake thread is answering this rank
+  int connected = 0;
+  int expected = 0;
+  bool stop = false;
+  std::set<int> handshaking;  // sockets mid-handshake, shut down on stop
+  std::vector<std::thread> threads;
+  std::exception_ptr error;  // accept() itself failed
+};
+
+}  // namespace
+
+TcpContext::TcpContext(const TransportOptions& opts) : rank_(opts.rank), size_(opts.size) {
+  if (size_ < 1 || rank_ < 0 || rank_ >= size_) {
+    throw InvalidArgument(str("tcp transport: rank ", rank_, " is not in a world of size ", size_));
+  }
+  if (size_ > 1 && opts.store == nullptr) {
+    throw InvalidArgument(str("rank ", rank_, ": the tcp transport needs a store to exchange addresses"));
+  }
+  int64_t chunk = envInt("CHORUS_TCP_CHUNK_BYTES");
+  if (chunk < static_cast<int64_t>(kMinChunkBytes) || chunk > static_cast<int64_t>(kMaxChunkBytes)) {
+    throw ConfigError(str("CHORUS_TCP_CHUNK_BYTES=", chunk, " is out of range [", kMinChunkBytes, ", ",
+                          kMaxChunkBytes, "]"));
+  }
+  chunk_ = static_cast<size_t>(chunk);
+  int64_t spinUs = envInt("CHORUS_SPIN_US");
+  if (spinUs < 0) throw ConfigError(str("CHORUS_SPIN_US=", spinUs, " must not be negative"));
+  spinNs_ = spinUs * 1000;
+  wakeFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wakeFd_) throw SystemError(str("rank ", rank_, ": eventfd for the tcp transport"), errno);
+
+  pairs_.resize(static_cast<size_t>(size_));
+  if (size_ == 1) return;
+  std::vector<net::Fd> fds = connectMesh(opts);
+  for (int j = 0; j < size_; ++j) {
+    if (j == rank_) continue;
+    pairs_[j] = std::make_unique<Pair>(rank_, j, std::move(fds[j]), chunk_);
+  }
+}
+
+TcpContext::~TcpContext() { close(); }
+
+std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
+  const Deadline deadline(opts.timeout);
+  std::vector<net::Fd> fds(static_cast<size_t>(size_));
+
+  AcceptState st;
+  st.peers.resize(static_cast<size_t>(size_));
+  st.claimed.assign(static_cast<size_t>(size_), false);
+  st.expected = size_ - 1 - rank_;
+
+  net::Fd listenFd;
+  net::Fd stopFd;
+  std::thread acceptor;
+  if (st.expected > 0) {
+    std::string host = opts.bindAddr;
+    if (host.empty()) {
+      auto* tcpStore = dynamic_cast<TcpStore*>(opts.store);
+      host = tcpStore != nullptr ? tcpStore->localAddress() : "127.0.0.1";
+    }
+    int port = 0;
+    listenFd = net::listenTcp(host, 0, &port, std::max(128, size_));
+    listenAddress_ = net::Endpoint{host, port}.str();
+    stopFd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!stopFd) throw SystemError(str("rank ", rank_, ": eventfd for tcp setup"), errno);
+
+    // One handshake per accepted socket, on its own thread.
+    auto serve = [this, &st, &opts, &deadline](net::Fd fd, std::string addr) {
+      int peer = -1;
+      try {
+        tuneSocket(fd.get());  // before the handshake: its small writes must not wait on Nagle
+        net::authenticate(fd.get(), opts.secret, /*isServer=*/true, deadline);
+        uint8_t buf[kHelloBytes];
+        net::readFull(fd.get(), buf, kHelloBytes, deadline);
+        Hello h = decodeHello(buf);
+        if (h.size != size_) {
+          throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
+        }
+        if (h.rank <= rank_ || h.rank >= size_) {
+          throw Error(str("it says it is rank ", h.rank, ", but only ranks ", rank_ + 1, "..", size_ - 1,
+                          " connect to rank ", rank_));
+        }
+        {
+          std::lock_guard<std::mutex> lock(st.mu);
+          if (st.claimed[h.rank]) throw Error(str("rank ", h.rank, " is already connected"));
+          st.claimed[h.rank] = true;
+          peer = h.rank;
+        }
+        encodeHello(Hello{rank_, size_}, buf);
+        net::writeFull(fd.get(), buf, kHelloBytes, deadline);
+        std::lock_guard<std::mutex> lock(st.mu);
+        st.handshaking.erase(fd.get());
+        st.peers[peer] = std::move(fd);
+        ++st.connected;
+        st.cv.notify_all();
+      } catch (const std::exception& e) {
+        bool stopping;
+        {
+          std::lock_guard<std::mutex> lock(st.mu);
+          if (peer >= 0) st.claimed[peer] = false;
+          st.handshaking.erase(fd.get());
+          stopping = st.stop;
+        }
+        // A socket we shut down ourselves because setup finished is no refusal.
+        if (!stopping || dynamic_cast<const AuthError*>(&e) != nullptr) {
+          ++refused_;
+          CHORUS_WARN("rank ", rank_, ": refused a tcp connection from ", addr, " on ", listenAddress_, ": ",
+                      e.what());
+        }
+      }
+    };
+
+    acceptor = std::thread([&st, &deadline, serve, lfd = listenFd.get(), sfd = stopFd.get()] {
+      for (;;) {
+        pollfd pf[2] = {{lfd, POLLIN, 0}, {sfd, POLLIN, 0}};
+        int n = ::poll(pf, 2, deadline.remainingMs());
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          std::lock_guard<std::mutex> lock(st.mu);
+          st.error = std::make_exception_ptr(SystemError("poll on the tcp listening socket", errno));
+          st.cv.notify_all();
+          return;
+        }
+        if (pf[1].revents != 0) return;
+        if (n == 0) {
+          if (deadline.expired()) return;
+          continue;
+        }
+        std::string addr;
+        net::Fd fd;
+        try {
+          fd = net::acceptTcp(lfd, Deadline(Millis(1000)), &addr);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(st.mu);
+          st.error = std::current_exception();
+          st.cv.notify_all();
+          return;
+        }
+        if (!fd) continue;
+        std::lock_guard<std::mutex> lock(st.mu);
+        if (st.stop) return;
+        const int raw = fd.get();
+        st.handshaking.insert(raw);
+        try {
+          st.threads.emplace_back(serve, std::move(fd), std::move(addr));
+        } catch (...) {
+          st.handshaking.erase(raw);
+          st.error = std::current_exception();
+          st.cv.notify_all();
+          return;
+        }
+      }
+    });
+  }
+
+  // Stops the acceptor and every handshake still running, whatever happens below.
+  auto stopAccepting = [&] {
+    if (!acceptor.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(st.mu);
+      st.stop = true;
+      for (int fd : st.handshaking) ::shutdown(fd, SHUT_RDWR);
+    }
+    uint64_t one = 1;
+    ssize_t w = ::write(stopFd.get(), &one, sizeof one);
+    (void)w;  // an eventfd write of 1 cannot fail short of overflow
+    acceptor.join();
+    for (auto& t : st.threads) t.join();  // the acceptor is gone: no thread is added any more
+  };
+
+  try {
+    if (st.expected > 0) opts.store->set(storeKey(opts.prefix, rank_), toBytes(listenAddress_));
+    for (int j = 0; j < rank_; ++j) fds[j] = connectTo(j, opts, deadline);
+    std::unique_lock<std::mutex> lock(st.mu);
+    while (st.connected < st.expected && !st.error && !deadline.expired()) {
+      st.cv.wait_for(lock, Millis(std::clamp(deadline.remainingMs(), 1, 100)));
+    }
+  } catch (...) {
+    stopAccepting();
+    throw;
+  }
+  stopAccepting();
+
+  if (st.error) std::rethrow_exception(st.error);
+  if (st.connected < st.expected) {
+    std::vector<int> missing;
+    for (int j = rank_ + 1; j < size_; ++j) {
+      if (!st.peers[j]) missing.push_back(j);
+    }
+    throw TimeoutError(str("rank ", rank_, ": tcp transport setup timed out after ", opts.timeout.count(),
+                           " ms: no connection from rank(s) ", rankList(missing), " to ", listenAddress_, "; ",
+                           refused_.load(), " connection(s) were refused (wrong job secret or not a chorus rank)",
+                           "; hint: check that every rank started with the same world size and secret and can",
+                           " reach this address (set CHORUS_BIND_ADDR to pick another interface)"));
+  }
+  for (int j = rank_ + 1; j < size_; ++j) fds[j] = std::move(st.peers[j]);
+  return fds;
+}
+
+net::Fd TcpContext::connectTo(int peer, const TransportOptions& opts, const Deadline& deadline) {
+  const std::string key = storeKey(opts.prefix, peer);
+  std::string addr;
+  net::Fd fd;
+  try {
+    addr = toString(opts.store->get(key, Millis(std::max(1, deadline.remainingMs()))));
+    fd = net::connectTcp(parseEndpoint(addr, peer), deadline);
+  } catch (const TimeoutError& e) {
+    throw TimeoutError(str("rank ", rank_, ": connecting to rank ", peer,
+                           addr.empty() ? str(" (store key '", key, "')") : str(" at ", addr), " timed out: ",
+                           e.what(), "; hint: is rank ", peer, " running?"));
+  }
+  tuneSocket(fd.get());
+  try {
+    net::authenticate(fd.get(), opts.secret, /*isServer=*/false, deadline);
+  } catch (const AuthError& e) {
+    throw AuthError(str("rank ", rank_, ": rank ", peer, " at ", addr, " failed the job-secret handshake: ",
+                        e.what()));
+  }
+  uint8_t buf[kHelloBytes];
+  encodeHello(Hello{rank_, size_}, buf);
+  Hello h;
+  try {
+    net::writeFull(fd.get(), buf, kHelloBytes, deadline);
+    net::readFull(fd.get(), buf, kHelloBytes, deadline);
+    h = decodeHello(buf);
+  } catch (const TimeoutError&) {
+    throw;
+  } catch (const Error& e) {
+    throw PeerError(str("rank ", rank_, ": rank ", peer, " at ", addr, " refused our connection after the ",
+                        "handshake: ", e.what(), "; hint: every rank must run with the same world size (",
+                        size_, " here)"),
+                    peer);
+  }
+  if (h.rank != peer || h.size != size_) {
+    throw PeerError(str("rank ", rank_, ": the process at ", addr, " (store key '", key, "') says it is rank ",
+                        h.rank, " of ", h.size, ", expected rank ", peer, " of ", size_,
+                        "; hint: a stale address in the store (two jobs sharing a prefix?)"),
+                    peer);
+  }
+  return fd;
+}
+
+Pair& TcpContext::pairFor(int peer, const char* op) {
+  if (closed_) throw Error(closedMessage());
+  if (peer < 0 || peer >= size_ || peer == rank_) {
+    throw InvalidArgument(str("rank ", rank_, ": tcp ", op, " with peer ", peer, ": the peer must be another rank in [0, ",
+                              size_, ")"));
+  }
+  return *pairs_[peer];
+}
+
+std::string TcpContext::closedMessage() const {
+  return str("rank ", rank_, ": the tcp transport is closed; hint: create a new one (or a new group)");
+}
+
+RequestPtr TcpContext::isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Pair& pair = pairFor(peer, "isend");
+  if (data == nullptr && bytes > 0) {
+    throw InvalidArgument(str("rank ", rank_, ": isend of ", bytes, " bytes to rank ", peer, " from a null buffer"));
+  }
+  auto req = std::make_shared<TcpRequest>(Request::Kind::kSend, peer, tag, sig, bytes,
+                                          const_cast<uint8_t*>(static_cast<const uint8_t*>(data)), nullptr);
+  pair.postSend(req);
+  return req;
+}
+
+RequestPtr TcpContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
+                             const RecvReduce* reduce) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Pair& pair = pairFor(peer, "irecv");
+  if (data == nullptr && bytes > 0) {
+    throw InvalidArgument(str("rank ", rank_, ": irecv of ", bytes, " bytes from rank ", peer, " into a null buffer"));
+  }
+  if (reduce != nullptr && bytes % dtypeSize(reduce->dtype) != 0) {
+    throw InvalidArgument(str("rank ", rank_, ": irecv from rank ", peer, " reducing ", dtypeName(reduce->dtype),
+                              ": ", bytes, " bytes is not a whole number of elements"));
+  }
+  auto req = std::make_shared<TcpRequest>(Request::Kind::kRecv, peer, tag, sig, bytes, static_cast<uint8_t*>(data),
+                                          reduce);
+  pair.postRecv(req);
+  return req;
+}
+
+void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
+  pollFds_.clear();
+  pollPairs_.clear();
+  pollFds_.push_back({wakeFd_.get(), POLLIN, 0});
+  pollPairs_.push_back(nullptr);
+  for (auto& p : pairs_) {
+    if (!p) continue;
+    short events = p->pollEvents();
+    if (events == 0) continue;
+    pollFds_.push_back({p->fd(), events, 0});
+    pollPairs_.push_back(p.get());
+  }
+  int n;
+  if (timeoutMs > 0) {
+    lock.unlock();
+    n = ::poll(pollFds_.data(), pollFds_.size(), timeoutMs);
+    const int err = errno;
+    lock.lock();
+    errno = err;
+  } else {
+    n = ::poll(pollFds_.data(), pollFds_.size(), 0);
+  }
+  if (n < 0) {
+    if (errno == EINTR) return;
+    throw SystemError(str("rank ", rank_, ": poll over the tcp connections"), errno);
+  }
+  if (n == 0 || closed_) return;
+  if (pollFds_[0].revents != 0) {
+    uint64_t v;
+    ssize_t r = ::read(wakeFd_.get(), &v, sizeof v);
+    (void)r;  // only drains the wake-up; nothing to read is fine
+  }
+  for (size_t k = 1; k < pollFds_.size(); ++k) {
+    if (pollFds_[k].revents != 0) pollPairs_[k]->onEvents(pollFds_[k].revents);
+  }
+}
+
+void TcpContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t start = nowNs();
+  const int64_t spinUntil = start + spinNs_;
+  for (;;) {
+    bool all = true;
+    for (const auto& r : reqs) {
+      CHORUS_CHECK(r != nullptr, "rank ", rank_, ": waitAll on a null request");
+      if (r->error) std::rethrow_exception(r->error);
+      if (!r->done) all = false;
+    }
+    if (all) return;
+    if (closed_) throw Error(closedMessage());
+    if (deadline.expired()) {
+      std::string pending;
+      int count = 0;
+      for (const auto& r : reqs) {
+        if (r->done) continue;
+        const auto* t = dynamic_cast<const TcpRequest*>(r.get());
+        pending += str(count++ > 0 ? "; " : "", r->kind == Request::Kind::kSend ? "send to" : "recv from", " rank ",
+                       r->peer, " tag ", r->tag, " (", t != nullptr ? t->transferred : 0, " of ", r->bytes, " bytes)");
+      }
+      throw TimeoutError(str("rank ", rank_, ": tcp wait timed out after ", (nowNs() - start) / 1000000, " ms with ",
+                             count, " request(s) pending: ", pending,
+                             "; hint: those peers may be stuck, slower, or missing the matching call; raise",
+                             " CHORUS_TIMEOUT_MS if they are only slow"));
+    }
+    if (nowNs() < spinUntil) {
+      progress(lock, 0);
+      // On a host with more ranks than cores the peer we wait for may need this very core.
+      sched_yield();
+    } else {
+      progress(lock, std::max(1, deadline.remainingMs()));
+    }
+  }
+}
+
+bool TcpContext::test(const RequestPtr& req) {
+  std::unique_lock<std::mutex> lock(mu_);
+  CHORUS_CHECK(req != nullptr, "rank ", rank_, ": test on a null request");
+  if (!req->done && !closed_) progress(lock, 0);
+  return checkDone(*req);
+}
+
+void TcpContext::close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;
+  closed_ = true;
+  const std::string why = str("rank ", rank_, " closed its tcp transport");
+  for (auto& p : pairs_) {
+    if (p) p->abort(why);
+  }
+  uint64_t one = 1;
+  ssize_t w = ::write(wakeFd_.get(), &one, sizeof one);
+  (void)w;  // an eventfd write of 1 cannot fail short of overflow
+}
+
+}  // namespace chorus::comm::tcp

@@ -1,0 +1,687 @@
+// The local launcher. The steps of one job:
+//
+//   1. Host the rendezvous store (TcpStoreServer on --store-addr, an ephemeral port) with a
+//      fresh job secret and job id, so the ranks need nothing but their environment.
+//   2. Resolve the program on PATH once, build every rank's argv and environment, then
+//      fork+exec each rank. Everything the child does between fork and exec is an
+//      async-signal-safe system call (the store's thread may hold locks at fork time):
+//      its own process group, default signal dispositions, death with the launcher, stdin
+//      from /dev/null, stdout/stderr onto pipes. A close-on-exec pipe reports an exec failure.
+//   3. One poll() loop watches the ranks' pipes and a self-pipe that the SIGCHLD, SIGINT and
+//      SIGTERM handlers write to. Pipe data is cut into lines and each line is written with a
+//      "[rank K] " prefix in one write, so lines of different ranks never interleave; a
+//      partial last line is flushed when its pipe closes.
+//   4. Exits are reaped with waitpid(WNOHANG). The first rank that exits non-zero or by a
+//      signal makes the launcher send SIGTERM to every other rank's process group, and
+//      SIGKILL to any still alive after the grace period. SIGINT/SIGTERM sent to the launcher
+//      are forwarded the same way; a second one sends SIGKILL at once.
+//   5. When every rank has exited, the pipes are drained (a rank's own children may still
+//      hold them; the drain stops after a second), the summary is printed, and the store
+//      server is shut down when it goes out of scope.
+#include "launch.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "args.h"
+#include "chorus/common/clock.h"
+#include "chorus/common/error.h"
+#include "chorus/comm/rendezvous/bootstrap.h"
+#include "chorus/comm/rendezvous/store.h"
+
+extern char** environ;
+
+namespace chorus::tools {
+
+namespace {
+
+constexpr size_t kReadChunk = 64 * 1024;
+// A line longer than this is written out without waiting for its newline.
+constexpr size_t kMaxLine = 64 * 1024;
+constexpr Millis kDrainAfterExit{1000};
+
+// State the signal handler touches: only sig_atomic_t flags and the self-pipe.
+int gWakeWrite = -1;
+pid_t gLauncherPid = 0;
+volatile sig_atomic_t gInterrupts = 0;    // SIGINT/SIGTERM received so far
+volatile sig_atomic_t gLastInterrupt = 0;  // which one came last
+
+extern "C" void onLauncherSignal(int sig) {
+  // A rank between fork and exec still runs this handler: it must not act as the launcher.
+  if (getpid() != gLauncherPid) _exit(128 + sig);
+  int saved = errno;
+  if (sig == SIGINT || sig == SIGTERM) {
+    gLastInterrupt = sig;
+    gInterrupts = gInterrupts + 1;
+  }
+  char b = 0;
+  // Non-blocking: when the pipe is full a wake-up is already pending.
+  ssize_t ignored = write(gWakeWrite, &b, 1);
+  (void)ignored;
+  errno = saved;
+}
+
+std::string signalName(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev != nullptr ? str("SIG", abbrev) : str("signal ", sig);
+}
+
+std::string describeStatus(int status) {
+  if (WIFEXITED(status)) return str("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    return str("was killed by signal ", sig, " (", signalName(sig), ")");
+  }
+  return str("ended with wait status ", status);
+}
+
+int exitCodeOf(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+std::string plural(size_t n, const char* word) { return str(n, " ", word, n == 1 ? "" : "s"); }
+
+// Writes all of data to fd, retrying EINTR and waiting out EAGAIN. Returns false when the
+// stream is gone (EPIPE, a closed terminal): the caller stops writing to it.
+bool writeAll(int fd, const char* data, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w > 0) {
+      data += w;
+      n -= static_cast<size_t>(w);
+    } else if (w < 0 && errno == EINTR) {
+      continue;
+    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      struct pollfd p = {fd, POLLOUT, 0};
+      ::poll(&p, 1, 1000);
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+void closeFd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+void makePipe(int fds[2]) {
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw SystemError("pipe2 for a rank's output", errno);
+}
+
+// One stream (stdout or stderr) of one rank, cut into prefixed lines.
+struct LineStream {
+  int fd = -1;       // read end of the pipe; -1 when closed or not piped
+  int target = 1;    // the launcher's fd the lines go to
+  std::string prefix;
+  std::string buf;
+  bool* targetOk = nullptr;  // cleared when the target stream is gone
+
+  void emit(std::string_view text) {
+    if (*targetOk) *targetOk = writeAll(target, text.data(), text.size());
+  }
+
+  // Reads what is available; returns false at end of stream.
+  bool readSome() {
+    char chunk[kReadChunk];
+    ssize_t r;
+    do {
+      r = ::read(fd, chunk, sizeof chunk);
+    } while (r < 0 && errno == EINTR);
+    if (r <= 0) {
+      if (r < 0 && errno == EAGAIN) return true;
+      flushPartial();
+      closeFd(fd);
+      return false;
+    }
+    buf.append(chunk, static_cast<size_t>(r));
+    std::string out;
+    size_t start = 0;
+    for (size_t nl; (nl = buf.find('\n', start)) != std::string::npos; start = nl + 1) {
+      out += prefix;
+      out.append(buf, start, nl + 1 - start);
+    }
+    buf.erase(0, start);
+    if (buf.size() >= kMaxLine) {
+      out += prefix + buf + "\n";
+      buf.clear();
+    }
+    if (!out.empty()) emit(out);
+    return true;
+  }
+
+  void flushPartial() {
+    if (!buf.empty()) emit(prefix + buf + "\n");
+    buf.clear();
+  }
+};
+
+struct RankProc {
+  int rank = 0;
+  pid_t pid = -1;
+  bool running = false;
+  int status = 0;
+  LineStream out, err;
+};
+
+// Installs the launcher's signal handlers and restores the previous ones on destruction.
+class SignalGuard {
+ public:
+  SignalGuard() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw SystemError("pipe2 for the launcher's signals", errno);
+    wakeRead_ = fds[0];
+    gWakeWrite = fds[1];
+    gLauncherPid = ::getpid();
+    gInterrupts = 0;
+    gLastInterrupt = 0;
+    struct sigaction sa {};
+    sa.sa_handler = onLauncherSignal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) {
+      struct sigaction old {};
+      ::sigaction(sig, nullptr, &old);
+      saved_.push_back({sig, old});
+      // A shell starts background jobs with SIGINT ignored; keep that choice.
+      if (sig == SIGINT && old.sa_handler == SIG_IGN) continue;
+      struct sigaction mine = sa;
+      if (sig == SIGPIPE) mine.sa_handler = SIG_IGN;  // a closed stdout must not kill the launcher
+      if (sig == SIGCHLD) mine.sa_flags |= SA_NOCLDSTOP;
+      ::sigaction(sig, &mine, nullptr);
+    }
+  }
+  ~SignalGuard() {
+    for (auto& [sig, old] : saved_) ::sigaction(sig, &old, nullptr);
+    closeFd(gWakeWrite);
+    closeFd(wakeRead_);
+  }
+  SignalGuard(const SignalGuard&) = delete;
+  SignalGuard& operator=(const SignalGuard&) = delete;
+
+  int wakeFd() const { return wakeRead_; }
+  // Whether the launcher found `sig` ignored: its ranks inherit that.
+  bool wasIgnored(int sig) const {
+    for (const auto& [s, old] : saved_) {
+      if (s == sig) return old.sa_handler == SIG_IGN;
+    }
+    return false;
+  }
+  void drain() const {
+    char buf[256];
+    while (::read(wakeRead_, buf, sizeof buf) > 0) {
+    }
+  }
+
+ private:
+  int wakeRead_ = -1;
+  std::vector<std::pair<int, struct sigaction>> saved_;
+};
+
+// argv or envp as the char* array exec wants; the strings stay owned here.
+class CStrings {
+ public:
+  explicit CStrings(std::vector<std::string> v) : strings_(std::move(v)) {
+    for (auto& s : strings_) ptrs_.push_back(s.data());
+    ptrs_.push_back(nullptr);
+  }
+  CStrings(const CStrings&) = delete;
+  CStrings& operator=(const CStrings&) = delete;
+  CStrings(CStrings&&) = default;  // the strings' buffers move with the vector, so ptrs_ stay valid
+  char* const* get() { return ptrs_.data(); }
+
+ private:
+  std::vector<std::string> strings_;
+  std::vector<char*> ptrs_;
+};
+
+std::vector<std::string> rankEnvironment(const std::vector<std::pair<std::string, std::string>>& vars) {
+  std::set<std::string> replaced;
+  for (const auto& [k, v] : vars) replaced.insert(k);
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string entry(*e);
+    size_t eq = entry.find('=');
+    if (eq != std::string::npos && replaced.count(entry.substr(0, eq)) != 0) continue;
+    env.push_back(std::move(entry));
+  }
+  for (const auto& [k, v] : vars) env.push_back(k + "=" + v);
+  return env;
+}
+
+void signalGroup(const RankProc& r, int sig) {
+  // The rank leads its own process group; fall back to the pid if setpgid had not happened.
+  if (::kill(-r.pid, sig) != 0) ::kill(r.pid, sig);
+}
+
+}  // namespace
+
+std::string resolveProgram(const std::string& name) {
+  auto runnable = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+  };
+  if (name.empty()) throw InvalidArgument("no program given to launch");
+  if (name.find('/') != std::string::npos) {
+    if (!runnable(name)) {
+      throw InvalidArgument(str("cannot run '", name, "': ", std::strerror(errno != 0 ? errno : EACCES),
+                                " (check the path, and that it is an executable file)"));
+    }
+    return name;
+  }
+  const char* pathEnv = std::getenv("PATH");
+  std::string path = pathEnv != nullptr ? pathEnv : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t colon = path.find(':', start);
+    if (colon == std::string::npos) colon = path.size();
+    std::string dir = path.substr(start, colon - start);
+    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    if (runnable(candidate)) return candidate;
+    start = colon + 1;
+  }
+  throw InvalidArgument(str("cannot find program '", name, "' on PATH; give its path instead, e.g. ./", name));
+}
+
+std::string selfExecutable() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) throw SystemError("readlink /proc/self/exe (the chorus binary re-runs itself as the ranks)", errno);
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+namespace {
+
+// One job's ranks, from fork to the last exit. The destructor kills and reaps any rank still
+// running, so every error path leaves no process behind.
+class LocalJob {
+ public:
+  LocalJob(const LaunchOptions& opts, std::string program, const std::vector<std::string>& argv,
+           const SignalGuard& signals)
+      : opts_(opts), program_(std::move(program)), argv_(argv), signals_(signals),
+        ranks_(static_cast<size_t>(opts.nproc)) {
+    devNull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devNull_ < 0) throw SystemError("open /dev/null for the ranks' stdin", errno);
+    const int childSignals[kChildSignals] = {SIGINT, SIGTERM, SIGCHLD, SIGPIPE};
+    for (int i = 0; i < kChildSignals; ++i) {
+      childSignal_[i] = childSignals[i];
+      childAction_[i] = {};
+      childAction_[i].sa_handler = signals.wasIgnored(childSignals[i]) ? SIG_IGN : SIG_DFL;
+    }
+  }
+  ~LocalJob() {
+    for (auto& r : ranks_) {
+      if (r.running) {
+        signalGroup(r, SIGKILL);
+        int st;
+        while (::waitpid(r.pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        r.running = false;
+      }
+      closeFd(r.out.fd);
+      closeFd(r.err.fd);
+    }
+    for (int& fd : execPipes_) closeFd(fd);
+    closeFd(devNull_);
+  }
+  LocalJob(const LocalJob&) = delete;
+  LocalJob& operator=(const LocalJob&) = delete;
+
+  // Forks every rank (envs[k] is rank k's environment) and waits until each has exec'd.
+  // Throws when a fork or an exec fails.
+  void start(std::vector<CStrings>& envs) {
+    for (int k = 0; k < opts_.nproc; ++k) spawn(k, envs[static_cast<size_t>(k)].get());
+    running_ = ranks_.size();
+    // An exec failure arrives as an errno on the close-on-exec pipe; success closes it empty.
+    for (size_t k = 0; k < execPipes_.size(); ++k) {
+      int err = 0;
+      ssize_t got;
+      do {
+        got = ::read(execPipes_[k], &err, sizeof err);
+      } while (got < 0 && errno == EINTR);
+      if (got == static_cast<ssize_t>(sizeof err)) {
+        std::string hint = err == ENOENT    ? " (the program, or the interpreter on its #! line, does not exist)"
+                           : err == ENOEXEC ? " (not a program for this machine; a script needs a #! line)"
+                                            : "";
+        throw Error(str("cannot start rank ", k, ": exec ", program_, ": ", std::strerror(err), hint));
+      }
+    }
+    for (int& fd : execPipes_) closeFd(fd);
+  }
+
+  // Watches the ranks until all have exited and their output is drained. Returns the
+  // launcher's exit status (see launchLocal).
+  int watch() {
+    while (true) {
+      signals_.drain();
+      forwardInterrupts();
+      reap();
+      escalate();
+      if (!pollOutput()) break;
+    }
+    for (auto& r : ranks_) {
+      r.out.flushPartial();
+      r.err.flushPartial();
+      closeFd(r.out.fd);
+      closeFd(r.err.fd);
+    }
+    if (failedRank_) {
+      std::string line = str("rank ", *failedRank_, " ", describeStatus(failedStatus_), "; ");
+      line += stoppedOthers_ > 0 ? str("stopped the other ", plural(stoppedOthers_, "rank"))
+                                 : std::string("no other rank was still running");
+      if (opts_.tagStderr) line += str(" (its own messages are the lines tagged [rank ", *failedRank_, "] above)");
+      message(line);
+      return exitCodeOf(failedStatus_);
+    }
+    return interruptSignal_ != 0 ? 128 + interruptSignal_ : 0;
+  }
+
+ private:
+  static constexpr int kChildSignals = 4;
+
+  void spawn(int k, char* const* envp) {
+    RankProc& r = ranks_[static_cast<size_t>(k)];
+    r.rank = k;
+    int outPipe[2] = {-1, -1}, errPipe[2] = {-1, -1}, execPipe[2] = {-1, -1};
+    auto closeAll = [&]() {
+      for (int* fd : {&outPipe[0], &outPipe[1], &errPipe[0], &errPipe[1], &execPipe[0], &execPipe[1]}) closeFd(*fd);
+    };
+    try {
+      if (opts_.tagStdout) makePipe(outPipe);
+      if (opts_.tagStderr) makePipe(errPipe);
+      makePipe(execPipe);
+    } catch (...) {
+      closeAll();
+      throw;
+    }
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      // The child: async-signal-safe calls only until execve.
+      ::setpgid(0, 0);
+      for (int i = 0; i < kChildSignals; ++i) ::sigaction(childSignal_[i], &childAction_[i], nullptr);
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != gLauncherPid) _exit(127);
+      ::dup2(devNull_, 0);
+      if (outPipe[1] >= 0) ::dup2(outPipe[1], 1);
+      if (errPipe[1] >= 0) ::dup2(errPipe[1], 2);
+      ::execve(program_.c_str(), argv_.get(), envp);
+      int err = errno;
+      ssize_t ignored = ::write(execPipe[1], &err, sizeof err);
+      (void)ignored;
+      _exit(127);
+    }
+    if (pid < 0) {
+      int err = errno;
+      closeAll();
+      throw SystemError(str("fork for rank ", k, " of ", opts_.nproc, " (too many processes? lower -n)"), err);
+    }
+    ::setpgid(pid, pid);  // also in the parent, so signalling the group never races the child
+    r.pid = pid;
+    r.running = true;
+    closeFd(outPipe[1]);
+    closeFd(errPipe[1]);
+    closeFd(execPipe[1]);
+    execPipes_.push_back(execPipe[0]);
+    r.out = LineStream{outPipe[0], 1, str("[rank ", k, "] "), "", &stdoutOk_};
+    r.err = LineStream{errPipe[0], 2, str("[rank ", k, "] "), "", &stderrOk_};
+  }
+
+  void message(const std::string& text) {
+    std::string line = str(opts_.messagePrefix, ": ", text, "\n");
+    if (stderrOk_) stderrOk_ = writeAll(2, line.data(), line.size());
+  }
+
+  // Sends sig to every running rank but `except`; starts the grace period. Returns how many.
+  size_t signalRunning(int sig, int except) {
+    size_t count = 0;
+    for (auto& r : ranks_) {
+      if (r.running && r.rank != except) {
+        signalGroup(r, sig);
+        ++count;
+      }
+    }
+    if (!killAt_) killAt_ = Clock::now() + opts_.grace;
+    return count;
+  }
+
+  // SIGINT/SIGTERM to the launcher: the first is forwarded, a second kills.
+  void forwardInterrupts() {
+    sig_atomic_t seen = gInterrupts;
+    if (seen == interruptsSeen_) return;
+    bool first = interruptsSeen_ == 0;
+    interruptsSeen_ = seen;
+    if (!first) {
+      signalRunning(SIGKILL, -1);
+      return;
+    }
+    interruptSignal_ = gLastInterrupt;
+    size_t count = signalRunning(interruptSignal_, -1);
+    message(str("received ", signalName(interruptSignal_), "; forwarded it to ", plural(count, "rank"),
+                " (send it again to kill them at once)"));
+  }
+
+  void reap() {
+    for (auto& r : ranks_) {
+      if (!r.running) continue;
+      int st = 0;
+      if (::waitpid(r.pid, &st, WNOHANG) != r.pid) continue;
+      r.running = false;
+      r.status = st;
+      --running_;
+      bool failed = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+      if (failed && !failedRank_ && interruptSignal_ == 0) {
+        failedRank_ = r.rank;
+        failedStatus_ = st;
+        signalGroup(r, SIGTERM);  // whatever the rank left behind in its group
+        stoppedOthers_ = signalRunning(SIGTERM, r.rank);
+      }
+    }
+    if (running_ == 0 && !drainUntil_) {
+      drainUntil_ = Clock::now() + kDrainAfterExit;
+      if (failedRank_ || interruptSignal_ != 0) {
+        for (auto& r : ranks_) ::kill(-r.pid, SIGKILL);  // leftovers in the ranks' groups
+      }
+    }
+  }
+
+  // SIGKILL for ranks that outlive the grace period.
+  void escalate() {
+    if (!killAt_ || running_ == 0 || Clock::now() < *killAt_) return;
+    for (auto& r : ranks_) {
+      if (!r.running) continue;
+      message(str("rank ", r.rank, " did not exit within ", opts_.grace.count(), " ms of SIGTERM; sending SIGKILL"));
+      signalGroup(r, SIGKILL);
+    }
+    killAt_ = Clock::time_point::max();  // SIGKILL cannot be ignored: no second round
+  }
+
+  // Waits for output, a signal or the next deadline, and relays what arrived. Returns false
+  // once every rank has exited and the output is drained.
+  bool pollOutput() {
+    std::vector<struct pollfd> fds;
+    std::vector<LineStream*> streams;
+    fds.push_back({signals_.wakeFd(), POLLIN, 0});
+    for (auto& r : ranks_) {
+      for (LineStream* s : {&r.out, &r.err}) {
+        if (s->fd < 0) continue;
+        fds.push_back({s->fd, POLLIN, 0});
+        streams.push_back(s);
+      }
+    }
+    const auto now = Clock::now();
+    if (running_ == 0 && (streams.empty() || now >= *drainUntil_)) return false;
+    int timeoutMs = 1000;  // a bound in case a wake-up is ever lost
+    auto until = [&](Clock::time_point t) {
+      int64_t ms = std::chrono::duration_cast<Millis>(t - now).count() + 1;
+      timeoutMs = static_cast<int>(std::clamp<int64_t>(ms, 0, timeoutMs));
+    };
+    if (killAt_ && running_ > 0) until(*killAt_);
+    if (drainUntil_) until(*drainUntil_);
+    int ready = ::poll(fds.data(), fds.size(), timeoutMs);
+    if (ready < 0 && errno != EINTR) throw SystemError("poll on the ranks' output", errno);
+    for (size_t i = 1; i < fds.size() && ready > 0; ++i) {
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) streams[i - 1]->readSome();
+    }
+    return true;
+  }
+
+  const LaunchOptions& opts_;
+  const std::string program_;
+  CStrings argv_;
+  const SignalGuard& signals_;
+  int devNull_ = -1;
+  int childSignal_[kChildSignals];
+  struct sigaction childAction_[kChildSignals];
+
+  std::vector<RankProc> ranks_;
+  std::vector<int> execPipes_;
+  size_t running_ = 0;
+  bool stdoutOk_ = true;
+  bool stderrOk_ = true;
+
+  std::optional<int> failedRank_;
+  int failedStatus_ = 0;
+  size_t stoppedOthers_ = 0;
+  int interruptSignal_ = 0;
+  sig_atomic_t interruptsSeen_ = 0;
+  std::optional<Clock::time_point> killAt_;     // when ranks still running get SIGKILL
+  std::optional<Clock::time_point> drainUntil_;  // output wait after the last exit
+};
+
+}  // namespace
+
+int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv) {
+  if (opts.nproc < 1) throw InvalidArgument(str("the number of ranks must be at least 1, got ", opts.nproc));
+  if (argv.empty()) throw InvalidArgument("no program given to launch");
+  std::string program = resolveProgram(argv[0]);
+
+  comm::StoreServerOptions storeOpts;
+  // Loopback unless every interface is asked for explicitly.
+  std::string dialAddr = opts.storeAddr.empty() ? "127.0.0.1" : opts.storeAddr;
+  if (opts.storeAddr == "0.0.0.0") {
+    storeOpts.bindAddr = "";
+    storeOpts.anyInterface = true;
+    dialAddr = "127.0.0.1";
+  } else {
+    storeOpts.bindAddr = dialAddr;
+  }
+  storeOpts.port = 0;
+  storeOpts.secret = comm::makeSecret();
+  const std::string jobId = str("c", ::getpid(), "-", comm::makeSecret().substr(0, 8));
+  comm::TcpStoreServer server(storeOpts);
+
+  // Every rank's environment, built before the first fork.
+  const int n = opts.nproc;
+  std::vector<CStrings> envs;
+  envs.reserve(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) {
+    std::vector<std::pair<std::string, std::string>> vars = {
+        {"CHORUS_RANK", str(k)},
+        {"CHORUS_WORLD_SIZE", str(n)},
+        {"CHORUS_LOCAL_RANK", str(k)},
+        {"CHORUS_LOCAL_WORLD_SIZE", str(n)},
+        {"CHORUS_STORE_ADDR", dialAddr},
+        {"CHORUS_STORE_PORT", str(server.port())},
+        {"CHORUS_JOB_ID", jobId},
+        {"CHORUS_JOB_SECRET", storeOpts.secret},
+    };
+    if (!opts.transport.empty()) vars.emplace_back("CHORUS_TRANSPORT", opts.transport);
+    if (opts.timeoutMs > 0) vars.emplace_back("CHORUS_TIMEOUT_MS", str(opts.timeoutMs));
+    for (const auto& kv : opts.extraEnv) vars.push_back(kv);
+    envs.emplace_back(rankEnvironment(vars));
+  }
+
+  SignalGuard signals;
+  LocalJob job(opts, std::move(program), argv, signals);
+  job.start(envs);
+  return job.watch();
+}
+
+namespace {
+
+ArgParser makeLaunchParser() {
+  ArgParser p("chorus launch", ArgParser::Positional::kStopThere);
+  p.addValue("-n,--nproc", "N", "number of ranks to start on this host (required)");
+  p.addValue("--transport", "NAME", "transport the ranks use: auto, shm or tcp (sets CHORUS_TRANSPORT)");
+  p.addValue("--timeout-ms", "MS", "timeout of every blocking call in the ranks (sets CHORUS_TIMEOUT_MS)");
+  p.addValue("--store-addr", "ADDR", "address the rendezvous store binds; 0.0.0.0 for every interface", "127.0.0.1");
+  p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
+             "3000");
+  p.addSwitch("-h,--help", "show this help");
+  return p;
+}
+
+}  // namespace
+
+std::string launchHelp() {
+  return str(
+      "usage: chorus launch -n N [flags] [--] PROGRAM [ARGS...]\n"
+      "\n"
+      "Starts N ranks of PROGRAM on this host, like torchrun. The launcher hosts the rendezvous\n"
+      "store and gives each rank CHORUS_RANK, CHORUS_WORLD_SIZE, CHORUS_LOCAL_RANK,\n"
+      "CHORUS_LOCAL_WORLD_SIZE, CHORUS_STORE_ADDR, CHORUS_STORE_PORT, CHORUS_JOB_ID and\n"
+      "CHORUS_JOB_SECRET, so ProcessGroup::fromEnvironment() joins the job. Every line a rank\n"
+      "prints is tagged \"[rank K] \". If a rank fails, the others are stopped (SIGTERM, then\n"
+      "SIGKILL after the grace period) and the launcher exits with that rank's status.\n"
+      "SIGINT and SIGTERM are forwarded to every rank. Ranks read stdin from /dev/null.\n"
+      "\n"
+      "flags:\n",
+      makeLaunchParser().flagTable(),
+      "\n"
+      "example:\n"
+      "  chorus launch -n 4 --transport shm ./train --epochs 3\n");
+}
+
+int launchCommand(const std::vector<std::string>& args) {
+  ArgParser p = makeLaunchParser();
+  p.parse(args);
+  if (p.has("--help")) {
+    std::cout << launchHelp();
+    return 0;
+  }
+  if (!p.has("--nproc")) {
+    throw UsageError("chorus launch: give the number of ranks: chorus launch -n N [flags] -- PROGRAM [ARGS...]");
+  }
+  if (p.rest().empty()) {
+    throw UsageError("chorus launch: no program given: chorus launch -n N [flags] -- PROGRAM [ARGS...]");
+  }
+  LaunchOptions opts;
+  opts.nproc = static_cast<int>(p.getInt("--nproc", 1, 4096));
+  if (p.has("--transport")) {
+    std::string t = p.get("--transport");
+    if (t == "mpi") {
+      throw UsageError(
+          "chorus launch: the mpi transport runs under mpirun, not chorus launch; use "
+          "`CHORUS_TRANSPORT=mpi mpirun -n N PROGRAM ...` (or choose --transport auto, shm or tcp)");
+    }
+    opts.transport = p.getChoice("--transport", {"auto", "shm", "tcp"});
+  }
+  if (p.has("--timeout-ms")) opts.timeoutMs = p.getInt("--timeout-ms", 1, int64_t{1} << 40);
+  opts.storeAddr = p.get("--store-addr");
+  opts.grace = Millis(p.getInt("--grace-ms", 0, int64_t{1} << 31));
+  return launchLocal(opts, p.rest());
+}
+
+}  // namespace chorus::tools

@@ -1,0 +1,68 @@
+// The local launcher behind `chorus launch` (and every command that spawns ranks: `chorus
+// bench`, later `chorus train --nproc`). It hosts the job's rendezvous store, starts N ranks
+// of a program with the CHORUS_* variables that tell each one who it is and where the store
+// is, tags their output with `[rank K] `, forwards SIGINT/SIGTERM, and stops the whole job
+// when one rank fails.
+//
+// Process model: each rank is fork+exec'd into its own process group (so a rank's own
+// children are signalled with it), with stdin from /dev/null, and dies with the launcher
+// (PR_SET_PDEATHSIG) should the launcher be killed outright.
+//
+// Not thread-safe and not reentrant: it installs process-wide handlers for SIGINT, SIGTERM,
+// SIGCHLD and SIGPIPE for the length of the call and restores the previous ones on return.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace chorus::tools {
+
+struct LaunchOptions {
+  int nproc = 1;
+  // Passed to the ranks as CHORUS_TRANSPORT when not empty ("auto", "shm", "tcp", "mpi").
+  std::string transport;
+  // Passed to the ranks as CHORUS_TIMEOUT_MS when positive.
+  int64_t timeoutMs = 0;
+  // Address the store binds and the ranks dial. "0.0.0.0" binds every interface (the ranks
+  // still dial 127.0.0.1).
+  std::string storeAddr = "127.0.0.1";
+  // How long a rank may take to exit after SIGTERM before it is sent SIGKILL.
+  std::chrono::milliseconds grace{3000};
+  // Prefix each line a rank writes to stdout / stderr with "[rank K] ". When off, the rank
+  // writes straight to the launcher's stream (used by `chorus bench`, whose rank 0 prints a
+  // table meant for parsing).
+  bool tagStdout = true;
+  bool tagStderr = true;
+  // Extra variables for every rank, set after (and so overriding) the launcher's own.
+  std::vector<std::pair<std::string, std::string>> extraEnv;
+  // Prefix of the launcher's own messages.
+  std::string messagePrefix = "chorus launch";
+};
+
+// Runs `argv` (argv[0] is a path or a name looked up on PATH) as ranks 0..nproc-1 on this
+// host and blocks until all have exited. Returns the launcher's exit status: 0 when every rank
+// exited 0; otherwise the first failing rank's exit status (128+signal when it was killed),
+// after stopping the others and printing to stderr which rank failed and how. When the
+// launcher itself receives SIGINT/SIGTERM it forwards it to every rank (a second one sends
+// SIGKILL) and returns 128+signal.
+// Throws chorus::InvalidArgument for bad options or a program that cannot be found, and
+// chorus::Error subclasses when the store or a process cannot be started (no rank is left
+// running then).
+int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv);
+
+// Resolves a program name the way execvp would: a name with a '/' is taken as is, other
+// names are searched on PATH. Throws InvalidArgument naming the program when it is not an
+// executable file.
+std::string resolveProgram(const std::string& name);
+
+// The path of the running executable (/proc/self/exe), for commands that re-run themselves.
+std::string selfExecutable();
+
+// `chorus launch ARGS...`: parses the flags and runs launchLocal. Returns the exit status.
+int launchCommand(const std::vector<std::string>& args);
+std::string launchHelp();
+
+}  // namespace chorus::tools

@@ -1,0 +1,150 @@
+// The `chorus` command line: dispatches to the commands and turns their errors into messages
+// and exit statuses. The only place in chorus that decides the process's exit status.
+//
+// Exit statuses: 0 success; 1 a command failed (its message says why); 2 a usage error (the
+// message names what is wrong and the valid choices); a launched job's own status otherwise.
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "bench_collectives.h"
+#include "chorus/common/env.h"
+#include "chorus/common/error.h"
+#include "env_command.h"
+#include "launch.h"
+
+namespace chorus::tools {
+namespace {
+
+const char* kOverview =
+    "usage: chorus <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  launch              start N ranks of a program on this host (like torchrun)\n"
+    "  bench collectives   measure a collective over message sizes (like nccl-tests)\n"
+    "  env                 list the CHORUS_* environment variables, their values and defaults\n"
+    "  help [COMMAND]      show this overview, or a command's flags\n"
+    "\n"
+    "Run `chorus help <command>` or `chorus <command> --help` for its flags.\n";
+
+const char* kBenchOverview =
+    "usage: chorus bench <benchmark> [flags]\n"
+    "\n"
+    "benchmarks:\n"
+    "  collectives   allreduce, reduce_scatter, allgather, broadcast or alltoall over a size sweep\n"
+    "\n"
+    "Run `chorus help bench collectives` for its flags.\n";
+
+const std::vector<std::string> kCommands = {"launch", "bench", "env", "help"};
+
+std::string closest(const std::string& word, const std::vector<std::string>& choices) {
+  std::string best;
+  size_t bestDist = 3;
+  for (const auto& c : choices) {
+    size_t d = editDistance(word, c);
+    if (d < bestDist) {
+      bestDist = d;
+      best = c;
+    }
+  }
+  return best;
+}
+
+[[noreturn]] void unknown(const std::string& what, const std::string& word, const std::vector<std::string>& choices,
+                          const std::string& helpCmd) {
+  std::string msg = str("chorus: unknown ", what, " '", word, "'");
+  std::string near = closest(word, choices);
+  if (!near.empty()) msg += str(" (did you mean ", near, "?)");
+  msg += "; the choices are: ";
+  for (size_t i = 0; i < choices.size(); ++i) msg += (i > 0 ? ", " : "") + choices[i];
+  msg += str(". Run `", helpCmd, "` for usage.");
+  throw UsageError(msg);
+}
+
+int benchCommand(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "-h" || args[0] == "--help") {
+    if (args.empty()) {
+      std::cerr << "chorus bench: which benchmark? `chorus bench collectives` is the one there is.\n\n" << kBenchOverview;
+      return 2;
+    }
+    std::cout << kBenchOverview;
+    return 0;
+  }
+  if (args[0] == "collectives") return benchCollectivesCommand({args.begin() + 1, args.end()});
+  unknown("benchmark", args[0], {"collectives"}, "chorus help bench");
+}
+
+int helpCommand(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    std::cout << kOverview;
+    return 0;
+  }
+  const std::string& cmd = args[0];
+  if (cmd == "launch") {
+    std::cout << launchHelp();
+  } else if (cmd == "bench") {
+    if (args.size() >= 2 && args[1] == "collectives") {
+      std::cout << benchCollectivesHelp();
+    } else if (args.size() >= 2) {
+      unknown("benchmark", args[1], {"collectives"}, "chorus help bench");
+    } else {
+      std::cout << kBenchOverview;
+    }
+  } else if (cmd == "env") {
+    std::cout << envHelp();
+  } else if (cmd == "help") {
+    std::cout << kOverview;
+  } else {
+    unknown("command", cmd, kCommands, "chorus help");
+  }
+  return 0;
+}
+
+int dispatch(const std::vector<std::string>& args) {
+  if (args.empty()) {
+    std::cerr << kOverview;
+    return 2;
+  }
+  const std::string& cmd = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") return helpCommand(rest);
+  if (cmd == "launch") return launchCommand(rest);
+  if (cmd == "bench") return benchCommand(rest);
+  if (cmd == "env") return envCommand(rest);
+  if (!cmd.empty() && cmd[0] == '-') {
+    throw UsageError(str("chorus: '", cmd, "' is not a command; flags come after the command: chorus <command> [flags]. ",
+                         "Run `chorus help` for the commands."));
+  }
+  unknown("command", cmd, kCommands, "chorus help");
+}
+
+// "rank 3: " when this process is a rank of a job, so a failing rank's message says which.
+std::string rankLabel() {
+  auto r = envGet("CHORUS_RANK");
+  if (!r) r = envGet("OMPI_COMM_WORLD_RANK");
+  if (!r) r = envGet("RANK");
+  return r ? str("rank ", *r, ": ") : std::string();
+}
+
+}  // namespace
+}  // namespace chorus::tools
+
+int main(int argc, char** argv) {
+  using namespace chorus::tools;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string cmd = args.empty() ? std::string() : args[0];
+  if (cmd == "bench" && args.size() >= 2) cmd += " " + args[1];
+  try {
+    return dispatch(args);
+  } catch (const UsageError& e) {
+    std::fflush(stdout);
+    std::cerr << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::cerr << "chorus " << cmd << ": " << rankLabel() << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
