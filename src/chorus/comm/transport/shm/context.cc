@@ -19,7 +19,8 @@
 //   loop: seen = doorbell; progress every pair; done? -> return
 //         changed anything? -> loop
 //         deadline passed? -> TimeoutError
-//         spin until doorbell != seen (spinUs) -> loop
+//         spin until doorbell != seen (spinUs; at least 500 us, yielding the core at every
+//           burst of polls, when ranks outnumber cores) -> loop
 //         data moved < 0.5 ms ago? spin on, yielding, until then -> loop
 //         sleep on the futex while doorbell == seen (<= 50 ms) -> loop
 //
@@ -28,6 +29,7 @@
 // Every 50 ms the peers of pending requests are checked for liveness.
 #include "chorus/comm/transport/shm/context.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,6 +50,8 @@ namespace {
 
 constexpr int64_t kLivenessNs = 50'000'000;      // check peers' pids this often while waiting
 constexpr int64_t kStreamSpinNs = 500'000;       // keep polling this long after the last progress
+constexpr int64_t kStreamYieldNs = 10'000;       // ... yielding the core this often
+constexpr int64_t kOversubscribedSpinUs = 500;   // least spin (yielding) before a futex sleep
 constexpr size_t kScratchBytes = size_t{256} << 10;
 constexpr uint64_t kDefaultChunkBytes = uint64_t{256} << 10;
 
@@ -123,6 +127,11 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   shm_.ringBytes = (shm_.ringBytes + 63) / 64 * 64;
   shm_.cmaMinBytes = std::max<uint64_t>(shm_.cmaMinBytes, 1);
   shm_.spinUs = std::max<int64_t>(shm_.spinUs, 0);
+  // Every rank of an shm job is on this host: more ranks than the cores we may run on means
+  // waiters must yield (see waitAll).
+  cpu_set_t cpus;
+  const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+  oversubscribed_ = size_ > cores;
 
   scratch_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, kScratchBytes)));
   if (!scratch_) throw std::bad_alloc();
@@ -317,7 +326,8 @@ void Context::failAllPending() {
 void Context::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t start = nowNs();
-  const int64_t spinNs = shm_.spinUs * 1000;
+  // Oversubscribed, a spin yields at every burst, so it costs the peers nothing: spin longer.
+  const int64_t spinNs = (oversubscribed_ ? std::max(shm_.spinUs, kOversubscribedSpinUs) : shm_.spinUs) * 1000;
   for (;;) {
     const uint32_t seen = self_ != nullptr ? self_->doorbell.seq.load(std::memory_order_acquire) : 0;
     if (closing_.load(std::memory_order_acquire)) {
@@ -343,11 +353,15 @@ void Context::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline
     const int64_t now = nowNs();
     const int64_t left = deadline.remainingNs();  // INT64_MAX for Deadline::never()
     const int64_t end = left > INT64_MAX - now ? INT64_MAX : now + left;
-    if (spinOnDoorbell(self_->doorbell, seen, std::min(now + spinNs, end), false)) continue;
+    // Ranks outnumber cores: the peer we wait for may be runnable but not running, so every
+    // poll burst yields the core to it; a futex sleep and wake-up would cost far more.
+    if (spinOnDoorbell(self_->doorbell, seen, std::min(now + spinNs, end), oversubscribed_ ? 0 : INT64_MAX)) {
+      continue;
+    }
     // Mid-transfer (something moved a moment ago) the peer is most likely busy copying, not
     // idle: keep polling, yielding the core, rather than pay a futex sleep and wake-up.
     if (lastChangeNs_ + kStreamSpinNs > now &&
-        spinOnDoorbell(self_->doorbell, seen, std::min(lastChangeNs_ + kStreamSpinNs, end), true)) {
+        spinOnDoorbell(self_->doorbell, seen, std::min(lastChangeNs_ + kStreamSpinNs, end), kStreamYieldNs)) {
       continue;
     }
     sleepOnDoorbell(self_->doorbell, seen, std::min(kLivenessNs, deadline.remainingNs()));

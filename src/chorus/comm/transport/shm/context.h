@@ -106,6 +106,7 @@ class Context : public Transport {
   bool closed_ = false;  // under mu_: pending requests were failed
   int64_t lastLivenessNs_ = 0;
   int64_t lastChangeNs_ = 0;  // when progress last moved anything
+  bool oversubscribed_ = false;  // more ranks than cores: spinning waits yield
 };
 
 }  // namespace shm

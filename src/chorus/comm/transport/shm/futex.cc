@@ -52,9 +52,8 @@ void sleepOnDoorbell(Doorbell& bell, uint32_t seen, int64_t timeoutNs) {
   bell.sleepers.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-bool spinOnDoorbell(const Doorbell& bell, uint32_t seen, int64_t untilNs, bool yield) {
-  constexpr int64_t kYieldEveryNs = 10'000;
-  int64_t nextYield = yield ? nowNs() + kYieldEveryNs : INT64_MAX;
+bool spinOnDoorbell(const Doorbell& bell, uint32_t seen, int64_t untilNs, int64_t yieldEveryNs) {
+  int64_t nextYield = yieldEveryNs == INT64_MAX ? INT64_MAX : nowNs() + yieldEveryNs;
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (bell.seq.load(std::memory_order_acquire) != seen) return true;
@@ -64,7 +63,7 @@ bool spinOnDoorbell(const Doorbell& bell, uint32_t seen, int64_t untilNs, bool y
     if (now >= untilNs) return bell.seq.load(std::memory_order_acquire) != seen;
     if (now >= nextYield) {
       sched_yield();
-      nextYield = nowNs() + kYieldEveryNs;
+      nextYield = nowNs() + yieldEveryNs;
     }
   }
 }

@@ -37,8 +37,9 @@ void ringDoorbellAndWake(Doorbell& bell);
 void sleepOnDoorbell(Doorbell& bell, uint32_t seen, int64_t timeoutNs);
 
 // Busy-waits (with a CPU pause) until bell.seq differs from `seen` or the clock (nowNs) reaches
-// untilNs; returns true if it changed. With `yield`, it also calls sched_yield every few
-// microseconds, so a spinning rank hands its core to a runnable peer when ranks outnumber cores.
-bool spinOnDoorbell(const Doorbell& bell, uint32_t seen, int64_t untilNs, bool yield);
+// untilNs; returns true if it changed. It calls sched_yield every yieldEveryNs (INT64_MAX:
+// never; 0: after every short burst of polls), so a spinning rank hands its core to a
+// runnable peer when ranks outnumber cores.
+bool spinOnDoorbell(const Doorbell& bell, uint32_t seen, int64_t untilNs, int64_t yieldEveryNs);
 
 }  // namespace chorus::comm::shm
