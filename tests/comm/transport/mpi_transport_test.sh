@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs tests/programs/mpi_transport_check under `mpirun -n 2` and `-n 3`: the mpi transport's
 # point-to-point semantics, nativeAllreduce for every dtype and op, closing, and the store
-# address exchange. Usage: bash mpi_transport_test.sh BUILD_DIR SOURCE_DIR
+# address exchange; then every collective over the mpi transport at 2, 3 and 4 ranks.
+# Usage: bash mpi_transport_test.sh BUILD_DIR SOURCE_DIR
 # Skips (exit 0) only when mpirun is not installed or the build has MPI turned off.
 set -u
 build=${1:?usage: mpi_transport_test.sh BUILD_DIR SOURCE_DIR}
@@ -33,6 +34,23 @@ for n in 2 3; do
   rc=$?
   if [[ $rc -ne 0 ]]; then
     echo "FAIL: mpi_transport_check with $n ranks exited with $rc$([[ $rc -eq 124 ]] && echo ' (timed out)')"
+    status=1
+  fi
+done
+
+# Every collective and algorithm over the mpi transport, checked against expected values by
+# the same program the shm/tcp launch tests run (collective_check).
+collective=$(dirname "$check")/collective_check
+if [[ ! -x $collective ]]; then
+  echo "FAIL: collective_check is not built next to $check"
+  exit 1
+fi
+for n in 2 3 4; do
+  echo "== CHORUS_TRANSPORT=mpi mpirun -n $n $collective"
+  CHORUS_TRANSPORT=mpi timeout 280 mpirun -n "$n" --oversubscribe --mca btl self,vader -x CHORUS_TRANSPORT "$collective"
+  rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "FAIL: collective_check over the mpi transport with $n ranks exited with $rc"
     status=1
   fi
 done
