@@ -133,6 +133,11 @@ TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 8, "shm"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 64, "tcp"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{1} << 20, 64, "tcp"), AllreduceAlgo::kTree);
+  // Halving-doubling reaches further with a power-of-two world; others fold ranks and stop early.
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 4, "shm"), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, "tcp"), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kRing);
 }
 
 TEST(AllreduceMpi, NeedsTheMpiTransport) {

@@ -23,11 +23,17 @@ namespace chorus::comm {
 
 namespace {
 
-// Messages below this many bytes use halving-doubling: shared memory has a low α, so the
-// crossover to ring comes early; over tcp each round costs tens of microseconds.
-constexpr size_t kAutoHdMaxBytesShm = size_t{32} << 10;
-constexpr size_t kAutoHdMaxBytesTcp = size_t{256} << 10;
-// From this many ranks up, medium messages (below the bytes bound) use the double binary tree.
+// Messages below these many bytes use halving-doubling. Measured in
+// bench/results/algorithms.md (bash bench/algos/run.sh, 2-4 ranks on 2 cores): with a power-of-
+// two world hd beats ring up to 64 KiB on shm and up to 512 KiB on tcp (where each of ring's
+// 2(P-1) rounds costs tens of microseconds); with other world sizes hd pays for folding the
+// extra ranks in and out, and ring wins from 32 KiB on.
+constexpr size_t kAutoHdMaxBytesShm = size_t{128} << 10;
+constexpr size_t kAutoHdMaxBytesTcp = size_t{1} << 20;
+constexpr size_t kAutoHdMaxBytesNonPow2 = size_t{32} << 10;
+// From this many ranks up, medium messages (below the bytes bound) use the double binary tree:
+// the cost model's choice once ring's 2(P-1) rounds dominate. Not measured here (at most 4
+// ranks fit this machine, and there ring or hd always won).
 constexpr int kAutoTreeMinRanks = 16;
 constexpr size_t kAutoTreeMaxBytes = size_t{4} << 20;
 
@@ -35,7 +41,8 @@ constexpr size_t kAutoTreeMaxBytes = size_t{4} << 20;
 
 AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& transport) {
   if (size <= 1) return AllreduceAlgo::kRing;
-  const size_t hdMax = transport == "shm" ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
+  const bool pow2 = (size & (size - 1)) == 0;
+  const size_t hdMax = !pow2 ? kAutoHdMaxBytesNonPow2 : transport == "shm" ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
   if (bytes < hdMax) return AllreduceAlgo::kHalvingDoubling;
   if (size >= kAutoTreeMinRanks && bytes < kAutoTreeMaxBytes) return AllreduceAlgo::kTree;
   return AllreduceAlgo::kRing;
