@@ -1,9 +1,10 @@
 # The two commands: `make run` (the main job) and `make test`. Both install what is missing.
 BUILD ?= build
+comma := ,
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all bootstrap build run test bench clean
+.PHONY: all bootstrap build run test bench sanitize clean
 all: build
 
 bootstrap:
@@ -23,8 +24,17 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
+# Peer comparison (bench/results/collectives.md) and algorithm sweep (bench/results/algorithms.md).
 bench: build
-	bash bench/peers/run.sh
+	bash bench/peers/run.sh $(BUILD)
+	bash bench/algos/run.sh $(BUILD)
+
+# The suite under sanitizers, in its own build dir: make sanitize SAN=address,undefined (or thread).
+SAN ?= address,undefined
+sanitize: bootstrap
+	cmake -S . -B build-$(subst $(comma),-,$(SAN)) -G Ninja -DCHORUS_SANITIZE=$(SAN)
+	cmake --build build-$(subst $(comma),-,$(SAN)) -j $(JOBS)
+	cd build-$(subst $(comma),-,$(SAN)) && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure -j $(JOBS) --timeout 900 -E 'fuzz|mpi'
 
 clean:
 	rm -rf $(BUILD)

@@ -307,6 +307,7 @@ class Case {
 std::string algoLabel(const BenchOptions& o, size_t bytes, const ProcessGroup& pg) {
   if (o.op != "allreduce") return "-";
   if (o.algo != AllreduceAlgo::kAuto) return comm::algoName(o.algo);
+  if (pg.defaultAlgo() != AllreduceAlgo::kAuto) return comm::algoName(pg.defaultAlgo());
   return comm::algoName(comm::chooseAllreduceAlgo(bytes, pg.size(), pg.transportName()));
 }
 
@@ -424,11 +425,9 @@ ArgParser makeParser() {
 
 }  // namespace
 
-bool insideJob() {
-  if (envGet("CHORUS_RANK")) return true;
-  if (envGet("OMPI_COMM_WORLD_RANK")) return true;
-  return envGet("RANK") && envGet("WORLD_SIZE");
-}
+// Inside a job when any launch convention bootstrap understands is present (chorus launch,
+// torchrun variables, mpirun, srun); ProcessGroup::fromEnvironment reads the same.
+bool insideJob() { return comm::detectBootstrap().source != "single"; }
 
 std::string benchCollectivesHelp() {
   return str(

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "chorus/common/clock.h"
+#include "chorus/common/error.h"
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/comm/collectives/comm.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
@@ -63,6 +64,9 @@ class ProcessGroup {
   int size() const { return static_cast<int>(ranks_.size()); }
   const char* transportName() const;
   Millis timeout() const { return timeout_; }
+  // The algorithm an allreduce with algo = kAuto runs: kAuto (choose by size) unless the
+  // group was made with another default (GroupOptions, or CHORUS_ALGO for fromEnvironment).
+  AllreduceAlgo defaultAlgo() const { return defaultAlgo_; }
   // Global rank (in the job) of group rank r.
   int globalRank(int r) const { return ranks_[r]; }
 

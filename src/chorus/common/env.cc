@@ -16,7 +16,7 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_LOCAL_WORLD_SIZE", "", "Number of ranks on this host."},
       {"CHORUS_STORE_ADDR", "", "Address of the rendezvous store (host or IP)."},
       {"CHORUS_STORE_PORT", "", "Port of the rendezvous store."},
-      {"CHORUS_JOB_ID", "", "Identifier of the job; names shared-memory segments and store keys."},
+      {"CHORUS_JOB_ID", "", "Identifier of the job; shared-memory segment names include it, so concurrent jobs never collide."},
       {"CHORUS_JOB_SECRET", "", "Random per-job token; every connection must prove it holds it."},
       {"CHORUS_TRANSPORT", "auto", "Transport between ranks: auto (shm when all ranks share a host, else tcp), shm, tcp or mpi."},
       {"CHORUS_BIND_ADDR", "", "Address the tcp transport listens on; default: the local address used to reach the store."},

@@ -43,9 +43,9 @@ namespace chorus::comm {
 
 namespace {
 
-// Chunks are at least this large (smaller ones pay more per-message overhead than they save
-// in pipeline fill) and a block is cut into at most kRingMaxChunks of them (bounding the
-// number of requests in flight). Tuned with `chorus bench collectives --algo ring`.
+// A block is cut into ceil(block / kRingChunkBytes) chunks, so chunks are at most this large
+// (a block under it is one chunk), and into at most kRingMaxChunks of them (bounding the
+// requests in flight; past 16 MiB blocks the chunks grow beyond kRingChunkBytes).
 constexpr size_t kRingChunkBytes = size_t{256} << 10;
 constexpr size_t kRingMaxChunks = 64;
 
