@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1000,6 +1002,40 @@ TEST(ShmTransportFork, CmaBetweenProcesses) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
+}
+
+// A segment left in /dev/shm by a rank that died during setup is removed by the next context
+// once it is an hour old and its creator is gone; a fresh one, or one whose creator lives, stays.
+TEST(ShmTransport, SweepsSegmentsOfDeadCreators) {
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);  // a pid that no longer runs
+  auto makeSegment = [](const std::string& name, time_t age) {
+    int fd = shm_open(("/" + name).c_str(), O_CREAT | O_RDWR, 0600);
+    EXPECT_GE(fd, 0);
+    close(fd);
+    struct timespec times[2];
+    times[0].tv_sec = times[1].tv_sec = time(nullptr) - age;
+    times[0].tv_nsec = times[1].tv_nsec = 0;
+    EXPECT_EQ(utimensat(AT_FDCWD, ("/dev/shm/" + name).c_str(), times, 0), 0);
+  };
+  auto exists = [](const std::string& name) { return access(("/dev/shm/" + name).c_str(), F_OK) == 0; };
+  const std::string tag = std::to_string(getpid());
+  const std::string stale = "chorus-sweeptest" + tag + "-chorus-r1-" + std::to_string(child) + "-abc";
+  const std::string young = "chorus-sweeptest" + tag + "-chorus-r2-" + std::to_string(child) + "-def";
+  const std::string alive = "chorus-sweeptest" + tag + "-chorus-r3-" + std::to_string(getpid()) + "-123";
+  makeSegment(stale, 7200);
+  makeSegment(young, 60);
+  makeSegment(alive, 7200);
+  TransportOptions to;
+  to.size = 1;
+  auto solo = createShmTransport(to);
+  EXPECT_FALSE(exists(stale));
+  EXPECT_TRUE(exists(young));
+  EXPECT_TRUE(exists(alive));
+  shm_unlink(("/" + young).c_str());
+  shm_unlink(("/" + alive).c_str());
 }
 
 }  // namespace

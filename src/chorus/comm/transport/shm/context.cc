@@ -29,12 +29,18 @@
 // Every 50 ms the peers of pending requests are checked for liveness.
 #include "chorus/comm/transport/shm/context.h"
 
+#include <dirent.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <new>
 #include <random>
 
@@ -75,6 +81,38 @@ std::string sanitize(const std::string& s) {
 uint64_t randomWord() {
   std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(nowNs());
+}
+
+// A rank killed during setup (before every peer mapped its segment) leaves its segment in
+// /dev/shm. Each new context removes such leftovers: names we made (chorus-...-r<rank>-<pid>-
+// <hex>) whose creator pid is gone and that are older than an hour (a segment is unlinked
+// within the setup timeout, so an hour-old one whose creator is dead is garbage, even seen
+// from another pid namespace).
+void sweepStaleSegments() {
+  constexpr time_t kStaleSeconds = 3600;
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return;
+  const time_t now = time(nullptr);
+  while (dirent* e = readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name.rfind("chorus-", 0) != 0) continue;
+    const size_t hexDash = name.rfind('-');
+    if (hexDash == std::string::npos || hexDash == 0) continue;
+    const size_t pidDash = name.rfind('-', hexDash - 1);
+    if (pidDash == std::string::npos || pidDash == 0) continue;
+    const size_t rankDash = name.rfind('-', pidDash - 1);
+    if (rankDash == std::string::npos || name[rankDash + 1] != 'r') continue;
+    const std::string pidText = name.substr(pidDash + 1, hexDash - pidDash - 1);
+    if (pidText.empty() || pidText.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat st;
+    if (fstatat(dirfd(dir), e->d_name, &st, 0) != 0 || now - st.st_mtime < kStaleSeconds) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pidText));
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (shm_unlink(("/" + name).c_str()) == 0) {
+      CHORUS_INFO("shm: removed /dev/shm/", name, ", left behind by pid ", pid, " which no longer runs");
+    }
+  }
+  closedir(dir);
 }
 
 std::string segKey(const TransportOptions& o, int r) { return str(o.prefix, "/shm/seg/", r); }
@@ -144,6 +182,7 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   env_.scratchBytes = kScratchBytes;
   pairs_.resize(static_cast<size_t>(size_));
   cmaTo_.assign(static_cast<size_t>(size_), false);
+  sweepStaleSegments();
   if (size_ > 1) setup(opts);
 }
 
