@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 
-ALGOS = ["ring", "hd", "tree"]
+ALGOS = ["ring", "hd", "tree", "direct"]
 
 
 def load(path):
@@ -65,8 +65,8 @@ def main():
             sizes = sorted(set().union(*[set(d) for d in data.values()]))
             out.append(f"## {t}, {n} ranks")
             out.append("")
-            out.append("| size | ring | hd | tree | auto picked | auto / best |")
-            out.append("|---:|---:|---:|---:|:--|---:|")
+            out.append("| size | " + " | ".join(ALGOS) + " | auto picked | auto / best |")
+            out.append("|---:|" + "---:|" * len(ALGOS) + ":--|---:|")
             for b in sizes:
                 times = {algo: data[algo][b]["time_us"] for algo in ALGOS if b in data[algo]}
                 for algo in ALGOS + ["auto"]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The all-reduce algorithm sweep behind `--algo auto`: every algorithm (ring, hd, tree) and
+# The all-reduce algorithm sweep behind `--algo auto`: every algorithm (ring, hd, tree, direct) and
 # auto's own choice, on shm and tcp, at 2, 3 and 4 ranks, 4 KiB to 64 MiB, float32 sum, in
 # one run. Writes bench/results/algorithms.md (through bench/algos/report.py): per setting,
 # the fastest algorithm at each size and how far auto's pick is from it.
@@ -20,7 +20,7 @@ rm -rf "$raw" && mkdir -p "$raw"
 commands=()
 for t in "${transports[@]}"; do
   for n in "${ranks[@]}"; do
-    for a in ring hd tree auto; do
+    for a in ring hd tree direct auto; do
       cmd=("$build/chorus" bench collectives --op allreduce --ranks "$n" --transport "$t" --algo "$a"
            --min-bytes "$min" --max-bytes "$max" --json)
       echo "== ${cmd[*]#$src/}" >&2

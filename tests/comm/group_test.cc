@@ -339,7 +339,8 @@ TEST_P(GroupTest, MismatchedCountsDtypesOrOpsFailWithMismatch) {
       {"op", [](AllreduceOptions& o) { o.op = ReduceOp::kMax; }},
   };
   for (int P : {2, 3, 4, 5}) {
-    for (AllreduceAlgo algo : {AllreduceAlgo::kRing, AllreduceAlgo::kHalvingDoubling, AllreduceAlgo::kTree}) {
+    for (AllreduceAlgo algo : {AllreduceAlgo::kRing, AllreduceAlgo::kHalvingDoubling, AllreduceAlgo::kTree,
+                               AllreduceAlgo::kDirect}) {
       for (const Variant& v : variants) {
         SCOPED_TRACE(str(v.what, " differs, ", algoName(algo), " on ", P, " ranks"));
         const auto start = Clock::now();

@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
     if (!quick) counts.push_back(262147);  // a prime, 1 MiB of float32: several ring chunks
     for (size_t count : counts) {
       for (auto algo : {comm::AllreduceAlgo::kAuto, comm::AllreduceAlgo::kRing, comm::AllreduceAlgo::kHalvingDoubling,
-                        comm::AllreduceAlgo::kTree}) {
+                        comm::AllreduceAlgo::kTree, comm::AllreduceAlgo::kDirect}) {
         checkAllreduce(*pg, count, algo);
       }
       checkBroadcast(*pg, count, static_cast<int>(count % static_cast<size_t>(n)));

@@ -409,7 +409,7 @@ ArgParser makeParser() {
   p.addValue("--op", "OP", "allreduce, reduce_scatter, allgather, broadcast or alltoall", "allreduce");
   p.addValue("--ranks", "N", "ranks to start on this host; under a launcher the job's size (must match if given)", "2");
   p.addValue("--transport", "NAME", "auto, shm, tcp, or mpi (under mpirun)", "auto");
-  p.addValue("--algo", "ALGO", "all-reduce algorithm: auto, ring, hd, tree or mpi", "auto");
+  p.addValue("--algo", "ALGO", "all-reduce algorithm: auto, ring, hd, tree, direct or mpi", "auto");
   p.addValue("--dtype", "TYPE", "float32, float64, float16, bfloat16, int32, int64 or uint8", "float32");
   p.addValue("--min-bytes", "SIZE", "smallest message (K, M, G suffixes)", "4K");
   p.addValue("--max-bytes", "SIZE", "largest message", "64M");

@@ -122,15 +122,17 @@ INSTANTIATE_TEST_SUITE_P(All, AllreduceTest,
                          ::testing::Combine(::testing::ValuesIn(testutil::testTransports()),
                                             ::testing::Values(1, 2, 3, 4, 5, 8),
                                             ::testing::Values(AllreduceAlgo::kRing, AllreduceAlgo::kHalvingDoubling,
-                                                              AllreduceAlgo::kTree, AllreduceAlgo::kAuto)),
+                                                              AllreduceAlgo::kTree, AllreduceAlgo::kDirect,
+                                                              AllreduceAlgo::kAuto)),
                          paramName);
 
-// kAuto's table: hd for small messages, tree for medium ones on many ranks, ring for large.
+// kAuto's table: hd for small messages, tree for medium ones on many ranks, ring for large,
+// direct for large ones among 3+ ranks on shm.
 TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(1 << 20, 1, "shm"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(64, 8, "shm"), AllreduceAlgo::kHalvingDoubling);
   EXPECT_EQ(chooseAllreduceAlgo(64, 8, "tcp"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 8, "shm"), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 8, "tcp"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 64, "tcp"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{1} << 20, 64, "tcp"), AllreduceAlgo::kTree);
   // Halving-doubling reaches further with a power-of-two world; others fold ranks and stop early.
@@ -138,6 +140,10 @@ TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, "tcp"), AllreduceAlgo::kHalvingDoubling);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kRing);
+  // Large messages among 3+ ranks sharing memory go direct; 2 ranks and tcp stay on ring.
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 3, "shm"), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, "shm"), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "tcp"), AllreduceAlgo::kRing);
 }
 
 TEST(AllreduceMpi, NeedsTheMpiTransport) {

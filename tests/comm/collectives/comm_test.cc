@@ -44,7 +44,7 @@ TEST(Signature, DiffersWhenAnythingRanksMustAgreeOnDiffers) {
 
 TEST(AlgoNames, RoundTripAndRejectUnknown) {
   for (AllreduceAlgo a : {AllreduceAlgo::kAuto, AllreduceAlgo::kRing, AllreduceAlgo::kHalvingDoubling,
-                          AllreduceAlgo::kTree, AllreduceAlgo::kMpi}) {
+                          AllreduceAlgo::kTree, AllreduceAlgo::kMpi, AllreduceAlgo::kDirect}) {
     EXPECT_EQ(parseAlgo(algoName(a)), a);
   }
   EXPECT_EQ(parseAlgo("halving_doubling"), AllreduceAlgo::kHalvingDoubling);

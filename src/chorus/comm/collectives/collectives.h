@@ -20,8 +20,8 @@ namespace chorus::comm {
 
 class Comm;
 
-enum class AllreduceAlgo : uint8_t { kAuto = 0, kRing, kHalvingDoubling, kTree, kMpi };
-const char* algoName(AllreduceAlgo a);             // "auto", "ring", "hd", "tree", "mpi"
+enum class AllreduceAlgo : uint8_t { kAuto = 0, kRing, kHalvingDoubling, kTree, kMpi, kDirect };
+const char* algoName(AllreduceAlgo a);             // "auto", "ring", "hd", "tree", "mpi", "direct"
 AllreduceAlgo parseAlgo(const std::string& name);  // throws InvalidArgument listing the names
 
 // Fields common to every collective.
@@ -113,6 +113,7 @@ void allreduce(Comm& comm, const AllreduceOptions& opts);
 void allreduceRing(Comm& comm, const AllreduceOptions& opts);
 void allreduceHalvingDoubling(Comm& comm, const AllreduceOptions& opts);
 void allreduceTree(Comm& comm, const AllreduceOptions& opts);
+void allreduceDirect(Comm& comm, const AllreduceOptions& opts);
 // The choice kAuto makes for a message of `bytes` on `size` ranks of `transport`.
 AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& transport);
 

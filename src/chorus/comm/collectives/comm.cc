@@ -85,7 +85,7 @@ std::string describeSignature(uint64_t sig) {
   if (kind == CollectiveKind::kAlltoall && variant == 1) return str(s, "(", dtype, ")");
   s += "(";
   if (kind == CollectiveKind::kAllreduce) {
-    s += variant <= static_cast<uint8_t>(AllreduceAlgo::kMpi) ? algoName(static_cast<AllreduceAlgo>(variant))
+    s += variant <= static_cast<uint8_t>(AllreduceAlgo::kDirect) ? algoName(static_cast<AllreduceAlgo>(variant))
                                                               : "unknown-algo";
     s += ", ";
   }
@@ -102,6 +102,7 @@ const char* algoName(AllreduceAlgo a) {
     case AllreduceAlgo::kHalvingDoubling: return "hd";
     case AllreduceAlgo::kTree: return "tree";
     case AllreduceAlgo::kMpi: return "mpi";
+    case AllreduceAlgo::kDirect: return "direct";
   }
   return "unknown";
 }
@@ -114,7 +115,8 @@ AllreduceAlgo parseAlgo(const std::string& name) {
   }
   if (name == "tree") return AllreduceAlgo::kTree;
   if (name == "mpi") return AllreduceAlgo::kMpi;
-  throw InvalidArgument(str("unknown all-reduce algorithm '", name, "'; use auto, ring, hd, tree or mpi"));
+  if (name == "direct") return AllreduceAlgo::kDirect;
+  throw InvalidArgument(str("unknown all-reduce algorithm '", name, "'; use auto, ring, hd, tree, direct or mpi"));
 }
 
 namespace detail {
