@@ -83,6 +83,25 @@ class ContextSystemError : public SystemError {
   }
 }
 
+// A failed call may leave sends and receives posted that point into the caller's buffers,
+// which the caller frees once the error reaches it. Nothing may touch them afterwards, so a
+// failure closes the transport: every pending request fails and nothing progresses again,
+// which leaves this group, and every group split from the same job, unusable (as NCCL and
+// Gloo do after an error). Argument errors are thrown before anything is posted and leave
+// the transport open. Call inside a catch block; rethrows with the call's context.
+[[noreturn]] void failCall(Transport& transport, const std::string& context) {
+  try {
+    throw;
+  } catch (const InvalidArgument&) {
+    rethrowWithContext(context);
+  } catch (...) {
+    CHORUS_WARN(context, "failed; closing the ", transport.name(),
+                " transport, so this process's groups cannot run further calls (create new ones)");
+    transport.close();
+    rethrowWithContext(context);
+  }
+}
+
 // One queued call: what it runs and how it ended.
 class Task : public Work {
  public:
@@ -167,7 +186,7 @@ struct PointToPoint {
       }
     } catch (...) {
       try {
-        rethrowWithContext(context);
+        failCall(transport, context);
       } catch (...) {
         finish(std::current_exception());
       }
@@ -517,7 +536,7 @@ WorkPtr ProcessGroup::submit(CollectiveKind kind, uint64_t sig, const Collective
         Comm comm(shared_->transport.get(), &ranks_, rank_, groupId_, seq, sig, deadline);
         fn(comm);
       } catch (...) {
-        rethrowWithContext(context);
+        failCall(*shared_->transport, context);
       }
     };
   });
@@ -653,7 +672,7 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
           RequestPtr one[] = {post()};
           shared.transport->waitAll(one, deadline);
         } catch (...) {
-          rethrowWithContext(context);
+          failCall(*shared.transport, context);
         }
       };
     });
