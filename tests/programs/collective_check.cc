@@ -213,6 +213,10 @@ int main(int argc, char** argv) {
     }
     checkSplit(*pg);
     pg->barrier();
+    // A second join of the same job: its own transport and keys, usable beside the first.
+    std::shared_ptr<comm::ProcessGroup> second = comm::ProcessGroup::fromEnvironment();
+    checkAllreduce(*second, 1000, comm::AllreduceAlgo::kRing);
+    checkAllreduce(*pg, 1000, comm::AllreduceAlgo::kRing);
     if (gFailures > 0) {
       std::fprintf(stderr, "collective_check: rank %d of %d: %d checks FAILED\n", pg->rank(), n, gFailures);
       return 1;

@@ -498,6 +498,10 @@ std::shared_ptr<ProcessGroup> ProcessGroup::fromEnvironment(const InitOptions& o
   topts.rank = info.rank;
   topts.size = info.worldSize;
   topts.store = res->store.get();
+  // A process may join the same job more than once (one group per purpose): the n-th join of
+  // every rank publishes its addresses under its own prefix, so joins never read each
+  // other's keys. Every rank counts its own joins, so the n-th ones meet.
+  topts.prefix = str("chorus/", res->store->add(str("chorus/joins/", info.rank), 1));
   topts.secret = info.secret;
   topts.jobId = info.jobId;
   topts.timeout = timeout;

@@ -126,8 +126,8 @@ INSTANTIATE_TEST_SUITE_P(All, AllreduceTest,
                                                               AllreduceAlgo::kAuto)),
                          paramName);
 
-// kAuto's table: hd for small messages, tree for medium ones on many ranks, ring for large,
-// direct for large ones among 3+ ranks on shm.
+// kAuto's table: hd for small messages; direct on shm with 3+ ranks, and for medium messages
+// when the world is not a power of two; tree for medium messages on many ranks; ring otherwise.
 TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(1 << 20, 1, "shm"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(64, 8, "shm"), AllreduceAlgo::kHalvingDoubling);
@@ -137,12 +137,15 @@ TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(size_t{1} << 20, 64, "tcp"), AllreduceAlgo::kTree);
   // Halving-doubling reaches further with a power-of-two world; others fold ranks and stop early.
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 4, "shm"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, "tcp"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kRing);
-  // Large messages among 3+ ranks sharing memory go direct; 2 ranks and tcp stay on ring.
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 3, "shm"), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{16} << 10, 3, "tcp"), AllreduceAlgo::kHalvingDoubling);
+  // Past hd: direct among 3+ ranks sharing memory, at every size; 2 ranks stay on ring.
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "shm"), AllreduceAlgo::kDirect);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, "shm"), AllreduceAlgo::kRing);
+  // On tcp, direct takes medium messages of non-power-of-two worlds; large ones go ring.
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{4} << 20, 3, "tcp"), AllreduceAlgo::kRing);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "tcp"), AllreduceAlgo::kRing);
 }
 

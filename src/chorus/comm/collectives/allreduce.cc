@@ -5,7 +5,8 @@
 //   hd    halving_doubling_allreduce.cc  2·log2(P)·α + 2·(P-1)/P·n·β   few rounds: small n
 //   tree  tree_allreduce.cc              ~2·log2(P)·α + ~2·n·β         medium n, many ranks
 //   ring  ring_allreduce.cc              2·(P-1)·α + 2·(P-1)/P·n·β     large n
-//   direct direct_allreduce.cc           2·α + 2·(P-1)/P·n·β           large n on shm
+//   direct direct_allreduce.cc           2·α + 2·(P-1)/P·n·β           shm with 3+ ranks; medium n
+//                                                                      when P is not a power of two
 //   mpi   the transport's own all-reduce (MPI_Allreduce), for comparisons under mpirun
 //
 // The table is a starting point from the cost model: hd while the α terms dominate, tree for
@@ -37,11 +38,13 @@ constexpr size_t kAutoHdMaxBytesNonPow2 = size_t{32} << 10;
 // ranks fit this machine, and there ring or hd always won).
 constexpr int kAutoTreeMinRanks = 16;
 constexpr size_t kAutoTreeMaxBytes = size_t{4} << 20;
-// On shm with three or more ranks, messages from this size on use direct all-reduce: ranks
-// sharing one memory bus are bandwidth-bound there, and direct moves the least data through
-// it (10-20% over ring at 32-64 MiB on 3-4 ranks; below 16 MiB the two are within noise).
-constexpr size_t kAutoDirectMinBytesShm = size_t{32} << 20;
-constexpr int kAutoDirectMinRanks = 3;
+// Direct all-reduce (two rounds, every rank reading its block from every peer at once): on
+// shm with three or more ranks it is the large-message algorithm (ranks sharing one memory
+// bus are bandwidth-bound, and direct moves the least data through it and synchronizes
+// twice); with a non-power-of-two world it also takes the medium messages that hd handles
+// poorly (it folds the extra ranks in and out), on any transport.
+constexpr int kAutoDirectMinRanksShm = 3;
+constexpr size_t kAutoDirectMaxBytesNonPow2 = size_t{1} << 20;
 
 }  // namespace
 
@@ -50,9 +53,8 @@ AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& tra
   const bool pow2 = (size & (size - 1)) == 0;
   const size_t hdMax = !pow2 ? kAutoHdMaxBytesNonPow2 : transport == "shm" ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
   if (bytes < hdMax) return AllreduceAlgo::kHalvingDoubling;
-  if (transport == "shm" && size >= kAutoDirectMinRanks && bytes >= kAutoDirectMinBytesShm) {
-    return AllreduceAlgo::kDirect;
-  }
+  if (transport == "shm" && size >= kAutoDirectMinRanksShm) return AllreduceAlgo::kDirect;
+  if (!pow2 && bytes < kAutoDirectMaxBytesNonPow2) return AllreduceAlgo::kDirect;
   if (size >= kAutoTreeMinRanks && bytes < kAutoTreeMaxBytes) return AllreduceAlgo::kTree;
   return AllreduceAlgo::kRing;
 }
