@@ -126,7 +126,7 @@ INSTANTIATE_TEST_SUITE_P(All, AllreduceTest,
                                                               AllreduceAlgo::kAuto)),
                          paramName);
 
-// kAuto's table: hd for small messages; direct on shm with 3+ ranks, and for medium messages
+// kAuto's table: hd for small messages; direct past that on shm, and for medium messages
 // when the world is not a power of two; tree for medium messages on many ranks; ring otherwise.
 TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(1 << 20, 1, "shm"), AllreduceAlgo::kRing);
@@ -139,10 +139,10 @@ TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 4, "shm"), AllreduceAlgo::kHalvingDoubling);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, "tcp"), AllreduceAlgo::kHalvingDoubling);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{16} << 10, 3, "tcp"), AllreduceAlgo::kHalvingDoubling);
-  // Past hd: direct among 3+ ranks sharing memory, at every size; 2 ranks stay on ring.
+  // Past hd, ranks sharing memory go direct at every size.
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kDirect);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "shm"), AllreduceAlgo::kDirect);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, "shm"), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, "shm"), AllreduceAlgo::kDirect);
   // On tcp, direct takes medium messages of non-power-of-two worlds; large ones go ring.
   EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kDirect);
   EXPECT_EQ(chooseAllreduceAlgo(size_t{4} << 20, 3, "tcp"), AllreduceAlgo::kRing);

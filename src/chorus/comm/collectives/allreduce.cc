@@ -5,7 +5,7 @@
 //   hd    halving_doubling_allreduce.cc  2·log2(P)·α + 2·(P-1)/P·n·β   few rounds: small n
 //   tree  tree_allreduce.cc              ~2·log2(P)·α + ~2·n·β         medium n, many ranks
 //   ring  ring_allreduce.cc              2·(P-1)·α + 2·(P-1)/P·n·β     large n
-//   direct direct_allreduce.cc           2·α + 2·(P-1)/P·n·β           shm with 3+ ranks; medium n
+//   direct direct_allreduce.cc           2·α + 2·(P-1)/P·n·β           shm past hd; medium n
 //                                                                      when P is not a power of two
 //   mpi   the transport's own all-reduce (MPI_Allreduce), for comparisons under mpirun
 //
@@ -39,11 +39,12 @@ constexpr size_t kAutoHdMaxBytesNonPow2 = size_t{32} << 10;
 constexpr int kAutoTreeMinRanks = 16;
 constexpr size_t kAutoTreeMaxBytes = size_t{4} << 20;
 // Direct all-reduce (two rounds, every rank reading its block from every peer at once): on
-// shm with three or more ranks it is the large-message algorithm (ranks sharing one memory
-// bus are bandwidth-bound, and direct moves the least data through it and synchronizes
-// twice); with a non-power-of-two world it also takes the medium messages that hd handles
-// poorly (it folds the extra ranks in and out), on any transport.
-constexpr int kAutoDirectMinRanksShm = 3;
+// shm it is the algorithm past hd's range (ranks sharing one memory bus are bandwidth-bound,
+// and direct moves the least data through it and synchronizes twice; measured 0-12% ahead of
+// ring at 2 ranks and up to 40% at 3-4); with a non-power-of-two world it also takes the
+// medium messages that hd handles poorly (it folds the extra ranks in and out), on any
+// transport.
+constexpr int kAutoDirectMinRanksShm = 2;
 constexpr size_t kAutoDirectMaxBytesNonPow2 = size_t{1} << 20;
 
 }  // namespace
