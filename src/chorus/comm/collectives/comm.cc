@@ -15,6 +15,7 @@
 #include "chorus/comm/collectives/comm.h"
 
 #include "chorus/common/error.h"
+#include "chorus/common/reduce.h"
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/comm/collectives/detail.h"
 
@@ -129,6 +130,14 @@ void requireBuffer(const void* p, size_t count, const char* what) {
   if (p == nullptr && count > 0) {
     throw InvalidArgument(str(what, " is null but count is ", count, "; pass a buffer of at least count elements"));
   }
+}
+
+bool trivialAllreduce(const Comm& comm, const AllreduceOptions& o) {
+  requireBuffer(o.data, o.count, "allreduce data");
+  if (o.count == 0) return true;
+  if (comm.size() > 1) return false;
+  finishReduce(o.data, o.count, o.dtype, o.op, 1);
+  return true;
 }
 
 void requireRoot(const Comm& comm, int root) {

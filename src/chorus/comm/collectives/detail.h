@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "chorus/common/dtype.h"
+#include "chorus/comm/collectives/collectives.h"
 #include "chorus/comm/collectives/comm.h"
 
 namespace chorus::comm::detail {
@@ -42,6 +43,11 @@ inline int mod(int a, int n) { return ((a % n) + n) % n; }
 // The `extra` byte of a signature (comm.cc): the op in bits 0-2, `variant` (the all-reduce
 // algorithm, the root clamped to 31, or 1 for a "v" form) in bits 3-7.
 uint8_t signatureExtra(ReduceOp op, unsigned variant);
+
+// The all-reduce cases every algorithm shares: checks the buffer, and returns true when the
+// call is already finished — nothing to reduce (count 0) or one rank (only kAvg's division
+// by 1). Each algorithm starts with `if (detail::trivialAllreduce(comm, o)) return;`.
+bool trivialAllreduce(const Comm& comm, const AllreduceOptions& o);
 
 // Throws InvalidArgument naming `what` when a buffer of count > 0 elements is null.
 void requireBuffer(const void* p, size_t count, const char* what);

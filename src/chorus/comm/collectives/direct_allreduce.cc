@@ -37,13 +37,8 @@ constexpr size_t kDirectMaxChunks = 64;
 }  // namespace
 
 void allreduceDirect(Comm& comm, const AllreduceOptions& o) {
-  detail::requireBuffer(o.data, o.count, "allreduce data");
+  if (detail::trivialAllreduce(comm, o)) return;
   const int P = comm.size(), r = comm.rank();
-  if (o.count == 0) return;
-  if (P == 1) {
-    finishReduce(o.data, o.count, o.dtype, o.op, 1);
-    return;
-  }
   const size_t esize = dtypeSize(o.dtype);
   const RecvReduce rr{o.dtype, detail::partialOp(o.op)};
   const detail::Block own = detail::evenBlock(o.count, P, r);

@@ -39,13 +39,8 @@
 namespace chorus::comm {
 
 void allreduceHalvingDoubling(Comm& comm, const AllreduceOptions& o) {
-  detail::requireBuffer(o.data, o.count, "allreduce data");
+  if (detail::trivialAllreduce(comm, o)) return;
   const int P = comm.size(), r = comm.rank();
-  if (o.count == 0) return;
-  if (P == 1) {
-    finishReduce(o.data, o.count, o.dtype, o.op, 1);
-    return;
-  }
   const size_t esize = dtypeSize(o.dtype);
   const size_t bytes = o.count * esize;
   const RecvReduce rr{o.dtype, detail::partialOp(o.op)};

@@ -116,12 +116,7 @@ void runRing(Comm& comm, void* data, size_t count, DType dtype, ReduceOp op, boo
 }  // namespace
 
 void allreduceRing(Comm& comm, const AllreduceOptions& o) {
-  detail::requireBuffer(o.data, o.count, "allreduce data");
-  if (o.count == 0) return;
-  if (comm.size() == 1) {
-    finishReduce(o.data, o.count, o.dtype, o.op, 1);
-    return;
-  }
+  if (detail::trivialAllreduce(comm, o)) return;
   runRing(comm, o.data, o.count, o.dtype, o.op, /*allgather=*/true, 0);
 }
 
