@@ -30,6 +30,19 @@ Pair connectedPair() {
   return p;
 }
 
+// Runs the server side of the handshake with the right secret on a thread; its failure, if
+// any, lands in `err`.
+std::thread serveHandshake(Pair& p, std::exception_ptr& err) {
+  return std::thread([&p, &err] {
+    try {
+      authenticate(p.server.get(), "job-secret", true, Deadline(Millis(5000)));
+    } catch (...) {
+      err = std::current_exception();
+    }
+  });
+}
+
+
 // Runs both sides of the handshake on two threads; returns each side's exception (if any).
 std::pair<std::exception_ptr, std::exception_ptr> handshake(const std::string& serverSecret,
                                                             const std::string& clientSecret) {
@@ -127,13 +140,7 @@ TEST(Auth, ReflectedMacIsRefused) {
   // with the server's own MAC.
   Pair p = connectedPair();
   std::exception_ptr serverErr;
-  std::thread server([&] {
-    try {
-      authenticate(p.server.get(), "job-secret", true, Deadline(Millis(5000)));
-    } catch (...) {
-      serverErr = std::current_exception();
-    }
-  });
+  std::thread server = serveHandshake(p, serverErr);
   uint8_t serverHello[40];
   readFull(p.client.get(), serverHello, sizeof serverHello, Deadline(Millis(5000)));
   uint8_t myHello[40];
@@ -151,13 +158,7 @@ TEST(Auth, ReflectedMacIsRefused) {
 TEST(Auth, EchoedNonceIsRefused) {
   Pair p = connectedPair();
   std::exception_ptr serverErr;
-  std::thread server([&] {
-    try {
-      authenticate(p.server.get(), "job-secret", true, Deadline(Millis(5000)));
-    } catch (...) {
-      serverErr = std::current_exception();
-    }
-  });
+  std::thread server = serveHandshake(p, serverErr);
   uint8_t serverHello[40];
   readFull(p.client.get(), serverHello, sizeof serverHello, Deadline(Millis(5000)));
   writeFull(p.client.get(), serverHello, sizeof serverHello, Deadline(Millis(5000)));
@@ -169,13 +170,7 @@ TEST(Auth, EchoedNonceIsRefused) {
 TEST(Auth, ForeignGreetingIsRefused) {
   Pair p = connectedPair();
   std::exception_ptr serverErr;
-  std::thread server([&] {
-    try {
-      authenticate(p.server.get(), "job-secret", true, Deadline(Millis(5000)));
-    } catch (...) {
-      serverErr = std::current_exception();
-    }
-  });
+  std::thread server = serveHandshake(p, serverErr);
   const char request[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxxxx";
   writeFull(p.client.get(), request, 40, Deadline(Millis(5000)));
   server.join();
