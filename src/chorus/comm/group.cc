@@ -110,9 +110,14 @@ class Task : public Work {
   std::function<void()> run;
   std::string context;  // the call, for errors: "allreduce(ring, ...) tag=3 on rank 1 of 4: "
 
+  void start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    timing_.started = std::chrono::steady_clock::now();
+  }
   void finish(std::exception_ptr error) {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      timing_.finished = std::chrono::steady_clock::now();
       done_ = true;
       error_ = std::move(error);
     }
@@ -132,10 +137,15 @@ class Task : public Work {
     }
     if (error_) std::rethrow_exception(error_);
   }
+  Timing timing() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return timing_;
+  }
 
  private:
   const Deadline deadline_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
+  Timing timing_;
   std::condition_variable cv_;
   bool done_ = false;
   std::exception_ptr error_;
@@ -277,6 +287,7 @@ class Executor {
   // Runs one call and then lets the transport progress the async point-to-point requests.
   void execute(Task& task) {
     std::exception_ptr error;
+    task.start();
     try {
       task.run();
     } catch (...) {
@@ -322,6 +333,7 @@ class Executor {
 // What a group and the groups split from it share. Members are destroyed bottom-up: the
 // executor (joining its worker) before the transport, the transport before what it needs.
 struct ProcessGroup::Shared {
+  std::atomic<uint64_t> bytesSent{0};
   std::shared_ptr<void> keepAlive;
   std::shared_ptr<Transport> transport;
   std::unique_ptr<Executor> executor;
@@ -353,6 +365,7 @@ struct ProcessGroup::Shared {
       }
       p_->result();
     }
+    Timing timing() const override { return {}; }  // not tracked for send/recv
 
    private:
     std::shared_ptr<Shared> shared_;
@@ -519,6 +532,8 @@ std::shared_ptr<ProcessGroup> ProcessGroup::fromEnvironment(const InitOptions& o
 
 const char* ProcessGroup::transportName() const { return shared_->transport->name(); }
 
+uint64_t ProcessGroup::bytesSent() const { return shared_->bytesSent.load(std::memory_order_relaxed); }
+
 WorkPtr ProcessGroup::submit(CollectiveKind kind, uint64_t sig, const CollectiveCommon& common,
                              std::function<void(Comm&)> fn, bool async) {
   CHORUS_CHECK(static_cast<uint8_t>(kind) == static_cast<uint8_t>(sig >> 56), "signature of another collective");
@@ -537,7 +552,7 @@ WorkPtr ProcessGroup::submit(CollectiveKind kind, uint64_t sig, const Collective
           throw TimeoutError("its deadline passed before it could start; the calls issued before it on this "
                              "group took longer than its timeout");
         }
-        Comm comm(shared_->transport.get(), &ranks_, rank_, groupId_, seq, sig, deadline);
+        Comm comm(shared_->transport.get(), &ranks_, rank_, groupId_, seq, sig, deadline, &shared_->bytesSent);
         fn(comm);
       } catch (...) {
         failCall(*shared_->transport, context);
@@ -663,7 +678,7 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
   context += ": ";
   Shared& shared = *g.shared_;
   auto post = [&g, &shared, isSend, peer, step, data, bytes, seq, sig, deadline] {
-    Comm comm(shared.transport.get(), &g.ranks_, g.rank_, g.groupId_, seq, sig, deadline);
+    Comm comm(shared.transport.get(), &g.ranks_, g.rank_, g.groupId_, seq, sig, deadline, &shared.bytesSent);
     return isSend ? comm.isend(peer, step, data, bytes) : comm.irecv(peer, step, data, bytes);
   };
 

@@ -10,6 +10,7 @@
 // its Work completes.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -36,6 +37,13 @@ class Work {
   virtual bool test() = 0;
   // Blocks until the collective has finished (bounded by its timeout); rethrows its error.
   virtual void wait() = 0;
+  // When the call started and finished running (steady clock); zero until it has, and for
+  // send/recv, which are not tracked. The
+  // trainer's trace and DDP's overlap figure come from these.
+  struct Timing {
+    std::chrono::steady_clock::time_point started{}, finished{};
+  };
+  virtual Timing timing() const = 0;
 };
 using WorkPtr = std::shared_ptr<Work>;
 
@@ -64,6 +72,9 @@ class ProcessGroup {
   int size() const { return static_cast<int>(ranks_.size()); }
   const char* transportName() const;
   Millis timeout() const { return timeout_; }
+  // Payload bytes this rank has posted to the transport for this group and the groups
+  // that share its transport (collectives and send/recv), since the job started.
+  uint64_t bytesSent() const;
   // The algorithm an allreduce with algo = kAuto runs: kAuto (choose by size) unless the
   // group was made with another default (GroupOptions, or CHORUS_ALGO for fromEnvironment).
   AllreduceAlgo defaultAlgo() const { return defaultAlgo_; }

@@ -7,6 +7,7 @@
 // calls and groups never match each other. The signature word travels with every message and
 // lets the receiver tell a count/dtype/op mismatch apart from a slow peer.
 #pragma once
+#include <atomic>
 
 #include <cstdint>
 #include <initializer_list>
@@ -30,10 +31,11 @@ std::string describeSignature(uint64_t sig);
 
 class Comm {
  public:
+  // bytesSent, when given, counts the payload bytes this call posts to the transport.
   Comm(Transport* transport, const std::vector<int>* globalRanks, int rank, uint16_t groupId, uint32_t seq,
-       uint64_t sig, Deadline deadline)
+       uint64_t sig, Deadline deadline, std::atomic<uint64_t>* bytesSent = nullptr)
       : transport_(transport), globalRanks_(globalRanks), rank_(rank), groupId_(groupId), seq_(seq), sig_(sig),
-        deadline_(deadline) {}
+        deadline_(deadline), bytesSent_(bytesSent) {}
 
   int rank() const { return rank_; }
   int size() const { return static_cast<int>(globalRanks_->size()); }
@@ -48,6 +50,7 @@ class Comm {
   }
 
   RequestPtr isend(int peer, uint16_t step, const void* data, size_t bytes) {
+    if (bytesSent_ != nullptr) bytesSent_->fetch_add(bytes, std::memory_order_relaxed);
     return transport_->isend(globalRank(peer), tag(step), sig_, data, bytes);
   }
   RequestPtr irecv(int peer, uint16_t step, void* data, size_t bytes, const RecvReduce* reduce = nullptr) {
@@ -72,6 +75,7 @@ class Comm {
   uint32_t seq_;
   uint64_t sig_;
   Deadline deadline_;
+  std::atomic<uint64_t>* bytesSent_;
 };
 
 }  // namespace chorus::comm
