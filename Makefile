@@ -16,18 +16,19 @@ $(BUILD)/build.ninja: | bootstrap
 build: bootstrap $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Until the training job exists, the main job is the all-reduce benchmark on 2 local ranks.
+# The main job: the default MLP on Fashion-MNIST with 2 local workers (configs/default.toml).
 run: build
-	$(BUILD)/chorus bench collectives --op allreduce --ranks 2 --transport shm --algo auto \
-	  --min-bytes 4K --max-bytes 64M
+	$(BUILD)/chorus train configs/default.toml --nproc 2
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
-# Peer comparison (bench/results/collectives.md) and algorithm sweep (bench/results/algorithms.md).
+# Peer comparisons (bench/results/collectives.md, bench/results/ddp.md) and the algorithm
+# sweep (bench/results/algorithms.md).
 bench: build
 	bash bench/peers/run.sh $(BUILD)
 	bash bench/algos/run.sh $(BUILD)
+	bash bench/ddp/run.sh $(BUILD)
 
 # The suite under sanitizers, in its own build dir: make sanitize SAN=address,undefined (or thread).
 SAN ?= address,undefined

@@ -109,6 +109,13 @@ TEST(Ddp, BucketsFollowReverseRegistrationOrderUpToTheCap) {
       DistributedDataParallel ddp(net, borrow(g), o);
       EXPECT_EQ(ddp.bucketNames(), layout) << "cap " << cap;
     }
+    // The first bucket has its own, lower cap (1 MiB by default, like PyTorch's).
+    auto net = makeNet();
+    DDPOptions o;
+    o.bucketCapBytes = 1000;
+    o.firstBucketCapBytes = 300;
+    DistributedDataParallel ddp(net, borrow(g), o);
+    EXPECT_EQ(ddp.bucketNames(), (V{{"2.bias", "2.weight"}, {"0.bias", "0.weight"}}));
   });
 }
 

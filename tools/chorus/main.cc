@@ -14,6 +14,7 @@
 #include "chorus/common/error.h"
 #include "env_command.h"
 #include "launch.h"
+#include "train_command.h"
 
 namespace chorus::tools {
 namespace {
@@ -22,6 +23,7 @@ const char* kOverview =
     "usage: chorus <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  train               train a model with data-parallel workers (chorus train --nproc 2)\n"
     "  launch              start N ranks of a program on this host (like torchrun)\n"
     "  bench collectives   measure a collective over message sizes (like nccl-tests)\n"
     "  env                 list the CHORUS_* environment variables, their values and defaults\n"
@@ -37,7 +39,7 @@ const char* kBenchOverview =
     "\n"
     "Run `chorus help bench collectives` for its flags.\n";
 
-const std::vector<std::string> kCommands = {"launch", "bench", "env", "help"};
+const std::vector<std::string> kCommands = {"train", "launch", "bench", "env", "help"};
 
 std::string closest(const std::string& word, const std::vector<std::string>& choices) {
   std::string best;
@@ -82,7 +84,9 @@ int helpCommand(const std::vector<std::string>& args) {
     return 0;
   }
   const std::string& cmd = args[0];
-  if (cmd == "launch") {
+  if (cmd == "train") {
+    std::cout << kTrainHelp;
+  } else if (cmd == "launch") {
     std::cout << launchHelp();
   } else if (cmd == "bench") {
     if (args.size() >= 2 && args[1] == "collectives") {
@@ -110,6 +114,7 @@ int dispatch(const std::vector<std::string>& args) {
   const std::string& cmd = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return helpCommand(rest);
+  if (cmd == "train") return trainCommand(rest);
   if (cmd == "launch") return launchCommand(rest);
   if (cmd == "bench") return benchCommand(rest);
   if (cmd == "env") return envCommand(rest);

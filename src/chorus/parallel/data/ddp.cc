@@ -89,7 +89,9 @@ void broadcastTensors(comm::ProcessGroup& group, const std::vector<torch::Tensor
 DDPCore::DDPCore(torch::nn::Module& module, std::shared_ptr<comm::ProcessGroup> group, DDPOptions opts)
     : module_(module), group_(std::move(group)), opts_(std::move(opts)) {
   if (!group_) throw InvalidArgument("DistributedDataParallel needs a process group (got nullptr)");
-  if (opts_.bucketCapBytes == 0) throw InvalidArgument("DDPOptions::bucketCapBytes must be > 0");
+  if (opts_.bucketCapBytes == 0 || opts_.firstBucketCapBytes == 0) {
+    throw InvalidArgument("DDPOptions::bucketCapBytes and firstBucketCapBytes must be > 0");
+  }
   if (!opts_.hook) opts_.hook = allreduceHook(group_->defaultAlgo());
 
   for (auto& item : module_.named_parameters(/*recurse=*/true)) {
@@ -122,7 +124,8 @@ DDPCore::DDPCore(torch::nn::Module& module, std::shared_ptr<comm::ProcessGroup> 
       open.push_back({t.scalar_type(), {}});
       openBytes.push_back(0);
     }
-    if (!open[k].second.empty() && openBytes[k] + bytes > opts_.bucketCapBytes) {
+    const size_t cap = layout.empty() ? std::min(opts_.firstBucketCapBytes, opts_.bucketCapBytes) : opts_.bucketCapBytes;
+    if (!open[k].second.empty() && openBytes[k] + bytes > cap) {
       layout.push_back(std::move(open[k].second));
       open[k].second.clear();
       openBytes[k] = 0;

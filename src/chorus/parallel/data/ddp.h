@@ -44,6 +44,9 @@ namespace chorus::parallel {
 
 struct DDPOptions {
   size_t bucketCapBytes = size_t{25} << 20;  // 25 MiB, as in PyTorch
+  // The first bucket (the last layers) is capped lower, so the first all-reduce starts
+  // early in the backward pass (PyTorch does the same). Capped at bucketCapBytes.
+  size_t firstBucketCapBytes = size_t{1} << 20;
   // Find, after each forward, the parameters the graph does not reach and count them ready
   // at once, so their buckets still start during the backward pass (PyTorch's
   // find_unused_parameters). Without it such parameters are still handled, but their buckets

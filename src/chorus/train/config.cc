@@ -1,0 +1,963 @@
+// The training job's configuration: a small TOML reader, the schema of every key, and the
+// checks that run before any worker starts.
+//
+// The schema (schema()) is the one list of keys. Each entry binds a key name to its field in
+// Config, its allowed values or range, and its meaning; the file reader, the --set overrides,
+// the validation, toToml and configReference all walk that list, so a key added there is
+// read, checked, written back and documented without further code.
+//
+// Order of work in parseConfig:
+//   1. read the TOML text line by line; each `key = value` is type-checked and stored at once
+//      (unknown keys, duplicates and wrong types name the line);
+//   2. apply the --set overrides in order, later ones winning;
+//   3. check every key's allowed values or range, then the rules that span keys (batch size
+//      over the workers, nesterov with momentum, ...). These name where the value came from:
+//      the file's line, the override, or "(default)".
+#include "chorus/train/config.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <sstream>
+#include <variant>
+
+#include "chorus/common/error.h"
+
+namespace chorus::train {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The schema
+
+// A field of Config, reached through a function (sections are nested structs, so a plain
+// pointer-to-member cannot name them). The alternative held gives the key's type.
+using Field = std::variant<std::string& (*)(Config&), int64_t& (*)(Config&), uint64_t& (*)(Config&),
+                           double& (*)(Config&), bool& (*)(Config&), std::vector<int64_t>& (*)(Config&)>;
+
+#define CHORUS_FIELD(member) +[](Config& c) -> auto& { return c.member; }
+
+// A numeric range; unset ends are unbounded. For integer arrays it applies to each element.
+struct Range {
+  double lo = -std::numeric_limits<double>::infinity();
+  double hi = std::numeric_limits<double>::infinity();
+  bool loOpen = false;
+  bool hiOpen = false;
+
+  bool bounded() const { return std::isfinite(lo) || std::isfinite(hi); }
+  bool contains(double v) const {
+    if (!std::isfinite(v)) return false;
+    if (loOpen ? !(v > lo) : !(v >= lo)) return false;
+    if (hiOpen ? !(v < hi) : !(v <= hi)) return false;
+    return true;
+  }
+  std::string describe() const {
+    if (std::isfinite(lo) && std::isfinite(hi))
+      return str("in ", loOpen ? "(" : "[", lo, ", ", hi, hiOpen ? ")" : "]");
+    if (std::isfinite(lo)) return str(loOpen ? "> " : ">= ", lo);
+    if (std::isfinite(hi)) return str(hiOpen ? "< " : "<= ", hi);
+    return "any value";
+  }
+};
+
+Range atLeast(double lo) { return Range{.lo = lo}; }
+Range above(double lo) { return Range{.lo = lo, .loOpen = true}; }
+Range between(double lo, double hi, bool loOpen, bool hiOpen) {
+  return Range{.lo = lo, .hi = hi, .loOpen = loOpen, .hiOpen = hiOpen};
+}
+
+struct Key {
+  std::string name;                  // "optim.lr"; top-level keys have no dot
+  Field field;
+  Range range = {};                  // numbers and integer arrays
+  std::vector<std::string> choices = {};  // strings: the allowed values (empty: any)
+  bool nonEmpty = false;             // strings and arrays: "" or [] is not allowed
+  std::string meaning = "";
+
+  std::string section() const {
+    auto dot = name.find('.');
+    return dot == std::string::npos ? "" : name.substr(0, dot);
+  }
+  std::string leaf() const { return name.substr(name.find('.') + 1); }
+};
+
+struct Section {
+  std::string name;  // "" for the top level
+  std::string meaning;
+};
+
+const std::vector<Section>& sections() {
+  static const std::vector<Section> kSections = {
+      {"", "the run"},
+      {"data", "the dataset and where its files are"},
+      {"model", "the network"},
+      {"optim", "the optimizer"},
+      {"schedule", "the learning-rate schedule"},
+      {"train", "the training loop"},
+      {"ddp", "data-parallel gradient synchronization"},
+      {"amp", "fp16 loss scaling (used when precision = \"fp16\")"},
+      {"output", "where results go, checkpoints, progress display"},
+  };
+  return kSections;
+}
+
+const std::vector<Key>& schema() {
+  static const std::vector<Key> kKeys = {
+      {.name = "name", .field = CHORUS_FIELD(name), .nonEmpty = true,
+       .meaning = "run name, shown in logs and metrics"},
+      {.name = "precision", .field = CHORUS_FIELD(precision), .choices = {"fp32", "bf16", "fp16"},
+       .meaning = "compute precision of forward and backward (fp16 uses the [amp] loss scaler)"},
+
+      {.name = "data.dataset", .field = CHORUS_FIELD(data.dataset), .choices = {"fashion-mnist", "cifar10"},
+       .meaning = "which dataset to train and evaluate on"},
+      {.name = "data.path", .field = CHORUS_FIELD(data.path), .nonEmpty = true,
+       .meaning = "folder holding the dataset's files"},
+      {.name = "data.limit_train", .field = CHORUS_FIELD(data.limitTrain), .range = atLeast(0),
+       .meaning = "0: the whole train split; else only its first N samples"},
+      {.name = "data.limit_test", .field = CHORUS_FIELD(data.limitTest), .range = atLeast(0),
+       .meaning = "0: the whole test split; else only its first N samples"},
+
+      {.name = "model.name", .field = CHORUS_FIELD(model.name), .choices = {"mlp", "cnn"},
+       .meaning = "network architecture"},
+      {.name = "model.hidden", .field = CHORUS_FIELD(model.hidden), .range = atLeast(1), .nonEmpty = true,
+       .meaning = "mlp: widths of the hidden layers"},
+      {.name = "model.channels", .field = CHORUS_FIELD(model.channels), .range = atLeast(1), .nonEmpty = true,
+       .meaning = "cnn: channels of each conv-BN-ReLU-pool block"},
+      {.name = "model.fc", .field = CHORUS_FIELD(model.fc), .range = atLeast(1),
+       .meaning = "cnn: width of the hidden fully-connected layer"},
+
+      {.name = "optim.name", .field = CHORUS_FIELD(optim.name), .choices = {"sgd", "adam", "adamw"},
+       .meaning = "optimizer"},
+      {.name = "optim.lr", .field = CHORUS_FIELD(optim.lr), .range = above(0),
+       .meaning = "peak learning rate (reached after the warmup)"},
+      {.name = "optim.momentum", .field = CHORUS_FIELD(optim.momentum), .range = between(0, 1, false, true),
+       .meaning = "sgd: momentum"},
+      {.name = "optim.nesterov", .field = CHORUS_FIELD(optim.nesterov),
+       .meaning = "sgd: Nesterov momentum (needs momentum > 0)"},
+      {.name = "optim.weight_decay", .field = CHORUS_FIELD(optim.weightDecay), .range = atLeast(0),
+       .meaning = "L2 penalty (adamw: decoupled weight decay)"},
+      {.name = "optim.beta1", .field = CHORUS_FIELD(optim.beta1), .range = between(0, 1, false, true),
+       .meaning = "adam, adamw: decay of the first-moment average"},
+      {.name = "optim.beta2", .field = CHORUS_FIELD(optim.beta2), .range = between(0, 1, false, true),
+       .meaning = "adam, adamw: decay of the second-moment average"},
+      {.name = "optim.eps", .field = CHORUS_FIELD(optim.eps), .range = above(0),
+       .meaning = "adam, adamw: added to the denominator"},
+
+      {.name = "schedule.name", .field = CHORUS_FIELD(schedule.name), .choices = {"constant", "cosine", "step"},
+       .meaning = "learning-rate schedule after the warmup"},
+      {.name = "schedule.warmup_steps", .field = CHORUS_FIELD(schedule.warmupSteps), .range = atLeast(0),
+       .meaning = "steps of linear warmup from lr * warmup_start up to lr"},
+      {.name = "schedule.warmup_start", .field = CHORUS_FIELD(schedule.warmupStart),
+       .range = between(0, 1, false, false), .meaning = "fraction of lr at the first warmup step"},
+      {.name = "schedule.min_lr", .field = CHORUS_FIELD(schedule.minLr), .range = atLeast(0),
+       .meaning = "cosine: the learning rate at the last step (at most optim.lr)"},
+      {.name = "schedule.step_epochs", .field = CHORUS_FIELD(schedule.stepEpochs), .range = atLeast(1),
+       .meaning = "step: multiply lr by gamma every this many epochs"},
+      {.name = "schedule.gamma", .field = CHORUS_FIELD(schedule.gamma), .range = between(0, 1, true, false),
+       .meaning = "step: the factor applied every step_epochs"},
+
+      {.name = "train.epochs", .field = CHORUS_FIELD(train.epochs), .range = atLeast(1),
+       .meaning = "passes over the train split"},
+      {.name = "train.batch_size", .field = CHORUS_FIELD(train.batchSize), .range = atLeast(1),
+       .meaning = "global batch: each of W workers takes batch_size / W (a multiple of W)"},
+      {.name = "train.max_steps", .field = CHORUS_FIELD(train.maxSteps), .range = atLeast(0),
+       .meaning = "0: no limit; else stop after this many steps (all epochs together)"},
+      {.name = "train.seed", .field = CHORUS_FIELD(train.seed), .range = atLeast(0),
+       .meaning = "seed of the model initialization and the data order"},
+      {.name = "train.shuffle", .field = CHORUS_FIELD(train.shuffle),
+       .meaning = "shuffle the train split every epoch"},
+      {.name = "train.drop_last", .field = CHORUS_FIELD(train.dropLast),
+       .meaning = "drop the last, smaller batch of each epoch"},
+      {.name = "train.eval", .field = CHORUS_FIELD(train.eval),
+       .meaning = "evaluate on the test split after each epoch"},
+      {.name = "train.log_every", .field = CHORUS_FIELD(train.logEvery), .range = atLeast(1),
+       .meaning = "steps between metrics lines (and plain progress lines)"},
+      {.name = "train.threads", .field = CHORUS_FIELD(train.threads), .range = atLeast(0),
+       .meaning = "torch intra-op threads per worker; 0: cores / local workers"},
+
+      {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = above(0),
+       .meaning = "gradient bucket cap in MiB"},
+      {.name = "ddp.find_unused", .field = CHORUS_FIELD(ddp.findUnused),
+       .meaning = "look for parameters that got no gradient each step (find_unused_parameters)"},
+      {.name = "ddp.broadcast_buffers", .field = CHORUS_FIELD(ddp.broadcastBuffers),
+       .meaning = "broadcast buffers (BatchNorm statistics) from rank 0 each step"},
+      {.name = "ddp.comm_dtype", .field = CHORUS_FIELD(ddp.commDtype), .choices = {"fp32", "fp16", "bf16"},
+       .meaning = "dtype of the gradients on the wire"},
+      {.name = "ddp.algo", .field = CHORUS_FIELD(ddp.algo),
+       .choices = {"auto", "ring", "hd", "tree", "direct", "mpi"}, .meaning = "allreduce algorithm"},
+      {.name = "ddp.transport", .field = CHORUS_FIELD(ddp.transport), .choices = {"", "auto", "shm", "tcp", "mpi"},
+       .meaning = "transport between workers; \"\": CHORUS_TRANSPORT, else auto"},
+
+      {.name = "amp.init_scale", .field = CHORUS_FIELD(amp.initScale), .range = above(0),
+       .meaning = "fp16: initial loss scale"},
+      {.name = "amp.growth_factor", .field = CHORUS_FIELD(amp.growthFactor), .range = above(1),
+       .meaning = "fp16: scale multiplier after growth_interval steps without overflow"},
+      {.name = "amp.backoff_factor", .field = CHORUS_FIELD(amp.backoffFactor),
+       .range = between(0, 1, true, true), .meaning = "fp16: scale multiplier after an overflow"},
+      {.name = "amp.growth_interval", .field = CHORUS_FIELD(amp.growthInterval), .range = atLeast(1),
+       .meaning = "fp16: steps without overflow before the scale grows"},
+
+      {.name = "output.dir", .field = CHORUS_FIELD(output.dir), .nonEmpty = true,
+       .meaning = "folder for metrics.jsonl, checkpoints/ and config.toml"},
+      {.name = "output.checkpoint_every", .field = CHORUS_FIELD(output.checkpointEvery), .range = atLeast(0),
+       .meaning = "steps between checkpoints; 0: none within an epoch"},
+      {.name = "output.checkpoint_epoch", .field = CHORUS_FIELD(output.checkpointEpoch),
+       .meaning = "write a checkpoint at the end of each epoch"},
+      {.name = "output.keep", .field = CHORUS_FIELD(output.keep), .range = atLeast(1),
+       .meaning = "checkpoints kept (the oldest are removed)"},
+      {.name = "output.progress", .field = CHORUS_FIELD(output.progress),
+       .choices = {"auto", "bar", "lines", "none"},
+       .meaning = "progress display; auto: a bar on a terminal, lines otherwise"},
+  };
+  return kKeys;
+}
+
+#undef CHORUS_FIELD
+
+const Key* findKey(const std::string& name) {
+  for (const Key& k : schema())
+    if (k.name == name) return &k;
+  return nullptr;
+}
+
+bool knownSection(const std::string& name) {
+  for (const Section& s : sections())
+    if (s.name == name) return true;
+  return false;
+}
+
+// Levenshtein distance, one row at a time.
+size_t editDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// The closest of `names` to `name` if it is close enough to be a typo, else "".
+std::string closest(const std::string& name, const std::vector<std::string>& names) {
+  std::string best;
+  size_t bestDist = std::max<size_t>(2, name.size() / 4) + 1;
+  for (const std::string& n : names) {
+    size_t d = editDistance(name, n);
+    if (d < bestDist) bestDist = d, best = n;
+  }
+  return best;
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& sep = ", ") {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
+  return out;
+}
+
+std::string sectionList() {
+  std::vector<std::string> names;
+  for (const Section& s : sections())
+    if (!s.name.empty()) names.push_back(s.name);
+  return join(names);
+}
+
+std::string unknownKeyMessage(const std::string& name) {
+  std::string msg = str("unknown key '", name, "'");
+  std::vector<std::string> all;
+  for (const Key& k : schema()) all.push_back(k.name);
+  std::string guess = closest(name, all);
+  // A known key put under the wrong section: "lr" in [train] means optim.lr.
+  std::string leaf = name.substr(name.find('.') + 1);
+  if (guess.empty())
+    for (const Key& k : schema())
+      if (k.leaf() == leaf) guess = k.name;
+  if (!guess.empty()) return str(msg, " (did you mean ", guess, "?)");
+
+  std::string section = name.find('.') == std::string::npos ? "" : name.substr(0, name.find('.'));
+  if (!knownSection(section)) return str(msg, "; the sections are: ", sectionList());
+  std::vector<std::string> leaves;
+  for (const Key& k : schema())
+    if (k.section() == section) leaves.push_back(k.leaf());
+  return str(msg, "; the keys of ", section.empty() ? "the top level" : "[" + section + "]", " are: ",
+             join(leaves));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values: what the reader produces, how fields print
+
+struct Value {
+  enum class Kind { kString, kInt, kFloat, kBool, kIntArray } kind = Kind::kString;
+  std::string s;
+  int64_t i = 0;
+  double f = 0;
+  bool b = false;
+  std::vector<int64_t> a;
+  std::string text;  // as written, for messages
+};
+
+const char* kindName(Value::Kind k) {
+  switch (k) {
+    case Value::Kind::kString: return "a string";
+    case Value::Kind::kInt: return "an integer";
+    case Value::Kind::kFloat: return "a float";
+    case Value::Kind::kBool: return "a boolean";
+    case Value::Kind::kIntArray: return "an array of integers";
+  }
+  return "?";
+}
+
+// The key's type as the reference and the messages name it.
+std::string typeName(const Field& f) {
+  static const char* kNames[] = {"string", "integer", "integer", "float", "boolean", "array of integers"};
+  return kNames[f.index()];
+}
+std::string typeWithArticle(const Field& f) {
+  std::string t = typeName(f);
+  return (t == "integer" || t == "array of integers" ? "an " : "a ") + t;
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    switch (ch) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (ch < 0x20 || ch == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+          out += buf;
+        } else {
+          out += static_cast<char>(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+// Shortest text that reads back to the same double, always with a '.' or an exponent so
+// that it reads back as a float.
+std::string formatFloat(double v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, res.ptr);
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+// The field's value in TOML syntax.
+std::string formatField(const Key& key, const Config& c) {
+  Config& m = const_cast<Config&>(c);  // the accessors only read here
+  return std::visit(
+      [&](auto get) -> std::string {
+        const auto& v = get(m);
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) return quote(v);
+        else if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+        else if constexpr (std::is_same_v<T, double>) return formatFloat(v);
+        else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+          std::string out = "[";
+          for (size_t i = 0; i < v.size(); ++i) out += str(i ? ", " : "", v[i]);
+          return out + "]";
+        } else return str(v);
+      },
+      key.field);
+}
+
+std::string choicesText(const Key& key) {
+  std::vector<std::string> shown;
+  for (const std::string& c : key.choices) shown.push_back(c.empty() ? "\"\"" : c);
+  return join(shown);
+}
+
+// The allowed values or range as the reference shows them ("" when anything goes).
+std::string allowedText(const Key& key) {
+  if (!key.choices.empty()) return "one of: " + choicesText(key);
+  if (std::holds_alternative<std::vector<int64_t>& (*)(Config&)>(key.field)) {
+    std::string out = key.nonEmpty ? "non-empty" : "";
+    if (key.range.bounded()) out += str(out.empty() ? "" : ", ", "each ", key.range.describe());
+    return out;
+  }
+  if (key.nonEmpty) return "not empty";
+  if (key.range.bounded()) return key.range.describe();
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TOML reader
+
+struct ParseError {
+  int line;
+  std::string msg;
+};
+
+// Reads TOML text: [section] headers, key = value lines, # comments. The values are basic
+// "strings" (with escapes), 'literal strings', integers, floats, booleans and arrays of
+// integers (which may span lines). Throws ParseError.
+class TomlReader {
+ public:
+  explicit TomlReader(const std::string& text) : t_(text) {}
+
+  template <typename OnSection, typename OnKeyValue>
+  void read(OnSection onSection, OnKeyValue onKeyValue) {
+    while (true) {
+      skipSpaces();
+      if (atEnd()) return;
+      char c = t_[pos_];
+      if (c == '\n' || c == '\r' || c == '#') {
+        endOfLine("");
+      } else if (c == '[') {
+        if (peek(1) == '[') fail("arrays of tables ([[...]]) are not supported; use one [section] per group");
+        ++pos_;
+        skipSpaces();
+        int line = line_;
+        std::string name = readKey("a section name after '['");
+        skipSpaces();
+        if (peek(0) != ']') fail(str("expected ']' to close the section header [", name, ", got ", shown()));
+        ++pos_;
+        endOfLine(str("the section header [", name, "]"));
+        onSection(name, line);
+      } else {
+        int line = line_;
+        std::string key = readKey("a key (letters, digits, '_', '-'), a [section] header or a # comment");
+        skipSpaces();
+        if (peek(0) != '=') fail(str("expected '=' after the key '", key, "', got ", shown()));
+        ++pos_;
+        skipSpaces();
+        Value v = readValue();
+        endOfLine(str("the value of '", key, "'"));
+        onKeyValue(key, v, line);
+      }
+    }
+  }
+
+  // The whole text is one value (a --set override); surrounding spaces are allowed.
+  Value readSingleValue() {
+    skipSpaces();
+    Value v = readValue();
+    skipSpaces();
+    if (!atEnd()) fail(str("unexpected ", shown(), " after the value"));
+    return v;
+  }
+
+ private:
+  bool atEnd() const { return pos_ >= t_.size(); }
+  char peek(size_t ahead) const { return pos_ + ahead < t_.size() ? t_[pos_ + ahead] : '\0'; }
+  [[noreturn]] void fail(const std::string& msg) const { throw ParseError{line_, msg}; }
+
+  // What is at the cursor, for messages.
+  std::string shown() const {
+    if (atEnd()) return "the end of the text";
+    char c = t_[pos_];
+    if (c == '\n' || c == '\r') return "the end of the line";
+    return str("'", c, "'");
+  }
+
+  void skipSpaces() {
+    while (!atEnd() && (t_[pos_] == ' ' || t_[pos_] == '\t')) ++pos_;
+  }
+  void skipComment() {
+    if (peek(0) == '#')
+      while (!atEnd() && t_[pos_] != '\n') ++pos_;
+  }
+  // Consumes a newline ("\n" or "\r\n"); false if there is none at the cursor.
+  bool newline() {
+    if (peek(0) == '\r' && peek(1) == '\n') ++pos_;
+    if (peek(0) != '\n') return false;
+    ++pos_;
+    ++line_;
+    return true;
+  }
+  // After a header or a value only spaces and a comment may follow on the line.
+  void endOfLine(const std::string& after) {
+    skipSpaces();
+    skipComment();
+    if (atEnd() || newline()) return;
+    if (after.empty()) fail(str("unexpected ", shown()));
+    fail(str("expected the end of the line after ", after, ", got ", shown()));
+  }
+
+  static bool bareKeyChar(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  }
+
+  // A bare key, dotted parts allowed ("optim.lr"); `expected` says what else could be here.
+  std::string readKey(const std::string& expected) {
+    std::string key;
+    while (true) {
+      if (peek(0) == '"' || peek(0) == '\'') fail("quoted keys are not supported; write the key bare, e.g. lr = 0.1");
+      size_t start = pos_;
+      while (!atEnd() && bareKeyChar(t_[pos_])) ++pos_;
+      if (pos_ == start) fail(str("expected ", key.empty() ? expected : "a key part after '.'", ", got ", shown()));
+      key += t_.substr(start, pos_ - start);
+      skipSpaces();
+      if (peek(0) != '.') return key;
+      ++pos_;
+      key += '.';
+      skipSpaces();
+    }
+  }
+
+  Value readValue() {
+    size_t start = pos_;
+    Value v;
+    char c = peek(0);
+    if (c == '"' || c == '\'') {
+      v.kind = Value::Kind::kString;
+      v.s = c == '"' ? readBasicString() : readLiteralString();
+    } else if (c == '[') {
+      v.kind = Value::Kind::kIntArray;
+      v.a = readArray();
+    } else {
+      v = readScalar();
+    }
+    v.text = t_.substr(start, pos_ - start);
+    return v;
+  }
+
+  std::string readBasicString() {
+    if (peek(1) == '"' && peek(2) == '"') fail("multi-line strings (\"\"\") are not supported");
+    ++pos_;
+    std::string out;
+    while (true) {
+      if (atEnd() || peek(0) == '\n' || peek(0) == '\r')
+        fail("unterminated string: expected a closing '\"' on the same line");
+      char c = t_[pos_++];
+      if (c == '"') return out;
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      char e = peek(0);
+      ++pos_;
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'u': appendUtf8(out, readHex(4)); break;
+        case 'U': appendUtf8(out, readHex(8)); break;
+        default:
+          --pos_;
+          fail(str("unknown escape '\\", e,
+                   "' in a string; the escapes are \\\" \\\\ \\n \\t \\r \\b \\f \\uXXXX \\UXXXXXXXX"));
+      }
+    }
+  }
+
+  std::string readLiteralString() {
+    if (peek(1) == '\'' && peek(2) == '\'') fail("multi-line strings (''') are not supported");
+    ++pos_;
+    size_t start = pos_;
+    while (!atEnd() && t_[pos_] != '\'' && t_[pos_] != '\n' && t_[pos_] != '\r') ++pos_;
+    if (peek(0) != '\'') fail("unterminated string: expected a closing \"'\" on the same line");
+    return t_.substr(start, pos_++ - start);
+  }
+
+  uint32_t readHex(int digits) {
+    uint32_t v = 0;
+    for (int i = 0; i < digits; ++i) {
+      char c = peek(0);
+      int d = (c >= '0' && c <= '9')   ? c - '0'
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                       : -1;
+      if (d < 0) fail(str("expected ", digits, " hex digits in a \\u escape, got ", shown()));
+      v = v * 16 + d;
+      ++pos_;
+    }
+    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) fail("the \\u escape is not a Unicode scalar value");
+    return v;
+  }
+
+  static void appendUtf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  // Spaces, newlines and comments between the elements of an array.
+  void skipArrayGap() {
+    while (true) {
+      skipSpaces();
+      skipComment();
+      if (!newline()) return;
+    }
+  }
+
+  std::vector<int64_t> readArray() {
+    ++pos_;
+    std::vector<int64_t> out;
+    while (true) {
+      skipArrayGap();
+      if (peek(0) == ']') break;
+      if (atEnd()) fail("unterminated array: expected ']'");
+      Value v = readValue();
+      if (v.kind != Value::Kind::kInt)
+        fail(str("arrays may hold integers only, got ", kindName(v.kind), " ", v.text));
+      out.push_back(v.i);
+      skipArrayGap();
+      if (atEnd()) fail("unterminated array: expected ']'");
+      if (peek(0) == ',') {
+        ++pos_;
+      } else if (peek(0) != ']') {
+        fail(str("expected ',' or ']' in the array, got ", shown()));
+      }
+    }
+    ++pos_;
+    return out;
+  }
+
+  static bool digit(char c) { return c >= '0' && c <= '9'; }
+
+  // Digits with single '_' between them ("1_000"); returns them without the underscores.
+  static bool digitRun(const std::string& s, size_t& i, std::string& out) {
+    if (i >= s.size() || !digit(s[i])) return false;
+    while (i < s.size()) {
+      if (digit(s[i])) {
+        out += s[i++];
+      } else if (s[i] == '_' && i + 1 < s.size() && digit(s[i + 1])) {
+        ++i;
+      } else {
+        break;
+      }
+    }
+    return true;
+  }
+
+  // true/false, an integer or a float.
+  Value readScalar() {
+    size_t start = pos_;
+    while (!atEnd() && (bareKeyChar(t_[pos_]) || t_[pos_] == '.' || t_[pos_] == '+')) ++pos_;
+    std::string tok = t_.substr(start, pos_ - start);
+    Value v;
+    if (tok == "true" || tok == "false") {
+      v.kind = Value::Kind::kBool;
+      v.b = tok == "true";
+      return v;
+    }
+    const std::string expected = "expected a value: a \"string\", a number, true, false or [integers]";
+    if (tok.empty()) fail(str(expected, ", got ", shown()));
+
+    // [+-] int [. digits] [e [+-] digits], int without leading zeros.
+    std::string clean;
+    size_t i = 0;
+    if (tok[i] == '+' || tok[i] == '-') clean += tok[i++];
+    size_t intStart = i;
+    if (!digitRun(tok, i, clean)) fail(str(expected, ", got '", tok, "'"));
+    if (tok[intStart] == '0' && i - intStart > 1) fail(str("leading zeros are not allowed in '", tok, "'"));
+    bool isFloat = false;
+    if (i < tok.size() && tok[i] == '.') {
+      clean += tok[i++];
+      if (!digitRun(tok, i, clean)) fail(str("expected digits after the '.' in '", tok, "'"));
+      isFloat = true;
+    }
+    if (i < tok.size() && (tok[i] == 'e' || tok[i] == 'E')) {
+      clean += tok[i++];
+      if (i < tok.size() && (tok[i] == '+' || tok[i] == '-')) clean += tok[i++];
+      if (!digitRun(tok, i, clean)) fail(str("expected digits after the exponent in '", tok, "'"));
+      isFloat = true;
+    }
+    if (i != tok.size()) fail(str(expected, ", got '", tok, "'"));
+
+    if (isFloat) {
+      v.kind = Value::Kind::kFloat;
+      v.f = std::strtod(clean.c_str(), nullptr);
+      if (!std::isfinite(v.f)) fail(str("the float '", tok, "' is out of range"));
+    } else {
+      v.kind = Value::Kind::kInt;
+      const char* b = clean.c_str() + (clean[0] == '+' ? 1 : 0);
+      auto res = std::from_chars(b, clean.c_str() + clean.size(), v.i);
+      if (res.ec != std::errc()) fail(str("the integer '", tok, "' does not fit in 64 bits"));
+    }
+    return v;
+  }
+
+  const std::string& t_;
+  size_t pos_ = 0;
+  int line_ = 1;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Building a Config: type-checked stores, then the checks of ranges and the cross-key rules
+
+class Builder {
+ public:
+  explicit Builder(int worldSize) : worldSize_(worldSize) {
+    if (worldSize < 1) throw ConfigError(str("the number of workers must be >= 1, got ", worldSize));
+  }
+
+  void readFile(const std::string& text, const std::string& source) {
+    std::string section;
+    std::map<std::string, int> sectionLines, keyLines;
+    auto at = [&](int line) { return str(source, ":", line); };
+    TomlReader reader(text);
+    try {
+      reader.read(
+          [&](const std::string& name, int line) {
+            if (!knownSection(name) || name.empty()) {
+              std::vector<std::string> names;
+              for (const Section& s : sections())
+                if (!s.name.empty()) names.push_back(s.name);
+              std::string guess = closest(name, names);
+              throw ConfigError(str(at(line), ": unknown section [", name, "]",
+                                    guess.empty() ? "" : " (did you mean [" + guess + "]?)",
+                                    "; the sections are: ", sectionList()));
+            }
+            auto [it, fresh] = sectionLines.emplace(name, line);
+            if (!fresh)
+              throw ConfigError(str(at(line), ": section [", name, "] appears twice (first on line ", it->second,
+                                    "); put all its keys under one header"));
+            section = name;
+          },
+          [&](const std::string& key, const Value& v, int line) {
+            std::string full = section.empty() ? key : section + "." + key;
+            const Key* k = findKey(full);
+            if (!k) throw ConfigError(str(at(line), ": ", unknownKeyMessage(full)));
+            auto [it, fresh] = keyLines.emplace(full, line);
+            if (!fresh)
+              throw ConfigError(str(at(line), ": duplicate key ", full, " (already set on line ", it->second,
+                                    "); keep one of the two"));
+            store(*k, v, at(line));
+          });
+    } catch (const ParseError& e) {
+      throw ConfigError(str(at(e.line), ": ", e.msg));
+    }
+  }
+
+  // "section.key=value": the value in TOML syntax; for string keys anything that is not a
+  // quoted TOML string is taken as written (--set optim.name=adam, --set ddp.transport=).
+  void applyOverride(const std::string& text) {
+    const std::string where = "--set " + text;
+    auto eq = text.find('=');
+    std::string name = trim(eq == std::string::npos ? text : text.substr(0, eq));
+    if (eq == std::string::npos || name.empty())
+      throw ConfigError(str(where, ": expected key=value, e.g. --set optim.lr=0.1 or --set model.hidden=[256,128]"));
+    const Key* k = findKey(name);
+    if (!k) throw ConfigError(str(where, ": ", unknownKeyMessage(name)));
+    std::string valueText = trim(text.substr(eq + 1));
+    bool isString = std::holds_alternative<std::string& (*)(Config&)>(k->field);
+    Value v;
+    if (isString && (valueText.empty() || (valueText[0] != '"' && valueText[0] != '\''))) {
+      v.kind = Value::Kind::kString;
+      v.s = v.text = valueText;
+    } else {
+      try {
+        v = TomlReader(valueText).readSingleValue();
+      } catch (const ParseError& e) {
+        // The reader's own words help only past the first character ("unterminated array").
+        bool detail = e.msg.rfind("expected a value", 0) != 0;
+        throw ConfigError(str(where, ": ", name, " expects ", typeWithArticle(k->field), " (e.g. ",
+                              formatField(*k, Config{}), "); '", valueText, "' is not one",
+                              detail ? ": " + e.msg : ""));
+      }
+    }
+    store(*k, v, where);
+  }
+
+  // Every key's allowed values or range, then the rules between keys.
+  void validate() {
+    for (const Key& k : schema()) checkKey(k);
+
+    const auto& t = config_.train;
+    if (t.batchSize % worldSize_ != 0) {
+      int64_t below = t.batchSize / worldSize_ * worldSize_, aboveIt = below + worldSize_;
+      std::string such = below > 0 ? str(below, " or ", aboveIt) : str(aboveIt);
+      fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", worldSize_,
+                                   " workers; use a multiple of ", worldSize_, " such as ", such));
+    }
+    const auto& o = config_.optim;
+    if (o.name == "sgd" && o.nesterov && !(o.momentum > 0))
+      fail("optim.nesterov", str(": Nesterov momentum needs optim.momentum > 0", originNote("optim.momentum"),
+                                 "; set optim.momentum (e.g. 0.9) or optim.nesterov = false"));
+    const auto& s = config_.schedule;
+    if (s.name == "cosine" && s.minLr > o.lr)
+      fail("schedule.min_lr", str(": the cosine schedule decays from optim.lr = ", formatFloat(o.lr),
+                                  originNote("optim.lr"), " down to min_lr, so min_lr must not exceed it"));
+    const auto& d = config_.data;
+    if (t.dropLast && d.limitTrain > 0 && d.limitTrain < t.batchSize)
+      fail("train.drop_last", str(": with data.limit_train = ", d.limitTrain, " samples and train.batch_size = ",
+                                  t.batchSize, " every epoch would be empty; raise the limit, lower the batch size "
+                                  "or set train.drop_last = false"));
+  }
+
+  const Config& config() const { return config_; }
+
+ private:
+  static std::string trim(const std::string& s) {
+    size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+    return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+  }
+
+  // Stores `v` into the key's field if the types agree (an integer is accepted for a float).
+  void store(const Key& key, const Value& v, const std::string& where) {
+    auto wrongType = [&] {
+      return ConfigError(str(where, ": ", key.name, " = ", v.text, " has the wrong type: expected ",
+                             typeWithArticle(key.field), " (e.g. ", formatField(key, Config{}), "), got ",
+                             kindName(v.kind)));
+    };
+    std::visit(
+        [&](auto get) {
+          auto& field = get(config_);
+          using T = std::decay_t<decltype(field)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (v.kind != Value::Kind::kString) throw wrongType();
+            field = v.s;
+          } else if constexpr (std::is_same_v<T, bool>) {
+            if (v.kind != Value::Kind::kBool) throw wrongType();
+            field = v.b;
+          } else if constexpr (std::is_same_v<T, double>) {
+            if (v.kind == Value::Kind::kFloat) field = v.f;
+            else if (v.kind == Value::Kind::kInt) field = static_cast<double>(v.i);
+            else throw wrongType();
+          } else if constexpr (std::is_same_v<T, int64_t>) {
+            if (v.kind != Value::Kind::kInt) throw wrongType();
+            field = v.i;
+          } else if constexpr (std::is_same_v<T, uint64_t>) {
+            if (v.kind != Value::Kind::kInt) throw wrongType();
+            if (v.i < 0)
+              throw ConfigError(str(where, ": ", key.name, " = ", v.text, " is out of range: it must be ",
+                                    key.range.describe()));
+            field = static_cast<uint64_t>(v.i);
+          } else {
+            if (v.kind != Value::Kind::kIntArray) throw wrongType();
+            field = v.a;
+          }
+        },
+        key.field);
+    origin_[key.name] = where;
+  }
+
+  // " (set at run.toml:4)" or " (default)" after a value named in a message about another key.
+  std::string originNote(const std::string& name) const {
+    auto it = origin_.find(name);
+    return it == origin_.end() ? " (default)" : " (set at " + it->second + ")";
+  }
+
+  // Throws "<where>: <name> = <value><what>"; `what` starts with its own separator.
+  [[noreturn]] void fail(const std::string& name, const std::string& what) const {
+    const Key& key = *findKey(name);
+    auto it = origin_.find(name);
+    std::string prefix = it == origin_.end() ? "" : it->second + ": ";
+    throw ConfigError(str(prefix, name, " = ", formatField(key, config_), it == origin_.end() ? " (default)" : "",
+                          what));
+  }
+
+  void checkKey(const Key& key) {
+    std::visit(
+        [&](auto get) {
+          const auto& v = get(config_);
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            if (!key.choices.empty() && std::find(key.choices.begin(), key.choices.end(), v) == key.choices.end())
+              fail(key.name, str(" is not allowed; the choices are: ", choicesText(key)));
+            if (key.nonEmpty && v.empty()) fail(key.name, " is not allowed: it must not be empty");
+          } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+            bool ok = !(key.nonEmpty && v.empty());
+            for (int64_t x : v) ok = ok && key.range.contains(static_cast<double>(x));
+            if (!ok) fail(key.name, str(" is not allowed: it must be a list of integers, ", allowedText(key)));
+          } else if constexpr (std::is_same_v<T, double> || std::is_same_v<T, int64_t>) {
+            if (!key.range.contains(static_cast<double>(v)))
+              fail(key.name, str(" is out of range: it must be ", key.range.describe()));
+          }
+        },
+        key.field);
+  }
+
+  int worldSize_;
+  Config config_;
+  std::map<std::string, std::string> origin_;  // key -> where it was last set
+};
+
+}  // namespace
+
+Config parseConfig(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
+                   int worldSize) {
+  Builder b(worldSize);
+  b.readFile(text, source);
+  for (const std::string& o : overrides) b.applyOverride(o);
+  b.validate();
+  return b.config();
+}
+
+Config loadConfig(const std::string& path, const std::vector<std::string>& overrides, int worldSize) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno),
+                          "; pass an existing TOML file (the keys are in docs/train-config.md)"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno)));
+  return parseConfig(text.str(), path, overrides, worldSize);
+}
+
+Config defaultConfig(const std::vector<std::string>& overrides, int worldSize) {
+  return parseConfig("", "(defaults)", overrides, worldSize);
+}
+
+std::string toToml(const Config& c) {
+  std::string out = "# chorus train configuration, resolved (file, --set overrides and defaults)\n";
+  std::string section;
+  for (const Key& k : schema()) {
+    if (k.section() != section) {
+      section = k.section();
+      out += "\n[" + section + "]\n";
+    }
+    out += k.leaf() + " = " + formatField(k, c) + "\n";
+  }
+  return out;
+}
+
+std::string configReference() {
+  const Config defaults;
+  std::string out;
+  for (const Section& s : sections()) {
+    if (!out.empty()) out += "\n";
+    out += (s.name.empty() ? std::string("top level") : "[" + s.name + "]") + ": " + s.meaning + "\n";
+    for (const Key& k : schema()) {
+      if (k.section() != s.name) continue;
+      std::string head = str("  ", k.leaf(), " = ", formatField(k, defaults));
+      std::string allowed = allowedText(k);
+      std::string type = typeName(k.field) + (allowed.empty() ? "" : ", " + allowed);
+      head += std::string(head.size() < 34 ? 34 - head.size() : 2, ' ');
+      out += head + type + "\n" + std::string(6, ' ') + k.meaning + "\n";
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> configKeys() {
+  std::vector<std::string> out;
+  for (const Key& k : schema()) out.push_back(k.name);
+  return out;
+}
+
+}  // namespace chorus::train

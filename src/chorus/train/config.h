@@ -1,0 +1,139 @@
+// The training job's configuration: a TOML file plus `--set key=value` overrides, checked
+// against one schema before any process starts training.
+//
+// Every key is "section.key" (or a top-level key such as "precision"). The schema (config.cc)
+// is the single list of keys, with type, default, allowed values and meaning; docs/train.md
+// and `chorus train --help-config` are printed from it.
+//
+// Errors are ConfigError and name the source ("run.toml:12" or "--set"), the key, what was
+// wrong, and the allowed values or range, e.g.
+//   run.toml:7: optim.name = "adamx" is not allowed; the choices are: sgd, adam, adamw
+//   --set train.batch_size=100: 100 global samples cannot be split over 3 workers; use a multiple of 3
+//   run.toml:3: unknown key 'train.epoch' (did you mean train.epochs?)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace chorus::train {
+
+struct DataConfig {
+  std::string dataset = "fashion-mnist";  // "fashion-mnist" | "cifar10"
+  std::string path = "/usr/share/datasets/fashion-mnist";  // folder with the dataset's files
+  int64_t limitTrain = 0;  // 0: the whole train split; else its first N samples (quick runs, tests)
+  int64_t limitTest = 0;   // 0: the whole test split; else its first N samples
+
+  bool operator==(const DataConfig&) const = default;
+};
+
+struct ModelConfig {
+  std::string name = "mlp";                    // "mlp" | "cnn"
+  std::vector<int64_t> hidden = {512, 256};    // mlp: hidden layer widths
+  std::vector<int64_t> channels = {32, 64};    // cnn: channels of each conv-BN-ReLU-pool block
+  int64_t fc = 128;                            // cnn: width of the hidden fully-connected layer
+
+  bool operator==(const ModelConfig&) const = default;
+};
+
+struct OptimConfig {
+  std::string name = "sgd";   // "sgd" | "adam" | "adamw"
+  double lr = 0.05;
+  double momentum = 0.9;      // sgd
+  bool nesterov = false;      // sgd (needs momentum > 0)
+  double weightDecay = 0.0;   // all three (adamw: decoupled)
+  double beta1 = 0.9;         // adam, adamw
+  double beta2 = 0.999;       // adam, adamw
+  double eps = 1e-8;          // adam, adamw
+
+  bool operator==(const OptimConfig&) const = default;
+};
+
+struct ScheduleConfig {
+  std::string name = "cosine";  // "constant" | "cosine" | "step"
+  int64_t warmupSteps = 0;      // linear warmup from lr * warmup_start over this many steps
+  double warmupStart = 0.1;     // fraction of lr at step 0 of the warmup
+  double minLr = 0.0;           // cosine: the lr it decays to
+  int64_t stepEpochs = 1;       // step: multiply lr by gamma every this many epochs
+  double gamma = 0.1;           // step
+
+  bool operator==(const ScheduleConfig&) const = default;
+};
+
+struct TrainLoopConfig {
+  int64_t epochs = 3;
+  int64_t batchSize = 128;   // global: each of W workers takes batch_size / W per step
+  int64_t maxSteps = 0;      // 0: no limit; else stop after this many steps (all epochs together)
+  uint64_t seed = 0;         // model init and data order
+  bool shuffle = true;
+  bool dropLast = false;     // drop the last, smaller batch of each epoch
+  bool eval = true;          // evaluate on the test split after each epoch
+  int64_t logEvery = 20;     // steps between metrics lines (and plain progress lines)
+  int64_t threads = 0;       // torch intra-op threads per worker; 0: cores / local workers
+
+  bool operator==(const TrainLoopConfig&) const = default;
+};
+
+struct DdpConfig {
+  double bucketMb = 25.0;       // bucket cap in MiB
+  bool findUnused = false;      // find_unused_parameters
+  bool broadcastBuffers = true; // broadcast buffers (BatchNorm statistics) from rank 0 each step
+  std::string commDtype = "fp32";  // "fp32" | "fp16" | "bf16": gradients on the wire
+  std::string algo = "auto";       // allreduce algorithm: auto | ring | hd | tree | direct | mpi
+  std::string transport = "";      // "" (CHORUS_TRANSPORT / auto) | shm | tcp | mpi
+
+  bool operator==(const DdpConfig&) const = default;
+};
+
+struct AmpConfig {
+  double initScale = 65536.0;   // fp16: initial loss scale
+  double growthFactor = 2.0;
+  double backoffFactor = 0.5;
+  int64_t growthInterval = 2000;  // steps without overflow before the scale grows
+
+  bool operator==(const AmpConfig&) const = default;
+};
+
+struct OutputConfig {
+  std::string dir = "runs/default";  // metrics.jsonl, checkpoints/, config.toml go here
+  int64_t checkpointEvery = 0;       // steps between checkpoints; 0: only at the end of each epoch
+  bool checkpointEpoch = true;       // checkpoint at the end of each epoch
+  int64_t keep = 2;                  // checkpoints kept (oldest removed)
+  std::string progress = "auto";     // "auto" (bar on a terminal, lines otherwise) | "bar" | "lines" | "none"
+
+  bool operator==(const OutputConfig&) const = default;
+};
+
+struct Config {
+  std::string name = "default";    // run name (top-level key)
+  std::string precision = "fp32";  // "fp32" | "bf16" | "fp16" (top-level key)
+  DataConfig data;
+  ModelConfig model;
+  OptimConfig optim;
+  ScheduleConfig schedule;
+  TrainLoopConfig train;
+  DdpConfig ddp;
+  AmpConfig amp;
+  OutputConfig output;
+
+  bool operator==(const Config&) const = default;
+};
+
+// Parses `text` (TOML: [sections], key = value, strings, integers, floats, booleans, arrays
+// of integers, # comments), applies `overrides` ("section.key=value", value in TOML syntax,
+// bare words taken as strings), and validates everything, including what depends on the
+// number of workers (worldSize >= 1). `source` names the text in errors. Throws ConfigError.
+Config parseConfig(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
+                   int worldSize);
+// Reads the file (an unreadable file is a ConfigError naming it) and calls parseConfig.
+Config loadConfig(const std::string& path, const std::vector<std::string>& overrides, int worldSize);
+// The defaults, validated as parseConfig would with no file.
+Config defaultConfig(const std::vector<std::string>& overrides, int worldSize);
+// The resolved config as TOML that parseConfig reads back to an equal Config.
+std::string toToml(const Config& c);
+// Every key with its type, default, allowed values and meaning, one block per section.
+std::string configReference();
+// The names of every key, in schema order ("name", "precision", "data.dataset", ...).
+std::vector<std::string> configKeys();
+
+}  // namespace chorus::train

@@ -1,0 +1,407 @@
+// The training loop behind `chorus train` (see trainer.h).
+#include "chorus/train/trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include "chorus/amp/autocast.h"
+#include "chorus/amp/grad_scaler.h"
+#include "chorus/common/error.h"
+#include "chorus/parallel/data/ddp.h"
+#include "chorus/parallel/data/sampler.h"
+#include "chorus/train/checkpoint.h"
+#include "chorus/train/datasets.h"
+#include "chorus/train/metrics.h"
+#include "chorus/train/models.h"
+#include "chorus/train/optim.h"
+#include "chorus/train/progress.h"
+#include "chorus/train/trace.h"
+
+namespace chorus::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+comm::AllreduceAlgo parseAlgo(const std::string& s) {
+  if (s == "auto") return comm::AllreduceAlgo::kAuto;
+  if (s == "ring") return comm::AllreduceAlgo::kRing;
+  if (s == "hd") return comm::AllreduceAlgo::kHalvingDoubling;
+  if (s == "tree") return comm::AllreduceAlgo::kTree;
+  if (s == "direct") return comm::AllreduceAlgo::kDirect;
+  if (s == "mpi") return comm::AllreduceAlgo::kMpi;
+  throw ConfigError(str("ddp.algo = \"", s, "\" is not allowed; the choices are: auto, ring, hd, tree, direct, mpi"));
+}
+
+template <class T>
+void allreduceInPlace(comm::ProcessGroup& g, T* data, size_t n, DType dtype, ReduceOp op) {
+  comm::AllreduceOptions o;
+  o.data = data;
+  o.count = n;
+  o.dtype = dtype;
+  o.op = op;
+  g.allreduce(o);
+}
+
+struct EvalResult {
+  double accuracy = 0, loss = 0;
+};
+
+// Each rank scores a contiguous slice of the test split; the sums meet in one all-reduce.
+EvalResult evaluate(torch::nn::Sequential& model, const Dataset& test, comm::ProcessGroup& g, amp::Precision prec) {
+  torch::NoGradGuard noGrad;
+  model->eval();
+  const int64_t n = test.size();
+  const int64_t lo = n * g.rank() / g.size(), hi = n * (g.rank() + 1) / g.size();
+  double sums[3] = {0, 0, static_cast<double>(hi - lo)};  // correct, loss sum, count
+  for (int64_t i = lo; i < hi; i += 1000) {
+    int64_t len = std::min<int64_t>(1000, hi - i);
+    auto x = test.images.narrow(0, i, len);
+    auto y = test.labels.narrow(0, i, len);
+    torch::Tensor logits;
+    {
+      amp::Autocast ac(prec, torch::kCPU);
+      logits = model->forward(x);
+    }
+    logits = logits.to(torch::kFloat);
+    sums[0] += logits.argmax(1).eq(y).sum().item<double>();
+    sums[1] += torch::nn::functional::cross_entropy(logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                   .item<double>();
+  }
+  allreduceInPlace(g, sums, 3, DType::kFloat64, ReduceOp::kSum);
+  model->train();
+  return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2])};
+}
+
+// Gathers every rank's trace events to rank 0, which writes the file.
+void writeTrace(const std::string& path, const Tracer& tracer, comm::ProcessGroup& g) {
+  std::string mine = tracer.eventsJson();
+  std::vector<uint64_t> sizes(g.size());
+  uint64_t len = mine.size();
+  comm::AllgatherOptions so;
+  so.input = &len;
+  so.output = sizes.data();
+  so.count = 1;
+  so.dtype = DType::kInt64;
+  g.allgather(so);
+  std::vector<size_t> counts(sizes.begin(), sizes.end());
+  size_t total = 0;
+  for (auto c : counts) total += c;
+  std::string all(total, '\0');
+  comm::AllgatherOptions ao;
+  ao.input = mine.data();
+  ao.output = all.data();
+  ao.count = mine.size();
+  ao.counts = counts;
+  ao.dtype = DType::kUInt8;
+  g.allgather(ao);
+  if (g.rank() != 0) return;
+  std::vector<std::string> bodies;
+  size_t off = 0;
+  for (auto c : counts) {
+    if (c > 0) bodies.push_back(all.substr(off, c));
+    off += c;
+  }
+  writeChromeTrace(path, bodies);
+}
+
+}  // namespace
+
+double peakRssMb() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts) {
+  comm::ProcessGroup& g = *group;
+  const int rank = g.rank(), world = g.size();
+  const bool lead = rank == 0;
+  std::ostream& out = opts.out ? *opts.out : std::cout;
+  const amp::Precision prec = amp::parsePrecision(cfg.precision);
+
+  int64_t threads = cfg.train.threads;
+  if (threads == 0) {
+    int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    threads = std::max<int64_t>(1, cores / std::max(1, opts.localWorldSize));
+  }
+  torch::set_num_threads(static_cast<int>(threads));
+
+  Dataset trainSet = loadDataset(cfg.data.dataset, cfg.data.path, true, cfg.data.limitTrain);
+  Dataset testSet;
+  if (cfg.train.eval) testSet = loadDataset(cfg.data.dataset, cfg.data.path, false, cfg.data.limitTest);
+
+  // Seeding and drawing the initial weights go together: torch's generator is per process,
+  // and ranks that are threads of one process (tests) must not interleave here.
+  static std::mutex initMu;
+  std::unique_lock<std::mutex> initLock(initMu);
+  torch::manual_seed(cfg.train.seed);
+  auto model = makeModel(cfg.model, trainSet.images.size(1), trainSet.images.size(2), trainSet.images.size(3),
+                         trainSet.classes);
+  initLock.unlock();
+  parallel::DDPOptions dopts;
+  dopts.bucketCapBytes = static_cast<size_t>(cfg.ddp.bucketMb * 1024 * 1024);
+  dopts.findUnusedParameters = cfg.ddp.findUnused;
+  dopts.broadcastBuffers = cfg.ddp.broadcastBuffers;
+  comm::AllreduceAlgo algo = parseAlgo(cfg.ddp.algo);
+  if (cfg.ddp.commDtype == "fp16") {
+    dopts.hook = parallel::castHook(at::kHalf, algo);
+  } else if (cfg.ddp.commDtype == "bf16") {
+    dopts.hook = parallel::castHook(at::kBFloat16, algo);
+  } else {
+    dopts.hook = parallel::allreduceHook(algo);
+  }
+  parallel::DistributedDataParallel ddp(model, group, dopts);
+
+  auto optimizer = makeOptimizer(cfg.optim, model->parameters());
+  amp::GradScalerOptions sopts;
+  sopts.enabled = prec == amp::Precision::kFp16;
+  sopts.initScale = cfg.amp.initScale;
+  sopts.growthFactor = cfg.amp.growthFactor;
+  sopts.backoffFactor = cfg.amp.backoffFactor;
+  sopts.growthInterval = cfg.amp.growthInterval;
+  amp::GradScaler scaler(sopts, group);
+
+  const int64_t localBatch = cfg.train.batchSize / world;
+  parallel::DistributedSampler sampler(trainSet.size(), rank, world, cfg.train.shuffle, cfg.train.seed,
+                                       cfg.train.dropLast);
+  const int64_t shard = sampler.shardSize();
+  const int64_t stepsPerEpoch = cfg.train.dropLast ? shard / localBatch : (shard + localBatch - 1) / localBatch;
+  if (stepsPerEpoch == 0) {
+    throw ConfigError(str("train.batch_size = ", cfg.train.batchSize, " leaves no full batch in the ", shard,
+                          " samples per worker; lower it or turn train.drop_last off"));
+  }
+  int64_t totalSteps = stepsPerEpoch * cfg.train.epochs;
+  if (cfg.train.maxSteps > 0) totalSteps = std::min(totalSteps, cfg.train.maxSteps);
+  LrSchedule schedule(cfg.schedule, cfg.optim.lr, totalSteps, stepsPerEpoch);
+
+  TrainResult result;
+  const fs::path dir = cfg.output.dir;
+  const fs::path ckptDir = dir / "checkpoints";
+  result.checkpointDir = ckptDir.string();
+  result.metricsPath = (dir / "metrics.jsonl").string();
+
+  TrainState state;
+  std::string resumePath = opts.resumeFrom;
+  if (opts.resume && resumePath.empty()) {
+    resumePath = latestCheckpoint(ckptDir.string());
+    if (resumePath.empty()) {
+      throw InvalidArgument(str("--resume: no checkpoint in ", ckptDir.string(),
+                                "; run without --resume to start fresh, or name a file with --resume-from"));
+    }
+  }
+  if (!resumePath.empty()) {
+    state = loadCheckpoint(resumePath, *model, *optimizer);
+    auto sc = [&](const char* k, double d) { return state.scalars.count(k) ? state.scalars.at(k) : d; };
+    scaler.restore(sc("amp.scale", cfg.amp.initScale), static_cast<int64_t>(sc("amp.good_steps", 0)),
+                   static_cast<int64_t>(sc("amp.skipped_steps", 0)));
+  }
+
+  std::unique_ptr<MetricsLog> metrics;
+  if (lead) {
+    fs::create_directories(dir);
+    std::ofstream(dir / "config.toml") << toToml(cfg);
+    metrics = std::make_unique<MetricsLog>(result.metricsPath, /*append=*/!resumePath.empty());
+    metrics->write(JsonObject()
+                      .add("event", "start")
+                      .add("world", world)
+                      .add("model", cfg.model.name)
+                      .add("params", parameterCount(*model))
+                      .add("precision", cfg.precision)
+                      .add("comm_dtype", cfg.ddp.commDtype)
+                      .add("transport", std::string(g.transportName()))
+                      .add("steps_per_epoch", stepsPerEpoch)
+                      .add("total_steps", totalSteps)
+                      .add("resumed_from", resumePath)
+                      .add("resumed_step", state.globalStep));
+    if (!resumePath.empty()) out << "resuming from " << resumePath << " at step " << state.globalStep << "\n";
+  }
+
+  ProgressBar bar(out, lead ? progressModeFor(cfg.output.progress, STDOUT_FILENO) : ProgressMode::kNone,
+                  cfg.train.epochs, stepsPerEpoch, cfg.train.logEvery);
+  g.barrier();
+  const Clock::time_point origin = Clock::now();
+  Tracer tracer(rank, origin);
+  tracer.setEnabled(!opts.tracePath.empty());
+
+  auto saveCkpt = [&](const TrainState& s) {
+    if (lead) {
+      std::string path = (ckptDir / checkpointName(s.globalStep)).string();
+      TrainState st = s;
+      st.scalars["amp.scale"] = scaler.scaleValue();
+      st.scalars["amp.good_steps"] = static_cast<double>(scaler.goodSteps());
+      st.scalars["amp.skipped_steps"] = static_cast<double>(scaler.skippedSteps());
+      saveCheckpoint(path, *model, *optimizer, st);
+      pruneCheckpoints(ckptDir.string(), cfg.output.keep);
+      result.lastCheckpoint = path;
+    }
+  };
+
+  double trainSeconds = 0, commSeconds = 0, overlapSeconds = 0, computeSeconds = 0;
+  double windowLoss = 0;
+  int64_t windowSteps = 0, stepsThisRun = 0;
+  uint64_t bytesAtWindow = g.bytesSent();
+  double windowComm = 0, windowCompute = 0, windowTrain = 0;
+  double recentRate = 0;
+  EvalResult lastEval{-1, -1};
+  int64_t globalStep = state.globalStep;
+  bool done = globalStep >= totalSteps;
+
+  for (int64_t epoch = state.epoch; epoch < cfg.train.epochs && !done; ++epoch) {
+    sampler.setEpoch(epoch);
+    const std::vector<int64_t> order = sampler.indices();
+    const torch::Tensor orderT = torch::tensor(order, torch::kLong);
+    const int64_t firstStep = epoch == state.epoch ? state.stepInEpoch : 0;
+    int64_t doneInEpoch = firstStep;
+    for (int64_t step = firstStep; step < stepsPerEpoch; ++step) {
+      if (globalStep >= totalSteps || (opts.stopAfter > 0 && stepsThisRun >= opts.stopAfter)) {
+        done = true;
+        break;
+      }
+      const Clock::time_point t0 = Clock::now();
+      const int64_t begin = step * localBatch, len = std::min(localBatch, shard - begin);
+      torch::Tensor idx = orderT.narrow(0, begin, len);
+      torch::Tensor x = trainSet.images.index_select(0, idx), y = trainSet.labels.index_select(0, idx);
+      setLearningRate(*optimizer, schedule.at(globalStep));
+      optimizer->zero_grad();
+      torch::Tensor loss;
+      {
+        amp::Autocast ac(prec, torch::kCPU);
+        torch::Tensor logits = ddp.forward(x);
+        loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), y);
+      }
+      const Clock::time_point t1 = Clock::now();
+      scaler.scale(loss).backward();
+      const Clock::time_point t2 = Clock::now();
+      if (!scaler.step(*optimizer)) ++result.skippedSteps;
+      scaler.update();
+      const Clock::time_point t3 = Clock::now();
+      ++globalStep;
+      ++stepsThisRun;
+      ++doneInEpoch;
+
+      const parallel::DDPStats& st = ddp.stats();
+      const double stepSeconds = std::chrono::duration<double>(t3 - t0).count();
+      trainSeconds += stepSeconds;
+      commSeconds += st.commSeconds;
+      overlapSeconds += st.overlapSeconds;
+      const double compute = stepSeconds - st.waitSeconds;
+      computeSeconds += compute;
+      windowComm += st.commSeconds;
+      windowCompute += compute;
+      windowTrain += stepSeconds;
+      windowLoss += loss.item<double>();
+      ++windowSteps;
+      if (tracer.enabled()) {
+        tracer.span("compute", "forward", t0, t1, str("{\"step\":", globalStep, "}"));
+        tracer.span("compute", "backward", t1, st.backwardEnd);
+        if (st.waitSeconds > 0) tracer.span("compute", "wait for all-reduce", st.backwardEnd, t2);
+        tracer.span("compute", "optimizer", t2, t3);
+        for (const auto& s : st.spans) tracer.span("comm", str("allreduce bucket ", s.bucket), s.start, s.end);
+      }
+
+      const bool lastOfEpoch = step + 1 == stepsPerEpoch || globalStep >= totalSteps;
+      if (windowSteps >= cfg.train.logEvery || lastOfEpoch) {
+        recentRate = windowTrain > 0 ? static_cast<double>(windowSteps * cfg.train.batchSize) / windowTrain : 0;
+        if (lead) {
+          uint64_t bytes = g.bytesSent();
+          metrics->write(JsonObject()
+                            .add("event", "step")
+                            .add("step", globalStep)
+                            .add("epoch", epoch)
+                            .add("loss", windowLoss / static_cast<double>(windowSteps))
+                            .add("lr", schedule.at(globalStep - 1))
+                            .add("samples_per_s", recentRate)
+                            .add("bytes_sent", bytes - bytesAtWindow)
+                            .add("comm_s", windowComm)
+                            .add("compute_s", windowCompute)
+                            .add("loss_scale", scaler.scaleValue()));
+          bytesAtWindow = bytes;
+        }
+        windowLoss = windowComm = windowCompute = windowTrain = 0;
+        windowSteps = 0;
+      }
+      if (lead) {
+        double eta = recentRate > 0 ? static_cast<double>((totalSteps - globalStep) * cfg.train.batchSize) / recentRate : 0;
+        bar.update(epoch, step + 1, loss.item<double>(), recentRate, eta);
+      }
+      if (cfg.output.checkpointEvery > 0 && globalStep % cfg.output.checkpointEvery == 0 && !lastOfEpoch) {
+        saveCkpt({epoch, step + 1, globalStep, {}});
+      }
+    }
+    // End of the epoch, or of max_steps inside it.
+    const bool epochComplete = doneInEpoch == stepsPerEpoch;
+    const bool stopped = opts.stopAfter > 0 && stepsThisRun >= opts.stopAfter;
+    const bool reachedEnd = globalStep >= totalSteps || stopped;
+    if (cfg.train.eval && (epochComplete || reachedEnd)) {
+      lastEval = evaluate(model, testSet, g, prec);
+      if (lead) {
+        metrics->write(JsonObject()
+                          .add("event", "eval")
+                          .add("epoch", epoch)
+                          .add("step", globalStep)
+                          .add("test_acc", lastEval.accuracy)
+                          .add("test_loss", lastEval.loss));
+        bar.endEpoch(str("epoch ", epoch + 1, "/", cfg.train.epochs, ": test accuracy ", lastEval.accuracy,
+                         ", test loss ", lastEval.loss));
+      }
+    } else if (lead) {
+      bar.endEpoch(str("epoch ", epoch + 1, "/", cfg.train.epochs, " done"));
+    }
+    const bool every = cfg.output.checkpointEvery > 0;
+    if ((cfg.output.checkpointEpoch && epochComplete) || (every && globalStep % cfg.output.checkpointEvery == 0) ||
+        (reachedEnd && (cfg.output.checkpointEpoch || every))) {
+      saveCkpt(epochComplete ? TrainState{epoch + 1, 0, globalStep, {}} : TrainState{epoch, doneInEpoch, globalStep, {}});
+    }
+    if (reachedEnd) done = true;
+  }
+
+  // Summary: throughput, memory and overlap over all ranks.
+  double agg[4] = {peakRssMb(), peakRssMb(), trainSeconds, 0};
+  allreduceInPlace(g, agg, 1, DType::kFloat64, ReduceOp::kMax);
+  allreduceInPlace(g, agg + 1, 1, DType::kFloat64, ReduceOp::kSum);
+  allreduceInPlace(g, agg + 2, 1, DType::kFloat64, ReduceOp::kMax);
+  if (!opts.tracePath.empty()) writeTrace(opts.tracePath, tracer, g);
+
+  result.steps = stepsThisRun;
+  result.globalStep = globalStep;
+  result.trainSeconds = agg[2];
+  result.samplesPerSec = agg[2] > 0 ? static_cast<double>(stepsThisRun * cfg.train.batchSize) / agg[2] : 0;
+  result.testAccuracy = lastEval.accuracy;
+  result.testLoss = lastEval.loss;
+  result.commSeconds = commSeconds;
+  result.overlapFraction = commSeconds > 0 ? overlapSeconds / commSeconds : 0;
+  if (lead) {
+    metrics->write(JsonObject()
+                      .add("event", "summary")
+                      .add("world", world)
+                      .add("model", cfg.model.name)
+                      .add("precision", cfg.precision)
+                      .add("steps", stepsThisRun)
+                      .add("global_step", globalStep)
+                      .add("train_s", result.trainSeconds)
+                      .add("samples_per_s", result.samplesPerSec)
+                      .add("test_acc", result.testAccuracy)
+                      .add("test_loss", result.testLoss)
+                      .add("comm_s", commSeconds)
+                      .add("compute_s", computeSeconds)
+                      .add("overlap_frac", result.overlapFraction)
+                      .add("bytes_sent", g.bytesSent())
+                      .add("skipped_steps", result.skippedSteps)
+                      .add("peak_rss_mb_max", agg[0])
+                      .add("peak_rss_mb_mean", agg[1] / world)
+                      .add("last_checkpoint", result.lastCheckpoint));
+  }
+  return result;
+}
+
+}  // namespace chorus::train

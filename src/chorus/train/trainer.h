@@ -1,0 +1,49 @@
+// The training loop that `chorus train` runs on every rank: data sharded by
+// DistributedSampler, the model wrapped in DistributedDataParallel, mixed precision, the
+// learning-rate schedule, distributed evaluation after each epoch, metrics (JSONL), the
+// progress display, checkpoints and bit-exact resume, and an optional Chrome trace.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+
+#include "chorus/comm/group.h"
+#include "chorus/train/config.h"
+
+namespace chorus::train {
+
+struct TrainOptions {
+  bool resume = false;        // continue from the newest checkpoint in <output.dir>/checkpoints
+  std::string resumeFrom;     // or from this checkpoint file
+  std::string tracePath;      // write a Chrome trace here (rank 0 gathers every rank's spans)
+  int localWorldSize = 1;     // ranks on this host (sets the default thread count)
+  int64_t stopAfter = 0;      // > 0: stop after this many steps of this run, as an interrupted job
+                              // would, leaving the schedule untouched (tests, time-boxed runs)
+  std::ostream* out = nullptr;  // rank 0's progress and summary (nullptr: std::cout)
+};
+
+struct TrainResult {
+  int64_t steps = 0;           // optimizer steps taken in this run (not counting resumed ones)
+  int64_t globalStep = 0;      // steps in all, resumed ones included
+  double trainSeconds = 0;     // wall time of the training steps (no evaluation, no checkpoints)
+  double samplesPerSec = 0;    // global samples trained / trainSeconds
+  double testAccuracy = -1;    // after the last epoch (-1: no evaluation ran)
+  double testLoss = -1;
+  double overlapFraction = 0;  // of all-reduce time, the part hidden under backward passes
+  double commSeconds = 0;      // all-reduce time (rank 0)
+  int64_t skippedSteps = 0;    // fp16 steps skipped on overflow
+  std::string metricsPath;     // rank 0's metrics.jsonl
+  std::string checkpointDir;
+  std::string lastCheckpoint;  // "" if none was written
+};
+
+// Runs the job described by cfg on this rank of group. Throws chorus errors (bad data path,
+// bad checkpoint, a peer that died).
+TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts);
+
+// Peak resident memory of this process in MiB (getrusage).
+double peakRssMb();
+
+}  // namespace chorus::train

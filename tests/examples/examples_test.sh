@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The programs under examples/ run as documented: examples/ddp_custom_model under
+# `chorus launch` with 1 and 2 ranks exits 0, rank 0 alone prints the loss of each epoch and
+# a final line, and the loss falls from the first epoch to the last.
+# usage: bash examples_test.sh BUILD_DIR [SOURCE_DIR]
+set -u
+BUILD=${1:?usage: examples_test.sh BUILD_DIR [SOURCE_DIR]}
+CHORUS=$BUILD/chorus
+EXAMPLE=$BUILD/ddp_custom_model
+for bin in "$CHORUS" "$EXAMPLE"; do
+  [ -x "$bin" ] || { echo "FAIL: $bin is not built (build the chorus and ddp_custom_model targets)"; exit 1; }
+done
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+
+test_ddp_custom_model() {
+  local n=$1 out=$TMP/ddp.$1.out err=$TMP/ddp.$1.err rc
+  timeout 60 "$CHORUS" launch -n "$n" "$EXAMPLE" >"$out" 2>"$err"
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    fail "ddp_custom_model on $n rank(s): exit status $rc"
+    cat "$out" "$err"
+    return
+  fi
+  local ok=1 first final epochs
+  epochs=$(grep -c '^\[rank 0\] epoch [0-9]* loss [0-9.]*$' "$out")
+  [ "$epochs" -eq 5 ] || { ok=0; echo "  expected 5 epoch lines from rank 0, got $epochs"; }
+  first=$(sed -n 's/^\[rank 0\] epoch 0 loss \([0-9.]*\)$/\1/p' "$out")
+  final=$(sed -n 's/^\[rank 0\] final loss \([0-9.]*\)$/\1/p' "$out")
+  [ -n "$first" ] || { ok=0; echo "  no 'epoch 0 loss' line from rank 0"; }
+  [ -n "$final" ] || { ok=0; echo "  no 'final loss' line from rank 0"; }
+  if [ -n "$first" ] && [ -n "$final" ] && ! awk -v a="$first" -v b="$final" 'BEGIN { exit !(b < a) }'; then
+    ok=0
+    echo "  the loss did not fall: epoch 0 $first, final $final"
+  fi
+  if grep -v '^\[rank 0\] ' "$out" | grep -q .; then
+    ok=0
+    echo "  ranks other than 0 printed to stdout:"
+    grep -v '^\[rank 0\] ' "$out"
+  fi
+  if [ $ok -eq 1 ]; then
+    pass "ddp_custom_model on $n rank(s): loss $first -> $final"
+  else
+    fail "ddp_custom_model on $n rank(s)"
+    cat "$out" "$err"
+  fi
+}
+
+test_ddp_custom_model 2
+test_ddp_custom_model 1
+
+if [ $failures -ne 0 ]; then
+  echo "examples_test: $failures FAILED"
+  exit 1
+fi
+echo "examples_test: all passed"

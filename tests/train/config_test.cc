@@ -1,0 +1,474 @@
+// The training configuration: the TOML reader, the schema's checks and their messages, the
+// --set overrides, the world-size rules, the toToml round trip, and that docs/train-config.md
+// shows the reference the code prints.
+#include "chorus/train/config.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "chorus/common/error.h"
+
+namespace chorus::train {
+namespace {
+
+using Overrides = std::vector<std::string>;
+
+Config parse(const std::string& text, const Overrides& overrides = {}, int worldSize = 1) {
+  return parseConfig(text, "run.toml", overrides, worldSize);
+}
+
+// The ConfigError message of parsing `text` with `overrides`; fails the test if none is thrown.
+std::string errorOf(const std::string& text, const Overrides& overrides = {}, int worldSize = 1) {
+  try {
+    parse(text, overrides, worldSize);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no ConfigError for:\n" << text;
+  return "";
+}
+
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
+    << "  message: " << (haystack) << "\n  expected to contain: " << (needle)
+
+TEST(Config, DefaultsAreValidAndEqualTheStructDefaults) {
+  for (int w : {1, 2, 4, 8}) EXPECT_EQ(defaultConfig({}, w), Config{}) << w;
+  EXPECT_EQ(parse(""), Config{});
+  EXPECT_EQ(parse("# only a comment\n\n   \n"), Config{});
+}
+
+TEST(Config, FullFileSetsEveryField) {
+  const std::string text = R"(# a full run
+name = "fmnist \"cnn\"\tv2"   # escapes
+precision = 'bf16'
+
+[data]
+dataset = "fashion-mnist"
+path = "/data/fm"
+limit_train = 1_000
+limit_test = 500
+
+[model]
+name = "cnn"
+hidden = [1024,
+          512,   # trailing comma and comments inside arrays
+         ]
+channels = [16, 32, 64]
+fc = 256
+
+[optim]
+name = "adamw"
+lr = 3e-4
+momentum = 0
+nesterov = false
+weight_decay = 0.01
+beta1 = 0.8
+beta2 = 0.95
+eps = 1E-6
+
+[schedule]
+name = "step"
+warmup_steps = 100
+warmup_start = 0.25
+min_lr = 1e-5
+step_epochs = 2
+gamma = 0.5
+
+[train]
+epochs = 7
+batch_size = 256
+max_steps = 1000
+seed = 42
+shuffle = false
+drop_last = true
+eval = false
+log_every = 5
+threads = 2
+
+[ddp]
+bucket_mb = 1.5
+find_unused = true
+broadcast_buffers = false
+comm_dtype = "bf16"
+algo = "ring"
+transport = "tcp"
+
+[amp]
+init_scale = 1024
+growth_factor = 4.0
+backoff_factor = 0.25
+growth_interval = 100
+
+[output]
+dir = "runs/x"
+checkpoint_every = 50
+checkpoint_epoch = false
+keep = 3
+progress = "lines"
+)";
+  Config c = parse(text, {}, 4);
+  EXPECT_EQ(c.name, "fmnist \"cnn\"\tv2");
+  EXPECT_EQ(c.precision, "bf16");
+  EXPECT_EQ(c.data.dataset, "fashion-mnist");
+  EXPECT_EQ(c.data.path, "/data/fm");
+  EXPECT_EQ(c.data.limitTrain, 1000);
+  EXPECT_EQ(c.data.limitTest, 500);
+  EXPECT_EQ(c.model.name, "cnn");
+  EXPECT_EQ(c.model.hidden, (std::vector<int64_t>{1024, 512}));
+  EXPECT_EQ(c.model.channels, (std::vector<int64_t>{16, 32, 64}));
+  EXPECT_EQ(c.model.fc, 256);
+  EXPECT_EQ(c.optim.name, "adamw");
+  EXPECT_DOUBLE_EQ(c.optim.lr, 3e-4);
+  EXPECT_DOUBLE_EQ(c.optim.momentum, 0.0);  // an integer is accepted for a float
+  EXPECT_FALSE(c.optim.nesterov);
+  EXPECT_DOUBLE_EQ(c.optim.weightDecay, 0.01);
+  EXPECT_DOUBLE_EQ(c.optim.beta1, 0.8);
+  EXPECT_DOUBLE_EQ(c.optim.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(c.optim.eps, 1e-6);
+  EXPECT_EQ(c.schedule.name, "step");
+  EXPECT_EQ(c.schedule.warmupSteps, 100);
+  EXPECT_DOUBLE_EQ(c.schedule.warmupStart, 0.25);
+  EXPECT_DOUBLE_EQ(c.schedule.minLr, 1e-5);
+  EXPECT_EQ(c.schedule.stepEpochs, 2);
+  EXPECT_DOUBLE_EQ(c.schedule.gamma, 0.5);
+  EXPECT_EQ(c.train.epochs, 7);
+  EXPECT_EQ(c.train.batchSize, 256);
+  EXPECT_EQ(c.train.maxSteps, 1000);
+  EXPECT_EQ(c.train.seed, 42u);
+  EXPECT_FALSE(c.train.shuffle);
+  EXPECT_TRUE(c.train.dropLast);
+  EXPECT_FALSE(c.train.eval);
+  EXPECT_EQ(c.train.logEvery, 5);
+  EXPECT_EQ(c.train.threads, 2);
+  EXPECT_DOUBLE_EQ(c.ddp.bucketMb, 1.5);
+  EXPECT_TRUE(c.ddp.findUnused);
+  EXPECT_FALSE(c.ddp.broadcastBuffers);
+  EXPECT_EQ(c.ddp.commDtype, "bf16");
+  EXPECT_EQ(c.ddp.algo, "ring");
+  EXPECT_EQ(c.ddp.transport, "tcp");
+  EXPECT_DOUBLE_EQ(c.amp.initScale, 1024.0);
+  EXPECT_DOUBLE_EQ(c.amp.growthFactor, 4.0);
+  EXPECT_DOUBLE_EQ(c.amp.backoffFactor, 0.25);
+  EXPECT_EQ(c.amp.growthInterval, 100);
+  EXPECT_EQ(c.output.dir, "runs/x");
+  EXPECT_EQ(c.output.checkpointEvery, 50);
+  EXPECT_FALSE(c.output.checkpointEpoch);
+  EXPECT_EQ(c.output.keep, 3);
+  EXPECT_EQ(c.output.progress, "lines");
+}
+
+TEST(Config, DottedKeysCrlfAndUnicodeEscapes) {
+  Config c = parse("optim.lr = 0.5\r\ntrain . epochs = 4\r\nname = \"caf\\u00e9 \\U0001F600\"\r\n");
+  EXPECT_DOUBLE_EQ(c.optim.lr, 0.5);
+  EXPECT_EQ(c.train.epochs, 4);
+  EXPECT_EQ(c.name, "caf\xc3\xa9 \xf0\x9f\x98\x80");
+}
+
+// Syntax errors name the file and line and say what was expected there.
+TEST(Config, SyntaxErrorsNameTheLineAndWhatWasExpected) {
+  struct Case {
+    std::string text, expected;
+  };
+  const std::vector<Case> cases = {
+      {"[optim]\nlr 0.1\n", "run.toml:2: expected '=' after the key 'lr', got '0'"},
+      {"[optim]\n\nname = \"sgd\n", "run.toml:3: unterminated string"},
+      {"[optim\nlr = 1\n", "run.toml:1: expected ']' to close the section header [optim"},
+      {"[optim]\nlr = 0.1 0.2\n", "run.toml:2: expected the end of the line after the value of 'lr', got '0'"},
+      {"[optim]\nlr = \n", "run.toml:2: expected a value"},
+      {"[optim]\nlr = abc\n", "run.toml:2: expected a value: a \"string\", a number, true, false or [integers], got 'abc'"},
+      {"[optim]\nlr = 1.\n", "run.toml:2: expected digits after the '.' in '1.'"},
+      {"[optim]\nlr = 1e\n", "run.toml:2: expected digits after the exponent"},
+      {"[train]\nepochs = 007\n", "run.toml:2: leading zeros are not allowed"},
+      {"[train]\nseed = 99999999999999999999\n", "run.toml:2: the integer '99999999999999999999' does not fit in 64 bits"},
+      {"[model]\nhidden = [1, 2\n\n", "run.toml:4: unterminated array: expected ']'"},
+      {"[model]\nhidden = [1 2]\n", "run.toml:2: expected ',' or ']' in the array, got '2'"},
+      {"[model]\nhidden = [1, 2.5]\n", "run.toml:2: arrays may hold integers only, got a float 2.5"},
+      {"name = \"a\\qb\"\n", "run.toml:1: unknown escape '\\q'"},
+      {"[[optim]]\n", "run.toml:1: arrays of tables"},
+      {"= 3\n", "run.toml:1: expected a key"},
+      {"\"quoted\" = 1\n", "run.toml:1: quoted keys are not supported"},
+      {"name = \"\"\"x\"\"\"\n", "run.toml:1: multi-line strings"},
+  };
+  for (const Case& c : cases) EXPECT_CONTAINS(errorOf(c.text), c.expected);
+}
+
+TEST(Config, UnknownKeySuggestsTheClosest) {
+  EXPECT_EQ(errorOf("\n[train]\nepoch = 3\n"), "run.toml:3: unknown key 'train.epoch' (did you mean train.epochs?)");
+  EXPECT_CONTAINS(errorOf("[optim]\nweightdecay = 0.1\n"), "(did you mean optim.weight_decay?)");
+  // A known key under the wrong section.
+  EXPECT_CONTAINS(errorOf("[train]\nlr = 0.1\n"), "run.toml:2: unknown key 'train.lr' (did you mean optim.lr?)");
+  // Nothing close: the section's keys are listed.
+  std::string msg = errorOf("[ddp]\ncompletely_different = 1\n");
+  EXPECT_CONTAINS(msg, "run.toml:2: unknown key 'ddp.completely_different'; the keys of [ddp] are: bucket_mb, ");
+  EXPECT_CONTAINS(msg, "transport");
+}
+
+TEST(Config, UnknownSection) {
+  EXPECT_CONTAINS(errorOf("[optim]\n[optm]\nlr = 1\n"), "run.toml:2: unknown section [optm] (did you mean [optim]?)");
+  std::string msg = errorOf("[zzzzzzzz]\n");
+  EXPECT_CONTAINS(msg, "run.toml:1: unknown section [zzzzzzzz]; the sections are: data, model, optim, schedule");
+}
+
+TEST(Config, WrongTypeSaysTheExpectedType) {
+  EXPECT_EQ(errorOf("[train]\nbatch_size = \"big\"\n"),
+            "run.toml:2: train.batch_size = \"big\" has the wrong type: expected an integer (e.g. 128), got a string");
+  EXPECT_CONTAINS(errorOf("[train]\nepochs = 2.5\n"), "run.toml:2: train.epochs = 2.5 has the wrong type: expected an integer");
+  EXPECT_CONTAINS(errorOf("[optim]\nlr = true\n"), "expected a float (e.g. 0.05), got a boolean");
+  EXPECT_CONTAINS(errorOf("[optim]\nname = 3\n"), "optim.name = 3 has the wrong type: expected a string");
+  EXPECT_CONTAINS(errorOf("[train]\nshuffle = 1\n"), "expected a boolean (e.g. true), got an integer");
+  EXPECT_CONTAINS(errorOf("[model]\nhidden = 512\n"), "expected an array of integers (e.g. [512, 256]), got an integer");
+  // An integer is accepted for a float.
+  EXPECT_DOUBLE_EQ(parse("[optim]\nlr = 1\n").optim.lr, 1.0);
+}
+
+TEST(Config, DuplicateKeyAndSection) {
+  EXPECT_EQ(errorOf("[optim]\nlr = 0.1\nname = \"sgd\"\nlr = 0.2\n"),
+            "run.toml:4: duplicate key optim.lr (already set on line 2); keep one of the two");
+  EXPECT_CONTAINS(errorOf("optim.lr = 0.1\n[optim]\nlr = 0.2\n"), "run.toml:3: duplicate key optim.lr");
+  EXPECT_CONTAINS(errorOf("[optim]\nlr = 0.1\n[train]\n[optim]\n"),
+                  "run.toml:4: section [optim] appears twice (first on line 1)");
+}
+
+TEST(Config, EnumerationsListTheChoices) {
+  EXPECT_EQ(errorOf("[optim]\n\nname = \"adamx\"\n"),
+            "run.toml:3: optim.name = \"adamx\" is not allowed; the choices are: sgd, adam, adamw");
+  struct Case {
+    std::string key, choices;
+  };
+  const std::vector<Case> cases = {
+      {"precision", "fp32, bf16, fp16"},
+      {"data.dataset", "fashion-mnist, cifar10"},
+      {"model.name", "mlp, cnn"},
+      {"schedule.name", "constant, cosine, step"},
+      {"ddp.comm_dtype", "fp32, fp16, bf16"},
+      {"ddp.algo", "auto, ring, hd, tree, direct, mpi"},
+      {"ddp.transport", "\"\", auto, shm, tcp, mpi"},
+      {"output.progress", "auto, bar, lines, none"},
+  };
+  for (const Case& c : cases) {
+    std::string msg = errorOf("", {c.key + "=bogus"});
+    EXPECT_EQ(msg, "--set " + c.key + "=bogus: " + c.key + " = \"bogus\" is not allowed; the choices are: " + c.choices);
+  }
+  // Every listed choice is accepted.
+  EXPECT_EQ(parse("", {"ddp.transport=", "ddp.algo=hd", "precision=fp16", "output.progress=none"}).ddp.transport, "");
+}
+
+TEST(Config, RangesNameTheBound) {
+  struct Case {
+    std::string override, expected;
+  };
+  const std::vector<Case> cases = {
+      {"optim.lr=0", "optim.lr = 0.0 is out of range: it must be > 0"},
+      {"optim.lr=-0.1", "it must be > 0"},
+      {"train.epochs=0", "train.epochs = 0 is out of range: it must be >= 1"},
+      {"train.batch_size=0", "train.batch_size = 0 is out of range: it must be >= 1"},
+      {"ddp.bucket_mb=0", "ddp.bucket_mb = 0.0 is out of range: it must be > 0"},
+      {"optim.momentum=1", "optim.momentum = 1.0 is out of range: it must be in [0, 1)"},
+      {"optim.momentum=-0.5", "it must be in [0, 1)"},
+      {"optim.beta1=1.0", "optim.beta1 = 1.0 is out of range: it must be in [0, 1)"},
+      {"optim.beta2=1.5", "optim.beta2 = 1.5 is out of range: it must be in [0, 1)"},
+      {"optim.eps=0", "optim.eps = 0.0 is out of range: it must be > 0"},
+      {"optim.weight_decay=-1", "it must be >= 0"},
+      {"amp.growth_factor=1", "amp.growth_factor = 1.0 is out of range: it must be > 1"},
+      {"amp.backoff_factor=1", "amp.backoff_factor = 1.0 is out of range: it must be in (0, 1)"},
+      {"amp.backoff_factor=0", "it must be in (0, 1)"},
+      {"amp.init_scale=0", "it must be > 0"},
+      {"amp.growth_interval=0", "it must be >= 1"},
+      {"output.keep=0", "output.keep = 0 is out of range: it must be >= 1"},
+      {"train.threads=-1", "train.threads = -1 is out of range: it must be >= 0"},
+      {"data.limit_train=-5", "data.limit_train = -5 is out of range: it must be >= 0"},
+      {"data.limit_test=-1", "it must be >= 0"},
+      {"train.log_every=0", "it must be >= 1"},
+      {"train.seed=-1", "train.seed = -1 is out of range: it must be >= 0"},
+      {"schedule.gamma=0", "it must be in (0, 1]"},
+      {"schedule.warmup_start=1.5", "it must be in [0, 1]"},
+      {"model.hidden=[]", "model.hidden = [] is not allowed: it must be a list of integers, non-empty, each >= 1"},
+      {"model.channels=[32, 0]", "model.channels = [32, 0] is not allowed: it must be a list of integers, non-empty"},
+      {"model.fc=0", "it must be >= 1"},
+      {"output.dir=", "output.dir = \"\" is not allowed: it must not be empty"},
+  };
+  for (const Case& c : cases) {
+    std::string msg = errorOf("", {c.override});
+    EXPECT_CONTAINS(msg, "--set " + c.override + ": ");
+    EXPECT_CONTAINS(msg, c.expected);
+  }
+  // From a file, the message names the line the value came from.
+  EXPECT_EQ(errorOf("[optim]\nname = \"sgd\"\nmomentum = 1.0\n"),
+            "run.toml:3: optim.momentum = 1.0 is out of range: it must be in [0, 1)");
+  // Range ends that are allowed.
+  Config c = parse("", {"optim.momentum=0", "schedule.gamma=1", "train.threads=0", "schedule.warmup_start=1"});
+  EXPECT_DOUBLE_EQ(c.optim.momentum, 0.0);
+}
+
+TEST(Config, BatchSizeMustSplitOverTheWorkers) {
+  EXPECT_EQ(errorOf("", {}, 3),
+            "train.batch_size = 128 (default): 128 global samples cannot be split evenly over 3 workers; "
+            "use a multiple of 3 such as 126 or 129");
+  EXPECT_EQ(errorOf("[train]\nbatch_size = 100\n", {}, 8),
+            "run.toml:2: train.batch_size = 100: 100 global samples cannot be split evenly over 8 workers; "
+            "use a multiple of 8 such as 96 or 104");
+  EXPECT_CONTAINS(errorOf("", {"train.batch_size=2"}, 3),
+                  "--set train.batch_size=2: train.batch_size = 2: 2 global samples cannot be split evenly over 3 "
+                  "workers; use a multiple of 3 such as 3");
+  EXPECT_EQ(parse("", {"train.batch_size=129"}, 3).train.batchSize, 129);
+  for (int w : {1, 2, 4, 8}) EXPECT_NO_THROW(parse("[train]\nbatch_size = 128\n", {}, w)) << w;
+  EXPECT_THROW(parse("", {}, 0), ConfigError);
+}
+
+TEST(Config, CrossKeyRules) {
+  EXPECT_EQ(errorOf("[optim]\nmomentum = 0.0\nnesterov = true\n"),
+            "run.toml:3: optim.nesterov = true: Nesterov momentum needs optim.momentum > 0 (set at run.toml:2); "
+            "set optim.momentum (e.g. 0.9) or optim.nesterov = false");
+  EXPECT_TRUE(parse("[optim]\nnesterov = true\n").optim.nesterov);
+  EXPECT_CONTAINS(errorOf("", {"schedule.min_lr=0.1"}),
+                  "--set schedule.min_lr=0.1: schedule.min_lr = 0.1: the cosine schedule decays from optim.lr = 0.05 "
+                  "(default) down to min_lr");
+  EXPECT_NO_THROW(parse("", {"schedule.min_lr=0.1", "schedule.name=step"}));
+  EXPECT_CONTAINS(errorOf("", {"data.limit_train=100", "train.drop_last=true"}), "every epoch would be empty");
+  EXPECT_NO_THROW(parse("", {"data.limit_train=100"}));
+}
+
+TEST(Config, Overrides) {
+  const std::string file = "[optim]\nname = \"sgd\"\nlr = 0.1\n";
+  Config c = parse(file, {"optim.lr=0.2", "optim.name=adam", "model.hidden=[64, 32]", "name=my run",
+                          "data.path=\"/x y/z\"", "train.shuffle=false", "optim.lr = 0.3 ", "name=123"});
+  EXPECT_DOUBLE_EQ(c.optim.lr, 0.3);  // the later override wins
+  EXPECT_EQ(c.optim.name, "adam");    // a bare word is a string
+  EXPECT_EQ(c.model.hidden, (std::vector<int64_t>{64, 32}));
+  EXPECT_EQ(c.name, "123");           // a string key takes the text as written
+  EXPECT_EQ(c.data.path, "/x y/z");   // a quoted TOML string
+  EXPECT_FALSE(c.train.shuffle);
+
+  EXPECT_EQ(errorOf("", {"optim.lr"}),
+            "--set optim.lr: expected key=value, e.g. --set optim.lr=0.1 or --set model.hidden=[256,128]");
+  EXPECT_CONTAINS(errorOf("", {"=3"}), "expected key=value");
+  EXPECT_EQ(errorOf("", {"train.epoch=3"}), "--set train.epoch=3: unknown key 'train.epoch' (did you mean train.epochs?)");
+  EXPECT_CONTAINS(errorOf("", {"optm.lr=3"}), "(did you mean optim.lr?)");
+  EXPECT_EQ(errorOf("", {"optim.lr=abc"}), "--set optim.lr=abc: optim.lr expects a float (e.g. 0.05); 'abc' is not one");
+  EXPECT_CONTAINS(errorOf("", {"train.epochs=\"3\""}), "--set train.epochs=\"3\": train.epochs = \"3\" has the wrong type");
+  EXPECT_EQ(errorOf("", {"model.hidden=[1,"}),
+            "--set model.hidden=[1,: model.hidden expects an array of integers (e.g. [512, 256]); '[1,' is not one: "
+            "unterminated array: expected ']'");
+  // An override fixes a bad value in the file; the file's other errors still count.
+  EXPECT_DOUBLE_EQ(parse("[optim]\nlr = -1\n", {"optim.lr=0.5"}).optim.lr, 0.5);
+  EXPECT_CONTAINS(errorOf("[optim]\nlr = 0.1\n", {"optim.lr=-2"}), "--set optim.lr=-2: optim.lr = -2.0 is out of range");
+  EXPECT_EQ(defaultConfig({"train.epochs=9"}, 1).train.epochs, 9);
+}
+
+// A config with every field away from its default.
+Config everythingChanged() {
+  Config c;
+  c.name = "run \"q\" \\ \n\t é";
+  c.precision = "fp16";
+  c.data = {.dataset = "cifar10", .path = "/d/cifar", .limitTrain = 70, .limitTest = 3};
+  c.model = {.name = "cnn", .hidden = {3}, .channels = {8, 16, 32}, .fc = 64};
+  c.optim = {.name = "adam", .lr = 0.1 + 0.2, .momentum = 0.3, .nesterov = true, .weightDecay = 1e-300,
+             .beta1 = 0.5, .beta2 = 0.75, .eps = 1.0 / 3.0};
+  c.schedule = {.name = "step", .warmupSteps = 11, .warmupStart = 0.0, .minLr = 1e-7, .stepEpochs = 4, .gamma = 0.3};
+  c.train = {.epochs = 5, .batchSize = 30, .maxSteps = 99, .seed = (uint64_t(1) << 62) + 1, .shuffle = false,
+             .dropLast = true, .eval = false, .logEvery = 3, .threads = 1};
+  c.ddp = {.bucketMb = 0.125, .findUnused = true, .broadcastBuffers = false, .commDtype = "fp16", .algo = "tree",
+           .transport = "shm"};
+  c.amp = {.initScale = 1e10, .growthFactor = 1.5, .backoffFactor = 0.1, .growthInterval = 7};
+  c.output = {.dir = "out", .checkpointEvery = 13, .checkpointEpoch = false, .keep = 9, .progress = "bar"};
+  return c;
+}
+
+TEST(Config, ToTomlRoundTrips) {
+  for (const Config& c : {Config{}, everythingChanged()}) {
+    std::string text = toToml(c);
+    Config back = parseConfig(text, "resolved.toml", {}, 2);
+    EXPECT_EQ(back, c) << text;
+    // Field by field where operator== would hide which one differs.
+    EXPECT_EQ(back.name, c.name);
+    EXPECT_EQ(back.optim.lr, c.optim.lr);
+    EXPECT_EQ(back.optim.eps, c.optim.eps);
+    EXPECT_EQ(back.optim.weightDecay, c.optim.weightDecay);
+    EXPECT_EQ(back.train.seed, c.train.seed);
+    EXPECT_EQ(back.model.channels, c.model.channels);
+    EXPECT_EQ(back.ddp.transport, c.ddp.transport);
+    EXPECT_EQ(toToml(back), text);
+  }
+  // Every key is written.
+  std::string text = toToml(Config{});
+  for (const std::string& key : configKeys()) {
+    std::string leaf = key.substr(key.find('.') + 1);
+    EXPECT_CONTAINS(text, "\n" + leaf + " = ");
+  }
+}
+
+TEST(Config, ReferenceListsEveryKey) {
+  std::string ref = "\n" + configReference();
+  EXPECT_CONTAINS(ref, "\n[optim]: the optimizer\n");
+  EXPECT_CONTAINS(ref, "  name = \"sgd\"");
+  EXPECT_CONTAINS(ref, "string, one of: sgd, adam, adamw\n");
+  EXPECT_CONTAINS(ref, "  lr = 0.05");
+  EXPECT_CONTAINS(ref, "float, > 0\n");
+  EXPECT_CONTAINS(ref, "  momentum = 0.9");
+  EXPECT_CONTAINS(ref, "float, in [0, 1)\n");
+  EXPECT_CONTAINS(ref, "  hidden = [512, 256]");
+  EXPECT_CONTAINS(ref, "array of integers, non-empty, each >= 1\n");
+  EXPECT_CONTAINS(ref, "  transport = \"\"");
+  EXPECT_CONTAINS(ref, "one of: \"\", auto, shm, tcp, mpi");
+  for (const std::string& key : configKeys()) {
+    std::string section = key.find('.') == std::string::npos ? "top level" : "[" + key.substr(0, key.find('.')) + "]";
+    std::string leaf = key.substr(key.find('.') + 1);
+    size_t at = ref.find("\n" + section);
+    ASSERT_NE(at, std::string::npos) << section;
+    EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
+  }
+  EXPECT_EQ(configKeys().size(), 48u);
+}
+
+// docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1
+// rewrites that block from the code.
+TEST(Config, DocsMatchTheReference) {
+  const std::string path = std::string(CHORUS_SOURCE_DIR) + "/docs/train-config.md";
+  std::ifstream in(path);
+  ASSERT_TRUE(in) << "cannot read " << path;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string doc = ss.str();
+  const std::string begin = "<!-- BEGIN configReference() -->\n```\n", end = "```\n<!-- END configReference() -->";
+  size_t b = doc.find(begin), e = doc.find(end);
+  ASSERT_TRUE(b != std::string::npos && e != std::string::npos && b < e) << path << " lacks the reference markers";
+  std::string block = doc.substr(b + begin.size(), e - b - begin.size());
+  if (block != configReference() && std::getenv("CHORUS_UPDATE_DOCS")) {
+    doc.replace(b + begin.size(), e - b - begin.size(), configReference());
+    std::ofstream(path) << doc;
+    block = configReference();
+  }
+  EXPECT_EQ(block, configReference()) << path << " is out of date; rerun this test with CHORUS_UPDATE_DOCS=1";
+}
+
+TEST(Config, LoadConfigReadsAFileAndNamesAMissingOne) {
+  const std::string dir = ::testing::TempDir() + "/chorus_config_test_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/run.toml";
+  std::ofstream(path) << "[train]\nepochs = 2\n[optim]\nname = \"nope\"\n";
+  try {
+    loadConfig(path, {}, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.what(), path + ":4: optim.name = \"nope\" is not allowed");
+  }
+  EXPECT_EQ(loadConfig(path, {"optim.name=adam"}, 2).train.epochs, 2);
+  try {
+    loadConfig(dir + "/missing.toml", {}, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.what(), "cannot read the config file '" + dir + "/missing.toml': No such file or directory");
+  }
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace chorus::train

@@ -1,0 +1,174 @@
+#include "train_command.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+
+#include "args.h"
+#include "chorus/comm/group.h"
+#include "chorus/comm/rendezvous/bootstrap.h"
+#include "chorus/common/error.h"
+#include "chorus/train/checkpoint.h"
+#include "chorus/train/config.h"
+#include "chorus/train/trainer.h"
+#include "launch.h"
+
+namespace chorus::tools {
+
+const char* kTrainHelp =
+    "usage: chorus train [CONFIG.toml] [flags]\n"
+    "\n"
+    "Trains the model CONFIG describes (defaults when omitted) with data-parallel workers.\n"
+    "\n"
+    "flags:\n"
+    "  --set KEY=VALUE     override a config key, e.g. --set optim.lr=0.1 (repeatable)\n"
+    "  -n, --nproc N       launch N local workers (otherwise join the job chorus launch,\n"
+    "                      torchrun variables, mpirun or srun describe; alone: 1 worker)\n"
+    "  --resume            continue from the newest checkpoint in <output.dir>/checkpoints\n"
+    "  --resume-from FILE  continue from this checkpoint\n"
+    "  --trace FILE        write a Chrome trace (Perfetto, chrome://tracing) of every rank\n"
+    "  --check             validate the config for the worker count and exit\n"
+    "  --help-config       list every config key with its type, default and allowed values\n"
+    "\n"
+    "Writes <output.dir>/metrics.jsonl, config.toml and checkpoints/. Keys: docs/train-config.md.\n";
+
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  int nproc = 0;
+  bool resume = false, check = false;
+  std::string resumeFrom, trace;
+};
+
+TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
+  TrainArgs t;
+  auto value = [&](size_t& i, const std::string& flag) -> std::string {
+    const std::string& a = args[i];
+    if (a.size() > flag.size() && a[flag.size()] == '=') return a.substr(flag.size() + 1);
+    if (i + 1 >= args.size()) throw UsageError(str("chorus train: ", flag, " needs a value. Run `chorus train --help`."));
+    return args[++i];
+  };
+  auto is = [](const std::string& a, const std::string& flag) { return a == flag || a.rfind(flag + "=", 0) == 0; };
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (is(a, "--set")) {
+      t.sets.push_back(value(i, "--set"));
+    } else if (is(a, "--nproc") || is(a, "-n")) {
+      std::string v = value(i, a.rfind("-n", 0) == 0 && a.rfind("--", 0) != 0 ? "-n" : "--nproc");
+      int64_t n = 0;
+      try {
+        n = parseInt(v);
+      } catch (const InvalidArgument&) {
+        n = 0;
+      }
+      if (n < 1 || n > 1024) throw UsageError(str("chorus train: --nproc must be a whole number in [1, 1024], not '", v, "'"));
+      t.nproc = static_cast<int>(n);
+    } else if (a == "--resume") {
+      t.resume = true;
+    } else if (is(a, "--resume-from")) {
+      t.resumeFrom = value(i, "--resume-from");
+    } else if (is(a, "--trace")) {
+      t.trace = value(i, "--trace");
+    } else if (a == "--check") {
+      t.check = true;
+    } else if (!a.empty() && a[0] == '-') {
+      throw UsageError(str("chorus train: unknown flag '", a,
+                           "'; the flags are: --set, --nproc (-n), --resume, --resume-from, --trace, --check, "
+                           "--help-config. Run `chorus train --help`."));
+    } else if (t.config.empty()) {
+      t.config = a;
+    } else {
+      throw UsageError(str("chorus train: one config file only (got '", t.config, "' and '", a, "')"));
+    }
+  }
+  return t;
+}
+
+train::Config load(const TrainArgs& t, int world) {
+  return t.config.empty() ? train::defaultConfig(t.sets, world) : train::loadConfig(t.config, t.sets, world);
+}
+
+bool insideJob() {
+  for (const char* v : {"CHORUS_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"}) {
+    if (getenv(v) != nullptr) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+int trainCommand(const std::vector<std::string>& args) {
+  for (const auto& a : args) {
+    if (a == "-h" || a == "--help") {
+      std::cout << kTrainHelp;
+      return 0;
+    }
+    if (a == "--help-config") {
+      std::cout << train::configReference();
+      return 0;
+    }
+  }
+  TrainArgs t = parseTrainArgs(args);
+
+  if (t.nproc > 0 && !insideJob()) {
+    // Everything about the config is checked here, before any worker starts.
+    train::Config cfg = load(t, t.nproc);
+    if (t.check) {
+      std::cout << "chorus train: " << (t.config.empty() ? "the defaults" : t.config) << " are valid for " << t.nproc
+                << " worker(s)\n";
+      return 0;
+    }
+    if (t.resume || !t.resumeFrom.empty()) {
+      std::string from = t.resumeFrom.empty() ? train::latestCheckpoint(cfg.output.dir + "/checkpoints") : t.resumeFrom;
+      if (from.empty()) {
+        throw InvalidArgument(str("chorus train --resume: no checkpoint in ", cfg.output.dir,
+                                  "/checkpoints; run without --resume to start fresh"));
+      }
+    }
+    LaunchOptions lo;
+    lo.nproc = t.nproc;
+    lo.transport = cfg.ddp.transport;
+    lo.tagStdout = false;  // only rank 0 writes to stdout: its progress bar must reach the terminal as is
+    lo.messagePrefix = "chorus train";
+    std::vector<std::string> argv = {std::filesystem::canonical("/proc/self/exe").string(), "train"};
+    if (!t.config.empty()) argv.push_back(t.config);
+    for (const auto& s : t.sets) argv.insert(argv.end(), {"--set", s});
+    if (t.resume) argv.push_back("--resume");
+    if (!t.resumeFrom.empty()) argv.insert(argv.end(), {"--resume-from", t.resumeFrom});
+    if (!t.trace.empty()) argv.insert(argv.end(), {"--trace", t.trace});
+    return launchLocal(lo, argv);
+  }
+
+  comm::BootstrapInfo info = comm::detectBootstrap();
+  train::Config cfg = load(t, info.worldSize);
+  if (t.check) {
+    if (info.rank == 0) std::cout << "chorus train: the config is valid for " << info.worldSize << " worker(s)\n";
+    return 0;
+  }
+  comm::InitOptions io;
+  io.transport = cfg.ddp.transport;
+  auto group = comm::ProcessGroup::fromEnvironment(io);
+  train::TrainOptions opts;
+  opts.resume = t.resume;
+  opts.resumeFrom = t.resumeFrom;
+  opts.tracePath = t.trace;
+  opts.localWorldSize = info.localWorldSize;
+  train::TrainResult r = train::train(cfg, group, opts);
+  if (group->rank() == 0) {
+    std::cout << std::fixed << std::setprecision(4);
+    if (r.testAccuracy >= 0) std::cout << "final test accuracy: " << r.testAccuracy << " (loss " << r.testLoss << ")\n";
+    std::cout << std::setprecision(0) << "trained " << r.steps << " steps on " << group->size() << " worker(s) at "
+              << r.samplesPerSec << " samples/s; " << std::setprecision(0) << 100 * r.overlapFraction
+              << "% of all-reduce time overlapped the backward pass\n";
+    std::cout << "metrics: " << r.metricsPath << "\n";
+    if (!r.lastCheckpoint.empty()) std::cout << "checkpoint: " << r.lastCheckpoint << "\n";
+    if (!t.trace.empty()) std::cout << "trace: " << t.trace << " (open in https://ui.perfetto.dev or chrome://tracing)\n";
+  }
+  return 0;
+}
+
+}  // namespace chorus::tools
