@@ -90,6 +90,52 @@ TEST(Ddp, GradientsEqualFullBatchForEveryWorldAndBucketCap) {
   }
 }
 
+TEST(Ddp, BucketsRebuiltFromTheReadyOrderAreTheSameOnEveryRankAndStayCorrect) {
+  torch::set_num_threads(1);
+  Batch b = globalBatch();
+  auto want = fullBatchGrads(b);
+  for (bool rebuild : {true, false}) {
+    runRanks(3, "loopback", [&](comm::ProcessGroup& g) {
+      auto net = makeNet();
+      DDPOptions o;
+      o.firstBucketCapBytes = 100;
+      o.rebuildBuckets = rebuild;
+      DistributedDataParallel ddp(net, borrow(g), o);
+      auto initial = ddp.bucketNames();
+      Batch mine = shard(b, g.rank(), 3);
+      for (int step = 0; step < 4; ++step) {
+        for (auto& p : net->parameters()) p.mutable_grad().zero_();
+        torch::nn::functional::cross_entropy(ddp.forward(mine.x), mine.y).backward();
+        expectClose(grads(*net), want, str("rebuild ", rebuild, " step ", step, " rank ", g.rank()));
+      }
+      // Every rank holds rank 0's layout: compare a digest of the names.
+      std::string layout;
+      for (const auto& bucket : ddp.bucketNames()) {
+        for (const auto& n : bucket) layout += n + ",";
+        layout += "|";
+      }
+      int64_t h = static_cast<int64_t>(std::hash<std::string>()(layout) >> 1), lo = h, hi = h;
+      comm::AllreduceOptions mn;
+      mn.data = &lo;
+      mn.count = 1;
+      mn.dtype = DType::kInt64;
+      mn.op = ReduceOp::kMin;
+      g.allreduce(mn);
+      comm::AllreduceOptions mx = mn;
+      mx.data = &hi;
+      mx.op = ReduceOp::kMax;
+      g.allreduce(mx);
+      EXPECT_EQ(lo, hi) << layout;
+      if (!rebuild) {
+        EXPECT_EQ(ddp.bucketNames(), initial);
+      }
+      size_t count = 0;
+      for (const auto& bucket : ddp.bucketNames()) count += bucket.size();
+      EXPECT_EQ(count, 4u) << layout;
+    });
+  }
+}
+
 TEST(Ddp, BucketsFollowReverseRegistrationOrderUpToTheCap) {
   // Sizes: 0.weight 16x10 = 640 B, 0.bias 64 B, 2.weight 4x16 = 256 B, 2.bias 16 B.
   using V = std::vector<std::vector<std::string>>;

@@ -21,7 +21,12 @@
 // new one can have that id, so their tags never collide on a shared connection.
 #include "chorus/comm/group.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -48,6 +53,18 @@ constexpr Millis kWaitGrace{10000};
 constexpr uint32_t kCollectiveSeqMask = 0x7fffffffu;
 constexpr uint32_t kPointToPointSeqBit = 0x80000000u;
 constexpr int kMaxGroupId = 0xffff;
+
+// The background executor runs async collectives while the caller computes (DDP's backward
+// pass). When compute threads hold every core, a thread of equal priority waits for the
+// scheduler's next turn, and the overlap is lost; a higher priority (lower nice) lets it
+// preempt them. It sleeps whenever it has nothing to do, so it takes no time from them then.
+void raiseCommThreadPriority() {
+  int nice = static_cast<int>(envInt("CHORUS_COMM_NICE"));
+  if (nice == 0) return;
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), nice) != 0) {
+    CHORUS_DEBUG("could not set the comm thread's nice value to ", nice, " (", strerror(errno), "); it stays unchanged");
+  }
+}
 
 // SystemError composes its message from errno; this keeps the type and code but shows the
 // message with the call's context in front.
@@ -304,6 +321,7 @@ class Executor {
   }
 
   void workerLoop() {
+    raiseCommThreadPriority();
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return (!busy_ && !queue_.empty()) || (stop_ && queue_.empty()); });

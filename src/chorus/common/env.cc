@@ -26,6 +26,7 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_SHM_CMA", "1", "Use single-copy cross-memory attach (process_vm_readv) for large shm messages: 1 or 0."},
       {"CHORUS_SHM_CMA_MIN_BYTES", "65536", "Messages at least this large go through cross-memory attach when it is enabled."},
       {"CHORUS_TCP_CHUNK_BYTES", "524288", "Large tcp messages are cut into chunks of this many bytes so sending and receiving overlap."},
+      {"CHORUS_COMM_NICE", "-10", "Nice value of a group's background communication thread, so async collectives run while compute threads hold every core (lowering it needs root or CAP_SYS_NICE; without, it stays unchanged)."},
       {"CHORUS_ALGO", "auto", "Default all-reduce algorithm: auto, ring, hd, tree, direct or mpi."},
   };
   return table;

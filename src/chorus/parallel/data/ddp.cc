@@ -110,52 +110,13 @@ DDPCore::DDPCore(torch::nn::Module& module, std::shared_ptr<comm::ProcessGroup> 
   checkSameModel();
   broadcastState(/*root=*/0, /*params=*/true, /*buffers=*/true);
 
-  // Buckets: parameters in reverse registration order, one open bucket per dtype, closed when
-  // the next parameter would pass the cap (a parameter larger than the cap gets its own).
-  std::vector<std::pair<at::ScalarType, std::vector<size_t>>> open;  // dtype -> params
-  std::vector<std::vector<size_t>> layout;
-  std::vector<size_t> openBytes;
-  for (size_t i = params_.size(); i-- > 0;) {
-    const auto& t = params_[i]->tensor;
-    size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
-    size_t k = 0;
-    while (k < open.size() && open[k].first != t.scalar_type()) ++k;
-    if (k == open.size()) {
-      open.push_back({t.scalar_type(), {}});
-      openBytes.push_back(0);
-    }
-    const size_t cap = layout.empty() ? std::min(opts_.firstBucketCapBytes, opts_.bucketCapBytes) : opts_.bucketCapBytes;
-    if (!open[k].second.empty() && openBytes[k] + bytes > cap) {
-      layout.push_back(std::move(open[k].second));
-      open[k].second.clear();
-      openBytes[k] = 0;
-    }
-    open[k].second.push_back(i);
-    openBytes[k] += bytes;
-  }
-  for (auto& o : open) {
-    if (!o.second.empty()) layout.push_back(std::move(o.second));
-  }
-  // Every rank built the same layout from the same (checked) parameter list.
-  for (size_t bi = 0; bi < layout.size(); ++bi) {
-    auto b = std::make_unique<Bucket>();
-    int64_t total = 0;
-    for (size_t pi : layout[bi]) total += params_[pi]->tensor.numel();
-    b->grad.index = bi;
-    b->grad.isLast = bi + 1 == layout.size();
-    b->grad.buffer = torch::zeros({total}, params_[layout[bi][0]]->tensor.options().requires_grad(false));
-    int64_t off = 0;
-    for (size_t pi : layout[bi]) {
-      Param& p = *params_[pi];
-      p.bucket = bi;
-      p.offset = off;
-      off += p.tensor.numel();
-      b->grad.names.push_back(p.name);
-      installGradView(p, b->grad.buffer);
-    }
-    b->params = layout[bi];
-    buckets_.push_back(std::move(b));
-  }
+  // Buckets start in reverse registration order; after the second synchronized backward pass
+  // they are rebuilt from the order and the times the gradients actually became ready.
+  std::vector<size_t> reverse(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) reverse[i] = params_.size() - 1 - i;
+  applyLayout(packLayout(reverse, {}));
+  readyAt_.assign(params_.size(), Clock::time_point{});
+  rebuild_ = opts_.rebuildBuckets && !opts_.unevenInputs;
 
   for (size_t i = 0; i < params_.size(); ++i) {
     Param& p = *params_[i];
@@ -179,6 +140,109 @@ DDPCore::~DDPCore() {
   for (auto& p : params_) {
     if (p->accumulator) p->accumulator->del_post_hook(p->hookKey);
   }
+}
+
+// Packs parameters, in `order`, into buckets: one open bucket per dtype, closed when the next
+// parameter would pass the cap (a parameter larger than the cap gets its own). With ready
+// times, a bucket also closes where the next gradient comes later than the bucket's estimated
+// all-reduce would take, so what is ready goes out instead of waiting.
+std::vector<std::vector<size_t>> DDPCore::packLayout(const std::vector<size_t>& order,
+                                                     const std::vector<Clock::time_point>& readyAt) const {
+  constexpr double kLatency = 20e-6, kBytesPerSecond = 2e9;  // conservative for shm under load
+  std::vector<std::pair<at::ScalarType, std::vector<size_t>>> open;  // dtype -> params
+  std::vector<size_t> openBytes;
+  std::vector<std::vector<size_t>> layout;
+  for (size_t n = 0; n < order.size(); ++n) {
+    const size_t i = order[n];
+    const auto& t = params_[i]->tensor;
+    size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    size_t k = 0;
+    while (k < open.size() && open[k].first != t.scalar_type()) ++k;
+    if (k == open.size()) {
+      open.push_back({t.scalar_type(), {}});
+      openBytes.push_back(0);
+    }
+    const size_t cap = layout.empty() ? std::min(opts_.firstBucketCapBytes, opts_.bucketCapBytes) : opts_.bucketCapBytes;
+    bool close = !open[k].second.empty() && openBytes[k] + bytes > cap;
+    if (!close && !open[k].second.empty() && !readyAt.empty()) {
+      double gap = seconds(readyAt[i] - readyAt[open[k].second.back()]);
+      close = gap > kLatency + static_cast<double>(openBytes[k]) / kBytesPerSecond;
+    }
+    if (close) {
+      layout.push_back(std::move(open[k].second));
+      open[k].second.clear();
+      openBytes[k] = 0;
+    }
+    open[k].second.push_back(i);
+    openBytes[k] += bytes;
+  }
+  for (auto& o : open) {
+    if (!o.second.empty()) layout.push_back(std::move(o.second));
+  }
+  return layout;
+}
+
+// Makes the buckets of `layout` (lists of parameter indices), moving each gradient's current
+// value into its new place.
+void DDPCore::applyLayout(const std::vector<std::vector<size_t>>& layout) {
+  std::vector<std::unique_ptr<Bucket>> buckets;
+  for (size_t bi = 0; bi < layout.size(); ++bi) {
+    auto b = std::make_unique<Bucket>();
+    int64_t total = 0;
+    for (size_t pi : layout[bi]) total += params_[pi]->tensor.numel();
+    b->grad.index = bi;
+    b->grad.isLast = bi + 1 == layout.size();
+    b->grad.buffer = torch::zeros({total}, params_[layout[bi][0]]->tensor.options().requires_grad(false));
+    int64_t off = 0;
+    for (size_t pi : layout[bi]) {
+      Param& p = *params_[pi];
+      p.bucket = bi;
+      p.offset = off;
+      off += p.tensor.numel();
+      b->grad.names.push_back(p.name);
+      installGradView(p, b->grad.buffer);
+    }
+    b->params = layout[bi];
+    buckets.push_back(std::move(b));
+  }
+  buckets_ = std::move(buckets);
+}
+
+// After the second synchronized pass: rank 0's ready order and times decide the layout, and
+// every rank takes it (flattened as {buckets, size0, params of 0..., size1, ...}).
+void DDPCore::rebuildBuckets() {
+  rebuild_ = false;
+  std::vector<size_t> order(params_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // Ready order; parameters that got no gradient go last, in reverse registration order.
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    bool ra = readyAt_[a] != Clock::time_point{}, rb = readyAt_[b] != Clock::time_point{};
+    if (ra != rb) return ra;
+    if (ra) return readyAt_[a] < readyAt_[b];
+    return a > b;
+  });
+  std::vector<std::vector<size_t>> layout = packLayout(order, readyAt_);
+  std::vector<int64_t> flat(1 + 2 * params_.size(), 0);
+  size_t n = 0;
+  flat[n++] = static_cast<int64_t>(layout.size());
+  for (const auto& b : layout) {
+    flat[n++] = static_cast<int64_t>(b.size());
+    for (size_t i : b) flat[n++] = static_cast<int64_t>(i);
+  }
+  if (group_->size() > 1) {
+    comm::BroadcastOptions o;
+    o.data = flat.data();
+    o.count = flat.size();
+    o.dtype = DType::kInt64;
+    group_->broadcast(o);
+  }
+  layout.assign(static_cast<size_t>(flat[0]), {});
+  n = 1;
+  for (auto& b : layout) {
+    b.resize(static_cast<size_t>(flat[n++]));
+    for (auto& i : b) i = static_cast<size_t>(flat[n++]);
+  }
+  applyLayout(layout);
 }
 
 // Rank 0 sends its parameter list (names and shapes); each rank compares, and all agree on
@@ -310,6 +374,7 @@ void DDPCore::onGradReady(size_t index) {
   if (!inBackward_) startBackward();
   Param& p = *params_[index];
   if (!gradIsView(p)) installGradView(p, buckets_[p.bucket]->grad.buffer);  // autograd replaced it
+  if (rebuild_ && stats_.syncs == 1) readyAt_[index] = Clock::now();
   markReady(p);
   launchReadyBuckets();
 }
@@ -380,6 +445,7 @@ void DDPCore::finishBackward() {
   }
   stats_.waitSeconds = seconds(Clock::now() - stats_.backwardEnd);
   ++stats_.syncs;
+  if (rebuild_ && stats_.syncs == 2) rebuildBuckets();
 }
 
 // A backward pass that never reached its end (an exception in the middle): let the started

@@ -54,6 +54,10 @@ struct DDPOptions {
   bool findUnusedParameters = false;
   // Broadcast buffers (BatchNorm running statistics) from rank 0 before each training forward.
   bool broadcastBuffers = true;
+  // After the second synchronized backward pass, rebuild the buckets from the order and the
+  // times gradients became ready on rank 0 (reverse registration order only approximates it:
+  // a layer's bias and weight come together at the end). Off with unevenInputs.
+  bool rebuildBuckets = true;
   // Ranks may run different numbers of steps; the ones that run out call join() (one small
   // all-reduce per training forward counts the ranks still stepping).
   bool unevenInputs = false;
@@ -102,6 +106,11 @@ class DDPCore {
  private:
   struct Param;
   struct Bucket;
+  using Clock = std::chrono::steady_clock;
+  std::vector<std::vector<size_t>> packLayout(const std::vector<size_t>& order,
+                                              const std::vector<Clock::time_point>& readyAt) const;
+  void applyLayout(const std::vector<std::vector<size_t>>& layout);
+  void rebuildBuckets();
   void checkSameModel();
   void broadcastState(int root, bool params, bool buffers);
   void installGradView(Param& p, const torch::Tensor& flat);
@@ -128,6 +137,8 @@ class DDPCore {
   bool warnedLate_ = false;
   int64_t trainingForwards_ = 0;
   int64_t lastSyncing_ = 0;
+  bool rebuild_ = false;
+  std::vector<Clock::time_point> readyAt_;  // second synchronized pass, for rebuildBuckets
   std::mutex mu_;  // hooks may run on autograd's device threads
   DDPStats stats_;
 };
