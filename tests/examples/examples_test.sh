@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The programs under examples/ run as documented: examples/ddp_custom_model under
 # `chorus launch` with 1 and 2 ranks exits 0, rank 0 alone prints the loss of each epoch and
-# a final line, and the loss falls from the first epoch to the last.
+# a final line, and the loss falls from the first epoch to the last. With SOURCE_DIR, also
+# checks that docs/ddp.md shows the example's code verbatim.
 # usage: bash examples_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: examples_test.sh BUILD_DIR [SOURCE_DIR]}
+SOURCE=${2:-}
 CHORUS=$BUILD/chorus
 EXAMPLE=$BUILD/ddp_custom_model
 for bin in "$CHORUS" "$EXAMPLE"; do
@@ -50,8 +52,25 @@ test_ddp_custom_model() {
   fi
 }
 
+# The first ```cpp block after the "verbatim" marker in docs/ddp.md is the example's file.
+test_docs_show_the_example() {
+  [ -n "$SOURCE" ] || { echo "skip: no SOURCE_DIR, docs/ddp.md not checked"; return; }
+  local doc=$SOURCE/docs/ddp.md src=$SOURCE/examples/ddp_custom_model.cc
+  awk '/examples\/ddp_custom_model.cc, verbatim/ { marked = 1; next }
+       marked && !inside && /^```cpp$/ { inside = 1; next }
+       inside && /^```$/ { exit }
+       inside { print }' "$doc" >"$TMP/doc_example.cc"
+  if [ -s "$TMP/doc_example.cc" ] && diff -u "$src" "$TMP/doc_example.cc" >"$TMP/doc.diff"; then
+    pass "docs/ddp.md shows examples/ddp_custom_model.cc verbatim"
+  else
+    fail "docs/ddp.md's copy of examples/ddp_custom_model.cc differs from the file (diff file doc):"
+    head -40 "$TMP/doc.diff"
+  fi
+}
+
 test_ddp_custom_model 2
 test_ddp_custom_model 1
+test_docs_show_the_example
 
 if [ $failures -ne 0 ]; then
   echo "examples_test: $failures FAILED"

@@ -265,6 +265,60 @@ TEST(Ddp, UnusedParametersGetTheAverageOfTheRanksThatUsedThem) {
   }
 }
 
+// A forward whose result DDP cannot search (a pair): findUnusedParameters must not count
+// every parameter unused (which would send buckets before their gradients exist).
+struct PairNetImpl : torch::nn::Module {
+  PairNetImpl() {
+    {
+      std::lock_guard<std::mutex> lock(initMu);  // drawing from the shared generator, too
+      a = register_module("0", torch::nn::Linear(10, 16));
+      b = register_module("2", torch::nn::Linear(16, 4));
+    }
+    auto ref = makeNet();  // the reference's weights
+    torch::NoGradGuard noGrad;
+    for (auto& p : named_parameters()) p.value().copy_(ref->named_parameters()[p.key()]);
+  }
+  std::pair<torch::Tensor, int> forward(torch::Tensor x) { return {b->forward(torch::relu(a->forward(x))), 1}; }
+  torch::nn::Linear a{nullptr}, b{nullptr};
+};
+TORCH_MODULE(PairNet);
+
+TEST(Ddp, FindUnusedWithAResultItCannotSearchStillAveragesCorrectly) {
+  torch::set_num_threads(1);
+  Batch b = globalBatch();
+  auto want = fullBatchGrads(b);
+  runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    PairNet net;
+    DDPOptions o;
+    o.findUnusedParameters = true;
+    o.bucketCapBytes = 300;
+    DistributedDataParallel ddp(net, borrow(g), o);
+    Batch mine = shard(b, g.rank(), 2);
+    for (int step = 0; step < 3; ++step) {
+      for (auto& p : net->parameters()) p.mutable_grad().zero_();
+      torch::nn::functional::cross_entropy(ddp.forward(mine.x).first, mine.y).backward();
+      expectClose(grads(*net), want, str("step ", step, " rank ", g.rank()));
+    }
+  });
+}
+
+TEST(Ddp, AParameterUsedOutsideForwardWithFindUnusedIsAnErrorNotWrongGradients) {
+  auto outcomes = testutil::runRanksCollect(2, {}, [&](comm::ProcessGroup& g) {
+    Branchy m;
+    DDPOptions o;
+    o.findUnusedParameters = true;
+    DistributedDataParallel ddp(m, borrow(g), o);
+    Batch mine = shard(globalBatch(), g.rank(), 2);
+    // The forward skips `extra`, but a penalty on its weight, outside ddp.forward, gives it a
+    // gradient: its bucket may already be on the wire.
+    auto loss = torch::nn::functional::cross_entropy(ddp.forward(mine.x, false), mine.y);
+    (loss + 0.01 * m->extra->weight.pow(2).sum()).backward();
+  });
+  bool named = false;
+  for (const auto& e : outcomes) named = named || testutil::messageOf(e).find("'extra.weight'") != std::string::npos;
+  EXPECT_TRUE(named) << testutil::messageOf(outcomes[0]) << " / " << testutil::messageOf(outcomes[1]);
+}
+
 TEST(Ddp, UnevenInputsJoinWithoutHangingAndEndWithTheSameWeights) {
   torch::set_num_threads(1);
   const int world = 3;

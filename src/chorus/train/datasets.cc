@@ -256,6 +256,30 @@ Dataset loadCifar10(const std::string& dir, bool train, int64_t limit) {
   return d;
 }
 
+void checkDatasetFiles(const std::string& name, const std::string& dir, bool withTest) {
+  if (name == "fashion-mnist") {
+    for (const char* split : {"train", "t10k"}) {
+      if (!withTest && std::string(split) == "t10k") continue;
+      locate(dir, str(split, "-images-idx3-ubyte"), "Fashion-MNIST", kFashionHint);
+      locate(dir, str(split, "-labels-idx1-ubyte"), "Fashion-MNIST", kFashionHint);
+    }
+  } else if (name == "cifar10") {
+    std::string d = isFile(dir + "/data_batch_1.bin") || !isFile(dir + "/cifar-10-batches-bin/data_batch_1.bin")
+                        ? dir
+                        : dir + "/cifar-10-batches-bin";
+    for (int i = 1; i <= 5; ++i) {
+      if (!isFile(str(d, "/data_batch_", i, ".bin"))) {
+        throw InvalidArgument(str("CIFAR-10 file not found: ", d, "/data_batch_", i, ".bin; ", kCifarHint));
+      }
+    }
+    if (withTest && !isFile(d + "/test_batch.bin")) {
+      throw InvalidArgument(str("CIFAR-10 file not found: ", d, "/test_batch.bin; ", kCifarHint));
+    }
+  } else {
+    throw InvalidArgument(str("unknown dataset '", name, "'; the datasets are: fashion-mnist, cifar10"));
+  }
+}
+
 Dataset loadDataset(const std::string& name, const std::string& dir, bool train, int64_t limit) {
   if (name == "fashion-mnist") return loadFashionMnist(dir, train, limit);
   if (name == "cifar10") return loadCifar10(dir, train, limit);

@@ -28,6 +28,10 @@ Dataset loadFashionMnist(const std::string& dir, bool train, int64_t limit = 0);
 // CIFAR-10 binary version: data_batch_{1..5}.bin / test_batch.bin in `dir`.
 Dataset loadCifar10(const std::string& dir, bool train, int64_t limit = 0);
 
+// Checks that the dataset's files exist (without reading them), so a launcher can refuse a
+// bad data.path before starting workers. Same errors as the loaders' for a missing file.
+void checkDatasetFiles(const std::string& name, const std::string& dir, bool withTest);
+
 // By name: "fashion-mnist" or "cifar10" (anything else is InvalidArgument listing the names).
 Dataset loadDataset(const std::string& name, const std::string& dir, bool train, int64_t limit = 0);
 

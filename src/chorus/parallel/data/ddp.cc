@@ -250,7 +250,13 @@ void DDPCore::rebuildBuckets() {
 void DDPCore::checkSameModel() {
   if (group_->size() == 1) return;
   std::string mine;
-  for (const auto& p : params_) mine += str(p->name, ' ', shapeOf(p->tensor), ' ', c10::toString(p->tensor.scalar_type()), '\n');
+  for (auto& p : module_.named_parameters(true)) {
+    mine += str(p.key(), ' ', shapeOf(p.value()), ' ', c10::toString(p.value().scalar_type()),
+                p.value().requires_grad() ? "" : " frozen", '\n');
+  }
+  for (auto& b : module_.named_buffers(true)) {
+    mine += str(b.key(), ' ', shapeOf(b.value()), ' ', c10::toString(b.value().scalar_type()), " buffer\n");
+  }
   uint64_t len = mine.size();
   comm::BroadcastOptions lo;
   lo.data = &len;
@@ -340,9 +346,8 @@ void DDPCore::beforeForward(bool training) {
     if (!gradIsView(*p)) installGradView(*p, buckets_[p->bucket]->grad.buffer);
   }
   if (!training) return;
-  ++trainingForwards_;
-  if (opts_.unevenInputs) presence(/*active=*/true);
-  if (opts_.broadcastBuffers) broadcastState(0, /*params=*/false, /*buffers=*/true);
+  int root = opts_.unevenInputs ? presence(/*active=*/true) : 0;  // ranks that joined no longer lead
+  if (opts_.broadcastBuffers) broadcastState(root, /*params=*/false, /*buffers=*/true);
 }
 
 // Walks the autograd graph from the outputs; parameters whose accumulator it never reaches
@@ -354,6 +359,17 @@ void DDPCore::afterForward(const std::vector<torch::Tensor>& outputs) {
   std::vector<torch::autograd::Node*> stack;
   for (const auto& t : outputs) {
     if (t.defined() && t.grad_fn()) stack.push_back(t.grad_fn().get());
+  }
+  if (stack.empty()) {
+    // A result DDP cannot look into (a struct, a pair): count nothing unused rather than
+    // everything; buckets of parameters that get no gradient then start after the pass.
+    if (!warnedOpaque_) {
+      warnedOpaque_ = true;
+      CHORUS_WARN("DistributedDataParallel: findUnusedParameters found no tensor with a gradient function in "
+                  "the forward's result (a tensor, a vector of tensors or a tuple is searched); parameters "
+                  "without a gradient are handled after the backward pass instead");
+    }
+    return;
   }
   while (!stack.empty()) {
     torch::autograd::Node* n = stack.back();
@@ -375,6 +391,14 @@ void DDPCore::onGradReady(size_t index) {
   Param& p = *params_[index];
   if (!gradIsView(p)) installGradView(p, buckets_[p.bucket]->grad.buffer);  // autograd replaced it
   if (rebuild_ && stats_.syncs == 1) readyAt_[index] = Clock::now();
+  if (p.ready) {
+    // Counted unused after the forward (its bucket may be on the wire already), yet autograd
+    // produced a gradient: it was used outside ddp.forward (a regularizer on the weights).
+    throw Error(str("DistributedDataParallel: parameter '", p.name, "' got a gradient in this backward pass but "
+                    "was not reached from ddp.forward's outputs, so findUnusedParameters had counted it "
+                    "unused and its bucket may already be reduced. Compute everything that uses the "
+                    "parameters inside the module's forward, or turn findUnusedParameters off"));
+  }
   markReady(p);
   launchReadyBuckets();
 }
@@ -427,7 +451,12 @@ void DDPCore::finishBackward() {
   stats_.commSeconds = stats_.overlapSeconds = 0;
   stats_.bytesReduced = 0;
   for (auto& b : buckets_) {
-    b->work->wait();
+    try {
+      b->work->wait();
+    } catch (...) {
+      abandonBackward();  // the later buckets' collectives still hold our buffers
+      throw;
+    }
     stats_.bytesReduced += static_cast<uint64_t>(b->grad.buffer.numel()) * b->grad.buffer.element_size();
     Clock::time_point start = Clock::time_point::max(), end = Clock::time_point::min();
     for (const auto& w : b->work->works()) {
@@ -462,16 +491,18 @@ void DDPCore::abandonBackward() {
   inBackward_ = false;
 }
 
-// Uneven inputs: {ranks still stepping, ranks of those syncing gradients this step}.
-int64_t DDPCore::presence(bool active) {
-  int64_t v[2] = {active ? 1 : 0, active && sync_ ? 1 : 0};
+// Uneven inputs, one all-reduce (min) per training forward: the lowest rank still stepping
+// (size() when none is), and 0 when any of them syncs gradients this step.
+int DDPCore::presence(bool active) {
+  int64_t v[2] = {active ? group_->rank() : group_->size(), active && sync_ ? 0 : 1};
   comm::AllreduceOptions o;
   o.data = v;
   o.count = 2;
   o.dtype = DType::kInt64;
+  o.op = ReduceOp::kMin;
   group_->allreduce(o);
-  lastSyncing_ = v[1];
-  return v[0];
+  lastSyncing_ = v[1] == 0 ? 1 : 0;
+  return static_cast<int>(v[0]);
 }
 
 void DDPCore::join() {
@@ -481,8 +512,8 @@ void DDPCore::join() {
   if (inBackward_) abandonBackward();
   // Shadow the steps the other ranks still run: their presence all-reduce, buffer broadcast
   // and (when they sync) every bucket, with zero gradients from this rank.
-  while (presence(/*active=*/false) > 0) {
-    if (opts_.broadcastBuffers) broadcastState(0, false, true);
+  for (int root; (root = presence(/*active=*/false)) < group_->size();) {
+    if (opts_.broadcastBuffers) broadcastState(root, false, true);
     if (lastSyncing_ == 0) continue;
     for (auto& b : buckets_) {
       b->grad.buffer.zero_();
@@ -491,9 +522,9 @@ void DDPCore::join() {
     }
   }
   for (auto& b : buckets_) b->grad.buffer.zero_();
-  // Everyone has joined: the rank that stepped the most (ties: the highest rank) has the
+  // Everyone has joined: the rank that synced the most steps (ties: the highest rank) has the
   // weights the optimizer produced last; it sends them to all.
-  int64_t key = (trainingForwards_ << 20) | group_->rank();
+  int64_t key = (stats_.syncs << 20) | group_->rank();
   comm::AllreduceOptions o;
   o.data = &key;
   o.count = 1;

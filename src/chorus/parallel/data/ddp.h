@@ -122,7 +122,7 @@ class DDPCore {
   void launch(Bucket& b);
   void finishBackward();
   void abandonBackward();
-  int64_t presence(bool active);
+  int presence(bool active);
 
   torch::nn::Module& module_;
   std::shared_ptr<comm::ProcessGroup> group_;
@@ -135,7 +135,7 @@ class DDPCore {
   size_t nextBucket_ = 0;
   std::vector<size_t> unused_;     // from afterForward (findUnusedParameters)
   bool warnedLate_ = false;
-  int64_t trainingForwards_ = 0;
+  bool warnedOpaque_ = false;
   int64_t lastSyncing_ = 0;
   bool rebuild_ = false;
   std::vector<Clock::time_point> readyAt_;  // second synchronized pass, for rebuildBuckets
