@@ -12,6 +12,7 @@
 #include "chorus/common/error.h"
 #include "chorus/train/checkpoint.h"
 #include "chorus/train/config.h"
+#include "chorus/train/datasets.h"
 #include "chorus/train/trainer.h"
 #include "launch.h"
 
@@ -117,6 +118,7 @@ int trainCommand(const std::vector<std::string>& args) {
   if (t.nproc > 0 && !insideJob()) {
     // Everything about the config is checked here, before any worker starts.
     train::Config cfg = load(t, t.nproc);
+    train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
     if (t.check) {
       std::cout << "chorus train: " << (t.config.empty() ? "the defaults" : t.config) << " are valid for " << t.nproc
                 << " worker(s)\n";
