@@ -23,6 +23,8 @@ struct GradBucket {
   size_t index = 0;       // 0 is the first bucket reduced (the model's last layers)
   torch::Tensor buffer;   // flat, contiguous; the parameters' .grad() are views into it
   std::vector<std::string> names;  // the parameters it holds, in buffer order
+  std::vector<std::vector<int64_t>> shapes;  // their shapes, in the same order
+  std::vector<int64_t> offsets;              // where each starts in buffer (elements)
   bool isLast = false;
 };
 

@@ -200,6 +200,8 @@ void DDPCore::applyLayout(const std::vector<std::vector<size_t>>& layout) {
       p.offset = off;
       off += p.tensor.numel();
       b->grad.names.push_back(p.name);
+      b->grad.shapes.push_back(p.tensor.sizes().vec());
+      b->grad.offsets.push_back(p.offset);
       installGradView(p, b->grad.buffer);
     }
     b->params = layout[bi];

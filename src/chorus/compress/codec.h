@@ -1,0 +1,55 @@
+// Gradient compression codecs behind one interface, usable by DDP (through a CommHook), the
+// parameter server and pipeline stages alike: a codec turns this rank's flat gradient into a
+// wire message (keeping what it did not send as state, for error feedback), and adds a
+// decoded message into a dense tensor.
+//
+// Contract every codec keeps:
+// - encode() reads `grad` (flat, contiguous, float32, CPU) and does not modify it; it updates
+//   `state` so that, for error-feedback codecs, after the call
+//       decoded(message) + state.tensors["residual"] == grad + residual_before
+//   (exactly for the lossless parts: what is sent is taken out of the residual bit for bit).
+// - decodeAdd() adds the message's values into `out` (flat float32 with the encoded numel);
+//   messages from several ranks are combined by calling it once per message.
+// - Messages are self-describing (numel and parameters in a small header), so a receiver
+//   needs only the codec, not the sender's state.
+// - Randomness (random-k, stochastic rounding) comes from state.rng, seeded by the caller, so
+//   runs are reproducible and resumable.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace chorus::compress {
+
+// What a codec keeps for one gradient tensor between steps. Everything in it is saved in
+// checkpoints (the trainer stores `tensors` and `scalars` by name).
+struct CodecState {
+  std::map<std::string, torch::Tensor> tensors;  // "residual", "momentum", ...
+  std::map<std::string, double> scalars;         // e.g. "step"
+  uint64_t rngState = 0x9E3779B97F4A7C15ull;     // splitmix64 state for the codec's randomness
+  // The next pseudo-random 64-bit value (splitmix64), advancing rngState.
+  uint64_t nextRandom();
+  // A uniform float in [0, 1).
+  float nextUniform() { return static_cast<float>(nextRandom() >> 40) * (1.0f / 16777216.0f); }
+  // The residual tensor for a gradient like `grad`, created as zeros on first use.
+  torch::Tensor& residual(const torch::Tensor& grad);
+};
+
+using Message = std::vector<uint8_t>;
+
+class Codec {
+ public:
+  virtual ~Codec() = default;
+  virtual std::string name() const = 0;
+  virtual Message encode(const torch::Tensor& grad, CodecState& state) = 0;
+  virtual void decodeAdd(const Message& msg, torch::Tensor& out) const = 0;
+  // For sparse messages: the number of (index, value) pairs the message holds; -1 if dense.
+  virtual int64_t sparseCount(const Message& /*msg*/) const { return -1; }
+};
+
+}  // namespace chorus::compress

@@ -1,0 +1,83 @@
+#include "chorus/compress/compressed_allreduce.h"
+
+#include <numeric>
+
+#include "chorus/common/error.h"
+
+namespace chorus::compress {
+
+bool denseIsCheaper(int64_t numel, int64_t totalPairs, int world) {
+  if (world <= 1) return false;
+  const double dense = 2.0 * (world - 1) / world * static_cast<double>(numel) * 4.0;
+  // Each rank receives every other rank's pairs: on average (W-1)/W of all of them.
+  const double sparse = static_cast<double>(totalPairs) * 8.0 * (world - 1) / world;
+  return sparse > dense;
+}
+
+CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, torch::Tensor& grad, CodecState& state) {
+  if (!grad.is_contiguous() || grad.scalar_type() != at::kFloat || !grad.device().is_cpu()) {
+    throw InvalidArgument("compressedAllreduce: the gradient must be a contiguous float32 CPU tensor");
+  }
+  torch::NoGradGuard noGrad;
+  torch::Tensor flat = grad.view({-1});
+  CompressedResult r;
+  r.denseBytes = static_cast<uint64_t>(flat.numel()) * 4;
+  Message mine = codec.encode(flat, state);
+  r.messageBytes = mine.size();
+  const int world = group.size();
+  if (world == 1) {
+    flat.zero_();
+    codec.decodeAdd(mine, flat);
+    return r;
+  }
+  // Sizes (and, for sparse codecs, pair counts) from every rank.
+  std::vector<int64_t> meta(2 * static_cast<size_t>(world));
+  int64_t own[2] = {static_cast<int64_t>(mine.size()), codec.sparseCount(mine)};
+  comm::AllgatherOptions mo;
+  mo.input = own;
+  mo.output = meta.data();
+  mo.count = 2;
+  mo.dtype = DType::kInt64;
+  group.allgather(mo);
+  bool sparse = true;
+  int64_t pairs = 0;
+  for (int k = 0; k < world; ++k) {
+    if (meta[2 * k + 1] < 0) sparse = false;
+    pairs += std::max<int64_t>(0, meta[2 * k + 1]);
+  }
+  if (sparse && denseIsCheaper(flat.numel(), pairs, world)) {
+    // Every rank saw the same counts, so every rank takes this branch.
+    flat.zero_();
+    codec.decodeAdd(mine, flat);
+    comm::AllreduceOptions ao;
+    ao.data = flat.data_ptr();
+    ao.count = static_cast<size_t>(flat.numel());
+    ao.dtype = DType::kFloat32;
+    ao.op = ReduceOp::kAvg;
+    group.allreduce(ao);
+    r.wentDense = true;
+    return r;
+  }
+  std::vector<size_t> counts(world);
+  for (int k = 0; k < world; ++k) counts[k] = static_cast<size_t>(meta[2 * k]);
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  std::vector<uint8_t> all(total);
+  comm::AllgatherOptions go;
+  go.input = mine.data();
+  go.output = all.data();
+  go.count = mine.size();
+  go.counts = counts;
+  go.dtype = DType::kUInt8;
+  group.allgather(go);
+  flat.zero_();
+  size_t off = 0;
+  for (int k = 0; k < world; ++k) {
+    Message m(all.begin() + static_cast<std::ptrdiff_t>(off), all.begin() + static_cast<std::ptrdiff_t>(off + counts[k]));
+    codec.decodeAdd(m, flat);
+    off += counts[k];
+  }
+  flat.div_(world);
+  return r;
+}
+
+}  // namespace chorus::compress

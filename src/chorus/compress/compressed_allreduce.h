@@ -1,0 +1,30 @@
+// The collectives compressed gradients need: an all-reduce (average) through a codec, in which
+// every rank's message reaches every rank (allgather of the sizes, then allgatherv of the
+// bytes) and each rank decodes and sums them. Sparse messages switch to a dense all-reduce of
+// the decoded values when the gathered (index, value) pairs would cost more than a dense ring.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "chorus/comm/group.h"
+#include "chorus/compress/codec.h"
+
+namespace chorus::compress {
+
+struct CompressedResult {
+  uint64_t messageBytes = 0;  // this rank's encoded message
+  uint64_t denseBytes = 0;    // the gradient's size in float32
+  bool wentDense = false;     // sparse messages were too dense: a dense all-reduce ran instead
+};
+
+// grad: this rank's flat float32 gradient in, the average over the group out (in place).
+// Every rank must call it with the same codec kind and numel, in the same order.
+CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, torch::Tensor& grad, CodecState& state);
+
+// Dense all-reduce cost in bytes sent per rank (ring: 2 (W-1)/W of the data) against the
+// allgather of n sparse pairs per rank ((W-1) * n * 8): true when dense is cheaper.
+bool denseIsCheaper(int64_t numel, int64_t totalPairs, int world);
+
+}  // namespace chorus::compress

@@ -1,0 +1,297 @@
+#include "chorus/parallel/data/compression_hooks.h"
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <thread>
+
+#include "chorus/common/error.h"
+#include "chorus/compress/compressed_allreduce.h"
+#include "chorus/parallel/tensor_view.h"
+
+namespace chorus::parallel {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One queued bucket: a comm::Work, so DDP's statistics see when it ran.
+class Job : public comm::Work {
+ public:
+  std::function<void()> fn;
+  void run() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      timing_.started = Clock::now();
+    }
+    std::exception_ptr e;
+    try {
+      fn();
+    } catch (...) {
+      e = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      timing_.finished = Clock::now();
+      error_ = e;
+      done_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool test() override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (done_ && error_) std::rethrow_exception(error_);
+    return done_;
+  }
+  void wait() override {
+    std::unique_lock<std::mutex> l(mu_);
+    cv_.wait(l, [&] { return done_; });  // each collective inside has its own timeout
+    if (error_) std::rethrow_exception(error_);
+  }
+  Timing timing() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return timing_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+  Timing timing_;
+};
+
+// Runs jobs one at a time in queue order on its own thread.
+class SerialRunner {
+ public:
+  ~SerialRunner() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  std::shared_ptr<Job> submit(std::function<void()> fn) {
+    auto job = std::make_shared<Job>();
+    job->fn = std::move(fn);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      queue_.push_back(job);
+      if (!thread_.joinable()) thread_ = std::thread([this] { loop(); });
+    }
+    cv_.notify_all();
+    return job;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      job->run();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+class JobWork : public HookWork {
+ public:
+  explicit JobWork(std::shared_ptr<Job> j) : job_(std::move(j)) {}
+  void wait() override { job_->wait(); }
+  std::vector<comm::WorkPtr> works() const override { return {job_}; }
+
+ private:
+  std::shared_ptr<Job> job_;
+};
+
+uint64_t mix(uint64_t a, uint64_t b) { return (a ^ (b + 0x9E3779B97F4A7C15ull + (a << 6) + (a >> 2))) * 0xBF58476D1CE4E5B9ull; }
+
+void allreduceAvg(comm::ProcessGroup& g, torch::Tensor& t) {
+  if (g.size() == 1 || t.numel() == 0) return;
+  BufferView v = viewOf(t);
+  comm::AllreduceOptions o;
+  o.data = v.data;
+  o.count = v.count;
+  o.dtype = v.dtype;
+  o.op = ReduceOp::kAvg;
+  g.allreduce(o);
+}
+
+class CodecHook : public StatefulHook {
+ public:
+  CodecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed) : codec_(std::move(codec)), seed_(seed) {
+    if (!codec_) throw InvalidArgument("codecHook: codec is nullptr");
+  }
+  std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
+    compress::CodecState* st;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto [it, fresh] = states_.try_emplace(bucket.index);
+      if (fresh) it->second.rngState = mix(mix(seed_, bucket.index), static_cast<uint64_t>(group.rank()));
+      st = &it->second;
+    }
+    torch::Tensor buffer = bucket.buffer;
+    comm::ProcessGroup* g = &group;
+    return std::make_unique<JobWork>(runner_.submit([this, g, buffer, st]() mutable {
+      auto r = compress::compressedAllreduce(*g, *codec_, buffer, *st);
+      std::lock_guard<std::mutex> l(mu_);
+      messageBytes_ = r.messageBytes;
+      denseBytes_ = r.denseBytes;
+    }));
+  }
+  std::string name() const override { return codec_->name(); }
+  std::map<size_t, compress::CodecState>& states() override { return states_; }
+  uint64_t lastMessageBytes() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return messageBytes_;
+  }
+  uint64_t lastDenseBytes() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return denseBytes_;
+  }
+
+ private:
+  std::shared_ptr<compress::Codec> codec_;
+  uint64_t seed_;
+  mutable std::mutex mu_;
+  std::map<size_t, compress::CodecState> states_;
+  uint64_t messageBytes_ = 0, denseBytes_ = 0;
+  SerialRunner runner_;  // last: joined first, while the states are still alive
+};
+
+class PowerSgdHook : public StatefulHook {
+ public:
+  PowerSgdHook(int64_t rank, uint64_t seed) : rank_(rank), seed_(seed) {
+    if (rank < 1) throw InvalidArgument(str("powerSgdHook: rank must be >= 1, not ", rank));
+  }
+  std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
+    compress::CodecState* st;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      st = &states_[bucket.index];
+    }
+    comm::ProcessGroup* g = &group;
+    GradBucket b = bucket;  // tensors are shared; names and shapes copied
+    return std::make_unique<JobWork>(runner_.submit([this, g, b, st] { reduce(*g, b, *st); }));
+  }
+  std::string name() const override { return str("powersgd-", rank_); }
+  std::map<size_t, compress::CodecState>& states() override { return states_; }
+  uint64_t lastMessageBytes() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return messageBytes_;
+  }
+  uint64_t lastDenseBytes() const override {
+    std::lock_guard<std::mutex> l(mu_);
+    return denseBytes_;
+  }
+
+ private:
+  void reduce(comm::ProcessGroup& g, const GradBucket& b, compress::CodecState& st) {
+    torch::NoGradGuard noGrad;
+    const torch::Tensor& buf = b.buffer;
+    struct Mat {
+      torch::Tensor view, res, m, p, q;  // view: the gradient as n x m inside the buffer
+    };
+    std::vector<Mat> mats;
+    std::vector<torch::Tensor> dense;
+    for (size_t i = 0; i < b.shapes.size(); ++i) {
+      const auto& shape = b.shapes[i];
+      int64_t numel = 1;
+      for (auto d : shape) numel *= d;
+      torch::Tensor flat = buf.narrow(0, b.offsets[i], numel);
+      int64_t n = shape.empty() ? 1 : shape[0], m = n == 0 ? 0 : numel / n;
+      // Worth it only where rank*(n+m) is well below n*m.
+      if (shape.size() < 2 || rank_ * (n + m) * 2 > n * m) {
+        dense.push_back(flat);
+        continue;
+      }
+      Mat mat;
+      mat.view = flat.view({n, m});
+      torch::Tensor& res = st.tensors[str("residual.", i)];
+      if (!res.defined()) res = torch::zeros({n, m}, buf.options());
+      torch::Tensor& q = st.tensors[str("q.", i)];
+      if (!q.defined()) {
+        auto gen = at::detail::createCPUGenerator(mix(seed_, mix(b.index, i)));
+        q = torch::randn({m, rank_}, gen, buf.options());  // the same on every rank
+      }
+      mat.res = res;  // handles share the state's storage
+      mat.m = mat.view + res;
+      mat.q = q;
+      mats.push_back(mat);
+    }
+    uint64_t bytes = 0;
+    // P = M Q for every matrix, all-reduced together.
+    if (!mats.empty()) {
+      std::vector<torch::Tensor> ps;
+      for (auto& mt : mats) ps.push_back(torch::matmul(mt.m, mt.q).reshape({-1}));
+      torch::Tensor pAll = torch::cat(ps);
+      bytes += static_cast<uint64_t>(pAll.numel()) * 4;
+      allreduceAvg(g, pAll);
+      int64_t off = 0;
+      std::vector<torch::Tensor> qs;
+      for (auto& mt : mats) {
+        int64_t n = mt.m.size(0);
+        torch::Tensor p = pAll.narrow(0, off, n * rank_).view({n, rank_});
+        off += n * rank_;
+        mt.p = std::get<0>(at::linalg_qr(p));  // orthonormal columns
+        qs.push_back(torch::matmul(mt.m.t(), mt.p).reshape({-1}));
+      }
+      torch::Tensor qAll = torch::cat(qs);
+      bytes += static_cast<uint64_t>(qAll.numel()) * 4;
+      allreduceAvg(g, qAll);
+      off = 0;
+      for (size_t k = 0; k < mats.size(); ++k) {
+        auto& mt = mats[k];
+        int64_t m = mt.m.size(1);
+        torch::Tensor q = qAll.narrow(0, off, m * rank_).view({m, rank_});
+        off += m * rank_;
+        mt.q.copy_(q);  // warm start for the next step
+        torch::Tensor approx = torch::matmul(mt.p, q.t());
+        mt.res.copy_(mt.m - approx);  // error feedback: what the approximation missed
+        mt.view.copy_(approx);
+      }
+    }
+    if (!dense.empty()) {
+      torch::Tensor d = torch::cat(dense);
+      bytes += static_cast<uint64_t>(d.numel()) * 4;
+      allreduceAvg(g, d);
+      int64_t off = 0;
+      for (auto& t : dense) {
+        t.copy_(d.narrow(0, off, t.numel()));
+        off += t.numel();
+      }
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    messageBytes_ = bytes;
+    denseBytes_ = static_cast<uint64_t>(buf.numel()) * 4;
+  }
+
+  int64_t rank_;
+  uint64_t seed_;
+  mutable std::mutex mu_;
+  std::map<size_t, compress::CodecState> states_;
+  uint64_t messageBytes_ = 0, denseBytes_ = 0;
+  SerialRunner runner_;
+};
+
+}  // namespace
+
+std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed) {
+  return std::make_shared<CodecHook>(std::move(codec), seed);
+}
+
+std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed) {
+  return std::make_shared<PowerSgdHook>(rank, seed);
+}
+
+}  // namespace chorus::parallel

@@ -1,0 +1,40 @@
+// Communication hooks that compress: one that runs any compress::Codec (sparsification,
+// quantization, DGC) through compressedAllreduce, and PowerSGD (low-rank, with error feedback
+// and warm start). Both need several collectives per bucket, with computation between them,
+// so each hook runs its buckets one at a time, in order, on a thread of its own: start()
+// queues the bucket and returns, and DDP's end-of-backward wait() collects it. Every rank
+// queues the buckets in the same order, so the collectives match.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "chorus/compress/codec.h"
+#include "chorus/parallel/data/comm_hook.h"
+
+namespace chorus::parallel {
+
+// Per-bucket codec state (residuals, momentum, PowerSGD's Q), for checkpoints.
+class StatefulHook : public CommHook {
+ public:
+  // bucket index -> state. Not thread-safe against a running backward pass.
+  virtual std::map<size_t, compress::CodecState>& states() = 0;
+  // Bytes this rank's messages took in the last call per bucket, and the dense float32 size.
+  virtual uint64_t lastMessageBytes() const = 0;
+  virtual uint64_t lastDenseBytes() const = 0;
+};
+
+// Any codec. `seed` seeds each bucket's RNG (mixed with the bucket index and this rank).
+std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed = 0);
+
+// PowerSGD (Vogels et al., 2019): each matrix-shaped gradient M (n x m, from its first
+// dimension and the rest) plus its residual is approximated by P Q^T of rank `rank`:
+// P = M Q, all-reduce P, orthonormalize P, Q = M^T P, all-reduce Q. The residual keeps
+// M - P Q^T (error feedback); Q is kept for the next step (warm start) and starts from the
+// same seeded random values on every rank. Vectors and matrices too small to gain are
+// all-reduced densely, in one message per bucket.
+std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed = 0);
+
+}  // namespace chorus::parallel
