@@ -328,6 +328,14 @@ TEST(Config, CrossKeyRules) {
             "run.toml:3: optim.nesterov = true: Nesterov momentum needs optim.momentum > 0 (set at run.toml:2); "
             "set optim.momentum (e.g. 0.9) or optim.nesterov = false");
   EXPECT_TRUE(parse("[optim]\nnesterov = true\n").optim.nesterov);
+  // DGC applies momentum itself; a compression method decides the wire format on its own.
+  EXPECT_CONTAINS(errorOf("", {"compression.method=dgc"}),
+                  "--set compression.method=dgc: compression.method = \"dgc\": DGC applies momentum itself");
+  EXPECT_NO_THROW(parse("", {"compression.method=dgc", "optim.momentum=0"}));
+  EXPECT_CONTAINS(errorOf("", {"compression.method=topk", "ddp.comm_dtype=fp16"}),
+                  "already decides what goes on the wire");
+  EXPECT_CONTAINS(errorOf("", {"compression.method=top-k"}), "topk, topk_sampled, randomk");
+  EXPECT_CONTAINS(errorOf("", {"compression.ratio=0"}), "compression.ratio");
   EXPECT_CONTAINS(errorOf("", {"schedule.min_lr=0.1"}),
                   "--set schedule.min_lr=0.1: schedule.min_lr = 0.1: the cosine schedule decays from optim.lr = 0.05 "
                   "(default) down to min_lr");
@@ -425,7 +433,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  EXPECT_EQ(configKeys().size(), 48u);
+  EXPECT_EQ(configKeys().size(), 59u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

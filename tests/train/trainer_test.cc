@@ -111,6 +111,18 @@ TEST(Trainer, ResumeIsBitExactAdamWCnnBf16) {
                    "adamw");
 }
 
+TEST(Trainer, ResumeIsBitExactWithTopKResiduals) {
+  resumeIsBitExact({"model.hidden=[32]", "compression.method=topk", "compression.ratio=0.05",
+                    "output.checkpoint_every=3"},
+                   "topk");
+}
+
+TEST(Trainer, ResumeIsBitExactWithDgcMomentum) {
+  resumeIsBitExact({"model.hidden=[32]", "compression.method=dgc", "optim.momentum=0", "compression.warmup_epochs=1",
+                    "output.checkpoint_every=3"},
+                   "dgc");
+}
+
 TEST(Trainer, WritesMetricsEvaluationAndSummary) {
   torch::set_num_threads(1);
   fs::path dir = tempDir("metrics");

@@ -87,8 +87,11 @@ std::string serializePayload(torch::nn::Module& model, torch::optim::Optimizer& 
   st.write("step_in_epoch", int64Tensor(state.stepInEpoch));
   st.write("global_step", int64Tensor(state.globalStep));
   for (const auto& [name, value] : state.scalars) scalars.write(name, float64Tensor(value));
+  torch::serialize::OutputArchive tensors(root.compilation_unit());
+  for (const auto& [name, value] : state.tensors) tensors.write(name, value.detach().contiguous());
   root.write("state", st);
   root.write("scalars", scalars);
+  root.write("tensors", tensors);
 
   std::ostringstream os;
   root.save_to(os);
@@ -270,6 +273,14 @@ TrainState loadCheckpoint(const std::string& path, torch::nn::Module& model, tor
       torch::Tensor t;
       sc.read(key, t);
       state.scalars[key] = t.item<double>();
+    }
+    torch::serialize::InputArchive ta;
+    if (root.try_read("tensors", ta)) {
+      for (const auto& key : ta.keys()) {
+        torch::Tensor t;
+        ta.read(key, t);
+        state.tensors[key] = t;
+      }
     }
 
     torch::serialize::InputArchive meta, optim;

@@ -21,6 +21,7 @@ struct TrainState {
   int64_t stepInEpoch = 0;  // steps of that epoch already taken
   int64_t globalStep = 0;   // steps taken in all
   std::map<std::string, double> scalars;  // e.g. "amp.scale", "amp.good_steps"
+  std::map<std::string, torch::Tensor> tensors;  // e.g. compression residuals, "codec.0.residual"
 };
 
 // Atomic write; throws chorus::Error naming the path on failure (the old file stays intact).

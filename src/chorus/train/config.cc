@@ -100,6 +100,7 @@ const std::vector<Section>& sections() {
       {"schedule", "the learning-rate schedule"},
       {"train", "the training loop"},
       {"ddp", "data-parallel gradient synchronization"},
+      {"compression", "gradient compression on the wire (docs/compression.md)"},
       {"amp", "fp16 loss scaling (used when precision = \"fp16\")"},
       {"output", "where results go, checkpoints, progress display"},
   };
@@ -192,6 +193,31 @@ const std::vector<Key>& schema() {
        .choices = {"auto", "ring", "hd", "tree", "direct", "mpi"}, .meaning = "allreduce algorithm"},
       {.name = "ddp.transport", .field = CHORUS_FIELD(ddp.transport), .choices = {"", "auto", "shm", "tcp", "mpi"},
        .meaning = "transport between workers; \"\": CHORUS_TRANSPORT, else auto"},
+
+      {.name = "compression.method", .field = CHORUS_FIELD(compression.method),
+       .choices = {"none", "fp16", "bf16", "topk", "topk_sampled", "randomk", "threshold", "qsgd", "terngrad", "sign",
+                   "int8", "dgc", "powersgd"},
+       .meaning = "how gradients are compressed; none: dense all-reduce"},
+      {.name = "compression.ratio", .field = CHORUS_FIELD(compression.ratio), .range = between(0, 1, true, false),
+       .meaning = "topk, topk_sampled, randomk: fraction of the entries sent each step"},
+      {.name = "compression.threshold", .field = CHORUS_FIELD(compression.threshold), .range = above(0),
+       .meaning = "threshold: entries with |value| >= this are sent"},
+      {.name = "compression.levels", .field = CHORUS_FIELD(compression.levels), .range = atLeast(1),
+       .meaning = "qsgd: quantization levels"},
+      {.name = "compression.rank", .field = CHORUS_FIELD(compression.rank), .range = atLeast(1),
+       .meaning = "powersgd: rank of the low-rank approximation"},
+      {.name = "compression.error_feedback", .field = CHORUS_FIELD(compression.errorFeedback),
+       .meaning = "accumulate what was not sent into the next step's gradient"},
+      {.name = "compression.sparsity", .field = CHORUS_FIELD(compression.sparsity), .range = between(0, 1, true, true),
+       .meaning = "dgc: final sparsity (fraction of the entries not sent)"},
+      {.name = "compression.warmup_epochs", .field = CHORUS_FIELD(compression.warmupEpochs), .range = atLeast(0),
+       .meaning = "dgc: warm-up epochs, sparsity 1 - 0.25^(epoch+1) (75%, 93.75%, ...) until the final one"},
+      {.name = "compression.momentum", .field = CHORUS_FIELD(compression.momentum), .range = between(0, 1, false, true),
+       .meaning = "dgc: momentum applied locally before compression"},
+      {.name = "compression.clip_norm", .field = CHORUS_FIELD(compression.clipNorm), .range = atLeast(0),
+       .meaning = "dgc: clip each worker's gradient to this L2 norm / sqrt(workers); 0: no clipping"},
+      {.name = "compression.seed", .field = CHORUS_FIELD(compression.seed),
+       .meaning = "seed of the codecs' randomness (randomk, qsgd, terngrad, sampled top-k)"},
 
       {.name = "amp.init_scale", .field = CHORUS_FIELD(amp.initScale), .range = above(0),
        .meaning = "fp16: initial loss scale"},
@@ -798,6 +824,15 @@ class Builder {
     if (o.name == "sgd" && o.nesterov && !(o.momentum > 0))
       fail("optim.nesterov", str(": Nesterov momentum needs optim.momentum > 0", originNote("optim.momentum"),
                                  "; set optim.momentum (e.g. 0.9) or optim.nesterov = false"));
+    const auto& c = config_.compression;
+    if (c.method == "dgc" && o.name == "sgd" && o.momentum > 0)
+      fail("compression.method", str(": DGC applies momentum itself before compressing (compression.momentum), so "
+                                     "the optimizer must not add its own: set optim.momentum = 0",
+                                     originNote("optim.momentum")));
+    if (c.method != "none" && config_.ddp.commDtype != "fp32")
+      fail("ddp.comm_dtype", str(": compression.method = \"", c.method, "\" already decides what goes on the wire; "
+                                 "leave ddp.comm_dtype = \"fp32\" (use compression.method = \"fp16\" or \"bf16\" "
+                                 "for a 16-bit cast)"));
     const auto& s = config_.schedule;
     if (s.name == "cosine" && s.minLr > o.lr)
       fail("schedule.min_lr", str(": the cosine schedule decays from optim.lr = ", formatFloat(o.lr),

@@ -85,6 +85,23 @@ struct DdpConfig {
   bool operator==(const DdpConfig&) const = default;
 };
 
+// Gradient compression through a DDP communication hook (docs/compression.md).
+struct CompressionConfig {
+  std::string method = "none";  // none | fp16 | bf16 | topk | topk_sampled | randomk | threshold |
+                                // qsgd | terngrad | sign | int8 | dgc | powersgd
+  double ratio = 0.01;          // topk, topk_sampled, randomk: fraction of the entries sent
+  double threshold = 1e-3;      // threshold: send entries with |g| >= this
+  int64_t levels = 16;          // qsgd: quantization levels s
+  int64_t rank = 4;             // powersgd: rank of the approximation
+  bool errorFeedback = true;    // keep what was not sent and add it to the next gradient
+  double sparsity = 0.999;      // dgc: final sparsity
+  int64_t warmupEpochs = 4;     // dgc: epochs of warm-up, sparsity 1 - 0.25^(epoch+1) until final
+  double momentum = 0.9;        // dgc: momentum applied before compression (optim.momentum must be 0)
+  double clipNorm = 0.0;        // dgc: local gradient clipping to this L2 norm / sqrt(workers); 0: off
+  uint64_t seed = 0;            // randomness of randomk, qsgd, terngrad, sampled top-k
+  bool operator==(const CompressionConfig&) const = default;
+};
+
 struct AmpConfig {
   double initScale = 65536.0;   // fp16: initial loss scale
   double growthFactor = 2.0;
@@ -113,6 +130,7 @@ struct Config {
   ScheduleConfig schedule;
   TrainLoopConfig train;
   DdpConfig ddp;
+  CompressionConfig compression;
   AmpConfig amp;
   OutputConfig output;
 

@@ -7,14 +7,20 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <mutex>
 #include <thread>
 
 #include "chorus/amp/autocast.h"
 #include "chorus/amp/grad_scaler.h"
+#include "chorus/compress/dgc.h"
+#include "chorus/compress/quantize.h"
+#include "chorus/compress/sparse.h"
+#include "chorus/parallel/data/compression_hooks.h"
 #include "chorus/common/error.h"
 #include "chorus/parallel/data/ddp.h"
 #include "chorus/parallel/data/sampler.h"
@@ -52,6 +58,111 @@ void allreduceInPlace(comm::ProcessGroup& g, T* data, size_t n, DType dtype, Red
   g.allreduce(o);
 }
 
+// The compression hook a config asks for (none: no hook), and DGC's codec for its epoch.
+struct CompressionSetup {
+  std::shared_ptr<parallel::StatefulHook> hook;
+  std::shared_ptr<compress::DgcCodec> dgc;
+};
+
+CompressionSetup makeCompression(const CompressionConfig& c, int world, int rank) {
+  CompressionSetup s;
+  const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
+  if (c.method == "none") return s;
+  if (c.method == "powersgd") {
+    s.hook = parallel::powerSgdHook(c.rank, seed);
+    return s;
+  }
+  std::shared_ptr<compress::Codec> codec;
+  if (c.method == "dgc") {
+    compress::DgcOptions o;
+    o.momentum = c.momentum;
+    o.maxNorm = c.clipNorm;
+    o.worldSize = world;
+    o.sparsitySchedule.clear();
+    for (int64_t e = 0; e < c.warmupEpochs; ++e) o.sparsitySchedule.push_back(std::min(c.sparsity, 1 - std::pow(0.25, e + 1)));
+    o.sparsitySchedule.push_back(c.sparsity);
+    s.dgc = std::make_shared<compress::DgcCodec>(o);
+    codec = s.dgc;
+  } else if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
+    codec = compress::makeSparse(c.method, c.ratio);
+  } else if (c.method == "threshold") {
+    codec = compress::makeSparse(c.method, c.threshold);
+  } else {
+    codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
+  }
+  (void)rank;
+  s.hook = parallel::codecHook(codec, seed);
+  return s;
+}
+
+// Every rank's bytes, in rank order, on every rank (allgather of sizes, then allgatherv).
+std::vector<std::string> allgatherBytes(comm::ProcessGroup& g, const std::string& mine) {
+  std::vector<uint64_t> sizes(g.size());
+  uint64_t len = mine.size();
+  comm::AllgatherOptions so;
+  so.input = &len;
+  so.output = sizes.data();
+  so.count = 1;
+  so.dtype = DType::kInt64;
+  g.allgather(so);
+  std::vector<size_t> counts(sizes.begin(), sizes.end());
+  size_t total = 0;
+  for (auto c : counts) total += c;
+  std::string all(total, '\0');
+  comm::AllgatherOptions ao;
+  ao.input = mine.data();
+  ao.output = all.data();
+  ao.count = mine.size();
+  ao.counts = counts;
+  ao.dtype = DType::kUInt8;
+  g.allgather(ao);
+  std::vector<std::string> out;
+  size_t off = 0;
+  for (auto c : counts) {
+    out.push_back(all.substr(off, c));
+    off += c;
+  }
+  return out;
+}
+
+// Codec state (residuals, momentum, Q, RNG) differs per rank: each rank serializes its own,
+// and rank 0's checkpoint keeps them all as "codec.rank<r>" byte tensors.
+std::string serializeCodecState(parallel::StatefulHook& hook) {
+  torch::serialize::OutputArchive a;
+  for (auto& [bucket, cs] : hook.states()) {
+    for (auto& [name, t] : cs.tensors) a.write(str("b", bucket, "_t_", name), t);
+    for (auto& [name, v] : cs.scalars) a.write(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
+    a.write(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
+  }
+  std::ostringstream os;
+  a.save_to(os);
+  return os.str();
+}
+
+void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob) {
+  torch::serialize::InputArchive a;
+  a.load_from(blob.data(), blob.size());
+  for (const auto& key : a.keys()) {
+    size_t u = key.find('_');
+    size_t bucket = std::stoul(key.substr(1, u - 1));
+    std::string rest = key.substr(u + 1);
+    torch::Tensor t;
+    a.read(key, t);
+    auto& cs = hook.states()[bucket];
+    if (rest == "rng") {
+      cs.rngState = static_cast<uint64_t>(t.item<int64_t>());
+    } else if (rest.rfind("t_", 0) == 0) {
+      cs.tensors[rest.substr(2)] = t.clone();
+    } else if (rest.rfind("s_", 0) == 0) {
+      cs.scalars[rest.substr(2)] = t.item<double>();
+    }
+  }
+}
+
+torch::Tensor bytesTensor(const std::string& s) {
+  return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
+}
+
 struct EvalResult {
   double accuracy = 0, loss = 0;
 };
@@ -84,32 +195,11 @@ EvalResult evaluate(torch::nn::Sequential& model, const Dataset& test, comm::Pro
 
 // Gathers every rank's trace events to rank 0, which writes the file.
 void writeTrace(const std::string& path, const Tracer& tracer, comm::ProcessGroup& g) {
-  std::string mine = tracer.eventsJson();
-  std::vector<uint64_t> sizes(g.size());
-  uint64_t len = mine.size();
-  comm::AllgatherOptions so;
-  so.input = &len;
-  so.output = sizes.data();
-  so.count = 1;
-  so.dtype = DType::kInt64;
-  g.allgather(so);
-  std::vector<size_t> counts(sizes.begin(), sizes.end());
-  size_t total = 0;
-  for (auto c : counts) total += c;
-  std::string all(total, '\0');
-  comm::AllgatherOptions ao;
-  ao.input = mine.data();
-  ao.output = all.data();
-  ao.count = mine.size();
-  ao.counts = counts;
-  ao.dtype = DType::kUInt8;
-  g.allgather(ao);
+  std::vector<std::string> all = allgatherBytes(g, tracer.eventsJson());
   if (g.rank() != 0) return;
   std::vector<std::string> bodies;
-  size_t off = 0;
-  for (auto c : counts) {
-    if (c > 0) bodies.push_back(all.substr(off, c));
-    off += c;
+  for (auto& b : all) {
+    if (!b.empty()) bodies.push_back(std::move(b));
   }
   writeChromeTrace(path, bodies);
 }
@@ -153,7 +243,11 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   dopts.findUnusedParameters = cfg.ddp.findUnused;
   dopts.broadcastBuffers = cfg.ddp.broadcastBuffers;
   comm::AllreduceAlgo algo = parseAlgo(cfg.ddp.algo);
-  if (cfg.ddp.commDtype == "fp16") {
+  CompressionSetup compression = makeCompression(cfg.compression, world, rank);
+  if (compression.hook) {
+    dopts.hook = compression.hook;
+    dopts.rebuildBuckets = false;  // codec state is kept per bucket: keep the layout fixed
+  } else if (cfg.ddp.commDtype == "fp16") {
     dopts.hook = parallel::castHook(at::kHalf, algo);
   } else if (cfg.ddp.commDtype == "bf16") {
     dopts.hook = parallel::castHook(at::kBFloat16, algo);
@@ -204,6 +298,15 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
     auto sc = [&](const char* k, double d) { return state.scalars.count(k) ? state.scalars.at(k) : d; };
     scaler.restore(sc("amp.scale", cfg.amp.initScale), static_cast<int64_t>(sc("amp.good_steps", 0)),
                    static_cast<int64_t>(sc("amp.skipped_steps", 0)));
+    if (compression.hook) {
+      auto it = state.tensors.find(str("codec.rank", rank));
+      if (it == state.tensors.end()) {
+        throw InvalidArgument(str(resumePath, " holds no compression state for rank ", rank,
+                                  "; resume with the same compression.method and worker count it was written with"));
+      }
+      torch::Tensor blob = it->second.contiguous();
+      restoreCodecState(*compression.hook, std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()));
+    }
   }
 
   std::unique_ptr<MetricsLog> metrics;
@@ -234,12 +337,15 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   tracer.setEnabled(!opts.tracePath.empty());
 
   auto saveCkpt = [&](const TrainState& s) {
+    std::vector<std::string> codecBlobs;
+    if (compression.hook) codecBlobs = allgatherBytes(g, serializeCodecState(*compression.hook));
     if (lead) {
       std::string path = (ckptDir / checkpointName(s.globalStep)).string();
       TrainState st = s;
       st.scalars["amp.scale"] = scaler.scaleValue();
       st.scalars["amp.good_steps"] = static_cast<double>(scaler.goodSteps());
       st.scalars["amp.skipped_steps"] = static_cast<double>(scaler.skippedSteps());
+      for (size_t r = 0; r < codecBlobs.size(); ++r) st.tensors[str("codec.rank", r)] = bytesTensor(codecBlobs[r]);
       saveCheckpoint(path, *model, *optimizer, st);
       pruneCheckpoints(ckptDir.string(), cfg.output.keep);
       result.lastCheckpoint = path;
@@ -249,7 +355,10 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   double trainSeconds = 0, commSeconds = 0, overlapSeconds = 0, computeSeconds = 0;
   double windowLoss = 0;
   int64_t windowSteps = 0, stepsThisRun = 0;
-  uint64_t bytesAtWindow = g.bytesSent();
+  uint64_t bytesAtWindow = g.bytesSent(), bytesAtStart = g.bytesSent();
+  // What a dense ring all-reduce of the same buckets would send: 2 (W-1)/W of their bytes.
+  const double denseShare = world > 1 ? 2.0 * (world - 1) / world : 0.0;
+  double windowDense = 0, totalDense = 0;
   double windowComm = 0, windowCompute = 0, windowTrain = 0;
   double recentRate = 0;
   EvalResult lastEval{-1, -1};
@@ -258,6 +367,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
 
   for (int64_t epoch = state.epoch; epoch < cfg.train.epochs && !done; ++epoch) {
     sampler.setEpoch(epoch);
+    if (compression.dgc) compression.dgc->setEpoch(epoch);
     const std::vector<int64_t> order = sampler.indices();
     const torch::Tensor orderT = torch::tensor(order, torch::kLong);
     const int64_t firstStep = epoch == state.epoch ? state.stepInEpoch : 0;
@@ -297,6 +407,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       const double compute = stepSeconds - st.waitSeconds;
       computeSeconds += compute;
       windowComm += st.commSeconds;
+      windowDense += denseShare * static_cast<double>(st.bytesReduced);
+      totalDense += denseShare * static_cast<double>(st.bytesReduced);
       windowCompute += compute;
       windowTrain += stepSeconds;
       windowLoss += loss.item<double>();
@@ -322,12 +434,13 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                             .add("lr", schedule.at(globalStep - 1))
                             .add("samples_per_s", recentRate)
                             .add("bytes_sent", bytes - bytesAtWindow)
+                            .add("compression_ratio", bytes > bytesAtWindow ? windowDense / static_cast<double>(bytes - bytesAtWindow) : 0.0)
                             .add("comm_s", windowComm)
                             .add("compute_s", windowCompute)
                             .add("loss_scale", scaler.scaleValue()));
           bytesAtWindow = bytes;
         }
-        windowLoss = windowComm = windowCompute = windowTrain = 0;
+        windowLoss = windowComm = windowCompute = windowTrain = windowDense = 0;
         windowSteps = 0;
       }
       if (lead) {
@@ -335,7 +448,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
         bar.update(epoch, step + 1, loss.item<double>(), recentRate, eta);
       }
       if (cfg.output.checkpointEvery > 0 && globalStep % cfg.output.checkpointEvery == 0 && !lastOfEpoch) {
-        saveCkpt({epoch, step + 1, globalStep, {}});
+        saveCkpt({epoch, step + 1, globalStep, {}, {}});
       }
     }
     // End of the epoch, or of max_steps inside it.
@@ -350,7 +463,9 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                           .add("epoch", epoch)
                           .add("step", globalStep)
                           .add("test_acc", lastEval.accuracy)
-                          .add("test_loss", lastEval.loss));
+                          .add("test_loss", lastEval.loss)
+                          .add("train_s", trainSeconds)
+                          .add("bytes_sent", g.bytesSent() - bytesAtStart));
         bar.endEpoch(str("epoch ", epoch + 1, "/", cfg.train.epochs, ": test accuracy ", lastEval.accuracy,
                          ", test loss ", lastEval.loss));
       }
@@ -360,7 +475,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
     const bool every = cfg.output.checkpointEvery > 0;
     if ((cfg.output.checkpointEpoch && epochComplete) || (every && globalStep % cfg.output.checkpointEvery == 0) ||
         (reachedEnd && (cfg.output.checkpointEpoch || every))) {
-      saveCkpt(epochComplete ? TrainState{epoch + 1, 0, globalStep, {}} : TrainState{epoch, doneInEpoch, globalStep, {}});
+      saveCkpt(epochComplete ? TrainState{epoch + 1, 0, globalStep, {}, {}} : TrainState{epoch, doneInEpoch, globalStep, {}, {}});
     }
     if (reachedEnd) done = true;
   }
@@ -396,6 +511,9 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                       .add("compute_s", computeSeconds)
                       .add("overlap_frac", result.overlapFraction)
                       .add("bytes_sent", g.bytesSent())
+                      .add("bytes_per_step", stepsThisRun > 0 ? static_cast<double>(g.bytesSent() - bytesAtStart) / stepsThisRun : 0.0)
+                      .add("compression", cfg.compression.method)
+                      .add("compression_ratio", g.bytesSent() > bytesAtStart ? totalDense / static_cast<double>(g.bytesSent() - bytesAtStart) : 0.0)
                       .add("skipped_steps", result.skippedSteps)
                       .add("peak_rss_mb_max", agg[0])
                       .add("peak_rss_mb_mean", agg[1] / world)

@@ -12,8 +12,10 @@ namespace chorus::comm {
 
 namespace {
 
-// Hostname plus the kernel's boot id: two containers with the same hostname on different
-// machines still differ, and processes that can share memory agree.
+// Hostname, the kernel's boot id and the network namespace: two containers with the same
+// hostname on different machines still differ; processes in different network namespaces of
+// one kernel (netlab's hosts, pods) are treated as different hosts, since they are meant to
+// talk over their own links; processes that can share memory agree.
 std::string hostIdentity() {
   char name[256] = {0};
   gethostname(name, sizeof name - 1);
@@ -21,6 +23,8 @@ std::string hostIdentity() {
   std::ifstream boot("/proc/sys/kernel/random/boot_id");
   std::string bootId;
   if (boot >> bootId) id += "/" + bootId;
+  char ns[128] = {0};
+  if (readlink("/proc/self/ns/net", ns, sizeof ns - 1) > 0) id += "/" + std::string(ns);
   return id;
 }
 

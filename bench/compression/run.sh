@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# The gradient-compression benchmark (chorus issue #4): the Fashion-MNIST CNN trained with each
+# compression method of `chorus train` (bench/compression/cnn.toml + [compression] settings).
+#
+#   phase 1  every method, 4 workers on this machine (shared memory): final accuracy, bytes
+#            per step, compression ratio, samples/s, accuracy per epoch against bytes sent
+#   phase 2  dense, dgc, powersgd and the best other method of phase 1 (fewest bytes per step
+#            within 0.5 point of dense's accuracy), one rank per host on a 4-host netlab at
+#            100 Mbit/s: the training time each needs to reach dense's final accuracy
+#
+# Writes bench/results/compression.md and compression.svg through bench/compression/report.py
+# and keeps every run's command, output, exit status and metrics in BUILD_DIR/bench-compression/.
+#
+# usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]
+#   --quick                 a smoke run of the pipeline: first 2560 train / 1000 test samples,
+#                           2 epochs, 2 workers (2 hosts in phase 2), methods none topk dgc
+#                           powersgd sign; the page goes to BUILD_DIR/bench-compression/quick.md
+#   --netlab-limit-train N  phase 2 trains on the first N training samples only (it is slow:
+#                           dense moves ~1.7 MB per step per rank over 100 Mbit/s)
+#   --no-netlab             phase 1 only
+#   environment: CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
+#   PHASE2_METHODS="none dgc ..." (instead of the selection), THRESHOLD=tau (threshold codec),
+#   OUT=file.md (the page; the plot goes next to it as .svg)
+# Builds nothing. A failed run is named on stderr with its last error line and in the page; the
+# others go on, and the script exits 1.
+set -uo pipefail
+
+usage() {
+  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]" >&2
+  exit 2
+}
+[[ $# -ge 1 ]] || usage
+build_arg=$1
+shift
+quick=0
+netlab=1
+netlab_limit=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --no-netlab) netlab=0 ;;
+    --netlab-limit-train)
+      [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage
+      netlab_limit=$2
+      shift
+      ;;
+    *) usage ;;
+  esac
+  shift
+done
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=$(cd "$src" && realpath -m "$build_arg")
+py=/usr/bin/python3
+chorus=$(realpath -m "${CHORUS:-$build/chorus}")
+tau=${THRESHOLD:-0.03}
+netlab_sh=$src/tools/netlab/netlab.sh
+
+if [[ ! -x $chorus ]]; then
+  echo "run.sh: $chorus is not an executable; build it (ninja -C $build chorus) or set CHORUS=path" >&2
+  exit 2
+fi
+
+if [[ $quick -eq 1 ]]; then
+  raw=$build/bench-compression/quick
+  out=${OUT:-$build/bench-compression/quick.md}
+  read -ra methods <<< "${METHODS:-none topk dgc powersgd sign}"
+  workers=2
+  common=(--set data.limit_train=2560 --set data.limit_test=1000 --set train.epochs=2 --set train.log_every=5)
+  dgc_warmup=1
+else
+  raw=$build/bench-compression/full
+  out=${OUT:-$src/bench/results/compression.md}
+  read -ra methods <<< "${METHODS:-none fp16 bf16 topk topk_sampled randomk threshold qsgd terngrad sign int8 dgc powersgd}"
+  workers=4
+  common=()
+  dgc_warmup=4
+fi
+svg=${out%.md}.svg
+
+# The --set arguments of one method (the issue's settings).
+method_args() {
+  local m=$1
+  local a=(--set "compression.method=$m")
+  case $m in
+    none | fp16 | bf16 | terngrad | sign | int8) ;;
+    topk | topk_sampled | randomk) a+=(--set compression.ratio=0.01) ;;
+    threshold) a+=(--set "compression.threshold=$tau") ;;
+    qsgd) a+=(--set compression.levels=16) ;;
+    dgc)
+      a+=(--set optim.momentum=0 --set compression.momentum=0.9 --set compression.sparsity=0.999
+        --set "compression.warmup_epochs=$dgc_warmup")
+      ;;
+    powersgd) a+=(--set compression.rank=4) ;;
+    *)
+      echo "run.sh: unknown method '$m'" >&2
+      exit 2
+      ;;
+  esac
+  printf '%s\n' "${a[@]}"
+}
+
+read -ra extra_methods <<< "${PHASE2_METHODS:-}"
+for m in "${methods[@]}" "${extra_methods[@]}"; do
+  method_args "$m" > /dev/null || exit 2
+done
+
+rm -rf "$raw"
+mkdir -p "$raw"
+# Every run uses one copy of the binary, so a rebuild during the (long) benchmark changes nothing.
+cp "$chorus" "$raw/chorus" || exit 1
+chorus_src=$chorus
+chorus=$raw/chorus
+failed=()
+
+# run NAME CMD...: runs from the source dir, keeps the command, stdout, stderr and exit status;
+# on failure names the run and shows its last error line.
+run() {
+  local name=$1
+  shift
+  printf '%q ' "$@" | sed 's/ $//' > "$raw/$name.cmd"
+  echo "== $name: $(cat "$raw/$name.cmd")" >&2
+  (cd "$src" && timeout 14400 "$@") > "$raw/$name.out" 2> "$raw/$name.err"
+  local rc=$?
+  echo $rc > "$raw/$name.rc"
+  if [[ $rc -ne 0 ]]; then
+    local last
+    # The run's own last error line (netlab.sh's closing line names only the host).
+    last=$(grep -v -e '^[[:space:]]*$' -e '^netlab.sh: host' "$raw/$name.err" | tail -n 1)
+    [[ -n $last ]] || last=$(grep -v '^[[:space:]]*$' "$raw/$name.err" | tail -n 1)
+    echo "run.sh: $name failed with exit status $rc: ${last:-no error output} (all of it: $raw/$name.err)" >&2
+    failed+=("$name")
+  fi
+}
+
+{
+  echo "binary: $chorus_src ($(stat -c '%y' "$chorus_src" | cut -d. -f1))"
+  echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); nproc $(nproc)"
+  echo "before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$raw/machine.txt"
+
+for m in "${methods[@]}"; do
+  mapfile -t margs < <(method_args "$m")
+  run "p1-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
+    --set "output.dir=$raw/p1-$m"
+done
+
+phase2=()
+hosts=$workers
+if [[ $netlab -eq 1 ]]; then
+  if [[ -n ${PHASE2_METHODS:-} ]]; then
+    read -ra phase2 <<< "$PHASE2_METHODS"
+  else
+    read -ra phase2 < <("$py" "$src/bench/compression/report.py" select --raw "$raw" --methods "${methods[@]}")
+  fi
+  echo "phase 2 methods: ${phase2[*]}" >&2
+  limit=()
+  [[ $netlab_limit -gt 0 ]] && limit=(--set "data.limit_train=$netlab_limit")
+  [[ $(id -u) -eq 0 ]] && sudo=() || sudo=(sudo -n)
+  # ddp.transport=tcp: the lab's hosts share one kernel (same hostname and boot id), so the
+  # auto transport would pick shared memory and never touch the shaped links.
+  for m in "${phase2[@]}"; do
+    mapfile -t margs < <(method_args "$m")
+    run "p2-$m" "${sudo[@]}" "$netlab_sh" with "$hosts" --rate 100mbit --delay 0ms -- \
+      "$chorus" train bench/compression/cnn.toml "${common[@]}" "${limit[@]}" "${margs[@]}" \
+      --set ddp.transport=tcp --set train.threads=1 --set output.progress=none --set "output.dir=$raw/p2-$m"
+  done
+fi
+echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+
+command="bash bench/compression/run.sh $build_arg"
+[[ $quick -eq 1 ]] && command+=" --quick"
+[[ $netlab -eq 0 ]] && command+=" --no-netlab"
+[[ $netlab_limit -gt 0 ]] && command+=" --netlab-limit-train $netlab_limit"
+for v in CHORUS METHODS PHASE2_METHODS THRESHOLD; do
+  [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
+done
+report=(--raw "$raw" --methods "${methods[@]}" --phase2 "${phase2[@]}" --workers "$workers"
+  --netlab-limit-train "$netlab_limit" --threshold "$tau" --dgc-warmup "$dgc_warmup"
+  --command "$command" --out "$out" --svg "$svg")
+[[ $quick -eq 1 ]] && report+=(--quick)
+"$py" "$src/bench/compression/report.py" report "${report[@]}"
+status=$?
+echo "wrote $out and $svg" >&2
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "run.sh: failed runs: ${failed[*]} (outputs in $raw)" >&2
+  status=1
+fi
+exit $status

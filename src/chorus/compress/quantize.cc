@@ -1,0 +1,500 @@
+// Quantizing codecs (see quantize.h for the message layout and the contract they share).
+//
+// Every encode follows the same steps:
+//   1. acc = grad (+ residual, with error feedback), flat float32;
+//   2. one pass for the message's parameters (per-chunk L2 norm or max|v|, mean|v|, or
+//      per-chunk range);
+//   3. one pass that picks each code and, with error feedback, stores
+//      residual_i = acc_i - decoded_i, where decoded_i is computed by the same expression
+//      decodeAdd uses, so sender and receiver agree bit for bit;
+//   4. the codes are bit-packed after the header.
+// A non-finite parameter (NaN/Inf in the gradient) is sent as NaN, so every value it scales
+// (the whole message, or the chunk) decodes to NaN and the receiver's overflow check trips; residual elements that would be non-finite
+// are reset to 0 so one bad step does not poison every later one.
+#include "chorus/compress/quantize.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "chorus/common/dtype.h"
+#include "chorus/common/error.h"
+#include "chorus/compress/bitpack.h"
+
+namespace chorus::compress {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "quantize.cc writes headers in host order");
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+int64_t checkGrad(const torch::Tensor& grad, const std::string& codec) {
+  if (!grad.defined() || grad.scalar_type() != torch::kFloat32 || !grad.device().is_cpu() ||
+      !grad.is_contiguous())
+    throw InvalidArgument(str(codec, " encode: the gradient must be a defined, contiguous float32 CPU tensor",
+                              grad.defined() ? str(" (got ", grad.toString(), ")") : std::string(" (got undefined)"),
+                              "; flatten and convert it first"));
+  return grad.numel();
+}
+
+// Step 1: the values to encode. With error feedback `acc` is a fresh tensor grad + residual and
+// `residual` points at the state's residual, to be overwritten in step 3.
+struct Accumulated {
+  torch::Tensor acc;
+  float* residual = nullptr;
+  const float* data() const { return acc.data_ptr<float>(); }
+};
+
+Accumulated accumulate(const torch::Tensor& grad, CodecState& state, bool errorFeedback) {
+  Accumulated a;
+  torch::Tensor flat = grad.reshape({-1});
+  if (!errorFeedback) {
+    a.acc = flat;
+    return a;
+  }
+  torch::Tensor& r = state.residual(flat);
+  a.acc = flat + r;
+  a.residual = r.data_ptr<float>();
+  return a;
+}
+
+// residual_i = acc_i - decoded_i in float32; non-finite results are reset to 0.
+inline void storeResidual(float* residual, int64_t i, float acc, float decoded) {
+  const float r = acc - decoded;
+  residual[i] = std::isfinite(r) ? r : 0.0f;
+}
+
+// Little-endian message writer/reader over a preallocated Message.
+class Writer {
+ public:
+  Writer(Message& msg, size_t size) : msg_(msg) { msg_.assign(size, 0); }
+  template <typename T>
+  void put(T v) {
+    std::memcpy(msg_.data() + pos_, &v, sizeof(T));
+    pos_ += sizeof(T);
+  }
+  std::span<uint8_t> rest() { return std::span<uint8_t>(msg_).subspan(pos_); }
+  uint8_t* at(size_t offset) { return msg_.data() + offset; }
+  size_t pos() const { return pos_; }
+  void skip(size_t n) { pos_ += n; }
+
+ private:
+  Message& msg_;
+  size_t pos_ = 0;
+};
+
+class Reader {
+ public:
+  Reader(const Message& msg, const std::string& codec) : msg_(msg), codec_(codec) {}
+  template <typename T>
+  T get() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, msg_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  // The next n bytes; throws if the message is shorter.
+  std::span<const uint8_t> take(size_t n) {
+    need(n);
+    auto s = std::span<const uint8_t>(msg_).subspan(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  void expectEnd() const {
+    if (pos_ != msg_.size())
+      throw InvalidArgument(str(codec_, " decode: message has ", msg_.size() - pos_,
+                                " trailing bytes; it was not made by this codec or is corrupt"));
+  }
+  size_t remaining() const { return msg_.size() - pos_; }
+
+ private:
+  void need(size_t n) const {
+    if (msg_.size() - pos_ < n)
+      throw InvalidArgument(str(codec_, " decode: message of ", msg_.size(), " bytes is truncated (needs at least ",
+                                pos_ + n, "); it was not made by this codec or is corrupt"));
+  }
+  const Message& msg_;
+  std::string codec_;
+  size_t pos_ = 0;
+};
+
+void writeHeader(Writer& w, QuantKind kind, int64_t numel) {
+  w.put(static_cast<uint8_t>(kind));
+  w.put(static_cast<uint64_t>(numel));
+}
+
+// Checks kind and numel against `out` and returns out's data.
+float* readHeader(Reader& r, QuantKind kind, torch::Tensor& out, const std::string& codec) {
+  const auto k = r.get<uint8_t>();
+  if (k != static_cast<uint8_t>(kind))
+    throw InvalidArgument(str(codec, " decode: message kind 0x", std::hex, int(k), " is not this codec's (0x", int(kind),
+                              std::dec, "); decode with the codec that encoded it"));
+  const auto numel = r.get<uint64_t>();
+  if (!out.defined() || out.scalar_type() != torch::kFloat32 || !out.device().is_cpu() || !out.is_contiguous())
+    throw InvalidArgument(str(codec, " decode: the output must be a defined, contiguous float32 CPU tensor"));
+  if (static_cast<uint64_t>(out.numel()) != numel)
+    throw InvalidArgument(str(codec, " decode: message holds ", numel, " elements but the output has ", out.numel(),
+                              "; decode into a tensor of the encoded size"));
+  return out.data_ptr<float>();
+}
+
+// Codes of `bits` bits for n elements from the rest of the message, which must end there.
+std::vector<uint8_t> readCodes(Reader& r, int64_t n, int bits) {
+  std::vector<uint8_t> codes(static_cast<size_t>(n));
+  unpackBits(r.take(packedBytes(codes.size(), bits)), bits, codes);
+  r.expectEnd();
+  return codes;
+}
+
+void packInto(Writer& w, const std::vector<uint8_t>& codes, int bits) { packBits(codes, bits, w.rest()); }
+
+// Bits for a QSGD level in 0..s plus one sign bit.
+int qsgdBits(int64_t s) { return std::bit_width(static_cast<uint64_t>(s)) + 1; }
+
+void checkLevels(int64_t s) {
+  if (s < 1 || s > 127)
+    throw InvalidArgument(str("qsgd: ", s, " levels is out of range; use 1 to 127 (at most 8 bits per element)"));
+}
+
+// The value a scaled code decodes to; shared by encode (for the residual) and decodeAdd.
+inline float signedValue(bool negative, float magnitude) { return negative ? -magnitude : magnitude; }
+
+}  // namespace
+
+// ---- Cast16 --------------------------------------------------------------------------------
+
+Cast16Codec::Cast16Codec(Format format, bool errorFeedback) : format_(format), errorFeedback_(errorFeedback) {}
+
+std::string Cast16Codec::name() const { return format_ == Format::kFloat16 ? "fp16" : "bf16"; }
+
+Message Cast16Codec::encode(const torch::Tensor& grad, CodecState& state) {
+  const int64_t n = checkGrad(grad, name());
+  Accumulated a = accumulate(grad, state, errorFeedback_);
+  const float* acc = a.data();
+  const bool half = format_ == Format::kFloat16;
+  Message msg;
+  Writer w(msg, kQuantHeaderBytes + 2 * static_cast<size_t>(n));
+  writeHeader(w, half ? QuantKind::kFloat16 : QuantKind::kBFloat16, n);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = half ? floatToHalf(acc[i]) : floatToBf16(acc[i]);
+    w.put(h);
+    if (a.residual) storeResidual(a.residual, i, acc[i], half ? halfToFloat(h) : bf16ToFloat(h));
+  }
+  return msg;
+}
+
+void Cast16Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+  Reader r(msg, name());
+  const bool half = format_ == Format::kFloat16;
+  float* o = readHeader(r, half ? QuantKind::kFloat16 : QuantKind::kBFloat16, out, name());
+  const int64_t n = out.numel();
+  const uint8_t* p = r.take(2 * static_cast<size_t>(n)).data();
+  r.expectEnd();
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * i, 2);
+    o[i] += half ? halfToFloat(h) : bf16ToFloat(h);
+  }
+}
+
+// ---- Chunks of the scaled codecs (QSGD, TernGrad) ------------------------------------------
+
+namespace {
+
+void checkChunk(int64_t chunk, const std::string& codec) {
+  if (chunk < 0 || chunk > std::numeric_limits<uint32_t>::max())
+    throw InvalidArgument(str(codec, ": chunk of ", chunk,
+                              " elements is out of range; use 1 to 2^32 - 1, or 0 for one chunk per message"));
+}
+
+// The chunks of n elements, `size` each (the last may be shorter); size 0 is one chunk.
+struct Chunks {
+  int64_t n, size;
+  Chunks(int64_t numel, uint32_t chunk) : n(numel), size(chunk == 0 ? std::max<int64_t>(numel, 1) : chunk) {}
+  int64_t count() const { return (n + size - 1) / size; }
+  int64_t begin(int64_t c) const { return c * size; }
+  int64_t end(int64_t c) const { return std::min(n, (c + 1) * size); }
+};
+
+// The per-chunk float32 scales that follow the chunk size in a message.
+std::vector<float> readScales(Reader& r, int64_t count) {
+  std::vector<float> scales(static_cast<size_t>(count));
+  const auto bytes = r.take(4 * scales.size());
+  if (!scales.empty()) std::memcpy(scales.data(), bytes.data(), bytes.size());
+  return scales;
+}
+
+void putScales(Writer& w, const std::vector<float>& scales) {
+  for (float v : scales) w.put(v);
+}
+
+}  // namespace
+
+// ---- QSGD ----------------------------------------------------------------------------------
+
+QsgdCodec::QsgdCodec(int64_t levels, bool errorFeedback, int64_t chunk)
+    : levels_(levels), chunk_(chunk), errorFeedback_(errorFeedback) {
+  checkLevels(levels);
+  checkChunk(chunk, "qsgd");
+  bits_ = qsgdBits(levels);
+}
+
+std::string QsgdCodec::name() const { return "qsgd"; }
+
+Message QsgdCodec::encode(const torch::Tensor& grad, CodecState& state) {
+  const int64_t n = checkGrad(grad, name());
+  Accumulated a = accumulate(grad, state, errorFeedback_);
+  const float* acc = a.data();
+  const Chunks chunks(n, static_cast<uint32_t>(chunk_));
+  const float s = static_cast<float>(levels_);
+  std::vector<float> norms(static_cast<size_t>(chunks.count()));
+  std::vector<uint8_t> codes(static_cast<size_t>(n), 0);
+  for (int64_t c = 0; c < chunks.count(); ++c) {
+    const int64_t begin = chunks.begin(c), end = chunks.end(c);
+    double sumSq = 0;
+    for (int64_t i = begin; i < end; ++i) sumSq += static_cast<double>(acc[i]) * acc[i];
+    float norm = static_cast<float>(std::sqrt(sumSq));
+    if (!std::isfinite(norm)) norm = kNaN;
+    norms[c] = norm;
+    const float unit = norm / s;  // the value of one level
+    if (norm > 0) {  // false for an all-zero chunk and for NaN: its codes stay 0
+      for (int64_t i = begin; i < end; ++i) {
+        const float x = std::fabs(acc[i]) / norm * s;  // in [0, s] up to rounding
+        float l = std::floor(x);
+        if (state.nextUniform() < x - l) l += 1;
+        const auto level = static_cast<unsigned>(std::min(l, s));
+        const bool negative = acc[i] < 0;
+        codes[i] = static_cast<uint8_t>(level << 1 | unsigned(negative));
+      }
+    }
+    if (a.residual)
+      for (int64_t i = begin; i < end; ++i)
+        storeResidual(a.residual, i, acc[i], signedValue(codes[i] & 1, static_cast<float>(codes[i] >> 1) * unit));
+  }
+  Message msg;
+  Writer w(msg, kQuantHeaderBytes + 8 + 4 * norms.size() + packedBytes(codes.size(), bits_));
+  writeHeader(w, QuantKind::kQsgd, n);
+  w.put(static_cast<uint32_t>(levels_));
+  w.put(static_cast<uint32_t>(chunk_));
+  putScales(w, norms);
+  packInto(w, codes, bits_);
+  return msg;
+}
+
+void QsgdCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+  Reader r(msg, name());
+  float* o = readHeader(r, QuantKind::kQsgd, out, name());
+  // Levels and chunk come from the message, so a receiver need not be built with the sender's.
+  const auto s = r.get<uint32_t>();
+  checkLevels(s);
+  const Chunks chunks(out.numel(), r.get<uint32_t>());
+  const auto norms = readScales(r, chunks.count());
+  const auto codes = readCodes(r, out.numel(), qsgdBits(s));
+  for (int64_t c = 0; c < chunks.count(); ++c) {
+    const float unit = norms[c] / static_cast<float>(s);
+    for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+      const unsigned level = codes[i] >> 1;
+      if (level > s)
+        throw InvalidArgument(str("qsgd decode: level ", level, " at element ", i, " exceeds the message's ", s,
+                                  " levels; the message is corrupt"));
+      o[i] += signedValue(codes[i] & 1, static_cast<float>(level) * unit);
+    }
+  }
+}
+
+// ---- TernGrad ------------------------------------------------------------------------------
+
+namespace {
+constexpr uint8_t kTernPlus = 1, kTernMinus = 2;
+}
+
+TernGradCodec::TernGradCodec(bool errorFeedback, int64_t chunk) : errorFeedback_(errorFeedback), chunk_(chunk) {
+  checkChunk(chunk, "terngrad");
+}
+
+std::string TernGradCodec::name() const { return "terngrad"; }
+
+Message TernGradCodec::encode(const torch::Tensor& grad, CodecState& state) {
+  const int64_t n = checkGrad(grad, name());
+  Accumulated a = accumulate(grad, state, errorFeedback_);
+  const float* acc = a.data();
+  const Chunks chunks(n, static_cast<uint32_t>(chunk_));
+  std::vector<float> scales(static_cast<size_t>(chunks.count()));
+  std::vector<uint8_t> codes(static_cast<size_t>(n), 0);
+  for (int64_t c = 0; c < chunks.count(); ++c) {
+    const int64_t begin = chunks.begin(c), end = chunks.end(c);
+    float scale = 0;
+    bool finite = true;
+    for (int64_t i = begin; i < end; ++i) {
+      finite &= std::isfinite(acc[i]);
+      scale = std::max(scale, std::fabs(acc[i]));
+    }
+    if (!finite) scale = kNaN;
+    scales[c] = scale;
+    if (scale > 0) {
+      for (int64_t i = begin; i < end; ++i) {
+        // |acc_i| == scale gives p == 1, always kept, so the chunk's largest element is exact.
+        if (state.nextUniform() < std::fabs(acc[i]) / scale) codes[i] = acc[i] < 0 ? kTernMinus : kTernPlus;
+      }
+    }
+    if (a.residual)
+      for (int64_t i = begin; i < end; ++i)
+        storeResidual(a.residual, i, acc[i], codes[i] == 0 ? 0.0f : signedValue(codes[i] == kTernMinus, scale));
+  }
+  Message msg;
+  Writer w(msg, kQuantHeaderBytes + 4 + 4 * scales.size() + packedBytes(codes.size(), 2));
+  writeHeader(w, QuantKind::kTernGrad, n);
+  w.put(static_cast<uint32_t>(chunk_));
+  putScales(w, scales);
+  packInto(w, codes, 2);
+  return msg;
+}
+
+void TernGradCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+  Reader r(msg, name());
+  float* o = readHeader(r, QuantKind::kTernGrad, out, name());
+  const Chunks chunks(out.numel(), r.get<uint32_t>());
+  const auto scales = readScales(r, chunks.count());
+  const auto codes = readCodes(r, out.numel(), 2);
+  for (int64_t c = 0; c < chunks.count(); ++c) {
+    const float scale = scales[c];
+    // A NaN scale must reach every element of its chunk, zeros included, so the receiver sees it.
+    const float zero = std::isnan(scale) ? scale : 0.0f;
+    const float value[4] = {zero, scale, -scale, 0.0f};
+    for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
+      if (codes[i] == 3)
+        throw InvalidArgument(str("terngrad decode: invalid code 3 at element ", i, "; the message is corrupt"));
+      o[i] += value[codes[i]];
+    }
+  }
+}
+
+// ---- Sign ----------------------------------------------------------------------------------
+
+SignCodec::SignCodec(bool errorFeedback) : errorFeedback_(errorFeedback) {}
+
+std::string SignCodec::name() const { return "sign"; }
+
+Message SignCodec::encode(const torch::Tensor& grad, CodecState& state) {
+  const int64_t n = checkGrad(grad, name());
+  Accumulated a = accumulate(grad, state, errorFeedback_);
+  const float* acc = a.data();
+  double l1 = 0;
+  for (int64_t i = 0; i < n; ++i) l1 += std::fabs(acc[i]);
+  float scale = n > 0 ? static_cast<float>(l1 / static_cast<double>(n)) : 0.0f;
+  if (!std::isfinite(scale)) scale = kNaN;
+  std::vector<uint8_t> codes(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) codes[i] = acc[i] >= 0 ? 1 : 0;
+  if (a.residual)
+    for (int64_t i = 0; i < n; ++i) storeResidual(a.residual, i, acc[i], signedValue(codes[i] == 0, scale));
+  Message msg;
+  Writer w(msg, kQuantHeaderBytes + 4 + packedBytes(codes.size(), 1));
+  writeHeader(w, QuantKind::kSign, n);
+  w.put(scale);
+  packInto(w, codes, 1);
+  return msg;
+}
+
+void SignCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+  Reader r(msg, name());
+  float* o = readHeader(r, QuantKind::kSign, out, name());
+  const float scale = r.get<float>();
+  const auto codes = readCodes(r, out.numel(), 1);
+  for (size_t i = 0; i < codes.size(); ++i) o[i] += signedValue(codes[i] == 0, scale);
+}
+
+// ---- Int8 ----------------------------------------------------------------------------------
+
+namespace {
+// The step between codes of a chunk with range [lo, hi], computed in double so that a range
+// wider than FLT_MAX still gives a finite step.
+inline float int8Step(float lo, float hi) {
+  return static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / 255.0);
+}
+inline float int8Value(float lo, float step, uint8_t code) { return lo + static_cast<float>(code) * step; }
+}  // namespace
+
+Int8Codec::Int8Codec(bool errorFeedback) : errorFeedback_(errorFeedback) {}
+
+std::string Int8Codec::name() const { return "int8"; }
+
+Message Int8Codec::encode(const torch::Tensor& grad, CodecState& state) {
+  const int64_t n = checkGrad(grad, name());
+  Accumulated a = accumulate(grad, state, errorFeedback_);
+  const float* acc = a.data();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  Message msg;
+  Writer w(msg, kQuantHeaderBytes + 4 + 8 * static_cast<size_t>(chunks) + static_cast<size_t>(n));
+  writeHeader(w, QuantKind::kInt8, n);
+  w.put(kChunk);
+  // Ranges first, then one byte per element: codes land directly in the message.
+  uint8_t* codes = w.at(w.pos() + 8 * static_cast<size_t>(chunks));
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, end = std::min<int64_t>(n, begin + kChunk);
+    float lo = acc[begin], hi = acc[begin];
+    bool finite = true;
+    for (int64_t i = begin; i < end; ++i) {
+      finite &= std::isfinite(acc[i]);
+      lo = std::min(lo, acc[i]);
+      hi = std::max(hi, acc[i]);
+    }
+    if (!finite) lo = hi = kNaN;
+    w.put(lo);
+    w.put(hi);
+    const float step = int8Step(lo, hi);
+    for (int64_t i = begin; i < end; ++i) {
+      uint8_t code = 0;
+      if (step > 0) {  // false for a constant chunk and for NaN
+        const double q = std::nearbyint((static_cast<double>(acc[i]) - lo) / step);
+        code = static_cast<uint8_t>(std::clamp(q, 0.0, 255.0));
+      }
+      codes[i] = code;
+      if (a.residual) storeResidual(a.residual, i, acc[i], int8Value(lo, step, code));
+    }
+  }
+  return msg;
+}
+
+void Int8Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+  Reader r(msg, name());
+  float* o = readHeader(r, QuantKind::kInt8, out, name());
+  const auto chunk = r.get<uint32_t>();
+  if (chunk == 0) throw InvalidArgument("int8 decode: chunk size 0 in the message; the message is corrupt");
+  const int64_t n = out.numel();
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  const uint8_t* ranges = r.take(8 * static_cast<size_t>(chunks)).data();
+  const uint8_t* codes = r.take(static_cast<size_t>(n)).data();
+  r.expectEnd();
+  for (int64_t c = 0; c < chunks; ++c) {
+    float lo, hi;
+    std::memcpy(&lo, ranges + 8 * c, 4);
+    std::memcpy(&hi, ranges + 8 * c + 4, 4);
+    const float step = int8Step(lo, hi);
+    const int64_t begin = c * chunk, end = std::min<int64_t>(n, begin + chunk);
+    for (int64_t i = begin; i < end; ++i) o[i] += int8Value(lo, step, codes[i]);
+  }
+}
+
+// ---- Factory -------------------------------------------------------------------------------
+
+std::unique_ptr<Codec> makeQuantizer(const std::string& method, int64_t levels, std::optional<bool> errorFeedback) {
+  if (method != "qsgd" && levels != 0)
+    throw InvalidArgument(str("makeQuantizer: levels=", levels, " applies to qsgd only, not '", method,
+                              "'; pass 0"));
+  if (method == "fp16") return std::make_unique<Cast16Codec>(Cast16Codec::Format::kFloat16, errorFeedback.value_or(true));
+  if (method == "bf16") return std::make_unique<Cast16Codec>(Cast16Codec::Format::kBFloat16, errorFeedback.value_or(true));
+  if (method == "qsgd")
+    return std::make_unique<QsgdCodec>(levels == 0 ? QsgdCodec::kDefaultLevels : levels, errorFeedback.value_or(false));
+  if (method == "terngrad") return std::make_unique<TernGradCodec>(errorFeedback.value_or(false));
+  if (method == "sign") return std::make_unique<SignCodec>(errorFeedback.value_or(true));
+  if (method == "int8") return std::make_unique<Int8Codec>(errorFeedback.value_or(true));
+  throw InvalidArgument(str("makeQuantizer: unknown method '", method,
+                            "'; use one of fp16, bf16, qsgd, terngrad, sign, int8"));
+}
+
+}  // namespace chorus::compress
