@@ -29,6 +29,9 @@ import os
 import platform
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from runs import cpu_model, fmt, read, why_failed  # noqa: E402
+
 ACC_TOLERANCE = 0.005   # 0.5 point: "within 0.5 point of dense"
 DGC_MIN_RATIO = 300.0   # DGC target: at least 300x less traffic than dense
 MIN_SPEEDUP = 3.0       # best method at least 3x faster than dense to dense's accuracy
@@ -36,24 +39,6 @@ ALWAYS_PHASE2 = ("none", "dgc", "powersgd")
 SUMMARY_KEYS = ("test_acc", "bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
 EVAL_KEYS = ("epoch", "step", "test_acc", "train_s", "bytes_sent")
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def why_failed(raw, name):
-    """A one-line reason from the run's exit status and the last line of its stderr."""
-    rc = read(os.path.join(raw, f"{name}.rc")).strip()
-    err = [line for line in read(os.path.join(raw, f"{name}.err")).splitlines() if line.strip()]
-    tail = err[-1].strip() if err else "no error output"
-    if rc in ("", "0"):
-        return tail
-    return f"exit status {rc}: {tail}"
 
 
 def is_number(v):
@@ -149,10 +134,6 @@ def select_phase2(runs, methods, extra):
     return chosen + ok[:extra]
 
 
-def fmt(v, spec, missing="—"):
-    return missing if v is None else format(v, spec)
-
-
 def fmt_bytes(v):
     if v is None:
         return "—"
@@ -164,13 +145,6 @@ def fmt_bytes(v):
 
 def verdict(ok):
     return "—" if ok is None else ("**met**" if ok else "**not met**")
-
-
-def cpu_model():
-    for line in read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def notes_on(runs, phase):

@@ -21,26 +21,11 @@ import platform
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from runs import cpu_model, fmt, read, why_failed  # noqa: E402
+
 TORCH_KEYS = ("samples_per_s", "test_acc", "test_loss", "peak_rss_mb_max", "train_s", "steps")
 CHORUS_KEYS = ("samples_per_s", "test_acc", "test_loss", "peak_rss_mb_max", "overlap_frac", "train_s", "steps")
-
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def why_failed(raw, name):
-    """A one-line reason from the run's exit status and the end of its stderr."""
-    rc = read(os.path.join(raw, f"{name}.rc")).strip()
-    err = [line for line in read(os.path.join(raw, f"{name}.err")).splitlines() if line.strip()]
-    tail = err[-1].strip() if err else "no error output"
-    if rc in ("", "0"):
-        return tail
-    return f"exit status {rc}: {tail}"
 
 
 def missing_keys(obj, keys):
@@ -89,17 +74,6 @@ def chorus_result(raw, model, world):
     if obj.get("world") not in (None, world):
         return None, f"{name}/metrics.jsonl: the summary says world {obj.get('world')}, the run asked for {world}"
     return obj, None
-
-
-def cpu_model():
-    for line in read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def fmt(v, spec, missing="—"):
-    return missing if v is None else format(v, spec)
 
 
 def main():

@@ -151,7 +151,7 @@ TEST(Trainer, WritesMetricsEvaluationAndSummary) {
   fs::remove_all(dir);
 }
 
-TEST(Trainer, ResumeWithoutACheckpointSaysWhatToDo) {
+TEST(Trainer, ResumeWithoutACheckpointNamesTheFix) {
   fs::path dir = tempDir("nockpt");
   Config cfg = smallConfig({}, dir);
   auto outcomes = testutil::runRanksCollect(2, {}, [&](comm::ProcessGroup& g) {

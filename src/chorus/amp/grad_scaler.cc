@@ -49,7 +49,6 @@ bool GradScaler::unscale(torch::optim::Optimizer& opt) {
 
 bool GradScaler::step(torch::optim::Optimizer& opt) {
   bool ok = unscale(opt);
-  stepped_ = ok;
   if (ok) opt.step();
   return ok;
 }

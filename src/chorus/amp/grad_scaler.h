@@ -54,7 +54,7 @@ class GradScaler {
   std::shared_ptr<comm::ProcessGroup> group_;
   double scale_;
   int64_t good_ = 0, skipped_ = 0;
-  bool unscaled_ = false, foundInf_ = false, stepped_ = false;
+  bool unscaled_ = false, foundInf_ = false;
 };
 
 }  // namespace chorus::amp

@@ -64,7 +64,7 @@ struct CompressionSetup {
   std::shared_ptr<compress::DgcCodec> dgc;
 };
 
-CompressionSetup makeCompression(const CompressionConfig& c, int world, int rank) {
+CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   CompressionSetup s;
   const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
   if (c.method == "none") return s;
@@ -90,7 +90,6 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world, int rank
   } else {
     codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
   }
-  (void)rank;
   s.hook = parallel::codecHook(codec, seed);
   return s;
 }
@@ -243,7 +242,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   dopts.findUnusedParameters = cfg.ddp.findUnused;
   dopts.broadcastBuffers = cfg.ddp.broadcastBuffers;
   comm::AllreduceAlgo algo = parseAlgo(cfg.ddp.algo);
-  CompressionSetup compression = makeCompression(cfg.compression, world, rank);
+  CompressionSetup compression = makeCompression(cfg.compression, world);
   if (compression.hook) {
     dopts.hook = compression.hook;
     dopts.rebuildBuckets = false;  // codec state is kept per bucket: keep the layout fixed
@@ -411,7 +410,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       totalDense += denseShare * static_cast<double>(st.bytesReduced);
       windowCompute += compute;
       windowTrain += stepSeconds;
-      windowLoss += loss.item<double>();
+      const double lossValue = loss.item<double>();
+      windowLoss += lossValue;
       ++windowSteps;
       if (tracer.enabled()) {
         tracer.span("compute", "forward", t0, t1, str("{\"step\":", globalStep, "}"));
@@ -445,7 +445,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       }
       if (lead) {
         double eta = recentRate > 0 ? static_cast<double>((totalSteps - globalStep) * cfg.train.batchSize) / recentRate : 0;
-        bar.update(epoch, step + 1, loss.item<double>(), recentRate, eta);
+        bar.update(epoch, step + 1, lossValue, recentRate, eta);
       }
       if (cfg.output.checkpointEvery > 0 && globalStep % cfg.output.checkpointEvery == 0 && !lastOfEpoch) {
         saveCkpt({epoch, step + 1, globalStep, {}, {}});
@@ -481,7 +481,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   }
 
   // Summary: throughput, memory and overlap over all ranks.
-  double agg[4] = {peakRssMb(), peakRssMb(), trainSeconds, 0};
+  const double rss = peakRssMb();
+  double agg[3] = {rss, rss, trainSeconds};  // max rss, summed rss, slowest rank's training time
   allreduceInPlace(g, agg, 1, DType::kFloat64, ReduceOp::kMax);
   allreduceInPlace(g, agg + 1, 1, DType::kFloat64, ReduceOp::kSum);
   allreduceInPlace(g, agg + 2, 1, DType::kFloat64, ReduceOp::kMax);

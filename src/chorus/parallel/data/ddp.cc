@@ -130,13 +130,7 @@ DDPCore::DDPCore(torch::nn::Module& module, std::shared_ptr<comm::ProcessGroup> 
 }
 
 DDPCore::~DDPCore() {
-  for (auto& b : buckets_) {
-    if (!b->work) continue;
-    try {
-      b->work->wait();  // its buffers are ours
-    } catch (...) {
-    }
-  }
+  abandonBackward();  // collectives still in flight write into our buckets
   for (auto& p : params_) {
     if (p->accumulator) p->accumulator->del_post_hook(p->hookKey);
   }
