@@ -2,11 +2,11 @@
 and .svg) from the raw outputs bench/compression/run.sh collects in RAW:
 
   p1-METHOD/metrics.jsonl   phase 1 (shared memory), p2-METHOD/metrics.jsonl phase 2 (netlab);
-                            chorus train's metrics: "step" events (bytes_sent and
+                            chorus train's metrics: "step" events (bytes_sent, grad_bytes and
                             compression_ratio of the window since the previous one), one "eval"
                             event per epoch (test_acc, train_s and bytes_sent so far), and as the
                             LAST line the run summary (test_acc, bytes_per_step,
-                            compression_ratio, samples_per_s, train_s, ...)
+                            grad_bytes_per_step, compression_ratio, samples_per_s, train_s, ...)
   NAME.cmd / .err / .rc     each run's command, stderr and exit status
   machine.txt               CPU and load average before and after
 
@@ -36,7 +36,7 @@ ACC_TOLERANCE = 0.005   # 0.5 point: "within 0.5 point of dense"
 DGC_MIN_RATIO = 300.0   # DGC target: at least 300x less traffic than dense
 MIN_SPEEDUP = 3.0       # best method at least 3x faster than dense to dense's accuracy
 ALWAYS_PHASE2 = ("none", "dgc", "powersgd")
-SUMMARY_KEYS = ("test_acc", "bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
+SUMMARY_KEYS = ("test_acc", "bytes_per_step", "grad_bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
 EVAL_KEYS = ("epoch", "step", "test_acc", "train_s", "bytes_sent")
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,6 +54,7 @@ class Run:
         self.evals = evals
         self.acc = summary["test_acc"]
         self.bytes_per_step = summary["bytes_per_step"]
+        self.grad_bytes_per_step = summary["grad_bytes_per_step"]
         self.ratio = summary["compression_ratio"]
         self.samples_per_s = summary["samples_per_s"]
         self.train_s = summary["train_s"]
@@ -62,10 +63,12 @@ class Run:
         before = [s["step"] for s in steps if s.get("epoch") != last_epoch]
         window = [s for s in steps if s.get("epoch") == last_epoch]
         sent = sum(s["bytes_sent"] for s in window)
-        dense = sum(s["bytes_sent"] * s["compression_ratio"] for s in window)
+        grad = sum(s["grad_bytes"] for s in window)
+        dense = sum(s["grad_bytes"] * s["compression_ratio"] for s in window)
         n = (window[-1]["step"] - (max(before) if before else 0)) if window else 0
         self.last_bytes_per_step = sent / n if n > 0 else None
-        self.last_ratio = dense / sent if sent > 0 else None
+        self.last_grad_bytes_per_step = grad / n if n > 0 else None
+        self.last_ratio = dense / grad if grad > 0 else None
 
     def time_to(self, target):
         """train_s of the first eval with test_acc >= target, or None."""
@@ -104,7 +107,7 @@ def load_run(raw, name):
     if not evals:
         return None, f"{name}: metrics.jsonl has no eval event (train.eval must be true)"
     steps = [e for e in events if e.get("event") == "step" and is_number(e.get("bytes_sent"))
-             and is_number(e.get("compression_ratio")) and is_number(e.get("step"))]
+             and is_number(e.get("grad_bytes")) and is_number(e.get("compression_ratio")) and is_number(e.get("step"))]
     start = next((e for e in events if e.get("event") == "start"), {})
     return Run(start, summary, evals, steps), None
 
@@ -279,7 +282,9 @@ def report(args):
     problems = []
     p1 = load_phase(args.raw, "p1", args.methods, problems)
     p2 = load_phase(args.raw, "p2", args.phase2, problems, transport="tcp")
+    p3 = load_phase(args.raw, "p3", args.phase3, problems)
     dense1 = p1.get("none")
+    dense3 = p3.get("none")
     dense2 = p2.get("none")
     w = args.workers
 
@@ -320,9 +325,14 @@ def report(args):
                f"100 Mbit/s per host, no added latency (this kernel has no netem), train.threads 1{limit}. "
                "Methods: dense, dgc, powersgd, and the other phase 1 method with the fewest bytes per step among "
                "those within 0.5 point of dense's accuracy.")
-    out.append("- bytes/step: bytes rank 0 sent per training step (all-reduce or all-gather traffic); ratio: "
-               "chorus's compression ratio (dense-equivalent bytes / bytes sent) over the whole run; last epoch: "
-               "the same over the last epoch only (dgc's sparsity reaches 99.9% only after its warm-up).")
+    if args.phase3:
+        out.append(f"- **phase 3**: {', '.join(args.phase3)} as in phase 1 but for {args.long_epochs} epochs.")
+    out.append("- bytes/step: all the bytes rank 0 sent per training step (gradients, and the BatchNorm buffers "
+               "DDP broadcasts from rank 0 before each forward, as PyTorch DDP does by default); "
+               "gradient bytes/step: the part sent during backward, the gradient buckets' all-reduce or "
+               "all-gather; ratio: chorus's compression ratio, what a dense float32 ring all-reduce of the "
+               "buckets would send / gradient bytes, over the whole run; last epoch: the same over the last "
+               "epoch only (dgc's sparsity reaches 99.9% only after its warm-up).")
     out.append("- samples/s: samples of all workers / training seconds (the slowest rank; evaluation excluded). "
                "The workers share this machine's cores, so compute-heavy codecs show here.")
     out.append("- time to dense accuracy: train_s of the first evaluation (after an epoch) whose accuracy reaches "
@@ -332,7 +342,7 @@ def report(args):
     out.append("## Commands\n")
     out.append("```")
     out.append(args.command)
-    for prefix, methods in (("p1", args.methods), ("p2", args.phase2)):
+    for prefix, methods in (("p1", args.methods), ("p2", args.phase2), ("p3", args.phase3)):
         for m in methods:
             cmd = read(os.path.join(args.raw, f"{prefix}-{m}.cmd")).strip()
             if cmd:
@@ -340,17 +350,18 @@ def report(args):
     out.append("```\n")
 
     out.append(f"## Phase 1: {w} workers, shared memory\n")
-    out.append("| method | final accuracy | vs dense (points) | bytes/step | ratio | last epoch bytes/step | "
-               "last epoch ratio | samples/s |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| method | final accuracy | vs dense (points) | bytes/step | gradient bytes/step | ratio | "
+               "last epoch gradient bytes/step | last epoch ratio | samples/s |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in args.methods:
         r = p1.get(m)
         if r is None:
-            out.append(f"| {m} | failed | | | | | | |")
+            out.append(f"| {m} | failed | | | | | | | |")
             continue
         diff = (r.acc - dense1.acc) * 100 if dense1 else None
-        out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.bytes_per_step)} | {r.ratio:,.1f}x | "
-                   f"{fmt_bytes(r.last_bytes_per_step)} | {fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | "
+        out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.bytes_per_step)} | "
+                   f"{fmt_bytes(r.grad_bytes_per_step)} | {r.ratio:,.1f}x | "
+                   f"{fmt_bytes(r.last_grad_bytes_per_step)} | {fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | "
                    f"{r.samples_per_s:,.0f} |")
     out.append("")
     if "threshold" in p1 and "topk" in p1:
@@ -399,31 +410,67 @@ def report(args):
                        f"{'x' if speedup else ''} |")
         out.append("")
 
+    if args.phase3:
+        out.append(f"## Phase 3: {args.long_epochs} epochs, {w} workers, shared memory\n")
+        out.append(f"The same runs as phase 1 with train.epochs = {args.long_epochs} (the cosine schedule stretched "
+                   f"over them; dgc still warms up for {args.dgc_warmup} epochs), so that the compressed methods have "
+                   "more steps at their final compression.\n")
+        out.append("| method | final accuracy | vs dense (points) | gradient bytes/step | ratio | "
+                   "last epoch gradient bytes/step | last epoch ratio | samples/s |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for m in args.phase3:
+            r = p3.get(m)
+            if r is None:
+                out.append(f"| {m} | failed | | | | | | |")
+                continue
+            diff = (r.acc - dense3.acc) * 100 if dense3 else None
+            out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.grad_bytes_per_step)} | "
+                       f"{r.ratio:,.1f}x | {fmt_bytes(r.last_grad_bytes_per_step)} | "
+                       f"{fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | {r.samples_per_s:,.0f} |")
+        out.append("")
+        n = max((len(r.evals) for r in p3.values()), default=0)
+        if n:
+            out.append("| method | " + " | ".join(f"epoch {i + 1}" for i in range(n)) + " |")
+            out.append("|---|" + "---:|" * n)
+            for m, r in p3.items():
+                accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (n - len(r.evals))
+                out.append(f"| {m} | " + " | ".join(accs) + " |")
+            out.append("")
+
     out.append("## Targets of the issue\n")
     out.append("| target | measured | verdict |")
     out.append("|---|---|---|")
-    dgc = p1.get("dgc")
-    if dgc and dense1:
-        diff = (dgc.acc - dense1.acc) * 100
-        final_sparse = len(dgc.evals) > args.dgc_warmup
-        traffic = dense1.bytes_per_step / dgc.last_bytes_per_step if dgc.last_bytes_per_step else None
-        ok = None if traffic is None or not final_sparse else (diff >= -ACC_TOLERANCE * 100 and traffic >= DGC_MIN_RATIO)
-        measured = (f"{diff:+.2f} points; last epoch {fmt(traffic, ',.0f')}x fewer bytes per step than dense "
-                    f"(chorus's ratio {fmt(dgc.last_ratio, ',.0f')}x; whole run {dgc.ratio:,.1f}x)")
-        if not final_sparse:
-            measured += "; the run ended inside dgc's warm-up, so 99.9% was never reached"
-        out.append(f"| DGC at 99.9% sparsity: within 0.5 point of dense, >= {DGC_MIN_RATIO:.0f}x less traffic | "
-                   f"{measured} | {verdict(ok)} |")
-    else:
-        out.append(f"| DGC at 99.9% sparsity: within 0.5 point of dense, >= {DGC_MIN_RATIO:.0f}x less traffic | "
-                   "no dgc or dense result | — |")
-    ps = p1.get("powersgd")
-    if ps and dense1:
-        diff = (ps.acc - dense1.acc) * 100
-        out.append(f"| PowerSGD rank 4 within 0.5 point of dense | {diff:+.2f} points ({ps.ratio:,.1f}x less "
-                   f"traffic) | {verdict(diff >= -ACC_TOLERANCE * 100)} |")
-    else:
-        out.append("| PowerSGD rank 4 within 0.5 point of dense | no powersgd or dense result | — |")
+    dgc_target = (f"DGC at 99.9% sparsity: within 0.5 point of dense, >= {DGC_MIN_RATIO:.0f}x less gradient "
+                  "traffic")
+    ps_target = "PowerSGD rank 4 within 0.5 point of dense"
+    for label, runs, dense, epochs in (("phase 1", p1, dense1, 2 if args.quick else 5),
+                                       ("phase 3", p3, dense3, args.long_epochs)):
+        if label == "phase 3" and not args.phase3:
+            continue
+        dgc = runs.get("dgc")
+        if dgc and dense:
+            diff = (dgc.acc - dense.acc) * 100
+            final_sparse = len(dgc.evals) > args.dgc_warmup
+            traffic = (dense.grad_bytes_per_step / dgc.last_grad_bytes_per_step
+                       if dgc.last_grad_bytes_per_step else None)
+            everything = dense.bytes_per_step / dgc.last_bytes_per_step if dgc.last_bytes_per_step else None
+            ok = (None if traffic is None or not final_sparse
+                  else (diff >= -ACC_TOLERANCE * 100 and traffic >= DGC_MIN_RATIO))
+            measured = (f"{diff:+.2f} points; last epoch {fmt(traffic, ',.0f')}x fewer gradient bytes per step "
+                        f"than dense ({fmt(everything, ',.0f')}x counting the buffer broadcasts too; whole run "
+                        f"{dgc.ratio:,.1f}x, warm-up included)")
+            if not final_sparse:
+                measured += "; the run ended inside dgc's warm-up, so 99.9% was never reached"
+            out.append(f"| {dgc_target} ({label}, {epochs} epochs) | {measured} | {verdict(ok)} |")
+        else:
+            out.append(f"| {dgc_target} ({label}) | no dgc or dense result | — |")
+        ps = runs.get("powersgd")
+        if ps and dense:
+            diff = (ps.acc - dense.acc) * 100
+            out.append(f"| {ps_target} ({label}, {epochs} epochs) | {diff:+.2f} points ({ps.ratio:,.1f}x less "
+                       f"gradient traffic) | {verdict(diff >= -ACC_TOLERANCE * 100)} |")
+        else:
+            out.append(f"| {ps_target} ({label}) | no powersgd or dense result | — |")
     compressed = {m: s for m, s in speedups.items() if m != "none"}
     if compressed:
         best = max(compressed, key=compressed.get)
@@ -436,7 +483,7 @@ def report(args):
                    f"{why} | {verdict(ok)} |")
     out.append("")
 
-    notes = notes_on(p1, "phase 1") + notes_on(p2, "phase 2")
+    notes = notes_on(p1, "phase 1") + notes_on(p2, "phase 2") + notes_on(p3, "phase 3")
     if notes:
         out.append("## Notes\n")
         out.extend(f"- {n}" for n in notes)
@@ -473,6 +520,8 @@ def main():
     r.add_argument("--raw", required=True)
     r.add_argument("--methods", nargs="+", required=True)
     r.add_argument("--phase2", nargs="*", default=[])
+    r.add_argument("--phase3", nargs="*", default=[])
+    r.add_argument("--long-epochs", type=int, default=0)
     r.add_argument("--workers", type=int, required=True)
     r.add_argument("--netlab-limit-train", type=int, default=0)
     r.add_argument("--threshold", type=float, default=0.0)

@@ -7,18 +7,22 @@
 #   phase 2  dense, dgc, powersgd and the best other method of phase 1 (fewest bytes per step
 #            within 0.5 point of dense's accuracy), one rank per host on a 4-host netlab at
 #            100 Mbit/s: the training time each needs to reach dense's final accuracy
+#   phase 3  dense, dgc and powersgd again on this machine for --long-epochs epochs (10 by
+#            default): the accuracy gap once the sparse methods have more steps to catch up
 #
 # Writes bench/results/compression.md and compression.svg through bench/compression/report.py
 # and keeps every run's command, output, exit status and metrics in BUILD_DIR/bench-compression/.
 #
 # usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]
+#                                     [--long-epochs N]
 #   --quick                 a smoke run of the pipeline: first 2560 train / 1000 test samples,
 #                           2 epochs, 2 workers (2 hosts in phase 2), methods none topk dgc
 #                           powersgd sign; the page goes to BUILD_DIR/bench-compression/quick.md
 #   --netlab-limit-train N  phase 2 trains on the first N training samples only (it is slow:
 #                           dense moves ~1.7 MB per step per rank over 100 Mbit/s)
-#   --no-netlab             phase 1 only
-#   environment: CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
+#   --no-netlab             no phase 2
+#   --long-epochs N         phase 3's epochs; 0 skips it (the default with --quick)
+#   environment: LONG_METHODS="none dgc powersgd" (phase 3), CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
 #   PHASE2_METHODS="none dgc ..." (instead of the selection), THRESHOLD=tau (threshold codec),
 #   OUT=file.md (the page; the plot goes next to it as .svg)
 # Builds nothing. A failed run is named on stderr with its last error line and in the page; the
@@ -26,7 +30,7 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]" >&2
+  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab] [--long-epochs N]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
@@ -35,10 +39,18 @@ shift
 quick=0
 netlab=1
 netlab_limit=0
+long_epochs=
+long_epochs_arg=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --no-netlab) netlab=0 ;;
+    --long-epochs)
+      [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage
+      long_epochs=$2
+      long_epochs_arg=$2
+      shift
+      ;;
     --netlab-limit-train)
       [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage
       netlab_limit=$2
@@ -68,6 +80,7 @@ if [[ $quick -eq 1 ]]; then
   workers=2
   common=(--set data.limit_train=2560 --set data.limit_test=1000 --set train.epochs=2 --set train.log_every=5)
   dgc_warmup=1
+  long_epochs=${long_epochs:-0}
 else
   raw=$build/bench-compression/full
   out=${OUT:-$src/bench/results/compression.md}
@@ -75,7 +88,10 @@ else
   workers=4
   common=()
   dgc_warmup=4
+  long_epochs=${long_epochs:-10}
 fi
+read -ra long_methods <<< "${LONG_METHODS:-none dgc powersgd}"
+[[ $long_epochs -gt 0 ]] || long_methods=()
 svg=${out%.md}.svg
 
 # The --set arguments of one method (the issue's settings).
@@ -101,7 +117,7 @@ method_args() {
 }
 
 read -ra extra_methods <<< "${PHASE2_METHODS:-}"
-for m in "${methods[@]}" "${extra_methods[@]}"; do
+for m in "${methods[@]}" "${extra_methods[@]}" "${long_methods[@]}"; do
   method_args "$m" > /dev/null || exit 2
 done
 
@@ -166,16 +182,23 @@ if [[ $netlab -eq 1 ]]; then
       --set ddp.transport=tcp --set train.threads=1 --set output.progress=none --set "output.dir=$raw/p2-$m"
   done
 fi
+for m in "${long_methods[@]}"; do
+  mapfile -t margs < <(method_args "$m")
+  run "p3-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
+    --set "train.epochs=$long_epochs" --set "output.dir=$raw/p3-$m"
+done
 echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
 
 command="bash bench/compression/run.sh $build_arg"
 [[ $quick -eq 1 ]] && command+=" --quick"
 [[ $netlab -eq 0 ]] && command+=" --no-netlab"
 [[ $netlab_limit -gt 0 ]] && command+=" --netlab-limit-train $netlab_limit"
-for v in CHORUS METHODS PHASE2_METHODS THRESHOLD; do
+[[ -n $long_epochs_arg ]] && command+=" --long-epochs $long_epochs_arg"
+for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS; do
   [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
 done
-report=(--raw "$raw" --methods "${methods[@]}" --phase2 "${phase2[@]}" --workers "$workers"
+report=(--raw "$raw" --methods "${methods[@]}" --phase2 "${phase2[@]}" --phase3 "${long_methods[@]}"
+  --long-epochs "$long_epochs" --workers "$workers"
   --netlab-limit-train "$netlab_limit" --threshold "$tau" --dgc-warmup "$dgc_warmup"
   --command "$command" --out "$out" --svg "$svg")
 [[ $quick -eq 1 ]] && report+=(--quick)

@@ -28,23 +28,13 @@ torch::Tensor randomGrad(int64_t n, uint64_t seed) {
 }
 
 std::vector<int64_t> sentIndices(const Message& msg) {
-  int64_t k;
-  std::memcpy(&k, msg.data() + 12, sizeof k);
-  std::vector<int64_t> idx(static_cast<size_t>(k));
-  for (int64_t i = 0; i < k; ++i) {
-    int32_t v;
-    std::memcpy(&v, msg.data() + kSparseHeaderBytes + 4 * i, sizeof v);
-    idx[static_cast<size_t>(i)] = v;
-  }
-  return idx;
+  torch::Tensor idx = unpackSparse(msg).indices;
+  return std::vector<int64_t>(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
 }
 
 std::vector<float> sentValues(const Message& msg) {
-  int64_t k;
-  std::memcpy(&k, msg.data() + 12, sizeof k);
-  std::vector<float> val(static_cast<size_t>(k));
-  std::memcpy(val.data(), msg.data() + kSparseHeaderBytes + 4 * k, 4 * static_cast<size_t>(k));
-  return val;
+  torch::Tensor val = unpackSparse(msg).values;
+  return std::vector<float>(val.data_ptr<float>(), val.data_ptr<float>() + val.numel());
 }
 
 std::vector<float> toVector(const torch::Tensor& t) {
@@ -58,46 +48,59 @@ void expectClose(const std::vector<float>& a, const std::vector<float>& b, const
     EXPECT_NEAR(a[i], b[i], 1e-6 + 1e-6 * std::abs(b[i])) << what << "[" << i << "]";
 }
 
+// Against a plain-loop reference, on one tensor and on two tensors in one bucket (layer-wise:
+// each picks round(ratio * its size) of its own entries, at least 1).
 TEST(Dgc, MomentumCorrectionMatchesReference) {
   const int64_t n = 20;
   const float m = 0.9f;
-  DgcOptions opts;
-  opts.momentum = m;
-  opts.sparsitySchedule = {0.75, 0.9, 0.5};  // k = 5, 2, 10 for epochs 0, 1, 2
-  DgcCodec codec(opts);
-  CodecState state;
+  for (bool layered : {false, true}) {
+    SCOPED_TRACE(layered ? "two tensors of 8 and 12" : "one tensor");
+    DgcOptions opts;
+    opts.momentum = m;
+    opts.sparsitySchedule = {0.75, 0.9, 0.5};  // k = 5, 2, 10 for epochs 0, 1, 2
+    DgcCodec codec(opts);
+    CodecState state;
+    // Segments [0, 8) and [8, 20): k = (2, 3), (1, 1), (4, 6).
+    const std::vector<std::pair<int64_t, int64_t>> ranges =
+        layered ? std::vector<std::pair<int64_t, int64_t>>{{0, 8}, {8, 20}} : std::vector<std::pair<int64_t, int64_t>>{{0, 20}};
+    if (layered) state.segments = {8, 20};
+    const std::vector<std::vector<int64_t>> ks =
+        layered ? std::vector<std::vector<int64_t>>{{2, 3}, {1, 1}, {4, 6}} : std::vector<std::vector<int64_t>>{{5}, {2}, {10}};
 
-  std::vector<float> u(n, 0.0f), v(n, 0.0f);
-  const int64_t ks[] = {5, 2, 10};
-  for (int step = 0; step < 3; ++step) {
-    codec.setEpoch(step);
-    torch::Tensor grad = randomGrad(n, 10 + step);
-    std::vector<float> g = toVector(grad);
-    Message msg = codec.encode(grad, state);
+    std::vector<float> u(n, 0.0f), v(n, 0.0f);
+    for (int step = 0; step < 3; ++step) {
+      codec.setEpoch(step);
+      torch::Tensor grad = randomGrad(n, 10 + step);
+      std::vector<float> g = toVector(grad);
+      Message msg = codec.encode(grad, state);
 
-    // Reference: u = m u + g; v = v + u; top-k of |v|; send; mask v and u.
-    for (int64_t i = 0; i < n; ++i) {
-      u[i] = m * u[i] + g[i];
-      v[i] = v[i] + u[i];
-    }
-    std::vector<int64_t> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::abs(v[a]) > std::abs(v[b]); });
-    std::vector<int64_t> sent(order.begin(), order.begin() + ks[step]);
-    std::sort(sent.begin(), sent.end());
-    std::vector<float> sentVal;
-    for (int64_t i : sent) sentVal.push_back(v[i]);
-    for (int64_t i : sent) u[i] = v[i] = 0.0f;
+      // Reference: u = m u + g; v = v + u; top-k of |v| per range; send; mask v and u.
+      for (int64_t i = 0; i < n; ++i) {
+        u[i] = m * u[i] + g[i];
+        v[i] = v[i] + u[i];
+      }
+      std::vector<int64_t> sent;
+      for (size_t r = 0; r < ranges.size(); ++r) {
+        std::vector<int64_t> order;
+        for (int64_t i = ranges[r].first; i < ranges[r].second; ++i) order.push_back(i);
+        std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return std::abs(v[a]) > std::abs(v[b]); });
+        sent.insert(sent.end(), order.begin(), order.begin() + ks[step][r]);
+      }
+      std::sort(sent.begin(), sent.end());
+      std::vector<float> sentVal;
+      for (int64_t i : sent) sentVal.push_back(v[i]);
+      for (int64_t i : sent) u[i] = v[i] = 0.0f;
 
-    SCOPED_TRACE(testing::Message() << "step " << step);
-    EXPECT_EQ(sentIndices(msg), sent);
-    expectClose(sentValues(msg), sentVal, "sent values");
-    expectClose(toVector(state.tensors.at("momentum")), u, "momentum");
-    expectClose(toVector(state.tensors.at("velocity")), v, "velocity");
-    EXPECT_EQ(state.tensors.count("residual"), 0u);
-    for (int64_t i : sent) {
-      EXPECT_EQ(state.tensors.at("momentum")[i].item<float>(), 0.0f);
-      EXPECT_EQ(state.tensors.at("velocity")[i].item<float>(), 0.0f);
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      EXPECT_EQ(sentIndices(msg), sent);
+      expectClose(sentValues(msg), sentVal, "sent values");
+      expectClose(toVector(state.tensors.at("momentum")), u, "momentum");
+      expectClose(toVector(state.tensors.at("velocity")), v, "velocity");
+      EXPECT_EQ(state.tensors.count("residual"), 0u);
+      for (int64_t i : sent) {
+        EXPECT_EQ(state.tensors.at("momentum")[i].item<float>(), 0.0f);
+        EXPECT_EQ(state.tensors.at("velocity")[i].item<float>(), 0.0f);
+      }
     }
   }
 }

@@ -1,11 +1,14 @@
 // The sparsifying codecs (topk, topk_sampled, randomk, threshold): error feedback is exact
 // (sent + residual == grad + old residual, bit for bit, over many steps), what is sent decodes
-// exactly, each selection rule picks what it promises, the wire size is 20 + 8k bytes, the
+// exactly, each selection rule picks what it promises (per tensor when layer-wise), the Elias-Fano
+// index code round-trips and has the documented size, the
 // decoder rejects malformed messages, and a state copied as a checkpoint continues identically.
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <ostream>
@@ -23,18 +26,8 @@ torch::Tensor randomGrad(int64_t n, uint64_t seed) {
   return torch::randn({n});
 }
 
-// The indices a sparse message carries, read straight from the documented wire format.
-torch::Tensor sentIndices(const Message& msg) {
-  int64_t k;
-  std::memcpy(&k, msg.data() + 12, sizeof k);
-  std::vector<int64_t> idx(static_cast<size_t>(k));
-  for (int64_t i = 0; i < k; ++i) {
-    int32_t v;
-    std::memcpy(&v, msg.data() + kSparseHeaderBytes + 4 * i, sizeof v);
-    idx[static_cast<size_t>(i)] = v;
-  }
-  return torch::tensor(idx, torch::kLong);
-}
+// The indices a sparse message carries.
+torch::Tensor sentIndices(const Message& msg) { return unpackSparse(msg).indices; }
 
 torch::Tensor decodeDense(const Codec& codec, const Message& msg, int64_t n) {
   torch::Tensor out = torch::zeros({n});
@@ -49,7 +42,7 @@ void checkStep(const Codec& codec, const Message& msg, const torch::Tensor& acc,
   torch::Tensor idx = sentIndices(msg);
   int64_t k = idx.numel();
   ASSERT_EQ(codec.sparseCount(msg), k);
-  ASSERT_EQ(msg.size(), kSparseHeaderBytes + 8 * static_cast<size_t>(k));
+  ASSERT_EQ(msg.size(), sparseMessageBytes(n, k));
   if (k > 1) {
     EXPECT_TRUE((idx.slice(0, 1) > idx.slice(0, 0, k - 1)).all().item<bool>()) << "indices not ascending/distinct";
   }
@@ -143,13 +136,15 @@ TEST(TopK, ExplicitCountAndMessageSize) {
   CodecState s1;
   Message m1 = byCount.encode(randomGrad(n, 2), s1);
   EXPECT_EQ(byCount.sparseCount(m1), 17);
-  EXPECT_EQ(m1.size(), 20u + 8u * 17u);
+  // 12 header + 17 x 9 low bits (20 bytes) + 17 + (9999 >> 9) + 1 = 37 high bits (5) + 68 values.
+  EXPECT_EQ(m1.size(), 12u + 20u + 5u + 4u * 17u);
 
   TopKCodec byRatio(SparseOptions{.ratio = 0.01});
   CodecState s2;
   Message m2 = byRatio.encode(randomGrad(n, 3), s2);
   EXPECT_EQ(byRatio.sparseCount(m2), 100);
-  EXPECT_EQ(m2.size(), 820u);  // vs 40000 bytes dense
+  // 12 + 100 x 6 low bits (75) + 257 high bits (33) + 400: 520 bytes vs 40000 dense (820 with int32 indices).
+  EXPECT_EQ(m2.size(), 520u);
 
   // k larger than the tensor sends everything, and nothing is left behind.
   TopKCodec all(SparseOptions{.k = 50});
@@ -279,13 +274,22 @@ TEST(SparseDecode, RejectsMalformedMessages) {
   EXPECT_THROW(codec.decodeAdd(truncated, out), InvalidArgument);
   EXPECT_THROW(codec.sparseCount(Message(5, 0)), InvalidArgument);
   Message hugeK = good;
-  int64_t k = int64_t{1} << 61;
-  std::memcpy(hugeK.data() + 12, &k, sizeof k);
+  uint32_t k = 1u << 30;
+  std::memcpy(hugeK.data() + 8, &k, sizeof k);
   EXPECT_THROW(codec.decodeAdd(hugeK, out), InvalidArgument);
-  Message badIndex = good;
-  int32_t idx = 10;
-  std::memcpy(badIndex.data() + kSparseHeaderBytes, &idx, sizeof idx);
-  EXPECT_THROW(codec.decodeAdd(badIndex, out), InvalidArgument);
+  Message badLowBits = good;
+  badLowBits[2] ^= 1;
+  EXPECT_THROW(codec.decodeAdd(badLowBits, out), InvalidArgument);
+  Message noMarks = good;
+  // Clear every bit of the high part (it follows the low part): fewer marks than k.
+  const int l = good[2];
+  const size_t lowLen = static_cast<size_t>((3 * l + 7) / 8);
+  const size_t highLen = good.size() - kSparseHeaderBytes - lowLen - 4 * 3;
+  for (size_t i = 0; i < highLen; ++i) noMarks[kSparseHeaderBytes + lowLen + i] = 0;
+  EXPECT_THROW(codec.decodeAdd(noMarks, out), InvalidArgument);
+  Message allMarks = good;
+  for (size_t i = 0; i < highLen; ++i) allMarks[kSparseHeaderBytes + lowLen + i] = 0xFF;
+  EXPECT_THROW(codec.decodeAdd(allMarks, out), InvalidArgument);
 
   torch::Tensor notFloat = torch::zeros({10}, torch::kDouble);
   EXPECT_THROW(codec.encode(notFloat, state), InvalidArgument);
@@ -300,6 +304,97 @@ TEST(SparseDecode, MessagesFromSeveralRanksAccumulate) {
   codec.decodeAdd(m0, out);
   codec.decodeAdd(m1, out);
   EXPECT_TRUE(torch::equal(out, torch::tensor({8.0f, 2.0f, 0.0f, -4.0f})));
+}
+
+
+// Index sets of every shape the Elias-Fano code meets: empty, one, all, both ends, clustered at
+// either end, evenly spread, random at several densities, on sizes around powers of two.
+TEST(SparseWire, IndexCodeRoundTripsExactly) {
+  auto gen = at::detail::createCPUGenerator(7);
+  std::vector<std::pair<int64_t, std::vector<int64_t>>> cases;
+  for (int64_t n : {1, 2, 7, 8, 9, 1000, 1023, 1024, 1025, 65537}) {
+    cases.push_back({n, {}});
+    cases.push_back({n, {0}});
+    cases.push_back({n, {n - 1}});
+    std::vector<int64_t> all(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) all[static_cast<size_t>(i)] = i;
+    cases.push_back({n, all});
+    if (n > 3) cases.push_back({n, {0, n - 1}});
+    if (n > 10) {
+      cases.push_back({n, {n - 3, n - 2, n - 1}});  // all in the last high bucket
+      cases.push_back({n, {0, 1, 2}});
+      std::vector<int64_t> even;
+      for (int64_t i = 0; i < n; i += n / 10) even.push_back(i);
+      cases.push_back({n, even});
+    }
+    for (double density : {0.001, 0.01, 0.1, 0.5, 0.9}) {
+      int64_t k = std::max<int64_t>(1, static_cast<int64_t>(density * static_cast<double>(n)));
+      torch::Tensor pick = std::get<0>(torch::randperm(n, gen, torch::kLong).narrow(0, 0, k).sort());
+      cases.push_back({n, std::vector<int64_t>(pick.data_ptr<int64_t>(), pick.data_ptr<int64_t>() + k)});
+    }
+  }
+  for (const auto& [n, idx] : cases) {
+    const auto k = static_cast<int64_t>(idx.size());
+    torch::Tensor indices = torch::tensor(idx, torch::kLong);
+    torch::Tensor values = torch::randn({k}, gen);
+    Message msg = packSparse(SparseKind::kDgc, n, indices, values);
+    ASSERT_EQ(msg.size(), sparseMessageBytes(n, k)) << "n " << n << " k " << k;
+    SparsePairs p = unpackSparse(msg);
+    EXPECT_EQ(p.kind, SparseKind::kDgc);
+    EXPECT_EQ(p.numel, n);
+    ASSERT_TRUE(torch::equal(p.indices, indices)) << "n " << n << " k " << k;
+    ASSERT_TRUE(torch::equal(p.values, values)) << "n " << n << " k " << k;
+  }
+}
+
+TEST(SparseWire, SizeIsTheDocumentedEliasFanoBound) {
+  // n = 10^6, k = 1000 (99.9% sparsity): l = floor(log2(1000)) = 9 low bits, 9000 bits = 1125
+  // bytes; high part 1000 + (999999 >> 9) + 1 = 2954 bits = 370 bytes; values 4000; header 12.
+  EXPECT_EQ(sparseMessageBytes(1000000, 1000), 12u + 1125u + 370u + 4000u);
+  // At most 2 + ceil(log2(n / k)) bits per index, against the 32 of a plain int32 index.
+  for (int64_t k : {1, 10, 421, 4210, 42100}) {
+    const int64_t n = 421642;
+    const double bits = 8.0 * static_cast<double>(sparseMessageBytes(n, k) - 12 - 4 * static_cast<size_t>(k));
+    EXPECT_LE(bits / static_cast<double>(k), 2 + std::ceil(std::log2(static_cast<double>(n) / k)) + 16.0 / k)
+        << "k " << k;
+  }
+  EXPECT_EQ(sparseMessageBytes(0, 0), 12u);
+  EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({3, 3}, torch::kLong), torch::zeros({2})), Error);
+  EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({5, 2}, torch::kLong), torch::zeros({2})), Error);
+  EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({10}, torch::kLong), torch::zeros({1})), Error);
+}
+
+// Layer-wise top-k: each segment sends its own share, even a segment whose entries are all
+// smaller than every entry of another; without segments (or layerwise off) the bucket's top-k.
+TEST(SparseLayerwise, EachTensorSendsItsShare) {
+  torch::Tensor g = torch::cat({torch::full({100}, 10.0f), torch::arange(1, 901, torch::kFloat) * 1e-3f});
+  for (const std::string method : {"topk", "topk_sampled"}) {
+    for (bool layerwise : {true, false}) {
+      auto codec = makeSparse(method, 0.02, layerwise);
+      CodecState st;
+      st.segments = {100, 1000};
+      torch::Tensor idx = sentIndices(codec->encode(g, st));
+      int64_t first = (idx < 100).sum().item<int64_t>(), second = (idx >= 100).sum().item<int64_t>();
+      if (layerwise) {
+        EXPECT_EQ(first, 2) << method;
+        if (method == "topk") {
+          EXPECT_EQ(second, 18);
+        } else {
+          EXPECT_TRUE(second >= 1 && second <= 36) << second;  // sampled: between 1 and 2k
+        }
+        // The largest of the second tensor: indices 982..999 hold its 18 largest entries.
+        if (method == "topk") {
+          EXPECT_TRUE(torch::equal(idx.narrow(0, 2, 18), torch::arange(982, 1000, torch::kLong)));
+        }
+      } else {
+        EXPECT_EQ(first, 20) << method;
+        EXPECT_EQ(second, 0) << method;
+      }
+    }
+  }
+  CodecState bad;
+  bad.segments = {100, 999};
+  EXPECT_THROW(makeSparse("topk", 0.02)->encode(g, bad), InvalidArgument);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "chorus/compress/compressed_allreduce.h"
+#include "chorus/compress/sparse.h"
 #include "chorus/parallel/data/compression_hooks.h"
 #include "chorus/parallel/data/ddp.h"
 #include "util/rank_threads.h"
@@ -87,8 +88,9 @@ TEST(CompressedAllreduce, SparseEqualsDenseOnSparseInputsAndSwitchesToDenseWhenC
       });
     }
   }
-  EXPECT_FALSE(compress::denseIsCheaper(1000, 4 * 100, 4));
-  EXPECT_TRUE(compress::denseIsCheaper(1000, 4 * 500, 4));
+  EXPECT_FALSE(compress::denseIsCheaper(1000, 4 * 100 * 8, 4));  // 2400 bytes sent per rank against 6000
+  EXPECT_FALSE(compress::denseIsCheaper(1000, 8000, 4));         // 6000 against 6000: stay sparse
+  EXPECT_TRUE(compress::denseIsCheaper(1000, 4 * 500 * 8, 4));
 }
 
 TEST(CodecHook, DdpWithALosslessCodecMatchesPlainDdp) {
@@ -156,6 +158,35 @@ TEST(PowerSgdHook, RecoversALowRankGradientExactlyAndKeepsTheResidual) {
     // exactly this rank's gradient plus its old residual.
     EXPECT_GT(after.abs().sum().item<double>(), 0.0);
     EXPECT_TRUE(torch::allclose(approx + after, input + before, 1e-5, 1e-5));
+  });
+}
+
+
+// The first denseSteps calls per bucket are a plain average; the codec runs after them, and
+// the count lives in the bucket's state (so checkpoints carry it).
+TEST(CompressionHooks, DenseWarmupStepsThenCompress) {
+  torch::set_num_threads(1);
+  runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    auto topk = std::shared_ptr<compress::Codec>(compress::makeSparse("topk", 0.1));
+    for (auto hook : {codecHook(topk, 1, /*denseSteps=*/2), powerSgdHook(1, 1, /*denseSteps=*/2)}) {
+      SCOPED_TRACE(hook->name());
+      for (int call = 1; call <= 3; ++call) {
+        auto gen = at::detail::createCPUGenerator(40 + call + 10 * g.rank());
+        torch::Tensor mine = torch::randn({16, 12}, gen);
+        torch::Tensor other = torch::randn({16, 12}, at::detail::createCPUGenerator(40 + call + 10 * (1 - g.rank())));
+        torch::Tensor avg = (mine + other) / 2;
+        GradBucket b;
+        b.buffer = mine.reshape({-1}).clone();
+        b.names = {"w"};
+        b.shapes = {{16, 12}};
+        b.offsets = {0};
+        hook->start(g, b)->wait();
+        const bool dense = torch::allclose(b.buffer.view({16, 12}), avg, 1e-6, 1e-6);
+        EXPECT_EQ(dense, call <= 2) << "call " << call;
+        EXPECT_EQ(hook->lastMessageBytes() == static_cast<uint64_t>(16 * 12 * 4), call <= 2) << "call " << call;
+        EXPECT_EQ(hook->states()[0].scalars["calls"], call);
+      }
+    }
   });
 }
 

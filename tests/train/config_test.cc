@@ -332,6 +332,10 @@ TEST(Config, CrossKeyRules) {
   EXPECT_CONTAINS(errorOf("", {"compression.method=dgc"}),
                   "--set compression.method=dgc: compression.method = \"dgc\": DGC applies momentum itself");
   EXPECT_NO_THROW(parse("", {"compression.method=dgc", "optim.momentum=0"}));
+  EXPECT_CONTAINS(errorOf("", {"compression.method=dgc", "optim.momentum=0", "compression.dense_steps=10"}),
+                  "DGC warms up by its sparsity schedule");
+  EXPECT_CONTAINS(errorOf("", {"compression.dense_steps=10"}), "not to compression.method = \"none\"");
+  EXPECT_NO_THROW(parse("", {"compression.method=powersgd", "compression.dense_steps=10"}));
   EXPECT_CONTAINS(errorOf("", {"compression.method=topk", "ddp.comm_dtype=fp16"}),
                   "already decides what goes on the wire");
   EXPECT_CONTAINS(errorOf("", {"compression.method=top-k"}), "topk, topk_sampled, randomk");
@@ -433,7 +437,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  EXPECT_EQ(configKeys().size(), 59u);
+  EXPECT_EQ(configKeys().size(), 61u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

@@ -26,9 +26,13 @@
 
 namespace chorus::compress {
 
-// What a codec keeps for one gradient tensor between steps. Everything in it is saved in
-// checkpoints (the trainer stores `tensors` and `scalars` by name).
+// What a codec keeps for one gradient tensor between steps. Everything in it but `segments`
+// is saved in checkpoints (the trainer stores `tensors` and `scalars` by name).
 struct CodecState {
+  // Where the parameter tensors packed into the flat gradient end (ascending, the last equal
+  // to its numel), set by the caller before encode(); empty when the gradient is one tensor.
+  // Layer-wise codecs (top-k, DGC) pick each tensor's share within its own range.
+  std::vector<int64_t> segments;
   std::map<std::string, torch::Tensor> tensors;  // "residual", "momentum", ...
   std::map<std::string, double> scalars;         // e.g. "step"
   uint64_t rngState = 0x9E3779B97F4A7C15ull;     // splitmix64 state for the codec's randomness

@@ -6,11 +6,11 @@
 
 namespace chorus::compress {
 
-bool denseIsCheaper(int64_t numel, int64_t totalPairs, int world) {
+bool denseIsCheaper(int64_t numel, uint64_t totalMessageBytes, int world) {
   if (world <= 1) return false;
   const double dense = 2.0 * (world - 1) / world * static_cast<double>(numel) * 4.0;
-  // Each rank receives every other rank's pairs: on average (W-1)/W of all of them.
-  const double sparse = static_cast<double>(totalPairs) * 8.0 * (world - 1) / world;
+  // A ring allgather has each rank send (W-1)/W of all the messages.
+  const double sparse = static_cast<double>(totalMessageBytes) * (world - 1) / world;
   return sparse > dense;
 }
 
@@ -40,12 +40,12 @@ CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, to
   mo.dtype = DType::kInt64;
   group.allgather(mo);
   bool sparse = true;
-  int64_t pairs = 0;
+  uint64_t bytes = 0;
   for (int k = 0; k < world; ++k) {
     if (meta[2 * k + 1] < 0) sparse = false;
-    pairs += std::max<int64_t>(0, meta[2 * k + 1]);
+    bytes += static_cast<uint64_t>(meta[2 * k]);
   }
-  if (sparse && denseIsCheaper(flat.numel(), pairs, world)) {
+  if (sparse && denseIsCheaper(flat.numel(), bytes, world)) {
     // Every rank saw the same counts, so every rank takes this branch.
     flat.zero_();
     codec.decodeAdd(mine, flat);

@@ -1,7 +1,7 @@
 // The collectives compressed gradients need: an all-reduce (average) through a codec, in which
 // every rank's message reaches every rank (allgather of the sizes, then allgatherv of the
 // bytes) and each rank decodes and sums them. Sparse messages switch to a dense all-reduce of
-// the decoded values when the gathered (index, value) pairs would cost more than a dense ring.
+// the decoded values when the gathered messages would cost more than a dense ring.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +23,8 @@ struct CompressedResult {
 // Every rank must call it with the same codec kind and numel, in the same order.
 CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, torch::Tensor& grad, CodecState& state);
 
-// Dense all-reduce cost in bytes sent per rank (ring: 2 (W-1)/W of the data) against the
-// allgather of n sparse pairs per rank ((W-1) * n * 8): true when dense is cheaper.
-bool denseIsCheaper(int64_t numel, int64_t totalPairs, int world);
+// Dense all-reduce cost in bytes sent per rank (ring: 2 (W-1)/W of the float32 data) against
+// the ring allgather of every rank's message ((W-1)/W of their total): true when dense is cheaper.
+bool denseIsCheaper(int64_t numel, uint64_t totalMessageBytes, int world);
 
 }  // namespace chorus::compress

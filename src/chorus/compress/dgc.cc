@@ -8,7 +8,7 @@
 // from being applied twice.
 //
 // Cost per step for n entries: ~4 passes over n (clip norm, u update, v update, |v|) plus the
-// top-k selection of sparse.cc; the message is 20 + 8k bytes.
+// top-k selection of sparse.cc; the message is sparseMessageBytes(n, k).
 #include "chorus/compress/dgc.h"
 
 #include <algorithm>
@@ -59,9 +59,11 @@ torch::Tensor DgcCodec::select(const torch::Tensor& velocity, CodecState& state)
   opts.ratio = 1.0 - sparsity(epochOf(state));
   opts.sampleRatio = opts_.sampleRatio;
   opts.minSample = opts_.minSample;
-  int64_t k = targetCount(opts, velocity.numel());
-  torch::Tensor mag = velocity.abs();
-  return opts_.sampledTopK ? selectTopKSampled(mag, k, opts, state) : selectTopK(mag, k);
+  return selectLayerwise(velocity.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](const torch::Tensor& mag) {
+                           int64_t k = targetCount(opts, mag.numel());
+                           return opts_.sampledTopK ? selectTopKSampled(mag, k, opts, state) : selectTopK(mag, k);
+                         });
 }
 
 Message DgcCodec::encode(const torch::Tensor& grad, CodecState& state) {

@@ -5,7 +5,8 @@
 // Per encode(), for this rank's gradient g of one tensor (flat, n entries):
 //   1. local clipping: when maxNorm > 0, g *= min(1, (maxNorm / sqrt(worldSize)) / ||g||_2)
 //   2. momentum correction:  u = m * u + g;   v = v + u
-//   3. k = round((1 - sparsity(epoch)) * n), at least 1; idx = top-k of |v| (exact or sampled)
+//   3. k = round((1 - sparsity(epoch)) * n), at least 1; idx = top-k of |v| (exact or sampled),
+//      per parameter tensor when layerwise and the state has segments
 //   4. send v[idx] (the sparse wire format of sparse.h, kind kDgc)
 //   5. momentum factor masking: v[idx] = 0 and u[idx] = 0
 // State (per tensor, in CodecState::tensors): "momentum" = u and "velocity" = v. The
@@ -44,6 +45,7 @@ struct DgcOptions {
   bool sampledTopK = false;  // pick the top k by a sampled threshold (selectTopKSampled)
   double sampleRatio = 0.01;  // for sampledTopK: fraction of entries sampled
   int64_t minSample = 256;    // for sampledTopK: at least this many samples
+  bool layerwise = true;      // k per parameter tensor (CodecState::segments), as in the paper
 };
 
 class DgcCodec : public SparseCodec {

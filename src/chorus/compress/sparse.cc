@@ -11,10 +11,12 @@
 //   topk_sampled  O(s log s) for the s samples + one O(n) compare pass,
 //   randomk       O(k log k) (Floyd's sampling and a sort) + an n-bit mark table,
 //   threshold     one O(n) compare pass;
-// and O(k) to gather, zero and pack. The message is 20 + 8k bytes.
+// and O(k) to gather, zero and pack. The message is sparseMessageBytes(n, k), about
+// k (4 + (2 + log2(n / k)) / 8) bytes.
 #include "chorus/compress/sparse.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -44,9 +46,28 @@ struct SparseHeader {
   SparseKind kind;
   int64_t numel;
   int64_t k;
+  int lowBits;
 };
 
 torch::Tensor emptyIndices() { return torch::empty({0}, torch::kLong); }
+
+int lowBitsFor(int64_t numel, int64_t k) {
+  if (k <= 0 || k >= numel) return 0;
+  int l = 0;
+  while ((k << (l + 1)) <= numel) ++l;  // largest l with k * 2^l <= numel
+  return l;
+}
+
+size_t lowBytes(int64_t k, int l) { return static_cast<size_t>((k * l + 7) / 8); }
+uint64_t highBits(int64_t numel, int64_t k, int l) {
+  return numel == 0 ? 0 : static_cast<uint64_t>(k) + (static_cast<uint64_t>(numel - 1) >> l) + 1;
+}
+
+uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 
 SparseHeader parseHeader(const Message& msg) {
   if (msg.size() < kSparseHeaderBytes || msg[0] != kSparseMagic)
@@ -58,17 +79,68 @@ SparseHeader parseHeader(const Message& msg) {
   if (kind < static_cast<uint8_t>(SparseKind::kTopK) || kind > static_cast<uint8_t>(SparseKind::kDgc))
     throw InvalidArgument(str("sparse codec: unknown sparse kind ", int(kind), " in message header"));
   h.kind = static_cast<SparseKind>(kind);
-  std::memcpy(&h.numel, msg.data() + 4, sizeof(int64_t));
-  std::memcpy(&h.k, msg.data() + 12, sizeof(int64_t));
-  if (h.numel < 0 || h.k < 0 || h.k > h.numel ||
-      static_cast<uint64_t>(h.k) > (msg.size() - kSparseHeaderBytes) / 8 ||
-      msg.size() != kSparseHeaderBytes + 8 * static_cast<uint64_t>(h.k))
-    throw InvalidArgument(str("sparse codec: corrupt message header (numel ", h.numel, ", k ", h.k,
-                              ", ", msg.size(), " bytes; expected ", kSparseHeaderBytes, " + 8k bytes)"));
+  h.lowBits = msg[2];
+  h.numel = load32(msg.data() + 4);
+  h.k = load32(msg.data() + 8);
+  if (h.numel > std::numeric_limits<int32_t>::max() || h.k > h.numel || h.lowBits != lowBitsFor(h.numel, h.k) ||
+      msg.size() != sparseMessageBytes(h.numel, h.k))
+    throw InvalidArgument(str("sparse codec: corrupt message header (numel ", h.numel, ", k ", h.k, ", low bits ",
+                              h.lowBits, ", ", msg.size(), " bytes; expected ",
+                              h.k <= h.numel ? sparseMessageBytes(h.numel, h.k) : 0, ")"));
   return h;
 }
 
 }  // namespace
+
+size_t sparseMessageBytes(int64_t numel, int64_t k) {
+  int l = lowBitsFor(numel, k);
+  return kSparseHeaderBytes + lowBytes(k, l) + static_cast<size_t>((highBits(numel, k, l) + 7) / 8) +
+         4 * static_cast<size_t>(k);
+}
+
+SparsePairs unpackSparse(const Message& msg) {
+  SparseHeader h = parseHeader(msg);
+  SparsePairs out;
+  out.kind = h.kind;
+  out.numel = h.numel;
+  out.indices = torch::empty({h.k}, torch::kLong);
+  out.values = torch::empty({h.k}, torch::kFloat);
+  if (h.k == 0) return out;
+  const int l = h.lowBits;
+  const uint8_t* low = msg.data() + kSparseHeaderBytes;
+  const uint8_t* high = low + lowBytes(h.k, l);
+  const uint64_t nHigh = highBits(h.numel, h.k, l);
+  const uint8_t* vals = high + (nHigh + 7) / 8;
+  int64_t* idx = out.indices.data_ptr<int64_t>();
+  int64_t i = 0, prev = -1;
+  uint64_t lowPos = 0;
+  const uint64_t lowMask = (uint64_t{1} << l) - 1;
+  for (uint64_t byte = 0; byte < (nHigh + 7) / 8; ++byte) {
+    for (unsigned bits = high[byte]; bits != 0; bits &= bits - 1) {
+      const uint64_t pos = byte * 8 + static_cast<unsigned>(std::countr_zero(bits));
+      if (i >= h.k || pos >= nHigh)
+        throw InvalidArgument(str("sparse codec: corrupt message, more than k = ", h.k, " index marks"));
+      uint64_t lowCode = 0;
+      if (l > 0) {
+        // Up to 32 low bits starting at bit lowPos: read 8 bytes (or what is left) and shift.
+        uint64_t word = 0;
+        const size_t at = lowPos / 8, avail = std::min<size_t>(8, lowBytes(h.k, l) - at);
+        std::memcpy(&word, low + at, avail);
+        lowCode = (word >> (lowPos % 8)) & lowMask;
+        lowPos += static_cast<uint64_t>(l);
+      }
+      const int64_t x = static_cast<int64_t>(((pos - static_cast<uint64_t>(i)) << l) | lowCode);
+      if (x <= prev || x >= h.numel)
+        throw InvalidArgument(str("sparse codec: corrupt message, index ", x, " is outside [0, ", h.numel,
+                                  ") or not above the previous one (", prev, ")"));
+      idx[i++] = prev = x;
+    }
+  }
+  if (i != h.k)
+    throw InvalidArgument(str("sparse codec: corrupt message, ", i, " index marks for k = ", h.k));
+  std::memcpy(out.values.data_ptr<float>(), vals, 4 * static_cast<size_t>(h.k));
+  return out;
+}
 
 int64_t targetCount(const SparseOptions& opts, int64_t numel) {
   if (numel <= 0) return 0;
@@ -111,19 +183,56 @@ torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const
 }
 
 Message packSparse(SparseKind kind, int64_t numel, const torch::Tensor& indices, const torch::Tensor& values) {
-  int64_t k = indices.numel();
+  const int64_t k = indices.numel();
   CHORUS_CHECK(values.numel() == k, "indices and values differ in length: ", k, " vs ", values.numel());
-  Message msg(kSparseHeaderBytes + 8 * static_cast<size_t>(k), 0);
+  CHORUS_CHECK(numel >= 0 && numel <= std::numeric_limits<int32_t>::max(), "sparse message numel ", numel,
+               " does not fit the format");
+  Message msg(sparseMessageBytes(numel, k), 0);
+  const int l = lowBitsFor(numel, k);
   msg[0] = kSparseMagic;
   msg[1] = static_cast<uint8_t>(kind);
-  std::memcpy(msg.data() + 4, &numel, sizeof(int64_t));
-  std::memcpy(msg.data() + 12, &k, sizeof(int64_t));
+  msg[2] = static_cast<uint8_t>(l);
+  const auto n32 = static_cast<uint32_t>(numel), k32 = static_cast<uint32_t>(k);
+  std::memcpy(msg.data() + 4, &n32, 4);
+  std::memcpy(msg.data() + 8, &k32, 4);
   if (k == 0) return msg;
-  torch::Tensor idx32 = indices.to(torch::kInt).contiguous();
+  torch::Tensor idx64 = indices.to(torch::kLong).contiguous();
   torch::Tensor val32 = values.to(torch::kFloat).contiguous();
-  std::memcpy(msg.data() + kSparseHeaderBytes, idx32.data_ptr<int32_t>(), 4 * static_cast<size_t>(k));
-  std::memcpy(msg.data() + kSparseHeaderBytes + 4 * k, val32.data_ptr<float>(), 4 * static_cast<size_t>(k));
+  const int64_t* idx = idx64.data_ptr<int64_t>();
+  uint8_t* low = msg.data() + kSparseHeaderBytes;
+  uint8_t* high = low + lowBytes(k, l);
+  const uint64_t lowMask = (uint64_t{1} << l) - 1;
+  uint64_t lowPos = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const auto x = static_cast<uint64_t>(idx[i]);
+    CHORUS_CHECK(idx[i] >= 0 && idx[i] < numel && (i == 0 || idx[i] > idx[i - 1]),
+                 "sparse indices must be ascending, distinct and in [0, ", numel, "); entry ", i, " is ", idx[i]);
+    for (uint64_t b = x & lowMask; b != 0; b &= b - 1) {
+      const uint64_t bit = lowPos + static_cast<uint64_t>(std::countr_zero(b));
+      low[bit / 8] = static_cast<uint8_t>(low[bit / 8] | (1u << (bit % 8)));
+    }
+    lowPos += static_cast<uint64_t>(l);
+    const uint64_t pos = (x >> l) + static_cast<uint64_t>(i);
+    high[pos / 8] = static_cast<uint8_t>(high[pos / 8] | (1u << (pos % 8)));
+  }
+  std::memcpy(high + (highBits(numel, k, l) + 7) / 8, val32.data_ptr<float>(), 4 * static_cast<size_t>(k));
   return msg;
+}
+
+torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
+                              const std::function<torch::Tensor(const torch::Tensor&)>& pick) {
+  if (ends.empty()) return pick(magnitude);
+  if (ends.back() != magnitude.numel())
+    throw InvalidArgument(str("sparse codec: the segments end at ", ends.back(), ", not at the gradient's ",
+                              magnitude.numel(), " entries"));
+  std::vector<torch::Tensor> parts;
+  int64_t start = 0;
+  for (int64_t end : ends) {
+    if (end < start) throw InvalidArgument("sparse codec: segment ends must ascend");
+    if (end > start) parts.push_back(pick(magnitude.narrow(0, start, end - start)).add_(start));
+    start = end;
+  }
+  return parts.empty() ? emptyIndices() : torch::cat(parts);
 }
 
 Message SparseCodec::encode(const torch::Tensor& grad, CodecState& state) {
@@ -144,33 +253,29 @@ void SparseCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
                               h.numel, " entries (the message's numel); got ",
                               out.defined() ? out.toString() : std::string("an undefined tensor"),
                               " with ", out.defined() ? out.numel() : 0, " entries"));
+  SparsePairs p = unpackSparse(msg);
   float* dst = out.data_ptr<float>();
-  const uint8_t* idxBytes = msg.data() + kSparseHeaderBytes;
-  const uint8_t* valBytes = idxBytes + 4 * h.k;
-  for (int64_t i = 0; i < h.k; ++i) {
-    int32_t idx;
-    float val;
-    std::memcpy(&idx, idxBytes + 4 * i, sizeof idx);
-    std::memcpy(&val, valBytes + 4 * i, sizeof val);
-    if (idx < 0 || idx >= h.numel)
-      throw InvalidArgument(str("codec ", name(), ": corrupt message, index ", idx, " outside [0, ",
-                                h.numel, ")"));
-    dst[idx] += val;
-  }
+  const int64_t* idx = p.indices.data_ptr<int64_t>();
+  const float* val = p.values.data_ptr<float>();
+  for (int64_t i = 0; i < h.k; ++i) dst[idx[i]] += val[i];
 }
 
 int64_t SparseCodec::sparseCount(const Message& msg) const { return parseHeader(msg).k; }
 
 TopKCodec::TopKCodec(SparseOptions opts) : opts_(opts) {}
 
-torch::Tensor TopKCodec::select(const torch::Tensor& acc, CodecState&) {
-  return selectTopK(acc.abs(), targetCount(opts_, acc.numel()));
+torch::Tensor TopKCodec::select(const torch::Tensor& acc, CodecState& state) {
+  return selectLayerwise(acc.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](const torch::Tensor& m) { return selectTopK(m, targetCount(opts_, m.numel())); });
 }
 
 TopKSampledCodec::TopKSampledCodec(SparseOptions opts) : opts_(opts) {}
 
 torch::Tensor TopKSampledCodec::select(const torch::Tensor& acc, CodecState& state) {
-  return selectTopKSampled(acc.abs(), targetCount(opts_, acc.numel()), opts_, state);
+  return selectLayerwise(acc.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](const torch::Tensor& m) {
+                           return selectTopKSampled(m, targetCount(opts_, m.numel()), opts_, state);
+                         });
 }
 
 RandomKCodec::RandomKCodec(SparseOptions opts) : opts_(opts) {}
@@ -201,7 +306,7 @@ torch::Tensor ThresholdCodec::select(const torch::Tensor& acc, CodecState&) {
   return (acc.abs() >= tau_).nonzero().reshape({-1});
 }
 
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau) {
+std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise) {
   if (method == "threshold") {
     if (!(ratioOrTau >= 0) || !std::isfinite(ratioOrTau))
       throw ConfigError(str("compression: threshold tau must be finite and >= 0; got ", ratioOrTau));
@@ -215,6 +320,7 @@ std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau) 
                           "sent); got ", ratioOrTau));
   SparseOptions opts;
   opts.ratio = ratioOrTau;
+  opts.layerwise = layerwise;
   if (method == "topk") return std::make_unique<TopKCodec>(opts);
   if (method == "topk_sampled") return std::make_unique<TopKSampledCodec>(opts);
   return std::make_unique<RandomKCodec>(opts);

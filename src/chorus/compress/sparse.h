@@ -3,26 +3,32 @@
 //
 //   acc      = grad + residual              (computed in place in state.tensors["residual"])
 //   idx      = select(acc)                  (top-k, sampled top-k, random-k or threshold)
-//   message  = header | idx[k] (int32) | acc[idx][k] (float32)
+//   message  = header | indices (Elias-Fano) | acc[idx][k] (float32)
 //   residual = acc with acc[idx] set to 0   (so decoded(message) + residual == acc, bit for bit)
 //
-// Wire format (host byte order, little-endian on every platform we build for), 20 + 8k bytes:
+// Wire format (little-endian), sparseMessageBytes(n, k) bytes for k pairs out of n entries:
 //
 //   offset 0   uint8   kSparseMagic
 //          1   uint8   SparseKind of the sender (any sparse kind decodes the same way)
-//          2   uint16  0 (reserved)
-//          4   int64   numel of the dense gradient
-//         12   int64   k, the number of pairs
-//         20   int32   indices[k], ascending and distinct
-//     20 + 4k  float32 values[k]
+//          2   uint8   l, the low bits per index: floor(log2(n / k)) (0 when k == 0 or k >= n)
+//          3   uint8   0 (reserved)
+//          4   uint32  n, the numel of the dense gradient
+//          8   uint32  k, the number of pairs
+//         12   low part:  k codes of l bits (index & (2^l - 1)), LSB first, ceil(k l / 8) bytes
+//              high part: a bit array of k + ((n - 1) >> l) + 1 bits; index i (of the sorted
+//                         ones) sets bit (index_i >> l) + i, ceil(bits / 8) bytes
+//              float32 values[k], in index order
 //
-// Indices are int32, so a gradient may hold at most 2^31 - 1 entries; encode() throws
-// InvalidArgument beyond that. Codecs hold only their options (no per-tensor state), so one
-// codec object may encode many tensors, each with its own CodecState; encode() on different
-// states may run concurrently, decodeAdd() is const and thread-safe.
+// The indices are ascending and distinct, so the Elias-Fano code above stores them in at most
+// 2 + ceil(log2(n / k)) bits each instead of 32: about 12 bits at 99.9% sparsity, 9 at 99%.
+// A gradient may hold at most 2^31 - 1 entries; encode() throws InvalidArgument beyond that.
+// Codecs hold only their options (no per-tensor state), so one codec object may encode many
+// tensors, each with its own CodecState; encode() on different states may run concurrently,
+// decodeAdd() is const and thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,7 +37,7 @@
 namespace chorus::compress {
 
 inline constexpr uint8_t kSparseMagic = 0x5C;
-inline constexpr size_t kSparseHeaderBytes = 20;
+inline constexpr size_t kSparseHeaderBytes = 12;
 
 enum class SparseKind : uint8_t { kTopK = 1, kTopKSampled = 2, kRandomK = 3, kThreshold = 4, kDgc = 5 };
 
@@ -41,6 +47,10 @@ struct SparseOptions {
   int64_t k = 0;             // when > 0, send this many entries instead of ratio * numel
   double sampleRatio = 0.01;  // topk_sampled: fraction of the entries sampled for the threshold
   int64_t minSample = 256;    // topk_sampled: at least this many samples
+  // Pick each parameter tensor's share (ratio of its own entries, at least 1) within its range
+  // of CodecState::segments, rather than the top of the whole bucket, where the layers with
+  // the largest gradients would crowd out the others. No effect when segments is empty.
+  bool layerwise = true;
 };
 
 // The number of entries to send for a tensor of numel entries: round(ratio * numel) (or k),
@@ -62,8 +72,27 @@ torch::Tensor selectTopK(const torch::Tensor& magnitude, int64_t k);
 torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const SparseOptions& opts,
                                 CodecState& state);
 
+// Calls pick(slice) for each range of `ends` (see CodecState::segments) on flat `magnitude`,
+// and returns the picked indices shifted to the whole tensor, sorted. With `ends` empty, pick
+// sees the whole tensor. Throws InvalidArgument unless ends ascend to magnitude.numel().
+torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
+                              const std::function<torch::Tensor(const torch::Tensor&)>& pick);
+
+// The size of a sparse message with k pairs out of numel entries.
+size_t sparseMessageBytes(int64_t numel, int64_t k);
+
+// A sparse message decoded: indices (int64, ascending), values (float32), the dense numel.
+struct SparsePairs {
+  SparseKind kind{};
+  int64_t numel = 0;
+  torch::Tensor indices, values;
+};
+// Throws InvalidArgument on a malformed message (size, magic, kind, or indices that are out of
+// range or not ascending).
+SparsePairs unpackSparse(const Message& msg);
+
 // Packs a sparse message; `indices` (int64, distinct, in [0, numel)) and `values` (float32)
-// have the same length.
+// have the same length; indices ascending.
 Message packSparse(SparseKind kind, int64_t numel, const torch::Tensor& indices, const torch::Tensor& values);
 
 // What every sparse codec shares: the error-feedback step around select(), and decoding.
@@ -143,6 +172,7 @@ class ThresholdCodec : public SparseCodec {
 // The codec for a config's method name: "topk", "topk_sampled", "randomk" (ratioOrTau is the
 // fraction of entries to send, in (0, 1]) or "threshold" (ratioOrTau is tau >= 0). Throws
 // ConfigError for an unknown method or a value out of range.
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau);
+// `layerwise` sets SparseOptions::layerwise for top-k and sampled top-k.
+std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise = true);
 
 }  // namespace chorus::compress

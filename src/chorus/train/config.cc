@@ -216,6 +216,12 @@ const std::vector<Key>& schema() {
        .meaning = "dgc: momentum applied locally before compression"},
       {.name = "compression.clip_norm", .field = CHORUS_FIELD(compression.clipNorm), .range = atLeast(0),
        .meaning = "dgc: clip each worker's gradient to this L2 norm / sqrt(workers); 0: no clipping"},
+      {.name = "compression.layerwise", .field = CHORUS_FIELD(compression.layerwise),
+       .meaning = "topk, topk_sampled, dgc: each parameter tensor sends its share of its own entries, rather "
+                  "than the largest of the whole bucket"},
+      {.name = "compression.dense_steps", .field = CHORUS_FIELD(compression.denseSteps), .range = atLeast(0),
+       .meaning = "steps of plain float32 all-reduce before the codec starts (PyTorch's start_powerSGD_iter); "
+                  "not for dgc, whose warm-up is its sparsity schedule"},
       {.name = "compression.seed", .field = CHORUS_FIELD(compression.seed),
        .meaning = "seed of the codecs' randomness (randomk, qsgd, terngrad, sampled top-k)"},
 
@@ -829,6 +835,10 @@ class Builder {
       fail("compression.method", str(": DGC applies momentum itself before compressing (compression.momentum), so "
                                      "the optimizer must not add its own: set optim.momentum = 0",
                                      originNote("optim.momentum")));
+    if (c.denseSteps > 0 && (c.method == "dgc" || c.method == "none" || c.method == "fp16" || c.method == "bf16"))
+      fail("compression.dense_steps", str(": a dense warm-up applies to codecs and powersgd, not to compression.method = \"",
+                                          c.method, "\"", c.method == "dgc" ? " (DGC warms up by its sparsity schedule, "
+                                          "compression.warmup_epochs)" : "", "; set it to 0"));
     if (c.method != "none" && config_.ddp.commDtype != "fp32")
       fail("ddp.comm_dtype", str(": compression.method = \"", c.method, "\" already decides what goes on the wire; "
                                  "leave ddp.comm_dtype = \"fp32\" (use compression.method = \"fp16\" or \"bf16\" "

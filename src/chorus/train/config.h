@@ -98,6 +98,8 @@ struct CompressionConfig {
   int64_t warmupEpochs = 4;     // dgc: epochs of warm-up, sparsity 1 - 0.25^(epoch+1) until final
   double momentum = 0.9;        // dgc: momentum applied before compression (optim.momentum must be 0)
   double clipNorm = 0.0;        // dgc: local gradient clipping to this L2 norm / sqrt(workers); 0: off
+  bool layerwise = true;        // topk, topk_sampled, dgc: k per parameter tensor, not per bucket
+  int64_t denseSteps = 0;       // steps of plain all-reduce before the codec starts (not dgc)
   uint64_t seed = 0;            // randomness of randomk, qsgd, terngrad, sampled top-k
   bool operator==(const CompressionConfig&) const = default;
 };

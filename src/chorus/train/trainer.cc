@@ -67,9 +67,9 @@ struct CompressionSetup {
 CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   CompressionSetup s;
   const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
-  if (c.method == "none") return s;
+  if (c.method == "none" || c.method == "fp16" || c.method == "bf16") return s;  // 16-bit: castHook, below
   if (c.method == "powersgd") {
-    s.hook = parallel::powerSgdHook(c.rank, seed);
+    s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps);
     return s;
   }
   std::shared_ptr<compress::Codec> codec;
@@ -78,20 +78,28 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
     o.momentum = c.momentum;
     o.maxNorm = c.clipNorm;
     o.worldSize = world;
+    o.layerwise = c.layerwise;
     o.sparsitySchedule.clear();
     for (int64_t e = 0; e < c.warmupEpochs; ++e) o.sparsitySchedule.push_back(std::min(c.sparsity, 1 - std::pow(0.25, e + 1)));
     o.sparsitySchedule.push_back(c.sparsity);
     s.dgc = std::make_shared<compress::DgcCodec>(o);
     codec = s.dgc;
   } else if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
-    codec = compress::makeSparse(c.method, c.ratio);
+    codec = compress::makeSparse(c.method, c.ratio, c.layerwise);
   } else if (c.method == "threshold") {
     codec = compress::makeSparse(c.method, c.threshold);
   } else {
     codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
   }
-  s.hook = parallel::codecHook(codec, seed);
+  s.hook = parallel::codecHook(codec, seed, c.denseSteps);
   return s;
+}
+
+// The dtype of dense gradients on the wire: compression.method fp16/bf16 (a 16-bit all-reduce)
+// or ddp.comm_dtype (validation allows only one of them to differ from the default).
+std::string wireDtype(const Config& cfg) {
+  const std::string& m = cfg.compression.method;
+  return m == "fp16" || m == "bf16" ? m : cfg.ddp.commDtype;
 }
 
 // Every rank's bytes, in rank order, on every rank (allgather of sizes, then allgatherv).
@@ -246,9 +254,9 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   if (compression.hook) {
     dopts.hook = compression.hook;
     dopts.rebuildBuckets = false;  // codec state is kept per bucket: keep the layout fixed
-  } else if (cfg.ddp.commDtype == "fp16") {
+  } else if (const std::string wire = wireDtype(cfg); wire == "fp16") {
     dopts.hook = parallel::castHook(at::kHalf, algo);
-  } else if (cfg.ddp.commDtype == "bf16") {
+  } else if (wire == "bf16") {
     dopts.hook = parallel::castHook(at::kBFloat16, algo);
   } else {
     dopts.hook = parallel::allreduceHook(algo);
@@ -319,7 +327,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                       .add("model", cfg.model.name)
                       .add("params", parameterCount(*model))
                       .add("precision", cfg.precision)
-                      .add("comm_dtype", cfg.ddp.commDtype)
+                      .add("comm_dtype", wireDtype(cfg))
                       .add("transport", std::string(g.transportName()))
                       .add("steps_per_epoch", stepsPerEpoch)
                       .add("total_steps", totalSteps)
@@ -358,6 +366,9 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   // What a dense ring all-reduce of the same buckets would send: 2 (W-1)/W of their bytes.
   const double denseShare = world > 1 ? 2.0 * (world - 1) / world : 0.0;
   double windowDense = 0, totalDense = 0;
+  // Gradient traffic alone: what rank 0 sends during backward (the buckets' reductions), not
+  // the buffer broadcast of forward or the evaluation.
+  uint64_t windowGrad = 0, totalGrad = 0;
   double windowComm = 0, windowCompute = 0, windowTrain = 0;
   double recentRate = 0;
   EvalResult lastEval{-1, -1};
@@ -389,7 +400,9 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
         loss = torch::nn::functional::cross_entropy(logits.to(torch::kFloat), y);
       }
       const Clock::time_point t1 = Clock::now();
+      const uint64_t sentBeforeBackward = g.bytesSent();
       scaler.scale(loss).backward();
+      const uint64_t gradBytes = g.bytesSent() - sentBeforeBackward;
       const Clock::time_point t2 = Clock::now();
       if (!scaler.step(*optimizer)) ++result.skippedSteps;
       scaler.update();
@@ -408,6 +421,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       windowComm += st.commSeconds;
       windowDense += denseShare * static_cast<double>(st.bytesReduced);
       totalDense += denseShare * static_cast<double>(st.bytesReduced);
+      windowGrad += gradBytes;
+      totalGrad += gradBytes;
       windowCompute += compute;
       windowTrain += stepSeconds;
       const double lossValue = loss.item<double>();
@@ -434,13 +449,15 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                             .add("lr", schedule.at(globalStep - 1))
                             .add("samples_per_s", recentRate)
                             .add("bytes_sent", bytes - bytesAtWindow)
-                            .add("compression_ratio", bytes > bytesAtWindow ? windowDense / static_cast<double>(bytes - bytesAtWindow) : 0.0)
+                            .add("grad_bytes", windowGrad)
+                            .add("compression_ratio", windowGrad > 0 ? windowDense / static_cast<double>(windowGrad) : 0.0)
                             .add("comm_s", windowComm)
                             .add("compute_s", windowCompute)
                             .add("loss_scale", scaler.scaleValue()));
           bytesAtWindow = bytes;
         }
         windowLoss = windowComm = windowCompute = windowTrain = windowDense = 0;
+        windowGrad = 0;
         windowSteps = 0;
       }
       if (lead) {
@@ -514,7 +531,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                       .add("bytes_sent", g.bytesSent())
                       .add("bytes_per_step", stepsThisRun > 0 ? static_cast<double>(g.bytesSent() - bytesAtStart) / stepsThisRun : 0.0)
                       .add("compression", cfg.compression.method)
-                      .add("compression_ratio", g.bytesSent() > bytesAtStart ? totalDense / static_cast<double>(g.bytesSent() - bytesAtStart) : 0.0)
+                      .add("grad_bytes_per_step", stepsThisRun > 0 ? static_cast<double>(totalGrad) / stepsThisRun : 0.0)
+                      .add("compression_ratio", totalGrad > 0 ? totalDense / static_cast<double>(totalGrad) : 0.0)
                       .add("skipped_steps", result.skippedSteps)
                       .add("peak_rss_mb_max", agg[0])
                       .add("peak_rss_mb_mean", agg[1] / world)

@@ -127,9 +127,17 @@ void allreduceAvg(comm::ProcessGroup& g, torch::Tensor& t) {
   g.allreduce(o);
 }
 
+// True while the bucket is in its dense warm-up; counts the call.
+bool denseWarmup(compress::CodecState& st, int64_t denseSteps) {
+  double& calls = st.scalars["calls"];
+  calls += 1;
+  return calls <= static_cast<double>(denseSteps);
+}
+
 class CodecHook : public StatefulHook {
  public:
-  CodecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed) : codec_(std::move(codec)), seed_(seed) {
+  CodecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps)
+      : codec_(std::move(codec)), seed_(seed), denseSteps_(denseSteps) {
     if (!codec_) throw InvalidArgument("codecHook: codec is nullptr");
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
@@ -139,11 +147,25 @@ class CodecHook : public StatefulHook {
       auto [it, fresh] = states_.try_emplace(bucket.index);
       if (fresh) it->second.rngState = mix(mix(seed_, bucket.index), static_cast<uint64_t>(group.rank()));
       st = &it->second;
+      // Where each parameter ends in the bucket, for the layer-wise codecs.
+      st->segments.clear();
+      for (size_t i = 0; i < bucket.offsets.size(); ++i) {
+        int64_t numel = 1;
+        for (int64_t d : bucket.shapes[i]) numel *= d;
+        st->segments.push_back(bucket.offsets[i] + numel);
+      }
+      if (!st->segments.empty() && st->segments.back() != bucket.buffer.numel()) st->segments.clear();
     }
     torch::Tensor buffer = bucket.buffer;
     comm::ProcessGroup* g = &group;
     return std::make_unique<JobWork>(runner_.submit([this, g, buffer, st]() mutable {
-      auto r = compress::compressedAllreduce(*g, *codec_, buffer, *st);
+      compress::CompressedResult r;
+      if (denseWarmup(*st, denseSteps_)) {
+        allreduceAvg(*g, buffer);
+        r.messageBytes = r.denseBytes = static_cast<uint64_t>(buffer.numel()) * 4;
+      } else {
+        r = compress::compressedAllreduce(*g, *codec_, buffer, *st);
+      }
       std::lock_guard<std::mutex> l(mu_);
       messageBytes_ = r.messageBytes;
       denseBytes_ = r.denseBytes;
@@ -163,6 +185,7 @@ class CodecHook : public StatefulHook {
  private:
   std::shared_ptr<compress::Codec> codec_;
   uint64_t seed_;
+  int64_t denseSteps_;
   mutable std::mutex mu_;
   std::map<size_t, compress::CodecState> states_;
   uint64_t messageBytes_ = 0, denseBytes_ = 0;
@@ -171,7 +194,7 @@ class CodecHook : public StatefulHook {
 
 class PowerSgdHook : public StatefulHook {
  public:
-  PowerSgdHook(int64_t rank, uint64_t seed) : rank_(rank), seed_(seed) {
+  PowerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps) : rank_(rank), seed_(seed), denseSteps_(denseSteps) {
     if (rank < 1) throw InvalidArgument(str("powerSgdHook: rank must be >= 1, not ", rank));
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
@@ -199,6 +222,13 @@ class PowerSgdHook : public StatefulHook {
   void reduce(comm::ProcessGroup& g, const GradBucket& b, compress::CodecState& st) {
     torch::NoGradGuard noGrad;
     const torch::Tensor& buf = b.buffer;
+    if (denseWarmup(st, denseSteps_)) {
+      torch::Tensor all = buf;
+      allreduceAvg(g, all);
+      std::lock_guard<std::mutex> l(mu_);
+      messageBytes_ = denseBytes_ = static_cast<uint64_t>(buf.numel()) * 4;
+      return;
+    }
     struct Mat {
       torch::Tensor view, res, m, p, q;  // view: the gradient as n x m inside the buffer
     };
@@ -278,6 +308,7 @@ class PowerSgdHook : public StatefulHook {
 
   int64_t rank_;
   uint64_t seed_;
+  int64_t denseSteps_;
   mutable std::mutex mu_;
   std::map<size_t, compress::CodecState> states_;
   uint64_t messageBytes_ = 0, denseBytes_ = 0;
@@ -286,12 +317,12 @@ class PowerSgdHook : public StatefulHook {
 
 }  // namespace
 
-std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed) {
-  return std::make_shared<CodecHook>(std::move(codec), seed);
+std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps) {
+  return std::make_shared<CodecHook>(std::move(codec), seed, denseSteps);
 }
 
-std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed) {
-  return std::make_shared<PowerSgdHook>(rank, seed);
+std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps) {
+  return std::make_shared<PowerSgdHook>(rank, seed, denseSteps);
 }
 
 }  // namespace chorus::parallel

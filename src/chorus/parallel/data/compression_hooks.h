@@ -27,14 +27,18 @@ class StatefulHook : public CommHook {
 };
 
 // Any codec. `seed` seeds each bucket's RNG (mixed with the bucket index and this rank).
-std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed = 0);
+// The first `denseSteps` calls per bucket run a plain float32 all-reduce instead (a warm-up,
+// like the start_powerSGD_iter of PyTorch's hook); the count is in each state's
+// scalars["calls"], so it survives a checkpoint.
+std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed = 0,
+                                        int64_t denseSteps = 0);
 
 // PowerSGD (Vogels et al., 2019): each matrix-shaped gradient M (n x m, from its first
 // dimension and the rest) plus its residual is approximated by P Q^T of rank `rank`:
 // P = M Q, all-reduce P, orthonormalize P, Q = M^T P, all-reduce Q. The residual keeps
 // M - P Q^T (error feedback); Q is kept for the next step (warm start) and starts from the
 // same seeded random values on every rank. Vectors and matrices too small to gain are
-// all-reduced densely, in one message per bucket.
-std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed = 0);
+// all-reduced densely, in one message per bucket. `denseSteps` as for codecHook.
+std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed = 0, int64_t denseSteps = 0);
 
 }  // namespace chorus::parallel
