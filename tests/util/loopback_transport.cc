@@ -191,27 +191,15 @@ class LoopbackTransport : public comm::Transport {
   }
 
   void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override {
-    std::unique_lock<std::mutex> lock(fabric_->mu);
-    for (;;) {
-      bool all = true;
-      for (const auto& r : reqs) {
-        if (r->error) std::rethrow_exception(r->error);
-        all = all && r->done;
-      }
-      if (all) return;
-      if (deadline.expired()) {
-        std::string pending;
-        for (const auto& r : reqs) {
-          if (r->done) continue;
-          pending += str(pending.empty() ? "" : ", ", r->kind == Request::Kind::kSend ? "send to " : "recv from ",
-                         "rank ", r->peer, " tag 0x", std::hex, r->tag, std::dec, " (", r->bytes, " bytes)");
-        }
-        throw TimeoutError(str("loopback rank ", rank_, ": timed out waiting for ", pending,
-                               "; the peer may be slow, stuck or in a different call"));
-      }
-      const auto slice = std::min<int64_t>(deadline.remainingNs(), 100'000'000);
-      fabric_->cv[static_cast<size_t>(rank_)]->wait_for(lock, std::chrono::nanoseconds(slice));
+    waitFor(reqs, deadline, /*any=*/false);
+  }
+
+  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override {
+    if (reqs.empty()) throw InvalidArgument(str("loopback rank ", rank_, ": waitAny on an empty list of requests"));
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      if (!reqs[i]) throw InvalidArgument(str("loopback rank ", rank_, ": waitAny: request ", i, " is null"));
     }
+    return waitFor(reqs, deadline, /*any=*/true);
   }
 
   bool test(const RequestPtr& req) override {
@@ -226,6 +214,41 @@ class LoopbackTransport : public comm::Transport {
   }
 
  private:
+  // waitAll (any = false: returns reqs.size() once all are done, rethrowing a failure) and
+  // waitAny (the first request done or failed; Error once this rank has closed).
+  size_t waitFor(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any) {
+    std::unique_lock<std::mutex> lock(fabric_->mu);
+    for (;;) {
+      if (any) {
+        if (fabric_->closed[static_cast<size_t>(rank_)]) {
+          throw Error(str("loopback rank ", rank_, ": waitAny after close()"));
+        }
+        for (size_t i = 0; i < reqs.size(); ++i) {
+          if (reqs[i]->done || reqs[i]->error) return i;
+        }
+      } else {
+        bool all = true;
+        for (const auto& r : reqs) {
+          if (r->error) std::rethrow_exception(r->error);
+          all = all && r->done;
+        }
+        if (all) return reqs.size();
+      }
+      if (deadline.expired()) {
+        std::string pending;
+        for (const auto& r : reqs) {
+          if (r->done) continue;
+          pending += str(pending.empty() ? "" : ", ", r->kind == Request::Kind::kSend ? "send to " : "recv from ",
+                         "rank ", r->peer, " tag 0x", std::hex, r->tag, std::dec, " (", r->bytes, " bytes)");
+        }
+        throw TimeoutError(str("loopback rank ", rank_, ": timed out waiting for ", any ? "any of " : "", pending,
+                               "; the peer may be slow, stuck or in a different call"));
+      }
+      const auto slice = std::min<int64_t>(deadline.remainingNs(), 100'000'000);
+      fabric_->cv[static_cast<size_t>(rank_)]->wait_for(lock, std::chrono::nanoseconds(slice));
+    }
+  }
+
   // Under mu.
   void checkUsable(int peer, const char* op) const {
     if (fabric_->closed[static_cast<size_t>(rank_)]) {

@@ -392,7 +392,12 @@ class LocalJob {
       message(line);
       return exitCodeOf(failedStatus_);
     }
-    return interruptSignal_ != 0 ? 128 + interruptSignal_ : 0;
+    if (interruptSignal_ != 0) return 128 + interruptSignal_;
+    if (toleratedRank_) {
+      message(str("the job ended; rank ", *toleratedRank_, " had ", describeStatus(toleratedStatus_)));
+      return exitCodeOf(toleratedStatus_);
+    }
+    return 0;
   }
 
  private:
@@ -491,7 +496,13 @@ class LocalJob {
       r.status = st;
       --running_;
       bool failed = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-      if (failed && !failedRank_ && interruptSignal_ == 0) {
+      if (failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0) {
+        message(str("rank ", r.rank, " ", describeStatus(st), "; the job goes on without it"));
+        if (!toleratedRank_) {
+          toleratedRank_ = r.rank;
+          toleratedStatus_ = st;
+        }
+      } else if (failed && !failedRank_ && interruptSignal_ == 0) {
         failedRank_ = r.rank;
         failedStatus_ = st;
         signalGroup(r, SIGTERM);  // whatever the rank left behind in its group
@@ -563,6 +574,8 @@ class LocalJob {
 
   std::optional<int> failedRank_;
   int failedStatus_ = 0;
+  std::optional<int> toleratedRank_;  // the first failure among opts_.tolerateBelow ranks
+  int toleratedStatus_ = 0;
   size_t stoppedOthers_ = 0;
   int interruptSignal_ = 0;
   sig_atomic_t interruptsSeen_ = 0;
@@ -627,6 +640,8 @@ ArgParser makeLaunchParser() {
   p.addValue("--transport", "NAME", "transport the ranks use: auto, shm or tcp (sets CHORUS_TRANSPORT)");
   p.addValue("--timeout-ms", "MS", "timeout of every blocking call in the ranks (sets CHORUS_TIMEOUT_MS)");
   p.addValue("--store-addr", "ADDR", "address the rendezvous store binds; 0.0.0.0 for every interface", "127.0.0.1");
+  p.addValue("--servers", "S", "also start S parameter servers: ranks N..N+S-1 (sets CHORUS_PS_SERVERS)");
+  p.addSwitch("--keep-going", "with --servers: a worker that fails does not stop the others (asp, ssp)");
   p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
              "3000");
   p.addSwitch("-h,--help", "show this help");
@@ -646,6 +661,8 @@ std::string launchHelp() {
       "prints is tagged \"[rank K] \". If a rank fails, the others are stopped (SIGTERM, then\n"
       "SIGKILL after the grace period) and the launcher exits with that rank's status.\n"
       "SIGINT and SIGTERM are forwarded to every rank. Ranks read stdin from /dev/null.\n"
+      "With --servers S, ranks N..N+S-1 are parameter servers and the N workers come first\n"
+      "(chorus train reads CHORUS_PS_SERVERS); --keep-going lets workers fail alone.\n"
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),
@@ -669,6 +686,14 @@ int launchCommand(const std::vector<std::string>& args) {
   }
   LaunchOptions opts;
   opts.nproc = static_cast<int>(p.getInt("--nproc", 1, 4096));
+  if (p.has("--servers")) {
+    const int servers = static_cast<int>(p.getInt("--servers", 0, 4096));
+    if (p.has("--keep-going")) opts.tolerateBelow = opts.nproc;
+    opts.nproc += servers;
+    opts.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(servers)});
+  } else if (p.has("--keep-going")) {
+    throw UsageError("chorus launch: --keep-going applies to parameter-server workers; give --servers S too");
+  }
   if (p.has("--transport")) {
     std::string t = p.get("--transport");
     if (t == "mpi") {

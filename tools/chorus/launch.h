@@ -38,6 +38,10 @@ struct LaunchOptions {
   bool tagStderr = true;
   // Extra variables for every rank, set after (and so overriding) the launcher's own.
   std::vector<std::pair<std::string, std::string>> extraEnv;
+  // Ranks [0, tolerateBelow) may fail without the others being stopped (parameter-server
+  // workers in asp/ssp, whose servers carry on without them); each such failure is reported,
+  // and the launcher still exits with the first one's status once the job has ended.
+  int tolerateBelow = 0;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
 };

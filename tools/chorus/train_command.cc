@@ -25,8 +25,9 @@ const char* kTrainHelp =
     "\n"
     "flags:\n"
     "  --set KEY=VALUE     override a config key, e.g. --set optim.lr=0.1 (repeatable)\n"
-    "  -n, --nproc N       launch N local workers (otherwise join the job chorus launch,\n"
-    "                      torchrun variables, mpirun or srun describe; alone: 1 worker)\n"
+    "  -n, --nproc N       launch N local workers, plus ps.servers parameter servers when\n"
+    "                      set (otherwise join the job chorus launch, torchrun variables,\n"
+    "                      mpirun or srun describe; alone: 1 worker)\n"
     "  --resume            continue from the newest checkpoint in <output.dir>/checkpoints\n"
     "  --resume-from FILE  continue from this checkpoint\n"
     "  --trace FILE        write a Chrome trace (Perfetto, chrome://tracing) of every rank\n"
@@ -93,6 +94,34 @@ train::Config load(const TrainArgs& t, int world) {
   return t.config.empty() ? train::defaultConfig(t.sets, world) : train::loadConfig(t.config, t.sets, world);
 }
 
+// The parameter servers of a job of `processes` ranks: CHORUS_PS_SERVERS (set by `chorus
+// launch --servers S` and by `chorus train --nproc`) or else the config's ps.servers; the two
+// must agree when both are set. Returns the config, validated for the worker count.
+train::Config loadInJob(const TrainArgs& t, int processes) {
+  train::Config first = load(t, 0);
+  int64_t servers = first.ps.servers;
+  if (const char* env = getenv("CHORUS_PS_SERVERS"); env != nullptr && *env != '\0') {
+    int64_t s = -1;
+    try {
+      s = parseInt(env);
+    } catch (const InvalidArgument&) {
+    }
+    if (s < 0) throw ConfigError(str("CHORUS_PS_SERVERS = '", env, "' is not a whole number >= 0"));
+    if (servers > 0 && s != servers)
+      throw ConfigError(str("the job was launched with ", s, " parameter server(s) (CHORUS_PS_SERVERS) but the config "
+                            "says ps.servers = ", servers, "; make them agree"));
+    servers = s;
+  }
+  if (processes - servers < 1)
+    throw ConfigError(str("ps.servers = ", servers, " leaves no worker in a job of ", processes,
+                          " process(es); launch more processes"));
+  std::vector<std::string> sets = t.sets;
+  if (servers != first.ps.servers) sets.push_back(str("ps.servers=", servers));
+  TrainArgs with = t;
+  with.sets = sets;
+  return load(with, static_cast<int>(processes - servers));
+}
+
 bool insideJob() {
   for (const char* v : {"CHORUS_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"}) {
     if (getenv(v) != nullptr) return true;
@@ -124,7 +153,15 @@ int trainCommand(const std::vector<std::string>& args) {
                 << " worker(s)\n";
       return 0;
     }
-    if (t.resume || !t.resumeFrom.empty()) {
+    if (cfg.ps.servers > 0 && t.resume) {
+      // The servers hold the model: each reloads its own shard.
+      const std::string shard = cfg.output.dir + "/ps/server0.ckpt";
+      if (!std::filesystem::exists(shard)) {
+        throw InvalidArgument(str("chorus train --resume: no server checkpoint ", shard,
+                                  "; run without --resume to start fresh (set ps.checkpoint_every to checkpoint "
+                                  "within a run)"));
+      }
+    } else if (t.resume || !t.resumeFrom.empty()) {
       std::string from = t.resumeFrom.empty() ? train::latestCheckpoint(cfg.output.dir + "/checkpoints") : t.resumeFrom;
       if (from.empty()) {
         throw InvalidArgument(str("chorus train --resume: no checkpoint in ", cfg.output.dir,
@@ -132,7 +169,11 @@ int trainCommand(const std::vector<std::string>& args) {
       }
     }
     LaunchOptions lo;
-    lo.nproc = t.nproc;
+    lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
+    if (cfg.ps.servers > 0) {
+      lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
+      if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;  // asp and ssp go on without a failed worker
+    }
     lo.transport = cfg.ddp.transport;
     lo.tagStdout = false;  // only rank 0 writes to stdout: its progress bar must reach the terminal as is
     lo.messagePrefix = "chorus train";
@@ -146,9 +187,10 @@ int trainCommand(const std::vector<std::string>& args) {
   }
 
   comm::BootstrapInfo info = comm::detectBootstrap();
-  train::Config cfg = load(t, info.worldSize);
+  train::Config cfg = loadInJob(t, info.worldSize);
+  const int workers = info.worldSize - static_cast<int>(cfg.ps.servers);
   if (t.check) {
-    if (info.rank == 0) std::cout << "chorus train: the config is valid for " << info.worldSize << " worker(s)\n";
+    if (info.rank == 0) std::cout << "chorus train: the config is valid for " << workers << " worker(s)\n";
     return 0;
   }
   comm::InitOptions io;
@@ -163,9 +205,15 @@ int trainCommand(const std::vector<std::string>& args) {
   if (group->rank() == 0) {
     std::cout << std::fixed << std::setprecision(4);
     if (r.testAccuracy >= 0) std::cout << "final test accuracy: " << r.testAccuracy << " (loss " << r.testLoss << ")\n";
-    std::cout << std::setprecision(0) << "trained " << r.steps << " steps on " << group->size() << " worker(s) at "
-              << r.samplesPerSec << " samples/s; " << std::setprecision(0) << 100 * r.overlapFraction
-              << "% of all-reduce time overlapped the backward pass\n";
+    if (cfg.ps.servers > 0) {
+      std::cout << std::setprecision(0) << "worker 0 trained " << r.steps << " steps at " << r.samplesPerSec
+                << " samples/s with " << cfg.ps.servers << " parameter server(s) (" << cfg.ps.mode << "); "
+                << "per-worker metrics and server reports: " << cfg.output.dir << "/ps/\n";
+    } else {
+      std::cout << std::setprecision(0) << "trained " << r.steps << " steps on " << group->size() << " worker(s) at "
+                << r.samplesPerSec << " samples/s; " << std::setprecision(0) << 100 * r.overlapFraction
+                << "% of all-reduce time overlapped the backward pass\n";
+    }
     std::cout << "metrics: " << r.metricsPath << "\n";
     if (!r.lastCheckpoint.empty()) std::cout << "checkpoint: " << r.lastCheckpoint << "\n";
     if (!t.trace.empty()) std::cout << "trace: " << t.trace << " (open in https://ui.perfetto.dev or chrome://tracing)\n";

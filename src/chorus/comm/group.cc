@@ -13,7 +13,10 @@
 // counter would drift); their tag lives in a half of the sequence space that collectives
 // never use. An async send/recv is posted in issue order and then left in flight, so
 // sendAsync + recv on both sides of an exchange cannot deadlock; the executor checks it
-// between calls, and wait() queues a wait for it, in order.
+// between calls, and wait() queues a wait for it, in order; waitAny() queues one wait for
+// the first of several (Transport::waitAny). A send/recv whose own request fails (a dead
+// peer, a mismatch) is over and left nothing posted, so unlike a failed collective it does
+// not close the transport: a server goes on with its other peers.
 //
 // Sub-groups. split() all-gathers (color, key, highest group id in use on the rank) over the
 // parent; every member then computes the same id for its new group: one more than the
@@ -187,6 +190,15 @@ struct PointToPoint {
     done = true;
     error = std::move(e);
   }
+  // Call inside a catch block: ends this call with the exception being handled, its message
+  // prefixed with the call's context.
+  void finishWithCurrentError() {
+    try {
+      rethrowWithContext(context);
+    } catch (...) {
+      finish(std::current_exception());
+    }
+  }
   bool result() {
     std::lock_guard<std::mutex> lock(mu);
     if (error) std::rethrow_exception(error);
@@ -212,6 +224,14 @@ struct PointToPoint {
         throw TimeoutError("it did not complete before its deadline; the peer never posted the matching call");
       }
     } catch (...) {
+      // The request failed on its own (a dead peer, a mismatch): it is over, and nothing else
+      // of this call is posted, so the transport stays open for the other sends, receives and
+      // calls (a parameter server goes on serving the workers that are alive). Otherwise (the
+      // deadline, a transport error) the request may still be posted: failCall closes.
+      if (failedOnItsOwn(transport, r)) {
+        finishWithCurrentError();
+        return;
+      }
       try {
         failCall(transport, context);
       } catch (...) {
@@ -219,7 +239,55 @@ struct PointToPoint {
       }
     }
   }
+
+ private:
+  // Whether `r` has failed, asked through the transport so that the read is ordered with the
+  // backend's writes (the loopback transport completes requests from other threads).
+  static bool failedOnItsOwn(Transport& transport, const RequestPtr& r) {
+    try {
+      transport.test(r);
+      return false;
+    } catch (...) {
+      return true;
+    }
+  }
 };
+
+// ProcessGroup::waitAny's task, on the executor: waits until one of `ps` (all posted by now,
+// as they were issued before it) has ended, records how, and returns its index.
+size_t waitAnyPointToPoint(Transport& transport, const std::vector<std::shared_ptr<PointToPoint>>& ps,
+                           const Deadline& deadline, const std::string& context) {
+  std::vector<RequestPtr> reqs;
+  std::vector<size_t> index;  // reqs[k] is the request of ps[index[k]]
+  for (size_t i = 0; i < ps.size(); ++i) {
+    std::lock_guard<std::mutex> lock(ps[i]->mu);
+    if (ps[i]->done) return i;
+    CHORUS_CHECK(ps[i]->req != nullptr, "a send/recv issued before waitAny was not posted when waitAny ran");
+    reqs.push_back(ps[i]->req);
+    index.push_back(i);
+  }
+  size_t k = 0;
+  try {
+    k = transport.waitAny(reqs, deadline);
+  } catch (const TimeoutError&) {
+    // No request failed: they stay posted, owned by their works, which can still be waited on.
+    rethrowWithContext(context);
+  } catch (...) {
+    failCall(transport, context);
+  }
+  PointToPoint& p = *ps[index[k]];
+  if (reqs[k]->error) {
+    // As in PointToPoint::progress: the request's own failure leaves the transport open.
+    try {
+      std::rethrow_exception(reqs[k]->error);
+    } catch (...) {
+      p.finishWithCurrentError();
+    }
+  } else {
+    p.finish(nullptr);
+  }
+  return index[k];
+}
 
 }  // namespace
 
@@ -384,6 +452,9 @@ struct ProcessGroup::Shared {
       p_->result();
     }
     Timing timing() const override { return {}; }  // not tracked for send/recv
+
+    const Shared* shared() const { return shared_.get(); }
+    const std::shared_ptr<PointToPoint>& pointToPoint() const { return p_; }
 
    private:
     std::shared_ptr<Shared> shared_;
@@ -733,6 +804,40 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
     };
   });
   return std::make_shared<PointToPointWork>(g.shared_, p);
+}
+
+size_t ProcessGroup::waitAny(const std::vector<WorkPtr>& works, Millis timeout) {
+  std::string context = str("waitAny over ", works.size(), " send/recv(s) on rank ", rank_, " of ", size());
+  if (groupId_ != 0) context += str(" (global rank ", ranks_[static_cast<size_t>(rank_)], ", group ", groupId_, ")");
+  context += ": ";
+  if (works.empty()) throw InvalidArgument(str(context, "the list of works is empty; pass at least one"));
+  // Shared with the task, which could outlive this call if the transport ignored the deadline.
+  struct State {
+    std::vector<std::shared_ptr<PointToPoint>> ps;
+    size_t found = 0;
+  };
+  auto state = std::make_shared<State>();
+  for (size_t i = 0; i < works.size(); ++i) {
+    const auto* w = dynamic_cast<const Shared::PointToPointWork*>(works[i].get());
+    if (w == nullptr || w->shared() != shared_.get()) {
+      throw InvalidArgument(str(context, "work ", i, works[i] ? " is not a send/recv of this group" : " is null",
+                                "; pass only what sendAsync/recvAsync of this group returned"));
+    }
+    state->ps.push_back(w->pointToPoint());
+  }
+  for (size_t i = 0; i < state->ps.size(); ++i) {
+    if (state->ps[i]->isDone()) return i;
+  }
+  const Deadline deadline(orDefault(timeout, timeout_));
+  auto task = std::make_shared<Task>(deadline);
+  task->context = context;
+  Shared* shared = shared_.get();
+  shared->executor->submit(task, /*async=*/false, [&] {
+    task->run = [state, shared, deadline, context] {
+      state->found = waitAnyPointToPoint(*shared->transport, state->ps, deadline, context);
+    };
+  });
+  return state->found;
 }
 
 void ProcessGroup::send(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout) {

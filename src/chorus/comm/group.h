@@ -110,6 +110,12 @@ class ProcessGroup {
   void recv(int peer, uint32_t tag, void* data, size_t bytes, Millis timeout = Millis(0));
   WorkPtr sendAsync(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout = Millis(0));
   WorkPtr recvAsync(int peer, uint32_t tag, void* data, size_t bytes, Millis timeout = Millis(0));
+  // Blocks until one of `works` (each from sendAsync/recvAsync of this group) has finished or
+  // failed, and returns its index; a failed one's error is rethrown by its own test()/wait(),
+  // not here. Runs in issue order like wait(), so the sends and receives are posted by then.
+  // Throws InvalidArgument for an empty list or a Work that is not a send/recv of this group,
+  // TimeoutError after `timeout` (0: the group's), Error if the transport closed.
+  size_t waitAny(const std::vector<WorkPtr>& works, Millis timeout = Millis(0));
 
  private:
   struct Shared;

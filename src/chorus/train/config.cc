@@ -101,6 +101,7 @@ const std::vector<Section>& sections() {
       {"train", "the training loop"},
       {"ddp", "data-parallel gradient synchronization"},
       {"compression", "gradient compression on the wire (docs/compression.md)"},
+      {"ps", "the parameter server instead of all-reduce (docs/parameter-server.md)"},
       {"amp", "fp16 loss scaling (used when precision = \"fp16\")"},
       {"output", "where results go, checkpoints, progress display"},
   };
@@ -180,6 +181,12 @@ const std::vector<Key>& schema() {
        .meaning = "steps between metrics lines (and plain progress lines)"},
       {.name = "train.threads", .field = CHORUS_FIELD(train.threads), .range = atLeast(0),
        .meaning = "torch intra-op threads per worker; 0: cores / local workers"},
+      {.name = "train.straggler_workers", .field = CHORUS_FIELD(train.stragglerWorkers), .range = atLeast(0),
+       .meaning = "workers (indices) slowed down for experiments"},
+      {.name = "train.straggler_delay_ms", .field = CHORUS_FIELD(train.stragglerDelayMs), .range = atLeast(0),
+       .meaning = "stragglers sleep this long after each step's compute"},
+      {.name = "train.straggler_factor", .field = CHORUS_FIELD(train.stragglerFactor), .range = atLeast(1),
+       .meaning = "stragglers also sleep (factor - 1) x their compute time: 3 makes a step 3x slower"},
 
       {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = above(0),
        .meaning = "gradient bucket cap in MiB"},
@@ -224,6 +231,19 @@ const std::vector<Key>& schema() {
                   "not for dgc, whose warm-up is its sparsity schedule"},
       {.name = "compression.seed", .field = CHORUS_FIELD(compression.seed),
        .meaning = "seed of the codecs' randomness (randomk, qsgd, terngrad, sampled top-k)"},
+
+      {.name = "ps.servers", .field = CHORUS_FIELD(ps.servers), .range = atLeast(0),
+       .meaning = "parameter-server processes besides the workers; 0: all-reduce DDP"},
+      {.name = "ps.mode", .field = CHORUS_FIELD(ps.mode), .choices = {"bsp", "asp", "ssp"},
+       .meaning = "bsp: synchronous rounds; asp: apply each push; ssp: asp with a staleness bound"},
+      {.name = "ps.staleness", .field = CHORUS_FIELD(ps.staleness), .range = atLeast(0),
+       .meaning = "ssp: clocks a worker may run ahead of the slowest"},
+      {.name = "ps.backup", .field = CHORUS_FIELD(ps.backup), .range = atLeast(0),
+       .meaning = "bsp: backup workers; a round closes after workers - backup pushes, later ones are dropped"},
+      {.name = "ps.apply_threads", .field = CHORUS_FIELD(ps.applyThreads), .range = atLeast(1),
+       .meaning = "threads per server that apply updates"},
+      {.name = "ps.checkpoint_every", .field = CHORUS_FIELD(ps.checkpointEvery), .range = atLeast(0),
+       .meaning = "server updates between shard checkpoints (output.dir/ps/server<s>.ckpt); 0: at the end"},
 
       {.name = "amp.init_scale", .field = CHORUS_FIELD(amp.initScale), .range = above(0),
        .meaning = "fp16: initial loss scale"},
@@ -744,7 +764,7 @@ class TomlReader {
 class Builder {
  public:
   explicit Builder(int worldSize) : worldSize_(worldSize) {
-    if (worldSize < 1) throw ConfigError(str("the number of workers must be >= 1, got ", worldSize));
+    if (worldSize < 0) throw ConfigError(str("the number of workers must be >= 1 (or 0: not known yet), got ", worldSize));
   }
 
   void readFile(const std::string& text, const std::string& source) {
@@ -820,7 +840,7 @@ class Builder {
     for (const Key& k : schema()) checkKey(k);
 
     const auto& t = config_.train;
-    if (t.batchSize % worldSize_ != 0) {
+    if (worldSize_ > 0 && t.batchSize % worldSize_ != 0) {
       int64_t below = t.batchSize / worldSize_ * worldSize_, aboveIt = below + worldSize_;
       std::string such = below > 0 ? str(below, " or ", aboveIt) : str(aboveIt);
       fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", worldSize_,
@@ -839,6 +859,24 @@ class Builder {
       fail("compression.dense_steps", str(": a dense warm-up applies to codecs and powersgd, not to compression.method = \"",
                                           c.method, "\"", c.method == "dgc" ? " (DGC warms up by its sparsity schedule, "
                                           "compression.warmup_epochs)" : "", "; set it to 0"));
+    const auto& ps = config_.ps;
+    if (ps.servers > 0) {
+      if (ps.backup > 0 && ps.mode != "bsp")
+        fail("ps.backup", str(": backup workers are a bsp technique; ps.mode = \"", ps.mode,
+                              "\" does not wait for the slowest anyway; set ps.backup = 0"));
+      if (worldSize_ > 0 && ps.backup >= worldSize_)
+        fail("ps.backup", str(": ", ps.backup, " backup workers of ", worldSize_,
+                              " would leave no push to wait for; use at most ", worldSize_ - 1));
+      if (c.method != "none")
+        fail("compression.method", str(": the parameter server sends dense float32 gradients; set "
+                                       "compression.method = \"none\" with ps.servers > 0"));
+      if (config_.precision == "fp16")
+        fail("precision", ": the parameter server runs fp32 or bf16 compute (no fp16 loss scaling); "
+                          "use precision = \"bf16\" or \"fp32\"");
+    }
+    for (int64_t w : config_.train.stragglerWorkers)
+      if (worldSize_ > 0 && w >= worldSize_)
+        fail("train.straggler_workers", str(": worker ", w, " does not exist; the workers are 0..", worldSize_ - 1));
     if (c.method != "none" && config_.ddp.commDtype != "fp32")
       fail("ddp.comm_dtype", str(": compression.method = \"", c.method, "\" already decides what goes on the wire; "
                                  "leave ddp.comm_dtype = \"fp32\" (use compression.method = \"fp16\" or \"bf16\" "

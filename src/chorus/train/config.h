@@ -70,6 +70,11 @@ struct TrainLoopConfig {
   bool eval = true;          // evaluate on the test split after each epoch
   int64_t logEvery = 20;     // steps between metrics lines (and plain progress lines)
   int64_t threads = 0;       // torch intra-op threads per worker; 0: cores / local workers
+  // Stragglers, for experiments: these workers (indices) sleep after each step's compute for
+  // straggler_delay_ms plus (straggler_factor - 1) times the compute time.
+  std::vector<int64_t> stragglerWorkers = {};
+  double stragglerDelayMs = 0.0;
+  double stragglerFactor = 1.0;
 
   bool operator==(const TrainLoopConfig&) const = default;
 };
@@ -104,6 +109,19 @@ struct CompressionConfig {
   bool operator==(const CompressionConfig&) const = default;
 };
 
+// The parameter server (docs/parameter-server.md): servers > 0 replaces the all-reduce of
+// [ddp] by S server processes next to the workers.
+struct PsConfig {
+  int64_t servers = 0;            // 0: no parameter server (all-reduce DDP)
+  std::string mode = "bsp";       // bsp | asp | ssp
+  int64_t staleness = 2;          // ssp: how many clocks a worker may run ahead of the slowest
+  int64_t backup = 0;             // bsp: rounds close after workers - backup pushes
+  int64_t applyThreads = 2;       // update threads per server
+  int64_t checkpointEvery = 0;    // server updates between shard checkpoints; 0: at the end only
+
+  bool operator==(const PsConfig&) const = default;
+};
+
 struct AmpConfig {
   double initScale = 65536.0;   // fp16: initial loss scale
   double growthFactor = 2.0;
@@ -133,6 +151,7 @@ struct Config {
   TrainLoopConfig train;
   DdpConfig ddp;
   CompressionConfig compression;
+  PsConfig ps;
   AmpConfig amp;
   OutputConfig output;
 
@@ -142,7 +161,9 @@ struct Config {
 // Parses `text` (TOML: [sections], key = value, strings, integers, floats, booleans, arrays
 // of integers, # comments), applies `overrides` ("section.key=value", value in TOML syntax,
 // bare words taken as strings), and validates everything, including what depends on the
-// number of workers (worldSize >= 1). `source` names the text in errors. Throws ConfigError.
+// number of workers (worldSize >= 1; 0 skips those checks, for a first look at a config whose
+// worker count depends on it, such as ps.servers). `source` names the text in errors. Throws
+// ConfigError.
 Config parseConfig(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
                    int worldSize);
 // Reads the file (an unreadable file is a ConfigError naming it) and calls parseConfig.

@@ -26,10 +26,12 @@
 #include "chorus/parallel/data/sampler.h"
 #include "chorus/train/checkpoint.h"
 #include "chorus/train/datasets.h"
+#include "chorus/train/evaluate.h"
 #include "chorus/train/metrics.h"
 #include "chorus/train/models.h"
 #include "chorus/train/optim.h"
 #include "chorus/train/progress.h"
+#include "chorus/train/ps_trainer.h"
 #include "chorus/train/trace.h"
 
 namespace chorus::train {
@@ -170,36 +172,6 @@ torch::Tensor bytesTensor(const std::string& s) {
   return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
 }
 
-struct EvalResult {
-  double accuracy = 0, loss = 0;
-};
-
-// Each rank scores a contiguous slice of the test split; the sums meet in one all-reduce.
-EvalResult evaluate(torch::nn::Sequential& model, const Dataset& test, comm::ProcessGroup& g, amp::Precision prec) {
-  torch::NoGradGuard noGrad;
-  model->eval();
-  const int64_t n = test.size();
-  const int64_t lo = n * g.rank() / g.size(), hi = n * (g.rank() + 1) / g.size();
-  double sums[3] = {0, 0, static_cast<double>(hi - lo)};  // correct, loss sum, count
-  for (int64_t i = lo; i < hi; i += 1000) {
-    int64_t len = std::min<int64_t>(1000, hi - i);
-    auto x = test.images.narrow(0, i, len);
-    auto y = test.labels.narrow(0, i, len);
-    torch::Tensor logits;
-    {
-      amp::Autocast ac(prec, torch::kCPU);
-      logits = model->forward(x);
-    }
-    logits = logits.to(torch::kFloat);
-    sums[0] += logits.argmax(1).eq(y).sum().item<double>();
-    sums[1] += torch::nn::functional::cross_entropy(logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                   .item<double>();
-  }
-  allreduceInPlace(g, sums, 3, DType::kFloat64, ReduceOp::kSum);
-  model->train();
-  return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2])};
-}
-
 // Gathers every rank's trace events to rank 0, which writes the file.
 void writeTrace(const std::string& path, const Tracer& tracer, comm::ProcessGroup& g) {
   std::vector<std::string> all = allgatherBytes(g, tracer.eventsJson());
@@ -213,6 +185,33 @@ void writeTrace(const std::string& path, const Tracer& tracer, comm::ProcessGrou
 
 }  // namespace
 
+void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize) {
+  int64_t threads = cfg.threads;
+  if (threads == 0) {
+    int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    threads = std::max<int64_t>(1, cores / std::max(1, localWorldSize));
+  }
+  torch::set_num_threads(static_cast<int>(threads));
+}
+
+int64_t stepsPerEpoch(const TrainLoopConfig& cfg, int64_t shard, int64_t localBatch) {
+  const int64_t steps = cfg.dropLast ? shard / localBatch : (shard + localBatch - 1) / localBatch;
+  if (steps == 0)
+    throw ConfigError(str("train.batch_size = ", cfg.batchSize, " leaves no full batch in the ", shard,
+                          " samples per worker; lower it or turn train.drop_last off"));
+  return steps;
+}
+
+double stragglerSleep(const TrainLoopConfig& cfg, int worker, double computeSeconds) {
+  if (std::find(cfg.stragglerWorkers.begin(), cfg.stragglerWorkers.end(), worker) == cfg.stragglerWorkers.end())
+    return 0.0;
+  const double seconds = cfg.stragglerDelayMs / 1000.0 + (cfg.stragglerFactor - 1.0) * std::max(0.0, computeSeconds);
+  if (seconds <= 0) return 0.0;
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
 double peakRssMb() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -220,18 +219,14 @@ double peakRssMb() {
 }
 
 TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts) {
+  if (cfg.ps.servers > 0) return trainWithServers(cfg, std::move(group), opts);
   comm::ProcessGroup& g = *group;
   const int rank = g.rank(), world = g.size();
   const bool lead = rank == 0;
   std::ostream& out = opts.out ? *opts.out : std::cout;
   const amp::Precision prec = amp::parsePrecision(cfg.precision);
 
-  int64_t threads = cfg.train.threads;
-  if (threads == 0) {
-    int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-    threads = std::max<int64_t>(1, cores / std::max(1, opts.localWorldSize));
-  }
-  torch::set_num_threads(static_cast<int>(threads));
+  setWorkerThreads(cfg.train, opts.localWorldSize);
 
   Dataset trainSet = loadDataset(cfg.data.dataset, cfg.data.path, true, cfg.data.limitTrain);
   Dataset testSet;
@@ -276,11 +271,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   parallel::DistributedSampler sampler(trainSet.size(), rank, world, cfg.train.shuffle, cfg.train.seed,
                                        cfg.train.dropLast);
   const int64_t shard = sampler.shardSize();
-  const int64_t stepsPerEpoch = cfg.train.dropLast ? shard / localBatch : (shard + localBatch - 1) / localBatch;
-  if (stepsPerEpoch == 0) {
-    throw ConfigError(str("train.batch_size = ", cfg.train.batchSize, " leaves no full batch in the ", shard,
-                          " samples per worker; lower it or turn train.drop_last off"));
-  }
+  const int64_t stepsPerEpoch = train::stepsPerEpoch(cfg.train, shard, localBatch);
   int64_t totalSteps = stepsPerEpoch * cfg.train.epochs;
   if (cfg.train.maxSteps > 0) totalSteps = std::min(totalSteps, cfg.train.maxSteps);
   LrSchedule schedule(cfg.schedule, cfg.optim.lr, totalSteps, stepsPerEpoch);
@@ -370,7 +361,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   // the buffer broadcast of forward or the evaluation.
   uint64_t windowGrad = 0, totalGrad = 0;
   double windowComm = 0, windowCompute = 0, windowTrain = 0;
-  double recentRate = 0;
+  double recentRate = 0, lastCompute = 0;
   EvalResult lastEval{-1, -1};
   int64_t globalStep = state.globalStep;
   bool done = globalStep >= totalSteps;
@@ -388,6 +379,8 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
         break;
       }
       const Clock::time_point t0 = Clock::now();
+      // A straggler is slower by its last step's compute time times (factor - 1), plus a delay.
+      const double slept = stragglerSleep(cfg.train, rank, lastCompute);
       const int64_t begin = step * localBatch, len = std::min(localBatch, shard - begin);
       torch::Tensor idx = orderT.narrow(0, begin, len);
       torch::Tensor x = trainSet.images.index_select(0, idx), y = trainSet.labels.index_select(0, idx);
@@ -417,6 +410,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       commSeconds += st.commSeconds;
       overlapSeconds += st.overlapSeconds;
       const double compute = stepSeconds - st.waitSeconds;
+      lastCompute = compute - slept;
       computeSeconds += compute;
       windowComm += st.commSeconds;
       windowDense += denseShare * static_cast<double>(st.bytesReduced);
@@ -473,7 +467,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
     const bool stopped = opts.stopAfter > 0 && stepsThisRun >= opts.stopAfter;
     const bool reachedEnd = globalStep >= totalSteps || stopped;
     if (cfg.train.eval && (epochComplete || reachedEnd)) {
-      lastEval = evaluate(model, testSet, g, prec);
+      lastEval = evaluate(model, testSet, &g, prec);
       if (lead) {
         metrics->write(JsonObject()
                           .add("event", "eval")

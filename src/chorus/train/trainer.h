@@ -43,6 +43,17 @@ struct TrainResult {
 // bad checkpoint, a peer that died).
 TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts);
 
+// Sets torch's intra-op threads: train.threads, or the cores shared by the local workers.
+void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize);
+
+// Steps per epoch for a worker's shard of `shard` samples in batches of `localBatch` (the last
+// one smaller unless train.drop_last). Throws ConfigError when that leaves no batch.
+int64_t stepsPerEpoch(const TrainLoopConfig& cfg, int64_t shard, int64_t localBatch);
+
+// The straggler of train.straggler_*: when `worker` is listed, sleeps straggler_delay_ms plus
+// (straggler_factor - 1) x computeSeconds and returns the seconds slept; otherwise 0.
+double stragglerSleep(const TrainLoopConfig& cfg, int worker, double computeSeconds);
+
 // Peak resident memory of this process in MiB (getrusage).
 double peakRssMb();
 

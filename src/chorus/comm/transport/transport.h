@@ -83,6 +83,12 @@ class Transport {
   // the first failed request's error, or TimeoutError at the deadline.
   virtual void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) = 0;
 
+  // Makes progress until at least one request in `reqs` is done or has failed, and returns the
+  // index of the first such one. It does not rethrow that request's error (read it with
+  // checkDone), so a server waiting on many peers learns which one failed. Waits spin, then
+  // block, as waitAll does. Throws InvalidArgument for an empty span or a null request,
+  // TimeoutError at the deadline (naming the pending peers), Error if the transport closed.
+  virtual size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) = 0;
   // Makes progress without blocking; true when `req` is done (rethrows its error).
   virtual bool test(const RequestPtr& req) = 0;
 

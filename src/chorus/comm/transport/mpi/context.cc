@@ -1,7 +1,8 @@
 // The mpi transport's context: MPI's lifetime, the private communicator, the progress loop,
 // the native all-reduce, and the store-address exchange for jobs that mpirun started.
 //
-// Progress: MPI moves bytes only inside MPI calls, so waitAll() loops over one progress pass
+// Progress: MPI moves bytes only inside MPI calls, so waitAll() (and waitAny(), which stops at
+// the first request done or failed) loops over one progress pass
 // (test every peer's header receive, then every pending request) under the MPI lock,
 // releasing the lock between passes so close() can run from another thread. It busy-polls
 // for CHORUS_SPIN_US after the last event, then yields the CPU, and after 2 ms of silence
@@ -432,32 +433,54 @@ std::string MpiContext::describePending(std::span<const RequestPtr> reqs) const 
 }
 
 void MpiContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  wait(reqs, deadline, /*any=*/false);
+}
+
+size_t MpiContext::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  if (reqs.empty()) throw InvalidArgument(str("rank ", rank_, ": waitAny on an empty list of requests; pass at least one"));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (!reqs[i]) throw InvalidArgument(str("rank ", rank_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
+  }
+  return wait(reqs, deadline, /*any=*/true);
+}
+
+size_t MpiContext::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any) {
   auto& mu = MpiRuntime::instance().mutex();
+  const char* op = any ? "waitAny" : "waitAll";
   int64_t start = nowNs();
   int64_t lastEvent = start;
   for (;;) {
-    bool any = false;
+    bool progressed = false;
     {
       std::lock_guard<std::mutex> lk(mu);
-      if (!closed_.load()) any = progressLocked();
-      bool all = true;
-      for (const auto& r : reqs) {
-        if (r->error) std::rethrow_exception(r->error);
-        all = all && r->done;
+      if (any) {
+        // A closed transport has failed every request: that is no answer to "which one".
+        checkOpen(op);
+        progressed = progressLocked();
+        for (size_t i = 0; i < reqs.size(); ++i) {
+          if (reqs[i]->done || reqs[i]->error) return i;
+        }
+      } else {
+        if (!closed_.load()) progressed = progressLocked();
+        bool all = true;
+        for (const auto& r : reqs) {
+          if (r->error) std::rethrow_exception(r->error);
+          all = all && r->done;
+        }
+        if (all) return reqs.size();
+        checkOpen(op);
       }
-      if (all) return;
-      checkOpen("waitAll");
       if (deadline.expired()) {
         size_t pending = 0;
         for (const auto& r : reqs) pending += r->done ? 0 : 1;
-        throw TimeoutError(str("rank ", rank_, ": mpi transport waitAll timed out after ", (nowNs() - start) / 1000000,
+        throw TimeoutError(str("rank ", rank_, ": mpi transport ", op, " timed out after ", (nowNs() - start) / 1000000,
                                " ms with ", pending, " of ", reqs.size(), " requests pending: ", describePending(reqs),
                                "; hint: those peers have not posted the matching send or receive; check that every "
                                "rank runs the same collectives in the same order, or raise CHORUS_TIMEOUT_MS"));
       }
     }
     int64_t now = nowNs();
-    if (any) lastEvent = now;
+    if (progressed) lastEvent = now;
     int64_t idle = now - lastEvent;
     if (idle < spinNs_) {
       CHORUS_CPU_RELAX();

@@ -82,6 +82,7 @@ class MpiContext final : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
+  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   void close() override;
 
@@ -95,6 +96,8 @@ class MpiContext final : public Transport {
   // One pass over every peer and pending request, under the MPI lock. True if anything
   // completed or arrived.
   bool progressLocked();
+  // The loop behind waitAll (any = false: returns reqs.size()) and waitAny (the index found).
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any);
   void failSendsToClosedPeers();
   void checkOpen(const char* op) const;
   void checkPeer(int peer, const char* op) const;

@@ -14,7 +14,8 @@
 // all-reduce, the ring's cross-core cache traffic drags a 2-rank 64 MiB all-reduce down to 1.5
 // GB/s bus bandwidth where CMA reaches 4.2-4.6 GB/s. So large messages go by CMA.
 //
-// The wait loop, with `seen` the doorbell counter read before progressing:
+// The wait loop (waitAll and waitAny; "done" means every request done for the one, any request
+// done or failed for the other), with `seen` the doorbell counter read before progressing:
 //
 //   loop: seen = doorbell; progress every pair; done? -> return
 //         changed anything? -> loop
@@ -166,7 +167,7 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   shm_.cmaMinBytes = std::max<uint64_t>(shm_.cmaMinBytes, 1);
   shm_.spinUs = std::max<int64_t>(shm_.spinUs, 0);
   // Every rank of an shm job is on this host: more ranks than the cores we may run on means
-  // waiters must yield (see waitAll).
+  // waiters must yield (see wait).
   cpu_set_t cpus;
   const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
   oversubscribed_ = size_ > cores;
@@ -363,6 +364,36 @@ void Context::failAllPending() {
 }
 
 void Context::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  wait(reqs, deadline, WaitMode::kAll);
+}
+
+size_t Context::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  if (reqs.empty()) throw InvalidArgument(str(who_, ": waitAny on an empty list of requests; pass at least one"));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (!reqs[i]) throw InvalidArgument(str(who_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
+  }
+  return wait(reqs, deadline, WaitMode::kAny);
+}
+
+size_t Context::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
+  // kAll: reqs.size() once every request is done (rethrowing the first failure); kAny: the
+  // first request that is done or failed; npos while the wait goes on.
+  constexpr size_t npos = SIZE_MAX;
+  auto finished = [&]() -> size_t {
+    if (mode == WaitMode::kAny) {
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        if (reqs[i]->done || reqs[i]->error) return i;
+      }
+      return npos;
+    }
+    bool allDone = true;
+    for (const auto& r : reqs) {
+      if (r->error) std::rethrow_exception(r->error);
+      if (!r->done) allDone = false;
+    }
+    return allDone ? reqs.size() : npos;
+  };
+
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t start = nowNs();
   // Oversubscribed, a spin yields at every burst, so it costs the peers nothing: spin longer.
@@ -375,20 +406,19 @@ void Context::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline
       const bool changed = progressAll();
       if (changed) lastChangeNs_ = nowNs();
       checkLivenessIfDue();
-      bool allDone = true;
-      for (const auto& r : reqs) {
-        if (r->error) std::rethrow_exception(r->error);
-        if (!r->done) allDone = false;
-      }
-      if (allDone) return;
-      if (deadline.expired()) throwTimeout(reqs, nowNs() - start);
+      if (const size_t found = finished(); found != npos) return found;
+      if (deadline.expired()) throwTimeout(reqs, nowNs() - start, mode);
       if (changed) continue;
     }
     if (closed_) {
+      if (mode == WaitMode::kAny) {
+        throw Error(str(who_, ": waitAny on a closed shm transport (close() was called or the transport was "
+                              "destroyed); create a new one"));
+      }
       for (const auto& r : reqs) checkDone(*r);
-      return;
+      return reqs.size();
     }
-    if (deadline.expired() || self_ == nullptr) throwTimeout(reqs, nowNs() - start);
+    if (deadline.expired() || self_ == nullptr) throwTimeout(reqs, nowNs() - start, mode);
     const int64_t now = nowNs();
     const int64_t left = deadline.remainingNs();  // INT64_MAX for Deadline::never()
     const int64_t end = left > INT64_MAX - now ? INT64_MAX : now + left;
@@ -431,7 +461,7 @@ void Context::close() {
   if (!closed_) failAllPending();
 }
 
-void Context::throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs) const {
+void Context::throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs, WaitMode mode) const {
   std::string pending;
   std::string peers;
   std::vector<bool> listed(static_cast<size_t>(size_), false);
@@ -454,8 +484,8 @@ void Context::throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs) c
     }
   }
   if (count > 8) pending += str("; and ", count - 8, " more");
-  throw TimeoutError(str(who_, ": shm transport timed out after ", waitedNs / 1000000, " ms waiting for ", count,
-                         " request(s) with rank(s) ", peers, ": ", pending,
+  throw TimeoutError(str(who_, ": shm transport timed out after ", waitedNs / 1000000, " ms waiting for ",
+                         mode == WaitMode::kAny ? "any of " : "", count, " request(s) with rank(s) ", peers, ": ", pending,
                          ". The peer may be slow, stuck, or calling collectives in another order; raise "
                          "CHORUS_TIMEOUT_MS if it is only slow"));
 }

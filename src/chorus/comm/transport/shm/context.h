@@ -9,7 +9,8 @@
 // unlinks its own name, so nothing is left in /dev/shm even if the job is killed later. Give
 // each transport sharing a store its own prefix.
 //
-// Waiting (waitAll). Progress every pair; then spin on this rank's doorbell (futex.h) for
+// Waiting (waitAll, waitAny: one loop, which ends when every request, or any one, is done).
+// Progress every pair; then spin on this rank's doorbell (futex.h) for
 // spinUs; if data moved less than 0.5 ms ago (a transfer is under way), keep spinning until
 // then, calling sched_yield every 10 us so that ranks outnumbering cores still run; then sleep
 // on the doorbell with FUTEX_WAIT for at most 50 ms at a time, so peers' liveness is checked
@@ -17,8 +18,8 @@
 // fails its requests with PeerError; the deadline fails the wait with TimeoutError naming the
 // pending peers and tags.
 //
-// Thread-safety: one thread at a time calls isend/irecv/waitAll/test (calls are serialized
-// by a mutex anyway); close() may be called from any thread and wakes a blocked waitAll.
+// Thread-safety: one thread at a time calls isend/irecv/waitAll/waitAny/test (calls are
+// serialized by a mutex anyway); close() may be called from any thread and wakes a blocked wait.
 #pragma once
 
 #include <atomic>
@@ -72,6 +73,7 @@ class Context : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
+  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   void close() override;
 
@@ -79,12 +81,16 @@ class Context : public Transport {
   bool cmaToPeer(int peer) const;
 
  private:
+  enum class WaitMode : uint8_t { kAll, kAny };
+
   void setup(const TransportOptions& opts);
+  // The loop behind waitAll (returns reqs.size()) and waitAny (returns the index it found).
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode);
   void checkPeer(int peer, const char* op) const;
   bool progressAll();
   void checkLivenessIfDue();
   void failAllPending();
-  [[noreturn]] void throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs) const;
+  [[noreturn]] void throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs, WaitMode mode) const;
 
   const int rank_;
   const int size_;

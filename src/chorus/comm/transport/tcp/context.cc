@@ -449,18 +449,38 @@ void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
 }
 
 void TcpContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  wait(reqs, deadline, WaitMode::kAll);
+}
+
+size_t TcpContext::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
+  if (reqs.empty()) throw InvalidArgument(str("rank ", rank_, ": waitAny on an empty list of requests; pass at least one"));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (!reqs[i]) throw InvalidArgument(str("rank ", rank_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
+  }
+  return wait(reqs, deadline, WaitMode::kAny);
+}
+
+size_t TcpContext::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t start = nowNs();
   const int64_t spinUntil = start + spinNs_;
   for (;;) {
-    bool all = true;
-    for (const auto& r : reqs) {
-      CHORUS_CHECK(r != nullptr, "rank ", rank_, ": waitAll on a null request");
-      if (r->error) std::rethrow_exception(r->error);
-      if (!r->done) all = false;
+    if (mode == WaitMode::kAny) {
+      // A closed transport has failed every request: that is no answer to "which one".
+      if (closed_) throw Error(closedMessage());
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        if (reqs[i]->done || reqs[i]->error) return i;
+      }
+    } else {
+      bool all = true;
+      for (const auto& r : reqs) {
+        CHORUS_CHECK(r != nullptr, "rank ", rank_, ": waitAll on a null request");
+        if (r->error) std::rethrow_exception(r->error);
+        if (!r->done) all = false;
+      }
+      if (all) return reqs.size();
+      if (closed_) throw Error(closedMessage());
     }
-    if (all) return;
-    if (closed_) throw Error(closedMessage());
     if (deadline.expired()) {
       std::string pending;
       int count = 0;
@@ -470,8 +490,9 @@ void TcpContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadl
         pending += str(count++ > 0 ? "; " : "", r->kind == Request::Kind::kSend ? "send to" : "recv from", " rank ",
                        r->peer, " tag ", r->tag, " (", t != nullptr ? t->transferred : 0, " of ", r->bytes, " bytes)");
       }
-      throw TimeoutError(str("rank ", rank_, ": tcp wait timed out after ", (nowNs() - start) / 1000000, " ms with ",
-                             count, " request(s) pending: ", pending,
+      throw TimeoutError(str("rank ", rank_, ": tcp wait", mode == WaitMode::kAny ? " for any request" : "",
+                             " timed out after ", (nowNs() - start) / 1000000, " ms with ", count,
+                             " request(s) pending: ", pending,
                              "; hint: those peers may be stuck, slower, or missing the matching call; raise",
                              " CHORUS_TIMEOUT_MS if they are only slow"));
     }

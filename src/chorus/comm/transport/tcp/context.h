@@ -10,12 +10,13 @@
 // arrived or the timeout passed. Accepting runs on a helper thread while this thread
 // connects, so setup takes one round of handshakes, not one per rank.
 //
-// Data path: see pair.h. Waits spin for CHORUS_SPIN_US with non-blocking poll(), then block
+// Data path: see pair.h. Waits (waitAll for every request, waitAny for the first) spin for CHORUS_SPIN_US with non-blocking poll(), then block
 // in poll() until the deadline; every wait progresses the sends and receives of all peers,
 // so a send to the right and a receive from the left move together.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -45,6 +46,7 @@ class TcpContext : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
+  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   void close() override;
 
@@ -56,6 +58,10 @@ class TcpContext : public Transport {
   size_t chunkBytes() const { return chunk_; }
 
  private:
+  enum class WaitMode : uint8_t { kAll, kAny };
+
+  // The loop behind waitAll (returns reqs.size()) and waitAny (returns the index it found).
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode);
   std::vector<net::Fd> connectMesh(const TransportOptions& opts);
   net::Fd connectTo(int peer, const TransportOptions& opts, const Deadline& deadline);
   Pair& pairFor(int peer, const char* op);

@@ -1,0 +1,154 @@
+// The bsp / asp / ssp rules of one parameter server as a state machine (see consistency.h).
+//
+// bsp keeps one open round, numbered by version(). A push basedOn == version counts in it;
+// the push that brings the count to roundNeeds() closes it, and the round stays closed (later
+// pushes for it are dropped as late, like backup workers' pushes) until onApplied() opens the
+// next one. A worker may pull once version() has passed the round it last pushed to, so a
+// counted worker waits for the round's update and a dropped one gets the newer parameters at
+// once. asp and ssp apply every push; ssp only holds back pulls by workers more than s clocks
+// ahead of the slowest live worker.
+#include "chorus/ps/consistency.h"
+
+#include <algorithm>
+
+#include "chorus/common/error.h"
+
+namespace chorus::ps {
+
+Mode parseMode(const std::string& name) {
+  if (name == "bsp") return Mode::kBsp;
+  if (name == "asp") return Mode::kAsp;
+  if (name == "ssp") return Mode::kSsp;
+  throw InvalidArgument(str("unknown consistency mode '", name, "'; choose bsp, asp or ssp"));
+}
+
+const char* modeName(Mode mode) {
+  switch (mode) {
+    case Mode::kBsp: return "bsp";
+    case Mode::kAsp: return "asp";
+    case Mode::kSsp: return "ssp";
+  }
+  return "unknown";
+}
+
+Consistency::Consistency(ConsistencyOptions opts) : opts_(opts) {
+  if (opts_.workers < 1) {
+    throw InvalidArgument(str("consistency: workers = ", opts_.workers, "; need at least one"));
+  }
+  if (opts_.staleness < 0) {
+    throw InvalidArgument(str("consistency: staleness = ", opts_.staleness, "; must be >= 0"));
+  }
+  if (opts_.backup < 0 || opts_.backup >= opts_.workers) {
+    throw InvalidArgument(str("consistency: backup workers = ", opts_.backup, " with ", opts_.workers,
+                              " workers; must lie in [0, ", opts_.workers, ")"));
+  }
+  if (opts_.backup > 0 && opts_.mode != Mode::kBsp) {
+    throw InvalidArgument(str("consistency: backup workers (", opts_.backup, ") only apply to bsp, not ",
+                              modeName(opts_.mode), "; set backup to 0"));
+  }
+  lastRound_.assign(opts_.workers, -1);
+  stats_.resize(opts_.workers);
+}
+
+static void checkWorker(int worker, int workers, const char* what) {
+  if (worker < 0 || worker >= workers) {
+    throw InvalidArgument(str("consistency ", what, ": worker ", worker, " out of range [0, ", workers, ")"));
+  }
+}
+
+Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn) {
+  checkWorker(worker, opts_.workers, "push");
+  WorkerStats& st = stats_[worker];
+  if (st.left) {
+    throw InvalidArgument(str("consistency push: worker ", worker, " has already left; ",
+                              "a worker that said goodbye or failed must rejoin as a new job"));
+  }
+  if (basedOn < 0 || basedOn > version_) {
+    throw InvalidArgument(str("consistency push: worker ", worker, " pushed a gradient based on version ",
+                              basedOn, " but the server is at version ", version_,
+                              "; push what was computed from the last pulled parameters"));
+  }
+  if (opts_.mode == Mode::kBsp && basedOn == version_ && lastRound_[worker] == version_) {
+    throw InvalidArgument(str("consistency push: worker ", worker, " already pushed to round ", version_,
+                              "; pull the round's parameters before pushing again"));
+  }
+  ++st.pushes;
+  ++st.clock;
+
+  PushDecision d{Verdict::kApply};
+  if (opts_.mode != Mode::kBsp) {
+    d.staleness = version_ - basedOn;
+    ++st.applied;
+    st.maxStaleness = std::max(st.maxStaleness, d.staleness);
+    st.sumStaleness += d.staleness;
+    return d;
+  }
+  d.round = basedOn;
+  lastRound_[worker] = basedOn;
+  const bool closed = roundPushes_ > 0 && roundPushes_ >= roundNeeds();
+  if (basedOn < version_ || closed) {
+    d.verdict = Verdict::kDrop;
+    ++st.dropped;
+    return d;
+  }
+  d.verdict = Verdict::kAggregate;
+  ++st.applied;
+  ++roundPushes_;
+  d.closesRound = roundPushes_ >= roundNeeds();
+  return d;
+}
+
+void Consistency::onApplied() {
+  if (opts_.mode == Mode::kBsp) {
+    CHORUS_CHECK(roundPushes_ > 0 && roundPushes_ >= roundNeeds(), "bsp onApplied() with round ",
+                 version_, " open (", roundPushes_, " of ", roundNeeds(), " pushes)");
+    roundPushes_ = 0;
+  }
+  ++version_;
+}
+
+bool Consistency::canPull(int worker) const {
+  checkWorker(worker, opts_.workers, "pull");
+  switch (opts_.mode) {
+    case Mode::kBsp: return version_ > lastRound_[worker];
+    case Mode::kAsp: return true;
+    case Mode::kSsp: return stats_[worker].clock - minLiveClock() <= opts_.staleness;
+  }
+  return false;
+}
+
+void Consistency::onPull(int worker) {
+  checkWorker(worker, opts_.workers, "pull");
+  WorkerStats& st = stats_[worker];
+  st.maxClockGap = std::max(st.maxClockGap, st.clock - minLiveClock());
+}
+
+bool Consistency::onLeave(int worker, bool failed) {
+  checkWorker(worker, opts_.workers, "leave");
+  WorkerStats& st = stats_[worker];
+  if (st.left) return false;  // a goodbye followed by the connection closing
+  const bool wasOpen = roundPushes_ < roundNeeds();
+  st.left = true;
+  st.failed = failed;
+  return opts_.mode == Mode::kBsp && wasOpen && roundPushes_ > 0 && roundPushes_ >= roundNeeds();
+}
+
+int Consistency::liveWorkers() const {
+  return static_cast<int>(std::count_if(stats_.begin(), stats_.end(), [](const WorkerStats& s) { return !s.left; }));
+}
+
+int Consistency::roundNeeds() const {
+  if (opts_.mode != Mode::kBsp) return 0;
+  return std::min(opts_.workers - opts_.backup, liveWorkers());
+}
+
+int64_t Consistency::minLiveClock() const {
+  int64_t lo = INT64_MAX, hi = 0;
+  for (const WorkerStats& s : stats_) {
+    if (!s.left) lo = std::min(lo, s.clock);
+    hi = std::max(hi, s.clock);
+  }
+  return lo == INT64_MAX ? hi : lo;
+}
+
+}  // namespace chorus::ps

@@ -1,0 +1,67 @@
+// The messages between parameter-server workers and servers, over the comm core's
+// point-to-point send/recv (any transport). Every message is a fixed 64-byte header under
+// kHeaderTag, followed, when header.payloadBytes > 0, by exactly that many payload bytes
+// under kPayloadTag. The transport needs exact receive sizes, which is why the size travels
+// first.
+//
+//   op          from    payload                                  answer
+//   kInit       worker  float32 values of the server's slices    kAck (only the first init
+//                       (in slice order)                         counts; later ones are acked
+//                                                                 and ignored)
+//   kPush       worker  float32 gradient of the server's slices  kAck, or kError
+//   kPull       worker  none                                     kParams when consistency
+//                                                                 allows, or kError
+//   kBye        worker  none                                     kAck
+//   kAck        server  none
+//   kParams     server  float32 values of the server's slices
+//   kError      server  UTF-8 message (what was wrong, what to do)
+//
+// Header fields, all little-endian:
+//   0  uint32 magic kMagic       4  uint8 op      5  uint8 flags (0)   6  uint16 reserved (0)
+//   8  int32  worker index       12 int32 server index
+//   16 uint64 plan fingerprint (ShardPlan::fingerprint: both sides must agree)
+//   24 int64  version: push: basedOn (the version pulled); params: the version sent
+//   32 int64  clock: push: the worker's step; pull: the worker's clock after its push
+//   40 double lr: push: the learning rate to apply with (the worker's schedule)
+//   48 uint64 payloadBytes
+//   56 int64  first slice index of the payload (pushes and inits: the server's first slice)
+//
+// A server checks every header (magic, op, worker and server index, fingerprint, version, first
+// slice, payload size == 4 x its load) before it touches any parameter. A bad message is
+// answered with kError naming the field, the value and the expected one; the server keeps
+// running and the payload, if any, is received and dropped (up to kMaxPayloadBytes; a larger
+// claimed payload ends the connection to that worker, since it cannot be drained safely).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+namespace chorus::ps {
+
+inline constexpr uint32_t kMagic = 0x43505331;  // "CPS1"
+inline constexpr uint32_t kHeaderTag = 0x5053;
+inline constexpr uint32_t kPayloadTag = 0x5054;
+inline constexpr size_t kHeaderBytes = 64;
+inline constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;  // 16 GiB
+
+enum class Op : uint8_t { kInit = 1, kPush = 2, kPull = 3, kBye = 4, kAck = 16, kParams = 17, kError = 18 };
+const char* opName(Op op);
+
+struct Header {
+  Op op = Op::kAck;
+  int32_t worker = 0;
+  int32_t server = 0;
+  uint64_t fingerprint = 0;
+  int64_t version = 0;
+  int64_t clock = 0;
+  double lr = 0.0;
+  uint64_t payloadBytes = 0;
+  int64_t firstSlice = 0;
+};
+
+std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h);
+// Throws InvalidArgument on a bad magic or an unknown op (naming the bytes found).
+Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& bytes);
+
+}  // namespace chorus::ps

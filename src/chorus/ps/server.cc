@@ -1,0 +1,904 @@
+// The parameter server's runtime: the comm thread's message loop, the apply pool, and
+// checkpoints (design in server.h, messages in protocol.h).
+//
+// The loop. Every live worker has one 64-byte header receive posted; waitAny returns the
+// first that completes. A header is checked field by field before anything is touched; its
+// payload (exact size, from the header) is received right after it, on the same thread, since
+// the worker sends both back to back. Then:
+//   init  the first one fills the shard (a resumed server keeps what it loaded); kAck.
+//   push  Consistency decides. asp/ssp: kAck at once and the update goes to the apply pool
+//         (the comm thread moves on). bsp: the gradient is added to the round's sum; the push
+//         that closes the round applies the average on the pool, slice-parallel, and the comm
+//         thread waits for it, because the next round must not start before it is in.
+//   pull  answered when Consistency allows and the worker's own pushes are applied (so a
+//         worker always reads its own writes); otherwise queued, and the queue is re-checked
+//         after every push, round and leave (the only events that change the answer).
+//   bye   the worker leaves; kAck.
+// Answers go out with sendAsync; their buffers stay in `outbox` until the sends complete.
+//
+// Checkpoint file (little-endian, written to a temp file, fsynced, renamed over the path):
+//   "CPSCKPT1"  u32 server  u64 fingerprint  i64 version  i64 load  u32 slices
+//   f32[load] values
+//   per slice: i64 steps  u32 buffers  (u32 name length, name, i64 count, f32[count]) ...
+#include "chorus/ps/server.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <new>
+#include <thread>
+
+#include "chorus/common/error.h"
+#include "chorus/common/logging.h"
+#include "chorus/ps/protocol.h"
+
+namespace chorus::ps {
+namespace {
+
+// Header receives stay posted while a worker computes; with no idle limit they must not
+// expire (an expired request fails the transport), so they get a deadline far away.
+constexpr Millis kForever{int64_t{1000} * 3600 * 24 * 365};
+
+double secondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+uint32_t readU32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t readU64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// Runs update tasks on a few threads. Tasks carry the worker they belong to (-1: none), so
+// the comm thread can wait for one worker's updates (read-your-writes) or for all.
+class ApplyPool {
+ public:
+  ApplyPool(int threads, int workers) : perWorker_(static_cast<size_t>(workers), 0) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~ApplyPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void submit(int worker, std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.emplace_back(worker, std::move(fn));
+      ++outstanding_;
+      if (worker >= 0) ++perWorker_[static_cast<size_t>(worker)];
+    }
+    work_.notify_one();
+  }
+  // Blocks until every task of `worker` has run; rethrows a task's failure.
+  void waitWorker(int worker) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return perWorker_[static_cast<size_t>(worker)] == 0 || error_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+  // Blocks until every task has run; rethrows a task's failure.
+  void waitAll() {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return outstanding_ == 0 || error_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      auto [worker, fn] = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      std::exception_ptr error;
+      try {
+        fn();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      lock.lock();
+      if (error && !error_) error_ = error;
+      --outstanding_;
+      if (worker >= 0) --perWorker_[static_cast<size_t>(worker)];
+      done_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable work_, done_;
+  std::deque<std::pair<int, std::function<void()>>> queue_;
+  std::vector<int> perWorker_;
+  int outstanding_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::vector<std::thread> threads_;
+};
+
+// ---- checkpoint file I/O ----
+
+class FileWriter {
+ public:
+  explicit FileWriter(std::string path) : path_(std::move(path)) {
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw SystemError(str("server checkpoint: cannot create ", path_), errno);
+  }
+  ~FileWriter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void bytes(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) throw SystemError(str("server checkpoint: writing ", path_), errno);
+      p += w;
+      n -= static_cast<size_t>(w);
+    }
+  }
+  template <typename T>
+  void value(T v) {
+    bytes(&v, sizeof v);
+  }
+  void finish() {
+    if (::fsync(fd_) != 0) throw SystemError(str("server checkpoint: fsync of ", path_), errno);
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw SystemError(str("server checkpoint: closing ", path_), errno);
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+class FileReader {
+ public:
+  explicit FileReader(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw SystemError(str("server checkpoint: cannot open ", path), errno);
+  }
+  ~FileReader() { ::close(fd_); }
+  void bytes(void* data, size_t n) {
+    auto* p = static_cast<uint8_t*>(data);
+    while (n > 0) {
+      const ssize_t r = ::read(fd_, p, n);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw SystemError(str("server checkpoint: reading ", path_), errno);
+      if (r == 0) {
+        throw Error(str("server checkpoint ", path_, " ends early: it is truncated or not a checkpoint; delete it "
+                        "to start from scratch"));
+      }
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+  }
+  template <typename T>
+  T value() {
+    T v{};
+    bytes(&v, sizeof v);
+    return v;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+constexpr char kCheckpointMagic[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '1'};
+// Sanity bound on a name or buffer count read from a file, so a corrupt file cannot make us
+// allocate without limit.
+constexpr uint32_t kMaxCheckpointBuffers = 64;
+constexpr uint32_t kMaxNameBytes = 4096;
+
+}  // namespace
+
+struct Server::Impl {
+  Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::vector<int> ranks, ShardPlan p, ServerOptions o);
+
+  // One answer in flight: its buffers live until its sends complete.
+  struct Outgoing {
+    Header head;
+    std::array<uint8_t, kHeaderBytes> header;
+    std::vector<float> values;  // kParams
+    std::string text;           // kError
+    std::vector<comm::WorkPtr> works;
+  };
+
+  std::shared_ptr<comm::ProcessGroup> group;
+  int index;
+  std::vector<int> workerRanks;
+  ShardPlan plan;
+  ServerOptions opts;
+  int workers;
+  int firstSlice, sliceCount;
+  int64_t load;
+  uint64_t fingerprint;
+  std::vector<int64_t> sliceStart;  // local offset of each slice, plus the end
+
+  std::vector<float> values;
+  std::unique_ptr<std::mutex[]> sliceMu;
+  std::vector<std::unique_ptr<ServerOptimizer>> optimizers;
+
+  std::mutex consMu;  // guards cons (the comm thread and the apply threads call it)
+  Consistency cons;
+  int64_t versionBase = 0;  // version loaded from a checkpoint; the protocol's version is base + cons
+  bool initialized = false;
+  bool resumed = false;
+
+  std::unique_ptr<ApplyPool> pool;
+  std::atomic<int64_t> busyNs{0};
+
+  // The comm thread's state.
+  // Receive buffers stay put (posted receives point into them) and are given up, not freed,
+  // when run() fails with receives still posted (abandon()).
+  std::vector<std::unique_ptr<std::array<uint8_t, kHeaderBytes>>> headerBuf;
+  std::vector<comm::WorkPtr> headerWork;
+  std::vector<bool> live;
+  std::vector<bool> pullQueued;
+  std::vector<double> roundSum;  // bsp: the open round's gradient sum
+  double roundLr = 0;
+  int roundCount = 0;
+  int64_t lastCheckpoint = 0;
+  std::list<Outgoing> outbox;  // a list: posted sends point into its elements, which must not move
+  ServerReport report;
+
+  int64_t version() {
+    std::lock_guard<std::mutex> lock(consMu);
+    return versionBase + cons.version();
+  }
+  std::string who() const { return str("ps server ", index, " (rank ", group->rank(), ")"); }
+
+  void postHeader(int w);
+  void serve();
+  void handle(int w);
+  std::string validate(int w, const Header& h);
+  void receivePayload(int w, void* data, uint64_t bytes);
+  void fail(int w, const std::string& why);
+  void onInit(const std::vector<float>& payload);
+  void onPush(int w, const Header& h, std::vector<float> grad);
+  void closeRound(bool partial);
+  void answerPulls();
+  void answerPull(int w);
+  void send(int w, Op op, std::string text = "");
+  Outgoing& queueAnswer(int w, Op op, int64_t v);
+  void post(int w, Outgoing& out);
+  void sendError(int w, const std::string& msg);
+  void pruneOutbox(bool block);
+  void abandon();
+  void maybeCheckpoint(bool force);
+  void saveCheckpoint();
+  void loadCheckpoint();
+  std::vector<float> copyValues();
+  void applySlices(const float* grad, double lr);
+};
+
+Server::Impl::Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::vector<int> ranks, ShardPlan p,
+                   ServerOptions o)
+    : group(std::move(g)),
+      index(serverIndex),
+      workerRanks(std::move(ranks)),
+      plan(std::move(p)),
+      opts(std::move(o)),
+      workers(opts.consistency.workers),
+      cons(opts.consistency) {
+  if (!group) throw InvalidArgument("ps server: the process group is null");
+  if (index < 0 || index >= plan.servers()) {
+    throw InvalidArgument(str("ps server: server index ", index, " outside [0, ", plan.servers(),
+                              ") of the plan; give each server its place in the plan"));
+  }
+  if (static_cast<int>(workerRanks.size()) != workers) {
+    throw InvalidArgument(str("ps server ", index, ": ", workerRanks.size(), " worker ranks but consistency.workers = ",
+                              workers, "; they must agree"));
+  }
+  for (size_t i = 0; i < workerRanks.size(); ++i) {
+    const int r = workerRanks[i];
+    if (r < 0 || r >= group->size() || r == group->rank()) {
+      throw InvalidArgument(str("ps server ", index, ": worker ", i, " has rank ", r, ", which is not another rank of ",
+                                "the group of ", group->size()));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (workerRanks[j] == r) throw InvalidArgument(str("ps server ", index, ": workers ", j, " and ", i, " share rank ", r));
+    }
+  }
+  if (opts.applyThreads < 1) {
+    throw InvalidArgument(str("ps server ", index, ": applyThreads = ", opts.applyThreads, "; need at least 1"));
+  }
+  if (opts.checkpointEvery < 0) {
+    throw InvalidArgument(str("ps server ", index, ": checkpointEvery = ", opts.checkpointEvery, "; must be >= 0"));
+  }
+  firstSlice = plan.firstSlice(index);
+  sliceCount = plan.sliceCount(index);
+  load = plan.load(index);
+  fingerprint = plan.fingerprint();
+  sliceStart.push_back(0);
+  for (int k = 0; k < sliceCount; ++k) {
+    const Slice& s = plan.slices()[static_cast<size_t>(firstSlice + k)];
+    optimizers.push_back(makeServerOptimizer(opts.optimizer, s.numel));
+    sliceStart.push_back(sliceStart.back() + s.numel);
+  }
+  values.assign(static_cast<size_t>(load), 0.0f);
+  sliceMu = std::make_unique<std::mutex[]>(static_cast<size_t>(std::max(sliceCount, 1)));
+  for (int w = 0; w < workers; ++w) headerBuf.push_back(std::make_unique<std::array<uint8_t, kHeaderBytes>>());
+  headerWork.resize(static_cast<size_t>(workers));
+  live.assign(static_cast<size_t>(workers), true);
+  pullQueued.assign(static_cast<size_t>(workers), false);
+  report.server = index;
+
+  if (opts.resume && !opts.checkpointPath.empty() && ::access(opts.checkpointPath.c_str(), F_OK) == 0) {
+    loadCheckpoint();
+    resumed = true;
+    initialized = true;
+    lastCheckpoint = versionBase;
+  }
+  pool = std::make_unique<ApplyPool>(opts.applyThreads, workers);
+}
+
+// ---- the loop ----
+
+// The receive never expires on its own (an expired request would close the transport); the
+// idle limit applies to waitAny, across all workers.
+void Server::Impl::postHeader(int w) {
+  headerWork[static_cast<size_t>(w)] =
+      group->recvAsync(workerRanks[static_cast<size_t>(w)], kHeaderTag, headerBuf[static_cast<size_t>(w)]->data(),
+                       kHeaderBytes, kForever);
+}
+
+void Server::Impl::serve() {
+  for (int w = 0; w < workers; ++w) postHeader(w);
+  std::vector<comm::WorkPtr> works;
+  std::vector<int> owner;
+  for (;;) {
+    works.clear();
+    owner.clear();
+    for (int w = 0; w < workers; ++w) {
+      if (!live[static_cast<size_t>(w)]) continue;
+      works.push_back(headerWork[static_cast<size_t>(w)]);
+      owner.push_back(w);
+    }
+    if (works.empty()) return;
+    pruneOutbox(false);
+    size_t i = 0;
+    try {
+      i = group->waitAny(works, opts.idle.count() > 0 ? opts.idle : kForever);
+    } catch (const TimeoutError& e) {
+      throw TimeoutError(str(who(), ": no message from any of the ", works.size(), " live workers for ",
+                             opts.idle.count(), " ms (ServerOptions::idle); they are stuck or gone: ", e.what()));
+    }
+    const int w = owner[i];
+    try {
+      works[i]->test();
+    } catch (const Error& e) {
+      fail(w, e.what());
+      continue;
+    }
+    report.bytesReceived += kHeaderBytes;
+    handle(w);
+  }
+}
+
+void Server::Impl::fail(int w, const std::string& why) {
+  CHORUS_WARN(who(), ": worker ", w, " (rank ", workerRanks[static_cast<size_t>(w)],
+              ") failed and leaves the job: ", why);
+  live[static_cast<size_t>(w)] = false;
+  pullQueued[static_cast<size_t>(w)] = false;
+  report.failedWorkers.push_back(w);
+  bool closes;
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    closes = cons.onLeave(w, true);
+  }
+  if (closes) closeRound(true);
+  answerPulls();
+}
+
+// Through recvAsync + wait rather than recv: a receive that fails on its own (the worker died)
+// then leaves the transport open for the other workers.
+void Server::Impl::receivePayload(int w, void* data, uint64_t bytes) {
+  group->recvAsync(workerRanks[static_cast<size_t>(w)], kPayloadTag, data, bytes)->wait();
+  report.bytesReceived += bytes;
+}
+
+std::string Server::Impl::validate(int w, const Header& h) {
+  const uint64_t expected = 4 * static_cast<uint64_t>(load);
+  if (h.op != Op::kInit && h.op != Op::kPush && h.op != Op::kPull && h.op != Op::kBye) {
+    return str("field op = ", opName(h.op), " is an answer a server sends; a worker sends init, push, pull or bye");
+  }
+  if (h.worker != w) {
+    return str("field worker = ", h.worker, " but the message came from rank ", workerRanks[static_cast<size_t>(w)],
+               ", which is worker ", w, "; each worker must send its own index");
+  }
+  if (h.server != index) {
+    return str("field server = ", h.server, ", expected ", index, " (this server's index in the plan)");
+  }
+  if (h.fingerprint != fingerprint) {
+    return str("field fingerprint = ", h.fingerprint, ", expected ", fingerprint,
+               ": worker and server built their ShardPlan from different tensors or server counts");
+  }
+  const bool carriesValues = h.op == Op::kInit || h.op == Op::kPush;
+  if (carriesValues && h.firstSlice != firstSlice) {
+    return str("field firstSlice = ", h.firstSlice, ", expected ", firstSlice, " (this server's first slice)");
+  }
+  if (carriesValues && h.payloadBytes != expected) {
+    return str("field payloadBytes = ", h.payloadBytes, ", expected ", expected, " (4 x this server's load of ", load,
+               " floats)");
+  }
+  if (!carriesValues && h.payloadBytes != 0) {
+    return str("field payloadBytes = ", h.payloadBytes, ", expected 0: a ", opName(h.op), " carries no payload");
+  }
+  if (h.op == Op::kPush) {
+    if (!std::isfinite(h.lr) || h.lr < 0) {
+      return str("field lr = ", h.lr, ": the learning rate must be finite and >= 0");
+    }
+    const int64_t now = version();
+    if (h.version < versionBase || h.version > now) {
+      return str("field version = ", h.version, ": a push must be based on a version in [", versionBase, ", ", now,
+                 "] (the version of the worker's last pull)");
+    }
+    if (!initialized) return "push before any init: call Client::init on one worker before pushing";
+  }
+  return "";
+}
+
+void Server::Impl::handle(int w) {
+  const auto& bytes = *headerBuf[static_cast<size_t>(w)];
+  Header h;
+  std::string bad;
+  uint64_t claimed = 0;
+  try {
+    h = decodeHeader(bytes);
+    bad = validate(w, h);
+    claimed = h.payloadBytes;
+  } catch (const InvalidArgument& e) {
+    bad = e.what();
+    // An unknown op under the right magic still says how much payload follows; under a wrong
+    // magic nothing in the header can be trusted, so nothing is drained.
+    if (readU32(bytes.data()) == kMagic) claimed = readU64(bytes.data() + 48);
+  }
+
+  if (!bad.empty()) {
+    if (claimed > kMaxPayloadBytes) {
+      sendError(w, bad);
+      fail(w, str("it claimed a payload of ", claimed, " bytes (more than ", kMaxPayloadBytes,
+                  "), which cannot be drained: ", bad));
+      return;
+    }
+    try {
+      if (claimed > 0) {
+        std::vector<uint8_t> drop(claimed);
+        receivePayload(w, drop.data(), claimed);
+      }
+    } catch (const Error& e) {
+      fail(w, e.what());
+      return;
+    } catch (const std::bad_alloc&) {
+      sendError(w, bad);
+      fail(w, str("no memory to drain its payload of ", claimed, " bytes: ", bad));
+      return;
+    }
+    postHeader(w);
+    sendError(w, bad);
+    return;
+  }
+
+  std::vector<float> payload;
+  try {
+    if (h.payloadBytes > 0) {
+      payload.resize(static_cast<size_t>(load));
+      receivePayload(w, payload.data(), h.payloadBytes);
+    }
+  } catch (const Error& e) {
+    fail(w, e.what());
+    return;
+  }
+
+  switch (h.op) {
+    case Op::kInit:
+      postHeader(w);
+      onInit(payload);
+      send(w, Op::kAck);
+      answerPulls();
+      break;
+    case Op::kPush:
+      postHeader(w);
+      onPush(w, h, std::move(payload));
+      break;
+    case Op::kPull:
+      postHeader(w);
+      ++report.pulls;
+      if (pullQueued[static_cast<size_t>(w)]) {
+        sendError(w, "a pull while this worker's previous pull is still waiting; wait for its answer first");
+        break;
+      }
+      pullQueued[static_cast<size_t>(w)] = true;
+      answerPulls();
+      break;
+    case Op::kBye: {
+      live[static_cast<size_t>(w)] = false;
+      bool closes;
+      {
+        std::lock_guard<std::mutex> lock(consMu);
+        closes = cons.onLeave(w, false);
+      }
+      if (closes) closeRound(true);
+      send(w, Op::kAck);
+      answerPulls();
+      break;
+    }
+    default:
+      break;  // validate() admits worker ops only
+  }
+  maybeCheckpoint(false);
+}
+
+void Server::Impl::onInit(const std::vector<float>& payload) {
+  if (initialized) return;  // the first init (or the loaded checkpoint) wins
+  for (int k = 0; k < sliceCount; ++k) {
+    std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+    std::copy(payload.begin() + sliceStart[static_cast<size_t>(k)], payload.begin() + sliceStart[static_cast<size_t>(k) + 1],
+              values.begin() + sliceStart[static_cast<size_t>(k)]);
+  }
+  initialized = true;
+}
+
+// One optimizer step per slice, each under its slice's lock.
+void Server::Impl::applySlices(const float* grad, double lr) {
+  for (int k = 0; k < sliceCount; ++k) {
+    const auto b = static_cast<size_t>(sliceStart[static_cast<size_t>(k)]);
+    const auto n = static_cast<size_t>(sliceStart[static_cast<size_t>(k) + 1]) - b;
+    std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+    optimizers[static_cast<size_t>(k)]->step(std::span<float>(values.data() + b, n),
+                                             std::span<const float>(grad + b, n), lr);
+  }
+}
+
+void Server::Impl::onPush(int w, const Header& h, std::vector<float> grad) {
+  ++report.pushes;
+  Consistency::PushDecision d;
+  try {
+    std::lock_guard<std::mutex> lock(consMu);
+    d = cons.onPush(w, h.version - versionBase);
+  } catch (const InvalidArgument& e) {
+    sendError(w, e.what());
+    return;
+  }
+  send(w, Op::kAck);
+  if (d.verdict == Consistency::Verdict::kApply) {
+    // asp/ssp: each push is 1/N of a step (lr applied to grad / N), so N pushes move the
+    // parameters about as far as one bsp round of N.
+    const double lr = h.lr;
+    const float scale = 1.0f / static_cast<float>(workers);
+    pool->submit(w, [this, g = std::move(grad), lr, scale]() mutable {
+      const auto t0 = Clock::now();
+      for (float& x : g) x *= scale;
+      applySlices(g.data(), lr);
+      {
+        std::lock_guard<std::mutex> lock(consMu);
+        cons.onApplied();
+      }
+      busyNs += static_cast<int64_t>(secondsSince(t0) * 1e9);
+    });
+  } else if (d.verdict == Consistency::Verdict::kAggregate) {
+    if (roundSum.empty()) roundSum.assign(static_cast<size_t>(load), 0.0);
+    for (size_t i = 0; i < grad.size(); ++i) roundSum[i] += grad[i];
+    ++roundCount;
+    roundLr = h.lr;
+    if (d.closesRound) closeRound(false);
+  }
+  answerPulls();
+}
+
+// bsp: applies the average of the round's pushes, slice-parallel on the pool, and waits for it
+// so the next round starts from the updated parameters.
+void Server::Impl::closeRound(bool partial) {
+  const auto t0 = Clock::now();
+  if (roundCount > 0) {
+    auto avg = std::make_shared<std::vector<float>>(static_cast<size_t>(load));
+    for (size_t i = 0; i < avg->size(); ++i) (*avg)[i] = static_cast<float>(roundSum[i] / roundCount);
+    const double lr = roundLr;
+    for (int k = 0; k < sliceCount; ++k) {
+      pool->submit(-1, [this, avg, lr, k] {
+        const auto b = static_cast<size_t>(sliceStart[static_cast<size_t>(k)]);
+        const auto n = static_cast<size_t>(sliceStart[static_cast<size_t>(k) + 1]) - b;
+        std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+        optimizers[static_cast<size_t>(k)]->step(std::span<float>(values.data() + b, n),
+                                                 std::span<const float>(avg->data() + b, n), lr);
+      });
+    }
+    pool->waitAll();
+  }
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    cons.onApplied();
+  }
+  if (partial) ++report.bspPartialRounds;
+  std::fill(roundSum.begin(), roundSum.end(), 0.0);
+  roundCount = 0;
+  busyNs += static_cast<int64_t>(secondsSince(t0) * 1e9);
+}
+
+void Server::Impl::answerPulls() {
+  if (!initialized) return;  // pulls wait for the first init
+  for (int w = 0; w < workers; ++w) {
+    if (!pullQueued[static_cast<size_t>(w)]) continue;
+    bool ok;
+    {
+      std::lock_guard<std::mutex> lock(consMu);
+      ok = cons.canPull(w);
+    }
+    if (ok) answerPull(w);
+  }
+}
+
+std::vector<float> Server::Impl::copyValues() {
+  std::vector<float> out(static_cast<size_t>(load));
+  for (int k = 0; k < sliceCount; ++k) {
+    std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+    std::copy(values.begin() + sliceStart[static_cast<size_t>(k)], values.begin() + sliceStart[static_cast<size_t>(k) + 1],
+              out.begin() + sliceStart[static_cast<size_t>(k)]);
+  }
+  return out;
+}
+
+void Server::Impl::answerPull(int w) {
+  pullQueued[static_cast<size_t>(w)] = false;
+  pool->waitWorker(w);  // the worker's own pushes are in what it reads
+  const auto t0 = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    cons.onPull(w);
+  }
+  // The version is read before the copy: every update it counts is complete, so the copy holds
+  // at least those (asp may add a few in flight).
+  const int64_t v = version();
+  Outgoing& out = queueAnswer(w, Op::kParams, v);
+  out.values = copyValues();
+  busyNs += static_cast<int64_t>(secondsSince(t0) * 1e9);
+  post(w, out);
+}
+
+void Server::Impl::send(int w, Op op, std::string text) {
+  Outgoing& out = queueAnswer(w, op, version());
+  out.text = std::move(text);
+  post(w, out);
+}
+
+Server::Impl::Outgoing& Server::Impl::queueAnswer(int w, Op op, int64_t v) {
+  Outgoing& out = outbox.emplace_back();
+  out.head.op = op;
+  out.head.worker = w;
+  out.head.server = index;
+  out.head.fingerprint = fingerprint;
+  out.head.version = v;
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    out.head.clock = cons.stats()[static_cast<size_t>(w)].clock;
+  }
+  out.head.firstSlice = firstSlice;
+  return out;
+}
+
+// Sends a queued answer: the header (with the payload's size), then the payload if any.
+void Server::Impl::post(int w, Outgoing& out) {
+  const void* data = out.values.empty() ? static_cast<const void*>(out.text.data()) : out.values.data();
+  const size_t bytes = out.values.empty() ? out.text.size() : out.values.size() * sizeof(float);
+  out.head.payloadBytes = bytes;
+  out.header = encodeHeader(out.head);
+  const int rank = workerRanks[static_cast<size_t>(w)];
+  out.works.push_back(group->sendAsync(rank, kHeaderTag, out.header.data(), kHeaderBytes));
+  if (bytes > 0) out.works.push_back(group->sendAsync(rank, kPayloadTag, data, bytes));
+  report.bytesSent += kHeaderBytes + bytes;
+}
+
+void Server::Impl::sendError(int w, const std::string& msg) {
+  const std::string text = str(who(), ": ", msg);
+  CHORUS_DEBUG(text, " (answered to worker ", w, ")");
+  ++report.errorsSent;
+  send(w, Op::kError, text);
+}
+
+// Drops answers whose sends have completed; with `block`, waits for all of them. A send to a
+// worker that died fails here; its header receive reports the failure.
+void Server::Impl::pruneOutbox(bool block) {
+  std::erase_if(outbox, [&](Outgoing& out) {
+    bool done = true;
+    for (auto& work : out.works) {
+      try {
+        if (block) {
+          work->wait();
+        } else if (!work->test()) {
+          done = false;
+        }
+      } catch (const Error&) {
+      }
+    }
+    return done;
+  });
+}
+
+// run() is failing: the header receives of live workers stay posted and answers may still be
+// in flight, and the group has no way to cancel them, so their buffers must outlive this
+// server. They move to a heap object that is never freed (64 bytes per worker plus the unsent
+// answers), which is safe where freeing is not.
+void Server::Impl::abandon() {
+  struct Abandoned {
+    std::vector<std::unique_ptr<std::array<uint8_t, kHeaderBytes>>> headers;
+    std::list<Outgoing> outbox;
+  };
+  // Reachable from a static (so leak checkers stay quiet) and never destroyed.
+  static std::mutex mu;
+  static auto* graveyard = new std::vector<std::unique_ptr<Abandoned>>;
+  auto* kept = new Abandoned;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    graveyard->emplace_back(kept);
+  }
+  for (int w = 0; w < workers; ++w) {
+    if (live[static_cast<size_t>(w)]) kept->headers.push_back(std::move(headerBuf[static_cast<size_t>(w)]));
+  }
+  pruneOutbox(false);
+  kept->outbox.splice(kept->outbox.end(), outbox);
+  CHORUS_DEBUG(who(), ": keeping ", kept->headers.size(), " posted receive buffers and ", kept->outbox.size(),
+               " answers in flight alive after a failure");
+}
+
+// ---- checkpoints ----
+
+void Server::Impl::maybeCheckpoint(bool force) {
+  if (opts.checkpointPath.empty()) return;
+  const int64_t v = version();
+  if (!force && (opts.checkpointEvery <= 0 || v - lastCheckpoint < opts.checkpointEvery)) return;
+  pool->waitAll();  // a consistent shard: no update half-applied
+  saveCheckpoint();
+  lastCheckpoint = version();
+}
+
+void Server::Impl::saveCheckpoint() {
+  const std::string tmp = str(opts.checkpointPath, ".tmp.", ::getpid());
+  {
+    FileWriter f(tmp);
+    f.bytes(kCheckpointMagic, sizeof kCheckpointMagic);
+    f.value<uint32_t>(static_cast<uint32_t>(index));
+    f.value<uint64_t>(fingerprint);
+    f.value<int64_t>(version());
+    f.value<int64_t>(load);
+    f.value<uint32_t>(static_cast<uint32_t>(sliceCount));
+    const std::vector<float> snapshot = copyValues();
+    f.bytes(snapshot.data(), snapshot.size() * sizeof(float));
+    for (int k = 0; k < sliceCount; ++k) {
+      ServerOptimizer::State st;
+      {
+        std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+        st = optimizers[static_cast<size_t>(k)]->save();
+      }
+      f.value<int64_t>(st.steps);
+      f.value<uint32_t>(static_cast<uint32_t>(st.buffers.size()));
+      for (size_t b = 0; b < st.buffers.size(); ++b) {
+        f.value<uint32_t>(static_cast<uint32_t>(st.names[b].size()));
+        f.bytes(st.names[b].data(), st.names[b].size());
+        f.value<int64_t>(static_cast<int64_t>(st.buffers[b].size()));
+        f.bytes(st.buffers[b].data(), st.buffers[b].size() * sizeof(float));
+      }
+    }
+    f.finish();
+  }
+  if (::rename(tmp.c_str(), opts.checkpointPath.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw SystemError(str(who(), ": renaming checkpoint ", tmp, " to ", opts.checkpointPath), err);
+  }
+}
+
+void Server::Impl::loadCheckpoint() {
+  const std::string& path = opts.checkpointPath;
+  FileReader f(path);
+  char magic[sizeof kCheckpointMagic];
+  f.bytes(magic, sizeof magic);
+  if (std::memcmp(magic, kCheckpointMagic, sizeof magic) != 0) {
+    throw Error(str("ps server ", index, ": ", path, " is not a parameter-server checkpoint (bad magic); delete it or "
+                    "point checkpointPath elsewhere"));
+  }
+  const auto server = f.value<uint32_t>();
+  const auto fp = f.value<uint64_t>();
+  const auto version = f.value<int64_t>();
+  const auto fileLoad = f.value<int64_t>();
+  const auto slices = f.value<uint32_t>();
+  if (fp != fingerprint) {
+    throw ConfigError(str("ps server ", index, ": checkpoint ", path, " was written for plan fingerprint ", fp,
+                          " but this server's plan has fingerprint ", fingerprint,
+                          ": the model's tensors or the number of servers changed. Resume with the same model and "
+                          "servers, or delete the checkpoint to start from scratch"));
+  }
+  if (static_cast<int>(server) != index || fileLoad != load || static_cast<int>(slices) != sliceCount) {
+    throw ConfigError(str("ps server ", index, ": checkpoint ", path, " belongs to server ", server, " (", fileLoad,
+                          " values in ", slices, " slices), this is server ", index, " (", load, " values in ",
+                          sliceCount, " slices); give each server its own checkpoint path"));
+  }
+  if (version < 0) throw Error(str("ps server ", index, ": checkpoint ", path, " holds a negative version"));
+  f.bytes(values.data(), values.size() * sizeof(float));
+  for (int k = 0; k < sliceCount; ++k) {
+    ServerOptimizer::State st;
+    st.steps = f.value<int64_t>();
+    const auto nbuf = f.value<uint32_t>();
+    if (nbuf > kMaxCheckpointBuffers) throw Error(str("ps server ", index, ": checkpoint ", path, " is corrupt"));
+    for (uint32_t b = 0; b < nbuf; ++b) {
+      const auto len = f.value<uint32_t>();
+      if (len > kMaxNameBytes) throw Error(str("ps server ", index, ": checkpoint ", path, " is corrupt"));
+      std::string name(len, '\0');
+      f.bytes(name.data(), len);
+      const auto count = f.value<int64_t>();
+      const int64_t sliceNumel = sliceStart[static_cast<size_t>(k) + 1] - sliceStart[static_cast<size_t>(k)];
+      if (count != sliceNumel) {
+        throw Error(str("ps server ", index, ": checkpoint ", path, " has optimizer buffer '", name, "' of ", count,
+                        " values for a slice of ", sliceNumel, "; it is corrupt"));
+      }
+      std::vector<float> buf(static_cast<size_t>(count));
+      f.bytes(buf.data(), buf.size() * sizeof(float));
+      st.names.push_back(std::move(name));
+      st.buffers.push_back(std::move(buf));
+    }
+    try {
+      optimizers[static_cast<size_t>(k)]->restore(st);
+    } catch (const InvalidArgument& e) {
+      throw ConfigError(str("ps server ", index, ": checkpoint ", path, " holds optimizer state that does not fit ",
+                            "this server's optimizer (", opts.optimizer.name, "): ", e.what()));
+    }
+  }
+  versionBase = version;
+}
+
+// ---- Server ----
+
+Server::Server(std::shared_ptr<comm::ProcessGroup> group, int serverIndex, std::vector<int> workerRanks, ShardPlan plan,
+               ServerOptions opts)
+    : impl_(std::make_unique<Impl>(std::move(group), serverIndex, std::move(workerRanks), std::move(plan),
+                                   std::move(opts))) {}
+
+Server::~Server() = default;
+
+ServerReport Server::run() {
+  Impl& s = *impl_;
+  const auto t0 = Clock::now();
+  s.report.resumedFromCheckpoint = s.resumed;
+  try {
+    s.serve();
+  } catch (...) {
+    s.abandon();
+    throw;
+  }
+  s.pool->waitAll();
+  s.pruneOutbox(true);
+  s.maybeCheckpoint(true);
+  ServerReport r = s.report;
+  r.version = s.version();
+  {
+    std::lock_guard<std::mutex> lock(s.consMu);
+    r.workers = s.cons.stats();
+  }
+  r.busySeconds = static_cast<double>(s.busyNs.load()) / 1e9;
+  r.wallSeconds = secondsSince(t0);
+  return r;
+}
+
+std::vector<float> Server::values() const { return impl_->copyValues(); }
+
+}  // namespace chorus::ps

@@ -1,0 +1,94 @@
+// A parameter server: holds its shard of the model (ShardPlan), applies the optimizer on the
+// server side, and answers workers' pushes and pulls (protocol.h) under a consistency mode
+// (consistency.h). Torch-free; runs over any transport of the comm core.
+//
+// Threads. One thread (the caller of run()) does all the communication: it keeps a header
+// receive posted for every live worker and waits for whichever completes first
+// (ProcessGroup::waitAny). Updates run on a small pool of apply threads; each slice has its
+// own mutex, so pushes to different slices proceed at once and a pull copies each slice under
+// its own lock: there is no lock over the whole shard. Pulls that consistency holds back wait
+// in a queue and are answered as soon as an update makes them eligible. Where the comm thread
+// waits for the pool: in bsp, for the round's update (applied slice-parallel), so that the
+// next round starts from it; in asp/ssp, before answering a pull, for that worker's own
+// pushes (a worker always reads its own writes); before a checkpoint, for everything.
+//
+// Updates. bsp: the round's pushes are averaged (summed in double) and one optimizer step is
+// applied with the learning rate of the push that closed the round. asp/ssp: every push is a
+// step on grad / N (N = consistency.workers) at the push's learning rate, so N pushes move the
+// parameters about as far as one bsp round. Pulls before the first init (or a loaded
+// checkpoint) wait for it; a push before it is refused.
+//
+// Faults. A worker whose connection fails (PeerError) is logged by rank and index and leaves
+// (Consistency::onLeave); asp and ssp continue with the rest. In bsp the open round closes
+// with the pushes it has when the live workers cannot fill it (the bsp_partial_rounds count
+// in the report says how often). A malformed message gets a kError answer and changes nothing.
+//
+// Checkpoints. With checkpointPath set the shard (values, optimizer state, version, the plan's
+// fingerprint) is written atomically (temp file, fsync, rename) every checkpointEvery updates
+// and when run() returns; with resume, a server that finds the file loads it in its
+// constructor, and answers workers' kInit with kAck without overwriting what it loaded. The
+// version goes on from the saved one. The file holds one server's shard: give every server its
+// own path.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "chorus/common/clock.h"
+#include "chorus/comm/group.h"
+#include "chorus/ps/consistency.h"
+#include "chorus/ps/optimizer.h"
+#include "chorus/ps/sharding.h"
+
+namespace chorus::ps {
+
+struct ServerOptions {
+  ConsistencyOptions consistency;
+  OptimizerOptions optimizer;
+  int applyThreads = 2;            // >= 1
+  std::string checkpointPath;      // "" : no checkpoints
+  int64_t checkpointEvery = 0;     // updates between checkpoints; 0: only at the end
+  bool resume = false;             // load checkpointPath first when it exists
+  Millis idle{0};                  // longest wait for any message (run() then throws
+                                   // TimeoutError); 0: no limit but PeerError
+};
+
+struct ServerReport {
+  int server = 0;
+  int64_t version = 0;        // updates applied
+  int64_t pushes = 0, pulls = 0, errorsSent = 0, bspPartialRounds = 0;
+  uint64_t bytesReceived = 0, bytesSent = 0;
+  double busySeconds = 0;     // time spent applying updates and copying pulls
+  double wallSeconds = 0;
+  std::vector<WorkerStats> workers;
+  std::vector<int> failedWorkers;
+  bool resumedFromCheckpoint = false;
+};
+
+class Server {
+ public:
+  // group: the whole job; workerRanks[i] is worker i's rank in it (as many as
+  // opts.consistency.workers). Throws InvalidArgument for serverIndex outside
+  // [0, plan.servers()) or bad options; with resume, ConfigError for a checkpoint of another
+  // plan (fingerprint), server or optimizer, Error for a corrupt one.
+  Server(std::shared_ptr<comm::ProcessGroup> group, int serverIndex, std::vector<int> workerRanks, ShardPlan plan,
+         ServerOptions opts);
+  ~Server();
+  // Serves until every worker has said goodbye or left; returns the statistics. Call once.
+  // Throws TimeoutError past opts.idle, an Error from the transport or a checkpoint write;
+  // then the receives it had posted stay posted, and their buffers are kept alive for the
+  // life of the process (a few bytes per worker) rather than freed under them.
+  ServerReport run();
+  // This server's parameter values, its slices in order (for tests and checkpoints). Safe to
+  // call from any thread; during run() each slice is copied under its own lock.
+  std::vector<float> values() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::ps

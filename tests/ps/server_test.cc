@@ -1,0 +1,668 @@
+// The parameter server end to end, ranks as threads: workers (ranks 0..N-1) run Clients,
+// servers (ranks N..N+S-1) run Servers. Checks bsp against a one-process reference, the
+// ssp/asp/backup-worker rules through the servers' reports, malformed messages, checkpoints
+// and a worker that dies.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "chorus/ps/client.h"
+#include "chorus/ps/protocol.h"
+#include "chorus/ps/server.h"
+#include "util/rank_threads.h"
+
+namespace chorus::ps {
+namespace {
+
+using testutil::RankOptions;
+
+// The harness hands each rank a reference; Server and Client take a shared_ptr that does not
+// own it.
+std::shared_ptr<comm::ProcessGroup> borrow(comm::ProcessGroup& g) {
+  return std::shared_ptr<comm::ProcessGroup>(std::shared_ptr<comm::ProcessGroup>(), &g);
+}
+
+// 20 elements over 2 servers: w1 (7) and b1 (2) on server 0, w2 split 1 | 10 across them.
+std::vector<TensorSpec> modelSpecs(const std::string& lastName = "w2") {
+  return {{"w1", 7}, {"b1", 2}, {lastName, 11}};
+}
+
+std::vector<std::vector<float>> initialParams(const ShardPlan& plan) {
+  std::vector<std::vector<float>> p;
+  for (size_t t = 0; t < plan.tensors().size(); ++t) {
+    std::vector<float> v(static_cast<size_t>(plan.tensors()[t].numel));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.5f - 0.07f * static_cast<float>(i) + 0.3f * static_cast<float>(t);
+    p.push_back(std::move(v));
+  }
+  return p;
+}
+
+// Worker w's deterministic gradient at parameters p: p * c_w + d_w.
+std::vector<std::vector<float>> gradient(const std::vector<std::vector<float>>& p, int w) {
+  const float c = 0.1f * static_cast<float>(w + 1);
+  std::vector<std::vector<float>> g = p;
+  for (size_t t = 0; t < g.size(); ++t) {
+    for (size_t i = 0; i < g[t].size(); ++i) {
+      const float d = 0.01f * static_cast<float>(i + 1) * static_cast<float>(w + 1) - 0.05f * static_cast<float>(t);
+      g[t][i] = p[t][i] * c + d;
+    }
+  }
+  return g;
+}
+
+std::vector<std::span<const float>> cspans(const std::vector<std::vector<float>>& v) {
+  return {v.begin(), v.end()};
+}
+std::vector<std::span<float>> spans(std::vector<std::vector<float>>& v) { return {v.begin(), v.end()}; }
+
+std::vector<float> flat(const std::vector<std::vector<float>>& v) {
+  std::vector<float> out;
+  for (const auto& t : v) out.insert(out.end(), t.begin(), t.end());
+  return out;
+}
+
+// The formulas of optimizer.h, element by element, in double, rounded to float when stored.
+struct ReferenceOptimizer {
+  OptimizerOptions o;
+  std::vector<float> buf, m, v;
+  int64_t t = 0;
+  void step(std::vector<float>& p, const std::vector<float>& g, double lr) {
+    if (buf.empty()) buf.assign(p.size(), 0.0f), m.assign(p.size(), 0.0f), v.assign(p.size(), 0.0f);
+    ++t;
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (o.name == "sgd") {
+        double d = g[i] + o.weightDecay * p[i];
+        if (o.momentum > 0) {
+          const double b = t == 1 ? d : o.momentum * buf[i] + (1 - o.dampening) * d;
+          buf[i] = static_cast<float>(b);
+          d = o.nesterov ? d + o.momentum * b : b;
+        }
+        p[i] = static_cast<float>(p[i] - lr * d);
+      } else {  // adam
+        const double gi = g[i] + o.weightDecay * p[i];
+        const double mi = o.beta1 * m[i] + (1 - o.beta1) * gi;
+        const double vi = o.beta2 * v[i] + (1 - o.beta2) * gi * gi;
+        m[i] = static_cast<float>(mi);
+        v[i] = static_cast<float>(vi);
+        const double stepSize = lr / (1 - std::pow(o.beta1, static_cast<double>(t)));
+        const double bc2 = std::sqrt(1 - std::pow(o.beta2, static_cast<double>(t)));
+        p[i] = static_cast<float>(p[i] - stepSize * mi / (std::sqrt(vi) / bc2 + o.eps));
+      }
+    }
+  }
+};
+
+// bsp in one process: every step averages the workers' gradients (summed in double, as the
+// server does) and applies one optimizer step.
+std::vector<float> bspReference(const ShardPlan& plan, const OptimizerOptions& o, int workers, int steps, double lr) {
+  auto p = initialParams(plan);
+  ReferenceOptimizer opt;
+  opt.o = o;
+  for (int s = 0; s < steps; ++s) {
+    std::vector<double> sum(static_cast<size_t>(plan.totalNumel()), 0.0);
+    for (int w = 0; w < workers; ++w) {
+      const auto g = flat(gradient(p, w));
+      for (size_t i = 0; i < g.size(); ++i) sum[i] += g[i];
+    }
+    std::vector<float> avg(sum.size());
+    for (size_t i = 0; i < sum.size(); ++i) avg[i] = static_cast<float>(sum[i] / workers);
+    std::vector<float> fp = flat(p);
+    opt.step(fp, avg, lr);
+    size_t at = 0;
+    for (auto& t : p) {
+      for (float& x : t) x = fp[at++];
+    }
+  }
+  return flat(p);
+}
+
+// Relative tolerance of the bsp comparisons (plus 1e-7 absolute near zero): the server and the
+// reference run the same formulas on the same floats, so they agree to a few ulps.
+constexpr double kRelTol = 1e-6;
+
+void expectNear(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], kRelTol * std::fabs(want[i]) + 1e-7) << what << " element " << i;
+  }
+}
+
+// One job: N workers, S servers. `work` runs on each worker with its Client (after worker 0's
+// init); the job collects each server's report and final values, and each worker's last pull.
+struct Job {
+  int workers = 3, servers = 2;
+  ShardPlan plan = ShardPlan::make(modelSpecs(), 2);
+  ServerOptions server;
+  RankOptions ranks;
+  std::function<void(Client&, int)> work;
+
+  std::vector<ServerReport> reports;
+  std::vector<std::vector<float>> serverValues;
+  std::vector<std::vector<float>> workerParams;
+  std::vector<double> pullWait;
+  std::vector<double> workerSeconds;
+
+  std::vector<int> serverRanks() const {
+    std::vector<int> r;
+    for (int s = 0; s < servers; ++s) r.push_back(workers + s);
+    return r;
+  }
+  std::vector<int> workerRanks() const {
+    std::vector<int> r;
+    for (int w = 0; w < workers; ++w) r.push_back(w);
+    return r;
+  }
+
+  // Runs the ranks; returns each rank's outcome.
+  std::vector<std::exception_ptr> run() {
+    server.consistency.workers = workers;
+    reports.assign(static_cast<size_t>(servers), {});
+    serverValues.assign(static_cast<size_t>(servers), {});
+    workerParams.assign(static_cast<size_t>(workers), {});
+    pullWait.assign(static_cast<size_t>(workers), 0);
+    workerSeconds.assign(static_cast<size_t>(workers), 0);
+    return testutil::runRanksCollect(workers + servers, ranks, [&](comm::ProcessGroup& g) {
+      const int r = g.rank();
+      if (r >= workers) {
+        const int s = r - workers;
+        Server srv(borrow(g), s, workerRanks(), plan, server);
+        reports[static_cast<size_t>(s)] = srv.run();
+        serverValues[static_cast<size_t>(s)] = srv.values();
+        return;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      Client c(borrow(g), r, serverRanks(), plan);
+      if (r == 0) c.init(cspans(initialParams(plan)));
+      work(c, r);
+      c.bye();
+      pullWait[static_cast<size_t>(r)] = c.pullWaitSeconds();
+      workerSeconds[static_cast<size_t>(r)] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  }
+  void runOk() {
+    const auto outcome = run();
+    for (size_t r = 0; r < outcome.size(); ++r) {
+      ASSERT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+    }
+  }
+  std::vector<float> allServerValues() const {
+    std::vector<float> out;
+    for (const auto& v : serverValues) out.insert(out.end(), v.begin(), v.end());
+    return out;
+  }
+};
+
+// The usual loop: pull, compute the gradient, optionally sleep, push; a final pull.
+std::function<void(Client&, int)> trainLoop(Job& job, int steps, double lr,
+                                            std::function<void(int, int)> pause = nullptr) {
+  return [&job, steps, lr, pause](Client& c, int w) {
+    auto p = initialParams(job.plan);
+    for (int s = 0; s < steps; ++s) {
+      c.pull(spans(p));
+      const auto g = gradient(p, w);
+      if (pause) pause(w, s);
+      c.push(cspans(g), lr);
+    }
+    c.pull(spans(p));
+    job.workerParams[static_cast<size_t>(w)] = flat(p);
+  };
+}
+
+void sleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+// ---- 1. bsp equals the one-process reference ----
+
+class BspTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BspTest, SgdMomentumMatchesReference) {
+  Job job;
+  job.ranks.transport = GetParam();
+  job.server.optimizer.name = "sgd";
+  job.server.optimizer.momentum = 0.9;
+  job.server.optimizer.weightDecay = 0.01;
+  job.work = trainLoop(job, 6, 0.1);
+  job.runOk();
+  const auto want = bspReference(job.plan, job.server.optimizer, job.workers, 6, 0.1);
+  expectNear(job.allServerValues(), want, "server values");
+  for (int w = 0; w < job.workers; ++w) expectNear(job.workerParams[static_cast<size_t>(w)], want, "worker pull");
+  for (const auto& r : job.reports) {
+    EXPECT_EQ(r.version, 6);
+    EXPECT_EQ(r.pushes, 6 * job.workers);
+    EXPECT_EQ(r.errorsSent, 0);
+    EXPECT_TRUE(r.failedWorkers.empty());
+    for (const auto& st : r.workers) {
+      EXPECT_EQ(st.applied, 6);
+      EXPECT_EQ(st.dropped, 0);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, BspTest, ::testing::Values("loopback", "shm", "tcp"));
+
+TEST(PsServer, BspAdamMatchesReference) {
+  Job job;
+  job.server.optimizer.name = "adam";
+  job.server.applyThreads = 3;
+  job.work = trainLoop(job, 5, 0.01);
+  job.runOk();
+  const auto want = bspReference(job.plan, job.server.optimizer, job.workers, 5, 0.01);
+  expectNear(job.allServerValues(), want, "server values");
+  expectNear(job.workerParams[1], want, "worker 1's pull");
+}
+
+// asp with one worker is plain sequential training (the 1/N scale is 1).
+TEST(PsServer, AspOneWorkerIsSequential) {
+  Job job;
+  job.workers = 1;
+  job.server.consistency.mode = Mode::kAsp;
+  job.server.optimizer.momentum = 0.5;
+  job.work = trainLoop(job, 5, 0.1);
+  job.runOk();
+  expectNear(job.allServerValues(), bspReference(job.plan, job.server.optimizer, 1, 5, 0.1), "server values");
+}
+
+// ---- 2. ssp bounds the clock gap ----
+
+class SspTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(SspTest, ClockGapStaysWithinStaleness) {
+  const int s = GetParam();
+  Job job;
+  job.servers = 1;
+  job.plan = ShardPlan::make(modelSpecs(), 1);
+  job.server.consistency.mode = Mode::kSsp;
+  job.server.consistency.staleness = s;
+  constexpr int kSlow = 2;
+  job.work = trainLoop(job, 8, 0.05, [](int w, int) {
+    if (w == kSlow) sleepMs(25);
+  });
+  job.runOk();
+  const ServerReport& r = job.reports[0];
+  EXPECT_EQ(r.version, 8 * job.workers);
+  for (int w = 0; w < job.workers; ++w) {
+    const WorkerStats& st = r.workers[static_cast<size_t>(w)];
+    EXPECT_LE(st.maxClockGap, s) << "worker " << w;
+    EXPECT_EQ(st.applied, 8);
+    if (w != kSlow) {
+      // The fast workers ran ahead to the bound and then waited for the slow one.
+      EXPECT_EQ(st.maxClockGap, s) << "worker " << w;
+      EXPECT_GT(job.pullWait[static_cast<size_t>(w)], 0.05) << "worker " << w;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Staleness, SspTest, ::testing::Values(1, 2));
+
+// ---- 3. asp never waits and records staleness ----
+
+TEST(PsServer, AspRecordsStaleness) {
+  Job job;
+  job.server.consistency.mode = Mode::kAsp;
+  constexpr int kSlow = 2;
+  job.work = trainLoop(job, 12, 0.05, [](int w, int) { sleepMs(w == kSlow ? 15 : 2); });
+  job.runOk();
+  for (const ServerReport& r : job.reports) {
+    EXPECT_EQ(r.version, 12 * job.workers);
+    for (int w = 0; w < job.workers; ++w) {
+      const WorkerStats& st = r.workers[static_cast<size_t>(w)];
+      EXPECT_EQ(st.applied, 12);
+      EXPECT_GT(st.sumStaleness, 0) << "worker " << w << " on server " << r.server;
+      EXPECT_LE(st.maxStaleness, 12 * job.workers);
+    }
+  }
+  // The fast workers did not wait for the slow one.
+  EXPECT_LT(job.workerSeconds[0], job.workerSeconds[kSlow]);
+  for (float x : job.allServerValues()) EXPECT_TRUE(std::isfinite(x));
+  EXPECT_NE(job.allServerValues(), flat(initialParams(job.plan)));
+}
+
+// ---- 4. bsp with a backup worker drops the straggler's late pushes ----
+
+TEST(PsServer, BackupWorkerDropsLatePushes) {
+  Job job;
+  job.workers = 4;
+  job.server.consistency.backup = 1;
+  constexpr int kSlow = 3;
+  job.work = trainLoop(job, 6, 0.05, [](int w, int) {
+    if (w == kSlow) sleepMs(40);
+  });
+  job.runOk();
+  for (const ServerReport& r : job.reports) {
+    EXPECT_GT(r.workers[kSlow].dropped, 0);
+    EXPECT_GE(r.version, 6);  // the fast workers' rounds closed without the slow one
+    EXPECT_EQ(r.pushes, 6 * job.workers);
+  }
+  for (int w = 0; w < kSlow; ++w) {
+    EXPECT_LT(job.workerSeconds[static_cast<size_t>(w)], 0.5 * job.workerSeconds[kSlow]) << "worker " << w;
+  }
+}
+
+// ---- 5. malformed messages ----
+
+// Sends a raw header (and `payloadBytes` of zeros) to `server` and returns the answer's op and
+// message.
+std::pair<Op, std::string> rawRequest(comm::ProcessGroup& g, int server, const Header& h, size_t payloadBytes) {
+  const auto bytes = encodeHeader(h);
+  g.send(server, kHeaderTag, bytes.data(), bytes.size());
+  std::vector<uint8_t> payload(payloadBytes, 0);
+  if (payloadBytes > 0) g.send(server, kPayloadTag, payload.data(), payload.size());
+  std::array<uint8_t, kHeaderBytes> in{};
+  g.recv(server, kHeaderTag, in.data(), in.size());
+  const Header a = decodeHeader(in);
+  std::string msg(a.payloadBytes, '\0');
+  if (!msg.empty()) g.recv(server, kPayloadTag, msg.data(), msg.size());
+  return {a.op, msg};
+}
+
+TEST(PsServer, MalformedMessagesAreRefusedAndServingGoesOn) {
+  Job job;
+  job.workers = 3;
+  job.servers = 1;
+  job.plan = ShardPlan::make(modelSpecs(), 1);
+  job.server.consistency.mode = Mode::kAsp;
+  const int server = job.workers;  // its rank
+  const uint64_t load = static_cast<uint64_t>(job.plan.load(0));
+  std::vector<std::string> messages;
+  std::atomic<bool> rawDone{false};
+  job.server.consistency.workers = job.workers;
+  auto outcome = testutil::runRanksCollect(4, job.ranks, [&](comm::ProcessGroup& g) {
+    const int r = g.rank();
+    if (r == server) {
+      Server srv(borrow(g), 0, {0, 1, 2}, job.plan, job.server);
+      job.reports.assign(1, srv.run());
+      return;
+    }
+    if (r == 2) {
+      // A payload too large to drain: refused, and the server stops listening to this worker.
+      Header h;
+      h.op = Op::kPush;
+      h.worker = 2;
+      h.fingerprint = job.plan.fingerprint();
+      h.payloadBytes = kMaxPayloadBytes + 4;
+      const auto [op, msg] = rawRequest(g, server, h, 0);
+      EXPECT_EQ(op, Op::kError);
+      EXPECT_NE(msg.find("payloadBytes"), std::string::npos) << msg;
+      return;
+    }
+    Client c(borrow(g), r, {server}, job.plan);
+    auto p = initialParams(job.plan);
+    if (r == 0) {
+      c.init(cspans(p));
+      c.pull(spans(p));
+      c.push(cspans(gradient(p, 0)), 0.1);
+      c.pull(spans(p));
+      c.bye();
+      return;
+    }
+    // Worker 1: a client built from another plan (same sizes, another tensor name).
+    {
+      Client other(borrow(g), 1, {server}, ShardPlan::make(modelSpecs("w2b"), 1));
+      try {
+        other.push(cspans(p), 0.1);
+        ADD_FAILURE() << "a push with another plan's fingerprint was accepted";
+      } catch (const ServerError& e) {
+        messages.push_back(e.what());
+      }
+    }
+    Header h;
+    h.op = Op::kPush;
+    h.worker = 1;
+    h.fingerprint = job.plan.fingerprint();
+    h.lr = 0.1;
+    h.payloadBytes = 4 * load;
+    h.firstSlice = 0;
+    auto expectError = [&](Header bad, size_t payload, const std::string& field) {
+      const auto [op, msg] = rawRequest(g, server, bad, payload);
+      EXPECT_EQ(op, Op::kError) << field;
+      EXPECT_NE(msg.find(field), std::string::npos) << "the error does not name " << field << ": " << msg;
+    };
+    Header bad = h;
+    bad.payloadBytes = 4 * load + 8;
+    expectError(bad, bad.payloadBytes, "payloadBytes");
+    bad = h;
+    bad.firstSlice = 1;
+    expectError(bad, bad.payloadBytes, "firstSlice");
+    bad = h;
+    bad.fingerprint ^= 1;
+    expectError(bad, bad.payloadBytes, "fingerprint");
+    bad = h;
+    bad.worker = 0;
+    expectError(bad, bad.payloadBytes, "field worker");
+    bad = h;
+    bad.version = 1000;
+    expectError(bad, bad.payloadBytes, "field version");
+    bad = h;
+    bad.op = Op::kParams;
+    bad.payloadBytes = 0;
+    expectError(bad, 0, "field op");
+    // A wrong magic: nothing in the header can be trusted, so no payload is sent.
+    auto raw = encodeHeader(h);
+    raw[0] ^= 0xff;
+    g.send(server, kHeaderTag, raw.data(), raw.size());
+    std::array<uint8_t, kHeaderBytes> in{};
+    g.recv(server, kHeaderTag, in.data(), in.size());
+    const Header a = decodeHeader(in);
+    EXPECT_EQ(a.op, Op::kError);
+    std::string msg(a.payloadBytes, '\0');
+    g.recv(server, kPayloadTag, msg.data(), msg.size());
+    EXPECT_NE(msg.find("magic"), std::string::npos) << msg;
+    // The server still serves this worker.
+    c.pull(spans(p));
+    c.push(cspans(gradient(p, 1)), 0.1);
+    c.pull(spans(p));
+    rawDone = true;
+    c.bye();
+  });
+  for (size_t r = 0; r < outcome.size(); ++r) {
+    ASSERT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+  }
+  EXPECT_TRUE(rawDone);
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_NE(messages[0].find("fingerprint"), std::string::npos) << messages[0];
+  const ServerReport& r = job.reports[0];
+  EXPECT_EQ(r.version, 2);  // the two good pushes
+  EXPECT_EQ(r.errorsSent, 10);  // fingerprint push, its destructor's bye, six raw, the magic, the huge one
+  EXPECT_EQ(r.failedWorkers, std::vector<int>{2});
+}
+
+// ---- 6. checkpoints ----
+
+std::string tempPath(const std::string& name) {
+  return str(::testing::TempDir(), "/ps_server_test_", getpid(), "_", name);
+}
+
+TEST(PsServer, ResumeFromCheckpointContinuesTraining) {
+  const std::string base = tempPath("ckpt");
+  auto pathOf = [&](int s) { return str(base, ".", s); };
+  for (int s = 0; s < 2; ++s) std::remove(pathOf(s).c_str());
+  OptimizerOptions sgd;
+  sgd.momentum = 0.9;
+
+  // Uninterrupted: 6 steps.
+  Job full;
+  full.workers = 1;
+  full.server.optimizer = sgd;
+  full.work = trainLoop(full, 6, 0.1);
+  full.runOk();
+
+  // 3 steps, checkpoints every 2 updates and at the end.
+  Job first;
+  first.workers = 1;
+  first.server.optimizer = sgd;
+  first.server.checkpointEvery = 2;
+  std::vector<std::vector<float>> saved(2);
+  auto runServers = [&](Job& job, bool resume, std::vector<std::vector<float>>* before) {
+    job.reports.assign(2, {});
+    job.serverValues.assign(2, {});
+    job.workerParams.assign(1, {});
+    job.server.consistency.workers = 1;
+    return testutil::runRanksCollect(3, job.ranks, [&](comm::ProcessGroup& g) {
+      const int r = g.rank();
+      if (r >= 1) {
+        ServerOptions o = job.server;
+        o.checkpointPath = pathOf(r - 1);
+        o.resume = resume;
+        Server srv(borrow(g), r - 1, {0}, job.plan, o);
+        if (before) (*before)[static_cast<size_t>(r - 1)] = srv.values();
+        job.reports[static_cast<size_t>(r - 1)] = srv.run();
+        job.serverValues[static_cast<size_t>(r - 1)] = srv.values();
+        return;
+      }
+      Client c(borrow(g), 0, {1, 2}, job.plan);
+      c.init(cspans(initialParams(job.plan)));
+      job.work(c, 0);
+      c.bye();
+    });
+  };
+  first.work = trainLoop(first, 3, 0.1);
+  for (const auto& e : runServers(first, false, nullptr)) ASSERT_EQ(e, nullptr) << testutil::messageOf(e);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(first.reports[static_cast<size_t>(s)].version, 3);
+    EXPECT_EQ(access(pathOf(s).c_str(), F_OK), 0) << "no checkpoint at " << pathOf(s);
+    saved[static_cast<size_t>(s)] = first.serverValues[static_cast<size_t>(s)];
+  }
+
+  // Resume: the servers start from the saved shard (init is ignored), the worker's first pull
+  // returns it, and 3 more steps land where the uninterrupted run did (momentum restored).
+  Job second;
+  second.workers = 1;
+  second.server.optimizer = sgd;
+  std::vector<float> firstPull;
+  second.work = [&](Client& c, int w) {
+    auto p = initialParams(second.plan);
+    c.pull(spans(p));
+    firstPull = flat(p);
+    for (int s = 0; s < 3; ++s) {
+      if (s > 0) c.pull(spans(p));
+      c.push(cspans(gradient(p, w)), 0.1);
+    }
+    EXPECT_EQ(c.versions(), (std::vector<int64_t>{5, 5}));
+  };
+  std::vector<std::vector<float>> loaded(2);
+  for (const auto& e : runServers(second, true, &loaded)) ASSERT_EQ(e, nullptr) << testutil::messageOf(e);
+  std::vector<float> savedFlat;
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(loaded[static_cast<size_t>(s)], saved[static_cast<size_t>(s)]) << "server " << s;
+    EXPECT_TRUE(second.reports[static_cast<size_t>(s)].resumedFromCheckpoint);
+    EXPECT_EQ(second.reports[static_cast<size_t>(s)].version, 6);
+    savedFlat.insert(savedFlat.end(), saved[static_cast<size_t>(s)].begin(), saved[static_cast<size_t>(s)].end());
+  }
+  EXPECT_EQ(firstPull, savedFlat);
+  expectNear(second.allServerValues(), full.allServerValues(), "resumed vs uninterrupted");
+
+  // A checkpoint of another plan is refused by name.
+  testutil::runRanks(2, RankOptions{}, [&](comm::ProcessGroup& g) {
+    if (g.rank() != 1) return;
+    ServerOptions o;
+    o.consistency.workers = 1;
+    o.checkpointPath = pathOf(0);
+    o.resume = true;
+    try {
+      Server srv(borrow(g), 0, {0}, ShardPlan::make(modelSpecs("other"), 2), o);
+      ADD_FAILURE() << "a checkpoint of another plan was loaded";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("fingerprint"), std::string::npos) << e.what();
+    }
+  });
+  for (int s = 0; s < 2; ++s) std::remove(pathOf(s).c_str());
+}
+
+// ---- idle limit ----
+
+TEST(PsServer, IdleLimitEndsRunWithTimeoutError) {
+  const ShardPlan plan = ShardPlan::make(modelSpecs(), 1);
+  testutil::runRanks(2, RankOptions{}, [&](comm::ProcessGroup& g) {
+    if (g.rank() == 0) {  // a worker that never speaks
+      sleepMs(400);
+      return;
+    }
+    ServerOptions o;
+    o.idle = Millis(100);
+    Server srv(borrow(g), 0, {0}, plan, o);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      srv.run();
+      ADD_FAILURE() << "run() returned although no worker spoke";
+    } catch (const TimeoutError& e) {
+      EXPECT_NE(std::string(e.what()).find("idle"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.35);
+  });
+}
+
+// ---- 7. a worker that dies ----
+
+class DeathTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DeathTest, AspGoesOnWithoutADeadWorker) {
+  Job job;
+  job.ranks.transport = GetParam();
+  job.server.consistency.mode = Mode::kAsp;
+  constexpr int kVictim = 1;
+  job.work = [&](Client& c, int w) {
+    auto p = initialParams(job.plan);
+    for (int s = 0; s < 8; ++s) {
+      c.pull(spans(p));
+      if (w == kVictim && s == 3) throw std::runtime_error("worker 1 dies");
+      c.push(cspans(gradient(p, w)), 0.05);
+    }
+    c.pull(spans(p));
+  };
+  const auto outcome = job.run();
+  for (size_t r = 0; r < outcome.size(); ++r) {
+    if (r == kVictim) {
+      EXPECT_EQ(testutil::messageOf(outcome[r]), "worker 1 dies");
+    } else {
+      EXPECT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+    }
+  }
+  for (const ServerReport& r : job.reports) {
+    EXPECT_EQ(r.failedWorkers, std::vector<int>{kVictim});
+    EXPECT_TRUE(r.workers[kVictim].failed);
+    EXPECT_EQ(r.workers[kVictim].pushes, 3);
+    EXPECT_EQ(r.workers[0].pushes, 8);
+    EXPECT_EQ(r.version, 8 + 3 + 8);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, DeathTest, ::testing::Values("loopback", "tcp"));
+
+// In bsp the round the dead worker never pushed to closes with the others' pushes.
+TEST(PsServer, BspGoesOnWithoutADeadWorker) {
+  Job job;
+  constexpr int kVictim = 1;
+  job.work = [&](Client& c, int w) {
+    auto p = initialParams(job.plan);
+    for (int s = 0; s < 6; ++s) {
+      c.pull(spans(p));
+      if (w == kVictim && s == 3) throw std::runtime_error("worker 1 dies");
+      c.push(cspans(gradient(p, w)), 0.05);
+    }
+    c.pull(spans(p));
+  };
+  const auto outcome = job.run();
+  EXPECT_EQ(testutil::messageOf(outcome[kVictim]), "worker 1 dies");
+  for (size_t r = 0; r < outcome.size(); ++r) {
+    if (r != kVictim) {
+      EXPECT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+    }
+  }
+  for (const ServerReport& r : job.reports) {
+    EXPECT_EQ(r.failedWorkers, std::vector<int>{kVictim});
+    EXPECT_EQ(r.version, 6);
+    EXPECT_LE(r.bspPartialRounds, 1);
+    EXPECT_EQ(r.workers[0].applied, 6);
+  }
+}
+
+}  // namespace
+}  // namespace chorus::ps

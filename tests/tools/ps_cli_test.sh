@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `chorus train` with parameter servers from the command line: --nproc N with ps.servers = S
+# starts N workers and S servers that write their reports; `chorus launch --servers` does the
+# same; in asp a worker killed mid-run does not stop the job (the servers report it, the other
+# workers finish); with --resume the servers reload their checkpointed shards.
+# usage: bash ps_cli_test.sh BUILD_DIR SOURCE_DIR
+set -u
+BUILD=${1:?usage: ps_cli_test.sh BUILD_DIR SOURCE_DIR}
+CHORUS=$BUILD/chorus
+[ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
+PY=/usr/bin/python3
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+
+SETS=(--set data.limit_train=1280 --set data.limit_test=500 --set train.epochs=1 --set train.batch_size=64
+      --set output.progress=none --set model.hidden=[32] --set optim.lr=0.01)
+
+# json FILE EXPR: evaluates a Python expression over the parsed JSON object `j` (or, for JSONL,
+# the list of objects `ls`) and prints it.
+json() { $PY -c "import json,sys; t=open(sys.argv[1]).read(); ls=[json.loads(l) for l in t.splitlines() if l.strip()]; j=ls[0]; print($2)" "$1"; }
+
+# 1. --nproc 2 with one server: the roles, the reports, the final line.
+out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=1 --set ps.mode=bsp --set output.dir="$TMP/bsp" 2>&1)
+rc=$?
+if [ $rc -ne 0 ]; then
+  fail "bsp run exited $rc: $out"
+else
+  grep -q "with 1 parameter server(s) (bsp)" <<<"$out" && pass "bsp run names its servers" || fail "no server line: $out"
+  # 1280 samples over 2 workers, local batch 32: 20 steps, so 20 bsp rounds.
+  [ "$(json "$TMP/bsp/ps/server0.json" 'j["version"]')" = "20" ] && pass "the server applied 20 rounds" \
+    || fail "server0.json: $(cat "$TMP/bsp/ps/server0.json")"
+  [ "$(json "$TMP/bsp/ps/worker1.jsonl" '[e for e in ls if e["event"]=="summary"][0]["steps"]')" = "20" ] \
+    && pass "worker 1 wrote its summary" || fail "worker1.jsonl: $(tail -n 2 "$TMP/bsp/ps/worker1.jsonl")"
+  acc=$(json "$TMP/bsp/metrics.jsonl" '[e for e in ls if e["event"]=="eval"][-1]["test_acc"]')
+  $PY -c "import sys; sys.exit(0 if float('$acc') > 0.3 else 1)" && pass "bsp trains (accuracy $acc)" || fail "accuracy $acc"
+fi
+
+# 2. The same job through the launcher.
+out=$("$CHORUS" launch -n 2 --servers 1 -- "$CHORUS" train "${SETS[@]}" --set ps.mode=ssp --set output.dir="$TMP/launch" 2>&1)
+rc=$?
+[ $rc -eq 0 ] && [ -f "$TMP/launch/ps/server0.json" ] && pass "chorus launch --servers 1 runs a ps job" \
+  || fail "launch --servers exited $rc: $out"
+out=$("$CHORUS" launch -n 2 --keep-going -- true 2>&1)
+[ $? -ne 0 ] && grep -q -- "--servers" <<<"$out" && pass "--keep-going without --servers is refused" || fail "keep-going: $out"
+
+# 3. asp: kill worker 1 mid-run; the servers go on, worker 0 finishes, the exit status tells.
+"$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set train.epochs=4 --set ps.servers=1 \
+  --set ps.mode=asp --set train.straggler_workers=[1] --set train.straggler_delay_ms=30 \
+  --set output.dir="$TMP/fault" > "$TMP/fault.out" 2>&1 &
+job=$!
+victim=""
+for _ in $(seq 1 100); do
+  for p in $(pgrep -f "output.dir=$TMP/fault"); do
+    if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "CHORUS_RANK=1"; then victim=$p; fi
+  done
+  [ -n "$victim" ] && [ -s "$TMP/fault/ps/worker1.jsonl" ] && break
+  sleep 0.1
+done
+if [ -z "$victim" ]; then
+  fail "worker 1 of the asp job never appeared: $(cat "$TMP/fault.out")"
+  kill "$job" 2>/dev/null
+else
+  kill -9 "$victim"
+  wait "$job"
+  rc=$?
+  [ $rc -ne 0 ] && grep -q "rank 1 .*the job goes on without it" "$TMP/fault.out" \
+    && pass "the launcher reports the dead worker and lets the job go on (exit $rc)" || fail "fault run: rc $rc: $(cat "$TMP/fault.out")"
+  [ "$(json "$TMP/fault/ps/server0.json" 'j["w1_failed"]')" = "True" ] && pass "the server reports worker 1 as failed" \
+    || fail "server0.json: $(cat "$TMP/fault/ps/server0.json" 2>&1)"
+  [ "$(json "$TMP/fault/ps/worker2.jsonl" '[e for e in ls if e["event"]=="summary"][0]["steps"]')" = "88" ] \
+    && pass "worker 2 finished all its steps" || fail "worker2.jsonl: $(tail -n 1 "$TMP/fault/ps/worker2.jsonl" 2>&1)"
+fi
+
+# 4. Checkpoints: a second run with --resume reloads the servers' shards.
+"$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=2 --set ps.mode=asp --set ps.checkpoint_every=5 \
+  --set output.dir="$TMP/ckpt" > "$TMP/ckpt1.out" 2>&1 || fail "checkpointed run: $(cat "$TMP/ckpt1.out")"
+v1=$(json "$TMP/ckpt/ps/server1.json" 'j["version"]')
+[ -f "$TMP/ckpt/ps/server0.ckpt" ] && [ -f "$TMP/ckpt/ps/server1.ckpt" ] && pass "each server wrote its shard" \
+  || fail "no shard checkpoints: $(ls "$TMP/ckpt/ps")"
+"$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=2 --set ps.mode=asp --set ps.checkpoint_every=5 \
+  --set output.dir="$TMP/ckpt" --resume > "$TMP/ckpt2.out" 2>&1 || fail "resumed run: $(cat "$TMP/ckpt2.out")"
+[ "$(json "$TMP/ckpt/ps/server1.json" 'j["resumed"]')" = "True" ] \
+  && [ "$(json "$TMP/ckpt/ps/server1.json" 'j["version"]')" = "$((v1 * 2))" ] \
+  && pass "the servers resumed from their shards (version $v1 -> $((v1 * 2)))" \
+  || fail "resume: $(cat "$TMP/ckpt/ps/server1.json")"
+
+[ $failures -eq 0 ] && echo "all passed" || echo "$failures failure(s)"
+exit $((failures > 0))
