@@ -14,28 +14,23 @@ Every number in the page and the plot is computed from those files (standard lib
 run without its result is named in the page and on stderr, and the exit status is 1.
 
 usage:
-  report.py select --raw DIR --methods M... [--extra N]
-      prints the phase 2 methods: none, dgc, powersgd and the N (default 1) other methods with
-      the fewest bytes per step among those within 0.5 point of dense's phase 1 accuracy
   report.py report --raw DIR --methods M... --phase2 M... --workers W --command CMD
                    --out FILE.md --svg FILE.svg [--quick] [...]
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
-from runs import cpu_model, fmt, read, why_failed  # noqa: E402
+from runs import fmt, page_header, read, why_failed, write_page  # noqa: E402
+from svg import PALETTE, svg_panel  # noqa: E402
 
 ACC_TOLERANCE = 0.005   # 0.5 point: "within 0.5 point of dense"
 DGC_MIN_RATIO = 300.0   # DGC target: at least 300x less traffic than dense
 MIN_SPEEDUP = 3.0       # best method at least 3x faster than dense to dense's accuracy
-ALWAYS_PHASE2 = ("none", "dgc", "powersgd")
 SUMMARY_KEYS = ("test_acc", "bytes_per_step", "grad_bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
 EVAL_KEYS = ("epoch", "step", "test_acc", "train_s", "bytes_sent")
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -126,17 +121,6 @@ def load_phase(raw, prefix, methods, problems, transport=None):
     return runs
 
 
-def select_phase2(runs, methods, extra):
-    dense = runs.get("none")
-    chosen = list(ALWAYS_PHASE2)
-    if dense is None:
-        print("report.py: phase 1 has no dense result, so phase 2 runs only none, dgc and powersgd", file=sys.stderr)
-        return chosen
-    ok = [m for m in methods if m in runs and m not in ALWAYS_PHASE2 and runs[m].acc >= dense.acc - ACC_TOLERANCE]
-    ok.sort(key=lambda m: runs[m].bytes_per_step)
-    return chosen + ok[:extra]
-
-
 def fmt_bytes(v):
     if v is None:
         return "—"
@@ -162,88 +146,6 @@ def notes_on(runs, phase):
             notes.append(f"{phase}: {m}'s accuracy fell by {max(drops):.1f} points between two epochs "
                          f"({', '.join(f'{a:.4f}' for a in accs)}).")
     return notes
-
-
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf", "#393b79", "#637939", "#ad494a", "#6b6ecf")
-
-
-def nice_ticks(lo, hi, count=6):
-    """Round tick values covering [lo, hi]."""
-    if hi <= lo:
-        hi = lo + 1
-    raw = (hi - lo) / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step) * step
-    ticks = []
-    t = first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    if ticks[-1] < hi:
-        ticks.append(ticks[-1] + step)
-    return ticks
-
-
-def svg_panel(x0, y0, width, height, series, title, xlabel, ylabel, log_x, hline=None):
-    """SVG elements of one line chart at (x0, y0): series is [(label, color, bold, [(x, y), ...])]."""
-    left, right, top, bottom = 60, 150, 30, 45
-    pw, ph = width - left - right, height - top - bottom
-    points = [p for _, _, _, pts in series for p in pts if not log_x or p[0] > 0]
-    ys = [p[1] for p in points] + ([hline[0]] if hline else [])
-    if not points:
-        return []
-    xs = [math.log10(p[0]) if log_x else p[0] for p in points]
-    if log_x:
-        xticks = list(range(math.floor(min(xs)), math.ceil(max(xs)) + 1))
-        if len(xticks) < 2:
-            xticks.append(xticks[0] + 1)
-    else:
-        xticks = nice_ticks(0, max(xs))
-    yticks = nice_ticks(min(ys), max(ys))
-    xmin, xmax, ymin, ymax = xticks[0], xticks[-1], yticks[0], yticks[-1]
-
-    def px(x):
-        v = math.log10(x) if log_x else x
-        return x0 + left + (v - xmin) / (xmax - xmin) * pw
-
-    def py(y):
-        return y0 + top + ph - (y - ymin) / (ymax - ymin) * ph
-
-    el = [f'<text x="{x0 + left + pw / 2:.1f}" y="{y0 + 18}" text-anchor="middle" font-size="14">{title}</text>',
-          f'<rect x="{x0 + left}" y="{y0 + top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>']
-    for t in xticks:
-        x = x0 + left + (t - xmin) / (xmax - xmin) * pw
-        label = f"1e{t}" if log_x else f"{t:g}"
-        el.append(f'<line x1="{x:.1f}" y1="{y0 + top}" x2="{x:.1f}" y2="{y0 + top + ph}" stroke="#ddd"/>')
-        el.append(f'<text x="{x:.1f}" y="{y0 + top + ph + 16}" text-anchor="middle" font-size="11">{label}</text>')
-    for t in yticks:
-        y = py(t)
-        el.append(f'<line x1="{x0 + left}" y1="{y:.1f}" x2="{x0 + left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        el.append(f'<text x="{x0 + left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{t:g}</text>')
-    el.append(f'<text x="{x0 + left + pw / 2:.1f}" y="{y0 + height - 8}" text-anchor="middle" font-size="12">'
-              f'{xlabel}</text>')
-    el.append(f'<text transform="translate({x0 + 16},{y0 + top + ph / 2:.1f}) rotate(-90)" text-anchor="middle" '
-              f'font-size="12">{ylabel}</text>')
-    if hline:
-        y = py(hline[0])
-        el.append(f'<line x1="{x0 + left}" y1="{y:.1f}" x2="{x0 + left + pw}" y2="{y:.1f}" stroke="#888" '
-                  'stroke-dasharray="6,4"/>')
-        series = series + [(hline[1], "#888", False, [])]
-    for i, (label, color, bold, pts) in enumerate(series):
-        pts = [p for p in pts if not log_x or p[0] > 0]
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        w = 2.5 if bold else 1.5
-        if pts:
-            el.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="{w}"/>')
-            el.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>' for x, y in pts)
-        ly = y0 + top + 8 + i * 16
-        lx = x0 + left + pw + 10
-        dash = ' stroke-dasharray="6,4"' if not pts else ""
-        el.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" stroke="{color}" stroke-width="{w}"{dash}/>')
-        el.append(f'<text x="{lx + 26}" y="{ly + 4}" font-size="11">{label}</text>')
-    return el
 
 
 def plot(svg, p1, p2, dense2_acc, title):
@@ -288,22 +190,12 @@ def report(args):
     dense2 = p2.get("none")
     w = args.workers
 
-    out = []
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    out.append(f"# Gradient compression (issue #4){' — quick smoke run' if args.quick else ''}\n")
-    out.append(f"Written by `{args.command}` on {now}. Every number below is computed from the raw outputs that "
-               "run collected; rerun the command to refresh this page and its plot instead of editing them.\n")
-
-    out.append("## Machine\n")
-    machine = dict(line.split(":", 1) for line in read(os.path.join(args.raw, "machine.txt")).splitlines()
-                   if ":" in line)
-    out.append(f"- CPU: {cpu_model()}; nproc {os.cpu_count()}")
-    out.append(f"- kernel: {platform.system()} {platform.release()} ({platform.machine()})")
-    if "binary" in machine:
-        out.append(f"- chorus: {machine['binary'].strip()}, copied to RAW/chorus for every run")
-    if machine:
-        out.append(f"- load average (1/5/15 min) before: {machine.get('before', '?').strip()}; "
-                   f"after: {machine.get('after', '?').strip()}")
+    out, machine = page_header(f"Gradient compression (issue #4){' — quick smoke run' if args.quick else ''}", args.command, args.raw)
+    if "phase 2 rerun before" in machine:
+        out.append(f"- phase 2 was rerun alone (`--phase2-only`) with the same binary; phases 1 and 3 are "
+                   f"those of the previous run in the same raw folder (their commands are below). Load "
+                   f"average around the rerun: {machine['phase 2 rerun before'].strip()} before, "
+                   f"{machine.get('phase 2 rerun after', '?').strip()} after")
     out.append("")
 
     out.append("## Setup\n")
@@ -323,8 +215,7 @@ def report(args):
              "accuracies are not phase 1's" if args.netlab_limit_train > 0 else "")
     out.append(f"- **phase 2**: one rank per host on a {w}-host netlab (tools/netlab/netlab.sh, `ddp.transport=tcp`), "
                f"100 Mbit/s per host, no added latency (this kernel has no netem), train.threads 1{limit}. "
-               "Methods: dense, dgc, powersgd, and the other phase 1 method with the fewest bytes per step among "
-               "those within 0.5 point of dense's accuracy.")
+               "Every method of phase 1.")
     if args.phase3:
         out.append(f"- **phase 3**: {', '.join(args.phase3)} as in phase 1 but for {args.long_epochs} epochs.")
     out.append("- bytes/step: all the bytes rank 0 sent per training step (gradients, and the BatchNorm buffers "
@@ -382,11 +273,7 @@ def report(args):
     speedups = {}
     if args.phase2:
         out.append(f"## Phase 2: {w} hosts, 100 Mbit/s\n")
-        if dense1:
-            ok = [m for m in args.methods if m in p1 and m != "none" and p1[m].acc >= dense1.acc - ACC_TOLERANCE]
-            ok.sort(key=lambda m: p1[m].bytes_per_step)
-            out.append(f"Methods: {', '.join(args.phase2)}. Within 0.5 point of dense in phase 1, fewest bytes per "
-                       f"step first: {', '.join(ok) if ok else 'none'}.\n")
+        out.append(f"Methods: {', '.join(args.phase2)}.\n")
         target = dense2.acc if dense2 else None
         dense_time = dense2.time_to(target) if dense2 else None
         out.append(f"Dense's final accuracy (the target): {fmt(target, '.4f')}; dense reaches it after "
@@ -500,22 +387,12 @@ def report(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if p1:
         plot(args.svg, p1, p2, dense2.acc if dense2 else None, title)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(out).rstrip() + "\n")
-    os.replace(tmp, args.out)
-    for p in problems:
-        print(f"report.py: {p}", file=sys.stderr)
-    return 1 if problems else 0
+    return write_page(args.out, out, problems)
 
 
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("select")
-    s.add_argument("--raw", required=True)
-    s.add_argument("--methods", nargs="+", required=True)
-    s.add_argument("--extra", type=int, default=1)
     r = sub.add_parser("report")
     r.add_argument("--raw", required=True)
     r.add_argument("--methods", nargs="+", required=True)
@@ -530,12 +407,7 @@ def main():
     r.add_argument("--out", required=True)
     r.add_argument("--svg", required=True)
     r.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    if args.cmd == "select":
-        runs = load_phase(args.raw, "p1", args.methods, [])
-        print(" ".join(select_phase2(runs, args.methods, args.extra)))
-        return 0
-    return report(args)
+    return report(p.parse_args())
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@
 #
 #   phase 1  every method, 4 workers on this machine (shared memory): final accuracy, bytes
 #            per step, compression ratio, samples/s, accuracy per epoch against bytes sent
-#   phase 2  dense, dgc, powersgd and the best other method of phase 1 (fewest bytes per step
-#            within 0.5 point of dense's accuracy), one rank per host on a 4-host netlab at
-#            100 Mbit/s: the training time each needs to reach dense's final accuracy
+#   phase 2  every method again, one rank per host on a 4-host netlab at 100 Mbit/s: the
+#            training time each needs to reach dense's final accuracy
 #   phase 3  dense, dgc and powersgd again on this machine for --long-epochs epochs (10 by
 #            default): the accuracy gap once the sparse methods have more steps to catch up
 #
@@ -14,7 +13,7 @@
 # and keeps every run's command, output, exit status and metrics in BUILD_DIR/bench-compression/.
 #
 # usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]
-#                                     [--long-epochs N]
+#                                     [--long-epochs N] [--phase2-only]
 #   --quick                 a smoke run of the pipeline: first 2560 train / 1000 test samples,
 #                           2 epochs, 2 workers (2 hosts in phase 2), methods none topk dgc
 #                           powersgd sign; the page goes to BUILD_DIR/bench-compression/quick.md
@@ -22,6 +21,8 @@
 #                           dense moves ~1.7 MB per step per rank over 100 Mbit/s)
 #   --no-netlab             no phase 2
 #   --long-epochs N         phase 3's epochs; 0 skips it (the default with --quick)
+#   --phase2-only           rerun phase 2 only, keeping phases 1 and 3 of the previous run in
+#                           the raw folder, and rewrite the page from all of them
 #   environment: LONG_METHODS="none dgc powersgd" (phase 3), CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
 #   PHASE2_METHODS="none dgc ..." (instead of the selection), THRESHOLD=tau (threshold codec),
 #   OUT=file.md (the page; the plot goes next to it as .svg)
@@ -30,7 +31,7 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab] [--long-epochs N]" >&2
+  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab] [--long-epochs N] [--phase2-only]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
@@ -41,10 +42,12 @@ netlab=1
 netlab_limit=0
 long_epochs=
 long_epochs_arg=
+phase2_only=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --no-netlab) netlab=0 ;;
+    --phase2-only) phase2_only=1 ;;
     --long-epochs)
       [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage
       long_epochs=$2
@@ -121,11 +124,20 @@ for m in "${methods[@]}" "${extra_methods[@]}" "${long_methods[@]}"; do
   method_args "$m" > /dev/null || exit 2
 done
 
-rm -rf "$raw"
-mkdir -p "$raw"
-# Every run uses one copy of the binary, so a rebuild during the (long) benchmark changes nothing.
-cp "$chorus" "$raw/chorus" || exit 1
 chorus_src=$chorus
+if [[ $phase2_only -eq 1 ]]; then
+  if [[ ! -x $raw/chorus || $netlab -eq 0 ]]; then
+    echo "run.sh: --phase2-only needs a previous run's $raw (with its chorus copy) and the netlab" >&2
+    exit 2
+  fi
+  rm -rf "$raw"/p2-*
+  # Phase 2 runs the binary of phases 1 and 3, so the page compares one build.
+else
+  rm -rf "$raw"
+  mkdir -p "$raw"
+  # Every run uses one copy of the binary, so a rebuild during the (long) benchmark changes nothing.
+  cp "$chorus" "$raw/chorus" || exit 1
+fi
 chorus=$raw/chorus
 failed=()
 
@@ -149,13 +161,17 @@ run() {
   fi
 }
 
-{
-  echo "binary: $chorus_src ($(stat -c '%y' "$chorus_src" | cut -d. -f1))"
-  echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); nproc $(nproc)"
-  echo "before: $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$raw/machine.txt"
+if [[ $phase2_only -eq 1 ]]; then
+  echo "phase 2 rerun before: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+else
+  {
+    echo "binary: $chorus_src ($(stat -c '%y' "$chorus_src" | cut -d. -f1))"
+    echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); nproc $(nproc)"
+    echo "before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } > "$raw/machine.txt"
+fi
 
-for m in "${methods[@]}"; do
+[[ $phase2_only -eq 1 ]] || for m in "${methods[@]}"; do
   mapfile -t margs < <(method_args "$m")
   run "p1-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
     --set "output.dir=$raw/p1-$m"
@@ -167,7 +183,7 @@ if [[ $netlab -eq 1 ]]; then
   if [[ -n ${PHASE2_METHODS:-} ]]; then
     read -ra phase2 <<< "$PHASE2_METHODS"
   else
-    read -ra phase2 < <("$py" "$src/bench/compression/report.py" select --raw "$raw" --methods "${methods[@]}")
+    phase2=("${methods[@]}")
   fi
   echo "phase 2 methods: ${phase2[*]}" >&2
   limit=()
@@ -182,18 +198,23 @@ if [[ $netlab -eq 1 ]]; then
       --set ddp.transport=tcp --set train.threads=1 --set output.progress=none --set "output.dir=$raw/p2-$m"
   done
 fi
-for m in "${long_methods[@]}"; do
+[[ $phase2_only -eq 1 ]] || for m in "${long_methods[@]}"; do
   mapfile -t margs < <(method_args "$m")
   run "p3-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
     --set "train.epochs=$long_epochs" --set "output.dir=$raw/p3-$m"
 done
-echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+if [[ $phase2_only -eq 1 ]]; then
+  echo "phase 2 rerun after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+else
+  echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+fi
 
 command="bash bench/compression/run.sh $build_arg"
 [[ $quick -eq 1 ]] && command+=" --quick"
 [[ $netlab -eq 0 ]] && command+=" --no-netlab"
 [[ $netlab_limit -gt 0 ]] && command+=" --netlab-limit-train $netlab_limit"
 [[ -n $long_epochs_arg ]] && command+=" --long-epochs $long_epochs_arg"
+[[ $phase2_only -eq 1 ]] && command+=" --phase2-only"
 for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS; do
   [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
 done

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
-from runs import cpu_model, fmt, read, why_failed  # noqa: E402
+from runs import cpu_model, fmt, read, why_failed, write_page  # noqa: E402
 
 TORCH_KEYS = ("samples_per_s", "test_acc", "test_loss", "peak_rss_mb_max", "train_s", "steps")
 CHORUS_KEYS = ("samples_per_s", "test_acc", "test_loss", "peak_rss_mb_max", "overlap_frac", "train_s", "steps")
@@ -178,14 +178,7 @@ def main():
             out.append(f"- {prob}")
         out.append(f"\nRaw outputs: {args.raw}\n")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(out).rstrip() + "\n")
-    os.replace(tmp, args.out)
-    for prob in problems:
-        print(f"report.py: {prob}", file=sys.stderr)
-    return 1 if problems else 0
+    return write_page(args.out, out, problems)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ int trainCommand(const std::vector<std::string>& args) {
     train::Config cfg = load(t, t.nproc);
     train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
     if (t.check) {
-      std::cout << "chorus train: " << (t.config.empty() ? "the defaults" : t.config) << " are valid for " << t.nproc
+      std::cout << "chorus train: " << (t.config.empty() ? "the defaults are" : t.config + " is") << " valid for " << t.nproc
                 << " worker(s)\n";
       return 0;
     }

@@ -179,6 +179,8 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   EvalResult lastEval{-1, -1};
   const uint64_t bytesAtStart = group->bytesSent();
   const Clock::time_point start = Clock::now();
+  // Wall-clock start, so a report can line the workers' elapsed_s up on one time axis.
+  const double startUnix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   uint64_t bytesAtWindow = bytesAtStart;
   for (int64_t epoch = 0; epoch < cfg.train.epochs && step < totalSteps; ++epoch) {
     sampler.setEpoch(epoch);
@@ -272,6 +274,7 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   JsonObject sum;
   sum.add("event", "summary").add("worker", w).add("workers", workers).add("servers", servers);
   sum.add("ps_mode", cfg.ps.mode).add("steps", step).add("train_s", trainSeconds).add("elapsed_s", since(start));
+  sum.add("start_unix_s", startUnix);
   sum.add("samples_per_s", result.samplesPerSec).add("compute_s", computeSeconds).add("straggler_sleep_s", sleptSeconds);
   sum.add("push_s", pushSeconds).add("pull_s", pullSeconds).add("bytes_sent", group->bytesSent() - bytesAtStart);
   sum.add("test_acc", lastEval.accuracy).add("test_loss", lastEval.loss).add("peak_rss_mb", peakRssMb());
