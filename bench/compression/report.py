@@ -130,6 +130,37 @@ def fmt_bytes(v):
     return f"{v:,.0f} B"
 
 
+def methods_table(methods, runs, dense, all_bytes):
+    """Markdown rows: accuracy against dense, bytes per step (all of them too when all_bytes),
+    compression ratio over the run and over its last epoch, samples/s; then a blank line."""
+    head = "| method | final accuracy | vs dense (points) | " + ("bytes/step | " if all_bytes else "")
+    out = [head + "gradient bytes/step | ratio | last epoch gradient bytes/step | last epoch ratio | samples/s |",
+           "|---|" + "---:|" * (8 if all_bytes else 7)]
+    for m in methods:
+        r = runs.get(m)
+        if r is None:
+            out.append(f"| {m} | failed |" + " |" * (7 if all_bytes else 6))
+            continue
+        diff = (r.acc - dense.acc) * 100 if dense else None
+        total = f"{fmt_bytes(r.bytes_per_step)} | " if all_bytes else ""
+        out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {total}{fmt_bytes(r.grad_bytes_per_step)} | "
+                   f"{r.ratio:,.1f}x | {fmt_bytes(r.last_grad_bytes_per_step)} | "
+                   f"{fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | {r.samples_per_s:,.0f} |")
+    return out + [""]
+
+
+def epochs_table(runs):
+    """Markdown rows: each run's test accuracy after each epoch; then a blank line."""
+    n = max((len(r.evals) for r in runs.values()), default=0)
+    if not n:
+        return []
+    out = ["| method | " + " | ".join(f"epoch {i + 1}" for i in range(n)) + " |", "|---|" + "---:|" * n]
+    for m, r in runs.items():
+        accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (n - len(r.evals))
+        out.append(f"| {m} | " + " | ".join(accs) + " |")
+    return out + [""]
+
+
 def verdict(ok):
     return "—" if ok is None else ("**met**" if ok else "**not met**")
 
@@ -241,34 +272,15 @@ def report(args):
     out.append("```\n")
 
     out.append(f"## Phase 1: {w} workers, shared memory\n")
-    out.append("| method | final accuracy | vs dense (points) | bytes/step | gradient bytes/step | ratio | "
-               "last epoch gradient bytes/step | last epoch ratio | samples/s |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for m in args.methods:
-        r = p1.get(m)
-        if r is None:
-            out.append(f"| {m} | failed | | | | | | | |")
-            continue
-        diff = (r.acc - dense1.acc) * 100 if dense1 else None
-        out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.bytes_per_step)} | "
-                   f"{fmt_bytes(r.grad_bytes_per_step)} | {r.ratio:,.1f}x | "
-                   f"{fmt_bytes(r.last_grad_bytes_per_step)} | {fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | "
-                   f"{r.samples_per_s:,.0f} |")
-    out.append("")
+    out += methods_table(args.methods, p1, dense1, all_bytes=True)
     if "threshold" in p1 and "topk" in p1:
         share = p1["topk"].ratio / p1["threshold"].ratio
         out.append(f"threshold (tau {args.threshold:g}) sends about {share:.2f}% of the entries over the run "
                    "(topk's 1% scaled by the two ratios; the issue asks for a tau near 1%; set THRESHOLD=tau "
                    "to change it).\n")
-    epochs = max((len(r.evals) for r in p1.values()), default=0)
-    if epochs:
+    if p1:
         out.append("Test accuracy after each epoch (cumulative bytes sent by rank 0 in the plot):\n")
-        out.append("| method | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " |")
-        out.append("|---|" + "---:|" * epochs)
-        for m, r in p1.items():
-            accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (epochs - len(r.evals))
-            out.append(f"| {m} | " + " | ".join(accs) + " |")
-        out.append("")
+        out += epochs_table(p1)
 
     speedups = {}
     if args.phase2:
@@ -302,27 +314,8 @@ def report(args):
         out.append(f"The same runs as phase 1 with train.epochs = {args.long_epochs} (the cosine schedule stretched "
                    f"over them; dgc still warms up for {args.dgc_warmup} epochs), so that the compressed methods have "
                    "more steps at their final compression.\n")
-        out.append("| method | final accuracy | vs dense (points) | gradient bytes/step | ratio | "
-                   "last epoch gradient bytes/step | last epoch ratio | samples/s |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for m in args.phase3:
-            r = p3.get(m)
-            if r is None:
-                out.append(f"| {m} | failed | | | | | | |")
-                continue
-            diff = (r.acc - dense3.acc) * 100 if dense3 else None
-            out.append(f"| {m} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.grad_bytes_per_step)} | "
-                       f"{r.ratio:,.1f}x | {fmt_bytes(r.last_grad_bytes_per_step)} | "
-                       f"{fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | {r.samples_per_s:,.0f} |")
-        out.append("")
-        n = max((len(r.evals) for r in p3.values()), default=0)
-        if n:
-            out.append("| method | " + " | ".join(f"epoch {i + 1}" for i in range(n)) + " |")
-            out.append("|---|" + "---:|" * n)
-            for m, r in p3.items():
-                accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (n - len(r.evals))
-                out.append(f"| {m} | " + " | ".join(accs) + " |")
-            out.append("")
+        out += methods_table(args.phase3, p3, dense3, all_bytes=False)
+        out += epochs_table(p3)
 
     out.append("## Targets of the issue\n")
     out.append("| target | measured | verdict |")

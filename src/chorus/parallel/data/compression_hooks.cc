@@ -141,21 +141,18 @@ class CodecHook : public StatefulHook {
     if (!codec_) throw InvalidArgument("codecHook: codec is nullptr");
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
-    compress::CodecState* st;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto [it, fresh] = states_.try_emplace(bucket.index);
-      if (fresh) it->second.rngState = mix(mix(seed_, bucket.index), static_cast<uint64_t>(group.rank()));
-      st = &it->second;
-      // Where each parameter ends in the bucket, for the layer-wise codecs.
-      st->segments.clear();
-      for (size_t i = 0; i < bucket.offsets.size(); ++i) {
-        int64_t numel = 1;
-        for (int64_t d : bucket.shapes[i]) numel *= d;
-        st->segments.push_back(bucket.offsets[i] + numel);
-      }
-      if (!st->segments.empty() && st->segments.back() != bucket.buffer.numel()) st->segments.clear();
+    bool fresh = false;
+    compress::CodecState* st = &stateOf(bucket.index, &fresh);
+    if (fresh) st->rngState = mix(mix(seed_, bucket.index), static_cast<uint64_t>(group.rank()));
+    // Where each parameter ends in the bucket, for the layer-wise codecs. The bucket's previous
+    // job has finished: DDP waits for every bucket before the next backward starts.
+    st->segments.clear();
+    for (size_t i = 0; i < bucket.offsets.size(); ++i) {
+      int64_t numel = 1;
+      for (int64_t d : bucket.shapes[i]) numel *= d;
+      st->segments.push_back(bucket.offsets[i] + numel);
     }
+    if (!st->segments.empty() && st->segments.back() != bucket.buffer.numel()) st->segments.clear();
     torch::Tensor buffer = bucket.buffer;
     comm::ProcessGroup* g = &group;
     return std::make_unique<JobWork>(runner_.submit([this, g, buffer, st]() mutable {
@@ -166,30 +163,16 @@ class CodecHook : public StatefulHook {
       } else {
         r = compress::compressedAllreduce(*g, *codec_, buffer, *st);
       }
-      std::lock_guard<std::mutex> l(mu_);
-      messageBytes_ = r.messageBytes;
-      denseBytes_ = r.denseBytes;
+      recordBytes(r.messageBytes, r.denseBytes);
     }));
   }
   std::string name() const override { return codec_->name(); }
-  std::map<size_t, compress::CodecState>& states() override { return states_; }
-  uint64_t lastMessageBytes() const override {
-    std::lock_guard<std::mutex> l(mu_);
-    return messageBytes_;
-  }
-  uint64_t lastDenseBytes() const override {
-    std::lock_guard<std::mutex> l(mu_);
-    return denseBytes_;
-  }
 
  private:
   std::shared_ptr<compress::Codec> codec_;
   uint64_t seed_;
   int64_t denseSteps_;
-  mutable std::mutex mu_;
-  std::map<size_t, compress::CodecState> states_;
-  uint64_t messageBytes_ = 0, denseBytes_ = 0;
-  SerialRunner runner_;  // last: joined first, while the states are still alive
+  SerialRunner runner_;  // joined before the base class's states go
 };
 
 class PowerSgdHook : public StatefulHook {
@@ -198,25 +181,12 @@ class PowerSgdHook : public StatefulHook {
     if (rank < 1) throw InvalidArgument(str("powerSgdHook: rank must be >= 1, not ", rank));
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
-    compress::CodecState* st;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      st = &states_[bucket.index];
-    }
+    compress::CodecState* st = &stateOf(bucket.index);
     comm::ProcessGroup* g = &group;
     GradBucket b = bucket;  // tensors are shared; names and shapes copied
     return std::make_unique<JobWork>(runner_.submit([this, g, b, st] { reduce(*g, b, *st); }));
   }
   std::string name() const override { return str("powersgd-", rank_); }
-  std::map<size_t, compress::CodecState>& states() override { return states_; }
-  uint64_t lastMessageBytes() const override {
-    std::lock_guard<std::mutex> l(mu_);
-    return messageBytes_;
-  }
-  uint64_t lastDenseBytes() const override {
-    std::lock_guard<std::mutex> l(mu_);
-    return denseBytes_;
-  }
 
  private:
   void reduce(comm::ProcessGroup& g, const GradBucket& b, compress::CodecState& st) {
@@ -225,8 +195,7 @@ class PowerSgdHook : public StatefulHook {
     if (denseWarmup(st, denseSteps_)) {
       torch::Tensor all = buf;
       allreduceAvg(g, all);
-      std::lock_guard<std::mutex> l(mu_);
-      messageBytes_ = denseBytes_ = static_cast<uint64_t>(buf.numel()) * 4;
+      recordBytes(static_cast<uint64_t>(buf.numel()) * 4, static_cast<uint64_t>(buf.numel()) * 4);
       return;
     }
     struct Mat {
@@ -301,21 +270,39 @@ class PowerSgdHook : public StatefulHook {
         off += t.numel();
       }
     }
-    std::lock_guard<std::mutex> l(mu_);
-    messageBytes_ = bytes;
-    denseBytes_ = static_cast<uint64_t>(buf.numel()) * 4;
+    recordBytes(bytes, static_cast<uint64_t>(buf.numel()) * 4);
   }
 
   int64_t rank_;
   uint64_t seed_;
   int64_t denseSteps_;
-  mutable std::mutex mu_;
-  std::map<size_t, compress::CodecState> states_;
-  uint64_t messageBytes_ = 0, denseBytes_ = 0;
-  SerialRunner runner_;
+  SerialRunner runner_;  // joined before the base class's states go
 };
 
 }  // namespace
+
+compress::CodecState& StatefulHook::stateOf(size_t index, bool* fresh) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto [it, inserted] = states_.try_emplace(index);
+  if (fresh) *fresh = inserted;
+  return it->second;
+}
+
+void StatefulHook::recordBytes(uint64_t message, uint64_t dense) {
+  std::lock_guard<std::mutex> l(mu_);
+  messageBytes_ = message;
+  denseBytes_ = dense;
+}
+
+uint64_t StatefulHook::lastMessageBytes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return messageBytes_;
+}
+
+uint64_t StatefulHook::lastDenseBytes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return denseBytes_;
+}
 
 std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps) {
   return std::make_shared<CodecHook>(std::move(codec), seed, denseSteps);

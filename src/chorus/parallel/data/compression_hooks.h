@@ -16,14 +16,25 @@
 
 namespace chorus::parallel {
 
-// Per-bucket codec state (residuals, momentum, PowerSGD's Q), for checkpoints.
+// Per-bucket codec state (residuals, momentum, PowerSGD's Q), for checkpoints, and the size
+// of the last message, which every compressing hook keeps the same way.
 class StatefulHook : public CommHook {
  public:
   // bucket index -> state. Not thread-safe against a running backward pass.
-  virtual std::map<size_t, compress::CodecState>& states() = 0;
+  std::map<size_t, compress::CodecState>& states() { return states_; }
   // Bytes this rank's messages took in the last call per bucket, and the dense float32 size.
-  virtual uint64_t lastMessageBytes() const = 0;
-  virtual uint64_t lastDenseBytes() const = 0;
+  uint64_t lastMessageBytes() const;
+  uint64_t lastDenseBytes() const;
+
+ protected:
+  // Bucket `index`'s state, created on first use (then `fresh` is true). Thread-safe.
+  compress::CodecState& stateOf(size_t index, bool* fresh = nullptr);
+  void recordBytes(uint64_t message, uint64_t dense);
+
+ private:
+  mutable std::mutex mu_;
+  std::map<size_t, compress::CodecState> states_;
+  uint64_t messageBytes_ = 0, denseBytes_ = 0;
 };
 
 // Any codec. `seed` seeds each bucket's RNG (mixed with the bucket index and this rank).
