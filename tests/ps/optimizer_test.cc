@@ -4,6 +4,7 @@
 // uninterrupted run; and the option, length and state errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 
@@ -154,8 +155,10 @@ TEST(OptimizerTest, MatchesTorchFloat64) {
 }
 
 TEST(OptimizerTest, SaveRestoreContinuesBitwise) {
+  OptimizerOptions midRound = sgd(0.9, 0.1, false, 0.01);
+  midRound.pushesPerRound = 3;  // saved after 2 pushes: the round sum must travel too
   const OptimizerOptions all[] = {sgd(), sgd(0.9, 0.1, false, 0.01), sgd(0.9, 0, true), adam("adam", 0.1),
-                                  adam("adamw", 0.1)};
+                                  adam("adamw", 0.1), midRound};
   for (const OptimizerOptions& o : all) {
     SCOPED_TRACE(o.name + " momentum " + std::to_string(o.momentum));
     auto straight = makeServerOptimizer(o, 5);
@@ -189,6 +192,70 @@ std::string errorOf(const std::function<void()>& f) {
     return e.what();
   }
   return "no InvalidArgument";
+}
+
+// asp/ssp with N workers: each push is a step on g_i / N. When the N pushes of a round are
+// computed on the same parameters (as in ssp with s = 0), round momentum must give exactly the
+// bsp step on the average gradient, round after round; per-push momentum must not.
+TEST(OptimizerTest, RoundMomentumOfNPushesIsTheBspStep) {
+  const int n = 3;
+  const OptimizerOptions variants[] = {sgd(0.9), sgd(0.9, 0.3), sgd(0.5, 0, true)};
+  for (const OptimizerOptions& base : variants) {
+    SCOPED_TRACE(::testing::Message() << "momentum " << base.momentum << " dampening " << base.dampening
+                                      << " nesterov " << base.nesterov);
+    OptimizerOptions pushed = base;
+    pushed.pushesPerRound = n;
+    auto round = makeServerOptimizer(pushed, 5);
+    pushed.roundMomentum = false;
+    auto perPush = makeServerOptimizer(pushed, 5);
+    auto bsp = makeServerOptimizer(base, 5);
+    std::vector<float> a = kP0, b = kP0, ref = kP0;
+    double worstPerPush = 0;
+    for (int r = 0; r < 4; ++r) {
+      // Worker i's gradient this round: kGrads rotated, scaled per round.
+      std::vector<float> avg(5, 0.0f);
+      for (int i = 0; i < n; ++i) {
+        std::vector<float> g(5);
+        for (size_t k = 0; k < 5; ++k) {
+          const float gi = kGrads[static_cast<size_t>((i + r) % 3)][k] * static_cast<float>(1 + r);
+          g[k] = gi / n;
+          avg[k] += gi / n;
+        }
+        round->step(a, g, kLr[static_cast<size_t>(r % 3)]);
+        perPush->step(b, g, kLr[static_cast<size_t>(r % 3)]);
+      }
+      bsp->step(ref, avg, kLr[static_cast<size_t>(r % 3)]);
+      for (size_t k = 0; k < 5; ++k) {
+        EXPECT_NEAR(a[k], ref[k], 1e-5 * (1 + std::abs(ref[k]))) << "round " << r << " element " << k;
+        worstPerPush = std::max(worstPerPush, std::abs(static_cast<double>(b[k]) - ref[k]));
+      }
+    }
+    EXPECT_GT(worstPerPush, 1e-2) << "per-push momentum should differ from the bsp step";
+    EXPECT_EQ(round->save().names, (std::vector<std::string>{"momentum_buffer", "round_sum"}));
+  }
+}
+
+TEST(OptimizerTest, PushSharesOfWeightDecayAndAdam) {
+  // Weight decay is wd / N per push: with g = 0, N pushes decay like one bsp step would
+  // (to first order in lr * wd).
+  OptimizerOptions o = sgd(0, 0, false, 0.1);
+  o.pushesPerRound = 4;
+  auto decay = makeServerOptimizer(o, 1);
+  std::vector<float> p = {1.0f};
+  for (int i = 0; i < 4; ++i) decay->step(p, std::vector<float>{0.0f}, 0.1);
+  EXPECT_NEAR(p[0], std::pow(1 - 0.1 * 0.1 / 4, 4), 1e-7);
+  // Adam's first step moves lr * sign(g) whatever g's scale; one push moves a 1/N share of it.
+  for (const char* name : {"adam", "adamw"}) {
+    OptimizerOptions a = adam(name);
+    a.pushesPerRound = 4;
+    auto opt = makeServerOptimizer(a, 1);
+    std::vector<float> q = {1.0f};
+    opt->step(q, std::vector<float>{3.0f / 4}, 0.01);
+    EXPECT_NEAR(q[0], 1 - 0.01 / 4, 1e-7) << name;
+  }
+  OptimizerOptions bad = sgd();
+  bad.pushesPerRound = 0;
+  EXPECT_NE(errorOf([&] { makeServerOptimizer(bad, 1); }).find("pushesPerRound"), std::string::npos);
 }
 
 TEST(OptimizerTest, Errors) {

@@ -2,7 +2,8 @@
 # `chorus train` with parameter servers from the command line: --nproc N with ps.servers = S
 # starts N workers and S servers that write their reports; `chorus launch --servers` does the
 # same; in asp a worker killed mid-run does not stop the job (the servers report it, the other
-# workers finish); with --resume the servers reload their checkpointed shards.
+# workers finish); with --resume the servers reload their checkpointed shards; with ps.restarts a
+# server killed mid-run is started again, reloads its shard, and the workers reconnect to it.
 # usage: bash ps_cli_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: ps_cli_test.sh BUILD_DIR SOURCE_DIR}
@@ -45,6 +46,18 @@ rc=$?
   || fail "launch --servers exited $rc: $out"
 out=$("$CHORUS" launch -n 2 --keep-going -- true 2>&1)
 [ $? -ne 0 ] && grep -q -- "--servers" <<<"$out" && pass "--keep-going without --servers is refused" || fail "keep-going: $out"
+# --restarts: the server rank (1) fails twice and is started again each time, with the rejoin
+# variables; the worker (0) is never restarted.
+out=$("$CHORUS" launch -n 1 --servers 1 --restarts 2 -- sh -c \
+  'echo "$CHORUS_RANK $CHORUS_REJOIN $CHORUS_RESTART_COUNT"; [ "$CHORUS_RANK" = 0 ] || [ "$CHORUS_RESTART_COUNT" = 2 ] || exit 3' 2>&1)
+rc=$?
+[ $rc -eq 0 ] && grep -q "rank 1 exited with status 3; restarting it (restart 2 of 2)" <<<"$out" \
+  && grep -q "^\[rank 1\] 1 join 2$" <<<"$out" && grep -q "^\[rank 0\] 0 accept 0$" <<<"$out" \
+  && pass "launch --restarts starts a failed server again with CHORUS_REJOIN=join" || fail "launch --restarts: rc $rc: $out"
+out=$("$CHORUS" launch -n 1 --servers 1 --restarts 1 -- sh -c '[ "$CHORUS_RANK" = 0 ] || exit 3' 2>&1)
+rc=$?
+[ $rc -eq 3 ] && [ "$(grep -c "restarting it" <<<"$out")" = 1 ] && grep -q "rank 1 exited with status 3; no other rank" <<<"$out" \
+  && pass "launch --restarts gives up after R restarts" || fail "launch --restarts limit: rc $rc: $out"
 
 # 3. asp: kill worker 1 mid-run; the servers go on, worker 0 finishes, the exit status tells.
 "$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set train.epochs=4 --set ps.servers=1 \
@@ -86,6 +99,47 @@ v1=$(json "$TMP/ckpt/ps/server1.json" 'j["version"]')
   && [ "$(json "$TMP/ckpt/ps/server1.json" 'j["version"]')" = "$((v1 * 2))" ] \
   && pass "the servers resumed from their shards (version $v1 -> $((v1 * 2)))" \
   || fail "resume: $(cat "$TMP/ckpt/ps/server1.json")"
+
+# 5. A server dies in a running job (ps.restarts = 1): the launcher starts it again, it reloads
+# its checkpointed shard, the workers reconnect and every step is done.
+for mode in asp bsp; do
+  "$CHORUS" train --nproc 2 "${SETS[@]}" --set train.epochs=4 --set ps.servers=2 --set ps.mode=$mode \
+    --set ps.restarts=1 --set ps.checkpoint_every=10 --set train.straggler_workers=[0,1] --set train.straggler_delay_ms=20 \
+    --set output.dir="$TMP/restart-$mode" > "$TMP/restart-$mode.out" 2>&1 &
+  job=$!
+  victim=""
+  for _ in $(seq 1 150); do
+    for p in $(pgrep -f "output.dir=$TMP/restart-$mode"); do
+      if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "CHORUS_RANK=3"; then victim=$p; fi
+    done
+    # Kill once the server has checkpointed and the workers are well into the run.
+    [ -n "$victim" ] && [ -f "$TMP/restart-$mode/ps/server1.ckpt" ] && [ "$(wc -l < "$TMP/restart-$mode/ps/worker1.jsonl" 2>/dev/null || echo 0)" -ge 3 ] && break
+    sleep 0.1
+  done
+  if [ -z "$victim" ]; then
+    fail "$mode: server 1 of the restart job never appeared: $(cat "$TMP/restart-$mode.out")"
+    kill "$job" 2>/dev/null
+    continue
+  fi
+  kill -9 "$victim"
+  wait "$job"
+  rc=$?
+  out=$(cat "$TMP/restart-$mode.out")
+  [ $rc -eq 0 ] && grep -q "rank 3 was killed by signal 9 (SIGKILL); restarting it (restart 1 of 1)" <<<"$out" \
+    && pass "$mode: the launcher restarts the killed server and the job succeeds" || fail "$mode restart run: rc $rc: $out"
+  [ "$(json "$TMP/restart-$mode/ps/server1.json" 'j["restart"] == 1 and j["resumed"]')" = "True" ] \
+    && pass "$mode: the restarted server reloaded its shard" || fail "server1.json: $(cat "$TMP/restart-$mode/ps/server1.json" 2>&1)"
+  for w in 0 1; do
+    [ "$(json "$TMP/restart-$mode/ps/worker$w.jsonl" '[(e["steps"], e["reconnects"] >= 1) for e in ls if e["event"]=="summary"][0]')" = "(80, True)" ] \
+      && pass "$mode: worker $w reconnected and finished its 80 steps" \
+      || fail "$mode worker$w.jsonl: $(tail -n 1 "$TMP/restart-$mode/ps/worker$w.jsonl" 2>&1)"
+  done
+  acc=$(json "$TMP/restart-$mode/metrics.jsonl" '[e for e in ls if e["event"]=="eval"][-1]["test_acc"]')
+  $PY -c "import sys; sys.exit(0 if float('$acc') > 0.5 else 1)" && pass "$mode: trains on after the restart (accuracy $acc)" \
+    || fail "$mode: accuracy $acc after the restart"
+done
+out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=1 --set ps.restarts=1 --set ddp.transport=shm 2>&1)
+[ $? -ne 0 ] && grep -q "reconnects over tcp only" <<<"$out" && pass "ps.restarts with shm is refused" || fail "restarts+shm: $out"
 
 [ $failures -eq 0 ] && echo "all passed" || echo "$failures failure(s)"
 exit $((failures > 0))

@@ -157,6 +157,10 @@ TEST(PsTrainer, ConfigRules) {
   EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "ps.backup=1"}, 2));
   EXPECT_THROW(defaultConfig({"ps.servers=1", "compression.method=topk"}, 2), ConfigError);
   EXPECT_THROW(defaultConfig({"train.straggler_workers=[2]"}, 2), ConfigError);
+  // A restarted server reconnects over tcp only.
+  EXPECT_THROW(defaultConfig({"ps.servers=1", "ps.restarts=1", "ddp.transport=shm"}, 2), ConfigError);
+  EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "ps.restarts=1", "ddp.transport=tcp"}, 2));
+  EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "ps.restarts=1"}, 2));
   // Worker count not known yet (0): the checks that need it wait.
   EXPECT_NO_THROW(defaultConfig({"train.batch_size=100"}, 0));
 }

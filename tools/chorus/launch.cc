@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -340,6 +341,7 @@ class LocalJob {
       closeFd(r.out.fd);
       closeFd(r.err.fd);
     }
+    for (auto& s : retired_) closeFd(s->fd);
     for (int& fd : execPipes_) closeFd(fd);
     closeFd(devNull_);
   }
@@ -351,22 +353,12 @@ class LocalJob {
   void start(std::vector<CStrings>& envs) {
     for (int k = 0; k < opts_.nproc; ++k) spawn(k, envs[static_cast<size_t>(k)].get());
     running_ = ranks_.size();
-    // An exec failure arrives as an errno on the close-on-exec pipe; success closes it empty.
-    for (size_t k = 0; k < execPipes_.size(); ++k) {
-      int err = 0;
-      ssize_t got;
-      do {
-        got = ::read(execPipes_[k], &err, sizeof err);
-      } while (got < 0 && errno == EINTR);
-      if (got == static_cast<ssize_t>(sizeof err)) {
-        std::string hint = err == ENOENT    ? " (the program, or the interpreter on its #! line, does not exist)"
-                           : err == ENOEXEC ? " (not a program for this machine; a script needs a #! line)"
-                                            : "";
-        throw Error(str("cannot start rank ", k, ": exec ", program_, ": ", std::strerror(err), hint));
-      }
-    }
+    for (size_t k = 0; k < execPipes_.size(); ++k) checkExec(static_cast<int>(k), execPipes_[k]);
     for (int& fd : execPipes_) closeFd(fd);
   }
+
+  // Ranks that may be restarted get their environment from here: (rank, restart number).
+  void setRestartEnvironment(std::function<CStrings(int, int)> envFor) { restartEnv_ = std::move(envFor); }
 
   // Watches the ranks until all have exited and their output is drained. Returns the
   // launcher's exit status (see launchLocal).
@@ -383,6 +375,10 @@ class LocalJob {
       r.err.flushPartial();
       closeFd(r.out.fd);
       closeFd(r.err.fd);
+    }
+    for (auto& s : retired_) {
+      s->flushPartial();
+      closeFd(s->fd);
     }
     if (failedRank_) {
       std::string line = str("rank ", *failedRank_, " ", describeStatus(failedStatus_), "; ");
@@ -402,6 +398,45 @@ class LocalJob {
 
  private:
   static constexpr int kChildSignals = 4;
+
+  // An exec failure arrives as an errno on the close-on-exec pipe; success closes it empty.
+  void checkExec(int k, int fd) {
+    int err = 0;
+    ssize_t got;
+    do {
+      got = ::read(fd, &err, sizeof err);
+    } while (got < 0 && errno == EINTR);
+    if (got == static_cast<ssize_t>(sizeof err)) {
+      std::string hint = err == ENOENT    ? " (the program, or the interpreter on its #! line, does not exist)"
+                         : err == ENOEXEC ? " (not a program for this machine; a script needs a #! line)"
+                                          : "";
+      throw Error(str("cannot start rank ", k, ": exec ", program_, ": ", std::strerror(err), hint));
+    }
+  }
+
+  // Starts rank k again after it failed (LaunchOptions::maxRestarts). Its old output pipes
+  // are kept until they reach their end, so its last lines still come out.
+  void restart(RankProc& r) {
+    const int k = r.rank;
+    const int count = ++restarts_[static_cast<size_t>(k)];
+    message(str("rank ", k, " ", describeStatus(r.status), "; restarting it (restart ", count, " of ",
+                opts_.maxRestarts, ")"));
+    retired_.push_back(std::make_unique<LineStream>(std::move(r.out)));
+    retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
+    r.out.fd = r.err.fd = -1;
+    CStrings env = restartEnv_(k, count);
+    spawn(k, env.get());
+    const int fd = execPipes_.back();
+    execPipes_.pop_back();
+    try {
+      checkExec(k, fd);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
+    ++running_;
+  }
 
   void spawn(int k, char* const* envp) {
     RankProc& r = ranks_[static_cast<size_t>(k)];
@@ -496,7 +531,10 @@ class LocalJob {
       r.status = st;
       --running_;
       bool failed = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-      if (failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0) {
+      if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
+          interruptSignal_ == 0 && !failedRank_ && restartEnv_) {
+        restart(r);
+      } else if (failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0) {
         message(str("rank ", r.rank, " ", describeStatus(st), "; the job goes on without it"));
         if (!toleratedRank_) {
           toleratedRank_ = r.rank;
@@ -541,6 +579,11 @@ class LocalJob {
         streams.push_back(s);
       }
     }
+    for (auto& s : retired_) {
+      if (s->fd < 0) continue;
+      fds.push_back({s->fd, POLLIN, 0});
+      streams.push_back(s.get());
+    }
     const auto now = Clock::now();
     if (running_ == 0 && (streams.empty() || now >= *drainUntil_)) return false;
     int timeoutMs = 1000;  // a bound in case a wake-up is ever lost
@@ -568,6 +611,9 @@ class LocalJob {
 
   std::vector<RankProc> ranks_;
   std::vector<int> execPipes_;
+  std::vector<int> restarts_ = std::vector<int>(ranks_.size(), 0);  // per rank
+  std::function<CStrings(int, int)> restartEnv_;
+  std::vector<std::unique_ptr<LineStream>> retired_;  // output of restarted ranks' earlier processes
   size_t running_ = 0;
   bool stdoutOk_ = true;
   bool stderrOk_ = true;
@@ -607,9 +653,9 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
 
   // Every rank's environment, built before the first fork.
   const int n = opts.nproc;
-  std::vector<CStrings> envs;
-  envs.reserve(static_cast<size_t>(n));
-  for (int k = 0; k < n; ++k) {
+  if (opts.maxRestarts < 0) throw InvalidArgument(str("maxRestarts must be >= 0, got ", opts.maxRestarts));
+  const bool restarts = opts.maxRestarts > 0 && opts.restartFrom < n;
+  auto varsOf = [&](int k, int restart) {
     std::vector<std::pair<std::string, std::string>> vars = {
         {"CHORUS_RANK", str(k)},
         {"CHORUS_WORLD_SIZE", str(n)},
@@ -622,12 +668,20 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
     };
     if (!opts.transport.empty()) vars.emplace_back("CHORUS_TRANSPORT", opts.transport);
     if (opts.timeoutMs > 0) vars.emplace_back("CHORUS_TIMEOUT_MS", str(opts.timeoutMs));
+    if (restarts) {
+      vars.emplace_back("CHORUS_REJOIN", restart > 0 ? "join" : "accept");
+      vars.emplace_back("CHORUS_RESTART_COUNT", str(restart));
+    }
     for (const auto& kv : opts.extraEnv) vars.push_back(kv);
-    envs.emplace_back(rankEnvironment(vars));
-  }
+    return rankEnvironment(vars);
+  };
+  std::vector<CStrings> envs;
+  envs.reserve(static_cast<size_t>(n));
+  for (int k = 0; k < n; ++k) envs.emplace_back(varsOf(k, 0));
 
   SignalGuard signals;
   LocalJob job(opts, std::move(program), argv, signals);
+  if (restarts) job.setRestartEnvironment([varsOf](int k, int restart) { return CStrings(varsOf(k, restart)); });
   job.start(envs);
   return job.watch();
 }
@@ -642,6 +696,9 @@ ArgParser makeLaunchParser() {
   p.addValue("--store-addr", "ADDR", "address the rendezvous store binds; 0.0.0.0 for every interface", "127.0.0.1");
   p.addValue("--servers", "S", "also start S parameter servers: ranks N..N+S-1 (sets CHORUS_PS_SERVERS)");
   p.addSwitch("--keep-going", "with --servers: a worker that fails does not stop the others (asp, ssp)");
+  p.addValue("--restarts", "R",
+             "with --servers: restart a failed server up to R times while the job runs; it reloads its shard and "
+             "the workers reconnect (tcp; sets CHORUS_REJOIN)");
   p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
              "3000");
   p.addSwitch("-h,--help", "show this help");
@@ -662,7 +719,8 @@ std::string launchHelp() {
       "SIGKILL after the grace period) and the launcher exits with that rank's status.\n"
       "SIGINT and SIGTERM are forwarded to every rank. Ranks read stdin from /dev/null.\n"
       "With --servers S, ranks N..N+S-1 are parameter servers and the N workers come first\n"
-      "(chorus train reads CHORUS_PS_SERVERS); --keep-going lets workers fail alone.\n"
+      "(chorus train reads CHORUS_PS_SERVERS); --keep-going lets workers fail alone, and\n"
+      "--restarts R starts a failed server again (it reloads its shard; the workers reconnect).\n"
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),
@@ -689,10 +747,19 @@ int launchCommand(const std::vector<std::string>& args) {
   if (p.has("--servers")) {
     const int servers = static_cast<int>(p.getInt("--servers", 0, 4096));
     if (p.has("--keep-going")) opts.tolerateBelow = opts.nproc;
+    if (p.has("--restarts")) {
+      opts.restartFrom = opts.nproc;
+      opts.maxRestarts = static_cast<int>(p.getInt("--restarts", 0, 1000));
+    }
     opts.nproc += servers;
     opts.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(servers)});
-  } else if (p.has("--keep-going")) {
-    throw UsageError("chorus launch: --keep-going applies to parameter-server workers; give --servers S too");
+  } else if (p.has("--keep-going") || p.has("--restarts")) {
+    throw UsageError(str("chorus launch: ", p.has("--keep-going") ? "--keep-going" : "--restarts",
+                         " applies to parameter-server jobs; give --servers S too"));
+  }
+  if (opts.maxRestarts > 0 && p.has("--transport") && p.get("--transport") != "tcp" && p.get("--transport") != "auto") {
+    throw UsageError("chorus launch: --restarts needs the tcp transport (a restarted server reconnects over tcp); "
+                     "use --transport tcp or auto");
   }
   if (p.has("--transport")) {
     std::string t = p.get("--transport");

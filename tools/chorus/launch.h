@@ -42,6 +42,12 @@ struct LaunchOptions {
   // workers in asp/ssp, whose servers carry on without them); each such failure is reported,
   // and the launcher still exits with the first one's status once the job has ended.
   int tolerateBelow = 0;
+  // Ranks [restartFrom, nproc) that fail while the job runs are started again, each up to
+  // maxRestarts times (parameter servers: the new process reloads its shard and the workers
+  // reconnect to it). Then every rank gets CHORUS_REJOIN=accept and CHORUS_RESTART_COUNT=0, a
+  // restarted one CHORUS_REJOIN=join and its restart number, and the ranks run over tcp.
+  int restartFrom = 0;
+  int maxRestarts = 0;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
 };

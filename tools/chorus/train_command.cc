@@ -173,6 +173,8 @@ int trainCommand(const std::vector<std::string>& args) {
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
       if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;  // asp and ssp go on without a failed worker
+      lo.restartFrom = t.nproc;  // the servers
+      lo.maxRestarts = static_cast<int>(cfg.ps.restarts);
     }
     lo.transport = cfg.ddp.transport;
     lo.tagStdout = false;  // only rank 0 writes to stdout: its progress bar must reach the terminal as is

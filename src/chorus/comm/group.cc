@@ -122,6 +122,17 @@ class ContextSystemError : public SystemError {
   }
 }
 
+// Whether `r` has failed, asked through the transport so that the read is ordered with the
+// backend's writes (the loopback transport completes requests from other threads).
+bool requestFailedOnItsOwn(Transport& transport, const RequestPtr& r) {
+  try {
+    transport.test(r);
+    return false;
+  } catch (...) {
+    return true;
+  }
+}
+
 // One queued call: what it runs and how it ended.
 class Task : public Work {
  public:
@@ -228,7 +239,7 @@ struct PointToPoint {
       // of this call is posted, so the transport stays open for the other sends, receives and
       // calls (a parameter server goes on serving the workers that are alive). Otherwise (the
       // deadline, a transport error) the request may still be posted: failCall closes.
-      if (failedOnItsOwn(transport, r)) {
+      if (requestFailedOnItsOwn(transport, r)) {
         finishWithCurrentError();
         return;
       }
@@ -240,17 +251,6 @@ struct PointToPoint {
     }
   }
 
- private:
-  // Whether `r` has failed, asked through the transport so that the read is ordered with the
-  // backend's writes (the loopback transport completes requests from other threads).
-  static bool failedOnItsOwn(Transport& transport, const RequestPtr& r) {
-    try {
-      transport.test(r);
-      return false;
-    } catch (...) {
-      return true;
-    }
-  }
 };
 
 // ProcessGroup::waitAny's task, on the executor: waits until one of `ps` (all posted by now,
@@ -428,6 +428,8 @@ struct ProcessGroup::Shared {
   // send/recv and their async forms (see the top of this file).
   static WorkPtr pointToPoint(ProcessGroup& g, bool isSend, int peer, uint32_t tag, void* data, size_t bytes,
                               Millis timeout, bool async);
+  // peerEpoch (wait = false) and awaitPeer, run on the executor like every other call.
+  static uint64_t peerEpoch(ProcessGroup& g, int peer, uint64_t epoch, Millis timeout, bool wait);
 
   // The handle of an async send/recv.
   class PointToPointWork : public Work {
@@ -603,12 +605,24 @@ std::shared_ptr<ProcessGroup> ProcessGroup::fromEnvironment(const InitOptions& o
   // A process may join the same job more than once (one group per purpose): the n-th join of
   // every rank publishes its addresses under its own prefix, so joins never read each
   // other's keys. Every rank counts its own joins, so the n-th ones meet.
-  topts.prefix = str("chorus/", res->store->add(str("chorus/joins/", info.rank), 1));
+  // A restarted process (CHORUS_REJOIN=join) counts its joins afresh under its own key, so
+  // its n-th join reads the addresses the n-th join of every other rank published.
+  const std::string rejoin = envString("CHORUS_REJOIN");
+  if (!rejoin.empty() && rejoin != "accept" && rejoin != "join") {
+    throw ConfigError(str("CHORUS_REJOIN='", rejoin, "' is not one of: accept, join (or unset)"));
+  }
+  topts.acceptRejoin = !rejoin.empty();
+  topts.rejoin = rejoin == "join";
+  const std::string joins = topts.rejoin
+                                ? str("chorus/joins/", info.rank, "/restart", envInt("CHORUS_RESTART_COUNT"))
+                                : str("chorus/joins/", info.rank);
+  topts.prefix = str("chorus/", res->store->add(joins, 1));
   topts.secret = info.secret;
   topts.jobId = info.jobId;
   topts.timeout = timeout;
   topts.bindAddr = envString("CHORUS_BIND_ADDR");
-  const std::string name = opts.transport.empty() ? envString("CHORUS_TRANSPORT") : opts.transport;
+  std::string name = opts.transport.empty() ? envString("CHORUS_TRANSPORT") : opts.transport;
+  if (!rejoin.empty() && name == "auto") name = "tcp";  // only tcp takes restarted ranks
   std::shared_ptr<Transport> transport = createTransport(name, topts);
 
   GroupOptions g = opts.group;
@@ -776,10 +790,15 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
   if (!async) {
     shared.executor->submit(task, false, [&] {
       task->run = [&shared, post, deadline, context] {
+        RequestPtr req;
         try {
-          RequestPtr one[] = {post()};
+          req = post();
+          RequestPtr one[] = {req};
           shared.transport->waitAll(one, deadline);
         } catch (...) {
+          // As for an async send/recv: a request that failed on its own (a dead peer) leaves
+          // nothing posted, so the transport stays open for the other peers.
+          if (req && requestFailedOnItsOwn(*shared.transport, req)) rethrowWithContext(context);
           failCall(*shared.transport, context);
         }
       };
@@ -838,6 +857,37 @@ size_t ProcessGroup::waitAny(const std::vector<WorkPtr>& works, Millis timeout) 
     };
   });
   return state->found;
+}
+
+uint64_t ProcessGroup::Shared::peerEpoch(ProcessGroup& g, int peer, uint64_t epoch, Millis timeout, bool wait) {
+  std::string context = str(wait ? "awaitPeer" : "peerEpoch", " of rank ", peer, " on rank ", g.rank_, " of ", g.size());
+  if (g.groupId_ != 0) context += str(" (global rank ", g.ranks_[static_cast<size_t>(g.rank_)], ", group ", g.groupId_, ")");
+  context += ": ";
+  if (peer < 0 || peer >= g.size() || peer == g.rank_) {
+    throw InvalidArgument(str(context, "the peer must be another rank of the group, in [0, ", g.size(), ")"));
+  }
+  const int global = g.ranks_[static_cast<size_t>(peer)];
+  const Deadline deadline(orDefault(timeout, g.timeout_));
+  auto task = std::make_shared<Task>(deadline);
+  task->context = context;
+  auto result = std::make_shared<uint64_t>(0);  // the task could outlive this call (see waitAny)
+  std::shared_ptr<Shared> shared = g.shared_;
+  shared->executor->submit(task, /*async=*/false, [&] {
+    task->run = [shared, result, global, epoch, wait, deadline, context] {
+      try {
+        *result = wait ? shared->transport->awaitPeer(global, epoch, deadline) : shared->transport->peerEpoch(global);
+      } catch (...) {
+        rethrowWithContext(context);  // nothing was posted: the transport stays open
+      }
+    };
+  });
+  return *result;
+}
+
+uint64_t ProcessGroup::peerEpoch(int peer) { return Shared::peerEpoch(*this, peer, 0, Millis(0), false); }
+
+uint64_t ProcessGroup::awaitPeer(int peer, uint64_t epoch, Millis timeout) {
+  return Shared::peerEpoch(*this, peer, epoch, timeout, true);
 }
 
 void ProcessGroup::send(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout) {

@@ -117,6 +117,16 @@ class ProcessGroup {
   // TimeoutError after `timeout` (0: the group's), Error if the transport closed.
   size_t waitAny(const std::vector<WorkPtr>& works, Millis timeout = Millis(0));
 
+  // Restarted peers (tcp, with CHORUS_REJOIN; see Transport::peerEpoch). How many times a
+  // restarted process has taken group rank `peer`'s place since this process joined; 0 on
+  // transports that cannot take one.
+  uint64_t peerEpoch(int peer);
+  // Blocks until a restarted process has taken group rank `peer`'s place after `epoch`, and
+  // returns the new epoch; sends and receives issued from then on go to the new process.
+  // Throws TimeoutError after `timeout` (0: the group's), and Error on a transport that
+  // cannot take a restarted peer (the message says to use tcp). Neither closes the transport.
+  uint64_t awaitPeer(int peer, uint64_t epoch, Millis timeout = Millis(0));
+
  private:
   struct Shared;
   ProcessGroup(std::shared_ptr<Shared> shared, std::vector<int> ranks, int rank, uint16_t groupId, GroupOptions opts);

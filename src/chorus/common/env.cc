@@ -19,6 +19,8 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_JOB_ID", "", "Identifier of the job; shared-memory segment names include it, so concurrent jobs never collide."},
       {"CHORUS_JOB_SECRET", "", "Random per-job token; every connection must prove it holds it."},
       {"CHORUS_TRANSPORT", "auto", "Transport between ranks: auto (shm when all ranks share a host, else tcp), shm, tcp or mpi."},
+      {"CHORUS_REJOIN", "", "Restarted ranks (tcp only): 'accept' lets a restarted process take any rank's place in the running job; 'join' says this process is such a restart. Set by `chorus launch --restarts`; with either, transport auto means tcp."},
+      {"CHORUS_RESTART_COUNT", "0", "How many times this rank has been restarted in the running job (set by `chorus launch --restarts`)."},
       {"CHORUS_BIND_ADDR", "", "Address the tcp transport listens on; default: the local address used to reach the store."},
       {"CHORUS_LOG_LEVEL", "warn", "Log level: debug, info, warn or error."},
       {"CHORUS_SPIN_US", "20", "How long a wait busy-polls before it blocks (futex or poll), in microseconds."},

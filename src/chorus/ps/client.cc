@@ -13,6 +13,12 @@
 
 namespace chorus::ps {
 
+// An answer that breaks the protocol (a live server, not a dead one).
+class BadAnswer : public PeerError {
+ public:
+  using PeerError::PeerError;
+};
+
 struct Client::Impl {
   std::shared_ptr<comm::ProcessGroup> group;
   int worker;
@@ -25,6 +31,10 @@ struct Client::Impl {
   double pullWait = 0;
   uint64_t bytesPushed = 0;
   bool saidBye = false;
+  Millis reconnectTimeout{0};
+  std::vector<uint64_t> epochs;                 // per server, the restarts seen (peerEpoch)
+  std::vector<std::vector<float>> lastPulled;   // per server, its values as last pulled or sent
+  int64_t reconnects = 0;
   int uncaught = std::uncaught_exceptions();  // at construction: a destructor run by unwinding sees more
 
   int servers() const { return plan.servers(); }
@@ -68,15 +78,30 @@ struct Client::Impl {
     }
   }
 
-  // Sends `op` (with payloads[s], if any) to every server and reads every answer. kParams
-  // payloads land in params[s]. Throws ServerError with the first server's kError message,
-  // after every answer has been read, so the message stream stays in step.
-  void exchange(Op op, const std::vector<std::vector<float>>& payloads, double lr,
-                std::vector<std::vector<float>>* params) {
-    const int n = servers();
-    std::vector<std::array<uint8_t, kHeaderBytes>> out(static_cast<size_t>(n)), in(static_cast<size_t>(n));
-    std::vector<comm::WorkPtr> sends, recvs;
-    for (int s = 0; s < n; ++s) {
+  // Sends `op` to the servers in `targets` (with payloads[s], if any) and reads every answer.
+  // kParams payloads land in got[s] and set versions[s]. Returns the servers whose connection
+  // failed (only when reconnecting; otherwise their PeerError is thrown), or whose error answer
+  // came from a process that replaced them during the call. Throws ServerError with the first
+  // other kError message, after every answer has been read, so the streams stay in step.
+  std::vector<int> exchange(const std::vector<int>& targets, Op op, const std::vector<std::vector<float>>& payloads,
+                            double lr, std::vector<std::vector<float>>* got) {
+    const size_t n = targets.size();
+    std::vector<std::array<uint8_t, kHeaderBytes>> out(n), in(n);
+    std::vector<comm::WorkPtr> recvs;
+    std::vector<std::pair<int, comm::WorkPtr>> sends;  // (server, work)
+    std::vector<bool> lost(static_cast<size_t>(servers()), false);
+    const bool reconnect = reconnectTimeout.count() > 0;
+    // A dead server: with reconnecting on, remembered; otherwise the error goes up.
+    auto onPeerError = [&](int s, const PeerError& e) {
+      if (!reconnect || e.peer() != serverRanks[static_cast<size_t>(s)]) throw;
+      if (!lost[static_cast<size_t>(s)]) {
+        CHORUS_WARN(who(), ": server ", s, " (rank ", serverRanks[static_cast<size_t>(s)], ") failed during ", opName(op),
+                    ": ", e.what(), "; waiting up to ", reconnectTimeout.count(), " ms for it to restart");
+      }
+      lost[static_cast<size_t>(s)] = true;
+    };
+    for (size_t i = 0; i < n; ++i) {
+      const int s = targets[i];
       Header h;
       h.op = op;
       h.worker = worker;
@@ -87,60 +112,133 @@ struct Client::Impl {
       h.lr = lr;
       h.payloadBytes = payloads.empty() ? 0 : payloads[static_cast<size_t>(s)].size() * sizeof(float);
       h.firstSlice = plan.firstSlice(s);
-      out[static_cast<size_t>(s)] = encodeHeader(h);
+      out[i] = encodeHeader(h);
       const int rank = serverRanks[static_cast<size_t>(s)];
-      sends.push_back(group->sendAsync(rank, kHeaderTag, out[static_cast<size_t>(s)].data(), kHeaderBytes, timeout));
+      sends.emplace_back(s, group->sendAsync(rank, kHeaderTag, out[i].data(), kHeaderBytes, timeout));
       if (h.payloadBytes > 0) {
-        sends.push_back(
-            group->sendAsync(rank, kPayloadTag, payloads[static_cast<size_t>(s)].data(), h.payloadBytes, timeout));
+        sends.emplace_back(
+            s, group->sendAsync(rank, kPayloadTag, payloads[static_cast<size_t>(s)].data(), h.payloadBytes, timeout));
       }
     }
-    for (int s = 0; s < n; ++s) {
-      recvs.push_back(group->recvAsync(serverRanks[static_cast<size_t>(s)], kHeaderTag,
-                                       in[static_cast<size_t>(s)].data(), kHeaderBytes, timeout));
+    for (size_t i = 0; i < n; ++i) {
+      recvs.push_back(group->recvAsync(serverRanks[static_cast<size_t>(targets[i])], kHeaderTag, in[i].data(),
+                                       kHeaderBytes, timeout));
     }
     std::string error;
-    for (int s = 0; s < n; ++s) {
+    for (size_t i = 0; i < n; ++i) {
+      const int s = targets[i];
       const int rank = serverRanks[static_cast<size_t>(s)];
-      recvs[static_cast<size_t>(s)]->wait();
-      const Header a = decodeHeader(in[static_cast<size_t>(s)]);
-      // An error may be about the fingerprint itself, so only other answers must carry ours.
-      if (a.server != s || a.worker != worker || (a.op != Op::kError && a.fingerprint != fingerprint)) {
-        throw PeerError(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with a header for ",
-                            "server ", a.server, ", worker ", a.worker, ", fingerprint ", a.fingerprint,
-                            "; check that serverRanks and the plan match the servers"),
-                        rank);
-      }
-      if (a.op == Op::kError) {
-        if (a.payloadBytes > kMaxPayloadBytes) {
-          throw PeerError(str(who(), ": server ", s, " sent an error of ", a.payloadBytes, " bytes"), rank);
+      try {
+        recvs[i]->wait();
+        const Header a = decodeHeader(in[i]);
+        // An error may be about the fingerprint itself, so only other answers must carry ours.
+        if (a.server != s || a.worker != worker || (a.op != Op::kError && a.fingerprint != fingerprint)) {
+          throw BadAnswer(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with a header for ",
+                              "server ", a.server, ", worker ", a.worker, ", fingerprint ", a.fingerprint,
+                              "; check that serverRanks and the plan match the servers"),
+                          rank);
         }
-        std::string msg(a.payloadBytes, '\0');
-        if (!msg.empty()) group->recv(rank, kPayloadTag, msg.data(), msg.size(), timeout);
-        if (error.empty()) error = str(who(), ": ", opName(op), " refused by ", msg);
-        continue;
-      }
-      const Op expected = op == Op::kPull ? Op::kParams : Op::kAck;
-      const uint64_t bytes = op == Op::kPull ? 4 * static_cast<uint64_t>(plan.load(s)) : 0;
-      if (a.op != expected || a.payloadBytes != bytes) {
-        throw PeerError(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with ", opName(a.op),
-                            " and ", a.payloadBytes, " payload bytes; expected ", opName(expected), " and ", bytes),
-                        rank);
-      }
-      if (op == Op::kPull) {
-        auto& buf = (*params)[static_cast<size_t>(s)];
-        buf.resize(static_cast<size_t>(plan.load(s)));
-        group->recv(rank, kPayloadTag, buf.data(), bytes, timeout);
-        versions[static_cast<size_t>(s)] = a.version;
+        if (a.op == Op::kError) {
+          if (a.payloadBytes > kMaxPayloadBytes) {
+            throw BadAnswer(str(who(), ": server ", s, " sent an error of ", a.payloadBytes, " bytes"), rank);
+          }
+          std::string msg(a.payloadBytes, '\0');
+          if (!msg.empty()) group->recvAsync(rank, kPayloadTag, msg.data(), msg.size(), timeout)->wait();
+          if (reconnect && group->peerEpoch(rank) != epochs[static_cast<size_t>(s)]) {
+            // A restarted process answered a request meant for the one before it.
+            lost[static_cast<size_t>(s)] = true;
+          } else if (error.empty()) {
+            error = str(who(), ": ", opName(op), " refused by ", msg);
+          }
+          continue;
+        }
+        const Op expected = op == Op::kPull ? Op::kParams : Op::kAck;
+        const uint64_t bytes = op == Op::kPull ? 4 * static_cast<uint64_t>(plan.load(s)) : 0;
+        if (a.op != expected || a.payloadBytes != bytes) {
+          throw BadAnswer(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with ", opName(a.op),
+                              " and ", a.payloadBytes, " payload bytes; expected ", opName(expected), " and ", bytes),
+                          rank);
+        }
+        if (op == Op::kPull) {
+          auto& buf = (*got)[static_cast<size_t>(s)];
+          buf.resize(static_cast<size_t>(plan.load(s)));
+          group->recvAsync(rank, kPayloadTag, buf.data(), bytes, timeout)->wait();
+          versions[static_cast<size_t>(s)] = a.version;
+        }
+      } catch (const BadAnswer&) {
+        throw;  // a live server that breaks the protocol: no restart fixes that
+      } catch (const PeerError& e) {
+        onPeerError(s, e);
       }
     }
-    for (auto& w : sends) w->wait();
+    for (auto& [s, w] : sends) {
+      try {
+        w->wait();
+      } catch (const PeerError& e) {
+        onPeerError(s, e);
+      }
+    }
     if (!error.empty()) throw ServerError(error);
+    std::vector<int> failed;
+    for (int s : targets) {
+      if (lost[static_cast<size_t>(s)]) failed.push_back(s);
+    }
+    return failed;
+  }
+
+  // Waits for a restarted process in server s's place and resynchronizes with it (steps 1 and
+  // 2 in client.h). Returns false when the new process failed too (the caller retries).
+  bool resync(int s) {
+    const int rank = serverRanks[static_cast<size_t>(s)];
+    const uint64_t epoch = group->awaitPeer(rank, epochs[static_cast<size_t>(s)], reconnectTimeout);
+    epochs[static_cast<size_t>(s)] = epoch;
+    ++reconnects;
+    CHORUS_WARN(who(), ": server ", s, " (rank ", rank, ") was restarted (restart ", epoch,
+                " seen here); resynchronizing with it");
+    if (!lastPulled[static_cast<size_t>(s)].empty()) {  // else: nothing to offer; the pull waits for another's init
+      std::vector<std::vector<float>> payloads(static_cast<size_t>(servers()));
+      payloads[static_cast<size_t>(s)] = lastPulled[static_cast<size_t>(s)];
+      if (!exchange({s}, Op::kInit, payloads, 0.0, nullptr).empty()) return false;
+    }
+    return exchange({s}, Op::kPull, {}, 0.0, &lastPulled).empty();
+  }
+
+  // One call on every server, reconnecting to restarted ones (client.h).
+  void call(Op op, const std::vector<std::vector<float>>& payloads, double lr) {
+    std::vector<int> targets(static_cast<size_t>(servers()));
+    for (int s = 0; s < servers(); ++s) targets[static_cast<size_t>(s)] = s;
+    std::vector<int> redo;
+    if (reconnectTimeout.count() > 0) {
+      // A server restarted since the last call: resynchronize before sending it a push based
+      // on a version the new process may not have.
+      std::vector<int> now;
+      for (int s : targets) {
+        if (group->peerEpoch(serverRanks[static_cast<size_t>(s)]) != epochs[static_cast<size_t>(s)]) redo.push_back(s);
+        else now.push_back(s);
+      }
+      targets = std::move(now);
+    }
+    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled);
+    redo.insert(redo.end(), lost.begin(), lost.end());
+    for (int attempt = 0; !redo.empty(); ++attempt) {
+      if (attempt == Client::kMaxReconnects) {
+        throw PeerError(str(who(), ": server ", redo.front(), " (rank ", serverRanks[static_cast<size_t>(redo.front())],
+                            ") failed again after ", attempt, " restarts within one ", opName(op),
+                            "; check its log (it may fail on every start)"),
+                        serverRanks[static_cast<size_t>(redo.front())]);
+      }
+      std::vector<int> again;
+      for (int s : redo) {
+        // A pull's answer is the resync's pull; every other op is sent again.
+        if (!resync(s) || (op != Op::kPull && !exchange({s}, op, payloads, lr, &lastPulled).empty())) again.push_back(s);
+      }
+      redo = std::move(again);
+    }
   }
 };
 
 Client::Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::vector<int> serverRanks, ShardPlan plan,
-               Millis timeout)
+               Millis timeout, Millis reconnectTimeout)
     : impl_(std::make_unique<Impl>()) {
   Impl& c = *impl_;
   if (!group) throw InvalidArgument("ps client: the process group is null");
@@ -163,6 +261,12 @@ Client::Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::
   c.timeout = timeout;
   c.fingerprint = c.plan.fingerprint();
   c.versions.assign(static_cast<size_t>(c.plan.servers()), 0);
+  c.reconnectTimeout = reconnectTimeout;
+  c.lastPulled.resize(static_cast<size_t>(c.plan.servers()));
+  c.epochs.resize(static_cast<size_t>(c.plan.servers()));
+  if (reconnectTimeout.count() > 0) {
+    for (int s = 0; s < c.plan.servers(); ++s) c.epochs[static_cast<size_t>(s)] = c.group->peerEpoch(c.serverRanks[static_cast<size_t>(s)]);
+  }
 }
 
 Client::~Client() {
@@ -181,7 +285,8 @@ void Client::init(const std::vector<std::span<const float>>& params) {
   c.checkTensors(params, "init");
   std::vector<std::vector<float>> payloads;
   for (int s = 0; s < c.servers(); ++s) payloads.push_back(c.gather(params, s));
-  c.exchange(Op::kInit, payloads, 0.0, nullptr);
+  if (c.reconnectTimeout.count() > 0) c.lastPulled = payloads;
+  c.call(Op::kInit, payloads, 0.0);
 }
 
 void Client::push(const std::vector<std::span<const float>>& grads, double lr) {
@@ -192,7 +297,7 @@ void Client::push(const std::vector<std::span<const float>>& grads, double lr) {
     payloads.push_back(c.gather(grads, s));
     c.bytesPushed += payloads.back().size() * sizeof(float);
   }
-  c.exchange(Op::kPush, payloads, lr, nullptr);
+  c.call(Op::kPush, payloads, lr);
   ++c.clock;
 }
 
@@ -200,14 +305,13 @@ void Client::pull(const std::vector<std::span<float>>& params) {
   Impl& c = *impl_;
   c.checkTensors(params, "pull");
   const auto t0 = Clock::now();
-  std::vector<std::vector<float>> got(static_cast<size_t>(c.servers()));
   try {
-    c.exchange(Op::kPull, {}, 0.0, &got);
+    c.call(Op::kPull, {}, 0.0);
   } catch (...) {
     c.pullWait += std::chrono::duration<double>(Clock::now() - t0).count();
     throw;
   }
-  for (int s = 0; s < c.servers(); ++s) c.scatter(got[static_cast<size_t>(s)], params, s);
+  for (int s = 0; s < c.servers(); ++s) c.scatter(c.lastPulled[static_cast<size_t>(s)], params, s);
   c.pullWait += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -215,12 +319,13 @@ void Client::bye() {
   Impl& c = *impl_;
   if (c.saidBye) return;
   c.saidBye = true;
-  c.exchange(Op::kBye, {}, 0.0, nullptr);
+  c.call(Op::kBye, {}, 0.0);
 }
 
 int64_t Client::clock() const { return impl_->clock; }
 const std::vector<int64_t>& Client::versions() const { return impl_->versions; }
 double Client::pullWaitSeconds() const { return impl_->pullWait; }
 uint64_t Client::bytesPushed() const { return impl_->bytesPushed; }
+int64_t Client::reconnects() const { return impl_->reconnects; }
 
 }  // namespace chorus::ps

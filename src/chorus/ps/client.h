@@ -5,7 +5,21 @@
 // Each call talks to every server at once (async sends, then waits for all answers), so the
 // time of a push or a pull is that of the slowest server, not the sum. A server's kError
 // answer is thrown as ps::ServerError with its message; a server that dies is a PeerError
-// naming it.
+// naming it, unless the client may reconnect.
+//
+// Reconnecting (reconnectTimeout > 0; the transport must take restarted peers, tcp with
+// CHORUS_REJOIN). When a server's connection fails, or a restarted process has taken its
+// place since the last call (ProcessGroup::peerEpoch), the client waits up to
+// reconnectTimeout for the new process (ProcessGroup::awaitPeer), resynchronizes with it and
+// then finishes the call:
+//   1. init with the values this worker last pulled from (or sent to) that server; a server
+//      that reloaded its checkpoint keeps its own (Server: the first init wins), one that had
+//      none starts from these;
+//   2. pull from it, so later pushes are based on the restarted server's version;
+//   3. redo the call on that server: a push is sent again, now based on that version (it is
+//      stale by what the restarted server lost, as an asp push may be); a pull returns the
+//      values of step 2; a goodbye is said again.
+// A server that fails again during this is retried, kMaxReconnects times per call.
 #pragma once
 
 #include <cstdint>
@@ -28,10 +42,14 @@ class ServerError : public Error {
 
 class Client {
  public:
+  // How often one call reconnects to restarted servers before it gives up.
+  static constexpr int kMaxReconnects = 3;
+
   // serverRanks[s] is server s's rank in `group`. timeout bounds each call (0: the group's);
-  // a pull that consistency holds back waits within it too.
+  // a pull that consistency holds back waits within it too. reconnectTimeout: 0, a dead
+  // server is an error; > 0, how long to wait for a restarted one (see above).
   Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::vector<int> serverRanks, ShardPlan plan,
-         Millis timeout = Millis(0));
+         Millis timeout = Millis(0), Millis reconnectTimeout = Millis(0));
   ~Client();
 
   // Sends the initial parameter values. Every worker may call it; a server keeps the first
@@ -51,6 +69,7 @@ class Client {
   const std::vector<int64_t>& versions() const;  // per server, the version of the last pull
   double pullWaitSeconds() const;              // total time spent in pull()
   uint64_t bytesPushed() const;
+  int64_t reconnects() const;                  // restarted servers this client resynchronized with
 
  private:
   struct Impl;

@@ -64,16 +64,20 @@ class Base : public ServerOptimizer {
 class Sgd : public Base {
  public:
   Sgd(const OptimizerOptions& o, int64_t numel)
-      : Base("sgd", numel, o.momentum > 0 ? std::vector<std::string>{"momentum_buffer"}
-                                          : std::vector<std::string>{}),
-        o_(o) {}
+      : Base("sgd", numel, bufferNames(o)), o_(o),
+        perRound_(o.momentum > 0 && o.pushesPerRound > 1 && o.roundMomentum) {}
 
   void step(std::span<float> param, std::span<const float> grad, double lr) override {
     checkLengths(param, grad);
+    if (perRound_) {
+      roundStep(param, grad, lr);
+      return;
+    }
     const bool first = steps_ == 0;
+    const double wd = o_.weightDecay / o_.pushesPerRound;
     float* buf = o_.momentum > 0 ? buffers_[0].data() : nullptr;
     for (size_t i = 0; i < param.size(); ++i) {
-      double d = grad[i] + o_.weightDecay * param[i];
+      double d = grad[i] + wd * param[i];
       if (buf) {
         const double b = first ? d : o_.momentum * buf[i] + (1 - o_.dampening) * d;
         buf[i] = static_cast<float>(b);
@@ -85,7 +89,37 @@ class Sgd : public Base {
   }
 
  private:
+  static std::vector<std::string> bufferNames(const OptimizerOptions& o) {
+    if (o.momentum <= 0) return {};
+    if (o.pushesPerRound > 1 && o.roundMomentum) return {"momentum_buffer", "round_sum"};
+    return {"momentum_buffer"};
+  }
+
+  // Momentum per round of pushesPerRound pushes (optimizer.h).
+  void roundStep(std::span<float> param, std::span<const float> grad, double lr) {
+    const int n = o_.pushesPerRound;
+    const double m = o_.momentum, wd = o_.weightDecay / n;
+    const double c = steps_ < n ? 1.0 : 1.0 - o_.dampening;  // torch's first step takes d undamped
+    const double dCoef = o_.nesterov ? 1 + m * c : c;
+    const double bCoef = (o_.nesterov ? m * m : m) / n;
+    float* buf = buffers_[0].data();
+    float* sum = buffers_[1].data();
+    for (size_t i = 0; i < param.size(); ++i) {
+      const double d = grad[i] + wd * param[i];
+      sum[i] = static_cast<float>(sum[i] + d);
+      param[i] = static_cast<float>(param[i] - lr * (dCoef * d + bCoef * buf[i]));
+    }
+    ++steps_;
+    if (steps_ % n == 0) {
+      for (size_t i = 0; i < param.size(); ++i) {
+        buf[i] = static_cast<float>(m * buf[i] + c * sum[i]);
+        sum[i] = 0.0f;
+      }
+    }
+  }
+
   OptimizerOptions o_;
+  const bool perRound_;
 };
 
 // adam and adamw differ only in where weight decay enters: the gradient (adam) or the
@@ -100,14 +134,16 @@ class Adam : public Base {
     checkLengths(param, grad);
     ++steps_;
     const double b1 = o_.beta1, b2 = o_.beta2, t = static_cast<double>(steps_);
-    const double stepSize = lr / (1 - std::pow(b1, t));
+    const double share = 1.0 / o_.pushesPerRound;  // asp/ssp: one push is 1/N of a round
+    const double stepSize = share * lr / (1 - std::pow(b1, t));
     const double bc2Sqrt = std::sqrt(1 - std::pow(b2, t));
-    const double decay = decoupled_ ? 1 - lr * o_.weightDecay : 1.0;
+    const double decay = decoupled_ ? 1 - share * lr * o_.weightDecay : 1.0;
+    const double wd = share * o_.weightDecay;
     float* m = buffers_[0].data();
     float* v = buffers_[1].data();
     for (size_t i = 0; i < param.size(); ++i) {
       double p = param[i] * decay;
-      const double g = decoupled_ ? grad[i] : grad[i] + o_.weightDecay * param[i];
+      const double g = decoupled_ ? grad[i] : grad[i] + wd * param[i];
       const double mi = b1 * m[i] + (1 - b1) * g;
       const double vi = b2 * v[i] + (1 - b2) * g * g;
       m[i] = static_cast<float>(mi);
@@ -130,6 +166,7 @@ std::unique_ptr<ServerOptimizer> makeServerOptimizer(const OptimizerOptions& o, 
   };
   if (numel < 0) throw bad(str("slice numel ", numel, " is negative"));
   if (o.weightDecay < 0) throw bad(str("weight decay ", o.weightDecay, " must be >= 0"));
+  if (o.pushesPerRound < 1) throw bad(str("pushesPerRound ", o.pushesPerRound, " must be >= 1"));
   if (o.name == "sgd") {
     if (o.momentum < 0) throw bad(str("momentum ", o.momentum, " must be >= 0"));
     if (o.nesterov && (o.momentum <= 0 || o.dampening != 0)) {

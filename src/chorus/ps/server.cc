@@ -331,9 +331,13 @@ Server::Impl::Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::
   load = plan.load(index);
   fingerprint = plan.fingerprint();
   sliceStart.push_back(0);
+  // asp/ssp apply every push (grad / N) on its own: the optimizer spreads one round's update
+  // over the N pushes (optimizer.h).
+  OptimizerOptions optimizer = opts.optimizer;
+  optimizer.pushesPerRound = opts.consistency.mode == Mode::kBsp ? 1 : opts.consistency.workers;
   for (int k = 0; k < sliceCount; ++k) {
     const Slice& s = plan.slices()[static_cast<size_t>(firstSlice + k)];
-    optimizers.push_back(makeServerOptimizer(opts.optimizer, s.numel));
+    optimizers.push_back(makeServerOptimizer(optimizer, s.numel));
     sliceStart.push_back(sliceStart.back() + s.numel);
   }
   values.assign(static_cast<size_t>(load), 0.0f);

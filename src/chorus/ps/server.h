@@ -14,8 +14,10 @@
 //
 // Updates. bsp: the round's pushes are averaged (summed in double) and one optimizer step is
 // applied with the learning rate of the push that closed the round. asp/ssp: every push is a
-// step on grad / N (N = consistency.workers) at the push's learning rate, so N pushes move the
-// parameters about as far as one bsp round. Pulls before the first init (or a loaded
+// step on grad / N (N = consistency.workers) at the push's learning rate, by an optimizer set up
+// with pushesPerRound = N, so N pushes move the parameters as one bsp round would (with sgd
+// momentum the buffer advances once per N pushes unless optimizer.roundMomentum is off; see
+// optimizer.h). Pulls before the first init (or a loaded
 // checkpoint) wait for it; a push before it is refused.
 //
 // Faults. A worker whose connection fails (PeerError) is logged by rank and index and leaves

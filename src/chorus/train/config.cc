@@ -244,6 +244,12 @@ const std::vector<Key>& schema() {
        .meaning = "threads per server that apply updates"},
       {.name = "ps.checkpoint_every", .field = CHORUS_FIELD(ps.checkpointEvery), .range = atLeast(0),
        .meaning = "server updates between shard checkpoints (output.dir/ps/server<s>.ckpt); 0: at the end"},
+      {.name = "ps.async_momentum", .field = CHORUS_FIELD(ps.asyncMomentum), .choices = {"round", "push"},
+       .meaning = "asp/ssp with sgd momentum: round advances the servers' momentum once per N pushes (as bsp "
+                  "does per step); push applies torch's momentum on every push"},
+      {.name = "ps.restarts", .field = CHORUS_FIELD(ps.restarts), .range = atLeast(0),
+       .meaning = "times chorus train --nproc restarts a failed server while the job runs; it reloads its "
+                  "shard and the workers reconnect (tcp)"},
 
       {.name = "amp.init_scale", .field = CHORUS_FIELD(amp.initScale), .range = above(0),
        .meaning = "fp16: initial loss scale"},
@@ -873,6 +879,9 @@ class Builder {
       if (config_.precision == "fp16")
         fail("precision", ": the parameter server runs fp32 or bf16 compute (no fp16 loss scaling); "
                           "use precision = \"bf16\" or \"fp32\"");
+      if (ps.restarts > 0 && (config_.ddp.transport == "shm" || config_.ddp.transport == "mpi"))
+        fail("ps.restarts", str(": a restarted server reconnects over tcp only; ddp.transport = \"",
+                                config_.ddp.transport, "\" cannot take it; set ddp.transport = \"tcp\" (or \"auto\")"));
     }
     for (int64_t w : config_.train.stragglerWorkers)
       if (worldSize_ > 0 && w >= worldSize_)

@@ -118,6 +118,8 @@ struct PsConfig {
   int64_t backup = 0;             // bsp: rounds close after workers - backup pushes
   int64_t applyThreads = 2;       // update threads per server
   int64_t checkpointEvery = 0;    // server updates between shard checkpoints; 0: at the end only
+  std::string asyncMomentum = "round";  // asp/ssp with sgd momentum: round | push (optimizer.h)
+  int64_t restarts = 0;           // times the launcher restarts each failed server in a running job (tcp)
 
   bool operator==(const PsConfig&) const = default;
 };

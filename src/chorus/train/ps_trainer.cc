@@ -13,7 +13,9 @@
 #include <thread>
 
 #include "chorus/amp/autocast.h"
+#include "chorus/common/env.h"
 #include "chorus/common/error.h"
+#include "chorus/common/logging.h"
 #include "chorus/parallel/data/sampler.h"
 #include "chorus/ps/client.h"
 #include "chorus/ps/server.h"
@@ -91,12 +93,21 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   so.consistency.staleness = static_cast<int>(cfg.ps.staleness);
   so.consistency.backup = static_cast<int>(cfg.ps.backup);
   so.optimizer = serverOptimizer(cfg.optim);
+  so.optimizer.roundMomentum = cfg.ps.asyncMomentum == "round";
   so.applyThreads = static_cast<int>(cfg.ps.applyThreads);
   const fs::path dir = fs::path(cfg.output.dir) / "ps";
   fs::create_directories(dir);
   so.checkpointPath = (dir / str("server", serverIndex, ".ckpt")).string();
   so.checkpointEvery = cfg.ps.checkpointEvery;
-  so.resume = opts.resume;
+  // A server restarted in a running job (chorus launch --restarts) reloads the shard its
+  // predecessor checkpointed; a fresh start removes a shard left by an earlier job, so that a
+  // restart can never load it.
+  const bool restarted = envString("CHORUS_REJOIN") == "join";
+  so.resume = opts.resume || restarted;
+  if (!so.resume && fs::remove(so.checkpointPath)) {
+    CHORUS_INFO("ps server ", serverIndex, ": removed the shard checkpoint of an earlier run, ", so.checkpointPath,
+                " (run with --resume to continue from it)");
+  }
   ps::Server server(group, serverIndex, workerRanks, b.plan, so);
   ps::ServerReport r = server.run();
 
@@ -106,6 +117,7 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   o.add("bytes_received", r.bytesReceived).add("bytes_sent", r.bytesSent);
   o.add("busy_s", r.busySeconds).add("wall_s", r.wallSeconds).add("load", b.plan.load(serverIndex));
   o.add("resumed", r.resumedFromCheckpoint).add("failed_workers", static_cast<int64_t>(r.failedWorkers.size()));
+  o.add("restart", envInt("CHORUS_RESTART_COUNT"));
   for (size_t w = 0; w < r.workers.size(); ++w) {
     const ps::WorkerStats& s = r.workers[w];
     const std::string p = str("w", w, "_");
@@ -134,7 +146,10 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   Built b = build(cfg, trainSet, servers);
   std::vector<int> serverRanks(static_cast<size_t>(servers));
   for (int s = 0; s < servers; ++s) serverRanks[static_cast<size_t>(s)] = workers + s;
-  ps::Client client(group, w, serverRanks, b.plan);
+  // With restartable servers (CHORUS_REJOIN), a dead server is waited for, up to the group's
+  // timeout, and the client resynchronizes with its restarted process.
+  const Millis reconnect = envString("CHORUS_REJOIN").empty() ? Millis(0) : group->timeout();
+  ps::Client client(group, w, serverRanks, b.plan, Millis(0), reconnect);
   {
     torch::NoGradGuard ng;
     if (lead) client.init(constSpansOf(b.params));
@@ -238,7 +253,7 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
         o.add("version", v.empty() ? int64_t{0} : *std::min_element(v.begin(), v.end()));
         // How far this worker's parameters lag the step count: steps done minus the version it
         // read, per worker push (asp/ssp versions count every worker's pushes).
-        o.add("clock", client.clock());
+        o.add("clock", client.clock()).add("reconnects", client.reconnects());
         mine.write(o);
         if (metrics) metrics->write(o);
         bytesAtWindow = bytes;
@@ -278,6 +293,7 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   sum.add("samples_per_s", result.samplesPerSec).add("compute_s", computeSeconds).add("straggler_sleep_s", sleptSeconds);
   sum.add("push_s", pushSeconds).add("pull_s", pullSeconds).add("bytes_sent", group->bytesSent() - bytesAtStart);
   sum.add("test_acc", lastEval.accuracy).add("test_loss", lastEval.loss).add("peak_rss_mb", peakRssMb());
+  sum.add("reconnects", client.reconnects());
   mine.write(sum);
   if (metrics) metrics->write(sum);
   return result;

@@ -44,6 +44,10 @@ bool allOnOneHost(const TransportOptions& opts) {
 
 std::unique_ptr<Transport> createTransport(const std::string& name, const TransportOptions& options) {
   TransportOptions opts = options;
+  if (opts.rejoin && name != "tcp") {
+    throw InvalidArgument(str("rank ", opts.rank, " rejoins a running job, which only the tcp transport can do; ",
+                              "the transport is '", name, "' (set CHORUS_TRANSPORT=tcp for the whole job)"));
+  }
   if (opts.bindAddr.empty()) opts.bindAddr = envString("CHORUS_BIND_ADDR");
   if (opts.rank < 0 || opts.rank >= opts.size) {
     throw InvalidArgument(str("transport: rank ", opts.rank, " is outside a job of ", opts.size, " ranks"));

@@ -25,6 +25,16 @@ struct TransportOptions {
   Millis timeout = Millis(300000);
   // tcp: address to listen on ("" = the local address of the store connection, else 127.0.0.1).
   std::string bindAddr;
+  // tcp: keep listening after setup (every rank, the highest included, publishes its address)
+  // and take a restarted process in place of any peer whenever one connects (peerEpoch,
+  // awaitPeer). Other backends ignore it.
+  bool acceptRejoin = false;
+  // tcp: this process restarts rank `rank` of a job that is already running. Instead of the
+  // setup mesh it connects to every other rank at the address that rank published under
+  // `prefix` and says it rejoins; a rank that does not answer (dead, or not accepting
+  // rejoins) within `timeout` gets a failed connection: requests to it fail with PeerError.
+  // Implies acceptRejoin. Other backends refuse it (InvalidArgument naming tcp).
+  bool rejoin = false;
 };
 
 std::unique_ptr<Transport> createShmTransport(const TransportOptions& opts);

@@ -4,7 +4,7 @@
 // connection to one peer) and, where needed, more. Collectives are written against this
 // interface only, so every algorithm runs on every transport.
 //
-// Semantics, which every backend keeps (tests/comm/transport/transport_test.cc checks them):
+// Semantics, which every backend keeps (tests/comm/transport/*_test.cc check them):
 // - Messages from one peer to another under the same tag are matched in the order they were
 //   posted (FIFO). Messages under different tags may be received in any order: a message that
 //   arrives before its receive is posted is held until it is.
@@ -32,6 +32,7 @@
 
 #include "chorus/common/clock.h"
 #include "chorus/common/dtype.h"
+#include "chorus/common/error.h"
 
 namespace chorus::comm {
 
@@ -94,6 +95,21 @@ class Transport {
 
   // Fails every pending request and wakes any waiter; later calls throw. Idempotent.
   virtual void close() = 0;
+
+  // Restarted peers (tcp with TransportOptions::acceptRejoin; see docs/transports.md,
+  // "Restarted ranks"). A process that restarts in place of rank r of a running job connects
+  // to every live rank again; each of them then drops its old connection to r (its pending
+  // requests to r fail with PeerError) and sends and receives to r go to the new process.
+  // peerEpoch(r) counts those replacements since this transport connected: 0 on backends
+  // that cannot take a restarted peer.
+  virtual uint64_t peerEpoch(int /*peer*/) { return 0; }
+  // Makes progress until a new process has taken peer's place (peerEpoch(peer) > epoch), and
+  // returns the new epoch. Throws TimeoutError at the deadline naming the peer, and Error on a
+  // backend that cannot take a restarted peer (the message says to use tcp).
+  virtual uint64_t awaitPeer(int peer, uint64_t /*epoch*/, const Deadline& /*deadline*/) {
+    throw Error(str("rank ", rank(), ": the ", name(), " transport cannot take a restarted process in place of rank ",
+                    peer, "; hint: run the job over tcp (CHORUS_TRANSPORT=tcp) to restart ranks while it runs"));
+  }
 
   // The backend's own all-reduce over every rank of the job (mpi: MPI_Allreduce), used by
   // `--algo mpi`. Returns false when the backend has none.

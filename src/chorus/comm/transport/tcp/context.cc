@@ -2,8 +2,8 @@
 // runs. The per-connection protocol (frames, matching, held messages) lives in pair.cc.
 //
 // Setup, for rank i of n:
-//   1. listen on bindAddr:0 (if some rank j > i will connect) and publish "addr:port" under
-//      "<prefix>/tcp/i";
+//   1. listen on bindAddr:0 (if some rank j > i will connect, or with acceptRejoin) and
+//      publish "addr:port" under "<prefix>/tcp/i";
 //   2. a helper thread accepts; each accepted socket gets its own short-lived thread that runs
 //      the secret handshake and reads the 16-byte hello (magic, version, rank, size), so a
 //      stalled or hostile client never holds up the real peers;
@@ -13,6 +13,25 @@
 //      mid-handshake are shut down) and joined.
 // Ranks only ever wait on lower ranks' acceptors, which never wait on anybody, so setup cannot
 // deadlock; it costs one handshake round trip per connection, overlapped across peers.
+//
+// Restarted ranks (opts.acceptRejoin, or opts.rejoin which implies it):
+//   - after setup every rank keeps its listening socket (the highest rank, which accepts
+//     nothing at setup, listens and publishes its address only for this) and runs a rejoin
+//     acceptor thread. It takes one connection at a time, within kRejoinHandshake: the secret
+//     handshake (as server), then the joiner's rejoin hello, laid out like setup's but with
+//     magic "CHRJ" (so a setup hello here, or a rejoin hello at setup, is refused), checked
+//     (same world size, another rank), then queued and answered with ours, in that order:
+//     once the restarted process has our answer, a request posted here goes to it. Then it
+//     writes wakeFd_, so a blocked wait wakes;
+//   - the caller's thread adopts queued sockets under mu_ (in progress(), pairFor(),
+//     peerEpoch() and awaitPeer()): the old pair fails its requests with PeerError and is
+//     retired, a new pair takes the socket, and the peer's epoch goes up by one;
+//   - a restarted process (opts.rejoin) listens, publishes its new address under its key,
+//     starts its acceptor, then connects to every other rank at once, on one short-lived
+//     thread each: one connect attempt (a dead rank's port refuses at once), the handshake as
+//     client, its rejoin hello, the answer; all of it within opts.timeout. A rank that fails
+//     gets a pair that is failed from the start (PeerError), so the joiner still comes up when
+//     some ranks are dead, and they can rejoin it later.
 //
 // Progress: one poll() over every live connection plus an eventfd that close() writes. A wait
 // first spins (poll with timeout 0, then sched_yield, so an oversubscribed host still runs the
@@ -26,9 +45,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <netdb.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <set>
 #include <thread>
 
@@ -50,9 +72,13 @@ namespace chorus::comm::tcp {
 
 namespace {
 
-constexpr uint32_t kHelloMagic = 0x48544843;  // "CHTH"
+constexpr uint32_t kHelloMagic = 0x48544843;   // "CHTH": a rank at setup
+constexpr uint32_t kRejoinMagic = 0x4A524843;  // "CHRJ": a restarted process, and the answer to it
 constexpr uint32_t kHelloVersion = 1;
 constexpr size_t kHelloBytes = 16;
+// How long the rejoin acceptor gives one connection to finish its handshake and hello; it
+// serves one at a time, so a stalled client holds up a real restart at most this long.
+constexpr Millis kRejoinHandshake(5000);
 // Socket buffers: large enough that a chunk in flight each way never fills them.
 constexpr int kSocketBufferBytes = 4 << 20;
 constexpr size_t kMinChunkBytes = 64;
@@ -72,15 +98,25 @@ uint32_t get32(const uint8_t* p) {
   return v;
 }
 
-void encodeHello(const Hello& h, uint8_t* out) {
-  put32(out, kHelloMagic);
+void encodeHello(const Hello& h, uint32_t magic, uint8_t* out) {
+  put32(out, magic);
   put32(out + 4, kHelloVersion);
   put32(out + 8, static_cast<uint32_t>(h.rank));
   put32(out + 12, static_cast<uint32_t>(h.size));
 }
 
-Hello decodeHello(const uint8_t* in) {
-  if (get32(in) != kHelloMagic || get32(in + 4) != kHelloVersion) {
+// Checks the magic and version: `magic` is the kind of hello this side expects.
+Hello decodeHello(const uint8_t* in, uint32_t magic) {
+  const uint32_t got = get32(in);
+  if (got != magic && got == kRejoinMagic) {
+    throw Error("it is a restarted process rejoining the job, but this rank is still setting up; hint: restart "
+                "a rank only once the job has connected");
+  }
+  if (got != magic && got == kHelloMagic) {
+    throw Error("it sent a setup hello to a rank that finished setup (a rank of another job with a stale "
+                "address in the store?)");
+  }
+  if (got != magic || get32(in + 4) != kHelloVersion) {
     throw Error("bad tcp transport hello (not a chorus rank of the same version)");
   }
   Hello h;
@@ -115,6 +151,49 @@ net::Endpoint parseEndpoint(const std::string& s, int peer) {
 void tuneSocket(int fd) {
   net::setNoDelay(fd);
   net::setBufferSizes(fd, kSocketBufferBytes);
+}
+
+// One connect attempt to each address of ep, bounded by the deadline. net::connectTcp retries
+// a refused connection until its deadline (right at setup, where peers start late); a
+// restarted process must not wait like that on a dead rank, whose port refuses at once.
+net::Fd connectOneAttempt(const net::Endpoint& ep, const Deadline& deadline) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* head = nullptr;
+  const std::string service = std::to_string(ep.port);
+  const int rc = getaddrinfo(ep.host.c_str(), service.c_str(), &hints, &head);
+  if (rc != 0) throw Error(str("connect to ", ep.str(), ": cannot resolve '", ep.host, "': ", gai_strerror(rc)));
+  std::unique_ptr<addrinfo, void (*)(addrinfo*)> list(head, freeaddrinfo);
+  int lastErr = EADDRNOTAVAIL;
+  for (const addrinfo* ai = head; ai != nullptr; ai = ai->ai_next) {
+    net::Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+    if (!fd) {
+      lastErr = errno;
+      continue;
+    }
+    // Non-blocking: an interrupted connect goes on in the background like one in progress.
+    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS && errno != EINTR) {
+        lastErr = errno;
+        continue;
+      }
+      if (!net::pollFd(fd.get(), POLLOUT, deadline)) {
+        throw TimeoutError(str("connect to ", ep.str(), " got no answer in time"));
+      }
+      int soErr = 0;
+      socklen_t len = sizeof soErr;
+      if (getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &soErr, &len) != 0) soErr = errno;
+      if (soErr != 0) {
+        lastErr = soErr;
+        continue;
+      }
+    }
+    net::setNonBlocking(fd.get(), false);
+    return fd;
+  }
+  throw SystemError(str("connect to ", ep.str()), lastErr);
 }
 
 std::string rankList(const std::vector<int>& ranks) {
@@ -158,16 +237,35 @@ TcpContext::TcpContext(const TransportOptions& opts) : rank_(opts.rank), size_(o
   wakeFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wakeFd_) throw SystemError(str("rank ", rank_, ": eventfd for the tcp transport"), errno);
 
+  acceptRejoin_ = opts.acceptRejoin || opts.rejoin;
+  secret_ = opts.secret;
   pairs_.resize(static_cast<size_t>(size_));
+  epochs_.assign(static_cast<size_t>(size_), 0);
   if (size_ == 1) return;
+  if (opts.rejoin) {
+    rejoinMesh(opts);
+    return;
+  }
   std::vector<net::Fd> fds = connectMesh(opts);
   for (int j = 0; j < size_; ++j) {
     if (j == rank_) continue;
     pairs_[j] = std::make_unique<Pair>(rank_, j, std::move(fds[j]), chunk_);
   }
+  if (acceptRejoin_) startRejoinAcceptor();
 }
 
 TcpContext::~TcpContext() { close(); }
+
+void TcpContext::startListening(const TransportOptions& opts) {
+  std::string host = opts.bindAddr;
+  if (host.empty()) {
+    auto* tcpStore = dynamic_cast<TcpStore*>(opts.store);
+    host = tcpStore != nullptr ? tcpStore->localAddress() : "127.0.0.1";
+  }
+  int port = 0;
+  listenFd_ = net::listenTcp(host, 0, &port, std::max(128, size_));
+  listenAddress_ = net::Endpoint{host, port}.str();
+}
 
 std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
   const Deadline deadline(opts.timeout);
@@ -178,18 +276,11 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
   st.claimed.assign(static_cast<size_t>(size_), false);
   st.expected = size_ - 1 - rank_;
 
-  net::Fd listenFd;
   net::Fd stopFd;
   std::thread acceptor;
+  // With acceptRejoin every rank listens, for restarted processes after setup.
+  if (st.expected > 0 || acceptRejoin_) startListening(opts);
   if (st.expected > 0) {
-    std::string host = opts.bindAddr;
-    if (host.empty()) {
-      auto* tcpStore = dynamic_cast<TcpStore*>(opts.store);
-      host = tcpStore != nullptr ? tcpStore->localAddress() : "127.0.0.1";
-    }
-    int port = 0;
-    listenFd = net::listenTcp(host, 0, &port, std::max(128, size_));
-    listenAddress_ = net::Endpoint{host, port}.str();
     stopFd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!stopFd) throw SystemError(str("rank ", rank_, ": eventfd for tcp setup"), errno);
 
@@ -201,7 +292,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
         net::authenticate(fd.get(), opts.secret, /*isServer=*/true, deadline);
         uint8_t buf[kHelloBytes];
         net::readFull(fd.get(), buf, kHelloBytes, deadline);
-        Hello h = decodeHello(buf);
+        Hello h = decodeHello(buf, kHelloMagic);
         if (h.size != size_) {
           throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
         }
@@ -215,7 +306,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
           st.claimed[h.rank] = true;
           peer = h.rank;
         }
-        encodeHello(Hello{rank_, size_}, buf);
+        encodeHello(Hello{rank_, size_}, kHelloMagic, buf);
         net::writeFull(fd.get(), buf, kHelloBytes, deadline);
         std::lock_guard<std::mutex> lock(st.mu);
         st.handshaking.erase(fd.get());
@@ -239,7 +330,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
       }
     };
 
-    acceptor = std::thread([&st, &deadline, serve, lfd = listenFd.get(), sfd = stopFd.get()] {
+    acceptor = std::thread([&st, &deadline, serve, lfd = listenFd_.get(), sfd = stopFd.get()] {
       for (;;) {
         pollfd pf[2] = {{lfd, POLLIN, 0}, {sfd, POLLIN, 0}};
         int n = ::poll(pf, 2, deadline.remainingMs());
@@ -298,7 +389,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
   };
 
   try {
-    if (st.expected > 0) opts.store->set(storeKey(opts.prefix, rank_), toBytes(listenAddress_));
+    if (listenFd_) opts.store->set(storeKey(opts.prefix, rank_), toBytes(listenAddress_));
     for (int j = 0; j < rank_; ++j) fds[j] = connectTo(j, opts, deadline);
     std::unique_lock<std::mutex> lock(st.mu);
     while (st.connected < st.expected && !st.error && !deadline.expired()) {
@@ -309,6 +400,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
     throw;
   }
   stopAccepting();
+  if (!acceptRejoin_) listenFd_.reset();
 
   if (st.error) std::rethrow_exception(st.error);
   if (st.connected < st.expected) {
@@ -346,12 +438,12 @@ net::Fd TcpContext::connectTo(int peer, const TransportOptions& opts, const Dead
                         e.what()));
   }
   uint8_t buf[kHelloBytes];
-  encodeHello(Hello{rank_, size_}, buf);
+  encodeHello(Hello{rank_, size_}, kHelloMagic, buf);
   Hello h;
   try {
     net::writeFull(fd.get(), buf, kHelloBytes, deadline);
     net::readFull(fd.get(), buf, kHelloBytes, deadline);
-    h = decodeHello(buf);
+    h = decodeHello(buf, kHelloMagic);
   } catch (const TimeoutError&) {
     throw;
   } catch (const Error& e) {
@@ -369,13 +461,265 @@ net::Fd TcpContext::connectTo(int peer, const TransportOptions& opts, const Dead
   return fd;
 }
 
-Pair& TcpContext::pairFor(int peer, const char* op) {
-  if (closed_) throw Error(closedMessage());
+void TcpContext::rejoinMesh(const TransportOptions& opts) {
+  const Deadline deadline(opts.timeout);
+  startListening(opts);
+  // Our new address replaces the dead process's, so a later restart of another rank finds us.
+  opts.store->set(storeKey(opts.prefix, rank_), toBytes(listenAddress_));
+  startRejoinAcceptor();
+  try {
+    std::vector<net::Fd> fds(static_cast<size_t>(size_));
+    std::vector<std::string> errors(static_cast<size_t>(size_));
+    std::vector<std::thread> threads;
+    auto joinAll = [&threads] {
+      for (auto& t : threads) t.join();
+    };
+    try {
+      for (int j = 0; j < size_; ++j) {
+        if (j == rank_) continue;
+        threads.emplace_back([this, j, &opts, &deadline, &fds, &errors] {
+          try {
+            fds[j] = rejoinPeer(j, opts, deadline);
+          } catch (const std::exception& e) {
+            errors[j] = e.what();
+          }
+        });
+      }
+    } catch (...) {
+      joinAll();
+      throw;
+    }
+    joinAll();
+    int answered = 0;
+    for (int j = 0; j < size_; ++j) {
+      if (j == rank_) continue;
+      if (fds[j]) {
+        pairs_[j] = std::make_unique<Pair>(rank_, j, std::move(fds[j]), chunk_);
+        ++answered;
+        continue;
+      }
+      const std::string why = str("rank ", j, " did not answer the rejoin of rank ", rank_, ": ", errors[j],
+                                  "; hint: rank ", j, " is dead, or runs without CHORUS_REJOIN=accept or with",
+                                  " another job secret; requests to it fail until it restarts and rejoins");
+      CHORUS_WARN("rank ", rank_, ": ", why);
+      auto failed = std::make_unique<Pair>(rank_, j, net::Fd(), chunk_);
+      failed->abort(why, /*peerError=*/true);
+      pairs_[j] = std::move(failed);
+    }
+    CHORUS_INFO("rank ", rank_, ": rejoined the job from ", listenAddress_, "; ", answered, " of ", size_ - 1,
+                " rank(s) answered");
+  } catch (...) {
+    stopRejoinAcceptor();
+    throw;
+  }
+}
+
+net::Fd TcpContext::rejoinPeer(int peer, const TransportOptions& opts, const Deadline& deadline) {
+  const std::string key = storeKey(opts.prefix, peer);
+  const std::string addr = toString(opts.store->get(key, Millis(std::max(1, deadline.remainingMs()))));
+  net::Fd fd = connectOneAttempt(parseEndpoint(addr, peer), deadline);
+  tuneSocket(fd.get());
+  net::authenticate(fd.get(), opts.secret, /*isServer=*/false, deadline);
+  uint8_t buf[kHelloBytes];
+  encodeHello(Hello{rank_, size_}, kRejoinMagic, buf);
+  net::writeFull(fd.get(), buf, kHelloBytes, deadline);
+  net::readFull(fd.get(), buf, kHelloBytes, deadline);
+  const Hello h = decodeHello(buf, kRejoinMagic);
+  if (h.rank != peer || h.size != size_) {
+    throw Error(str("the process at ", addr, " (store key '", key, "') says it is rank ", h.rank, " of ", h.size,
+                    ", expected rank ", peer, " of ", size_, " (a stale address: two jobs sharing a prefix?)"));
+  }
+  return fd;
+}
+
+void TcpContext::startRejoinAcceptor() {
+  // Non-blocking, so a connection reset between poll() and accept() cannot block the thread.
+  net::setNonBlocking(listenFd_.get(), true);
+  rjStopFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!rjStopFd_) throw SystemError(str("rank ", rank_, ": eventfd for the tcp rejoin acceptor"), errno);
+  rjThread_ = std::thread([this] { acceptRejoins(); });
+}
+
+void TcpContext::stopRejoinAcceptor() {
+  std::thread t;
+  {
+    std::lock_guard<std::mutex> lock(rjMu_);
+    rjStop_ = true;
+    if (rjHandshakeFd_ >= 0) ::shutdown(rjHandshakeFd_, SHUT_RDWR);
+    t = std::move(rjThread_);
+    rjQueue_.clear();
+    rjQueued_ = false;
+  }
+  if (!t.joinable()) return;
+  uint64_t one = 1;
+  ssize_t w = ::write(rjStopFd_.get(), &one, sizeof one);
+  (void)w;  // an eventfd write of 1 cannot fail short of overflow
+  t.join();
+  listenFd_.reset();  // a late restart is refused at once instead of waiting in the backlog
+}
+
+void TcpContext::acceptRejoins() {
+  for (;;) {
+    pollfd pf[2] = {{listenFd_.get(), POLLIN, 0}, {rjStopFd_.get(), POLLIN, 0}};
+    if (::poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      CHORUS_WARN("rank ", rank_, ": stopped taking restarted processes on ", listenAddress_, ": poll failed: ",
+                  std::strerror(errno));
+      return;
+    }
+    if (pf[1].revents != 0) return;
+    if (pf[0].revents == 0) continue;
+    std::string addr;
+    net::Fd fd;
+    try {
+      fd = net::acceptTcp(listenFd_.get(), Deadline(Millis(0)), &addr);
+    } catch (const std::exception& e) {
+      // Out of descriptors, say: back off instead of spinning on a listener that stays readable.
+      CHORUS_WARN("rank ", rank_, ": accepting a restarted process on ", listenAddress_, " failed: ", e.what());
+      pollfd stop{rjStopFd_.get(), POLLIN, 0};
+      if (::poll(&stop, 1, 100) > 0) return;
+      continue;
+    }
+    if (fd) serveRejoin(std::move(fd), addr);
+  }
+}
+
+void TcpContext::serveRejoin(net::Fd fd, const std::string& addr) {
+  {
+    std::lock_guard<std::mutex> lock(rjMu_);
+    if (rjStop_) return;
+    rjHandshakeFd_ = fd.get();
+  }
+  int peer = -1;
+  std::string error;
+  bool stopping = false;
+  try {
+    const Deadline deadline(kRejoinHandshake);
+    tuneSocket(fd.get());
+    net::authenticate(fd.get(), secret_, /*isServer=*/true, deadline);
+    uint8_t buf[kHelloBytes];
+    net::readFull(fd.get(), buf, kHelloBytes, deadline);
+    const Hello h = decodeHello(buf, kRejoinMagic);
+    if (h.size != size_) throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
+    if (h.rank < 0 || h.rank >= size_ || h.rank == rank_) {
+      throw Error(str("it says it restarts rank ", h.rank, ", which is not another rank of [0, ", size_, ")"));
+    }
+    encodeHello(Hello{rank_, size_}, kRejoinMagic, buf);
+    // Queue the socket before answering, under the lock: once the restarted process has our
+    // answer (its constructor returned), a request posted here goes to it. 16 bytes on a
+    // fresh socket never wait for room, so the lock is held for one send().
+    std::lock_guard<std::mutex> lock(rjMu_);
+    stopping = rjStop_;
+    if (!stopping) {
+      const int raw = fd.get();
+      rjHandshakeFd_ = -1;  // the queue owns the socket now
+      rjQueue_.push_back(Rejoiner{h.rank, std::move(fd), addr});
+      rjQueued_ = true;
+      try {
+        net::writeFull(raw, buf, kHelloBytes, deadline);
+      } catch (...) {
+        rjQueue_.pop_back();  // still ours: adopting needs this lock
+        rjQueued_ = !rjQueue_.empty();
+        throw;
+      }
+      peer = h.rank;
+    }
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lock(rjMu_);
+    rjHandshakeFd_ = -1;
+    stopping = stopping || rjStop_;
+  }
+  if (stopping) return;  // closing: a failure here is our own shutdown, not a refusal
+  if (peer < 0) {
+    ++refused_;
+    CHORUS_WARN("rank ", rank_, ": refused a restarted process's connection from ", addr, " on ", listenAddress_,
+                ": ", error);
+    return;
+  }
+  uint64_t one = 1;
+  ssize_t w = ::write(wakeFd_.get(), &one, sizeof one);
+  (void)w;  // an eventfd write of 1 cannot fail short of overflow
+}
+
+void TcpContext::adoptRejoins() {
+  if (!rjQueued_.load()) return;
+  std::vector<Rejoiner> queue;
+  {
+    std::lock_guard<std::mutex> lock(rjMu_);
+    queue.swap(rjQueue_);
+    rjQueued_ = false;
+  }
+  if (closed_) return;  // the queued sockets close here
+  for (Rejoiner& r : queue) {
+    auto fresh = std::make_unique<Pair>(rank_, r.rank, std::move(r.fd), chunk_);
+    std::unique_ptr<Pair>& slot = pairs_[r.rank];
+    if (slot) {
+      slot->abort(str("rank ", r.rank, " was replaced by a restarted process (from ", r.addr,
+                      "); hint: requests posted before the replacement belonged to the old process; post them",
+                      " again (peerEpoch tells when a peer was replaced)"),
+                  /*peerError=*/true);
+      retired_.push_back(std::move(slot));
+    }
+    slot = std::move(fresh);
+    ++epochs_[r.rank];
+    CHORUS_INFO("rank ", rank_, ": a restarted process at ", r.addr, " took the place of rank ", r.rank,
+                " (epoch ", epochs_[r.rank], ")");
+  }
+}
+
+void TcpContext::checkPeer(int peer, const char* op) const {
   if (peer < 0 || peer >= size_ || peer == rank_) {
     throw InvalidArgument(str("rank ", rank_, ": tcp ", op, " with peer ", peer, ": the peer must be another rank in [0, ",
                               size_, ")"));
   }
+}
+
+Pair& TcpContext::pairFor(int peer, const char* op) {
+  if (closed_) throw Error(closedMessage());
+  checkPeer(peer, op);
+  adoptRejoins();  // a request posted after a restarted process connected goes to it
   return *pairs_[peer];
+}
+
+uint64_t TcpContext::peerEpoch(int peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (peer == rank_) return 0;
+  checkPeer(peer, "peerEpoch");
+  adoptRejoins();
+  return epochs_[peer];
+}
+
+uint64_t TcpContext::awaitPeer(int peer, uint64_t epoch, const Deadline& deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  checkPeer(peer, "awaitPeer");
+  if (!acceptRejoin_) {
+    throw Error(str("rank ", rank_, ": awaitPeer(", peer, "): this tcp transport was made without acceptRejoin, so no",
+                    " restarted process can take rank ", peer, "'s place; hint: start every rank with",
+                    " CHORUS_REJOIN=accept (TransportOptions::acceptRejoin)"));
+  }
+  const int64_t start = nowNs();
+  const int64_t spinUntil = start + spinNs_;
+  for (;;) {
+    if (closed_) throw Error(closedMessage());
+    adoptRejoins();
+    if (epochs_[peer] > epoch) return epochs_[peer];
+    if (deadline.expired()) {
+      throw TimeoutError(str("rank ", rank_, ": no restarted process took the place of rank ", peer, " (epoch ",
+                             epochs_[peer], ", waiting for more than ", epoch, ") within ",
+                             (nowNs() - start) / 1000000, " ms; hint: is the restarted process running? was it",
+                             " started with the same job secret and CHORUS_REJOIN=join? it must reach ",
+                             listenAddress_));
+    }
+    if (nowNs() < spinUntil) {
+      progress(lock, 0);
+      sched_yield();
+    } else {
+      progress(lock, std::max(1, deadline.remainingMs()));
+    }
+  }
 }
 
 std::string TcpContext::closedMessage() const {
@@ -412,6 +756,8 @@ RequestPtr TcpContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, s
 }
 
 void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
+  adoptRejoins();
+  if (polling_ == 0) retired_.clear();  // no poll() lists their fds any more
   pollFds_.clear();
   pollPairs_.clear();
   pollFds_.push_back({wakeFd_.get(), POLLIN, 0});
@@ -425,10 +771,12 @@ void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
   }
   int n;
   if (timeoutMs > 0) {
+    ++polling_;
     lock.unlock();
     n = ::poll(pollFds_.data(), pollFds_.size(), timeoutMs);
     const int err = errno;
     lock.lock();
+    --polling_;
     errno = err;
   } else {
     n = ::poll(pollFds_.data(), pollFds_.size(), 0);
@@ -514,16 +862,20 @@ bool TcpContext::test(const RequestPtr& req) {
 }
 
 void TcpContext::close() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (closed_) return;
-  closed_ = true;
-  const std::string why = str("rank ", rank_, " closed its tcp transport");
-  for (auto& p : pairs_) {
-    if (p) p->abort(why);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!closed_) {
+      closed_ = true;
+      const std::string why = str("rank ", rank_, " closed its tcp transport");
+      for (auto& p : pairs_) {
+        if (p) p->abort(why);
+      }
+      uint64_t one = 1;
+      ssize_t w = ::write(wakeFd_.get(), &one, sizeof one);
+      (void)w;  // an eventfd write of 1 cannot fail short of overflow
+    }
   }
-  uint64_t one = 1;
-  ssize_t w = ::write(wakeFd_.get(), &one, sizeof one);
-  (void)w;  // an eventfd write of 1 cannot fail short of overflow
+  stopRejoinAcceptor();  // outside mu_: the acceptor never takes it, but joining takes a while
 }
 
 }  // namespace chorus::comm::tcp

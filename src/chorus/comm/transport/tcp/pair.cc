@@ -68,7 +68,7 @@ Pair::Pair(int rank, int peer, net::Fd fd, size_t chunkBytes)
       fd_(std::move(fd)),
       chunk_(std::max<size_t>(chunkBytes, 64)),
       stage_(new uint8_t[kStageBytes]) {
-  net::setNonBlocking(fd_.get(), true);
+  if (fd_) net::setNonBlocking(fd_.get(), true);
 }
 
 Pair::~Pair() = default;
@@ -418,21 +418,21 @@ void Pair::failPeer(const std::string& reason) {
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
-void Pair::abort(const std::string& why) {
+void Pair::abort(const std::string& why, bool peerError) {
   if (!failed()) failure_ = why;
-  if (curReq_) failRequest(curReq_, why, false);
+  if (curReq_) failRequest(curReq_, why, peerError);
   curReq_.reset();
   curHeld_.reset();
   held_.clear();
   for (auto& [tag, q] : posted_) {
-    for (auto& req : q) failRequest(req, why, false);
+    for (auto& req : q) failRequest(req, why, peerError);
   }
   posted_.clear();
-  for (auto& req : sendQueue_) failRequest(req, why, false);
+  for (auto& req : sendQueue_) failRequest(req, why, peerError);
   sendQueue_.clear();
   sink_ = Sink::kHeader;
   stageBegin_ = stageEnd_ = 0;
-  ::shutdown(fd_.get(), SHUT_RDWR);
+  if (fd_) ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
 }  // namespace chorus::comm::tcp

@@ -50,7 +50,8 @@ using TcpRequestPtr = std::shared_ptr<TcpRequest>;
 class Pair {
  public:
   // Takes a connected, authenticated socket; makes it non-blocking. `chunkBytes` bounds one
-  // recv/send call and sizes the reduce scratch (at least 64).
+  // recv/send call and sizes the reduce scratch (at least 64). An invalid fd makes a pair that
+  // must be aborted at once (a peer that could not be reached): it is never polled.
   Pair(int rank, int peer, net::Fd fd, size_t chunkBytes);
   ~Pair();
   Pair(const Pair&) = delete;
@@ -72,8 +73,10 @@ class Pair {
   // Acts on poll() results: reads what is available, writes what fits.
   void onEvents(short revents);
 
-  // Fails every pending request with Error(`why`) and shuts the connection down (close()).
-  void abort(const std::string& why);
+  // Fails every pending request with Error(`why`) (close()), or with PeerError(`why`) when
+  // `peerError` (the peer is gone: replaced by a restarted process, or never reached), drops
+  // the held messages and shuts the connection down; later requests fail the same way.
+  void abort(const std::string& why, bool peerError = false);
 
   // Messages held for receives not posted yet (for tests and diagnostics).
   size_t heldMessages() const;
