@@ -1,6 +1,7 @@
 """Assembles the parameter-server benchmark's page and plot (bench/results/ps.md and .svg) from
 the raw outputs bench/ps/run.sh collects in RAW, one folder per run (CONFIG, CONFIG-slow with
-the straggler, scale-wW for the server-load runs):
+the straggler, CONFIG-seedK and CONFIG-slow-seedK for the bsp, asp and ssp repeats with seed K
+(ACC_SEEDS), scale-wW for the server-load runs):
 
   metrics.jsonl           rank 0 (DDP) or worker 0 (parameter server): "start" (world, servers),
                           "step" events, one "eval" per epoch (test_acc, train_s; with servers
@@ -19,7 +20,7 @@ Every number in the page and the plot is computed from those files (standard lib
 run without its result, or whose files lack a field, is named in the page and on stderr, and
 the exit status is 1.
 
-usage: report.py --raw DIR --configs C... --scale-workers W... --command CMD --out FILE.md
+usage: report.py --raw DIR --configs C... [--acc-seeds K...] --scale-workers W... --command CMD --out FILE.md
                  --svg FILE.svg [--quick] [...]
 """
 
@@ -250,6 +251,8 @@ def label(c):
         return f"bsp backup b={c[5:]}"
     if c.startswith("ssp"):
         return f"ssp s={c[3:]}"
+    if c == "asp-push":
+        return "asp, momentum per push"
     return c
 
 
@@ -267,7 +270,8 @@ def check_settings(run, cfg, slow, args):
     train = run.config.get("train", {})
     want = {"servers": 0 if cfg == "ddp" else args.servers}
     if cfg != "ddp":
-        want["mode"] = "ssp" if cfg.startswith("ssp") else ("asp" if cfg == "asp" else "bsp")
+        want["mode"] = "ssp" if cfg.startswith("ssp") else ("asp" if cfg.startswith("asp") else "bsp")
+        want["async_momentum"] = "push" if cfg == "asp-push" else "round"
         if cfg.startswith("ssp"):
             want["staleness"] = int(cfg[3:])
         want["backup"] = int(cfg[5:]) if cfg.startswith("bsp-b") else 0
@@ -414,6 +418,37 @@ def report(args):
             problems.append(bad)
             continue
         runs[n] = r
+    # Repeats with other seeds (ACC_SEEDS): final accuracies only, for the accuracy target.
+    seeds = {}  # (config, slow) -> {seed: accuracy}, seed 0 from the main runs
+    for n, r in runs.items():
+        if n.removesuffix("-slow") == "bsp" or is_async(n.removesuffix("-slow")):
+            seeds.setdefault((n.removesuffix("-slow"), n.endswith("-slow")), {})[0] = r.acc
+    for k in args.acc_seeds:
+        for c in args.configs:
+            if c != "bsp" and not is_async(c):
+                continue
+            for slow in (False, True):
+                n = f"{c}{'-slow' if slow else ''}-seed{k}"
+                try:
+                    r = Run(args.raw, n)
+                except BadRun as e:
+                    problems.append(str(e))
+                    continue
+                bad = check_settings(r, c, slow, args)
+                seed = r.config.get("train", {}).get("seed")
+                if not bad and seed != k:
+                    bad = f"{n}: its config.toml says train.seed = {seed!r}, not {k}"
+                if bad:
+                    problems.append(bad)
+                    continue
+                seeds.setdefault((c, slow), {})[k] = r.acc
+    all_seeds = [0] + list(args.acc_seeds)
+
+    def mean_acc(c, slow):
+        """Mean final accuracy over every seed, or None unless every seed has a result."""
+        got = seeds.get((c, slow), {})
+        return sum(got.values()) / len(got) if len(got) == len(all_seeds) else None
+
     scale = {}
     for w in args.scale_workers:
         n = f"scale-w{w}"
@@ -470,7 +505,8 @@ def report(args):
     out.append(f"- **parameter server**: `--nproc {w} --set ps.servers={s}`: {w} workers and {s} server processes, "
                "each server holding half of the model and applying SGD with momentum to it. bsp: synchronous rounds "
                "(the average of all pushes, one step); asp: every push applied at once as a step on grad / "
-               f"{w}; ssp s: asp while no worker is more than s clocks ahead of the slowest; bsp backup b: a round "
+               f"{w}, the servers' momentum advancing once per {w} pushes (ps.async_momentum = round; "
+               "asp, momentum per push: torch's momentum on every push); ssp s: asp while no worker is more than s clocks ahead of the slowest; bsp backup b: a round "
                "closes after workers - b pushes, and later pushes to it are dropped.")
     out.append(f"- **straggler** (runs marked slowed): `--set train.straggler_workers=[{args.straggler}] --set "
                f"train.straggler_factor={args.factor:g}`: worker {args.straggler} sleeps {args.factor - 1:g}x its "
@@ -518,7 +554,9 @@ def report(args):
     out.append("## Commands\n")
     out.append("```")
     out.append(args.command)
-    for n in names + [f"scale-w{w}" for w in args.scale_workers]:
+    seed_names = [f"{c}{sfx}-seed{k}" for k in args.acc_seeds for c in args.configs
+                  if c == "bsp" or is_async(c) for sfx in ("", "-slow")]
+    for n in names + seed_names + [f"scale-w{w}" for w in args.scale_workers]:
         cmd = read(os.path.join(args.raw, f"{n}.cmd")).strip()
         if cmd:
             out.append(cmd.replace(SRC + "/", ""))
@@ -555,6 +593,25 @@ def report(args):
             accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (epochs - len(r.evals))
             out.append(f"| {label(n.removesuffix('-slow'))}{' (slowed)' if n.endswith('-slow') else ''} | "
                        + " | ".join(accs) + " |")
+        out.append("")
+
+    if args.acc_seeds:
+        out.append(f"Final accuracy by seed (train.seed; seed 0 is the run above), and the mean the accuracy "
+                   f"target uses:\n")
+        out.append("| run | straggler | " + " | ".join(f"seed {k}" for k in all_seeds) + " | mean | "
+                   "mean vs bsp (points) |")
+        out.append("|---|---|" + "---:|" * (len(all_seeds) + 2))
+        for slow in (False, True):
+            ref = mean_acc("bsp", slow)
+            for c in args.configs:
+                if (c, slow) not in seeds:
+                    continue
+                got = seeds[(c, slow)]
+                m = mean_acc(c, slow)
+                diff = (m - ref) * 100 if m is not None and ref is not None else None
+                strag = f"w{args.straggler} {args.factor:g}x" if slow else "none"
+                out.append(f"| {label(c)} | {strag} | " + " | ".join(fmt(got.get(k), ".4f") for k in all_seeds)
+                           + f" | {fmt(m, '.4f')} | {fmt(diff, '+.2f')} |")
         out.append("")
 
     out.append("### Workers\n")
@@ -628,23 +685,23 @@ def report(args):
                    f"{verdict(loss < BACKUP_LOSS)} |")
     else:
         out.append(f"| {t2} | no {'backup' if not backup else label(backup) + ' (slowed)'} or bsp result | — |")
+    over = f"mean over seeds {', '.join(str(k) for k in all_seeds)}" if args.acc_seeds else "one seed"
     for slow in (False, True):
-        sfx = "-slow" if slow else ""
         cond = f"worker {args.straggler} slowed {args.factor:g}x" if slow else "no straggler"
-        ref = runs.get("bsp" + sfx)
-        diffs = {c: (runs[c + sfx].acc - ref.acc) * 100 for c in args.configs if is_async(c) and c + sfx in runs} \
-            if ref else {}
-        t3 = f"asp and ssp final accuracy within {100 * ACC_TOLERANCE:.0f} point of bsp's ({cond})"
+        ref = mean_acc("bsp", slow)
+        diffs = {c: (mean_acc(c, slow) - ref) * 100 for c in args.configs
+                 if is_async(c) and mean_acc(c, slow) is not None} if ref is not None else {}
+        t3 = f"asp and ssp final accuracy within {100 * ACC_TOLERANCE:.0f} point of bsp's ({cond}, {over})"
         if diffs:
             ok = all(d >= -100 * ACC_TOLERANCE for d in diffs.values())
             missing = [label(c) for c in args.configs if is_async(c) and c not in diffs]
             measured = ", ".join(f"{label(c)} {d:+.2f} points" for c, d in diffs.items())
             if missing:
-                measured += f" ({', '.join(missing)}: no result)"
+                measured += f" ({', '.join(missing)}: no result for every seed)"
                 ok = False if not ok else None
-            out.append(f"| {t3} | {measured} (bsp {ref.acc:.4f}) | {verdict(ok)} |")
+            out.append(f"| {t3} | {measured} (bsp {ref:.4f}) | {verdict(ok)} |")
         else:
-            out.append(f"| {t3} | no bsp, asp or ssp result | — |")
+            out.append(f"| {t3} | no bsp, asp or ssp result for every seed | — |")
     out.append("")
 
     if args.scale_workers:
@@ -705,6 +762,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--raw", required=True)
     p.add_argument("--configs", nargs="+", required=True)
+    p.add_argument("--acc-seeds", nargs="*", type=int, default=[])
     p.add_argument("--scale-workers", nargs="*", type=int, default=[])
     p.add_argument("--scale-steps", type=int, default=0)
     p.add_argument("--workers", type=int, default=4)

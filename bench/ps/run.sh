@@ -4,25 +4,29 @@
 #
 #   main runs     bench/ps/cnn.toml on the first 30,000 training samples for 3 epochs, 4
 #                 workers: all-reduce DDP (no server), then with 2 servers bsp, asp, ssp s=2,
-#                 ssp s=4 and bsp with 1 backup worker; each once as is and once with worker 1
+#                 ssp s=4, bsp with 1 backup worker and asp with per-push momentum; each
+#                 once as is and once with worker 1
 #                 slowed 3x (train.straggler_factor = 3: it sleeps twice its compute time every
-#                 step)
+#                 step); then bsp, asp and ssp again with seed 1 (ACC_SEEDS), for the accuracy
+#                 target
 #   server load   bench/ps/mlp.toml, asp with 1 server and 1, 2, 4, 8 workers (32 samples per
 #                 worker per step) for 1000 steps each: throughput and the server's busy
 #                 fraction as the workers grow
 #
 # Writes bench/results/ps.md and ps.svg through bench/ps/report.py and keeps every run's
 # command, output, exit status, wall time and metrics in BUILD_DIR/bench-ps/{full,quick}/.
-# About 20 minutes on a 2-core machine (the slowed bsp and ssp runs take most of it).
+# About 30 minutes on a 2-core machine (the slowed bsp and ssp runs take most of it).
 #
 # usage: bash bench/ps/run.sh BUILD_DIR [--quick]
 #   --quick   a smoke run of the pipeline (about 2 minutes): the first 2560 train / 1000 test
 #             samples, 1 epoch, the same 12 main runs, server load with 1, 2, 4 workers for 100
 #             steps; the page goes to BUILD_DIR/bench-ps/quick.md
 #   environment: CHORUS=path (default BUILD_DIR/chorus), EPOCHS=n and LIMIT_TRAIN=n (main runs;
-#   LIMIT_TRAIN=0: the whole train split), CONFIGS="ddp bsp asp ssp2 ssp4 bsp-b1" (main runs: ddp,
-#   bsp, asp, ssp<s>, bsp-b<b>), SCALE_WORKERS="1 2 4 8", SCALE_STEPS=n, OUT=file.md (the plot
-#   goes next to it as .svg)
+#   LIMIT_TRAIN=0: the whole train split), CONFIGS="ddp bsp asp ssp2 ssp4 bsp-b1 asp-push" (main
+#   runs: ddp, bsp, asp, ssp<s>, bsp-b<b>, asp-push: asp with the servers' momentum applied on
+#   every push instead of once per round of N pushes), ACC_SEEDS="1" (bsp, asp and ssp run again, with and without the
+#   straggler, with each of these seeds, and the accuracy target compares their means; "" for
+#   none), SCALE_WORKERS="1 2 4 8", SCALE_STEPS=n, OUT=file.md (the plot goes next to it as .svg)
 # Builds nothing. A failed run is named on stderr with its last error line and in the page; the
 # others go on, and the script exits 1.
 set -uo pipefail
@@ -80,7 +84,8 @@ else
   read -ra scale_workers <<< "${SCALE_WORKERS:-1 2 4 8}"
   scale_steps=${SCALE_STEPS:-1000}
 fi
-read -ra configs <<< "${CONFIGS:-ddp bsp asp ssp2 ssp4 bsp-b1}"
+read -ra configs <<< "${CONFIGS:-ddp bsp asp ssp2 ssp4 bsp-b1 asp-push}"
+read -ra acc_seeds <<< "${ACC_SEEDS-1}"
 svg=${out%.md}.svg
 
 # The --set arguments of one main-run configuration.
@@ -89,10 +94,11 @@ config_args() {
   case $c in
     ddp) ;;
     bsp | asp) printf '%s\n' --set "ps.servers=$servers" --set "ps.mode=$c" ;;
+    asp-push) printf '%s\n' --set "ps.servers=$servers" --set ps.mode=asp --set ps.async_momentum=push ;;
     ssp[0-9]*) printf '%s\n' --set "ps.servers=$servers" --set ps.mode=ssp --set "ps.staleness=${c#ssp}" ;;
     bsp-b[0-9]*) printf '%s\n' --set "ps.servers=$servers" --set ps.mode=bsp --set "ps.backup=${c#bsp-b}" ;;
     *)
-      echo "run.sh: unknown configuration '$c' (ddp, bsp, asp, ssp<s>, bsp-b<b>)" >&2
+      echo "run.sh: unknown configuration '$c' (ddp, bsp, asp, asp-push, ssp<s>, bsp-b<b>)" >&2
       return 2
       ;;
   esac
@@ -147,6 +153,19 @@ for c in "${configs[@]}"; do
   run "$c-slow" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
     --set "output.dir=$raw/$c-slow"
 done
+# Repeats with other seeds for the accuracy target: one run's final accuracy moves by a few
+# tenths of a point with the seed (and, asynchronous, with timing), so bsp, asp and ssp are
+# compared on their mean over seeds 0 (the main runs) and ACC_SEEDS.
+for k in "${acc_seeds[@]}"; do
+  for c in "${configs[@]}"; do
+    case $c in bsp | asp | ssp[0-9]*) ;; *) continue ;; esac
+    mapfile -t cargs < <(config_args "$c")
+    run "$c-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" \
+      --set "train.seed=$k" --set "output.dir=$raw/$c-seed$k"
+    run "$c-slow-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
+      --set "train.seed=$k" --set "output.dir=$raw/$c-slow-seed$k"
+  done
+done
 for w in "${scale_workers[@]}"; do
   run "scale-w$w" "$chorus" train bench/ps/mlp.toml --nproc "$w" --set ps.servers=1 --set ps.mode=asp \
     --set "train.batch_size=$((32 * w))" --set "train.max_steps=$scale_steps" --set "train.log_every=$log_every" \
@@ -157,10 +176,10 @@ echo "wall: $(($(date +%s) - start))" >> "$raw/machine.txt"
 
 command="bash bench/ps/run.sh $build_arg"
 [[ $quick -eq 1 ]] && command+=" --quick"
-for v in CHORUS EPOCHS LIMIT_TRAIN CONFIGS SCALE_WORKERS SCALE_STEPS; do
+for v in CHORUS EPOCHS LIMIT_TRAIN CONFIGS ACC_SEEDS SCALE_WORKERS SCALE_STEPS; do
   [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
 done
-report=(--raw "$raw" --configs "${configs[@]}" --scale-workers "${scale_workers[@]}" --scale-steps "$scale_steps"
+report=(--raw "$raw" --configs "${configs[@]}" --acc-seeds "${acc_seeds[@]}" --scale-workers "${scale_workers[@]}" --scale-steps "$scale_steps"
   --workers "$workers" --servers "$servers" --straggler "$straggler" --factor "$factor" --epochs "$epochs"
   --limit-train "$limit_train" --limit-test "$limit_test" --command "$command" --out "$out" --svg "$svg")
 [[ $quick -eq 1 ]] && report+=(--quick)
