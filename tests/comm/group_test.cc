@@ -503,6 +503,34 @@ TEST_P(GroupTest, DeadPeerFailsWithPeerErrorBeforeTheTimeout) {
   }
 }
 
+// A blocking send/recv that fails on its own (its peer died) leaves nothing posted: it throws
+// PeerError naming the peer, and the group goes on with its other peers (a parameter server's
+// worker waiting for a restarted server relies on this).
+TEST_P(GroupTest, BlockingRecvFromADeadPeerLeavesTheGroupOpen) {
+  auto outcome = testutil::runRanksCollect(3, options(Millis(5000)), [&](ProcessGroup& g) {
+    if (g.rank() == 1) throw Error("rank 1 dies");  // the harness closes its transport
+    int v = 0;
+    if (g.rank() == 0) {
+      try {
+        g.recv(1, 7, &v, sizeof v);
+        ADD_FAILURE() << "a recv from a dead peer returned";
+      } catch (const PeerError& e) {
+        EXPECT_EQ(e.peer(), 1) << e.what();
+      }
+      v = 42;
+      g.send(2, 8, &v, sizeof v);
+      g.recv(2, 9, &v, sizeof v);
+      EXPECT_EQ(v, 43);
+    } else {
+      g.recv(0, 8, &v, sizeof v);
+      v += 1;
+      g.send(0, 9, &v, sizeof v);
+    }
+  });
+  EXPECT_FALSE(outcome[0]) << messageOf(outcome[0]);
+  EXPECT_FALSE(outcome[2]) << messageOf(outcome[2]);
+}
+
 // A failed call closes the transport, so nothing it left posted can write into buffers the
 // caller has freed; later calls fail at once instead of running on a broken group. Bad
 // arguments are caught before anything is posted and leave the group usable.
