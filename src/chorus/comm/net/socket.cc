@@ -167,7 +167,7 @@ Fd acceptTcp(int listenFd, const Deadline& deadline, std::string* peerAddr) {
   }
 }
 
-Fd connectTcp(const Endpoint& ep, const Deadline& deadline) {
+Fd connectTcp(const Endpoint& ep, const Deadline& deadline, bool retry) {
   // Back off from 10 ms to 500 ms between attempts: quick when the peer is about to listen,
   // gentle when it is slow to start.
   auto backoff = Millis(10);
@@ -181,10 +181,15 @@ Fd connectTcp(const Endpoint& ep, const Deadline& deadline) {
         Fd fd = connectOnce(ai, deadline, &err);
         if (fd) return fd;
         lastWhat = std::strerror(err);
-        if (!isRetryableConnectError(err)) {
+        if (err == ETIMEDOUT && !retry && deadline.expired()) {
+          throw TimeoutError(str("connect to ", ep.str(), " got no answer in time"));
+        }
+        if (!isRetryableConnectError(err) || (!retry && ai->ai_next == nullptr)) {
           throw SystemError(str("connect to ", ep.str()), err);
         }
       }
+    } else if (!retry) {
+      throw Error(str("connect to ", ep.str(), ": cannot resolve '", ep.host, "': ", gai_strerror(rc)));
     } else if (rc == EAI_AGAIN || rc == EAI_NONAME || rc == EAI_FAIL) {
       // The name may not be in DNS yet (a node that is still booting); retry like a refusal.
       lastWhat = str("cannot resolve '", ep.host, "': ", gai_strerror(rc));

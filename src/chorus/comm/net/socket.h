@@ -42,7 +42,10 @@ Fd listenTcp(const std::string& host, int port, int* boundPort, int backlog = 12
 // Accepts one connection, waiting until the deadline. Returns an invalid Fd on timeout.
 Fd acceptTcp(int listenFd, const Deadline& deadline, std::string* peerAddr = nullptr);
 // Connects, retrying refused/unreachable until the deadline (the peer may not listen yet).
-Fd connectTcp(const Endpoint& ep, const Deadline& deadline);
+// With retry = false, one attempt per address (a restarted rank must not wait on a dead
+// one, whose port refuses at once): SystemError with the last error if none connects,
+// TimeoutError if the deadline passes first.
+Fd connectTcp(const Endpoint& ep, const Deadline& deadline, bool retry = true);
 
 void setNonBlocking(int fd, bool on);
 void setNoDelay(int fd);

@@ -45,8 +45,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <netdb.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
@@ -151,49 +149,6 @@ net::Endpoint parseEndpoint(const std::string& s, int peer) {
 void tuneSocket(int fd) {
   net::setNoDelay(fd);
   net::setBufferSizes(fd, kSocketBufferBytes);
-}
-
-// One connect attempt to each address of ep, bounded by the deadline. net::connectTcp retries
-// a refused connection until its deadline (right at setup, where peers start late); a
-// restarted process must not wait like that on a dead rank, whose port refuses at once.
-net::Fd connectOneAttempt(const net::Endpoint& ep, const Deadline& deadline) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* head = nullptr;
-  const std::string service = std::to_string(ep.port);
-  const int rc = getaddrinfo(ep.host.c_str(), service.c_str(), &hints, &head);
-  if (rc != 0) throw Error(str("connect to ", ep.str(), ": cannot resolve '", ep.host, "': ", gai_strerror(rc)));
-  std::unique_ptr<addrinfo, void (*)(addrinfo*)> list(head, freeaddrinfo);
-  int lastErr = EADDRNOTAVAIL;
-  for (const addrinfo* ai = head; ai != nullptr; ai = ai->ai_next) {
-    net::Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
-    if (!fd) {
-      lastErr = errno;
-      continue;
-    }
-    // Non-blocking: an interrupted connect goes on in the background like one in progress.
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-      if (errno != EINPROGRESS && errno != EINTR) {
-        lastErr = errno;
-        continue;
-      }
-      if (!net::pollFd(fd.get(), POLLOUT, deadline)) {
-        throw TimeoutError(str("connect to ", ep.str(), " got no answer in time"));
-      }
-      int soErr = 0;
-      socklen_t len = sizeof soErr;
-      if (getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &soErr, &len) != 0) soErr = errno;
-      if (soErr != 0) {
-        lastErr = soErr;
-        continue;
-      }
-    }
-    net::setNonBlocking(fd.get(), false);
-    return fd;
-  }
-  throw SystemError(str("connect to ", ep.str()), lastErr);
 }
 
 std::string rankList(const std::vector<int>& ranks) {
@@ -517,7 +472,8 @@ void TcpContext::rejoinMesh(const TransportOptions& opts) {
 net::Fd TcpContext::rejoinPeer(int peer, const TransportOptions& opts, const Deadline& deadline) {
   const std::string key = storeKey(opts.prefix, peer);
   const std::string addr = toString(opts.store->get(key, Millis(std::max(1, deadline.remainingMs()))));
-  net::Fd fd = connectOneAttempt(parseEndpoint(addr, peer), deadline);
+  // One attempt: a dead rank's port refuses at once, and waiting on it would hold up the rest.
+  net::Fd fd = net::connectTcp(parseEndpoint(addr, peer), deadline, /*retry=*/false);
   tuneSocket(fd.get());
   net::authenticate(fd.get(), opts.secret, /*isServer=*/false, deadline);
   uint8_t buf[kHelloBytes];
