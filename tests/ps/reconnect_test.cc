@@ -54,6 +54,17 @@ std::shared_ptr<comm::ProcessGroup> group(std::unique_ptr<comm::tcp::TcpContext>
   return comm::ProcessGroup::create(std::shared_ptr<comm::Transport>(std::move(ctx)), g);
 }
 
+// Sets up every rank's transport at once (setup needs them all at the same time).
+std::vector<std::unique_ptr<comm::tcp::TcpContext>> connectWorld(comm::Store* store) {
+  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx(kSize);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < kSize; ++r) {
+    ts.emplace_back([&, r] { ctx[static_cast<size_t>(r)] = std::make_unique<comm::tcp::TcpContext>(options(store, r, false)); });
+  }
+  for (auto& t : ts) t.join();
+  return ctx;
+}
+
 // Blocks until `count` parties have arrived.
 class Gate {
  public:
@@ -94,15 +105,7 @@ Outcome run(Mode mode, const std::string& checkpoint, int steps) {
   so.checkpointEvery = 1;
   Outcome out;
 
-  // Setup needs every rank at once.
-  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx(kSize);
-  {
-    std::vector<std::thread> ts;
-    for (int r = 0; r < kSize; ++r) {
-      ts.emplace_back([&, r] { ctx[static_cast<size_t>(r)] = std::make_unique<comm::tcp::TcpContext>(options(&store, r, false)); });
-    }
-    for (auto& t : ts) t.join();
-  }
+  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx = connectWorld(&store);
   comm::Transport* firstServerTransport = ctx[kServerRank].get();
   auto firstServer = std::make_unique<Server>(group(std::move(ctx[kServerRank])), 0, std::vector<int>{0, 1}, plan, so);
 
@@ -161,6 +164,14 @@ Outcome run(Mode mode, const std::string& checkpoint, int steps) {
   return out;
 }
 
+// Every worker finished without an error and resynchronized exactly once.
+void expectEveryWorkerReconnectedOnce(const Outcome& o) {
+  for (int w = 0; w < kWorkers; ++w) {
+    ASSERT_EQ(o.workerErrors[static_cast<size_t>(w)], "") << "worker " << w;
+    EXPECT_EQ(o.reconnects[static_cast<size_t>(w)], 1) << "worker " << w;
+  }
+}
+
 std::string tempPath(const std::string& name) {
   return str(::testing::TempDir(), "chorus_ps_reconnect_", ::getpid(), "_", name);
 }
@@ -170,10 +181,7 @@ TEST(PsReconnect, AspServerResumesFromItsCheckpointAndWorkersFinish) {
   std::remove(ckpt.c_str());
   const int steps = 5;
   Outcome o = run(Mode::kAsp, ckpt, steps);
-  for (int w = 0; w < kWorkers; ++w) {
-    ASSERT_EQ(o.workerErrors[static_cast<size_t>(w)], "") << "worker " << w;
-    EXPECT_EQ(o.reconnects[static_cast<size_t>(w)], 1) << "worker " << w;
-  }
+  ASSERT_NO_FATAL_FAILURE(expectEveryWorkerReconnectedOnce(o));
   EXPECT_TRUE(o.second.resumedFromCheckpoint);
   // checkpointEvery = 1 and every push of the first part was acknowledged after it was
   // applied... in asp the ack comes first, so the checkpoint may lack the last few; every push
@@ -190,10 +198,7 @@ TEST(PsReconnect, AspServerResumesFromItsCheckpointAndWorkersFinish) {
 TEST(PsReconnect, WithoutACheckpointTheServerStartsFromTheWorkersValues) {
   const int steps = 4;
   Outcome o = run(Mode::kAsp, "", steps);
-  for (int w = 0; w < kWorkers; ++w) {
-    ASSERT_EQ(o.workerErrors[static_cast<size_t>(w)], "") << "worker " << w;
-    EXPECT_EQ(o.reconnects[static_cast<size_t>(w)], 1) << "worker " << w;
-  }
+  ASSERT_NO_FATAL_FAILURE(expectEveryWorkerReconnectedOnce(o));
   EXPECT_FALSE(o.second.resumedFromCheckpoint);
   EXPECT_EQ(o.second.version, steps * kWorkers);
   // The new server took a worker's last pulled values as its init (both pulled the same
@@ -212,10 +217,7 @@ TEST(PsReconnect, BspRoundsGoOnAfterTheRestart) {
   std::remove(ckpt.c_str());
   const int steps = 4;
   Outcome o = run(Mode::kBsp, ckpt, steps);
-  for (int w = 0; w < kWorkers; ++w) {
-    ASSERT_EQ(o.workerErrors[static_cast<size_t>(w)], "") << "worker " << w;
-    EXPECT_EQ(o.reconnects[static_cast<size_t>(w)], 1) << "worker " << w;
-  }
+  ASSERT_NO_FATAL_FAILURE(expectEveryWorkerReconnectedOnce(o));
   EXPECT_TRUE(o.second.resumedFromCheckpoint);
   // bsp applies after both pushes of a round: the first server finished `steps` rounds (each
   // checkpointed before its pulls were answered), the new one `steps` more on top of them.
@@ -229,14 +231,7 @@ TEST(PsReconnect, BspRoundsGoOnAfterTheRestart) {
 TEST(PsReconnect, WithoutReconnectingADeadServerIsAPeerError) {
   comm::MemoryStore store;
   ShardPlan plan = ShardPlan::make({TensorSpec{"w", kNumel}}, 1);
-  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx(kSize);
-  {
-    std::vector<std::thread> ts;
-    for (int r = 0; r < kSize; ++r) {
-      ts.emplace_back([&, r] { ctx[static_cast<size_t>(r)] = std::make_unique<comm::tcp::TcpContext>(options(&store, r, false)); });
-    }
-    for (auto& t : ts) t.join();
-  }
+  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx = connectWorld(&store);
   ctx[kServerRank].reset();  // the server's process is gone
   ctx[1].reset();
   Client c(group(std::move(ctx[0])), 0, {kServerRank}, plan, Millis(2000));

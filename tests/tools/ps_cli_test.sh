@@ -19,6 +19,15 @@ pass() { echo "ok: $*"; }
 SETS=(--set data.limit_train=1280 --set data.limit_test=500 --set train.epochs=1 --set train.batch_size=64
       --set output.progress=none --set model.hidden=[32] --set optim.lr=0.01)
 
+# rank_pid DIR RANK: the pid of the process of the job writing to DIR whose CHORUS_RANK is RANK
+# (empty while there is none).
+rank_pid() {
+  local p
+  for p in $(pgrep -f "output.dir=$1"); do
+    if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "CHORUS_RANK=$2"; then echo "$p"; return; fi
+  done
+}
+
 # json FILE EXPR: evaluates a Python expression over the parsed JSON object `j` (or, for JSONL,
 # the list of objects `ls`) and prints it.
 json() { $PY -c "import json,sys; t=open(sys.argv[1]).read(); ls=[json.loads(l) for l in t.splitlines() if l.strip()]; j=ls[0]; print($2)" "$1"; }
@@ -66,9 +75,7 @@ rc=$?
 job=$!
 victim=""
 for _ in $(seq 1 100); do
-  for p in $(pgrep -f "output.dir=$TMP/fault"); do
-    if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "CHORUS_RANK=1"; then victim=$p; fi
-  done
+  victim=$(rank_pid "$TMP/fault" 1)
   [ -n "$victim" ] && [ -s "$TMP/fault/ps/worker1.jsonl" ] && break
   sleep 0.1
 done
@@ -109,9 +116,7 @@ for mode in asp bsp; do
   job=$!
   victim=""
   for _ in $(seq 1 150); do
-    for p in $(pgrep -f "output.dir=$TMP/restart-$mode"); do
-      if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "CHORUS_RANK=3"; then victim=$p; fi
-    done
+    victim=$(rank_pid "$TMP/restart-$mode" 3)
     # Kill once the server has checkpointed and the workers are well into the run.
     [ -n "$victim" ] && [ -f "$TMP/restart-$mode/ps/server1.ckpt" ] && [ "$(wc -l < "$TMP/restart-$mode/ps/worker1.jsonl" 2>/dev/null || echo 0)" -ge 3 ] && break
     sleep 0.1

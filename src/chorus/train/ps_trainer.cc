@@ -156,13 +156,11 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
     client.pull(spansOf(b.params));  // every worker starts from the servers' model
   }
 
-  const int64_t localBatch = cfg.train.batchSize / workers;
-  parallel::DistributedSampler sampler(trainSet.size(), w, workers, cfg.train.shuffle, cfg.train.seed, cfg.train.dropLast);
-  const int64_t shard = sampler.shardSize();
-  const int64_t stepsPerEpoch = train::stepsPerEpoch(cfg.train, shard, localBatch);
-  int64_t totalSteps = stepsPerEpoch * cfg.train.epochs;
-  if (cfg.train.maxSteps > 0) totalSteps = std::min(totalSteps, cfg.train.maxSteps);
-  LrSchedule schedule(cfg.schedule, cfg.optim.lr, totalSteps, stepsPerEpoch);
+  StepPlan plan = planSteps(cfg, trainSet.size(), w, workers);
+  const int64_t localBatch = plan.localBatch, shard = plan.shard, stepsPerEpoch = plan.stepsPerEpoch,
+                totalSteps = plan.totalSteps;
+  parallel::DistributedSampler& sampler = plan.sampler;
+  const LrSchedule& schedule = plan.schedule;
 
   TrainResult result;
   const fs::path dir = cfg.output.dir;

@@ -194,12 +194,19 @@ void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize) {
   torch::set_num_threads(static_cast<int>(threads));
 }
 
-int64_t stepsPerEpoch(const TrainLoopConfig& cfg, int64_t shard, int64_t localBatch) {
-  const int64_t steps = cfg.dropLast ? shard / localBatch : (shard + localBatch - 1) / localBatch;
+StepPlan planSteps(const Config& cfg, int64_t datasetSize, int rank, int world) {
+  const TrainLoopConfig& t = cfg.train;
+  const int64_t localBatch = t.batchSize / world;
+  parallel::DistributedSampler sampler(datasetSize, rank, world, t.shuffle, t.seed, t.dropLast);
+  const int64_t shard = sampler.shardSize();
+  const int64_t steps = t.dropLast ? shard / localBatch : (shard + localBatch - 1) / localBatch;
   if (steps == 0)
-    throw ConfigError(str("train.batch_size = ", cfg.batchSize, " leaves no full batch in the ", shard,
+    throw ConfigError(str("train.batch_size = ", t.batchSize, " leaves no full batch in the ", shard,
                           " samples per worker; lower it or turn train.drop_last off"));
-  return steps;
+  int64_t total = steps * t.epochs;
+  if (t.maxSteps > 0) total = std::min(total, t.maxSteps);
+  return StepPlan{localBatch, std::move(sampler), shard, steps, total,
+                  LrSchedule(cfg.schedule, cfg.optim.lr, total, steps)};
 }
 
 double stragglerSleep(const TrainLoopConfig& cfg, int worker, double computeSeconds) {
@@ -267,14 +274,11 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
   sopts.growthInterval = cfg.amp.growthInterval;
   amp::GradScaler scaler(sopts, group);
 
-  const int64_t localBatch = cfg.train.batchSize / world;
-  parallel::DistributedSampler sampler(trainSet.size(), rank, world, cfg.train.shuffle, cfg.train.seed,
-                                       cfg.train.dropLast);
-  const int64_t shard = sampler.shardSize();
-  const int64_t stepsPerEpoch = train::stepsPerEpoch(cfg.train, shard, localBatch);
-  int64_t totalSteps = stepsPerEpoch * cfg.train.epochs;
-  if (cfg.train.maxSteps > 0) totalSteps = std::min(totalSteps, cfg.train.maxSteps);
-  LrSchedule schedule(cfg.schedule, cfg.optim.lr, totalSteps, stepsPerEpoch);
+  StepPlan plan = planSteps(cfg, trainSet.size(), rank, world);
+  const int64_t localBatch = plan.localBatch, shard = plan.shard, stepsPerEpoch = plan.stepsPerEpoch,
+                totalSteps = plan.totalSteps;
+  parallel::DistributedSampler& sampler = plan.sampler;
+  const LrSchedule& schedule = plan.schedule;
 
   TrainResult result;
   const fs::path dir = cfg.output.dir;

@@ -10,7 +10,9 @@
 #include <string>
 
 #include "chorus/comm/group.h"
+#include "chorus/parallel/data/sampler.h"
 #include "chorus/train/config.h"
+#include "chorus/train/optim.h"
 
 namespace chorus::train {
 
@@ -46,9 +48,19 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
 // Sets torch's intra-op threads: train.threads, or the cores shared by the local workers.
 void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize);
 
-// Steps per epoch for a worker's shard of `shard` samples in batches of `localBatch` (the last
-// one smaller unless train.drop_last). Throws ConfigError when that leaves no batch.
-int64_t stepsPerEpoch(const TrainLoopConfig& cfg, int64_t shard, int64_t localBatch);
+// The steps a worker runs, for every trainer: its sampler over its shard of a training set of
+// `datasetSize` samples, its share of the global batch, the steps per epoch (the last batch
+// smaller unless train.drop_last) and in all (train.max_steps caps them), and the learning-rate
+// schedule over them. Throws ConfigError when the shard leaves no batch.
+struct StepPlan {
+  int64_t localBatch;
+  parallel::DistributedSampler sampler;
+  int64_t shard;
+  int64_t stepsPerEpoch;
+  int64_t totalSteps;
+  LrSchedule schedule;
+};
+StepPlan planSteps(const Config& cfg, int64_t datasetSize, int rank, int world);
 
 // The straggler of train.straggler_*: when `worker` is listed, sleeps straggler_delay_ms plus
 // (straggler_factor - 1) x computeSeconds and returns the seconds slept; otherwise 0.
