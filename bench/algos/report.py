@@ -9,7 +9,10 @@ import datetime
 import json
 import os
 import platform
-import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from runs import revision  # noqa: E402
 
 ALGOS = ["ring", "hd", "tree", "direct"]
 
@@ -41,7 +44,7 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = revision()
     with open("/proc/loadavg") as f:
         load_avg = " ".join(f.read().split()[:3])
     out = ["# All-reduce algorithms: which is fastest where", ""]

@@ -3,6 +3,10 @@ CPU's name and number formatting. Standard library only."""
 import datetime
 import os
 import platform
+import statistics
+import subprocess
+
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read(path):
@@ -35,14 +39,50 @@ def fmt(v, spec, missing="—"):
     return missing if v is None else format(v, spec)
 
 
+def revision(src=SOURCE_DIR):
+    """The commit a page describes: "abc1234", or "abc1234 with uncommitted changes" when tracked
+    files differ from it (such a page describes no revision anyone can check out: rerun the
+    benchmark after committing)."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", "-C", src, *args], capture_output=True, text=True, timeout=60)
+            return r.stdout.strip() if r.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return commit + (" with uncommitted changes" if dirty else "")
+
+
+def median_spread(values):
+    """(median, min, max) of the numbers in values, or (None, None, None) when there are none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def fmt_spread(values, spec, missing="—"):
+    """"median (min–max)" of values, "median" alone for one value, or missing."""
+    med, lo, hi = median_spread(values)
+    if med is None:
+        return missing
+    if len([v for v in values if v is not None]) == 1:
+        return format(med, spec)
+    return f"{format(med, spec)} ({format(lo, spec)}–{format(hi, spec)})"
+
+
 def page_header(title, command, raw):
     """The opening of a results page: its title, the command that wrote it, and the machine
     (CPU, kernel, the binary, load averages from RAW/machine.txt). Returns (lines, machine), where
     machine is machine.txt's "key: value" lines as a dict, for the page's own additions."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# {title}\n",
-           f"Written by `{command}` on {now}. Every number below is computed from the raw outputs that "
-           "run collected; rerun the command to refresh this page and its plot instead of editing them.\n",
+           f"Written by `{command}` on {now} at commit {revision()}. Every number below is computed from the "
+           "raw outputs that run collected; rerun the command to refresh this page and its plot instead of "
+           "editing them.\n",
            "## Machine\n"]
     machine = dict(line.split(":", 1) for line in read(os.path.join(raw, "machine.txt")).splitlines() if ":" in line)
     out.append(f"- CPU: {cpu_model()}; nproc {os.cpu_count()}")

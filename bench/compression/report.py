@@ -1,12 +1,15 @@
 """Assembles the gradient-compression benchmark's page and plot (bench/results/compression.md
 and .svg) from the raw outputs bench/compression/run.sh collects in RAW:
 
-  p1-METHOD/metrics.jsonl   phase 1 (shared memory), p2-METHOD/metrics.jsonl phase 2 (netlab);
+  p1-METHOD/metrics.jsonl   phase 1 (shared memory), p2-METHOD/metrics.jsonl phase 2 (netlab),
+                            p3-METHOD phase 3 (long runs), p4-randomk-MODE phase 4 (random-k's
+                            other modes, against phase 1's topk and randomk);
                             chorus train's metrics: "step" events (bytes_sent, grad_bytes and
                             compression_ratio of the window since the previous one), one "eval"
                             event per epoch (test_acc, train_s and bytes_sent so far), and as the
                             LAST line the run summary (test_acc, bytes_per_step,
-                            grad_bytes_per_step, compression_ratio, samples_per_s, train_s, ...)
+                            grad_bytes_per_step, compression_ratio, samples_per_s, train_s, ...),
+                            or, for a run that diverged, a "diverged" event (step, epoch) instead
   NAME.cmd / .err / .rc     each run's command, stderr and exit status
   machine.txt               CPU and load average before and after
 
@@ -31,6 +34,7 @@ from svg import PALETTE, svg_panel  # noqa: E402
 ACC_TOLERANCE = 0.005   # 0.5 point: "within 0.5 point of dense"
 DGC_MIN_RATIO = 300.0   # DGC target: at least 300x less traffic than dense
 MIN_SPEEDUP = 3.0       # best method at least 3x faster than dense to dense's accuracy
+SPARSE_RATIO = 0.01     # run.sh's compression.ratio for topk, topk_sampled and randomk
 SUMMARY_KEYS = ("test_acc", "bytes_per_step", "grad_bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
 EVAL_KEYS = ("epoch", "step", "test_acc", "train_s", "bytes_sent")
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,6 +77,28 @@ class Run:
         return None
 
 
+def diverged_at(raw, name):
+    """The "diverged" event of a run that stopped with DivergenceError (chorus train stops every
+    rank at the step where the loss or the gradient stopped being finite), or None."""
+    path = os.path.join(raw, name, "metrics.jsonl")
+    for line in read(path).splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("event") == "diverged" and is_number(e.get("step")):
+            return e
+    return None
+
+
+def outcome(raw, name, run):
+    """What a table shows instead of an accuracy for a run without a result."""
+    if run is not None:
+        return f"{run.acc:.4f}"
+    d = diverged_at(raw, name)
+    return f"diverged at step {d['step']}" if d else "failed"
+
+
 def load_run(raw, name):
     """(Run, None) or (None, reason)."""
     path = os.path.join(raw, name, "metrics.jsonl")
@@ -86,6 +112,10 @@ def load_run(raw, name):
             events.append(json.loads(line))
         except ValueError as e:
             return None, f"{name}: line {i} of metrics.jsonl is not JSON ({e})"
+    diverged = next((e for e in events if e.get("event") == "diverged"), None)
+    if diverged:
+        return None, (f"{name}: diverged at step {diverged.get('step')} (epoch {diverged.get('epoch', 0) + 1}): the "
+                      "loss or the gradient stopped being finite, and chorus train stopped the run")
     if not events or events[-1].get("event") != "summary":
         return None, (f"{name}: the last line of metrics.jsonl is not the run summary (did the run stop early? "
                       f"{why_failed(raw, name)})")
@@ -130,16 +160,18 @@ def fmt_bytes(v):
     return f"{v:,.0f} B"
 
 
-def methods_table(methods, runs, dense, all_bytes):
+def methods_table(methods, runs, dense, all_bytes, raw=None, prefix=None):
     """Markdown rows: accuracy against dense, bytes per step (all of them too when all_bytes),
-    compression ratio over the run and over its last epoch, samples/s; then a blank line."""
+    compression ratio over the run and over its last epoch, samples/s; then a blank line. A run
+    without a result shows "failed", or "diverged at step N" (with raw and prefix given)."""
     head = "| method | final accuracy | vs dense (points) | " + ("bytes/step | " if all_bytes else "")
     out = [head + "gradient bytes/step | ratio | last epoch gradient bytes/step | last epoch ratio | samples/s |",
            "|---|" + "---:|" * (8 if all_bytes else 7)]
     for m in methods:
         r = runs.get(m)
         if r is None:
-            out.append(f"| {m} | failed |" + " |" * (7 if all_bytes else 6))
+            why = outcome(raw, f"{prefix}-{m}", None) if raw else "failed"
+            out.append(f"| {m} | {why} |" + " |" * (7 if all_bytes else 6))
             continue
         diff = (r.acc - dense.acc) * 100 if dense else None
         total = f"{fmt_bytes(r.bytes_per_step)} | " if all_bytes else ""
@@ -159,6 +191,62 @@ def epochs_table(runs):
         accs = [f"{e['test_acc']:.4f}" for e in r.evals] + [""] * (n - len(r.evals))
         out.append(f"| {m} | " + " | ".join(accs) + " |")
     return out + [""]
+
+
+RANDOMK_MODES = {
+    "norm": "entries times sqrt(n/k), no residual (the default)",
+    "unbiased": "entries times n/k, no residual",
+    "error_feedback": "unscaled, the rest kept as a residual (random-k's rule before the fix)",
+}
+
+
+def load_phase4(raw, modes, problems):
+    """Phase 4's runs p4-randomk-MODE that have a result. One that diverged is a result of the
+    phase (the table says at which step), not a problem."""
+    runs = {}
+    for mode in modes:
+        name = f"p4-randomk-{mode}"
+        r, err = load_run(raw, name)
+        if r is not None:
+            runs[mode] = r
+        elif not diverged_at(raw, name):
+            problems.append(err)
+    return runs
+
+
+def randomk_section(args, p1, p4):
+    """Random-k in each mode against top-k at the same ratio: phase 1's topk and randomk (mode
+    norm) and phase 4's runs of the other modes, with the compression ratio over the whole run
+    next to the last epoch's."""
+    topk = p1.get("topk")
+    rows = [("topk", "—", "p1-topk", topk, "topk" in args.methods),
+            ("randomk", "norm", "p1-randomk", p1.get("randomk"), "randomk" in args.methods)]
+    rows += [("randomk", m, f"p4-randomk-{m}", p4.get(m), True) for m in args.phase4 if m != "norm"]
+    out = [f"## Phase 4: random-k against top-k at ratio {SPARSE_RATIO:g}\n",
+           "Both send the same number of entries per step; top-k picks the largest of gradient + residual, "
+           "random-k picks them at random. Random-k's modes (compression.randomk_mode): "
+           + "; ".join(f"**{m}**: {what}" for m, what in RANDOMK_MODES.items())
+           + ". topk and randomk (norm) are phase 1's runs, the other modes phase 4's, with phase 1's "
+           "settings otherwise. Ratio: over the whole run; last epoch: over its last epoch only.\n",
+           "| method | mode | final accuracy | vs topk (points) | gradient bytes/step | ratio (whole run) | "
+           "last epoch ratio | samples/s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    shown = {}
+    for method, mode, name, r, ran in rows:
+        if r is None:
+            why = outcome(args.raw, name, None) if ran else "not run (not in phase 1's methods)"
+            out.append(f"| {method} | {mode} | {why} | | | | | |")
+            continue
+        shown[f"{method} ({mode})" if method == "randomk" else method] = r
+        diff = (r.acc - topk.acc) * 100 if topk and r is not topk else None
+        out.append(f"| {method} | {mode} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.grad_bytes_per_step)} | "
+                   f"{r.ratio:,.1f}x | {fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | "
+                   f"{r.samples_per_s:,.0f} |")
+    out.append("")
+    if shown:
+        out.append("Test accuracy after each epoch:\n")
+        out += epochs_table(shown)
+    return out
 
 
 def verdict(ok):
@@ -216,6 +304,7 @@ def report(args):
     p1 = load_phase(args.raw, "p1", args.methods, problems)
     p2 = load_phase(args.raw, "p2", args.phase2, problems, transport="tcp")
     p3 = load_phase(args.raw, "p3", args.phase3, problems)
+    p4 = load_phase4(args.raw, args.phase4, problems)
     dense1 = p1.get("none")
     dense3 = p3.get("none")
     dense2 = p2.get("none")
@@ -227,6 +316,11 @@ def report(args):
                    f"those of the previous run in the same raw folder (their commands are below). Load "
                    f"average around the rerun: {machine['phase 2 rerun before'].strip()} before, "
                    f"{machine.get('phase 2 rerun after', '?').strip()} after")
+    if "phase 4 rerun before" in machine:
+        out.append(f"- phase 4 was rerun alone (`--randomk-only`) with the same binary; phases 1 to 3 are those of "
+                   f"the previous run in the same raw folder. Load average around the rerun: "
+                   f"{machine['phase 4 rerun before'].strip()} before, "
+                   f"{machine.get('phase 4 rerun after', '?').strip()} after")
     out.append("")
 
     out.append("## Setup\n")
@@ -237,10 +331,11 @@ def report(args):
     out.append(f"Fashion-MNIST, the CNN of bench/compression/cnn.toml (conv-BN-ReLU-pool 32 and 64 channels, fc 128), "
                f"{'2' if args.quick else '5'} epochs, global batch 128 split over {w} workers, SGD lr 0.05 momentum "
                "0.9 with cosine decay to 0, seed 0, evaluated on the test split after each epoch. Methods and "
-               "settings: topk, topk_sampled, randomk ratio 0.01; threshold tau "
+               f"settings: topk, topk_sampled, randomk ratio {SPARSE_RATIO:g} (randomk in its default mode, norm: "
+               "the drawn entries times sqrt(n/k), no residual); threshold tau "
                f"{args.threshold:g}; qsgd 16 levels; dgc sparsity 0.999, warm-up {args.dgc_warmup} epochs, "
                "momentum 0.9 applied by dgc (optim.momentum 0); powersgd rank 4; error feedback on (the default) "
-               "for every method that has it.\n")
+               "for every other method that has it.\n")
     out.append(f"- **phase 1**: `--nproc {w}` on this machine (shared-memory transport).")
     limit = (f" on the first {args.netlab_limit_train} training samples only (`--netlab-limit-train`), so its "
              "accuracies are not phase 1's" if args.netlab_limit_train > 0 else "")
@@ -249,6 +344,9 @@ def report(args):
                "Every method of phase 1.")
     if args.phase3:
         out.append(f"- **phase 3**: {', '.join(args.phase3)} as in phase 1 but for {args.long_epochs} epochs.")
+    if args.phase4:
+        out.append(f"- **phase 4**: randomk with compression.randomk_mode = {', '.join(args.phase4)}, as in phase 1, "
+                   "against phase 1's topk and randomk at the same ratio.")
     out.append("- bytes/step: all the bytes rank 0 sent per training step (gradients, and the BatchNorm buffers "
                "DDP broadcasts from rank 0 before each forward, as PyTorch DDP does by default); "
                "gradient bytes/step: the part sent during backward, the gradient buckets' all-reduce or "
@@ -264,7 +362,8 @@ def report(args):
     out.append("## Commands\n")
     out.append("```")
     out.append(args.command)
-    for prefix, methods in (("p1", args.methods), ("p2", args.phase2), ("p3", args.phase3)):
+    for prefix, methods in (("p1", args.methods), ("p2", args.phase2), ("p3", args.phase3),
+                            ("p4-randomk", args.phase4)):
         for m in methods:
             cmd = read(os.path.join(args.raw, f"{prefix}-{m}.cmd")).strip()
             if cmd:
@@ -272,7 +371,7 @@ def report(args):
     out.append("```\n")
 
     out.append(f"## Phase 1: {w} workers, shared memory\n")
-    out += methods_table(args.methods, p1, dense1, all_bytes=True)
+    out += methods_table(args.methods, p1, dense1, all_bytes=True, raw=args.raw, prefix="p1")
     if "threshold" in p1 and "topk" in p1:
         share = p1["topk"].ratio / p1["threshold"].ratio
         out.append(f"threshold (tau {args.threshold:g}) sends about {share:.2f}% of the entries over the run "
@@ -314,8 +413,11 @@ def report(args):
         out.append(f"The same runs as phase 1 with train.epochs = {args.long_epochs} (the cosine schedule stretched "
                    f"over them; dgc still warms up for {args.dgc_warmup} epochs), so that the compressed methods have "
                    "more steps at their final compression.\n")
-        out += methods_table(args.phase3, p3, dense3, all_bytes=False)
+        out += methods_table(args.phase3, p3, dense3, all_bytes=False, raw=args.raw, prefix="p3")
         out += epochs_table(p3)
+
+    if args.phase4:
+        out += randomk_section(args, p1, p4)
 
     out.append("## Targets of the issue\n")
     out.append("| target | measured | verdict |")
@@ -363,7 +465,8 @@ def report(args):
                    f"{why} | {verdict(ok)} |")
     out.append("")
 
-    notes = notes_on(p1, "phase 1") + notes_on(p2, "phase 2") + notes_on(p3, "phase 3")
+    notes = (notes_on(p1, "phase 1") + notes_on(p2, "phase 2") + notes_on(p3, "phase 3")
+             + notes_on({f"randomk ({m})": r for m, r in p4.items()}, "phase 4"))
     if notes:
         out.append("## Notes\n")
         out.extend(f"- {n}" for n in notes)
@@ -391,6 +494,7 @@ def main():
     r.add_argument("--methods", nargs="+", required=True)
     r.add_argument("--phase2", nargs="*", default=[])
     r.add_argument("--phase3", nargs="*", default=[])
+    r.add_argument("--phase4", nargs="*", default=[], help="random-k modes run in phase 4 (p4-randomk-MODE)")
     r.add_argument("--long-epochs", type=int, default=0)
     r.add_argument("--workers", type=int, required=True)
     r.add_argument("--netlab-limit-train", type=int, default=0)

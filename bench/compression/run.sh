@@ -8,12 +8,15 @@
 #            training time each needs to reach dense's final accuracy
 #   phase 3  dense, dgc and powersgd again on this machine for --long-epochs epochs (10 by
 #            default): the accuracy gap once the sparse methods have more steps to catch up
+#   phase 4  (--randomk) random-k against top-k at phase 1's ratio (0.01): random-k's other
+#            modes (compression.randomk_mode: unbiased, and error_feedback, the rule it had
+#            before it was fixed) next to phase 1's topk and randomk (mode norm) runs
 #
 # Writes bench/results/compression.md and compression.svg through bench/compression/report.py
 # and keeps every run's command, output, exit status and metrics in BUILD_DIR/bench-compression/.
 #
 # usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab]
-#                                     [--long-epochs N] [--phase2-only]
+#                                     [--long-epochs N] [--phase2-only] [--randomk] [--randomk-only]
 #   --quick                 a smoke run of the pipeline: first 2560 train / 1000 test samples,
 #                           2 epochs, 2 workers (2 hosts in phase 2), methods none topk dgc
 #                           powersgd sign; the page goes to BUILD_DIR/bench-compression/quick.md
@@ -23,7 +26,16 @@
 #   --long-epochs N         phase 3's epochs; 0 skips it (the default with --quick)
 #   --phase2-only           rerun phase 2 only, keeping phases 1 and 3 of the previous run in
 #                           the raw folder, and rewrite the page from all of them
+#   --randomk               run phase 4 too (2 more phase-1-sized runs; error_feedback stops
+#                           early when it diverges); adds topk and randomk to phase 1's methods
+#                           when METHODS (or --quick) leaves them out
+#   --randomk-only          run phase 4 alone, keeping phases 1-3 of the previous run in the raw
+#                           folder (its topk and randomk runs are phase 4's reference), with that
+#                           run's copy of the binary, and rewrite the page from all of them
+#                           (--phase2-only and --randomk-only: give the other flags of the run
+#                           they complete, e.g. --randomk, --no-netlab, so the page keeps its phases)
 #   environment: LONG_METHODS="none dgc powersgd" (phase 3), CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
+#   RANDOMK_MODES="unbiased error_feedback" (phase 4),
 #   PHASE2_METHODS="none dgc ..." (instead of the selection), THRESHOLD=tau (threshold codec),
 #   OUT=file.md (the page; the plot goes next to it as .svg)
 # Builds nothing. A failed run is named on stderr with its last error line and in the page; the
@@ -31,7 +43,7 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab] [--long-epochs N] [--phase2-only]" >&2
+  echo "usage: bash bench/compression/run.sh BUILD_DIR [--quick] [--netlab-limit-train N] [--no-netlab] [--long-epochs N] [--phase2-only] [--randomk] [--randomk-only]" >&2
   exit 2
 }
 [[ $# -ge 1 ]] || usage
@@ -43,11 +55,18 @@ netlab_limit=0
 long_epochs=
 long_epochs_arg=
 phase2_only=0
+randomk=0
+randomk_only=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) quick=1 ;;
     --no-netlab) netlab=0 ;;
     --phase2-only) phase2_only=1 ;;
+    --randomk) randomk=1 ;;
+    --randomk-only)
+      randomk=1
+      randomk_only=1
+      ;;
     --long-epochs)
       [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage
       long_epochs=$2
@@ -95,6 +114,29 @@ else
 fi
 read -ra long_methods <<< "${LONG_METHODS:-none dgc powersgd}"
 [[ $long_epochs -gt 0 ]] || long_methods=()
+randomk_modes=()
+[[ $randomk -eq 1 ]] && read -ra randomk_modes <<< "${RANDOMK_MODES:-unbiased error_feedback}"
+for mode in "${randomk_modes[@]}"; do
+  case $mode in
+    norm | unbiased | error_feedback) ;;
+    *)
+      echo "run.sh: RANDOMK_MODES: unknown mode '$mode' (norm, unbiased, error_feedback)" >&2
+      exit 2
+      ;;
+  esac
+done
+if [[ $phase2_only -eq 1 && $randomk_only -eq 1 ]]; then
+  echo "run.sh: --phase2-only and --randomk-only each rerun one phase; run them one after the other" >&2
+  exit 2
+fi
+# --phase2-only and --randomk-only rerun one phase into the previous run's raw folder.
+rerun_only=$((phase2_only + randomk_only))
+# Phase 4 compares with phase 1's topk and randomk runs: phase 1 runs them too.
+if [[ $randomk -eq 1 ]]; then
+  for m in topk randomk; do
+    [[ " ${methods[*]} " == *" $m "* ]] || methods+=("$m")
+  done
+fi
 svg=${out%.md}.svg
 
 # The --set arguments of one method (the issue's settings).
@@ -132,6 +174,13 @@ if [[ $phase2_only -eq 1 ]]; then
   fi
   rm -rf "$raw"/p2-*
   # Phase 2 runs the binary of phases 1 and 3, so the page compares one build.
+elif [[ $randomk_only -eq 1 ]]; then
+  if [[ ! -x $raw/chorus ]]; then
+    echo "run.sh: --randomk-only needs a previous run's $raw (with its chorus copy)" >&2
+    exit 2
+  fi
+  rm -rf "$raw"/p4-*
+  # Phase 4 runs the binary of the phase 1 runs it is compared with.
 else
   rm -rf "$raw"
   mkdir -p "$raw"
@@ -163,6 +212,8 @@ run() {
 
 if [[ $phase2_only -eq 1 ]]; then
   echo "phase 2 rerun before: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+elif [[ $randomk_only -eq 1 ]]; then
+  echo "phase 4 rerun before: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
 else
   {
     echo "binary: $chorus_src ($(stat -c '%y' "$chorus_src" | cut -d. -f1))"
@@ -171,7 +222,7 @@ else
   } > "$raw/machine.txt"
 fi
 
-[[ $phase2_only -eq 1 ]] || for m in "${methods[@]}"; do
+[[ $rerun_only -eq 1 ]] || for m in "${methods[@]}"; do
   mapfile -t margs < <(method_args "$m")
   run "p1-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
     --set "output.dir=$raw/p1-$m"
@@ -191,20 +242,37 @@ if [[ $netlab -eq 1 ]]; then
   [[ $(id -u) -eq 0 ]] && sudo=() || sudo=(sudo -n)
   # ddp.transport=tcp: the lab's hosts share one kernel (same hostname and boot id), so the
   # auto transport would pick shared memory and never touch the shaped links.
-  for m in "${phase2[@]}"; do
+  [[ $randomk_only -eq 1 ]] || for m in "${phase2[@]}"; do
     mapfile -t margs < <(method_args "$m")
     run "p2-$m" "${sudo[@]}" "$netlab_sh" with "$hosts" --rate 100mbit --delay 0ms -- \
       "$chorus" train bench/compression/cnn.toml "${common[@]}" "${limit[@]}" "${margs[@]}" \
       --set ddp.transport=tcp --set train.threads=1 --set output.progress=none --set "output.dir=$raw/p2-$m"
   done
 fi
-[[ $phase2_only -eq 1 ]] || for m in "${long_methods[@]}"; do
+[[ $rerun_only -eq 1 ]] || for m in "${long_methods[@]}"; do
   mapfile -t margs < <(method_args "$m")
   run "p3-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
     --set "train.epochs=$long_epochs" --set "output.dir=$raw/p3-$m"
 done
+# Phase 4: random-k's other modes as phase 1 runs, next to phase 1's topk and randomk (norm).
+# A run that diverges (chorus train stops it with DivergenceError and writes a "diverged" event)
+# is one of this phase's results, not a failure of the benchmark.
+[[ $phase2_only -eq 1 ]] || for mode in "${randomk_modes[@]}"; do
+  name=p4-randomk-$mode
+  mapfile -t margs < <(method_args randomk)
+  run "$name" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
+    --set "compression.randomk_mode=$mode" --set "output.dir=$raw/$name"
+  if [[ $(cat "$raw/$name.rc") != 0 ]] && grep -Eq '"event": ?"diverged"' "$raw/$name/metrics.jsonl" 2> /dev/null; then
+    echo "run.sh: $name diverged, which phase 4 reports as its result" >&2
+    kept=()
+    for f in "${failed[@]}"; do [[ $f == "$name" ]] || kept+=("$f"); done
+    failed=("${kept[@]}")
+  fi
+done
 if [[ $phase2_only -eq 1 ]]; then
   echo "phase 2 rerun after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
+elif [[ $randomk_only -eq 1 ]]; then
+  echo "phase 4 rerun after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
 else
   echo "after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/machine.txt"
 fi
@@ -215,10 +283,13 @@ command="bash bench/compression/run.sh $build_arg"
 [[ $netlab_limit -gt 0 ]] && command+=" --netlab-limit-train $netlab_limit"
 [[ -n $long_epochs_arg ]] && command+=" --long-epochs $long_epochs_arg"
 [[ $phase2_only -eq 1 ]] && command+=" --phase2-only"
-for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS; do
+[[ $randomk -eq 1 && $randomk_only -eq 0 ]] && command+=" --randomk"
+[[ $randomk_only -eq 1 ]] && command+=" --randomk-only"
+for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS RANDOMK_MODES; do
   [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
 done
 report=(--raw "$raw" --methods "${methods[@]}" --phase2 "${phase2[@]}" --phase3 "${long_methods[@]}"
+  --phase4 "${randomk_modes[@]}"
   --long-epochs "$long_epochs" --workers "$workers"
   --netlab-limit-train "$netlab_limit" --threshold "$tau" --dgc-warmup "$dgc_warmup"
   --command "$command" --out "$out" --svg "$svg")

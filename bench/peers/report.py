@@ -14,8 +14,12 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
+from runs import revision  # noqa: E402
 
 # (file prefix, column title)
 IMPLS = [("chorus-shm", "chorus shm"), ("chorus-tcp", "chorus tcp"), ("openmpi", "OpenMPI"), ("gloo", "Gloo")]
@@ -59,9 +63,10 @@ def read(path):
 
 
 def load(raw, name, ranks, repeat):
-    """Best row per size over the repeats (highest busbw), with the most wrong elements seen;
-    and the runs that failed."""
-    best = {}
+    """Per size, the median over the repeats: busbw and time_us are the medians of the runs'
+    values, lo/hi the lowest and highest busbw, algo the choice of the run at the median, and
+    wrong the most wrong elements any run saw; and the runs that failed."""
+    runs = {}
     failures = []
     for r in range(1, repeat + 1):
         stem = os.path.join(raw, f"{name}-{ranks}-r{r}")
@@ -72,12 +77,17 @@ def load(raw, name, ranks, repeat):
             failures.append({"run": f"{name}, {ranks} ranks, repeat {r}", "rc": rc or "not run",
                              "cmd": (read(stem + ".cmd") or "").strip(), "err": err[-6:]})
         for b, row in parse_rows(out).items():
-            prev = best.get(b)
-            worst_wrong = max((w for w in (row["wrong"], prev and prev["wrong"]) if w is not None), default=None)
-            if prev is None or row["busbw"] > prev["busbw"]:
-                best[b] = dict(row)
-            best[b]["wrong"] = worst_wrong
-    return best, failures
+            runs.setdefault(b, []).append(row)
+    med = {}
+    for b, rows in runs.items():
+        by_bw = sorted(rows, key=lambda x: x["busbw"])
+        mid = by_bw[(len(by_bw) - 1) // 2]
+        wrongs = [x["wrong"] for x in rows if x["wrong"] is not None]
+        med[b] = {"bytes": b, "busbw": statistics.median(x["busbw"] for x in rows),
+                  "time_us": statistics.median(x["time_us"] for x in rows), "algo": mid["algo"],
+                  "lo": by_bw[0]["busbw"], "hi": by_bw[-1]["busbw"], "runs": len(rows),
+                  "wrong": max(wrongs) if wrongs else None}
+    return med, failures
 
 
 def human(b):
@@ -91,8 +101,10 @@ def fmt_bw(row):
     if row is None:
         return "n/a"
     text = f"{row['busbw']:.3f}"
+    if row.get("runs", 1) > 1:
+        text += f" ({row['lo']:.2f}–{row['hi']:.2f})"
     if row["algo"] not in ("", "-", "mpi", "gloo"):
-        text += f" ({row['algo']})"
+        text += f" [{row['algo']}]"
     if row["wrong"]:
         text += f" **{row['wrong']} wrong**"
     return text
@@ -131,8 +143,6 @@ def machine(raw, src):
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:
         nproc = os.cpu_count()
-    commit = sh(f"git -C '{src}' rev-parse --short HEAD")
-    dirty = sh(f"git -C '{src}' status --porcelain --untracked-files=no | head -1")
     load = (read(os.path.join(raw, "loadavg.txt")) or "").strip().splitlines()
     torch = sh("/usr/bin/python3 -c 'import torch; print(torch.__version__)'")
     return [
@@ -140,7 +150,7 @@ def machine(raw, src):
         f"- kernel: {platform.system()} {platform.release()} ({platform.machine()})",
         f"- compiler: {sh('c++ --version')}; MPI: {sh('mpirun --version')}; "
         f"torch (/usr/bin/python3): {torch}",
-        f"- chorus commit: {commit}{' with uncommitted changes' if dirty not in ('', 'unknown') else ''}",
+        f"- chorus commit: {revision(src)}",
         "- load average (1/5/15 min) " + "; ".join(load) if load else "- load average: not recorded",
     ]
 
@@ -205,7 +215,7 @@ def main():
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = ["# All-reduce: chorus against OpenMPI and Gloo", "",
-          f"Written by `{a.command}` on {now}. Every number below is computed from the raw outputs that run "
+          f"Written by `{a.command}` on {now} at commit {revision(a.src)}. Every number below is computed from the raw outputs that run "
           "collected; rerun the command to refresh this page instead of editing it.", "",
           "## Machine", ""]
     md += machine(a.raw, a.src)
@@ -219,7 +229,9 @@ def main():
            "to 20), a barrier, the timed loop; time_us is the mean per call of the slowest rank. busbw = bytes / time "
            "x 2(n-1)/n (nccl-tests), in GB/s (1e9 B/s). Every result is then checked exactly against the expected sum "
            "(\"wrong\" elements are flagged in the tables)."
-           + (f" Each run was repeated {a.repeat} times; a cell shows the best of those runs." if a.repeat > 1 else ""),
+           + (f" Each run was repeated {a.repeat} times, the implementations alternating within every repetition; a "
+              "cell shows the median busbw over the repeats with the spread (min–max) in parentheses, ratios and "
+              "targets use the medians, and the latency table gives median times." if a.repeat > 1 else ""),
            "", "Ranks are processes on this one machine; OpenMPI uses its shared-memory transport (btl self,vader "
            "with CMA single-copy), Gloo its TCP transport over loopback. With more ranks than cores every "
            "implementation is oversubscribed and its numbers say more about scheduling than about the wire.", "",
@@ -235,7 +247,8 @@ def main():
         shm, tcp, mpi, gloo = (data[(name, n)] for name, _ in IMPLS)
         sizes = sorted(set().union(*(d.keys() for d in (shm, tcp, mpi, gloo))))
         md += [f"## {n} ranks: bus bandwidth (GB/s)", "",
-               "chorus's automatic algorithm choice in parentheses; ratios are busbw over busbw.", "",
+               "Median (min–max) over the repeats; chorus's automatic algorithm choice in brackets; ratios are median "
+               "busbw over median busbw.", "",
                "| size | chorus shm | chorus tcp | OpenMPI | Gloo | shm / OpenMPI | shm / Gloo | tcp / Gloo |",
                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for b in sizes:

@@ -5,7 +5,7 @@
 # bench/peers/report.py) and keeps the raw outputs in BUILD_DIR/bench-peers/.
 #
 # usage: bash bench/peers/run.sh [BUILD_DIR]        (default: build)
-#   RANKS="2 4"  rank counts to run        REPEAT=3  runs of each (cells show the best)
+#   RANKS="2 4"  rank counts to run        REPEAT=3  runs of each, alternating (cells show the median and spread)
 #   MIN_BYTES=4K MAX_BYTES=64M             OUT=bench/results/collectives.md
 # Builds nothing but the `chorus` and `mpi_allreduce_bench` targets of an existing build dir.
 # A part that cannot build or run (no mpirun, no torch) or fails is reported as such in the

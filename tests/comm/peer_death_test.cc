@@ -3,9 +3,7 @@
 // The survivors must fail with PeerError naming the dead rank, the op and the tag, well
 // within the timeout.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,21 +14,10 @@
 
 #include "chorus/common/error.h"
 #include "chorus/comm/group.h"
+#include "util/reserved_port.h"
 
 namespace chorus::comm {
 namespace {
-
-int freePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 constexpr int kWorld = 3;
 constexpr int kVictim = 2;
@@ -85,7 +72,9 @@ enum : int { kOk = 0, kOkOther = 1, kWrongError = 10, kNoError = 11, kTooSlow = 
 }
 
 void runJob(const std::string& transport) {
-  const int port = freePort();
+  // Held until every rank is done: no other test can take the port before rank 0 listens.
+  const test::ReservedPort reserved;
+  const int port = reserved.port();
   std::vector<pid_t> pids;
   for (int r = 0; r < kWorld; ++r) {
     pid_t pid = fork();

@@ -527,5 +527,22 @@ TEST(Quantize, RejectsMalformedMessagesAndBadArguments) {
   EXPECT_EQ(dynamic_cast<QsgdCodec&>(*makeQuantizer("qsgd")).levels(), QsgdCodec::kDefaultLevels);
 }
 
+// Found by fuzz/quantize_fuzz.cc (fuzz/corpus/quantize/finding-*): a corrupt code in a later
+// chunk was found only after the earlier chunks had been added, so a refused message left the
+// sum of the other ranks' messages half-updated. Every code is now checked first.
+TEST(Quantize, RefusedMessageLeavesTheOutputUntouched) {
+  torch::Tensor g = randomGrad(1000, 5);
+  CodecState st;
+  TernGradCodec t(false, 100);
+  QsgdCodec q(5, false, 100);  // 4-bit codes, levels 6 and 7 invalid
+  for (Codec* codec : {static_cast<Codec*>(&t), static_cast<Codec*>(&q)}) {
+    Message m = codec->encode(g, st);
+    m.back() = 0xFF;  // the last element's code: invalid for both
+    torch::Tensor out = torch::full({1000}, 2.5f);
+    EXPECT_THROW(codec->decodeAdd(m, out), InvalidArgument) << codec->name();
+    EXPECT_TRUE(torch::equal(out, torch::full({1000}, 2.5f))) << codec->name() << " changed the output";
+  }
+}
+
 }  // namespace
 }  // namespace chorus::compress

@@ -3,6 +3,8 @@
 // exactly, each selection rule picks what it promises (per tensor when layer-wise), the Elias-Fano
 // index code round-trips and has the documented size, the
 // decoder rejects malformed messages, and a state copied as a checkpoint continues identically.
+// Random-k's decayed residual bounds each entry's backlog; plain error feedback does not (the
+// bursts that made it diverge); without error feedback its estimator is unbiased.
 #include <gtest/gtest.h>
 
 #include <torch/torch.h>
@@ -63,8 +65,14 @@ void PrintTo(const Method& m, std::ostream* os) { *os << m.name << "(" << m.valu
 
 class SparseCodecTest : public ::testing::TestWithParam<Method> {};
 
+// The codec of a parameter; random-k with plain error feedback (no decay), the rule these tests
+// are about (its default decays the residual: RandomK.DecayBoundsTheBacklog).
+std::unique_ptr<Codec> codecFor(const Method& m) {
+  return makeSparse(m.name, m.value, true, RandomKOptions{.errorFeedback = true, .residualDecay = 1.0});
+}
+
 TEST_P(SparseCodecTest, ErrorFeedbackIsExactOverSteps) {
-  auto codec = makeSparse(GetParam().name, GetParam().value);
+  auto codec = codecFor(GetParam());
   EXPECT_EQ(codec->name(), GetParam().name);
   for (int64_t n : {0, 1, 7, 1000, 4099}) {
     CodecState state;
@@ -86,7 +94,7 @@ TEST_P(SparseCodecTest, ErrorFeedbackIsExactOverSteps) {
 }
 
 TEST_P(SparseCodecTest, CheckpointedStateContinuesIdentically) {
-  auto codec = makeSparse(GetParam().name, GetParam().value);
+  auto codec = codecFor(GetParam());
   const int64_t n = 3001;
   CodecState a;
   a.rngState = 7;
@@ -226,6 +234,105 @@ TEST(RandomK, IndicesAreUniform) {
   EXPECT_LT(hits.max().item<int64_t>(), 260);
 }
 
+// Random-k over many steps of one constant gradient g (n = 1000, k = 10, p = 0.01), measured
+// as the mean message and the mean energy |message|^2 against g, and the largest residual
+// entry against the gradient's:
+//   decay 0.9 (the default)  mean p / (1 - 0.9 (1 - p)) g = 0.0917 g; no entry's residual ever
+//                            exceeds 10 |g_i| (the geometric sum 1 / (1 - 0.9))
+//   decay 1 (plain EF)       mean g (nothing lost, only late), but energy about 2 / p |g|^2 and
+//                            residual entries hundreds of steps deep: the bursts that diverged
+//   no error feedback        mean g, energy |g|^2 / p, no residual
+// The random draws are seeded, so the numbers are exact repeats; the bounds hold with 5
+// standard deviations of the sampling noise to spare.
+struct RandomKMoments {
+  double mean;         // <mean message, g> / |g|^2
+  double energy;       // mean |message|^2 / |g|^2
+  double maxBacklog;   // max over steps and entries of |residual_i| / |g_i|
+  bool residual;       // the state holds a residual tensor
+};
+
+RandomKMoments randomKMoments(RandomKOptions rk) {
+  const int64_t n = 1000;
+  const int steps = 2000;
+  torch::Tensor g = randomGrad(n, 5);
+  RandomKCodec codec(SparseOptions{.ratio = 0.01}, rk);
+  CodecState state;
+  state.rngState = 3;
+  torch::Tensor sum = torch::zeros({n});
+  double energy = 0, backlog = 0;
+  for (int t = 0; t < steps; ++t) {
+    torch::Tensor d = decodeDense(codec, codec.encode(g, state), n);
+    sum += d;
+    energy += d.pow(2).sum().item<double>();
+    if (state.tensors.count("residual"))
+      backlog = std::max(backlog, (state.tensors.at("residual").abs() / g.abs()).max().item<double>());
+  }
+  const double gg = g.pow(2).sum().item<double>();
+  return {(sum / steps).dot(g).item<double>() / gg, energy / steps / gg, backlog, state.tensors.count("residual") > 0};
+}
+
+TEST(RandomK, DecayBoundsTheBacklog) {
+  RandomKMoments m = randomKMoments({});
+  EXPECT_NEAR(m.mean, 0.01 / (1 - 0.9 * 0.99), 0.005);
+  EXPECT_LE(m.maxBacklog, 10.0 + 1e-3);
+  EXPECT_GT(m.maxBacklog, 5.0);  // the bound is reached, not far above it
+  EXPECT_LT(m.energy, 2.0);
+  EXPECT_TRUE(m.residual);
+  auto made = makeSparse("randomk", 0.01);
+  EXPECT_EQ(dynamic_cast<RandomKCodec&>(*made).options().residualDecay, 0.9);
+  EXPECT_TRUE(dynamic_cast<RandomKCodec&>(*made).options().errorFeedback);
+}
+
+TEST(RandomK, PlainErrorFeedbackSendsBacklogsInBursts) {
+  RandomKMoments m = randomKMoments({.errorFeedback = true, .residualDecay = 1.0});
+  EXPECT_NEAR(m.mean, 1.0, 0.1);  // nothing lost, only late
+  EXPECT_GT(m.energy, 100.0);     // ~2 / p: an entry arrives as the sum of ~1 / p steps
+  EXPECT_GT(m.maxBacklog, 300.0);
+}
+
+TEST(RandomK, WithoutErrorFeedbackTheEstimatorIsUnbiased) {
+  RandomKMoments m = randomKMoments({.errorFeedback = false});
+  EXPECT_NEAR(m.mean, 1.0, 0.05);
+  EXPECT_NEAR(m.energy, 100.0, 5.0);
+  EXPECT_FALSE(m.residual);
+}
+
+// The residual decays before the gradient is added, and what is sent plus what is kept is
+// exactly decay * old residual + gradient.
+TEST(RandomK, DecayedErrorFeedbackIsExact) {
+  RandomKCodec codec(SparseOptions{.ratio = 0.05}, {.errorFeedback = true, .residualDecay = 0.75});
+  CodecState state;
+  for (int step = 0; step < 5; ++step) {
+    torch::Tensor grad = randomGrad(4099, 50 + step);
+    torch::Tensor acc = state.residual(grad).clone().mul_(0.75).add_(grad);
+    Message msg = codec.encode(grad, state);
+    SCOPED_TRACE(step);
+    checkStep(codec, msg, acc, state.tensors.at("residual"));
+  }
+  EXPECT_THROW(RandomKCodec(SparseOptions{}, {.residualDecay = 1.5}), InvalidArgument);
+  EXPECT_THROW(makeSparse("randomk", 0.01, true, {.residualDecay = -0.1}), ConfigError);
+}
+
+// k = n (ratio 1) sends every entry unscaled either way; without error feedback k of n entries
+// are scaled by n / k.
+TEST(RandomK, ScalesOnlyWithoutErrorFeedback) {
+  for (bool ef : {true, false}) {
+    SCOPED_TRACE(ef);
+    CodecState state;
+    for (int64_t n : {0, 1, 7, 100}) {
+      torch::Tensor g = randomGrad(n, static_cast<uint64_t>(n));
+      RandomKCodec all(SparseOptions{.ratio = 1.0}, {.errorFeedback = ef});
+      EXPECT_TRUE(torch::equal(decodeDense(all, all.encode(g, state), n), g)) << "n=" << n;
+    }
+    torch::Tensor g = randomGrad(100, 1);
+    RandomKCodec four(SparseOptions{.k = 4}, {.errorFeedback = ef});
+    CodecState fresh;
+    SparsePairs p = unpackSparse(four.encode(g, fresh));
+    ASSERT_EQ(p.indices.numel(), 4);
+    EXPECT_TRUE(torch::allclose(p.values, g.index_select(0, p.indices) * (ef ? 1.0 : 25.0)));
+  }
+}
+
 TEST(Threshold, SendsExactlyTheEntriesAtOrAboveTau) {
   const int64_t n = 1000;
   ThresholdCodec codec(1.0);
@@ -362,6 +469,35 @@ TEST(SparseWire, SizeIsTheDocumentedEliasFanoBound) {
   EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({3, 3}, torch::kLong), torch::zeros({2})), Error);
   EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({5, 2}, torch::kLong), torch::zeros({2})), Error);
   EXPECT_THROW(packSparse(SparseKind::kTopK, 10, torch::tensor({10}, torch::kLong), torch::zeros({1})), Error);
+}
+
+// Found by fuzz/sparse_fuzz.cc (inputs in fuzz/corpus/sparse/finding-*): the decoder accepted
+// a set reserved byte, index marks in a message of k = 0 (which carried numel / 8 bytes of
+// marks nobody read), and set padding bits after the low codes. A message now has exactly one
+// encoding, and one with no pairs is its 12-byte header.
+TEST(SparseWire, DecoderRejectsWhatTheEncoderNeverWrites) {
+  EXPECT_EQ(sparseMessageBytes(100, 0), kSparseHeaderBytes);
+  EXPECT_EQ(sparseMessageBytes(int64_t{1} << 30, 0), kSparseHeaderBytes);
+  Message empty = packSparse(SparseKind::kThreshold, 100, torch::empty({0}, torch::kLong), torch::empty({0}));
+  ASSERT_EQ(empty.size(), kSparseHeaderBytes);
+  EXPECT_EQ(unpackSparse(empty).indices.numel(), 0);
+  Message marked = empty;
+  marked.resize(kSparseHeaderBytes + 13, 0);  // the old layout: 100 bits of marks
+  marked.back() = 0x5c;
+  EXPECT_THROW(unpackSparse(marked), InvalidArgument);
+
+  Message good = packSparse(SparseKind::kTopK, 9, torch::tensor({2}, torch::kLong), torch::tensor({1.5f}));
+  ASSERT_EQ(good[2], 3);  // l = 3 low bits, so bits 3..7 of the low byte are padding
+  EXPECT_NO_THROW(unpackSparse(good));
+  Message reserved = good;
+  reserved[3] = 1;
+  EXPECT_THROW(unpackSparse(reserved), InvalidArgument);
+  Message lowPadding = good;
+  lowPadding[kSparseHeaderBytes] |= 0x80;
+  EXPECT_THROW(unpackSparse(lowPadding), InvalidArgument);
+  Message highPadding = good;
+  highPadding[kSparseHeaderBytes + 1] |= 0x80;  // 1 + (8 >> 3) + 1 = 3 mark bits are used
+  EXPECT_THROW(unpackSparse(highPadding), InvalidArgument);
 }
 
 // Layer-wise top-k: each segment sends its own share, even a segment whose entries are all

@@ -119,6 +119,18 @@ TEST(ProtocolTest, RejectsBadMagicAndUnknownOp) {
   EXPECT_THROW(decodeHeader(zeros), InvalidArgument);
 }
 
+// Found by fuzz/ps_protocol_fuzz.cc: a header with flags or reserved bytes set decoded as if
+// they were 0, so one header had many encodings and a peer's unknown flag went unnoticed.
+TEST(ProtocolTest, RejectsNonzeroFlagsAndReservedBytes) {
+  for (size_t at : {5, 6, 7}) {
+    auto b = encodeHeader(sample());
+    b[at] = 0xff;
+    const std::string msg = errorOf([&] { decodeHeader(b); });
+    EXPECT_NE(msg.find("reserved bytes"), std::string::npos) << "byte " << at << ": " << msg;
+    EXPECT_NE(msg.find("0xff"), std::string::npos) << "byte " << at << ": " << msg;
+  }
+}
+
 TEST(ProtocolTest, OpNames) {
   const char* names[] = {"init", "push", "pull", "bye", "ack", "params", "error"};
   for (size_t i = 0; i < std::size(kAllOps); ++i) EXPECT_STREQ(opName(kAllOps[i]), names[i]);

@@ -50,6 +50,13 @@ expect 2 "unknown benchmark 'colectives' \(did you mean collectives\?\)" -- "$CH
 expect 2 "unknown command 'nope'" -- "$CHORUS" help nope
 expect 2 "'--verbose' is not a command; flags come after the command" -- "$CHORUS" --verbose
 expect 2 'unknown flag --all' 'Valid flags: -h/--help' -- "$CHORUS" env --all
+# Message sizes are checked before any rank starts: no overflow, no 0, min <= max, a cap.
+expect 2 'over the limit of 4G' -- "$CHORUS" bench collectives --min-bytes 18446744073709551615 \
+  --max-bytes 18446744073709551615
+expect 2 "'99999999999999999999G' is too large a size" -- "$CHORUS" bench collectives --max-bytes 99999999999999999999G
+expect 2 '--max-bytes 5G is over the limit of 4G' -- "$CHORUS" bench collectives --max-bytes 5G
+expect 2 '--min-bytes must be at least 1' -- "$CHORUS" bench collectives --min-bytes 0
+expect 2 'need --min-bytes <= --max-bytes, got 8M' -- "$CHORUS" bench collectives --min-bytes 8M --max-bytes 4M
 
 # chorus env lists every variable of the table in common/env.cc, with values and defaults.
 env_out=$(env -u CHORUS_TIMEOUT_MS CHORUS_TRANSPORT=tcp CHORUS_JOB_SECRET=topsecretvalue "$CHORUS" env 2>&1)

@@ -2,7 +2,8 @@
 # tools/netlab/netlab.sh: labs of 2 and 4 namespace "hosts" come up shaped to 100 Mbit/s,
 # `chorus bench collectives` runs one rank per host over tcp with exact results and no faster
 # than the link allows, and every way out (down, a failing host, a signal, a failed up) leaves
-# no namespace behind. Skips unless run as root with network namespaces available.
+# no namespace behind. Skipped (exit 77, reported as skipped by ctest) unless run as root with
+# network namespaces available.
 # usage: bash netlab_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: netlab_test.sh BUILD_DIR SOURCE_DIR}
@@ -11,9 +12,9 @@ NETLAB=$SRC/tools/netlab/netlab.sh
 CHORUS=$BUILD/chorus
 PREFIX=nltest$$
 
-[ "$(id -u)" -eq 0 ] || { echo "skipped: needs root (network namespaces)"; exit 0; }
-command -v ip >/dev/null && command -v tc >/dev/null || { echo "skipped: iproute2 (ip, tc) is not installed"; exit 0; }
-if ! ip netns add "$PREFIX-probe" 2>/dev/null; then echo "skipped: ip netns is not available here"; exit 0; fi
+[ "$(id -u)" -eq 0 ] || { echo "skipped: needs root (network namespaces)"; exit 77; }
+command -v ip >/dev/null && command -v tc >/dev/null || { echo "skipped: iproute2 (ip, tc) is not installed"; exit 77; }
+if ! ip netns add "$PREFIX-probe" 2>/dev/null; then echo "skipped: ip netns is not available here"; exit 77; fi
 ip netns del "$PREFIX-probe"
 [ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built (build the chorus target)"; exit 1; }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `chorus train` from the command line: config errors stop the job before any worker starts,
 # with the key and the allowed values; a short 2-worker run through --nproc and through
-# `chorus launch` writes metrics, a checkpoint and a valid Chrome trace; --resume continues.
+# `chorus launch` writes metrics, a checkpoint and a valid Chrome trace; --resume continues;
+# a fresh run refuses a used checkpoint folder; `chorus checkpoint upgrade` checks its input.
 # usage: bash train_cli_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: train_cli_test.sh BUILD_DIR SOURCE_DIR}
@@ -72,24 +73,34 @@ PYEOF
   mkdir -p "$TMP/cut/checkpoints"
   cp "$TMP/run/checkpoints/ckpt-00000030.pt" "$TMP/cut/checkpoints/"
   out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set output.dir="$TMP/cut" --resume 2>&1)
-  # The payload after chorus's 52-byte header is a torch archive that PyTorch reads; every
-  # tensor in it (weights, momentum, loop state) must be bitwise equal to the run's.
+  # Checkpoints are data only (docs/train.md): a 52-byte header, then a table of entries and
+  # their raw bytes, read here with nothing but the standard library. Every entry of the final
+  # checkpoint (weights, momentum, loop state) must be bitwise equal to the run's.
   if grep -q "resuming from .*ckpt-00000030.pt at step 30" <<<"$out" && $PY - "$TMP/run/checkpoints/ckpt-00000040.pt" \
        "$TMP/cut/checkpoints/ckpt-00000040.pt" <<'PYEOF'
-import io, sys, torch
-def tensors(path):
-    m = torch.jit.load(io.BytesIO(open(path, "rb").read()[52:]))
-    out = {}
-    def walk(mod, prefix):
-        for n, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
-            out[prefix + n] = t
-        for n, c in mod.named_children():
-            walk(c, prefix + n + ".")
-    walk(m, "")
+import hashlib, struct, sys
+def entries(path):
+    data = open(path, "rb").read()
+    magic, version, length = struct.unpack_from("<8sIQ", data)
+    assert magic == b"CHORUSCK" and version == 2 and len(data) == 52 + length, (magic, version, length)
+    payload = data[52:]
+    assert hashlib.sha256(payload).digest() == data[20:52]
+    count, _ = struct.unpack_from("<II", payload)
+    at, out = 8, {}
+    for _ in range(count):
+        (n,) = struct.unpack_from("<H", payload, at)
+        name = payload[at + 2:at + 2 + n].decode()
+        at += 2 + n
+        dtype, rank = struct.unpack_from("<BB", payload, at)
+        at += 2 + 8 * rank
+        offset, size = struct.unpack_from("<QQ", payload, at)
+        at += 16
+        out[name] = payload[offset:offset + size]
     return out
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-assert any(k.startswith("params.") for k in a) and a.keys() == b.keys(), (sorted(a), sorted(b))
-bad = [k for k in a if not torch.equal(a[k], b[k])]
+a, b = entries(sys.argv[1]), entries(sys.argv[2])
+assert any(k.startswith("params/") for k in a) and any(k.startswith("optim/0/0/") for k in a), sorted(a)
+assert a.keys() == b.keys(), (sorted(a), sorted(b))
+bad = [k for k in a if a[k] != b[k]]
 assert not bad, "differ: %s" % bad
 PYEOF
   then
@@ -98,6 +109,23 @@ PYEOF
     fail "--resume: $out"
   fi
 fi
+
+# A fresh run into a folder that holds another run's checkpoints stops and says what to do.
+out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set output.dir="$TMP/run" 2>&1)
+rc=$?
+if [ $rc -ne 0 ] && grep -qF "$TMP/run/checkpoints holds" <<<"$out" && grep -qF -- "--set output.overwrite=true" <<<"$out"; then
+  pass "a fresh run refuses another run's checkpoint folder"
+else
+  fail "fresh run into a used folder ($rc): $out"
+fi
+# chorus checkpoint upgrade: a current file needs none; the command takes two files.
+out=$("$CHORUS" checkpoint upgrade "$TMP/run/checkpoints/ckpt-00000040.pt" "$TMP/up.pt" 2>&1)
+rc=$?
+[ $rc -eq 1 ] && grep -q "already version 2" <<<"$out" && [ ! -e "$TMP/up.pt" ] && pass "upgrade of a current file" \
+  || fail "upgrade of a current file ($rc): $out"
+out=$("$CHORUS" checkpoint upgrade "$TMP/up.pt" 2>&1)
+rc=$?
+[ $rc -eq 2 ] && grep -q "two files, OLD NEW" <<<"$out" && pass "upgrade usage" || fail "upgrade usage ($rc): $out"
 
 # The same job through `chorus launch` (the rank joins the launcher's job).
 out=$("$CHORUS" launch -n 2 "$CHORUS" train "${SETS[@]}" --set train.epochs=1 --set output.dir="$TMP/launched" 2>&1)

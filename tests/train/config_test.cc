@@ -113,6 +113,7 @@ checkpoint_every = 50
 checkpoint_epoch = false
 keep = 3
 progress = "lines"
+overwrite = true
 )";
   Config c = parse(text, {}, 4);
   EXPECT_EQ(c.name, "fmnist \"cnn\"\tv2");
@@ -163,6 +164,8 @@ progress = "lines"
   EXPECT_FALSE(c.output.checkpointEpoch);
   EXPECT_EQ(c.output.keep, 3);
   EXPECT_EQ(c.output.progress, "lines");
+  EXPECT_TRUE(c.output.overwrite);
+  EXPECT_FALSE(Config{}.output.overwrite);
 }
 
 TEST(Config, DottedKeysCrlfAndUnicodeEscapes) {
@@ -268,9 +271,9 @@ TEST(Config, RangesNameTheBound) {
   const std::vector<Case> cases = {
       {"optim.lr=0", "optim.lr = 0.0 is out of range: it must be > 0"},
       {"optim.lr=-0.1", "it must be > 0"},
-      {"train.epochs=0", "train.epochs = 0 is out of range: it must be >= 1"},
+      {"train.epochs=0", "train.epochs = 0 is out of range: it must be in [1, 1000000]"},
       {"train.batch_size=0", "train.batch_size = 0 is out of range: it must be >= 1"},
-      {"ddp.bucket_mb=0", "ddp.bucket_mb = 0.0 is out of range: it must be > 0"},
+      {"ddp.bucket_mb=0", "ddp.bucket_mb = 0.0 is out of range: it must be in (0, 65536]"},
       {"optim.momentum=1", "optim.momentum = 1.0 is out of range: it must be in [0, 1)"},
       {"optim.momentum=-0.5", "it must be in [0, 1)"},
       {"optim.beta1=1.0", "optim.beta1 = 1.0 is out of range: it must be in [0, 1)"},
@@ -283,7 +286,7 @@ TEST(Config, RangesNameTheBound) {
       {"amp.init_scale=0", "it must be > 0"},
       {"amp.growth_interval=0", "it must be >= 1"},
       {"output.keep=0", "output.keep = 0 is out of range: it must be >= 1"},
-      {"train.threads=-1", "train.threads = -1 is out of range: it must be >= 0"},
+      {"train.threads=-1", "train.threads = -1 is out of range: it must be in [0, 1024]"},
       {"data.limit_train=-5", "data.limit_train = -5 is out of range: it must be >= 0"},
       {"data.limit_test=-1", "it must be >= 0"},
       {"train.log_every=0", "it must be >= 1"},
@@ -308,6 +311,37 @@ TEST(Config, RangesNameTheBound) {
   EXPECT_DOUBLE_EQ(c.optim.momentum, 0.0);
 }
 
+// Keys that start threads or processes, or multiply into step counts, have an upper bound:
+// unbounded, `--set train.threads=100000` hung a worker creating threads.
+TEST(Config, ThreadAndProcessCountsAreBounded) {
+  struct Case {
+    std::string override, expected;
+  };
+  const std::string cores = "; this machine has ";
+  const std::vector<Case> cases = {
+      {"train.threads=100000", "train.threads = 100000 is out of range: it must be in [0, 1024]" + cores},
+      {"ps.apply_threads=100000", "ps.apply_threads = 100000 is out of range: it must be in [1, 1024]" + cores},
+      {"ps.servers=100000", "ps.servers = 100000 is out of range: it must be in [0, 1024]; each server is a process"},
+      {"train.epochs=9223372036854775807", "it must be in [1, 1000000]"},
+      {"compression.levels=1000", "compression.levels = 1000 is out of range: it must be in [1, 127]"},
+      {"compression.rank=1000000000", "it must be in [1, 65536]"},
+      {"train.straggler_delay_ms=9223372036854775807", "it must be in [0, 3600000]"},
+      {"train.straggler_factor=1e300", "it must be in [1, 1000]"},
+      {"ddp.bucket_mb=1e300", "it must be in (0, 65536]"},
+  };
+  for (const Case& c : cases) {
+    std::string msg = errorOf("", {c.override});
+    EXPECT_CONTAINS(msg, "--set " + c.override + ": ");
+    EXPECT_CONTAINS(msg, c.expected);
+  }
+  // The upper ends themselves are allowed.
+  Config c = parse("", {"train.threads=1024", "ps.apply_threads=1024", "train.epochs=1000000", "compression.levels=127",
+                        "compression.rank=65536", "ddp.bucket_mb=65536"});
+  EXPECT_EQ(c.train.threads, 1024);
+  EXPECT_EQ(c.ps.applyThreads, 1024);
+  EXPECT_EQ(parse("", {"ps.servers=1024"}, 0).ps.servers, 1024);
+}
+
 TEST(Config, BatchSizeMustSplitOverTheWorkers) {
   EXPECT_EQ(errorOf("", {}, 3),
             "train.batch_size = 128 (default): 128 global samples cannot be split evenly over 3 workers; "
@@ -323,6 +357,11 @@ TEST(Config, BatchSizeMustSplitOverTheWorkers) {
   EXPECT_THROW(parse("", {}, -1), ConfigError);
   // 0 workers: not known yet (chorus train reads ps.servers first); the split is not checked.
   EXPECT_NO_THROW(parse("[train]\nbatch_size = 100\n", {}, 0));
+  // Found by fuzz/config_fuzz.cc's UBSan build (fuzz/corpus/config/finding-batch-size-overflow):
+  // the multiple above a batch size near INT64_MAX overflowed while the message was built.
+  EXPECT_EQ(errorOf("[train]\nbatch_size = 9223372036854775807\n", {}, 2),
+            "run.toml:2: train.batch_size = 9223372036854775807: 9223372036854775807 global samples cannot be "
+            "split evenly over 2 workers; use a multiple of 2 such as 9223372036854775806");
 }
 
 TEST(Config, CrossKeyRules) {
@@ -392,7 +431,8 @@ Config everythingChanged() {
   c.ddp = {.bucketMb = 0.125, .findUnused = true, .broadcastBuffers = false, .commDtype = "fp16", .algo = "tree",
            .transport = "shm"};
   c.amp = {.initScale = 1e10, .growthFactor = 1.5, .backoffFactor = 0.1, .growthInterval = 7};
-  c.output = {.dir = "out", .checkpointEvery = 13, .checkpointEpoch = false, .keep = 9, .progress = "bar"};
+  c.output = {.dir = "out", .checkpointEvery = 13, .checkpointEpoch = false, .keep = 9, .progress = "bar",
+              .overwrite = true};
   return c;
 }
 
@@ -439,7 +479,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  EXPECT_EQ(configKeys().size(), 72u);
+  EXPECT_EQ(configKeys().size(), 74u);  // 72 + compression.randomk_mode + output.overwrite
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1
@@ -480,6 +520,38 @@ TEST(Config, LoadConfigReadsAFileAndNamesAMissingOne) {
     ADD_FAILURE() << "no error";
   } catch (const ConfigError& e) {
     EXPECT_CONTAINS(e.what(), "cannot read the config file '" + dir + "/missing.toml': No such file or directory");
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// A directory read as empty text, so `chorus train /tmp` ran the defaults; other files that
+// are not regular files (devices, pipes) are refused the same way.
+TEST(Config, LoadConfigRefusesWhatIsNotARegularFile) {
+  const std::string dir = ::testing::TempDir() + "/chorus_config_dir_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  try {
+    loadConfig(dir, {}, 1);
+    ADD_FAILURE() << "a directory was accepted as a config";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.what(), "the config file '" + dir + "' is a directory; pass an existing TOML file");
+  }
+  try {
+    loadConfig("/dev/null", {}, 1);
+    ADD_FAILURE() << "/dev/null was accepted as a config";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.what(), "the config file '/dev/null' is not a regular file");
+  }
+  // Unreadable: root reads anything, so only an unprivileged run can check this.
+  const std::string locked = dir + "/locked.toml";
+  std::ofstream(locked) << "[train]\nepochs = 2\n";
+  std::filesystem::permissions(locked, std::filesystem::perms::none);
+  if (::geteuid() != 0) {
+    try {
+      loadConfig(locked, {}, 1);
+      ADD_FAILURE() << "an unreadable file was read";
+    } catch (const ConfigError& e) {
+      EXPECT_CONTAINS(e.what(), "cannot read the config file '" + locked + "': Permission denied");
+    }
   }
   std::filesystem::remove_all(dir);
 }

@@ -209,6 +209,17 @@ TEST_F(FashionFiles, TruncatedFilesNameTheFile) {
   }
 }
 
+// Found by fuzz/idx_fuzz.cc (fuzz/corpus/idx/finding-huge-count): two headers that agree on a
+// huge count made the loader allocate for it (3.4 TB of floats at 2^32 - 1 images) before it
+// read a pixel. Memory now grows with the data read, and such a file is reported truncated.
+TEST_F(FashionFiles, HugeDeclaredCountIsATruncatedFileNotAnAllocation) {
+  writeFile("train-images-idx3-ubyte", idx(2051, {0xFFFFFFFFu, 28, 28}, imagePixels(1)), false);
+  writeFile("train-labels-idx1-ubyte", idx(2049, {0xFFFFFFFFu}, labelBytes(1)), false);
+  EXPECT_CONTAINS(errorOf<Error>([&] { loadFashionMnist(dir_, true); }),
+                  path("train-images-idx3-ubyte") + " is truncated: it ends before the 3367254359280 bytes of images");
+  EXPECT_EQ(loadFashionMnist(dir_, true, 1).size(), 1);
+}
+
 TEST_F(FashionFiles, CutOrCorruptGzipStreamNamesTheFile) {
   writeFile("train-images-idx3-ubyte.gz", idx(2051, {50, 28, 28}, imagePixels(50)), true);
   writeFile("train-labels-idx1-ubyte.gz", idx(2049, {50}, labelBytes(50)), true);

@@ -165,5 +165,45 @@ TEST(PsTrainer, ConfigRules) {
   EXPECT_NO_THROW(defaultConfig({"train.batch_size=100"}, 0));
 }
 
+// A worker whose loss or gradient is not finite stops with DivergenceError before it pushes
+// (so the servers never apply it), naming the step and itself. lr = 1e6 on the servers blows
+// the shared model up within a few rounds, and under bsp every worker then sees it.
+TEST(PsTrainer, AWorkerStopsOnDivergence) {
+  torch::set_num_threads(1);
+  fs::path dir = tempDir("diverge");
+  Config cfg = smallConfig({"ps.servers=1", "ps.mode=bsp", "optim.lr=1e6"}, dir);
+  testutil::RankOptions ro;
+  ro.timeout = Millis(30000);
+  std::vector<int64_t> steps(2, -1);
+  auto outcomes = testutil::runRanksCollect(3, ro, [&](comm::ProcessGroup& g) {
+    std::ostringstream sink;
+    TrainOptions o;
+    o.out = &sink;
+    try {
+      train(cfg, borrow(g), o);
+    } catch (const DivergenceError& e) {
+      EXPECT_EQ(e.rank(), g.rank());
+      steps[static_cast<size_t>(g.rank())] = e.step();
+      throw;
+    }
+  });
+  int stopped = 0;
+  for (int w = 0; w < 2; ++w) {
+    const std::string m = testutil::messageOf(outcomes[static_cast<size_t>(w)]);
+    if (steps[static_cast<size_t>(w)] < 0) continue;  // stopped by the other worker's failure instead
+    ++stopped;
+    EXPECT_GT(steps[static_cast<size_t>(w)], 1) << m;
+    const int64_t step = steps[static_cast<size_t>(w)];
+    EXPECT_NE(m.find(str("training diverged at step ", step, " (epoch ")), std::string::npos) << m;
+    EXPECT_NE(m.find(str("on worker ", w, ": ")), std::string::npos) << m;
+    EXPECT_NE(m.find("it was not pushed"), std::string::npos) << m;
+    EXPECT_NE(m.find("no server checkpoint was written"), std::string::npos) << m;
+    EXPECT_NE(m.find("a lower optim.lr"), std::string::npos) << m;
+  }
+  EXPECT_GE(stopped, 1);
+  EXPECT_EQ(column(dir / "metrics.jsonl", "summary", "steps").size(), 0u);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace chorus::train

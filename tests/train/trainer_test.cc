@@ -4,6 +4,9 @@
 
 #include <torch/torch.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -213,6 +216,184 @@ TEST(Trainer, ResumeWithoutACheckpointNamesTheFix) {
   });
   EXPECT_NE(testutil::messageOf(outcomes[0]).find("run without --resume"), std::string::npos)
       << testutil::messageOf(outcomes[0]);
+}
+
+// ---- checkpoint folders: one line of runs per output.dir/checkpoints ----
+
+std::vector<std::string> withSets(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Runs cfg on 2 ranks expecting both to refuse; returns rank 0's and rank 1's messages.
+std::pair<std::string, std::string> refusal(const Config& cfg, const TrainOptions& opts) {
+  auto outcomes = testutil::runRanksCollect(2, {}, [&](comm::ProcessGroup& g) {
+    TrainOptions o = opts;
+    std::ostringstream sink;
+    o.out = &sink;
+    train(cfg, borrow(g), o);
+  });
+  EXPECT_TRUE(outcomes[0] && outcomes[1]) << "both ranks must stop";
+  return {testutil::messageOf(outcomes[0]), testutil::messageOf(outcomes[1])};
+}
+
+// The case: a new run in a folder with an older run's checkpoints at higher steps used
+// to prune its own newest file (pruning kept the highest steps), report it anyway, and let
+// --resume load the other run's file. Now a fresh run refuses the folder, naming it and the
+// choices; with output.overwrite it deletes them, and what --resume finds is its own.
+TEST(Trainer, FreshRunRefusesAnotherRunsCheckpointsUnlessOverwrite) {
+  torch::set_num_threads(1);
+  const fs::path dir = tempDir("folders"), ckpts = dir / "checkpoints";
+  const std::vector<std::string> quick = {"model.hidden=[16]", "output.checkpoint_every=2", "train.max_steps=4"};
+  run(smallConfig(quick, dir), {});
+  ASSERT_EQ(listCheckpoints(ckpts.string()),
+            (std::vector<std::string>{(ckpts / checkpointName(2)).string(), (ckpts / checkpointName(4)).string()}));
+  fs::rename(ckpts / checkpointName(4), ckpts / checkpointName(5000));  // a long run's newest
+  const auto before = listCheckpoints(ckpts.string());
+
+  auto [lead, other] = refusal(smallConfig(quick, dir), {});
+  for (const std::string& part : std::initializer_list<std::string>{ckpts.string(), "holds 2 checkpoint(s) of another run", "ckpt-00005000.pt",
+                                 "this run starts fresh", "--resume", "output.dir", "--set output.overwrite=true"})
+    EXPECT_NE(lead.find(part), std::string::npos) << "'" << part << "' not in: " << lead;
+  EXPECT_NE(other.find("rank 0's message"), std::string::npos) << other;
+  EXPECT_EQ(listCheckpoints(ckpts.string()), before);  // nothing written, nothing removed
+
+  // A writer killed mid-save left a temporary; the next start removes it.
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  const fs::path tmp = ckpts / str(checkpointName(6), ".tmp.", dead);
+  std::ofstream(tmp) << "half a checkpoint";
+
+  TrainResult second;
+  run(smallConfig(withSets(quick, {"output.overwrite=true", "train.max_steps=3"}), dir), {}, &second);
+  EXPECT_EQ(second.lastCheckpoint, (ckpts / checkpointName(3)).string());
+  EXPECT_EQ(listCheckpoints(ckpts.string()),
+            (std::vector<std::string>{(ckpts / checkpointName(2)).string(), (ckpts / checkpointName(3)).string()}));
+  EXPECT_FALSE(fs::exists(tmp));
+
+  // --resume continues this run's newest, step 3.
+  TrainOptions resume;
+  resume.resume = true;
+  TrainResult third;
+  run(smallConfig(withSets(quick, {"train.max_steps=6"}), dir), resume, &third);
+  EXPECT_EQ(third.steps, 3);
+  EXPECT_EQ(third.globalStep, 6);
+  fs::remove_all(dir);
+}
+
+// Resuming an older checkpoint of the folder (a roll-back) would mix two futures of one run:
+// refused, unless output.overwrite deletes the newer files; the file resumed from is kept, and
+// the run continues from it bit-exactly.
+TEST(Trainer, ResumingAnOlderCheckpointNeedsOverwriteAndKeepsIt) {
+  torch::set_num_threads(1);
+  const fs::path dir = tempDir("rollback"), ckpts = dir / "checkpoints";
+  const std::vector<std::string> quick = {"model.hidden=[16]", "output.checkpoint_every=1", "train.max_steps=4",
+                                          "output.keep=3"};
+  auto whole = run(smallConfig(quick, dir), {});
+  const std::string two = (ckpts / checkpointName(2)).string();
+  TrainOptions from;
+  from.resumeFrom = two;
+  auto [lead, other] = refusal(smallConfig(quick, dir), from);
+  EXPECT_NE(lead.find(str("this run continues ", two, ", which is not the newest")), std::string::npos) << lead;
+  EXPECT_NE(lead.find("the file resumed from is kept"), std::string::npos) << lead;
+  EXPECT_EQ(listCheckpoints(ckpts.string()).size(), 3u);
+
+  TrainResult r;
+  auto again = run(smallConfig(withSets(quick, {"output.overwrite=true", "output.keep=2"}), dir), from, &r);
+  EXPECT_EQ(r.steps, 2);
+  expectBitwiseEqual(again, whole, "rolled back to step 2 and run to 4");
+  // Its line was [2], then 3 and 4 written: with keep = 2 the inherited file went first.
+  EXPECT_EQ(listCheckpoints(ckpts.string()),
+            (std::vector<std::string>{(ckpts / checkpointName(3)).string(), (ckpts / checkpointName(4)).string()}));
+  fs::remove_all(dir);
+}
+
+// ---- divergence: a non-finite loss or gradient stops every rank at the same step ----
+
+// The JSON lines of a metrics file whose "event" is `event`, spaces removed.
+std::vector<std::string> eventLines(const std::string& path, const std::string& event) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) {
+    std::erase(line, ' ');
+    if (line.find("\"event\":\"" + event + "\"") != std::string::npos) out.push_back(line);
+  }
+  return out;
+}
+
+// lr = 1e6 blows the MLP's weights up within a few steps. Both ranks stop with DivergenceError
+// at the same step, after the last checkpoint written before it; rank 0's message names the
+// step, the ranks and that checkpoint, rank 1's points to rank 0; no run summary is written.
+TEST(Trainer, DivergenceStopsEveryRankAtTheSameStep) {
+  torch::set_num_threads(1);
+  fs::path dir = tempDir("diverge");
+  Config cfg = smallConfig({"model.hidden=[32]", "optim.lr=1e6", "output.checkpoint_every=1"}, dir);
+  std::vector<int64_t> steps(2, -1);
+  auto outcomes = testutil::runRanksCollect(2, {}, [&](comm::ProcessGroup& g) {
+    std::ostringstream sink;
+    TrainOptions o;
+    o.out = &sink;
+    try {
+      train(cfg, borrow(g), o);
+    } catch (const DivergenceError& e) {
+      steps[static_cast<size_t>(g.rank())] = e.step();
+      throw;
+    }
+  });
+  const std::string lead = testutil::messageOf(outcomes[0]), other = testutil::messageOf(outcomes[1]);
+  ASSERT_GT(steps[0], 1) << lead << " / " << other;  // the first step has a finite loss
+  EXPECT_LT(steps[0], 20);
+  EXPECT_EQ(steps[1], steps[0]) << other;
+  const std::string at = str("training diverged at step ", steps[0], " (epoch ");
+  EXPECT_NE(lead.find(at), std::string::npos) << lead;
+  EXPECT_NE(lead.find("rank 0"), std::string::npos) << lead;
+  EXPECT_NE(lead.find("rank 1"), std::string::npos) << lead;
+  EXPECT_NE(lead.find("last good checkpoint: " + (dir / "checkpoints" / checkpointName(steps[0] - 1)).string()),
+            std::string::npos)
+      << lead;
+  EXPECT_NE(lead.find("a lower optim.lr"), std::string::npos) << lead;
+  EXPECT_NE(other.find(at), std::string::npos) << other;
+  EXPECT_NE(other.find("rank 0 reports the details"), std::string::npos) << other;
+  const std::string metrics = (dir / "metrics.jsonl").string();
+  auto diverged = eventLines(metrics, "diverged");
+  ASSERT_EQ(diverged.size(), 1u);
+  EXPECT_NE(diverged[0].find(str("\"step\":", steps[0], ",")), std::string::npos) << diverged[0];
+  EXPECT_TRUE(eventLines(metrics, "summary").empty());
+  fs::remove_all(dir);
+}
+
+// Without a checkpoint the message says the run has to start over and how to keep one.
+TEST(Trainer, DivergenceWithoutACheckpointSaysSo) {
+  torch::set_num_threads(1);
+  fs::path dir = tempDir("diverge-nockpt");
+  Config cfg = smallConfig({"model.hidden=[32]", "optim.lr=1e6", "output.checkpoint_epoch=false"}, dir);
+  auto outcomes = testutil::runRanksCollect(2, {}, [&](comm::ProcessGroup& g) {
+    std::ostringstream sink;
+    TrainOptions o;
+    o.out = &sink;
+    train(cfg, borrow(g), o);
+  });
+  const std::string lead = testutil::messageOf(outcomes[0]);
+  EXPECT_NE(lead.find("training diverged at step"), std::string::npos) << lead;
+  EXPECT_NE(lead.find("no checkpoint was written before this step"), std::string::npos) << lead;
+  EXPECT_NE(lead.find("output.checkpoint_every"), std::string::npos) << lead;
+  fs::remove_all(dir);
+}
+
+// fp16: a loss scale too large for the gradients overflows them (in the float16 all-reduce)
+// for the first steps; the GradScaler skips those steps and backs off, which is expected and
+// must not stop the run.
+TEST(Trainer, Fp16SkippedStepsAreNotDivergence) {
+  torch::set_num_threads(1);
+  fs::path dir = tempDir("fp16-skips");
+  TrainResult r;
+  run(smallConfig({"model.hidden=[32]", "precision=fp16", "ddp.comm_dtype=fp16", "amp.init_scale=1e8"}, dir), {}, &r);
+  EXPECT_GT(r.skippedSteps, 0) << "the test needs overflowing steps";
+  EXPECT_LT(r.skippedSteps, 20) << "the scale should have come down to one that fits";
+  EXPECT_EQ(r.steps, 20);
+  EXPECT_TRUE(eventLines(r.metricsPath, "diverged").empty());
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -63,7 +63,7 @@ uint64_t parseSize(const std::string& text) {
   char* end = nullptr;
   unsigned long long n = std::strtoull(text.substr(0, digits).c_str(), &end, 10);
   if (errno == ERANGE || n > std::numeric_limits<uint64_t>::max() / scale) {
-    throw InvalidArgument(str("'", text, "' is too large a size"));
+    throw InvalidArgument(str("'", text, "' is too large a size: it does not fit in 64 bits"));
   }
   return static_cast<uint64_t>(n) * scale;
 }

@@ -27,6 +27,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <utility>
 
 #include "args.h"
 #include "bench_report.h"
@@ -50,6 +51,10 @@ constexpr double kTimedSeconds = 0.25;
 constexpr int64_t kMaxAutoIters = 10000;
 constexpr int64_t kMinAutoIters = 5;
 constexpr int64_t kMaxAutoWarmup = 20;
+// Largest message: each rank holds two buffers of it (input and output), every byte touched.
+// 4 GiB is beyond what a CPU collective benchmark needs and keeps every size computation far
+// from overflow.
+constexpr uint64_t kMaxMessageBytes = uint64_t{4} << 30;
 
 struct BenchOptions {
   std::string op = "allreduce";
@@ -72,6 +77,10 @@ struct BenchOptions {
 class Buffer {
  public:
   explicit Buffer(size_t bytes) : bytes_(bytes) {
+    if (bytes > kMaxMessageBytes) {
+      throw InvalidArgument(str("chorus bench: a ", bytes, "-byte buffer is over the ", formatSize(kMaxMessageBytes),
+                                " limit; lower --max-bytes"));
+    }
     size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
     data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, rounded)));
     if (!data_) throw Error(str("chorus bench: cannot allocate ", bytes, " bytes; lower --max-bytes"));
@@ -190,12 +199,21 @@ int64_t sumOverRanks(ProcessGroup& pg, int64_t v) {
   return v;
 }
 
+// count elements of esize bytes, refused (rather than wrapped) past the message limit.
+size_t bufferBytes(size_t count, size_t esize) {
+  if (esize == 0 || count > kMaxMessageBytes / esize) {
+    throw InvalidArgument(str("chorus bench: ", count, " elements of ", esize, " bytes are over the ",
+                              formatSize(kMaxMessageBytes), " limit; lower --max-bytes"));
+  }
+  return count * esize;
+}
+
 // One size of one collective: its buffers, the call, and the check of its result.
 class Case {
  public:
   Case(ProcessGroup& pg, const BenchOptions& opts, size_t count)
       : pg_(pg), opts_(opts), n_(pg.size()), rank_(pg.rank()), count_(count), block_(count / static_cast<size_t>(n_)),
-        esize_(dtypeSize(opts.dtype)), a_(count * esize_), b_(count * esize_) {}
+        esize_(dtypeSize(opts.dtype)), a_(bufferBytes(count, esize_)), b_(bufferBytes(count, esize_)) {}
 
   // Fills the buffers for the timed loop.
   void prepareTimed() {
@@ -473,8 +491,18 @@ int benchCollectivesCommand(const std::vector<std::string>& args) {
   }
   o.minBytes = p.getSize("--min-bytes");
   o.maxBytes = p.getSize("--max-bytes");
-  if (o.minBytes == 0 || o.minBytes > o.maxBytes) {
-    throw UsageError(str(cmd, ": need 0 < --min-bytes <= --max-bytes, got ", o.minBytes, " and ", o.maxBytes));
+  if (o.minBytes == 0) {
+    throw UsageError(str(cmd, ": --min-bytes must be at least 1 (the smallest message is one element); got 0"));
+  }
+  for (const auto& [flag, v] : {std::pair{"--min-bytes", o.minBytes}, std::pair{"--max-bytes", o.maxBytes}}) {
+    if (v > kMaxMessageBytes) {
+      throw UsageError(str(cmd, ": ", flag, " ", p.get(flag), " is over the limit of ", formatSize(kMaxMessageBytes),
+                           " (", kMaxMessageBytes, " bytes); every rank holds two buffers of the largest message"));
+    }
+  }
+  if (o.minBytes > o.maxBytes) {
+    throw UsageError(str(cmd, ": need --min-bytes <= --max-bytes, got ", p.get("--min-bytes"), " (", o.minBytes,
+                         " bytes) and ", p.get("--max-bytes"), " (", o.maxBytes, " bytes)"));
   }
   o.stepFactor = static_cast<uint64_t>(p.getInt("--step-factor", 2, 1 << 20));
   if (p.has("--iters")) o.iters = p.getInt("--iters", 1, int64_t{1} << 40);
@@ -488,6 +516,18 @@ int benchCollectivesCommand(const std::vector<std::string>& args) {
   if (o.transport == "mpi") {
     throw UsageError(str(cmd, ": --transport mpi runs under mpirun: `mpirun -n ", o.ranks,
                          " chorus bench collectives --transport mpi ...`"));
+  }
+  // Every local rank holds two buffers of the largest message: refuse what this host cannot
+  // hold, rather than let the ranks be killed for memory halfway through the sweep.
+  const long pages = ::sysconf(_SC_PHYS_PAGES), pageSize = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && pageSize > 0) {
+    const uint64_t physical = static_cast<uint64_t>(pages) * static_cast<uint64_t>(pageSize);
+    const uint64_t needed = 2 * o.maxBytes * static_cast<uint64_t>(o.ranks);  // <= 2 * 4 GiB * 1024: no overflow
+    if (needed > physical) {
+      throw UsageError(str(cmd, ": --max-bytes ", p.get("--max-bytes"), " on ", o.ranks, " ranks needs ",
+                           needed >> 20, " MiB of buffers (two per rank) but this host has ", physical >> 20,
+                           " MiB of memory; lower --max-bytes or --ranks"));
+    }
   }
   LaunchOptions lo;
   lo.nproc = o.ranks;

@@ -10,8 +10,10 @@
 
 #include "args.h"
 #include "bench_collectives.h"
+#include "checkpoint_command.h"
 #include "chorus/common/env.h"
 #include "chorus/common/error.h"
+#include "chorus/common/version.h"
 #include "env_command.h"
 #include "launch.h"
 #include "train_command.h"
@@ -27,6 +29,8 @@ const char* kOverview =
     "  launch              start N ranks of a program on this host (like torchrun)\n"
     "  bench collectives   measure a collective over message sizes (like nccl-tests)\n"
     "  env                 list the CHORUS_* environment variables, their values and defaults\n"
+    "  checkpoint upgrade  convert a checkpoint of an older chorus to the data-only format\n"
+    "  version             print the chorus version and the git commit it was built from\n"
     "  help [COMMAND]      show this overview, or a command's flags\n"
     "\n"
     "Run `chorus help <command>` or `chorus <command> --help` for its flags.\n";
@@ -39,7 +43,36 @@ const char* kBenchOverview =
     "\n"
     "Run `chorus help bench collectives` for its flags.\n";
 
-const std::vector<std::string> kCommands = {"train", "launch", "bench", "env", "help"};
+const std::vector<std::string> kCommands = {"train", "launch", "bench", "env", "help", "version", "checkpoint"};
+
+ArgParser versionParser() {
+  ArgParser p("chorus version", ArgParser::Positional::kReject);
+  p.addSwitch("-h,--help", "show this help");
+  return p;
+}
+
+std::string versionHelp() {
+  return str(
+      "usage: chorus version   (or chorus --version)\n"
+      "\n"
+      "Prints one line: chorus, its version, and the git commit it was built from (-dirty when\n"
+      "the tree had uncommitted changes; unknown when not built from a git checkout), e.g.\n"
+      "  chorus 0.1.0 (commit 0123456789ab)\n"
+      "\n"
+      "flags:\n",
+      versionParser().flagTable());
+}
+
+int versionCommand(const std::vector<std::string>& args) {
+  ArgParser p = versionParser();
+  p.parse(args);
+  if (p.has("--help")) {
+    std::cout << versionHelp();
+    return 0;
+  }
+  std::cout << versionLine() << "\n";
+  return 0;
+}
 
 std::string closest(const std::string& word, const std::vector<std::string>& choices) {
   std::string best;
@@ -98,6 +131,10 @@ int helpCommand(const std::vector<std::string>& args) {
     }
   } else if (cmd == "env") {
     std::cout << envHelp();
+  } else if (cmd == "checkpoint") {
+    std::cout << checkpointHelp();
+  } else if (cmd == "version") {
+    std::cout << versionHelp();
   } else if (cmd == "help") {
     std::cout << kOverview;
   } else {
@@ -118,6 +155,8 @@ int dispatch(const std::vector<std::string>& args) {
   if (cmd == "launch") return launchCommand(rest);
   if (cmd == "bench") return benchCommand(rest);
   if (cmd == "env") return envCommand(rest);
+  if (cmd == "checkpoint") return checkpointCommand(rest);
+  if (cmd == "version" || cmd == "--version") return versionCommand(rest);
   if (!cmd.empty() && cmd[0] == '-') {
     throw UsageError(str("chorus: '", cmd, "' is not a command; flags come after the command: chorus <command> [flags]. ",
                          "Run `chorus help` for the commands."));
@@ -140,7 +179,7 @@ int main(int argc, char** argv) {
   using namespace chorus::tools;
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string cmd = args.empty() ? std::string() : args[0];
-  if (cmd == "bench" && args.size() >= 2) cmd += " " + args[1];
+  if ((cmd == "bench" || cmd == "checkpoint") && args.size() >= 2) cmd += " " + args[1];
   try {
     return dispatch(args);
   } catch (const UsageError& e) {

@@ -3,6 +3,7 @@
 // CHORUS_CHECK, which adds file:line. Library code never exits the process.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <sstream>
@@ -52,6 +53,21 @@ class AuthError : public Error {
 class ConfigError : public Error {
  public:
   using Error::Error;
+};
+
+// Training diverged: the loss or the gradient the optimizer would apply became inf or NaN.
+// Every rank of the job throws it at the same step; the message names the step, the ranks,
+// the last good checkpoint and what to change. rank() is the first rank whose loss was not
+// finite, or -1 when only the averaged gradient was.
+class DivergenceError : public Error {
+ public:
+  DivergenceError(const std::string& msg, int64_t step, int rank) : Error(msg), step_(step), rank_(rank) {}
+  int64_t step() const { return step_; }
+  int rank() const { return rank_; }
+
+ private:
+  int64_t step_;
+  int rank_;
 };
 
 // A system call failed with errno.

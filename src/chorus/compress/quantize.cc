@@ -6,8 +6,10 @@
 //      per-chunk range);
 //   3. one pass that picks each code and, with error feedback, stores
 //      residual_i = acc_i - decoded_i, where decoded_i is computed by the same expression
-//      decodeAdd uses, so sender and receiver agree bit for bit;
+//      the decoder uses (shared through quantize_format.h), so sender and receiver agree
+//      bit for bit;
 //   4. the codes are bit-packed after the header.
+// Decoding is torch-free, in quantize_format.cc; decodeAdd checks the tensor and calls it.
 // A non-finite parameter (NaN/Inf in the gradient) is sent as NaN, so every value it scales
 // (the whole message, or the chunk) decodes to NaN and the receiver's overflow check trips; residual elements that would be non-finite
 // are reset to 0 so one bad step does not poison every later one.
@@ -68,7 +70,7 @@ inline void storeResidual(float* residual, int64_t i, float acc, float decoded) 
   residual[i] = std::isfinite(r) ? r : 0.0f;
 }
 
-// Little-endian message writer/reader over a preallocated Message.
+// Little-endian message writer over a preallocated Message (the reader is in quantize_format.cc).
 class Writer {
  public:
   Writer(Message& msg, size_t size) : msg_(msg) { msg_.assign(size, 0); }
@@ -87,82 +89,19 @@ class Writer {
   size_t pos_ = 0;
 };
 
-class Reader {
- public:
-  Reader(const Message& msg, const std::string& codec) : msg_(msg), codec_(codec) {}
-  template <typename T>
-  T get() {
-    need(sizeof(T));
-    T v;
-    std::memcpy(&v, msg_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  // The next n bytes; throws if the message is shorter.
-  std::span<const uint8_t> take(size_t n) {
-    need(n);
-    auto s = std::span<const uint8_t>(msg_).subspan(pos_, n);
-    pos_ += n;
-    return s;
-  }
-  void expectEnd() const {
-    if (pos_ != msg_.size())
-      throw InvalidArgument(str(codec_, " decode: message has ", msg_.size() - pos_,
-                                " trailing bytes; it was not made by this codec or is corrupt"));
-  }
-  size_t remaining() const { return msg_.size() - pos_; }
-
- private:
-  void need(size_t n) const {
-    if (msg_.size() - pos_ < n)
-      throw InvalidArgument(str(codec_, " decode: message of ", msg_.size(), " bytes is truncated (needs at least ",
-                                pos_ + n, "); it was not made by this codec or is corrupt"));
-  }
-  const Message& msg_;
-  std::string codec_;
-  size_t pos_ = 0;
-};
-
 void writeHeader(Writer& w, QuantKind kind, int64_t numel) {
   w.put(static_cast<uint8_t>(kind));
   w.put(static_cast<uint64_t>(numel));
 }
 
-// Checks kind and numel against `out` and returns out's data.
-float* readHeader(Reader& r, QuantKind kind, torch::Tensor& out, const std::string& codec) {
-  const auto k = r.get<uint8_t>();
-  if (k != static_cast<uint8_t>(kind))
-    throw InvalidArgument(str(codec, " decode: message kind 0x", std::hex, int(k), " is not this codec's (0x", int(kind),
-                              std::dec, "); decode with the codec that encoded it"));
-  const auto numel = r.get<uint64_t>();
+// The data of `out` after checking that decodeAdd can write it.
+float* checkedOutput(torch::Tensor& out, const std::string& codec) {
   if (!out.defined() || out.scalar_type() != torch::kFloat32 || !out.device().is_cpu() || !out.is_contiguous())
     throw InvalidArgument(str(codec, " decode: the output must be a defined, contiguous float32 CPU tensor"));
-  if (static_cast<uint64_t>(out.numel()) != numel)
-    throw InvalidArgument(str(codec, " decode: message holds ", numel, " elements but the output has ", out.numel(),
-                              "; decode into a tensor of the encoded size"));
   return out.data_ptr<float>();
 }
 
-// Codes of `bits` bits for n elements from the rest of the message, which must end there.
-std::vector<uint8_t> readCodes(Reader& r, int64_t n, int bits) {
-  std::vector<uint8_t> codes(static_cast<size_t>(n));
-  unpackBits(r.take(packedBytes(codes.size(), bits)), bits, codes);
-  r.expectEnd();
-  return codes;
-}
-
 void packInto(Writer& w, const std::vector<uint8_t>& codes, int bits) { packBits(codes, bits, w.rest()); }
-
-// Bits for a QSGD level in 0..s plus one sign bit.
-int qsgdBits(int64_t s) { return std::bit_width(static_cast<uint64_t>(s)) + 1; }
-
-void checkLevels(int64_t s) {
-  if (s < 1 || s > 127)
-    throw InvalidArgument(str("qsgd: ", s, " levels is out of range; use 1 to 127 (at most 8 bits per element)"));
-}
-
-// The value a scaled code decodes to; shared by encode (for the residual) and decodeAdd.
-inline float signedValue(bool negative, float magnitude) { return negative ? -magnitude : magnitude; }
 
 }  // namespace
 
@@ -189,20 +128,11 @@ Message Cast16Codec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void Cast16Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  Reader r(msg, name());
-  const bool half = format_ == Format::kFloat16;
-  float* o = readHeader(r, half ? QuantKind::kFloat16 : QuantKind::kBFloat16, out, name());
-  const int64_t n = out.numel();
-  const uint8_t* p = r.take(2 * static_cast<size_t>(n)).data();
-  r.expectEnd();
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, p + 2 * i, 2);
-    o[i] += half ? halfToFloat(h) : bf16ToFloat(h);
-  }
+  const QuantKind kind = format_ == Format::kFloat16 ? QuantKind::kFloat16 : QuantKind::kBFloat16;
+  quantizedDecodeAdd(kind, msg, checkedOutput(out, name()), out.numel());
 }
 
-// ---- Chunks of the scaled codecs (QSGD, TernGrad) ------------------------------------------
+// ---- Chunks of the scaled codecs (QSGD, TernGrad; QuantChunks in quantize_format.h) ----------
 
 namespace {
 
@@ -210,23 +140,6 @@ void checkChunk(int64_t chunk, const std::string& codec) {
   if (chunk < 0 || chunk > std::numeric_limits<uint32_t>::max())
     throw InvalidArgument(str(codec, ": chunk of ", chunk,
                               " elements is out of range; use 1 to 2^32 - 1, or 0 for one chunk per message"));
-}
-
-// The chunks of n elements, `size` each (the last may be shorter); size 0 is one chunk.
-struct Chunks {
-  int64_t n, size;
-  Chunks(int64_t numel, uint32_t chunk) : n(numel), size(chunk == 0 ? std::max<int64_t>(numel, 1) : chunk) {}
-  int64_t count() const { return (n + size - 1) / size; }
-  int64_t begin(int64_t c) const { return c * size; }
-  int64_t end(int64_t c) const { return std::min(n, (c + 1) * size); }
-};
-
-// The per-chunk float32 scales that follow the chunk size in a message.
-std::vector<float> readScales(Reader& r, int64_t count) {
-  std::vector<float> scales(static_cast<size_t>(count));
-  const auto bytes = r.take(4 * scales.size());
-  if (!scales.empty()) std::memcpy(scales.data(), bytes.data(), bytes.size());
-  return scales;
 }
 
 void putScales(Writer& w, const std::vector<float>& scales) {
@@ -239,7 +152,7 @@ void putScales(Writer& w, const std::vector<float>& scales) {
 
 QsgdCodec::QsgdCodec(int64_t levels, bool errorFeedback, int64_t chunk)
     : levels_(levels), chunk_(chunk), errorFeedback_(errorFeedback) {
-  checkLevels(levels);
+  checkQsgdLevels(levels);
   checkChunk(chunk, "qsgd");
   bits_ = qsgdBits(levels);
 }
@@ -250,7 +163,7 @@ Message QsgdCodec::encode(const torch::Tensor& grad, CodecState& state) {
   const int64_t n = checkGrad(grad, name());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
-  const Chunks chunks(n, static_cast<uint32_t>(chunk_));
+  const QuantChunks chunks(n, static_cast<uint32_t>(chunk_));
   const float s = static_cast<float>(levels_);
   std::vector<float> norms(static_cast<size_t>(chunks.count()));
   std::vector<uint8_t> codes(static_cast<size_t>(n), 0);
@@ -287,31 +200,10 @@ Message QsgdCodec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void QsgdCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  Reader r(msg, name());
-  float* o = readHeader(r, QuantKind::kQsgd, out, name());
-  // Levels and chunk come from the message, so a receiver need not be built with the sender's.
-  const auto s = r.get<uint32_t>();
-  checkLevels(s);
-  const Chunks chunks(out.numel(), r.get<uint32_t>());
-  const auto norms = readScales(r, chunks.count());
-  const auto codes = readCodes(r, out.numel(), qsgdBits(s));
-  for (int64_t c = 0; c < chunks.count(); ++c) {
-    const float unit = norms[c] / static_cast<float>(s);
-    for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
-      const unsigned level = codes[i] >> 1;
-      if (level > s)
-        throw InvalidArgument(str("qsgd decode: level ", level, " at element ", i, " exceeds the message's ", s,
-                                  " levels; the message is corrupt"));
-      o[i] += signedValue(codes[i] & 1, static_cast<float>(level) * unit);
-    }
-  }
+  quantizedDecodeAdd(QuantKind::kQsgd, msg, checkedOutput(out, name()), out.numel());
 }
 
 // ---- TernGrad ------------------------------------------------------------------------------
-
-namespace {
-constexpr uint8_t kTernPlus = 1, kTernMinus = 2;
-}
 
 TernGradCodec::TernGradCodec(bool errorFeedback, int64_t chunk) : errorFeedback_(errorFeedback), chunk_(chunk) {
   checkChunk(chunk, "terngrad");
@@ -323,7 +215,7 @@ Message TernGradCodec::encode(const torch::Tensor& grad, CodecState& state) {
   const int64_t n = checkGrad(grad, name());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
-  const Chunks chunks(n, static_cast<uint32_t>(chunk_));
+  const QuantChunks chunks(n, static_cast<uint32_t>(chunk_));
   std::vector<float> scales(static_cast<size_t>(chunks.count()));
   std::vector<uint8_t> codes(static_cast<size_t>(n), 0);
   for (int64_t c = 0; c < chunks.count(); ++c) {
@@ -356,22 +248,7 @@ Message TernGradCodec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void TernGradCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  Reader r(msg, name());
-  float* o = readHeader(r, QuantKind::kTernGrad, out, name());
-  const Chunks chunks(out.numel(), r.get<uint32_t>());
-  const auto scales = readScales(r, chunks.count());
-  const auto codes = readCodes(r, out.numel(), 2);
-  for (int64_t c = 0; c < chunks.count(); ++c) {
-    const float scale = scales[c];
-    // A NaN scale must reach every element of its chunk, zeros included, so the receiver sees it.
-    const float zero = std::isnan(scale) ? scale : 0.0f;
-    const float value[4] = {zero, scale, -scale, 0.0f};
-    for (int64_t i = chunks.begin(c); i < chunks.end(c); ++i) {
-      if (codes[i] == 3)
-        throw InvalidArgument(str("terngrad decode: invalid code 3 at element ", i, "; the message is corrupt"));
-      o[i] += value[codes[i]];
-    }
-  }
+  quantizedDecodeAdd(QuantKind::kTernGrad, msg, checkedOutput(out, name()), out.numel());
 }
 
 // ---- Sign ----------------------------------------------------------------------------------
@@ -401,23 +278,10 @@ Message SignCodec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void SignCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  Reader r(msg, name());
-  float* o = readHeader(r, QuantKind::kSign, out, name());
-  const float scale = r.get<float>();
-  const auto codes = readCodes(r, out.numel(), 1);
-  for (size_t i = 0; i < codes.size(); ++i) o[i] += signedValue(codes[i] == 0, scale);
+  quantizedDecodeAdd(QuantKind::kSign, msg, checkedOutput(out, name()), out.numel());
 }
 
 // ---- Int8 ----------------------------------------------------------------------------------
-
-namespace {
-// The step between codes of a chunk with range [lo, hi], computed in double so that a range
-// wider than FLT_MAX still gives a finite step.
-inline float int8Step(float lo, float hi) {
-  return static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / 255.0);
-}
-inline float int8Value(float lo, float step, uint8_t code) { return lo + static_cast<float>(code) * step; }
-}  // namespace
 
 Int8Codec::Int8Codec(bool errorFeedback) : errorFeedback_(errorFeedback) {}
 
@@ -461,23 +325,7 @@ Message Int8Codec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void Int8Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  Reader r(msg, name());
-  float* o = readHeader(r, QuantKind::kInt8, out, name());
-  const auto chunk = r.get<uint32_t>();
-  if (chunk == 0) throw InvalidArgument("int8 decode: chunk size 0 in the message; the message is corrupt");
-  const int64_t n = out.numel();
-  const int64_t chunks = (n + chunk - 1) / chunk;
-  const uint8_t* ranges = r.take(8 * static_cast<size_t>(chunks)).data();
-  const uint8_t* codes = r.take(static_cast<size_t>(n)).data();
-  r.expectEnd();
-  for (int64_t c = 0; c < chunks; ++c) {
-    float lo, hi;
-    std::memcpy(&lo, ranges + 8 * c, 4);
-    std::memcpy(&hi, ranges + 8 * c + 4, 4);
-    const float step = int8Step(lo, hi);
-    const int64_t begin = c * chunk, end = std::min<int64_t>(n, begin + chunk);
-    for (int64_t i = begin; i < end; ++i) o[i] += int8Value(lo, step, codes[i]);
-  }
+  quantizedDecodeAdd(QuantKind::kInt8, msg, checkedOutput(out, name()), out.numel());
 }
 
 // ---- Factory -------------------------------------------------------------------------------

@@ -39,14 +39,9 @@
 #include <string>
 
 #include "chorus/compress/codec.h"
+#include "chorus/compress/quantize_format.h"  // QuantKind, kQuantHeaderBytes, the torch-free decoder
 
 namespace chorus::compress {
-
-// Kind byte of each quantizer's messages (0x20-0x2F are reserved for this file).
-enum class QuantKind : uint8_t { kFloat16 = 0x20, kBFloat16 = 0x21, kQsgd = 0x22, kTernGrad = 0x23, kSign = 0x24, kInt8 = 0x25 };
-
-// Size of the common header (kind + numel) in bytes.
-inline constexpr size_t kQuantHeaderBytes = 9;
 
 // Casts every value to IEEE float16 or bfloat16 (round to nearest even), 2 bytes each.
 // Deterministic. float16 overflows to Inf beyond 65504 and flushes below ~6e-8 to zero;

@@ -9,7 +9,9 @@
 // Cost per step for n entries and k sent: one pass for acc += grad and |acc|; then
 //   topk          O(n log k) (torch::topk),
 //   topk_sampled  O(s log s) for the s samples + one O(n) compare pass,
-//   randomk       O(k log k) (Floyd's sampling and a sort) + an n-bit mark table,
+//   randomk       O(k log k) (Floyd's sampling and a sort) + an n-bit mark table (and one
+//                 more pass to decay the residual; none without error feedback, which keeps
+//                 no residual),
 //   threshold     one O(n) compare pass;
 // and O(k) to gather, zero and pack. The message is sparseMessageBytes(n, k), about
 // k (4 + (2 + log2(n / k)) / 8) bytes.
@@ -42,103 +44,18 @@ torch::Tensor checkedFlatGrad(const torch::Tensor& grad, const std::string& code
 
 namespace {
 
-struct SparseHeader {
-  SparseKind kind;
-  int64_t numel;
-  int64_t k;
-  int lowBits;
-};
-
 torch::Tensor emptyIndices() { return torch::empty({0}, torch::kLong); }
-
-int lowBitsFor(int64_t numel, int64_t k) {
-  if (k <= 0 || k >= numel) return 0;
-  int l = 0;
-  while ((k << (l + 1)) <= numel) ++l;  // largest l with k * 2^l <= numel
-  return l;
-}
-
-size_t lowBytes(int64_t k, int l) { return static_cast<size_t>((k * l + 7) / 8); }
-uint64_t highBits(int64_t numel, int64_t k, int l) {
-  return numel == 0 ? 0 : static_cast<uint64_t>(k) + (static_cast<uint64_t>(numel - 1) >> l) + 1;
-}
-
-uint32_t load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-SparseHeader parseHeader(const Message& msg) {
-  if (msg.size() < kSparseHeaderBytes || msg[0] != kSparseMagic)
-    throw InvalidArgument(str("sparse codec: message of ", msg.size(),
-                              " bytes is not a sparse message (bad size or magic); check that "
-                              "every rank uses the same codec"));
-  SparseHeader h{};
-  uint8_t kind = msg[1];
-  if (kind < static_cast<uint8_t>(SparseKind::kTopK) || kind > static_cast<uint8_t>(SparseKind::kDgc))
-    throw InvalidArgument(str("sparse codec: unknown sparse kind ", int(kind), " in message header"));
-  h.kind = static_cast<SparseKind>(kind);
-  h.lowBits = msg[2];
-  h.numel = load32(msg.data() + 4);
-  h.k = load32(msg.data() + 8);
-  if (h.numel > std::numeric_limits<int32_t>::max() || h.k > h.numel || h.lowBits != lowBitsFor(h.numel, h.k) ||
-      msg.size() != sparseMessageBytes(h.numel, h.k))
-    throw InvalidArgument(str("sparse codec: corrupt message header (numel ", h.numel, ", k ", h.k, ", low bits ",
-                              h.lowBits, ", ", msg.size(), " bytes; expected ",
-                              h.k <= h.numel ? sparseMessageBytes(h.numel, h.k) : 0, ")"));
-  return h;
-}
 
 }  // namespace
 
-size_t sparseMessageBytes(int64_t numel, int64_t k) {
-  int l = lowBitsFor(numel, k);
-  return kSparseHeaderBytes + lowBytes(k, l) + static_cast<size_t>((highBits(numel, k, l) + 7) / 8) +
-         4 * static_cast<size_t>(k);
-}
-
 SparsePairs unpackSparse(const Message& msg) {
-  SparseHeader h = parseHeader(msg);
+  const SparseHeader h = parseSparseHeader(msg);
   SparsePairs out;
   out.kind = h.kind;
   out.numel = h.numel;
   out.indices = torch::empty({h.k}, torch::kLong);
   out.values = torch::empty({h.k}, torch::kFloat);
-  if (h.k == 0) return out;
-  const int l = h.lowBits;
-  const uint8_t* low = msg.data() + kSparseHeaderBytes;
-  const uint8_t* high = low + lowBytes(h.k, l);
-  const uint64_t nHigh = highBits(h.numel, h.k, l);
-  const uint8_t* vals = high + (nHigh + 7) / 8;
-  int64_t* idx = out.indices.data_ptr<int64_t>();
-  int64_t i = 0, prev = -1;
-  uint64_t lowPos = 0;
-  const uint64_t lowMask = (uint64_t{1} << l) - 1;
-  for (uint64_t byte = 0; byte < (nHigh + 7) / 8; ++byte) {
-    for (unsigned bits = high[byte]; bits != 0; bits &= bits - 1) {
-      const uint64_t pos = byte * 8 + static_cast<unsigned>(std::countr_zero(bits));
-      if (i >= h.k || pos >= nHigh)
-        throw InvalidArgument(str("sparse codec: corrupt message, more than k = ", h.k, " index marks"));
-      uint64_t lowCode = 0;
-      if (l > 0) {
-        // Up to 32 low bits starting at bit lowPos: read 8 bytes (or what is left) and shift.
-        uint64_t word = 0;
-        const size_t at = lowPos / 8, avail = std::min<size_t>(8, lowBytes(h.k, l) - at);
-        std::memcpy(&word, low + at, avail);
-        lowCode = (word >> (lowPos % 8)) & lowMask;
-        lowPos += static_cast<uint64_t>(l);
-      }
-      const int64_t x = static_cast<int64_t>(((pos - static_cast<uint64_t>(i)) << l) | lowCode);
-      if (x <= prev || x >= h.numel)
-        throw InvalidArgument(str("sparse codec: corrupt message, index ", x, " is outside [0, ", h.numel,
-                                  ") or not above the previous one (", prev, ")"));
-      idx[i++] = prev = x;
-    }
-  }
-  if (i != h.k)
-    throw InvalidArgument(str("sparse codec: corrupt message, ", i, " index marks for k = ", h.k));
-  std::memcpy(out.values.data_ptr<float>(), vals, 4 * static_cast<size_t>(h.k));
+  decodeSparsePairs(msg, h, out.indices.data_ptr<int64_t>(), out.values.data_ptr<float>());
   return out;
 }
 
@@ -185,38 +102,9 @@ torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const
 Message packSparse(SparseKind kind, int64_t numel, const torch::Tensor& indices, const torch::Tensor& values) {
   const int64_t k = indices.numel();
   CHORUS_CHECK(values.numel() == k, "indices and values differ in length: ", k, " vs ", values.numel());
-  CHORUS_CHECK(numel >= 0 && numel <= std::numeric_limits<int32_t>::max(), "sparse message numel ", numel,
-               " does not fit the format");
-  Message msg(sparseMessageBytes(numel, k), 0);
-  const int l = lowBitsFor(numel, k);
-  msg[0] = kSparseMagic;
-  msg[1] = static_cast<uint8_t>(kind);
-  msg[2] = static_cast<uint8_t>(l);
-  const auto n32 = static_cast<uint32_t>(numel), k32 = static_cast<uint32_t>(k);
-  std::memcpy(msg.data() + 4, &n32, 4);
-  std::memcpy(msg.data() + 8, &k32, 4);
-  if (k == 0) return msg;
   torch::Tensor idx64 = indices.to(torch::kLong).contiguous();
   torch::Tensor val32 = values.to(torch::kFloat).contiguous();
-  const int64_t* idx = idx64.data_ptr<int64_t>();
-  uint8_t* low = msg.data() + kSparseHeaderBytes;
-  uint8_t* high = low + lowBytes(k, l);
-  const uint64_t lowMask = (uint64_t{1} << l) - 1;
-  uint64_t lowPos = 0;
-  for (int64_t i = 0; i < k; ++i) {
-    const auto x = static_cast<uint64_t>(idx[i]);
-    CHORUS_CHECK(idx[i] >= 0 && idx[i] < numel && (i == 0 || idx[i] > idx[i - 1]),
-                 "sparse indices must be ascending, distinct and in [0, ", numel, "); entry ", i, " is ", idx[i]);
-    for (uint64_t b = x & lowMask; b != 0; b &= b - 1) {
-      const uint64_t bit = lowPos + static_cast<uint64_t>(std::countr_zero(b));
-      low[bit / 8] = static_cast<uint8_t>(low[bit / 8] | (1u << (bit % 8)));
-    }
-    lowPos += static_cast<uint64_t>(l);
-    const uint64_t pos = (x >> l) + static_cast<uint64_t>(i);
-    high[pos / 8] = static_cast<uint8_t>(high[pos / 8] | (1u << (pos % 8)));
-  }
-  std::memcpy(high + (highBits(numel, k, l) + 7) / 8, val32.data_ptr<float>(), 4 * static_cast<size_t>(k));
-  return msg;
+  return encodeSparsePairs(kind, numel, idx64.data_ptr<int64_t>(), val32.data_ptr<float>(), k);
 }
 
 torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
@@ -246,7 +134,7 @@ Message SparseCodec::encode(const torch::Tensor& grad, CodecState& state) {
 }
 
 void SparseCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  SparseHeader h = parseHeader(msg);
+  const SparseHeader h = parseSparseHeader(msg);
   if (!out.defined() || out.scalar_type() != torch::kFloat32 || !out.device().is_cpu() ||
       !out.is_contiguous() || out.numel() != h.numel)
     throw InvalidArgument(str("codec ", name(), ": decodeAdd needs a contiguous float32 CPU tensor of ",
@@ -260,7 +148,7 @@ void SparseCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
   for (int64_t i = 0; i < h.k; ++i) dst[idx[i]] += val[i];
 }
 
-int64_t SparseCodec::sparseCount(const Message& msg) const { return parseHeader(msg).k; }
+int64_t SparseCodec::sparseCount(const Message& msg) const { return parseSparseHeader(msg).k; }
 
 TopKCodec::TopKCodec(SparseOptions opts) : opts_(opts) {}
 
@@ -278,7 +166,34 @@ torch::Tensor TopKSampledCodec::select(const torch::Tensor& acc, CodecState& sta
                          });
 }
 
-RandomKCodec::RandomKCodec(SparseOptions opts) : opts_(opts) {}
+RandomKCodec::RandomKCodec(SparseOptions opts, RandomKOptions rk) : opts_(opts), rk_(rk) {
+  if (!(rk.residualDecay >= 0 && rk.residualDecay <= 1))
+    throw InvalidArgument(str("randomk codec: residualDecay must be in [0, 1]; got ", rk.residualDecay));
+}
+
+// Why the residual decays: random-k picks an entry once per n / k steps on average whatever
+// its size, so with plain error feedback (decay 1) its residual collects about that many steps
+// of gradient and lands as one delayed burst. Top-k sends an entry as soon as it is large, which
+// bounds both; random-k cannot. Measured on the default MLP (ratio 0.01, lr 0.05, momentum 0.9):
+// the residual's norm was 13x the gradient's after 20 steps and 21x after 40; then the two grew
+// together, and the run diverged at step 297 (docs/compression.md, "Random-k"). Decaying the
+// residual by d a step bounds an entry's backlog to 1 / (1 - d) steps of its gradient.
+Message RandomKCodec::encode(const torch::Tensor& grad, CodecState& state) {
+  torch::Tensor g = checkedFlatGrad(grad, name());
+  if (!rk_.errorFeedback) {
+    torch::Tensor idx = select(g, state);
+    torch::Tensor vals = g.index_select(0, idx);
+    if (idx.numel() > 0) vals.mul_(static_cast<double>(g.numel()) / static_cast<double>(idx.numel()));
+    return packSparse(kind(), g.numel(), idx, vals);
+  }
+  torch::Tensor& acc = state.residual(g);
+  if (rk_.residualDecay != 1.0) acc.mul_(rk_.residualDecay);
+  acc.add_(g);
+  torch::Tensor idx = select(acc, state);
+  torch::Tensor vals = acc.index_select(0, idx);
+  acc.index_fill_(0, idx, 0.0);
+  return packSparse(kind(), g.numel(), idx, vals);
+}
 
 torch::Tensor RandomKCodec::select(const torch::Tensor& acc, CodecState& state) {
   // Floyd's algorithm: k draws give k distinct indices, uniformly among all k-subsets.
@@ -306,7 +221,7 @@ torch::Tensor ThresholdCodec::select(const torch::Tensor& acc, CodecState&) {
   return (acc.abs() >= tau_).nonzero().reshape({-1});
 }
 
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise) {
+std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise, RandomKOptions randomk) {
   if (method == "threshold") {
     if (!(ratioOrTau >= 0) || !std::isfinite(ratioOrTau))
       throw ConfigError(str("compression: threshold tau must be finite and >= 0; got ", ratioOrTau));
@@ -323,7 +238,10 @@ std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, 
   opts.layerwise = layerwise;
   if (method == "topk") return std::make_unique<TopKCodec>(opts);
   if (method == "topk_sampled") return std::make_unique<TopKSampledCodec>(opts);
-  return std::make_unique<RandomKCodec>(opts);
+  if (!(randomk.residualDecay >= 0 && randomk.residualDecay <= 1))
+    throw ConfigError(str("compression: randomk residual decay must be in [0, 1] (1: plain error feedback); got ",
+                          randomk.residualDecay));
+  return std::make_unique<RandomKCodec>(opts, randomk);
 }
 
 }  // namespace chorus::compress

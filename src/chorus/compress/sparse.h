@@ -1,5 +1,6 @@
 // Sparsifying codecs: each step send only some entries of (gradient + residual) as (index,
-// value) pairs and keep the rest as the residual for later steps (error feedback).
+// value) pairs and keep the rest as the residual for later steps (error feedback). Random-k's
+// residual decays each step (RandomKOptions below).
 //
 //   acc      = grad + residual              (computed in place in state.tensors["residual"])
 //   idx      = select(acc)                  (top-k, sampled top-k, random-k or threshold)
@@ -15,8 +16,10 @@
 //          4   uint32  n, the numel of the dense gradient
 //          8   uint32  k, the number of pairs
 //         12   low part:  k codes of l bits (index & (2^l - 1)), LSB first, ceil(k l / 8) bytes
-//              high part: a bit array of k + ((n - 1) >> l) + 1 bits; index i (of the sorted
-//                         ones) sets bit (index_i >> l) + i, ceil(bits / 8) bytes
+//              high part: a bit array of k + ((n - 1) >> l) + 1 bits (none when k == 0);
+//                         index i (of the sorted ones) sets bit (index_i >> l) + i,
+//                         ceil(bits / 8) bytes
+//              (padding bits at the end of either part are 0; a decoder rejects others)
 //              float32 values[k], in index order
 //
 // The indices are ascending and distinct, so the Elias-Fano code above stores them in at most
@@ -33,13 +36,9 @@
 #include <string>
 
 #include "chorus/compress/codec.h"
+#include "chorus/compress/sparse_format.h"  // kSparseMagic, SparseKind, sparseMessageBytes
 
 namespace chorus::compress {
-
-inline constexpr uint8_t kSparseMagic = 0x5C;
-inline constexpr size_t kSparseHeaderBytes = 12;
-
-enum class SparseKind : uint8_t { kTopK = 1, kTopKSampled = 2, kRandomK = 3, kThreshold = 4, kDgc = 5 };
 
 // How many entries a top-k / random-k codec sends out of numel.
 struct SparseOptions {
@@ -77,9 +76,6 @@ torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const
 // sees the whole tensor. Throws InvalidArgument unless ends ascend to magnitude.numel().
 torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
                               const std::function<torch::Tensor(const torch::Tensor&)>& pick);
-
-// The size of a sparse message with k pairs out of numel entries.
-size_t sparseMessageBytes(int64_t numel, int64_t k);
 
 // A sparse message decoded: indices (int64, ascending), values (float32), the dense numel.
 struct SparsePairs {
@@ -139,13 +135,30 @@ class TopKSampledCodec : public SparseCodec {
   SparseOptions opts_;
 };
 
-// k distinct indices drawn uniformly with state's RNG (Floyd's sampling). Values are sent
-// unscaled (not multiplied by numel / k): the residual keeps what was not sent, so error
-// feedback already makes the sum over steps unbiased, and scaling would inflate the variance.
+// What random-k does with the entries it does not send (docs/compression.md, "Random-k").
+// With p = k / n, each entry is drawn with probability p per step:
+//   error feedback (the default)  sends (g + residual)[idx] unscaled and keeps the rest, after
+//       multiplying the residual by residualDecay each step. An entry waits 1 / p steps on
+//       average for its draw; with decay d it arrives carrying at most 1 / (1 - d) steps of its
+//       gradient (10 at the default 0.9). With d = 1 (plain error feedback) it carries all of
+//       them, and these delayed bursts, amplified by optimizer momentum, diverge at small ratios
+//       (measured: ratio 0.01, sgd momentum 0.9).
+//   no error feedback  the unbiased estimator g[idx] * n / k and no residual: E[sent] = g, but
+//       E|sent|^2 = |g|^2 / p, so it needs a learning rate about sqrt(p) times dense's.
+struct RandomKOptions {
+  bool errorFeedback = true;
+  double residualDecay = 0.9;  // in [0, 1]; 1: plain error feedback, 0: no memory
+};
+
+// k distinct indices drawn uniformly with state's RNG (Floyd's sampling), sent as `rk` says.
+// Without error feedback the state holds only the RNG. Throws InvalidArgument for a decay
+// outside [0, 1].
 class RandomKCodec : public SparseCodec {
  public:
-  explicit RandomKCodec(SparseOptions opts);
+  explicit RandomKCodec(SparseOptions opts, RandomKOptions rk = {});
   std::string name() const override { return "randomk"; }
+  Message encode(const torch::Tensor& grad, CodecState& state) override;
+  const RandomKOptions& options() const { return rk_; }
 
  protected:
   torch::Tensor select(const torch::Tensor& acc, CodecState& state) override;
@@ -153,6 +166,7 @@ class RandomKCodec : public SparseCodec {
 
  private:
   SparseOptions opts_;
+  RandomKOptions rk_;
 };
 
 // Every entry with |grad + residual| >= tau (tau >= 0); the count varies from step to step.
@@ -172,7 +186,9 @@ class ThresholdCodec : public SparseCodec {
 // The codec for a config's method name: "topk", "topk_sampled", "randomk" (ratioOrTau is the
 // fraction of entries to send, in (0, 1]) or "threshold" (ratioOrTau is tau >= 0). Throws
 // ConfigError for an unknown method or a value out of range.
-// `layerwise` sets SparseOptions::layerwise for top-k and sampled top-k.
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise = true);
+// `layerwise` sets SparseOptions::layerwise for top-k and sampled top-k; `randomk` is for
+// random-k (its decay is checked here too: ConfigError outside [0, 1]).
+std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise = true,
+                                  RandomKOptions randomk = {});
 
 }  // namespace chorus::compress

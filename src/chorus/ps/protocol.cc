@@ -62,6 +62,13 @@ Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& b) {
     throw InvalidArgument(str("parameter-server message: unknown op ", int{b[4]},
                               " (expected 1-4 or 16-18); the peer speaks another protocol version"));
   }
+  // Flags and reserved bytes must be 0: a peer that sets them means something this version
+  // does not know, and accepting them would give one header many encodings.
+  if (b[5] != 0 || b[6] != 0 || b[7] != 0) {
+    throw InvalidArgument(str("parameter-server message: flags 0x", std::hex, int{b[5]}, " and reserved bytes 0x",
+                              int{b[6]}, " 0x", int{b[7]}, std::dec, " (expected 0); the peer speaks another "
+                              "protocol version or the stream is out of step"));
+  }
   Header h;
   h.op = op;
   h.worker = static_cast<int32_t>(get(b, 8, 4));

@@ -61,7 +61,8 @@ struct Header {
 };
 
 std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h);
-// Throws InvalidArgument on a bad magic or an unknown op (naming the bytes found).
+// Throws InvalidArgument on a bad magic, an unknown op, or nonzero flags or reserved bytes
+// (naming the bytes found).
 Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& bytes);
 
 }  // namespace chorus::ps

@@ -2,13 +2,30 @@
 // (a temporary file in the same folder, fsync, rename, fsync of the folder) with a SHA-256 of
 // the payload that load verifies. Resuming from one continues bit-exactly.
 //
-// File layout: "CHORUSCK" magic, u32 version, u64 payload length, 32-byte SHA-256 of the
-// payload, payload (torch::serialize archive).
+// A checkpoint is data only: loading one reads numbers and runs no code from the file, so a
+// checkpoint from elsewhere can do no more harm than wrong weights. File layout: the frame and
+// tensor table of common/tensor_file.h with magic "CHORUSCK" and version 2; the table's entries
+//   params/<name>, buffers/<name>       the model's tensors by their dotted names ("0.weight")
+//   state/epoch, state/step_in_epoch, state/global_step    int64 scalars
+//   scalars/<name>                      float64 scalars (TrainState::scalars, bit for bit)
+//   tensors/<name>                      TrainState::tensors as they are
+//   optim/kind                          uint8 bytes: "sgd", "adam" or "adamw"
+//   optim/groups                        int64: the number of param groups
+//   optim/<g>/lr, optim/<g>/params      float64 learning rate and int64 parameter count of group g
+//   optim/<g>/<p>/<field>               state of group g's parameter p: momentum_buffer (sgd);
+//                                       step, exp_avg, exp_avg_sq, max_exp_avg_sq (adam, adamw)
+// Version 1 (chorus before the data-only format) held a TorchScript archive, and loading one
+// can run code: loadCheckpoint refuses it and upgradeCheckpoint converts a trusted one.
+//
+// Checkpoint folders: "<output.dir>/checkpoints" holds the files of one line of runs (a run
+// and the runs that resumed it). listCheckpoints and latestCheckpoint read a folder;
+// CheckpointHistory prunes only the files of its own run's line, oldest written first.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -21,24 +38,70 @@ struct TrainState {
   int64_t stepInEpoch = 0;  // steps of that epoch already taken
   int64_t globalStep = 0;   // steps taken in all
   std::map<std::string, double> scalars;  // e.g. "amp.scale", "amp.good_steps"
-  std::map<std::string, torch::Tensor> tensors;  // e.g. compression residuals, "codec.0.residual"
+  std::map<std::string, torch::Tensor> tensors;  // e.g. per-rank codec state, "codec.rank0"
 };
 
-// Atomic write; throws chorus::Error naming the path on failure (the old file stays intact).
+// Atomic write; throws chorus::Error naming the path on failure (the old file stays intact),
+// InvalidArgument when the optimizer is not one checkpoints hold (sgd, adam, adamw) or a tensor
+// has a dtype they do not (complex, quantized).
 void saveCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& opt,
                     const TrainState& state);
 
-// Verifies magic, version, length and checksum before touching model or optimizer; a bad file
-// is a chorus::Error naming the path and what is wrong ("checksum mismatch: the file is
-// corrupt"). Parameter names and shapes must match the model.
+// Checks the file (a regular file; magic, version, size against the header before reading it
+// all, SHA-256, the entry table) and every entry against model and optimizer (names, shapes,
+// dtypes, optimizer kind and groups) before changing either; a bad file is a chorus::Error
+// naming the path and what is wrong, and leaves model and optimizer as they were. A version-1
+// file is refused with how to upgrade it.
 TrainState loadCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& opt);
+
+// Converts a version-1 checkpoint (a TorchScript archive, written by chorus before the data-only
+// format) into a version-2 file at `to`, keeping every tensor bit for bit; needs no config (the
+// optimizer's state is mapped to the parameters in the order they were written). Reading the
+// old file runs TorchScript code from it: only for files you trust. `to` must not exist, unless
+// it is `from` itself (converted in place, atomically). Throws chorus::Error naming the file.
+struct UpgradeReport {
+  size_t params = 0, buffers = 0, optimizerStates = 0;
+  std::string optimizer;
+  int64_t globalStep = 0;
+};
+UpgradeReport upgradeCheckpoint(const std::string& from, const std::string& to);
+
+// Named tensors as bytes in the tensor-table format (common/tensor_file.h), and back; for
+// state that travels inside a checkpoint as one byte tensor (the per-rank codec state). Decode
+// errors are chorus::Error "<source>: ...".
+std::string encodeTensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
+std::vector<std::pair<std::string, torch::Tensor>> decodeTensors(const void* data, size_t size,
+                                                                  const std::string& source);
 
 // Checkpoint file name for a global step: "ckpt-00001234.pt".
 std::string checkpointName(int64_t globalStep);
-// The path (dir/name) of the newest checkpoint in dir (highest step), or "" if none or dir is
-// missing. Temporary files ("*.tmp.<pid>") are ignored.
+// The checkpoints ("ckpt-<step>.pt") in dir, lowest step first; none if dir is missing.
+// Temporary files ("*.tmp.<pid>") and other files are ignored.
+std::vector<std::string> listCheckpoints(const std::string& dir);
+// The path (dir/name) of the newest checkpoint in dir (highest step), or "" if none.
 std::string latestCheckpoint(const std::string& dir);
-// Removes all but the `keep` newest checkpoints in dir.
-void pruneCheckpoints(const std::string& dir, int64_t keep);
+
+// Removes the temporary files ("<name>.tmp.<pid>") in dir that a writer killed mid-save left:
+// those whose pid is no live process on this host, or is this process (which calls this before
+// its first save). A temporary of a live writer is kept. Returns the paths removed.
+std::vector<std::string> removeStaleTemporaries(const std::string& dir);
+
+// The checkpoints of one run's line, in the order they were written, and pruning among them.
+// Files it does not list (another run's) are never touched. Not thread-safe.
+class CheckpointHistory {
+ public:
+  // inherited: the files of the line this run continues, oldest first (none for a new line).
+  explicit CheckpointHistory(std::vector<std::string> inherited = {});
+
+  // Records `path`, just written, as the newest (moving it there if it was listed), then removes
+  // the oldest listed files until `keep` (>= 1) remain. The newest is never removed; a listed
+  // file already gone is forgotten. Returns the paths removed; throws Error if one cannot be.
+  std::vector<std::string> add(const std::string& path, int64_t keep);
+
+  const std::vector<std::string>& files() const { return files_; }
+
+ private:
+  std::vector<std::string> files_;
+};
 
 }  // namespace chorus::train

@@ -15,16 +15,20 @@
 //      the file's line, the override, or "(default)".
 #include "chorus/train/config.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <sstream>
+#include <thread>
 #include <variant>
 
 #include "chorus/common/error.h"
@@ -58,10 +62,14 @@ struct Range {
   }
   std::string describe() const {
     if (std::isfinite(lo) && std::isfinite(hi))
-      return str("in ", loOpen ? "(" : "[", lo, ", ", hi, hiOpen ? ")" : "]");
-    if (std::isfinite(lo)) return str(loOpen ? "> " : ">= ", lo);
-    if (std::isfinite(hi)) return str(hiOpen ? "< " : "<= ", hi);
+      return str("in ", loOpen ? "(" : "[", number(lo), ", ", number(hi), hiOpen ? ")" : "]");
+    if (std::isfinite(lo)) return str(loOpen ? "> " : ">= ", number(lo));
+    if (std::isfinite(hi)) return str(hiOpen ? "< " : "<= ", number(hi));
     return "any value";
+  }
+  // Whole bounds as integers (1000000, not 1e+06).
+  static std::string number(double v) {
+    return v == std::floor(v) && std::abs(v) < 1e15 ? str(static_cast<int64_t>(v)) : str(v);
   }
 };
 
@@ -78,6 +86,7 @@ struct Key {
   std::vector<std::string> choices = {};  // strings: the allowed values (empty: any)
   bool nonEmpty = false;             // strings and arrays: "" or [] is not allowed
   std::string meaning = "";
+  std::string rangeHint = "";        // appended to an out-of-range error ("this machine has 8 hardware threads")
 
   std::string section() const {
     auto dot = name.find('.');
@@ -106,6 +115,19 @@ const std::vector<Section>& sections() {
       {"output", "where results go, checkpoints, progress display"},
   };
   return kSections;
+}
+
+// Upper bounds for the keys that start threads or processes, or multiply into step counts:
+// without them a typo (threads = 100000) hangs a worker creating threads, or overflows, long
+// before anything else would notice. Fixed rather than taken from this machine, so a config
+// checked on one host means the same on another; far above what is useful (more intra-op
+// threads than cores only slows a step down).
+constexpr double kMaxThreads = 1024;
+constexpr double kMaxProcesses = 1024;
+constexpr double kMaxEpochs = 1000000;
+
+std::string coresHint() {
+  return str("this machine has ", std::max(1u, std::thread::hardware_concurrency()), " hardware threads");
 }
 
 const std::vector<Key>& schema() {
@@ -163,7 +185,7 @@ const std::vector<Key>& schema() {
       {.name = "schedule.gamma", .field = CHORUS_FIELD(schedule.gamma), .range = between(0, 1, true, false),
        .meaning = "step: the factor applied every step_epochs"},
 
-      {.name = "train.epochs", .field = CHORUS_FIELD(train.epochs), .range = atLeast(1),
+      {.name = "train.epochs", .field = CHORUS_FIELD(train.epochs), .range = between(1, kMaxEpochs, false, false),
        .meaning = "passes over the train split"},
       {.name = "train.batch_size", .field = CHORUS_FIELD(train.batchSize), .range = atLeast(1),
        .meaning = "global batch: each of W workers takes batch_size / W (a multiple of W)"},
@@ -179,16 +201,18 @@ const std::vector<Key>& schema() {
        .meaning = "evaluate on the test split after each epoch"},
       {.name = "train.log_every", .field = CHORUS_FIELD(train.logEvery), .range = atLeast(1),
        .meaning = "steps between metrics lines (and plain progress lines)"},
-      {.name = "train.threads", .field = CHORUS_FIELD(train.threads), .range = atLeast(0),
-       .meaning = "torch intra-op threads per worker; 0: cores / local workers"},
+      {.name = "train.threads", .field = CHORUS_FIELD(train.threads), .range = between(0, kMaxThreads, false, false),
+       .meaning = "torch intra-op threads per worker; 0: cores / local workers", .rangeHint = coresHint()},
       {.name = "train.straggler_workers", .field = CHORUS_FIELD(train.stragglerWorkers), .range = atLeast(0),
        .meaning = "workers (indices) slowed down for experiments"},
-      {.name = "train.straggler_delay_ms", .field = CHORUS_FIELD(train.stragglerDelayMs), .range = atLeast(0),
+      {.name = "train.straggler_delay_ms", .field = CHORUS_FIELD(train.stragglerDelayMs),
+       .range = between(0, 3600000, false, false),
        .meaning = "stragglers sleep this long after each step's compute"},
-      {.name = "train.straggler_factor", .field = CHORUS_FIELD(train.stragglerFactor), .range = atLeast(1),
+      {.name = "train.straggler_factor", .field = CHORUS_FIELD(train.stragglerFactor),
+       .range = between(1, 1000, false, false),
        .meaning = "stragglers also sleep (factor - 1) x their compute time: 3 makes a step 3x slower"},
 
-      {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = above(0),
+      {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = between(0, 65536, true, false),
        .meaning = "gradient bucket cap in MiB"},
       {.name = "ddp.find_unused", .field = CHORUS_FIELD(ddp.findUnused),
        .meaning = "look for parameters that got no gradient each step (find_unused_parameters)"},
@@ -209,12 +233,17 @@ const std::vector<Key>& schema() {
        .meaning = "topk, topk_sampled, randomk: fraction of the entries sent each step"},
       {.name = "compression.threshold", .field = CHORUS_FIELD(compression.threshold), .range = above(0),
        .meaning = "threshold: entries with |value| >= this are sent"},
-      {.name = "compression.levels", .field = CHORUS_FIELD(compression.levels), .range = atLeast(1),
+      {.name = "compression.levels", .field = CHORUS_FIELD(compression.levels), .range = between(1, 127, false, false),
        .meaning = "qsgd: quantization levels"},
-      {.name = "compression.rank", .field = CHORUS_FIELD(compression.rank), .range = atLeast(1),
+      {.name = "compression.rank", .field = CHORUS_FIELD(compression.rank), .range = between(1, 65536, false, false),
        .meaning = "powersgd: rank of the low-rank approximation"},
       {.name = "compression.error_feedback", .field = CHORUS_FIELD(compression.errorFeedback),
-       .meaning = "accumulate what was not sent into the next step's gradient"},
+       .meaning = "accumulate what was not sent into the next step's gradient (randomk without it: the "
+                  "unbiased estimator, the sent entries times n/k)"},
+      {.name = "compression.residual_decay", .field = CHORUS_FIELD(compression.residualDecay),
+       .range = between(0, 1, false, false),
+       .meaning = "randomk: the residual is multiplied by this each step, so an entry waiting for its random "
+                  "draw carries at most 1/(1-d) steps of gradient; 1: plain error feedback"},
       {.name = "compression.sparsity", .field = CHORUS_FIELD(compression.sparsity), .range = between(0, 1, true, true),
        .meaning = "dgc: final sparsity (fraction of the entries not sent)"},
       {.name = "compression.warmup_epochs", .field = CHORUS_FIELD(compression.warmupEpochs), .range = atLeast(0),
@@ -232,16 +261,18 @@ const std::vector<Key>& schema() {
       {.name = "compression.seed", .field = CHORUS_FIELD(compression.seed),
        .meaning = "seed of the codecs' randomness (randomk, qsgd, terngrad, sampled top-k)"},
 
-      {.name = "ps.servers", .field = CHORUS_FIELD(ps.servers), .range = atLeast(0),
-       .meaning = "parameter-server processes besides the workers; 0: all-reduce DDP"},
+      {.name = "ps.servers", .field = CHORUS_FIELD(ps.servers), .range = between(0, kMaxProcesses, false, false),
+       .meaning = "parameter-server processes besides the workers; 0: all-reduce DDP",
+       .rangeHint = "each server is a process of the job, like a worker (chorus train --nproc takes at most 1024)"},
       {.name = "ps.mode", .field = CHORUS_FIELD(ps.mode), .choices = {"bsp", "asp", "ssp"},
        .meaning = "bsp: synchronous rounds; asp: apply each push; ssp: asp with a staleness bound"},
       {.name = "ps.staleness", .field = CHORUS_FIELD(ps.staleness), .range = atLeast(0),
        .meaning = "ssp: clocks a worker may run ahead of the slowest"},
       {.name = "ps.backup", .field = CHORUS_FIELD(ps.backup), .range = atLeast(0),
        .meaning = "bsp: backup workers; a round closes after workers - backup pushes, later ones are dropped"},
-      {.name = "ps.apply_threads", .field = CHORUS_FIELD(ps.applyThreads), .range = atLeast(1),
-       .meaning = "threads per server that apply updates"},
+      {.name = "ps.apply_threads", .field = CHORUS_FIELD(ps.applyThreads),
+       .range = between(1, kMaxThreads, false, false),
+       .meaning = "threads per server that apply updates", .rangeHint = coresHint()},
       {.name = "ps.checkpoint_every", .field = CHORUS_FIELD(ps.checkpointEvery), .range = atLeast(0),
        .meaning = "server updates between shard checkpoints (output.dir/ps/server<s>.ckpt); 0: at the end"},
       {.name = "ps.async_momentum", .field = CHORUS_FIELD(ps.asyncMomentum), .choices = {"round", "push"},
@@ -268,6 +299,9 @@ const std::vector<Key>& schema() {
        .meaning = "write a checkpoint at the end of each epoch"},
       {.name = "output.keep", .field = CHORUS_FIELD(output.keep), .range = atLeast(1),
        .meaning = "checkpoints kept (the oldest are removed)"},
+      {.name = "output.overwrite", .field = CHORUS_FIELD(output.overwrite),
+       .meaning = "delete checkpoints of another run found in dir/checkpoints at the start (otherwise the run refuses "
+                  "to start there unless it resumes the newest)"},
       {.name = "output.progress", .field = CHORUS_FIELD(output.progress),
        .choices = {"auto", "bar", "lines", "none"},
        .meaning = "progress display; auto: a bar on a terminal, lines otherwise"},
@@ -847,8 +881,11 @@ class Builder {
 
     const auto& t = config_.train;
     if (worldSize_ > 0 && t.batchSize % worldSize_ != 0) {
-      int64_t below = t.batchSize / worldSize_ * worldSize_, aboveIt = below + worldSize_;
-      std::string such = below > 0 ? str(below, " or ", aboveIt) : str(aboveIt);
+      // The multiple above does not exist for a batch size within worldSize_ of INT64_MAX.
+      const int64_t below = t.batchSize / worldSize_ * worldSize_;
+      const bool aboveFits = below <= std::numeric_limits<int64_t>::max() - worldSize_;
+      std::string such = below > 0 ? str(below, aboveFits ? str(" or ", below + worldSize_) : "")
+                                   : str(below + worldSize_);
       fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", worldSize_,
                                    " workers; use a multiple of ", worldSize_, " such as ", such));
     }
@@ -978,7 +1015,8 @@ class Builder {
             if (!ok) fail(key.name, str(" is not allowed: it must be a list of integers, ", allowedText(key)));
           } else if constexpr (std::is_same_v<T, double> || std::is_same_v<T, int64_t>) {
             if (!key.range.contains(static_cast<double>(v)))
-              fail(key.name, str(" is out of range: it must be ", key.range.describe()));
+              fail(key.name, str(" is out of range: it must be ", key.range.describe(),
+                                 key.rangeHint.empty() ? "" : "; " + key.rangeHint));
           }
         },
         key.field);
@@ -1001,14 +1039,40 @@ Config parseConfig(const std::string& text, const std::string& source, const std
 }
 
 Config loadConfig(const std::string& path, const std::vector<std::string>& overrides, int worldSize) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno),
-                          "; pass an existing TOML file (the keys are in docs/train-config.md)"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno)));
-  return parseConfig(text.str(), path, overrides, worldSize);
+  const std::string hint = "; pass an existing TOML file (the keys are in docs/train-config.md)";
+  // Opened without blocking (a FIFO would wait for a writer), then checked to be a regular
+  // file: a directory reads as empty text on Linux, which would pass for an empty config.
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno), hint));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno)));
+  if (S_ISDIR(st.st_mode)) throw ConfigError(str("the config file '", path, "' is a directory", hint));
+  if (!S_ISREG(st.st_mode))
+    throw ConfigError(str("the config file '", path, "' is not a regular file (a device, pipe or socket)", hint));
+  // A config is a few KiB; anything this large is the wrong file.
+  constexpr off_t kMaxConfigBytes = off_t{16} << 20;
+  if (st.st_size > kMaxConfigBytes)
+    throw ConfigError(str("the config file '", path, "' is ", st.st_size, " bytes, over the 16 MiB a config may be",
+                          hint));
+  std::string text;
+  char buf[64 * 1024];
+  for (;;) {
+    ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw ConfigError(str("cannot read the config file '", path, "': ", std::strerror(errno)));
+    if (r == 0) break;
+    text.append(buf, static_cast<size_t>(r));
+    if (text.size() > static_cast<size_t>(kMaxConfigBytes))
+      throw ConfigError(str("the config file '", path, "' grew past 16 MiB while it was read", hint));
+  }
+  return parseConfig(text, path, overrides, worldSize);
 }
 
 Config defaultConfig(const std::vector<std::string>& overrides, int worldSize) {

@@ -95,6 +95,7 @@ struct CompressionConfig {
   std::string method = "none";  // none | fp16 | bf16 | topk | topk_sampled | randomk | threshold |
                                 // qsgd | terngrad | sign | int8 | dgc | powersgd
   double ratio = 0.01;          // topk, topk_sampled, randomk: fraction of the entries sent
+  double residualDecay = 0.9;   // randomk: the residual is multiplied by this each step (1: plain error feedback)
   double threshold = 1e-3;      // threshold: send entries with |g| >= this
   int64_t levels = 16;          // qsgd: quantization levels s
   int64_t rank = 4;             // powersgd: rank of the approximation
@@ -139,6 +140,7 @@ struct OutputConfig {
   bool checkpointEpoch = true;       // checkpoint at the end of each epoch
   int64_t keep = 2;                  // checkpoints kept (oldest removed)
   std::string progress = "auto";     // "auto" (bar on a terminal, lines otherwise) | "bar" | "lines" | "none"
+  bool overwrite = false;            // a fresh run deletes another run's checkpoints in dir/checkpoints
 
   bool operator==(const OutputConfig&) const = default;
 };

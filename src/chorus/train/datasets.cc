@@ -1,31 +1,27 @@
 // Datasets held in memory as tensors, read through zlib so that gzip and plain files load
 // alike (gzread passes a plain file through unchanged).
 //
-// Fashion-MNIST comes as IDX files: a big-endian uint32 magic (2051 for images, 2049 for
-// labels), one big-endian uint32 per dimension (images: N, 28, 28; labels: N), then N*28*28
-// (or N) unsigned bytes. CIFAR-10's binary batches are records of 1 label byte and 3072 image
-// bytes (1024 red, 1024 green, 1024 blue, each 32x32 row-major), 10000 records per file.
+// Fashion-MNIST comes as IDX files, read and checked into bytes by idx.cc (the format is in
+// idx.h). CIFAR-10's binary batches are records of 1 label byte and 3072 image bytes (1024
+// red, 1024 green, 1024 blue, each 32x32 row-major), 10000 records per file.
 //
-// Pixels go through a 256-entry table (byte -> normalized float) while they are read, so the
-// whole train split is one pass over the decompressed bytes and one float tensor.
+// Pixels go through a 256-entry table (byte -> normalized float), one pass from the bytes
+// into the float tensor.
 #include "chorus/train/datasets.h"
 
 #include <sys/stat.h>
-#include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
 #include "chorus/common/error.h"
+#include "chorus/train/idx.h"
 
 namespace chorus::train {
 namespace {
 
-constexpr int64_t kClasses = 10;
-constexpr int64_t kMnistSide = 28;
-constexpr uint32_t kIdxImagesMagic = 2051;
-constexpr uint32_t kIdxLabelsMagic = 2049;
+constexpr int64_t kClasses = kIdxClasses;
 // Mean and standard deviation of Fashion-MNIST's train split, pixels scaled to [0, 1].
 constexpr float kFashionMean = 0.2860f;
 constexpr float kFashionStd = 0.3530f;
@@ -55,58 +51,6 @@ std::string locate(const std::string& dir, const std::string& name, const char* 
   throw InvalidArgument(str(what, " file not found: neither ", plain, ".gz nor ", plain, " exists; ", hint));
 }
 
-// A gzip or plain file read through zlib.
-class GzFile {
- public:
-  GzFile(const std::string& path, const char* hint) : path_(path), hint_(hint) {
-    f_ = gzopen(path.c_str(), "rb");
-    if (!f_) throw Error(str("cannot open ", path, ": ", std::strerror(errno ? errno : ENOMEM), "; ", hint_));
-    gzbuffer(f_, 1 << 18);
-  }
-  ~GzFile() { gzclose(f_); }
-  GzFile(const GzFile&) = delete;
-  GzFile& operator=(const GzFile&) = delete;
-
-  const std::string& path() const { return path_; }
-
-  // Reads up to n bytes; fewer only at the end of the data (or of a cut gzip stream, where
-  // zlib may not count the last bytes it decoded). Corrupt compressed data throws.
-  size_t read(void* dst, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-      unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - got, 1u << 30));
-      int r = gzread(f_, static_cast<char*>(dst) + got, chunk);
-      if (r < 0) {
-        int code = 0;
-        const char* msg = gzerror(f_, &code);
-        throw Error(str(path_, " is corrupt (zlib: ", msg, "); ", hint_));
-      }
-      if (r == 0) break;
-      got += static_cast<size_t>(r);
-    }
-    return got;
-  }
-
-  // Reads exactly n bytes of `what`; a short read is a truncated file.
-  void readAll(void* dst, size_t n, const std::string& what) {
-    size_t got = read(dst, n);
-    if (got != n)
-      throw Error(str(path_, " is truncated: it ends before the ", n, " bytes of ", what,
-                      " that its header declares; ", hint_));
-  }
-
-  uint32_t readBigEndian32(const std::string& what) {
-    unsigned char b[4];
-    readAll(b, 4, what);
-    return (uint32_t(b[0]) << 24) | (uint32_t(b[1]) << 16) | (uint32_t(b[2]) << 8) | uint32_t(b[3]);
-  }
-
- private:
-  std::string path_;
-  const char* hint_;
-  gzFile f_;
-};
-
 // byte -> (byte / 255 - mean) / std
 struct PixelTable {
   float v[256];
@@ -114,35 +58,6 @@ struct PixelTable {
     for (int i = 0; i < 256; ++i) v[i] = (static_cast<float>(i) / 255.0f - mean) / std;
   }
 };
-
-// Reads n bytes from `f` and writes them through `table` into dst, a buffer at a time.
-void readPixels(GzFile& f, float* dst, size_t n, const PixelTable& table, const std::string& what) {
-  std::vector<unsigned char> buf(std::min<size_t>(n, 1 << 20));
-  size_t done = 0;
-  while (done < n) {
-    size_t chunk = std::min(buf.size(), n - done);
-    size_t got = f.read(buf.data(), chunk);
-    for (size_t i = 0; i < got; ++i) dst[done + i] = table.v[buf[i]];
-    done += got;
-    if (got < chunk)
-      throw Error(str(f.path(), " is truncated: it ends before the ", n, " bytes of ", what,
-                      " that its header declares; ", kFashionHint));
-  }
-}
-
-// The first index of a label >= kClasses, or -1.
-int64_t badLabel(const int64_t* labels, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (labels[i] < 0 || labels[i] >= kClasses) return i;
-  return -1;
-}
-
-void checkMagic(GzFile& f, uint32_t expected, const char* kind) {
-  uint32_t magic = f.readBigEndian32("header");
-  if (magic != expected)
-    throw Error(str(f.path(), " is not an IDX ", kind, " file: its magic number is ", magic, ", expected ", expected,
-                    " (the file is corrupt or not Fashion-MNIST); ", kFashionHint));
-}
 
 void checkLimit(int64_t limit) {
   if (limit < 0) throw InvalidArgument(str("dataset limit must be >= 0 (0: everything), got ", limit));
@@ -155,47 +70,18 @@ Dataset loadFashionMnist(const std::string& dir, bool train, int64_t limit) {
   const std::string prefix = train ? "train" : "t10k";
   GzFile images(locate(dir, prefix + "-images-idx3-ubyte", "Fashion-MNIST", kFashionHint), kFashionHint);
   GzFile labels(locate(dir, prefix + "-labels-idx1-ubyte", "Fashion-MNIST", kFashionHint), kFashionHint);
+  const IdxSplit split = readIdxSplit(images, labels, limit);
 
-  // Headers first, so a mismatch is found before reading 47 MB.
-  checkMagic(images, kIdxImagesMagic, "images");
-  int64_t n = images.readBigEndian32("header");
-  int64_t rows = images.readBigEndian32("header");
-  int64_t cols = images.readBigEndian32("header");
-  if (rows != kMnistSide || cols != kMnistSide)
-    throw Error(str(images.path(), " holds ", rows, "x", cols, " images, expected ", kMnistSide, "x", kMnistSide,
-                    " (is it Fashion-MNIST?); ", kFashionHint));
-  checkMagic(labels, kIdxLabelsMagic, "labels");
-  int64_t nLabels = labels.readBigEndian32("header");
-  if (nLabels != n)
-    throw Error(str(labels.path(), " holds ", nLabels, " labels but ", images.path(), " holds ", n,
-                    " images; the two files must come from the same split; ", kFashionHint));
-
-  const int64_t keep = limit > 0 ? std::min(limit, n) : n;
   Dataset d;
   d.name = str("fashion-mnist/", train ? "train" : "test");
   d.classes = kClasses;
-  d.images = torch::empty({keep, 1, kMnistSide, kMnistSide}, torch::kFloat32);
-  readPixels(images, d.images.data_ptr<float>(), static_cast<size_t>(keep * kMnistSide * kMnistSide),
-             PixelTable(kFashionMean, kFashionStd), "images");
-
-  std::vector<unsigned char> raw(static_cast<size_t>(keep));
-  labels.readAll(raw.data(), raw.size(), "labels");
-  // A whole split is read to its end: that makes zlib check the gzip CRC, and finds files
-  // longer than their headers say.
-  if (keep == n) {
-    for (GzFile* f : {&images, &labels}) {
-      unsigned char extra;
-      if (f->read(&extra, 1) != 0)
-        throw Error(str(f->path(), " holds more bytes than its header declares (", n,
-                        " items); the file is corrupt; ", kFashionHint));
-    }
-  }
-  d.labels = torch::empty({keep}, torch::kInt64);
+  d.images = torch::empty({split.count, 1, kMnistSide, kMnistSide}, torch::kFloat32);
+  const PixelTable table(kFashionMean, kFashionStd);
+  float* img = d.images.data_ptr<float>();
+  for (size_t i = 0; i < split.pixels.size(); ++i) img[i] = table.v[split.pixels[i]];
+  d.labels = torch::empty({split.count}, torch::kInt64);
   int64_t* l = d.labels.data_ptr<int64_t>();
-  for (int64_t i = 0; i < keep; ++i) l[i] = raw[static_cast<size_t>(i)];
-  if (int64_t bad = badLabel(l, keep); bad >= 0)
-    throw Error(str(labels.path(), ": label ", l[bad], " at index ", bad, " is not a class 0..", kClasses - 1,
-                    "; the file is corrupt; ", kFashionHint));
+  for (int64_t i = 0; i < split.count; ++i) l[i] = split.labels[static_cast<size_t>(i)];
   return d;
 }
 

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
 #include <span>
+#include <sstream>
 #include <thread>
 
 #include "chorus/amp/autocast.h"
@@ -78,6 +80,38 @@ ps::OptimizerOptions serverOptimizer(const OptimConfig& o) {
   so.beta2 = o.beta2;
   so.eps = o.eps;
   return so;
+}
+
+// The error a worker stops with when its loss or gradient is not finite (docs/train.md,
+// "Divergence"): the step, the worker, the servers' shard checkpoints and what to change.
+DivergenceError workerDivergence(const Config& cfg, int worker, int64_t step, int64_t epoch, int64_t stepInEpoch,
+                                 int64_t stepsPerEpoch, double loss, bool gradFinite, double lr) {
+  std::ostringstream m;
+  m << "training diverged at step " << step << " (epoch " << epoch + 1 << ", step " << stepInEpoch + 1 << " of "
+    << stepsPerEpoch << ") on worker " << worker << ": ";
+  if (!std::isfinite(loss)) {
+    m << "its loss is " << (std::isnan(loss) ? std::string("nan") : str(loss))
+      << (gradFinite ? "" : " and its gradient is not finite");
+  } else {
+    m << "its gradient is not finite (the loss is " << loss << ")";
+  }
+  m << "; it was not pushed.\n";
+  const fs::path shard = fs::path(cfg.output.dir) / "ps" / "server0.ckpt";
+  if (fs::exists(shard)) {
+    m << "  last checkpoint: the servers' shards, " << (fs::path(cfg.output.dir) / "ps").string()
+      << "/server*.ckpt (written every ps.checkpoint_every = " << cfg.ps.checkpointEvery
+      << " updates); after the change below, --resume continues from them\n";
+  } else {
+    m << "  no server checkpoint was written, so the run has to start over (ps.checkpoint_every = N checkpoints "
+         "the shards every N updates)\n";
+  }
+  m << "  what to change: a lower optim.lr (" << lr << " at this step";
+  if (cfg.schedule.warmupSteps > 0) m << "; or a longer schedule.warmup_steps, now " << cfg.schedule.warmupSteps;
+  m << ")";
+  if (cfg.ps.mode == "asp")
+    m << "; ps.mode = \"ssp\" with a small ps.staleness, or \"bsp\" (stale gradients amplify it)";
+  if (cfg.ps.mode == "ssp") m << "; a lower ps.staleness (now " << cfg.ps.staleness << ") or ps.mode = \"bsp\"";
+  return DivergenceError(m.str(), step, worker);
 }
 
 TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts,
@@ -215,6 +249,21 @@ TrainResult runWorker(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
       const double slept = stragglerSleep(cfg.train, w, compute);
       std::vector<torch::Tensor> grads;
       for (auto& p : b.params) grads.push_back(p.grad().defined() ? p.grad().contiguous() : torch::zeros_like(p));
+      // Divergence: a non-finite gradient pushed would poison every worker's model, so the
+      // worker stops before the push. Workers share no collective to agree on it; each checks
+      // its own, and the launcher stops the job when a worker fails (under bsp at once; asp and
+      // ssp go on without it, and every worker stops at its next step if the model itself
+      // went non-finite).
+      const bool lossFinite = std::isfinite(lossValue), gradFinite = allFinite(grads);
+      if (!lossFinite || !gradFinite) {
+        JsonObject o;
+        o.add("event", "diverged").add("worker", w).add("step", step + 1).add("epoch", epoch);
+        o.add("loss_finite", lossFinite).add("grad_finite", gradFinite);
+        mine.write(o);
+        if (metrics) metrics->write(o);
+        if (lead) bar.endEpoch("");
+        throw workerDivergence(cfg, w, step + 1, epoch, i, stepsPerEpoch, lossValue, gradFinite, schedule.at(step));
+      }
       const Clock::time_point t1 = Clock::now();
       client.push(constSpansOf(grads), schedule.at(step));
       const Clock::time_point t2 = Clock::now();

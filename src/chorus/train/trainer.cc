@@ -87,7 +87,7 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
     s.dgc = std::make_shared<compress::DgcCodec>(o);
     codec = s.dgc;
   } else if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
-    codec = compress::makeSparse(c.method, c.ratio, c.layerwise);
+    codec = compress::makeSparse(c.method, c.ratio, c.layerwise, {c.errorFeedback, c.residualDecay});
   } else if (c.method == "threshold") {
     codec = compress::makeSparse(c.method, c.threshold);
   } else {
@@ -134,42 +134,218 @@ std::vector<std::string> allgatherBytes(comm::ProcessGroup& g, const std::string
   return out;
 }
 
-// Codec state (residuals, momentum, Q, RNG) differs per rank: each rank serializes its own,
-// and rank 0's checkpoint keeps them all as "codec.rank<r>" byte tensors.
+// Codec state (residuals, momentum, Q, RNG) differs per rank: each rank encodes its own as a
+// tensor table (data only, like the checkpoint around it), and rank 0's checkpoint keeps them
+// all as "codec.rank<r>" byte tensors. Entries: b<bucket>_t_<name> (tensors), b<bucket>_s_<name>
+// (a float64 [1]), b<bucket>_rng (an int64 [1]).
 std::string serializeCodecState(parallel::StatefulHook& hook) {
-  torch::serialize::OutputArchive a;
+  std::vector<std::pair<std::string, torch::Tensor>> entries;
   for (auto& [bucket, cs] : hook.states()) {
-    for (auto& [name, t] : cs.tensors) a.write(str("b", bucket, "_t_", name), t);
-    for (auto& [name, v] : cs.scalars) a.write(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
-    a.write(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
+    for (auto& [name, t] : cs.tensors) entries.emplace_back(str("b", bucket, "_t_", name), t);
+    for (auto& [name, v] : cs.scalars) entries.emplace_back(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
+    entries.emplace_back(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
   }
-  std::ostringstream os;
-  a.save_to(os);
-  return os.str();
+  return encodeTensors(entries);
 }
 
-void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob) {
-  torch::serialize::InputArchive a;
-  a.load_from(blob.data(), blob.size());
-  for (const auto& key : a.keys()) {
-    size_t u = key.find('_');
-    size_t bucket = std::stoul(key.substr(1, u - 1));
-    std::string rest = key.substr(u + 1);
-    torch::Tensor t;
-    a.read(key, t);
+// `source` names the checkpoint and entry for errors; nothing is changed unless all of it reads.
+void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob, const std::string& source) {
+  struct Item {
+    size_t bucket;
+    std::string rest;
+    torch::Tensor value;
+  };
+  std::vector<Item> items;
+  for (auto& [key, t] : decodeTensors(blob.data(), blob.size(), source)) {
+    const size_t u = key.find('_');
+    const std::string digits = key.substr(1, u == std::string::npos ? std::string::npos : u - 1);
+    const std::string rest = u == std::string::npos ? std::string() : key.substr(u + 1);
+    const bool scalar = rest == "rng" || rest.starts_with("s_");
+    if (key[0] != 'b' || digits.empty() || digits.size() > 9 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !(scalar || rest.starts_with("t_")) ||
+        (scalar && (t.numel() != 1 || t.scalar_type() != (rest == "rng" ? torch::kLong : torch::kDouble))))
+      throw Error(str(source, ": compression state entry '", key, "' is not one chorus writes; the file is corrupt"));
+    items.push_back({std::stoul(digits), rest, t});
+  }
+  for (auto& [bucket, rest, t] : items) {
     auto& cs = hook.states()[bucket];
     if (rest == "rng") {
       cs.rngState = static_cast<uint64_t>(t.item<int64_t>());
-    } else if (rest.rfind("t_", 0) == 0) {
-      cs.tensors[rest.substr(2)] = t.clone();
-    } else if (rest.rfind("s_", 0) == 0) {
+    } else if (rest.starts_with("t_")) {
+      cs.tensors[rest.substr(2)] = t;
+    } else {
       cs.scalars[rest.substr(2)] = t.item<double>();
     }
   }
 }
 
+// A checkpoint folder holds one line of runs: a run and the runs that resumed it (docs/train.md,
+// "Checkpoint folders"). Rank 0 calls this before anything is loaded or written. It removes the
+// temporaries of writers that died mid-save; then, when the folder holds no checkpoint or the run
+// continues its newest, it returns "" and sets `inherited` to the folder's checkpoints (the line
+// this run continues). Otherwise the checkpoints are another run's: with `overwrite` it deletes
+// them (all but the one resumed from, which is inherited) and returns ""; without, it returns the
+// message that refuses to start.
+std::string claimCheckpointFolder(const fs::path& dir, const std::string& resumePath, bool overwrite,
+                                  std::ostream& out, std::vector<std::string>* inherited) {
+  for (const auto& tmp : removeStaleTemporaries(dir.string()))
+    out << "removed " << tmp << ", an unfinished checkpoint of a writer that is gone\n";
+  const std::vector<std::string> existing = listCheckpoints(dir.string());
+  auto same = [](const std::string& a, const std::string& b) {
+    std::error_code ec;
+    return fs::equivalent(a, b, ec);
+  };
+  if (existing.empty() || (!resumePath.empty() && same(resumePath, existing.back()))) {
+    *inherited = existing;
+    return "";
+  }
+  if (overwrite) {
+    size_t removed = 0;
+    for (const auto& f : existing) {
+      if (!resumePath.empty() && same(resumePath, f)) {
+        inherited->push_back(f);
+        continue;
+      }
+      std::error_code ec;
+      fs::remove(f, ec);
+      if (ec) throw Error(str("output.overwrite: cannot remove ", f, ": ", ec.message()));
+      ++removed;
+    }
+    out << "removed " << removed << " checkpoint(s) of an earlier run from " << dir.string()
+        << " (output.overwrite = true)\n";
+    return "";
+  }
+  const std::string what = resumePath.empty()
+                               ? std::string("this run starts fresh")
+                               : str("this run continues ", resumePath, ", which is not the newest of them");
+  return str(dir.string(), " holds ", existing.size(), " checkpoint(s) of another run (the newest: ",
+             fs::path(existing.back()).filename().string(), "), and ", what,
+             "; its own checkpoints would be mixed with them. Choose one: --resume to continue from the newest; "
+             "another output.dir (--set output.dir=...); or --set output.overwrite=true to delete them",
+             resumePath.empty() ? "" : " (the file resumed from is kept)");
+}
+
 torch::Tensor bytesTensor(const std::string& s) {
   return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
+}
+
+// Divergence (docs/train.md, "Divergence"): whether every gradient the optimizer holds is finite.
+bool gradientsFinite(torch::optim::Optimizer& opt) {
+  std::vector<torch::Tensor> grads;
+  for (auto& group : opt.param_groups()) {
+    for (auto& p : group.params()) grads.push_back(p.grad());
+  }
+  return allFinite(grads);
+}
+
+// The loss scale below which an fp16 run whose gradients still overflow has diverged: even
+// gradients scaled down 2^24 times exceed float16's range (or are NaN).
+constexpr double kMinLossScale = 1.0 / (1 << 24);
+
+// A point-to-point tag nothing sends on: non-zero ranks wait on it for rank 0 to leave.
+constexpr uint32_t kDivergenceTag = 0x44495645;  // "DIVE"
+
+// What the divergence check saw in one step, the same on every rank after its all-reduce.
+struct Divergence {
+  bool loss = false;      // the loss was not finite on some rank
+  bool gradient = false;  // the gradient the optimizer would apply was not finite
+  bool scale = false;     // fp16: the loss scaler backed off below kMinLossScale
+};
+
+// Every rank calls this at the same step (the decision was all-reduced); it gathers each rank's
+// loss (a collective) and throws DivergenceError. Rank 0's message names the step, the ranks,
+// the last good checkpoint and what to change; the others' say that rank 0 reports it, so that
+// `chorus train` prints it once.
+[[noreturn]] void throwDivergence(comm::ProcessGroup& g, const Config& cfg, const Divergence& what, double myLoss,
+                                  int64_t step, int64_t epoch, int64_t stepInEpoch, int64_t stepsPerEpoch, double lr,
+                                  double lossScale, const std::string& lastGood, const std::string& ckptDir) {
+  std::vector<double> losses(static_cast<size_t>(g.size()));
+  comm::AllgatherOptions o;
+  o.input = &myLoss;
+  o.output = losses.data();
+  o.count = 1;
+  o.dtype = DType::kFloat64;
+  g.allgather(o);
+  std::vector<int> badRanks;
+  for (int r = 0; r < g.size(); ++r) {
+    if (!std::isfinite(losses[static_cast<size_t>(r)])) badRanks.push_back(r);
+  }
+  const int firstBad = badRanks.empty() ? -1 : badRanks.front();
+  const std::string head = str("training diverged at step ", step, " (epoch ", epoch + 1, ", step ", stepInEpoch + 1,
+                               " of ", stepsPerEpoch, ")");
+  if (g.rank() != 0) {
+    // Rank 0 reports, and the others leave after it: a launcher stops the whole job when the
+    // first rank exits, and rank 0 must have printed by then. Rank 0 never sends on this tag, so
+    // the receive ends when its connection closes (or after 10 s); it prints just after that,
+    // so the others give it a moment more.
+    try {
+      uint8_t none = 0;
+      g.recv(0, kDivergenceTag, &none, 1, Millis(10000));
+    } catch (const TimeoutError&) {
+    } catch (const Error&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    throw DivergenceError(head + "; rank 0 reports the details", step, firstBad);
+  }
+
+  std::ostringstream m;
+  m << head << ": ";
+  // "rank 1: nan, rank 3: inf": the ranks whose loss is (not) finite, the first 8 of them.
+  auto lossList = [&](bool finite) {
+    std::string s;
+    int listed = 0, more = 0;
+    for (int r = 0; r < g.size(); ++r) {
+      const double v = losses[static_cast<size_t>(r)];
+      if (std::isfinite(v) != finite) continue;
+      if (listed++ < 8) {
+        s += str(s.empty() ? "" : ", ", "rank ", r, ": ", std::isnan(v) ? std::string("nan") : str(v));
+      } else {
+        ++more;
+      }
+    }
+    return more > 0 ? str(s, " and ", more, " more") : s;
+  };
+  if (what.loss) {
+    if (badRanks.size() == static_cast<size_t>(g.size())) {
+      m << "the loss is not finite on every rank (" << lossList(false) << ")";
+    } else {
+      m << "the loss is not finite on " << lossList(false) << " (finite on " << lossList(true) << ")";
+    }
+    if (what.gradient) m << "; nor is the gradient";
+  } else if (what.gradient) {
+    m << "the gradient the optimizer would apply (after the all-reduce"
+      << (cfg.compression.method == "none" ? "" : " and decompression")
+      << ", the same on every rank) is not finite, while the loss is finite on every rank (" << lossList(true) << ")";
+  } else if (what.scale) {
+    m << "the fp16 gradients overflow at every loss scale: the GradScaler skipped step after step and backed off to "
+      << lossScale << " (losses " << lossList(true) << ")";
+  }
+  m << ". The step was not applied.\n";
+  if (!lastGood.empty()) {
+    m << "  last good checkpoint: " << lastGood
+      << "; after the change below, --resume continues from it (the newest in " << ckptDir << ")\n";
+  } else {
+    m << "  no checkpoint was written before this step, so the run has to start over (output.checkpoint_every = N "
+         "keeps one every N steps)\n";
+  }
+  m << "  what to change: a lower optim.lr (" << lr << " at this step";
+  if (cfg.schedule.warmupSteps > 0) m << "; or a longer schedule.warmup_steps, now " << cfg.schedule.warmupSteps;
+  m << ")";
+  const auto& c = cfg.compression;
+  if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
+    m << "; a larger compression.ratio (now " << c.ratio << ")";
+    if (c.method == "randomk" && c.errorFeedback && c.residualDecay > 0)
+      m << "; a lower compression.residual_decay (now " << c.residualDecay << ")";
+    if (c.method == "randomk" && !c.errorFeedback)
+      m << "; compression.error_feedback = true (without it random-k sends n/k times the entries it draws)";
+  } else if (c.method == "dgc") {
+    m << "; a lower compression.sparsity (now " << c.sparsity << ") or compression.clip_norm";
+  }
+  if (c.method != "none")
+    m << "; compression.method = \"none\" shows whether compression (\"" << c.method << "\") causes it";
+  if (cfg.precision == "fp16") m << "; precision = \"bf16\", which has float32's range";
+  throw DivergenceError(m.str(), step, firstBad);
 }
 
 // Gathers every rank's trace events to rank 0, which writes the file.
@@ -223,6 +399,21 @@ double peakRssMb() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+bool allFinite(const std::vector<torch::Tensor>& tensors) {
+  torch::NoGradGuard noGrad;
+  std::vector<torch::Tensor> sums;
+  for (const auto& t : tensors) {
+    if (t.defined() && t.numel() > 0) sums.push_back(t.sum());
+  }
+  if (sums.empty() || std::isfinite(torch::stack(sums).sum().item<double>())) return true;
+  // The sums are in the tensors' own dtype, which huge finite entries can overflow too: only
+  // then, look at every entry.
+  for (const auto& t : tensors) {
+    if (t.defined() && t.numel() > 0 && !torch::isfinite(t).all().item<bool>()) return false;
+  }
+  return true;
 }
 
 TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts) {
@@ -295,6 +486,18 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                                 "; run without --resume to start fresh, or name a file with --resume-from"));
     }
   }
+  // Rank 0 looks at the checkpoint folder, and every rank goes on or stops with it.
+  std::vector<std::string> inherited;
+  std::string refusal;
+  if (lead) refusal = claimCheckpointFolder(ckptDir, resumePath, cfg.output.overwrite, out, &inherited);
+  int64_t refused = refusal.empty() ? 0 : 1;
+  allreduceInPlace(g, &refused, 1, DType::kInt64, ReduceOp::kMax);
+  if (refused != 0) {
+    throw ConfigError(lead ? refusal
+                           : str(ckptDir.string(), " holds checkpoints of another run; rank 0's message says what to do"));
+  }
+  CheckpointHistory history(std::move(inherited));
+
   if (!resumePath.empty()) {
     state = loadCheckpoint(resumePath, *model, *optimizer);
     auto sc = [&](const char* k, double d) { return state.scalars.count(k) ? state.scalars.at(k) : d; };
@@ -307,7 +510,10 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
                                   "; resume with the same compression.method and worker count it was written with"));
       }
       torch::Tensor blob = it->second.contiguous();
-      restoreCodecState(*compression.hook, std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()));
+      if (blob.scalar_type() != torch::kUInt8 || blob.dim() != 1)
+        throw Error(str("checkpoint ", resumePath, ": entry 'tensors/", it->first, "' is not a byte string; the file is corrupt"));
+      restoreCodecState(*compression.hook, std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()),
+                        str("checkpoint ", resumePath, ", entry 'tensors/", it->first, "'"));
     }
   }
 
@@ -349,7 +555,7 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       st.scalars["amp.skipped_steps"] = static_cast<double>(scaler.skippedSteps());
       for (size_t r = 0; r < codecBlobs.size(); ++r) st.tensors[str("codec.rank", r)] = bytesTensor(codecBlobs[r]);
       saveCheckpoint(path, *model, *optimizer, st);
-      pruneCheckpoints(ckptDir.string(), cfg.output.keep);
+      history.add(path, cfg.output.keep);  // only this run's line, oldest written first; never `path`
       result.lastCheckpoint = path;
     }
   };
@@ -401,8 +607,38 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       scaler.scale(loss).backward();
       const uint64_t gradBytes = g.bytesSent() - sentBeforeBackward;
       const Clock::time_point t2 = Clock::now();
-      if (!scaler.step(*optimizer)) ++result.skippedSteps;
+      // Divergence: the loss is this rank's; the gradient is what the optimizer would apply
+      // (after DDP's all-reduce, or the codec's decoding: the same on every rank). One 2-entry
+      // all-reduce gives every rank the same decision at the same step. Under fp16 a
+      // non-finite gradient is the GradScaler's to handle (it skips the step and backs off),
+      // until the scale falls below kMinLossScale.
+      const double lossValue = loss.item<double>();
+      int32_t badFlags[2] = {std::isfinite(lossValue) ? 0 : 1,
+                             prec == amp::Precision::kFp16 || gradientsFinite(*optimizer) ? 0 : 1};
+      if (world > 1) allreduceInPlace(g, badFlags, 2, DType::kInt32, ReduceOp::kMax);
+      auto diverge = [&](const Divergence& what) {
+        const std::string lastGood = !result.lastCheckpoint.empty() ? result.lastCheckpoint : resumePath;
+        if (lead) {
+          bar.endEpoch("");
+          metrics->write(JsonObject()
+                             .add("event", "diverged")
+                             .add("step", globalStep + 1)
+                             .add("epoch", epoch)
+                             .add("loss_finite", !what.loss)
+                             .add("grad_finite", !what.gradient)
+                             .add("loss_scale", scaler.scaleValue())
+                             .add("last_checkpoint", lastGood));
+        }
+        throwDivergence(g, cfg, what, lossValue, globalStep + 1, epoch, step, stepsPerEpoch, schedule.at(globalStep),
+                        scaler.scaleValue(), lastGood, ckptDir.string());
+      };
+      if (badFlags[0] != 0 || badFlags[1] != 0) diverge({badFlags[0] != 0, badFlags[1] != 0, false});
+      const bool stepped = scaler.step(*optimizer);
       scaler.update();
+      if (!stepped) {
+        ++result.skippedSteps;
+        if (scaler.scaleValue() < kMinLossScale) diverge({false, false, true});
+      }
       const Clock::time_point t3 = Clock::now();
       ++globalStep;
       ++stepsThisRun;
@@ -423,7 +659,6 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
       totalGrad += gradBytes;
       windowCompute += compute;
       windowTrain += stepSeconds;
-      const double lossValue = loss.item<double>();
       windowLoss += lossValue;
       ++windowSteps;
       if (tracer.enabled()) {

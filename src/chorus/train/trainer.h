@@ -8,6 +8,7 @@
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "chorus/comm/group.h"
 #include "chorus/parallel/data/sampler.h"
@@ -68,5 +69,11 @@ double stragglerSleep(const TrainLoopConfig& cfg, int worker, double computeSeco
 
 // Peak resident memory of this process in MiB (getrusage).
 double peakRssMb();
+
+// Whether every entry of every defined tensor is finite (no inf, no NaN), as the divergence
+// check of both trainers asks of the gradients (docs/train.md, "Divergence"): one sum per
+// tensor and a single read of their total (an inf or NaN entry makes it non-finite); only when
+// that is not finite, a look at every entry (a sum can also overflow on huge finite entries).
+bool allFinite(const std::vector<torch::Tensor>& tensors);
 
 }  // namespace chorus::train

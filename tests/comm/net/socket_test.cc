@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "chorus/common/error.h"
+#include "util/reserved_port.h"
 
 namespace chorus::comm::net {
 namespace {
@@ -105,8 +106,8 @@ TEST(Socket, AcceptTimesOutWithInvalidFd) {
 }
 
 TEST(Socket, ConnectToClosedPortTimesOutNamingAddress) {
-  int port = 0;
-  { Fd l = listenTcp("127.0.0.1", 0, &port); }
+  const test::ReservedPort reserved;  // bound, never listening: nobody can take it meanwhile
+  const int port = reserved.port();
   auto start = Clock::now();
   try {
     connectTcp({"127.0.0.1", port}, Deadline(Millis(300)));
@@ -119,8 +120,8 @@ TEST(Socket, ConnectToClosedPortTimesOutNamingAddress) {
 }
 
 TEST(Socket, ConnectRetriesUntilPeerListens) {
-  int port = 0;
-  { Fd l = listenTcp("127.0.0.1", 0, &port); }
+  const test::ReservedPort reserved;  // kept from other tests until the late listener binds it
+  const int port = reserved.port();
   Fd late;
   std::thread t([&] {
     std::this_thread::sleep_for(Millis(300));

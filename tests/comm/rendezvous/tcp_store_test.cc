@@ -7,13 +7,17 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "chorus/common/error.h"
+#include "chorus/common/hmac.h"
 #include "chorus/comm/net/auth.h"
 #include "chorus/comm/net/socket.h"
 #include "chorus/comm/rendezvous/store.h"
 #include "chorus/comm/rendezvous/store_protocol.h"
+#include "util/reserved_port.h"
 
 namespace chorus::comm {
 namespace {
@@ -268,6 +272,92 @@ TEST(TcpStore, SilentPeerDoesNotBlockOthers) {
   EXPECT_LT(Clock::now() - start, Millis(2000));
 }
 
+// Connections that send the first byte of the greeting and stay open: the server collects the
+// rest in its poll loop, so none of them holds anything a real client needs. (They used to
+// hold the four handshake workers until the handshake deadline, delaying every client behind
+// them by that long.) The deadline is 30 s here; the client must be served well before.
+TEST(TcpStore, PartialGreetingsDoNotDelayOthers) {
+  StoreServerOptions opts;
+  opts.secret = kSecret;
+  opts.handshakeTimeout = Millis(30000);
+  TcpStoreServer server(opts);
+  std::vector<net::Fd> stalled;
+  for (int i = 0; i < 8; ++i) {
+    stalled.push_back(net::connectTcp({"127.0.0.1", server.port()}, Deadline(kLong)));
+    const uint8_t first = 'C';  // the greeting's first byte: nothing to refuse yet
+    net::writeFull(stalled.back().get(), &first, 1, Deadline(kLong));
+  }
+  auto start = Clock::now();
+  TcpStore store("127.0.0.1", server.port(), kSecret, Millis(20000));
+  store.set("k", toBytes("v"));
+  EXPECT_EQ(toString(store.get("k", kLong)), "v");
+  EXPECT_LT(Clock::now() - start, Millis(10000));
+  EXPECT_EQ(server.refusedConnections(), 0);
+}
+
+// The same for peers that send a whole greeting, get the server's answer, and never prove
+// the secret: each waits in the poll set, and is refused and closed at the deadline.
+TEST(TcpStore, PeersStalledAfterTheirGreetingDoNotDelayOthersAndTimeOut) {
+  StoreServerOptions opts;
+  opts.secret = kSecret;
+  opts.handshakeTimeout = Millis(30000);
+  auto server = std::make_unique<TcpStoreServer>(opts);
+  uint8_t greeting[net::ServerHandshake::kGreetingBytes] = {'C', 'H', 'O', 'R', 'U', 'S', 'A', '1'};
+  std::vector<net::Fd> stalled;
+  for (int i = 0; i < 8; ++i) {
+    greeting[8] = static_cast<uint8_t>(i);  // a nonce of our own, never echoing the server's
+    stalled.push_back(net::connectTcp({"127.0.0.1", server->port()}, Deadline(kLong)));
+    net::writeFull(stalled.back().get(), greeting, sizeof greeting, Deadline(kLong));
+    uint8_t answer[net::ServerHandshake::kGreetingBytes + net::ServerHandshake::kProofBytes];
+    net::readFull(stalled.back().get(), answer, sizeof answer, Deadline(kLong));  // the server's greeting and proof
+    EXPECT_EQ(std::memcmp(answer, greeting, 8), 0);
+  }
+  auto start = Clock::now();
+  TcpStore store("127.0.0.1", server->port(), kSecret, Millis(20000));
+  store.set("k", toBytes("v"));
+  EXPECT_LT(Clock::now() - start, Millis(10000));
+  EXPECT_EQ(server->refusedConnections(), 0);
+  server.reset();
+
+  opts.handshakeTimeout = Millis(200);
+  server = std::make_unique<TcpStoreServer>(opts);
+  net::Fd late = net::connectTcp({"127.0.0.1", server->port()}, Deadline(kLong));
+  net::writeFull(late.get(), greeting, sizeof greeting, Deadline(kLong));
+  EXPECT_TRUE(eventually([&] { return server->refusedConnections() == 1; }, Millis(5000)));
+  EXPECT_TRUE(closedByServer(late.get()));
+}
+
+// A client that dribbles its side of the handshake in pieces and sends its first request in
+// the same write as its proof: the server's step-by-step handshake takes the pieces as they
+// come and leaves the request in the socket for the client loop.
+TEST(TcpStore, HandshakeInPiecesWithARequestRightBehindTheProof) {
+  auto server = startServer();
+  net::Fd fd = net::connectTcp({"127.0.0.1", server->port()}, Deadline(kLong));
+  uint8_t hello[net::ServerHandshake::kGreetingBytes] = {'C', 'H', 'O', 'R', 'U', 'S', 'A', '1'};
+  randomBytes(hello + 8, sizeof hello - 8);
+  const size_t cuts[] = {0, 3, 20, sizeof hello};  // three pieces: 3, 17 and 20 bytes
+  for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+    net::writeFull(fd.get(), hello + cuts[i], cuts[i + 1] - cuts[i], Deadline(kLong));
+    std::this_thread::sleep_for(Millis(20));
+  }
+  uint8_t answer[net::ServerHandshake::kGreetingBytes + net::ServerHandshake::kProofBytes];
+  net::readFull(fd.get(), answer, sizeof answer, Deadline(kLong));
+  uint8_t msg[1 + 64];
+  msg[0] = 'C';
+  std::memcpy(msg + 1, hello + 8, 32);
+  std::memcpy(msg + 33, answer + 8, 32);
+  Digest proof = hmacSha256(kSecret.data(), kSecret.size(), msg, sizeof msg);
+  Bytes out(proof.begin(), proof.end());
+  Bytes set = encodeStoreMessage(StoreMessage{StoreMsgType::kSet, {"k"}, toBytes("pieces"), 0, 0});
+  out.insert(out.end(), set.begin(), set.end());
+  net::writeFull(fd.get(), out.data(), 10, Deadline(kLong));
+  std::this_thread::sleep_for(Millis(20));
+  net::writeFull(fd.get(), out.data() + 10, out.size() - 10, Deadline(kLong));
+  EXPECT_EQ(readReply(fd.get()).type, StoreMsgType::kOk);
+  EXPECT_EQ(toString(client(*server)->get("k", kLong)), "pieces");
+  EXPECT_EQ(server->refusedConnections(), 0);
+}
+
 TEST(TcpStore, SilentPeerIsRefusedAfterTheHandshakeTimeout) {
   // The handshake deadline follows CHORUS_TIMEOUT_MS (capped at 10 s); shorten it for this
   // server only.
@@ -404,8 +494,8 @@ TEST(TcpStore, EmptySecretIsRefusedByTheServer) {
 }
 
 TEST(TcpStore, ClientWaitsForALateServer) {
-  int port = 0;
-  { net::Fd probe = net::listenTcp("127.0.0.1", 0, &port); }
+  const test::ReservedPort reserved;  // kept from other tests until the late server binds it
+  const int port = reserved.port();
   std::unique_ptr<TcpStoreServer> server;
   std::thread t([&] {
     std::this_thread::sleep_for(Millis(300));
@@ -421,8 +511,8 @@ TEST(TcpStore, ClientWaitsForALateServer) {
 }
 
 TEST(TcpStore, NoServerTimesOutNamingTheAddress) {
-  int port = 0;
-  { net::Fd probe = net::listenTcp("127.0.0.1", 0, &port); }
+  const test::ReservedPort reserved;  // bound, never listening: no server can appear there
+  const int port = reserved.port();
   try {
     TcpStore store("127.0.0.1", port, kSecret, Millis(200));
     FAIL() << "connected without a server";

@@ -11,10 +11,19 @@
 // send their MAC before checking the peer's, so a wrong secret fails on both ends (each side
 // reports AuthError, not a confusing "connection closed"). The role byte means a MAC
 // reflected back at its sender (or replayed on a second connection) never verifies; fresh
-// nonces on both sides make a recorded exchange useless. Cost: two round trips, 80 bytes each
+// nonces on both sides make a recorded exchange useless. Cost: two round trips, 72 bytes each
 // way, and four SHA-256 compressions per MAC.
+//
+// ServerHandshake is the server's half for poll loops: it waits for the client's whole
+// greeting before it writes anything, then writes its greeting and MAC back to back (the same
+// bytes in the same order as authenticate(), which also sends its MAC before reading the
+// peer's), then waits for the client's MAC. A client cannot tell the two servers apart.
 #include "chorus/comm/net/auth.h"
 
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 
@@ -39,6 +48,18 @@ Digest proof(const std::string& secret, uint8_t role, const uint8_t* ownNonce, c
   return hmacSha256(secret.data(), secret.size(), msg, sizeof msg);
 }
 
+constexpr const char* kForeignGreeting =
+    "the peer does not speak the chorus handshake (bad greeting); is something other than a chorus process "
+    "connecting to this port?";
+constexpr const char* kReflected = "the peer echoed our own nonce; refusing a reflected handshake";
+constexpr const char* kWrongProof =
+    "the peer could not prove it holds the job secret; check that every process of the job got the same "
+    "CHORUS_JOB_SECRET";
+
+std::string handshakeContext(const char* role, int fd, const std::string& what) {
+  return str("job-secret handshake (as ", role, ") with ", peerAddress(fd), ": ", what);
+}
+
 }  // namespace
 
 void authenticate(int fd, const std::string& secret, bool isServer, const Deadline& deadline) {
@@ -59,11 +80,10 @@ void authenticate(int fd, const std::string& secret, bool isServer, const Deadli
     writeFull(fd, hello, sizeof hello, deadline);
     readFull(fd, peerHello, sizeof peerHello, deadline);
     if (std::memcmp(peerHello, kMagic, sizeof kMagic) != 0) {
-      throw AuthError(context("the peer does not speak the chorus handshake (bad greeting); "
-                              "is something other than a chorus process connecting to this port?"));
+      throw AuthError(context(kForeignGreeting));
     }
     if (constantTimeEqual(ownNonce, peerNonce, kNonceBytes)) {
-      throw AuthError(context("the peer echoed our own nonce; refusing a reflected handshake"));
+      throw AuthError(context(kReflected));
     }
     uint8_t ownRole = isServer ? kServerRole : kClientRole;
     uint8_t peerRole = isServer ? kClientRole : kServerRole;
@@ -73,8 +93,7 @@ void authenticate(int fd, const std::string& secret, bool isServer, const Deadli
     readFull(fd, theirs.data(), theirs.size(), deadline);
     Digest expected = proof(secret, peerRole, peerNonce, ownNonce);
     if (!constantTimeEqual(theirs.data(), expected.data(), expected.size())) {
-      throw AuthError(context("the peer could not prove it holds the job secret; check that every "
-                              "process of the job got the same CHORUS_JOB_SECRET"));
+      throw AuthError(context(kWrongProof));
     }
   } catch (const AuthError&) {
     throw;
@@ -85,6 +104,83 @@ void authenticate(int fd, const std::string& secret, bool isServer, const Deadli
                                       "different job secret")
                             .c_str()));
   }
+}
+
+ServerHandshake::ServerHandshake(std::string secret) : secret_(std::move(secret)) {
+  std::memcpy(hello_, kMagic, sizeof kMagic);
+  randomBytes(hello_ + sizeof kMagic, kNonceBytes);
+}
+
+bool ServerHandshake::advance(int fd) {
+  while (step_ != Step::kDone) {
+    uint8_t* into = step_ == Step::kGreeting ? peerHello_ : proof_;
+    const size_t want = step_ == Step::kGreeting ? kGreetingBytes : kProofBytes;
+    ssize_t r = ::recv(fd, into + got_, want - got_, MSG_DONTWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (r == 0) {
+      throw Error(handshakeContext("server", fd,
+                                   str("connection closed while waiting for ", waitingFor(),
+                                       "; a peer that closes during the handshake usually holds a different "
+                                       "job secret")));
+    }
+    if (r < 0) throw SystemError(handshakeContext("server", fd, "receive"), errno);
+    const size_t before = got_;
+    got_ += static_cast<size_t>(r);
+    if (step_ == Step::kGreeting) {
+      // Refuse foreign bytes as soon as they differ from the magic, not only at byte 40.
+      const size_t magicSeen = std::min(got_, sizeof kMagic);
+      if (before < magicSeen && std::memcmp(peerHello_ + before, kMagic + before, magicSeen - before) != 0) {
+        throw AuthError(handshakeContext("server", fd, kForeignGreeting));
+      }
+      if (got_ < kGreetingBytes) continue;
+      const uint8_t* ownNonce = hello_ + sizeof kMagic;
+      const uint8_t* peerNonce = peerHello_ + sizeof kMagic;
+      if (constantTimeEqual(ownNonce, peerNonce, kNonceBytes)) {
+        throw AuthError(handshakeContext("server", fd, kReflected));
+      }
+      uint8_t out[kGreetingBytes + kProofBytes];
+      std::memcpy(out, hello_, kGreetingBytes);
+      Digest mine = proof(secret_, kServerRole, ownNonce, peerNonce);
+      std::memcpy(out + kGreetingBytes, mine.data(), mine.size());
+      // 72 bytes into a fresh socket's empty send buffer: they go at once or the peer is broken.
+      size_t sent = 0;
+      while (sent < sizeof out) {
+        ssize_t w = ::send(fd, out + sent, sizeof out - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+          sent += static_cast<size_t>(w);
+        } else if (w < 0 && errno == EINTR) {
+          continue;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          throw Error(handshakeContext("server", fd,
+                                       "our greeting does not fit the socket's send buffer; the peer is not "
+                                       "reading"));
+        } else {
+          throw Error(handshakeContext("server", fd,
+                                       str("connection closed while sending our greeting (",
+                                           std::strerror(w < 0 ? errno : EPIPE), ")")));
+        }
+      }
+      step_ = Step::kProof;
+      got_ = 0;
+    } else if (got_ == kProofBytes) {
+      Digest expected = proof(secret_, kClientRole, peerHello_ + sizeof kMagic, hello_ + sizeof kMagic);
+      if (!constantTimeEqual(proof_, expected.data(), expected.size())) {
+        throw AuthError(handshakeContext("server", fd, kWrongProof));
+      }
+      step_ = Step::kDone;
+    }
+  }
+  return true;
+}
+
+std::string ServerHandshake::waitingFor() const {
+  switch (step_) {
+    case Step::kGreeting: return str("its greeting (", got_, " of ", kGreetingBytes, " bytes)");
+    case Step::kProof: return str("its proof of the secret (", got_, " of ", kProofBytes, " bytes)");
+    case Step::kDone: break;
+  }
+  return "nothing (the handshake is complete)";
 }
 
 }  // namespace chorus::comm::net

@@ -60,6 +60,10 @@ struct StoreServerOptions {
   bool anyInterface = false;  // bind 0.0.0.0 (asked for explicitly, never by default)
   int port = 0;               // 0: an ephemeral port, read back with port()
   std::string secret;
+  // How long a new connection has to complete the secret handshake before it is refused and
+  // closed. 0: CHORUS_TIMEOUT_MS, at most 10 s. Connections mid-handshake hold no thread (the
+  // server runs every handshake in its poll loop), only a slot among at most 1024 pending.
+  Millis handshakeTimeout{0};
 };
 
 // Serves the store protocol on a background thread until destroyed or stop()ped.

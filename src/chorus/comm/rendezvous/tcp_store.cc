@@ -2,15 +2,17 @@
 //
 // Server. One thread runs a poll() loop over the listening socket, a wake-up eventfd, the
 // connections that have not yet proved the secret, and every authenticated client; there is
-// no thread per client. A new connection waits in the poll set until it speaks (a client
-// opens the handshake with its greeting), then goes to a small fixed pool of handshake
-// workers, which run net::authenticate() with the job secret; so a peer that connects and
-// stays silent ties up nothing but a slot in the poll set. Every step is bounded by the
-// handshake deadline. A peer that fails is logged with its address, counted and closed, and
-// one that passes is handed back to the poll loop through the eventfd. The loop reads frames (store_protocol.h) into a
-// per-client buffer and serves them in order. A GET or WAIT whose keys are missing parks its
-// client: the client is not read from again until a SET or ADD makes every key exist (then
-// it gets the reply) or its timeout passes (then a timeout reply naming the missing keys).
+// no thread per client, and none per handshake. The loop runs the server's side of the
+// handshake itself (net::ServerHandshake): it collects the client's greeting as it arrives,
+// answers once the whole greeting is in, then collects the client's proof. Each step is a
+// few microseconds of work, so a peer that connects and sends one byte, or nothing, or stalls
+// halfway, ties up nothing but a slot in the poll set (at most kMaxPendingHandshakes of them)
+// until its handshake deadline; everyone else is served meanwhile. A peer that fails or runs
+// out of time is logged with its address, counted and closed; one that passes becomes a
+// client. The loop reads frames (store_protocol.h) into a per-client buffer and serves them
+// in order. A GET or WAIT whose keys are missing parks its client: the client is not read
+// from again until a SET or ADD makes every key exist (then it gets the reply) or its
+// timeout passes (then a timeout reply naming the missing keys).
 // Replies go to a per-client output buffer flushed as the socket accepts them, so a slow
 // reader never blocks the loop. A malformed frame gets an error reply and its connection is
 // closed; the server keeps serving everyone else.
@@ -29,10 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
-#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -62,7 +61,6 @@ bool PrefixStore::check(const std::vector<std::string>& keys) {
 
 namespace {
 
-constexpr int kHandshakeWorkers = 4;
 constexpr size_t kMaxPendingHandshakes = 1024;
 constexpr size_t kReadChunk = 64 * 1024;
 // Per turn of the loop, read at most this much from one client, so one busy client cannot
@@ -84,11 +82,12 @@ uint64_t clampTimeout(Millis t) {
   return std::min<uint64_t>(static_cast<uint64_t>(t.count()), kMaxTimeoutMs);
 }
 
-// A connection that has not yet spoken; handed to a handshake worker once it does.
+// A connection that has not yet proved the secret.
 struct Unproven {
   net::Fd fd;
   std::string peer;
   Clock::time_point until;
+  net::ServerHandshake handshake;
 };
 
 struct ServedClient {
@@ -113,25 +112,17 @@ struct TcpStoreServer::Impl {
   StoreServerOptions opts;
   std::string address;
   int port = 0;
-  // How long a new connection has to prove the secret: CHORUS_TIMEOUT_MS, at most 10 s.
+  // How long a new connection has to prove the secret (StoreServerOptions.handshakeTimeout).
   Millis handshakeTimeout{10000};
   net::Fd listenFd;
-  net::Fd wakeFd;
+  net::Fd wakeFd;  // written by stop()
   std::atomic<bool> stopping{false};
   std::atomic<int> refused{0};
   std::thread loopThread;
-  std::vector<std::thread> workers;
   std::mutex stopMu;
 
-  // Shared with the handshake workers, under hsMu.
-  std::mutex hsMu;
-  std::condition_variable hsCv;
-  std::deque<Unproven> hsQueue;
-  std::set<int> hsActive;
-  std::vector<std::pair<net::Fd, std::string>> authenticated;
-
   // Owned by the loop thread.
-  std::vector<Unproven> unproven;
+  std::vector<std::unique_ptr<Unproven>> unproven;
   std::vector<std::unique_ptr<ServedClient>> clients;
   std::unordered_map<std::string, Bytes> data;
   Clock::time_point acceptPausedUntil{};
@@ -151,51 +142,30 @@ struct TcpStoreServer::Impl {
     CHORUS_WARN("store server ", where(), ": refused a connection from ", peer, ": ", why);
   }
 
-  void handshakeWorker() {
-    for (;;) {
-      Unproven item;
-      {
-        std::unique_lock<std::mutex> lock(hsMu);
-        hsCv.wait(lock, [&] { return stopping.load() || !hsQueue.empty(); });
-        if (stopping) return;
-        item = std::move(hsQueue.front());
-        hsQueue.pop_front();
-        hsActive.insert(item.fd.get());
-      }
-      std::string failure;
-      try {
-        auto left = std::chrono::duration_cast<Millis>(item.until - Clock::now());
-        net::authenticate(item.fd.get(), opts.secret, true, Deadline(left));
-      } catch (const Error& e) {
-        failure = e.what();
-      }
-      std::lock_guard<std::mutex> lock(hsMu);
-      hsActive.erase(item.fd.get());
-      if (stopping) return;
-      if (!failure.empty()) {
-        refuse(item.peer, failure);
-        continue;
-      }
-      authenticated.emplace_back(std::move(item.fd), std::move(item.peer));
-      wake();
-    }
-  }
-
-  // Hands the connections that have spoken to the handshake workers; refuses those whose
-  // deadline passed in silence. `ready[i]` says whether unproven[i] polled readable.
-  void dispatchUnproven(const std::vector<bool>& ready) {
+  // Moves the handshakes of the connections that polled readable (or hung up) forward;
+  // adopts those that completed, refuses those that failed or ran out of time. `ready[i]`
+  // says whether unproven[i] polled with any event.
+  void advanceUnproven(const std::vector<bool>& ready) {
     auto now = Clock::now();
-    std::vector<Unproven> still;
+    std::vector<std::unique_ptr<Unproven>> still;
     for (size_t i = 0; i < unproven.size(); ++i) {
-      Unproven& u = unproven[i];
+      Unproven& u = *unproven[i];
+      bool done = false;
       if (i < ready.size() && ready[i]) {
-        std::lock_guard<std::mutex> lock(hsMu);
-        hsQueue.push_back(std::move(u));
-        hsCv.notify_one();
+        try {
+          done = u.handshake.advance(u.fd.get());
+        } catch (const Error& e) {
+          refuse(u.peer, e.what());
+          continue;
+        }
+      }
+      if (done) {
+        adopt(std::move(u.fd), u.peer);
       } else if (now >= u.until) {
-        refuse(u.peer, str("it sent no handshake within ", handshakeTimeout.count(), " ms"));
+        refuse(u.peer, str("it did not complete the handshake within ", handshakeTimeout.count(), " ms (still ",
+                           "waiting for ", u.handshake.waitingFor(), ")"));
       } else {
-        still.push_back(std::move(u));
+        still.push_back(std::move(unproven[i]));
       }
     }
     unproven.swap(still);
@@ -218,33 +188,31 @@ struct TcpStoreServer::Impl {
         refuse(peer, str(unproven.size(), " handshakes already pending"));
         continue;
       }
-      unproven.push_back(Unproven{std::move(fd), peer, Clock::now() + handshakeTimeout});
+      try {
+        // Before the handshake: its small writes must not wait on Nagle.
+        net::setNoDelay(fd.get());
+      } catch (const Error& e) {
+        CHORUS_DEBUG("store server ", where(), ": dropping connection from ", peer, ": ", e.what());
+        continue;
+      }
+      unproven.push_back(std::make_unique<Unproven>(
+          Unproven{std::move(fd), peer, Clock::now() + handshakeTimeout, net::ServerHandshake(opts.secret)}));
     }
   }
 
-  void adoptAuthenticated() {
-    uint64_t count;
-    while (::read(wakeFd.get(), &count, sizeof count) < 0 && errno == EINTR) {
+  // A connection that proved the secret becomes a client.
+  void adopt(net::Fd fd, const std::string& peer) {
+    try {
+      net::setNonBlocking(fd.get(), true);
+    } catch (const Error& e) {
+      CHORUS_DEBUG("store server ", where(), ": dropping client ", peer, ": ", e.what());
+      return;
     }
-    std::vector<std::pair<net::Fd, std::string>> fresh;
-    {
-      std::lock_guard<std::mutex> lock(hsMu);
-      fresh.swap(authenticated);
-    }
-    for (auto& [fd, peer] : fresh) {
-      auto c = std::make_unique<ServedClient>();
-      try {
-        net::setNonBlocking(fd.get(), true);
-        net::setNoDelay(fd.get());
-      } catch (const Error& e) {
-        CHORUS_DEBUG("store server ", where(), ": dropping client ", peer, ": ", e.what());
-        continue;
-      }
-      c->fd = std::move(fd);
-      c->peer = peer;
-      CHORUS_DEBUG("store server ", where(), ": client ", peer, " connected");
-      clients.push_back(std::move(c));
-    }
+    auto c = std::make_unique<ServedClient>();
+    c->fd = std::move(fd);
+    c->peer = peer;
+    CHORUS_DEBUG("store server ", where(), ": client ", peer, " connected");
+    clients.push_back(std::move(c));
   }
 
   void queueReply(ServedClient& c, const StoreMessage& reply) {
@@ -434,7 +402,7 @@ struct TcpStoreServer::Impl {
     for (const auto& c : clients) {
       if (c->parked) next = std::min(next, c->parkedUntil);
     }
-    for (const auto& u : unproven) next = std::min(next, u.until);
+    for (const auto& u : unproven) next = std::min(next, u->until);
     if (acceptPausedUntil > now) next = std::min(next, acceptPausedUntil);
     if (next == Clock::time_point::max()) return -1;
     if (next <= now) return 0;
@@ -468,7 +436,7 @@ struct TcpStoreServer::Impl {
       bool listening = Clock::now() >= acceptPausedUntil;
       fds.push_back({listening ? listenFd.get() : -1, POLLIN, 0});
       size_t nUnproven = unproven.size();
-      for (const auto& u : unproven) fds.push_back({u.fd.get(), POLLIN, 0});
+      for (const auto& u : unproven) fds.push_back({u->fd.get(), POLLIN, 0});
       size_t firstClient = fds.size();
       size_t polled = clients.size();
       for (const auto& c : clients) {
@@ -483,11 +451,11 @@ struct TcpStoreServer::Impl {
         throw SystemError("poll", errno);
       }
       if (stopping) return;
-      if (fds[0].revents != 0) adoptAuthenticated();
-      // Readable, or hung up: either way the handshake worker finds out which, at once.
+      // Readable, or hung up: either way advance() finds out which, at once. Every unproven
+      // connection is visited, so deadlines pass even for the silent ones.
       std::vector<bool> spoke(nUnproven);
       for (size_t i = 0; i < nUnproven; ++i) spoke[i] = fds[2 + i].revents != 0;
-      dispatchUnproven(spoke);
+      advanceUnproven(spoke);
       if (fds[1].revents != 0) acceptNew();
       for (size_t i = 0; i < polled; ++i) {
         ServedClient& c = *clients[i];
@@ -535,13 +503,17 @@ TcpStoreServer::TcpStoreServer(const StoreServerOptions& opts) : impl_(std::make
                                 "' listens on every interface; set anyInterface to ask for that explicitly"));
     }
   }
-  s.handshakeTimeout = std::min(defaultTimeout(), Millis(10000));
+  if (opts.handshakeTimeout.count() < 0) {
+    throw InvalidArgument(str("TcpStoreServer: handshakeTimeout ", opts.handshakeTimeout.count(),
+                              " ms is negative; use 0 for the default"));
+  }
+  s.handshakeTimeout =
+      opts.handshakeTimeout.count() > 0 ? opts.handshakeTimeout : std::min(defaultTimeout(), Millis(10000));
   s.listenFd = net::listenTcp(s.address, opts.port, &s.port);
   net::setNonBlocking(s.listenFd.get(), true);
   s.wakeFd = net::Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s.wakeFd) throw SystemError("TcpStoreServer: eventfd", errno);
   s.loopThread = std::thread([this] { impl_->loop(); });
-  for (int i = 0; i < kHandshakeWorkers; ++i) s.workers.emplace_back([this] { impl_->handshakeWorker(); });
   CHORUS_INFO("store server listening on ", s.where());
 }
 
@@ -554,26 +526,11 @@ int TcpStoreServer::refusedConnections() const { return impl_->refused.load(); }
 void TcpStoreServer::stop() {
   Impl& s = *impl_;
   std::lock_guard<std::mutex> stopLock(s.stopMu);
-  {
-    std::lock_guard<std::mutex> lock(s.hsMu);
-    s.stopping = true;
-    // Unblock workers in the middle of a handshake.
-    for (int fd : s.hsActive) ::shutdown(fd, SHUT_RDWR);
-  }
-  s.hsCv.notify_all();
+  s.stopping = true;
   if (s.wakeFd) s.wake();
   if (s.loopThread.joinable()) s.loopThread.join();
-  for (auto& w : s.workers) {
-    if (w.joinable()) w.join();
-  }
-  s.workers.clear();
   s.clients.clear();
   s.unproven.clear();
-  {
-    std::lock_guard<std::mutex> lock(s.hsMu);
-    s.hsQueue.clear();
-    s.authenticated.clear();
-  }
   s.listenFd.reset();
 }
 

@@ -4,23 +4,25 @@
 // Setup, for rank i of n:
 //   1. listen on bindAddr:0 (if some rank j > i will connect, or with acceptRejoin) and
 //      publish "addr:port" under "<prefix>/tcp/i";
-//   2. a helper thread accepts; each accepted socket gets its own short-lived thread that runs
-//      the secret handshake and reads the 16-byte hello (magic, version, rank, size), so a
-//      stalled or hostile client never holds up the real peers;
+//   2. a helper thread accepts and, in one poll() loop over every accepted socket at once,
+//      runs the server's side of the secret handshake (net::ServerHandshake) and reads the
+//      16-byte hello (magic, version, rank, size) as the bytes arrive, so a stalled or hostile
+//      client never holds up the real peers and costs no thread (HelloAcceptor below);
 //   3. meanwhile this thread, for j = 0 .. i-1: reads j's address, connects, proves the
 //      secret, sends its hello and checks j's answer;
-//   4. once every j > i has been accepted, the helpers are stopped (sockets still
-//      mid-handshake are shut down) and joined.
+//   4. once every j > i has been accepted, the helper is stopped and joined (sockets still
+//      mid-handshake are closed).
 // Ranks only ever wait on lower ranks' acceptors, which never wait on anybody, so setup cannot
 // deadlock; it costs one handshake round trip per connection, overlapped across peers.
 //
 // Restarted ranks (opts.acceptRejoin, or opts.rejoin which implies it):
 //   - after setup every rank keeps its listening socket (the highest rank, which accepts
 //     nothing at setup, listens and publishes its address only for this) and runs a rejoin
-//     acceptor thread. It takes one connection at a time, within kRejoinHandshake: the secret
-//     handshake (as server), then the joiner's rejoin hello, laid out like setup's but with
-//     magic "CHRJ" (so a setup hello here, or a rejoin hello at setup, is refused), checked
-//     (same world size, another rank), then queued and answered with ours, in that order:
+//     acceptor thread, the same poll loop as setup's, each connection within kRejoinHandshake
+//     and all of them at once: the secret handshake (as server), then the joiner's rejoin
+//     hello, laid out like setup's but with magic "CHRJ" (so a setup hello here, or a rejoin
+//     hello at setup, is refused), checked (same world size, another rank), then queued and
+//     answered with ours, in that order:
 //     once the restarted process has our answer, a request posted here goes to it. Then it
 //     writes wakeFd_, so a blocked wait wakes;
 //   - the caller's thread adopts queued sockets under mu_ (in progress(), pairFor(),
@@ -49,7 +51,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
-#include <set>
+#include <functional>
 #include <thread>
 
 #include "chorus/common/env.h"
@@ -74,9 +76,15 @@ constexpr uint32_t kHelloMagic = 0x48544843;   // "CHTH": a rank at setup
 constexpr uint32_t kRejoinMagic = 0x4A524843;  // "CHRJ": a restarted process, and the answer to it
 constexpr uint32_t kHelloVersion = 1;
 constexpr size_t kHelloBytes = 16;
-// How long the rejoin acceptor gives one connection to finish its handshake and hello; it
-// serves one at a time, so a stalled client holds up a real restart at most this long.
+// How long the rejoin acceptor gives one connection to finish its handshake and hello. It
+// serves every connection at once, so a stalled client holds up nobody but itself.
 constexpr Millis kRejoinHandshake(5000);
+// The same for a connection at setup (or less, when setup's own deadline comes first).
+constexpr Millis kSetupHandshake(10000);
+// Connections an acceptor takes through the handshake at once, besides the ranks it expects
+// at setup. Beyond that it stops accepting (the next ones wait in the listen backlog) until
+// one finishes or times out: a flood of connections costs at most this many descriptors.
+constexpr size_t kMaxExtraHandshakes = 64;
 // Socket buffers: large enough that a chunk in flight each way never fills them.
 constexpr int kSocketBufferBytes = 4 << 20;
 constexpr size_t kMinChunkBytes = 64;
@@ -157,18 +165,178 @@ std::string rankList(const std::vector<int>& ranks) {
   return s;
 }
 
-// Shared between the setup thread, the acceptor and the handshake threads.
+// Sends a few bytes on a fresh socket, whose empty send buffer always has room: never waits
+// (an expired deadline only matters if the send would block, and then it fails at once).
+void sendNow(int fd, const uint8_t* data, size_t n) { net::writeFull(fd, data, n, Deadline(Millis(0))); }
+
+// Takes the connections arriving on a listening socket through the server's side of the
+// secret handshake and the read of their 16-byte hello, every connection at once in one
+// thread's poll() loop: bytes are read as they arrive, so a client that connects and says
+// nothing, or a byte, or stalls halfway, costs a descriptor and a poll slot until its own
+// deadline, and no thread. At most `maxPending` connections are in progress; beyond that the
+// listening socket is left alone (new connections wait in its backlog) and a line is logged.
+class HelloAcceptor {
+ public:
+  struct Arrival {
+    net::Fd fd;
+    std::string addr;
+    uint8_t hello[kHelloBytes];
+  };
+  // Decides about a connection whose hello arrived: takes arrival.fd (or leaves it, to close
+  // it quietly) and returns, or throws to refuse it.
+  using OnHello = std::function<void(Arrival&)>;
+  // A connection that failed the handshake, sent a bad hello, or ran out of time.
+  using OnRefused = std::function<void(const std::string& addr, const std::string& why)>;
+
+  // `who` names the acceptor in log lines ("rank 3 (setup)").
+  HelloAcceptor(int listenFd, int stopFd, std::string secret, Millis perConnection, size_t maxPending, std::string who)
+      : listenFd_(listenFd),
+        stopFd_(stopFd),
+        secret_(std::move(secret)),
+        perConnection_(perConnection),
+        maxPending_(maxPending),
+        who_(std::move(who)) {}
+
+  // Runs until stopFd polls readable or `until` passes; the connections still in progress
+  // are then closed without a word (that is our shutdown, not a refusal). Throws SystemError
+  // if poll() itself fails.
+  void run(const Deadline& until, const OnHello& onHello, const OnRefused& onRefused) {
+    std::vector<pollfd> fds;
+    for (;;) {
+      const auto now = Clock::now();
+      const bool full = pending_.size() >= maxPending_;
+      if (full && !saidFull_) {
+        CHORUS_WARN(who_, ": ", pending_.size(), " connections are mid-handshake, the most it takes at once; ",
+                    "further connections wait in the listen backlog until one completes or times out (",
+                    perConnection_.count(), " ms each). Many connections that never finish the handshake: a port "
+                    "scan, or something other than chorus connecting to this port?");
+      }
+      saidFull_ = full;
+      fds.clear();
+      fds.push_back({stopFd_, POLLIN, 0});
+      fds.push_back({full || now < acceptPausedUntil_ ? -1 : listenFd_, POLLIN, 0});
+      Clock::time_point next = until.at();
+      for (const auto& c : pending_) {
+        fds.push_back({c->fd.get(), POLLIN, 0});
+        next = std::min(next, c->until);
+      }
+      if (now < acceptPausedUntil_) next = std::min(next, acceptPausedUntil_);
+      int timeoutMs = 0;
+      if (next > now) {
+        auto ms = std::chrono::duration_cast<Millis>(next - now).count() + 1;
+        timeoutMs = static_cast<int>(std::min<int64_t>(ms, 1 << 30));
+      }
+      int rc = ::poll(fds.data(), fds.size(), timeoutMs);
+      if (rc < 0) {
+        if (errno == EINTR) continue;
+        throw SystemError(str(who_, ": poll on the tcp listening socket"), errno);
+      }
+      if (fds[0].revents != 0 || until.expired()) return;
+      const size_t n = pending_.size();
+      for (size_t i = 0; i < n; ++i) {
+        if (fds[2 + i].revents != 0) advance(*pending_[i], onHello, onRefused);
+      }
+      const auto later = Clock::now();
+      for (auto& c : pending_) {
+        if (c->fd && later >= c->until) {
+          onRefused(c->addr, str("it did not complete the handshake and hello within ", perConnection_.count(),
+                                 " ms (still waiting for ", waitingFor(*c), ")"));
+          c->fd.reset();
+        }
+      }
+      std::erase_if(pending_, [](const std::unique_ptr<Incoming>& c) { return !c->fd; });
+      if (fds[1].revents != 0) acceptNew(onRefused);
+    }
+  }
+
+ private:
+  struct Incoming {
+    Incoming(net::Fd f, std::string a, Clock::time_point u, const std::string& secret)
+        : fd(std::move(f)), addr(std::move(a)), until(u), handshake(secret) {}
+    net::Fd fd;  // reset once the connection is decided
+    std::string addr;
+    Clock::time_point until;
+    net::ServerHandshake handshake;
+    uint8_t hello[kHelloBytes] = {};
+    size_t helloGot = 0;
+  };
+
+  static std::string waitingFor(const Incoming& c) {
+    if (!c.handshake.done()) return c.handshake.waitingFor();
+    return str("its hello (", c.helloGot, " of ", kHelloBytes, " bytes)");
+  }
+
+  void advance(Incoming& c, const OnHello& onHello, const OnRefused& onRefused) {
+    try {
+      if (!c.handshake.advance(c.fd.get())) return;
+      while (c.helloGot < kHelloBytes) {
+        ssize_t r = ::recv(c.fd.get(), c.hello + c.helloGot, kHelloBytes - c.helloGot, MSG_DONTWAIT);
+        if (r > 0) {
+          c.helloGot += static_cast<size_t>(r);
+        } else if (r < 0 && errno == EINTR) {
+          continue;
+        } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          return;
+        } else if (r == 0) {
+          throw Error(str("connection closed after the handshake, before its hello (", c.helloGot, " of ",
+                          kHelloBytes, " bytes)"));
+        } else {
+          throw SystemError("receive of the hello", errno);
+        }
+      }
+      Arrival a{std::move(c.fd), c.addr, {}};
+      std::memcpy(a.hello, c.hello, kHelloBytes);
+      onHello(a);
+    } catch (const std::exception& e) {
+      onRefused(c.addr, e.what());
+    }
+    c.fd.reset();
+  }
+
+  void acceptNew(const OnRefused& onRefused) {
+    while (pending_.size() < maxPending_) {
+      std::string addr;
+      net::Fd fd;
+      try {
+        fd = net::acceptTcp(listenFd_, Deadline(Millis(0)), &addr);
+      } catch (const std::exception& e) {
+        // Out of descriptors, most likely: back off instead of spinning on a listener that
+        // stays readable.
+        CHORUS_WARN(who_, ": accept failed: ", e.what(), "; pausing new connections for 100 ms");
+        acceptPausedUntil_ = Clock::now() + Millis(100);
+        return;
+      }
+      if (!fd) return;
+      try {
+        tuneSocket(fd.get());  // before the handshake: its small writes must not wait on Nagle
+      } catch (const std::exception& e) {
+        onRefused(addr, e.what());
+        continue;
+      }
+      pending_.push_back(std::make_unique<Incoming>(std::move(fd), std::move(addr), Clock::now() + perConnection_,
+                                                    secret_));
+    }
+  }
+
+  const int listenFd_;
+  const int stopFd_;
+  const std::string secret_;
+  const Millis perConnection_;
+  const size_t maxPending_;
+  const std::string who_;
+  std::vector<std::unique_ptr<Incoming>> pending_;
+  Clock::time_point acceptPausedUntil_{};
+  bool saidFull_ = false;
+};
+
+// Shared between the setup thread and the acceptor thread.
 struct AcceptState {
   std::mutex mu;
   std::condition_variable cv;
-  std::vector<net::Fd> peers;  // by rank, filled by handshake threads
-  std::vector<bool> claimed;   // a handshake thread is answering this rank
+  std::vector<net::Fd> peers;  // by rank, filled by the acceptor
   int connected = 0;
   int expected = 0;
-  bool stop = false;
-  std::set<int> handshaking;  // sockets mid-handshake, shut down on stop
-  std::vector<std::thread> threads;
-  std::exception_ptr error;  // accept() itself failed
+  std::exception_ptr error;  // the acceptor itself failed
 };
 
 }  // namespace
@@ -219,6 +387,8 @@ void TcpContext::startListening(const TransportOptions& opts) {
   }
   int port = 0;
   listenFd_ = net::listenTcp(host, 0, &port, std::max(128, size_));
+  // Non-blocking, so a connection reset between poll() and accept() cannot block the acceptor.
+  net::setNonBlocking(listenFd_.get(), true);
   listenAddress_ = net::Endpoint{host, port}.str();
 }
 
@@ -228,7 +398,6 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
 
   AcceptState st;
   st.peers.resize(static_cast<size_t>(size_));
-  st.claimed.assign(static_cast<size_t>(size_), false);
   st.expected = size_ - 1 - rank_;
 
   net::Fd stopFd;
@@ -239,108 +408,50 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
     stopFd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!stopFd) throw SystemError(str("rank ", rank_, ": eventfd for tcp setup"), errno);
 
-    // One handshake per accepted socket, on its own thread.
-    auto serve = [this, &st, &opts, &deadline](net::Fd fd, std::string addr) {
-      int peer = -1;
-      try {
-        tuneSocket(fd.get());  // before the handshake: its small writes must not wait on Nagle
-        net::authenticate(fd.get(), opts.secret, /*isServer=*/true, deadline);
-        uint8_t buf[kHelloBytes];
-        net::readFull(fd.get(), buf, kHelloBytes, deadline);
-        Hello h = decodeHello(buf, kHelloMagic);
-        if (h.size != size_) {
-          throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
-        }
-        if (h.rank <= rank_ || h.rank >= size_) {
-          throw Error(str("it says it is rank ", h.rank, ", but only ranks ", rank_ + 1, "..", size_ - 1,
-                          " connect to rank ", rank_));
-        }
-        {
-          std::lock_guard<std::mutex> lock(st.mu);
-          if (st.claimed[h.rank]) throw Error(str("rank ", h.rank, " is already connected"));
-          st.claimed[h.rank] = true;
-          peer = h.rank;
-        }
-        encodeHello(Hello{rank_, size_}, kHelloMagic, buf);
-        net::writeFull(fd.get(), buf, kHelloBytes, deadline);
-        std::lock_guard<std::mutex> lock(st.mu);
-        st.handshaking.erase(fd.get());
-        st.peers[peer] = std::move(fd);
-        ++st.connected;
-        st.cv.notify_all();
-      } catch (const std::exception& e) {
-        bool stopping;
-        {
-          std::lock_guard<std::mutex> lock(st.mu);
-          if (peer >= 0) st.claimed[peer] = false;
-          st.handshaking.erase(fd.get());
-          stopping = st.stop;
-        }
-        // A socket we shut down ourselves because setup finished is no refusal.
-        if (!stopping || dynamic_cast<const AuthError*>(&e) != nullptr) {
-          ++refused_;
-          CHORUS_WARN("rank ", rank_, ": refused a tcp connection from ", addr, " on ", listenAddress_, ": ",
-                      e.what());
-        }
+    // A connection whose setup hello arrived: check it, answer with ours, keep the socket.
+    auto onHello = [this, &st](HelloAcceptor::Arrival& a) {
+      Hello h = decodeHello(a.hello, kHelloMagic);
+      if (h.size != size_) throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
+      if (h.rank <= rank_ || h.rank >= size_) {
+        throw Error(str("it says it is rank ", h.rank, ", but only ranks ", rank_ + 1, "..", size_ - 1,
+                        " connect to rank ", rank_));
       }
-    };
-
-    acceptor = std::thread([&st, &deadline, serve, lfd = listenFd_.get(), sfd = stopFd.get()] {
-      for (;;) {
-        pollfd pf[2] = {{lfd, POLLIN, 0}, {sfd, POLLIN, 0}};
-        int n = ::poll(pf, 2, deadline.remainingMs());
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          std::lock_guard<std::mutex> lock(st.mu);
-          st.error = std::make_exception_ptr(SystemError("poll on the tcp listening socket", errno));
-          st.cv.notify_all();
-          return;
-        }
-        if (pf[1].revents != 0) return;
-        if (n == 0) {
-          if (deadline.expired()) return;
-          continue;
-        }
-        std::string addr;
-        net::Fd fd;
-        try {
-          fd = net::acceptTcp(lfd, Deadline(Millis(1000)), &addr);
-        } catch (...) {
-          std::lock_guard<std::mutex> lock(st.mu);
-          st.error = std::current_exception();
-          st.cv.notify_all();
-          return;
-        }
-        if (!fd) continue;
+      {
         std::lock_guard<std::mutex> lock(st.mu);
-        if (st.stop) return;
-        const int raw = fd.get();
-        st.handshaking.insert(raw);
-        try {
-          st.threads.emplace_back(serve, std::move(fd), std::move(addr));
-        } catch (...) {
-          st.handshaking.erase(raw);
-          st.error = std::current_exception();
-          st.cv.notify_all();
-          return;
-        }
+        if (st.peers[h.rank]) throw Error(str("rank ", h.rank, " is already connected"));
+      }
+      uint8_t buf[kHelloBytes];
+      encodeHello(Hello{rank_, size_}, kHelloMagic, buf);
+      sendNow(a.fd.get(), buf, kHelloBytes);
+      std::lock_guard<std::mutex> lock(st.mu);
+      st.peers[h.rank] = std::move(a.fd);
+      ++st.connected;
+      st.cv.notify_all();
+    };
+    auto onRefused = [this](const std::string& addr, const std::string& why) {
+      ++refused_;
+      CHORUS_WARN("rank ", rank_, ": refused a tcp connection from ", addr, " on ", listenAddress_, ": ", why);
+    };
+    acceptor = std::thread([this, &st, &deadline, &opts, onHello, onRefused, sfd = stopFd.get()] {
+      try {
+        HelloAcceptor acc(listenFd_.get(), sfd, opts.secret, std::min(kSetupHandshake, opts.timeout),
+                          static_cast<size_t>(st.expected) + kMaxExtraHandshakes, str("rank ", rank_, " (setup)"));
+        acc.run(deadline, onHello, onRefused);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(st.mu);
+        st.error = std::current_exception();
+        st.cv.notify_all();
       }
     });
   }
 
-  // Stops the acceptor and every handshake still running, whatever happens below.
+  // Stops the acceptor, whatever happens below; connections still mid-handshake close.
   auto stopAccepting = [&] {
     if (!acceptor.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(st.mu);
-      st.stop = true;
-      for (int fd : st.handshaking) ::shutdown(fd, SHUT_RDWR);
-    }
     uint64_t one = 1;
     ssize_t w = ::write(stopFd.get(), &one, sizeof one);
     (void)w;  // an eventfd write of 1 cannot fail short of overflow
     acceptor.join();
-    for (auto& t : st.threads) t.join();  // the acceptor is gone: no thread is added any more
   };
 
   try {
@@ -489,8 +600,6 @@ net::Fd TcpContext::rejoinPeer(int peer, const TransportOptions& opts, const Dea
 }
 
 void TcpContext::startRejoinAcceptor() {
-  // Non-blocking, so a connection reset between poll() and accept() cannot block the thread.
-  net::setNonBlocking(listenFd_.get(), true);
   rjStopFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!rjStopFd_) throw SystemError(str("rank ", rank_, ": eventfd for the tcp rejoin acceptor"), errno);
   rjThread_ = std::thread([this] { acceptRejoins(); });
@@ -501,7 +610,6 @@ void TcpContext::stopRejoinAcceptor() {
   {
     std::lock_guard<std::mutex> lock(rjMu_);
     rjStop_ = true;
-    if (rjHandshakeFd_ >= 0) ::shutdown(rjHandshakeFd_, SHUT_RDWR);
     t = std::move(rjThread_);
     rjQueue_.clear();
     rjQueued_ = false;
@@ -515,85 +623,50 @@ void TcpContext::stopRejoinAcceptor() {
 }
 
 void TcpContext::acceptRejoins() {
-  for (;;) {
-    pollfd pf[2] = {{listenFd_.get(), POLLIN, 0}, {rjStopFd_.get(), POLLIN, 0}};
-    if (::poll(pf, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      CHORUS_WARN("rank ", rank_, ": stopped taking restarted processes on ", listenAddress_, ": poll failed: ",
-                  std::strerror(errno));
-      return;
+  auto onRefused = [this](const std::string& addr, const std::string& why) {
+    {
+      std::lock_guard<std::mutex> lock(rjMu_);
+      if (rjStop_) return;  // closing: a failure now is our own shutdown, not a refusal
     }
-    if (pf[1].revents != 0) return;
-    if (pf[0].revents == 0) continue;
-    std::string addr;
-    net::Fd fd;
-    try {
-      fd = net::acceptTcp(listenFd_.get(), Deadline(Millis(0)), &addr);
-    } catch (const std::exception& e) {
-      // Out of descriptors, say: back off instead of spinning on a listener that stays readable.
-      CHORUS_WARN("rank ", rank_, ": accepting a restarted process on ", listenAddress_, " failed: ", e.what());
-      pollfd stop{rjStopFd_.get(), POLLIN, 0};
-      if (::poll(&stop, 1, 100) > 0) return;
-      continue;
-    }
-    if (fd) serveRejoin(std::move(fd), addr);
+    ++refused_;
+    CHORUS_WARN("rank ", rank_, ": refused a restarted process's connection from ", addr, " on ", listenAddress_,
+                ": ", why);
+  };
+  try {
+    HelloAcceptor acc(listenFd_.get(), rjStopFd_.get(), secret_, kRejoinHandshake, kMaxExtraHandshakes,
+                      str("rank ", rank_, " (rejoin acceptor on ", listenAddress_, ")"));
+    acc.run(Deadline::never(), [this](HelloAcceptor::Arrival& a) { serveRejoin(a.fd, a.addr, a.hello); },
+            onRefused);
+  } catch (const std::exception& e) {
+    CHORUS_WARN("rank ", rank_, ": stopped taking restarted processes on ", listenAddress_, ": ", e.what());
   }
 }
 
-void TcpContext::serveRejoin(net::Fd fd, const std::string& addr) {
-  {
-    std::lock_guard<std::mutex> lock(rjMu_);
-    if (rjStop_) return;
-    rjHandshakeFd_ = fd.get();
+void TcpContext::serveRejoin(net::Fd& fd, const std::string& addr, const uint8_t* helloBytes) {
+  const Hello h = decodeHello(helloBytes, kRejoinMagic);
+  if (h.size != size_) throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
+  if (h.rank < 0 || h.rank >= size_ || h.rank == rank_) {
+    throw Error(str("it says it restarts rank ", h.rank, ", which is not another rank of [0, ", size_, ")"));
   }
-  int peer = -1;
-  std::string error;
-  bool stopping = false;
-  try {
-    const Deadline deadline(kRejoinHandshake);
-    tuneSocket(fd.get());
-    net::authenticate(fd.get(), secret_, /*isServer=*/true, deadline);
-    uint8_t buf[kHelloBytes];
-    net::readFull(fd.get(), buf, kHelloBytes, deadline);
-    const Hello h = decodeHello(buf, kRejoinMagic);
-    if (h.size != size_) throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
-    if (h.rank < 0 || h.rank >= size_ || h.rank == rank_) {
-      throw Error(str("it says it restarts rank ", h.rank, ", which is not another rank of [0, ", size_, ")"));
-    }
-    encodeHello(Hello{rank_, size_}, kRejoinMagic, buf);
+  uint8_t buf[kHelloBytes];
+  encodeHello(Hello{rank_, size_}, kRejoinMagic, buf);
+  {
     // Queue the socket before answering, under the lock: once the restarted process has our
     // answer (its constructor returned), a request posted here goes to it. 16 bytes on a
     // fresh socket never wait for room, so the lock is held for one send().
     std::lock_guard<std::mutex> lock(rjMu_);
-    stopping = rjStop_;
-    if (!stopping) {
-      const int raw = fd.get();
-      rjHandshakeFd_ = -1;  // the queue owns the socket now
-      rjQueue_.push_back(Rejoiner{h.rank, std::move(fd), addr});
-      rjQueued_ = true;
-      try {
-        net::writeFull(raw, buf, kHelloBytes, deadline);
-      } catch (...) {
-        rjQueue_.pop_back();  // still ours: adopting needs this lock
-        rjQueued_ = !rjQueue_.empty();
-        throw;
-      }
-      peer = h.rank;
+    if (rjStop_) return;  // closing: the socket closes unanswered
+    const int raw = fd.get();
+    rjQueue_.push_back(Rejoiner{h.rank, std::move(fd), addr});
+    rjQueued_ = true;
+    try {
+      sendNow(raw, buf, kHelloBytes);
+    } catch (...) {
+      fd = std::move(rjQueue_.back().fd);  // still ours: adopting needs this lock
+      rjQueue_.pop_back();
+      rjQueued_ = !rjQueue_.empty();
+      throw;
     }
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  {
-    std::lock_guard<std::mutex> lock(rjMu_);
-    rjHandshakeFd_ = -1;
-    stopping = stopping || rjStop_;
-  }
-  if (stopping) return;  // closing: a failure here is our own shutdown, not a refusal
-  if (peer < 0) {
-    ++refused_;
-    CHORUS_WARN("rank ", rank_, ": refused a restarted process's connection from ", addr, " on ", listenAddress_,
-                ": ", error);
-    return;
   }
   uint64_t one = 1;
   ssize_t w = ::write(wakeFd_.get(), &one, sizeof one);

@@ -8,12 +8,16 @@
 // the connector says its rank and world size and the acceptor answers with its own. A
 // connection that fails the handshake or says something impossible is refused, logged with
 // its address and counted (refusedConnections()); accepting goes on until every real peer
-// arrived or the timeout passed. Accepting runs on a helper thread while this thread
-// connects, so setup takes one round of handshakes, not one per rank.
+// arrived or the timeout passed. Accepting runs on one helper thread while this thread
+// connects, so setup takes one round of handshakes, not one per rank; that thread serves
+// every accepted connection at once in a poll() loop, so connections that never finish the
+// handshake cost no thread, only a descriptor each (at most the expected ranks + 64 at once;
+// beyond that new ones wait in the listen backlog), until their 10 s handshake deadline.
 //
 // Restarted ranks (opts.acceptRejoin / opts.rejoin): every rank keeps its listening socket
 // and a "rejoin acceptor" thread, which takes a restarted process's connection (handshake and
-// a rejoin hello, one at a time) and queues it; the caller's thread adopts it at its next
+// a rejoin hello, the same poll loop as setup's: up to 64 connections at once, 5 s each) and
+// queues it; the caller's thread adopts it at its next
 // call (progress, isend, irecv, peerEpoch, awaitPeer): the old connection fails with
 // PeerError and the new one replaces it. A rejoining process (opts.rejoin) publishes its new
 // address, then connects to every other rank once; a rank that does not answer gets a failed
@@ -97,7 +101,9 @@ class TcpContext : public Transport {
   void startRejoinAcceptor();
   void stopRejoinAcceptor();
   void acceptRejoins();  // the rejoin acceptor thread
-  void serveRejoin(net::Fd fd, const std::string& addr);
+  // Checks a rejoin hello and queues the connection (taking fd), then answers it; throws to
+  // refuse it.
+  void serveRejoin(net::Fd& fd, const std::string& addr, const uint8_t* helloBytes);
   // Replaces the pairs of the ranks whose restarted process the acceptor queued. Needs mu_.
   void adoptRejoins();
   void checkPeer(int peer, const char* op) const;
@@ -140,8 +146,7 @@ class TcpContext : public Transport {
   std::vector<Rejoiner> rjQueue_;
   std::atomic<bool> rjQueued_{false};  // rjQueue_ is not empty (checked without the lock)
   bool rjStop_ = false;
-  int rjHandshakeFd_ = -1;  // the socket mid-handshake, shut down by stopRejoinAcceptor()
-  net::Fd rjStopFd_;        // eventfd: stops the acceptor
+  net::Fd rjStopFd_;  // eventfd: stops the acceptor
   std::thread rjThread_;
 };
 
