@@ -87,7 +87,7 @@ def main():
     lines += ["",
               "Every decoder that reads bytes from another process or from a file has a libFuzzer target in "
               "fuzz/, a seed corpus in fuzz/corpus/NAME/ (made by the target itself: `bash fuzz/make_seeds.sh`) "
-              "and a test, tests/fuzz/NAME_fuzz_test.sh, that fuzzes it for 15-20 s in `make test`. "
+              "and a ctest, NAME_fuzz_test (tests/fuzz/fuzz_target.sh), that fuzzes it for 15 s in `make test`. "
               f"`make fuzz` runs each for longer, here {a.seconds:g} s, one after the other. A target fails on a "
               "crash, a sanitizer report, a leak, a timeout, an allocation over 2 GB, an exception the decoder "
               "must not throw, or a broken round-trip invariant (each target's opening comment lists its "
