@@ -2,8 +2,8 @@
 and .svg) from the raw outputs bench/compression/run.sh collects in RAW:
 
   p1-METHOD/metrics.jsonl   phase 1 (shared memory), p2-METHOD/metrics.jsonl phase 2 (netlab),
-                            p3-METHOD phase 3 (long runs), p4-randomk-MODE phase 4 (random-k's
-                            other modes, against phase 1's topk and randomk);
+                            p3-METHOD phase 3 (long runs), p4-randomk-VARIANT phase 4
+                            (random-k's variants, against phase 1's topk and randomk);
                             chorus train's metrics: "step" events (bytes_sent, grad_bytes and
                             compression_ratio of the window since the previous one), one "eval"
                             event per epoch (test_acc, train_s and bytes_sent so far), and as the
@@ -193,53 +193,54 @@ def epochs_table(runs):
     return out + [""]
 
 
-RANDOMK_MODES = {
-    "norm": "entries times sqrt(n/k), no residual (the default)",
-    "unbiased": "entries times n/k, no residual",
-    "error_feedback": "unscaled, the rest kept as a residual (random-k's rule before the fix)",
+RANDOMK_VARIANTS = {  # phase 4's variants of randomk: (settings, what they are)
+    "ef": ("residual_decay 1", "plain error feedback, random-k's rule before the fix"),
+    "unbiased": ("error_feedback false", "the drawn entries times n/k, no residual"),
 }
 
 
-def load_phase4(raw, modes, problems):
-    """Phase 4's runs p4-randomk-MODE that have a result. One that diverged is a result of the
-    phase (the table says at which step), not a problem."""
+def load_phase4(raw, variants, problems):
+    """Phase 4's runs p4-randomk-VARIANT that have a result. One that diverged is a result of
+    the phase (the table says at which step), not a problem."""
     runs = {}
-    for mode in modes:
-        name = f"p4-randomk-{mode}"
+    for v in variants:
+        name = f"p4-randomk-{v}"
         r, err = load_run(raw, name)
         if r is not None:
-            runs[mode] = r
+            runs[v] = r
         elif not diverged_at(raw, name):
             problems.append(err)
     return runs
 
 
 def randomk_section(args, p1, p4):
-    """Random-k in each mode against top-k at the same ratio: phase 1's topk and randomk (mode
-    norm) and phase 4's runs of the other modes, with the compression ratio over the whole run
-    next to the last epoch's."""
+    """Random-k against top-k at the same ratio: phase 1's topk and randomk (its default,
+    residual_decay 0.9) and phase 4's variants of randomk, with the compression ratio over the
+    whole run next to the last epoch's."""
     topk = p1.get("topk")
     rows = [("topk", "—", "p1-topk", topk, "topk" in args.methods),
-            ("randomk", "norm", "p1-randomk", p1.get("randomk"), "randomk" in args.methods)]
-    rows += [("randomk", m, f"p4-randomk-{m}", p4.get(m), True) for m in args.phase4 if m != "norm"]
+            ("randomk", "residual_decay 0.9 (default)", "p1-randomk", p1.get("randomk"), "randomk" in args.methods)]
+    rows += [("randomk", RANDOMK_VARIANTS.get(v, (v, ""))[0], f"p4-randomk-{v}", p4.get(v), True) for v in args.phase4]
     out = [f"## Phase 4: random-k against top-k at ratio {SPARSE_RATIO:g}\n",
            "Both send the same number of entries per step; top-k picks the largest of gradient + residual, "
-           "random-k picks them at random. Random-k's modes (compression.randomk_mode): "
-           + "; ".join(f"**{m}**: {what}" for m, what in RANDOMK_MODES.items())
-           + ". topk and randomk (norm) are phase 1's runs, the other modes phase 4's, with phase 1's "
-           "settings otherwise. Ratio: over the whole run; last epoch: over its last epoch only.\n",
-           "| method | mode | final accuracy | vs topk (points) | gradient bytes/step | ratio (whole run) | "
+           "random-k picks them at random. Random-k's residual decays by compression.residual_decay (0.9) a "
+           "step, so an entry waiting for its draw carries at most 10 steps of gradient; the variants: "
+           + "; ".join(f"**{settings}**: {what}" for settings, what in RANDOMK_VARIANTS.values())
+           + " (docs/compression.md, \"Random-k\"). topk and randomk are phase 1's runs, the variants phase "
+           "4's, with phase 1's settings otherwise. Ratio: over the whole run; last epoch: over its last "
+           "epoch only.\n",
+           "| method | settings | final accuracy | vs topk (points) | gradient bytes/step | ratio (whole run) | "
            "last epoch ratio | samples/s |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
     shown = {}
-    for method, mode, name, r, ran in rows:
+    for method, settings, name, r, ran in rows:
         if r is None:
             why = outcome(args.raw, name, None) if ran else "not run (not in phase 1's methods)"
-            out.append(f"| {method} | {mode} | {why} | | | | | |")
+            out.append(f"| {method} | {settings} | {why} | | | | | |")
             continue
-        shown[f"{method} ({mode})" if method == "randomk" else method] = r
+        shown[f"{method}, {settings}" if method == "randomk" else method] = r
         diff = (r.acc - topk.acc) * 100 if topk and r is not topk else None
-        out.append(f"| {method} | {mode} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.grad_bytes_per_step)} | "
+        out.append(f"| {method} | {settings} | {r.acc:.4f} | {fmt(diff, '+.2f')} | {fmt_bytes(r.grad_bytes_per_step)} | "
                    f"{r.ratio:,.1f}x | {fmt(r.last_ratio, ',.1f')}{'x' if r.last_ratio else ''} | "
                    f"{r.samples_per_s:,.0f} |")
     out.append("")
@@ -331,8 +332,8 @@ def report(args):
     out.append(f"Fashion-MNIST, the CNN of bench/compression/cnn.toml (conv-BN-ReLU-pool 32 and 64 channels, fc 128), "
                f"{'2' if args.quick else '5'} epochs, global batch 128 split over {w} workers, SGD lr 0.05 momentum "
                "0.9 with cosine decay to 0, seed 0, evaluated on the test split after each epoch. Methods and "
-               f"settings: topk, topk_sampled, randomk ratio {SPARSE_RATIO:g} (randomk in its default mode, norm: "
-               "the drawn entries times sqrt(n/k), no residual); threshold tau "
+               f"settings: topk, topk_sampled, randomk ratio {SPARSE_RATIO:g} (randomk's residual decaying by 0.9 "
+               "a step, its default); threshold tau "
                f"{args.threshold:g}; qsgd 16 levels; dgc sparsity 0.999, warm-up {args.dgc_warmup} epochs, "
                "momentum 0.9 applied by dgc (optim.momentum 0); powersgd rank 4; error feedback on (the default) "
                "for every other method that has it.\n")
@@ -345,7 +346,8 @@ def report(args):
     if args.phase3:
         out.append(f"- **phase 3**: {', '.join(args.phase3)} as in phase 1 but for {args.long_epochs} epochs.")
     if args.phase4:
-        out.append(f"- **phase 4**: randomk with compression.randomk_mode = {', '.join(args.phase4)}, as in phase 1, "
+        out.append(f"- **phase 4**: randomk variants {', '.join(args.phase4)} "
+                   f"({'; '.join(RANDOMK_VARIANTS.get(v, (v, ''))[0] for v in args.phase4)}), as in phase 1, "
                    "against phase 1's topk and randomk at the same ratio.")
     out.append("- bytes/step: all the bytes rank 0 sent per training step (gradients, and the BatchNorm buffers "
                "DDP broadcasts from rank 0 before each forward, as PyTorch DDP does by default); "
@@ -466,7 +468,7 @@ def report(args):
     out.append("")
 
     notes = (notes_on(p1, "phase 1") + notes_on(p2, "phase 2") + notes_on(p3, "phase 3")
-             + notes_on({f"randomk ({m})": r for m, r in p4.items()}, "phase 4"))
+             + notes_on({f"randomk ({v})": r for v, r in p4.items()}, "phase 4"))
     if notes:
         out.append("## Notes\n")
         out.extend(f"- {n}" for n in notes)
@@ -494,7 +496,7 @@ def main():
     r.add_argument("--methods", nargs="+", required=True)
     r.add_argument("--phase2", nargs="*", default=[])
     r.add_argument("--phase3", nargs="*", default=[])
-    r.add_argument("--phase4", nargs="*", default=[], help="random-k modes run in phase 4 (p4-randomk-MODE)")
+    r.add_argument("--phase4", nargs="*", default=[], help="random-k variants run in phase 4 (p4-randomk-VARIANT)")
     r.add_argument("--long-epochs", type=int, default=0)
     r.add_argument("--workers", type=int, required=True)
     r.add_argument("--netlab-limit-train", type=int, default=0)

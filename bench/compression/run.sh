@@ -8,9 +8,10 @@
 #            training time each needs to reach dense's final accuracy
 #   phase 3  dense, dgc and powersgd again on this machine for --long-epochs epochs (10 by
 #            default): the accuracy gap once the sparse methods have more steps to catch up
-#   phase 4  (--randomk) random-k against top-k at phase 1's ratio (0.01): random-k's other
-#            modes (compression.randomk_mode: unbiased, and error_feedback, the rule it had
-#            before it was fixed) next to phase 1's topk and randomk (mode norm) runs
+#   phase 4  (--randomk) random-k against top-k at phase 1's ratio (0.01): random-k's variants
+#            (ef: compression.residual_decay = 1, plain error feedback, the rule it had before it
+#            was fixed; unbiased: compression.error_feedback = false) next to phase 1's topk and
+#            randomk (decay 0.9, the default) runs
 #
 # Writes bench/results/compression.md and compression.svg through bench/compression/report.py
 # and keeps every run's command, output, exit status and metrics in BUILD_DIR/bench-compression/.
@@ -35,7 +36,7 @@
 #                           (--phase2-only and --randomk-only: give the other flags of the run
 #                           they complete, e.g. --randomk, --no-netlab, so the page keeps its phases)
 #   environment: LONG_METHODS="none dgc powersgd" (phase 3), CHORUS=path (default BUILD_DIR/chorus), METHODS="none fp16 ..." (phase 1),
-#   RANDOMK_MODES="unbiased error_feedback" (phase 4),
+#   RANDOMK_VARIANTS="ef unbiased" (phase 4),
 #   PHASE2_METHODS="none dgc ..." (instead of the selection), THRESHOLD=tau (threshold codec),
 #   OUT=file.md (the page; the plot goes next to it as .svg)
 # Builds nothing. A failed run is named on stderr with its last error line and in the page; the
@@ -114,16 +115,21 @@ else
 fi
 read -ra long_methods <<< "${LONG_METHODS:-none dgc powersgd}"
 [[ $long_epochs -gt 0 ]] || long_methods=()
-randomk_modes=()
-[[ $randomk -eq 1 ]] && read -ra randomk_modes <<< "${RANDOMK_MODES:-unbiased error_feedback}"
-for mode in "${randomk_modes[@]}"; do
-  case $mode in
-    norm | unbiased | error_feedback) ;;
+# The --set arguments of one phase 4 variant of random-k.
+variant_args() {
+  case $1 in
+    ef) printf '%s\n' --set compression.residual_decay=1 ;;
+    unbiased) printf '%s\n' --set compression.error_feedback=false ;;
     *)
-      echo "run.sh: RANDOMK_MODES: unknown mode '$mode' (norm, unbiased, error_feedback)" >&2
-      exit 2
+      echo "run.sh: RANDOMK_VARIANTS: unknown variant '$1' (ef, unbiased)" >&2
+      return 2
       ;;
   esac
+}
+randomk_variants=()
+[[ $randomk -eq 1 ]] && read -ra randomk_variants <<< "${RANDOMK_VARIANTS:-ef unbiased}"
+for v in "${randomk_variants[@]}"; do
+  variant_args "$v" > /dev/null || exit 2
 done
 if [[ $phase2_only -eq 1 && $randomk_only -eq 1 ]]; then
   echo "run.sh: --phase2-only and --randomk-only each rerun one phase; run them one after the other" >&2
@@ -254,14 +260,15 @@ fi
   run "p3-$m" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
     --set "train.epochs=$long_epochs" --set "output.dir=$raw/p3-$m"
 done
-# Phase 4: random-k's other modes as phase 1 runs, next to phase 1's topk and randomk (norm).
+# Phase 4: random-k's variants as phase 1 runs, next to phase 1's topk and randomk (default).
 # A run that diverges (chorus train stops it with DivergenceError and writes a "diverged" event)
 # is one of this phase's results, not a failure of the benchmark.
-[[ $phase2_only -eq 1 ]] || for mode in "${randomk_modes[@]}"; do
-  name=p4-randomk-$mode
+[[ $phase2_only -eq 1 ]] || for v in "${randomk_variants[@]}"; do
+  name=p4-randomk-$v
   mapfile -t margs < <(method_args randomk)
+  mapfile -t vargs < <(variant_args "$v")
   run "$name" "$chorus" train bench/compression/cnn.toml --nproc "$workers" "${common[@]}" "${margs[@]}" \
-    --set "compression.randomk_mode=$mode" --set "output.dir=$raw/$name"
+    "${vargs[@]}" --set "output.dir=$raw/$name"
   if [[ $(cat "$raw/$name.rc") != 0 ]] && grep -Eq '"event": ?"diverged"' "$raw/$name/metrics.jsonl" 2> /dev/null; then
     echo "run.sh: $name diverged, which phase 4 reports as its result" >&2
     kept=()
@@ -285,11 +292,11 @@ command="bash bench/compression/run.sh $build_arg"
 [[ $phase2_only -eq 1 ]] && command+=" --phase2-only"
 [[ $randomk -eq 1 && $randomk_only -eq 0 ]] && command+=" --randomk"
 [[ $randomk_only -eq 1 ]] && command+=" --randomk-only"
-for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS RANDOMK_MODES; do
+for v in CHORUS METHODS PHASE2_METHODS THRESHOLD LONG_METHODS RANDOMK_VARIANTS; do
   [[ -n ${!v:-} ]] && command="$v=\"${!v}\" $command"
 done
 report=(--raw "$raw" --methods "${methods[@]}" --phase2 "${phase2[@]}" --phase3 "${long_methods[@]}"
-  --phase4 "${randomk_modes[@]}"
+  --phase4 "${randomk_variants[@]}"
   --long-epochs "$long_epochs" --workers "$workers"
   --netlab-limit-train "$netlab_limit" --threshold "$tau" --dgc-warmup "$dgc_warmup"
   --command "$command" --out "$out" --svg "$svg")

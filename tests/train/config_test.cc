@@ -479,7 +479,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  EXPECT_EQ(configKeys().size(), 74u);  // 72 + compression.randomk_mode + output.overwrite
+  EXPECT_EQ(configKeys().size(), 74u);  // 72 + compression.residual_decay + output.overwrite
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

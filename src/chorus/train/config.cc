@@ -238,12 +238,12 @@ const std::vector<Key>& schema() {
       {.name = "compression.rank", .field = CHORUS_FIELD(compression.rank), .range = between(1, 65536, false, false),
        .meaning = "powersgd: rank of the low-rank approximation"},
       {.name = "compression.error_feedback", .field = CHORUS_FIELD(compression.errorFeedback),
-       .meaning = "accumulate what was not sent into the next step's gradient (randomk without it: the "
-                  "unbiased estimator, the sent entries times n/k)"},
+       .meaning = "accumulate what was not sent into the next step's gradient (randomk without it: the sent "
+                  "entries times n/k)"},
       {.name = "compression.residual_decay", .field = CHORUS_FIELD(compression.residualDecay),
        .range = between(0, 1, false, false),
-       .meaning = "randomk: the residual is multiplied by this each step, so an entry waiting for its random "
-                  "draw carries at most 1/(1-d) steps of gradient; 1: plain error feedback"},
+       .meaning = "randomk: the residual is multiplied by this each step (an entry carries at most 1/(1-d) "
+                  "steps of gradient); 1: plain error feedback"},
       {.name = "compression.sparsity", .field = CHORUS_FIELD(compression.sparsity), .range = between(0, 1, true, true),
        .meaning = "dgc: final sparsity (fraction of the entries not sent)"},
       {.name = "compression.warmup_epochs", .field = CHORUS_FIELD(compression.warmupEpochs), .range = atLeast(0),
