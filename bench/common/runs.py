@@ -41,7 +41,7 @@ def fmt(v, spec, missing="—"):
 
 def revision(src=SOURCE_DIR):
     """The commit a page describes: "abc1234", or "abc1234 with uncommitted changes" when tracked
-    files differ from it (such a page describes no revision anyone can check out: rerun the
+    files other than bench/results/ differ from it (such a page describes no revision anyone can check out: rerun the
     benchmark after committing)."""
     def git(*args):
         try:
@@ -52,7 +52,8 @@ def revision(src=SOURCE_DIR):
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown (not a git checkout)"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # Results pages written by an earlier benchmark of the same session do not change what runs.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     return commit + (" with uncommitted changes" if dirty else "")
 
 
