@@ -63,6 +63,12 @@ hidden = [1024,
          ]
 channels = [16, 32, 64]
 fc = 256
+layers = 6
+heads = 8
+embed = 64
+context = 96
+dropout = 0.125
+tie_embeddings = false
 
 [optim]
 name = "adamw"
@@ -92,6 +98,12 @@ drop_last = true
 eval = false
 log_every = 5
 threads = 2
+
+[parallel]
+tp = 1
+sequence_parallel = false
+pp = 1
+schedule = "none"
 
 [ddp]
 bucket_mb = 1.5
@@ -126,6 +138,13 @@ overwrite = true
   EXPECT_EQ(c.model.hidden, (std::vector<int64_t>{1024, 512}));
   EXPECT_EQ(c.model.channels, (std::vector<int64_t>{16, 32, 64}));
   EXPECT_EQ(c.model.fc, 256);
+  EXPECT_EQ(c.model.layers, 6);
+  EXPECT_EQ(c.model.heads, 8);
+  EXPECT_EQ(c.model.embed, 64);
+  EXPECT_EQ(c.model.context, 96);
+  EXPECT_DOUBLE_EQ(c.model.dropout, 0.125);
+  EXPECT_FALSE(c.model.tieEmbeddings);
+  EXPECT_EQ(c.parallel, ParallelConfig{});
   EXPECT_EQ(c.optim.name, "adamw");
   EXPECT_DOUBLE_EQ(c.optim.lr, 3e-4);
   EXPECT_DOUBLE_EQ(c.optim.momentum, 0.0);  // an integer is accepted for a float
@@ -248,8 +267,9 @@ TEST(Config, EnumerationsListTheChoices) {
   };
   const std::vector<Case> cases = {
       {"precision", "fp32, bf16, fp16"},
-      {"data.dataset", "fashion-mnist, cifar10"},
-      {"model.name", "mlp, cnn"},
+      {"data.dataset", "fashion-mnist, cifar10, fortunes"},
+      {"model.name", "mlp, cnn, gpt"},
+      {"parallel.schedule", "none"},
       {"schedule.name", "constant, cosine, step"},
       {"ddp.comm_dtype", "fp32, fp16, bf16"},
       {"ddp.algo", "auto, ring, hd, tree, direct, mpi"},
@@ -272,7 +292,15 @@ TEST(Config, RangesNameTheBound) {
       {"optim.lr=0", "optim.lr = 0.0 is out of range: it must be > 0"},
       {"optim.lr=-0.1", "it must be > 0"},
       {"train.epochs=0", "train.epochs = 0 is out of range: it must be in [1, 1000000]"},
-      {"train.batch_size=0", "train.batch_size = 0 is out of range: it must be >= 1"},
+      {"train.batch_size=0", "train.batch_size = 0 is out of range: it must be in [1, 2147483648]"},
+      {"model.layers=0", "model.layers = 0 is out of range: it must be in [1, 1024]"},
+      {"model.heads=0", "model.heads = 0 is out of range: it must be in [1, 1024]"},
+      {"model.embed=0", "model.embed = 0 is out of range: it must be in [1, 65536]"},
+      {"model.context=0", "model.context = 0 is out of range: it must be in [1, 65536]"},
+      {"model.dropout=1", "model.dropout = 1.0 is out of range: it must be in [0, 1)"},
+      {"model.dropout=-0.1", "it must be in [0, 1)"},
+      {"parallel.tp=0", "parallel.tp = 0 is out of range: it must be in [1, 1024]"},
+      {"parallel.pp=0", "parallel.pp = 0 is out of range: it must be in [1, 1024]"},
       {"ddp.bucket_mb=0", "ddp.bucket_mb = 0.0 is out of range: it must be in (0, 65536]"},
       {"optim.momentum=1", "optim.momentum = 1.0 is out of range: it must be in [0, 1)"},
       {"optim.momentum=-0.5", "it must be in [0, 1)"},
@@ -328,6 +356,16 @@ TEST(Config, ThreadAndProcessCountsAreBounded) {
       {"train.straggler_delay_ms=9223372036854775807", "it must be in [0, 3600000]"},
       {"train.straggler_factor=1e300", "it must be in [1, 1000]"},
       {"ddp.bucket_mb=1e300", "it must be in (0, 65536]"},
+      {"parallel.tp=100000", "parallel.tp = 100000 is out of range: it must be in [1, 1024]"},
+      {"parallel.pp=100000", "parallel.pp = 100000 is out of range: it must be in [1, 1024]"},
+      {"model.layers=9223372036854775807", "it must be in [1, 1024]"},
+      {"model.embed=1000000", "it must be in [1, 65536]"},
+      {"model.context=1000000", "it must be in [1, 65536]"},
+      {"train.batch_size=2147483649",
+       "train.batch_size = 2147483649 is out of range: it must be in [1, 2147483648]; a global batch above 2^31 "
+       "samples would overflow the step counts"},
+      // planSteps multiplied this into sample counts and overflowed (issue 11).
+      {"train.batch_size=9223372036854775807", "it must be in [1, 2147483648]"},
   };
   for (const Case& c : cases) {
     std::string msg = errorOf("", {c.override});
@@ -358,10 +396,17 @@ TEST(Config, BatchSizeMustSplitOverTheWorkers) {
   // 0 workers: not known yet (chorus train reads ps.servers first); the split is not checked.
   EXPECT_NO_THROW(parse("[train]\nbatch_size = 100\n", {}, 0));
   // Found by fuzz/config_fuzz.cc's UBSan build (fuzz/corpus/config/finding-batch-size-overflow):
-  // the multiple above a batch size near INT64_MAX overflowed while the message was built.
-  EXPECT_EQ(errorOf("[train]\nbatch_size = 9223372036854775807\n", {}, 2),
-            "run.toml:2: train.batch_size = 9223372036854775807: 9223372036854775807 global samples cannot be "
-            "split evenly over 2 workers; use a multiple of 2 such as 9223372036854775806");
+  // the multiple above a batch size near INT64_MAX overflowed while the message was built. The
+  // batch is now at most 2^31; at the top of the range the suggestions stay inside it.
+  EXPECT_EQ(errorOf("[train]\nbatch_size = 2147483647\n", {}, 2),
+            "run.toml:2: train.batch_size = 2147483647: 2147483647 global samples cannot be split evenly over 2 "
+            "workers; use a multiple of 2 such as 2147483646 or 2147483648");
+  EXPECT_EQ(errorOf("[train]\nbatch_size = 2147483648\n", {}, 3),
+            "run.toml:2: train.batch_size = 2147483648: 2147483648 global samples cannot be split evenly over 3 "
+            "workers; use a multiple of 3 such as 2147483646");
+  EXPECT_EQ(parse("[train]\nbatch_size = 2147483648\n", {}, 2).train.batchSize, int64_t{1} << 31);
+  EXPECT_CONTAINS(errorOf("[train]\nbatch_size = 9223372036854775807\n", {}, 2),
+                  "run.toml:2: train.batch_size = 9223372036854775807 is out of range: it must be in [1, 2147483648]");
 }
 
 TEST(Config, CrossKeyRules) {
@@ -416,13 +461,182 @@ TEST(Config, Overrides) {
   EXPECT_EQ(defaultConfig({"train.epochs=9"}, 1).train.epochs, 9);
 }
 
+// The GPT on the fortunes text: the two go together.
+Overrides gptWith(Overrides more) {
+  Overrides o = {"model.name=gpt", "data.dataset=fortunes"};
+  o.insert(o.end(), more.begin(), more.end());
+  return o;
+}
+
+TEST(Config, DataPathFollowsTheDatasetUnlessSet) {
+  EXPECT_EQ(parse("", gptWith({})).data.path, "/usr/share/games/fortunes");
+  EXPECT_EQ(parse("").data.path, "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(parse("", {"data.dataset=cifar10"}).data.path, "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(parse("[data]\npath = \"/my/text\"\n", gptWith({})).data.path, "/my/text");
+  EXPECT_EQ(parse("", gptWith({"data.path=/other"})).data.path, "/other");
+  // Set to fashion-mnist's folder on purpose: kept.
+  EXPECT_EQ(parse("", gptWith({"data.path=/usr/share/datasets/fashion-mnist"})).data.path,
+            "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(defaultDataPath("fortunes"), "/usr/share/games/fortunes");
+  EXPECT_EQ(defaultDataPath("fashion-mnist"), "/usr/share/datasets/fashion-mnist");
+  EXPECT_EQ(defaultConfig(gptWith({}), 1).data.path, "/usr/share/games/fortunes");
+}
+
+TEST(Config, GptNeedsFortunesAndViceVersa) {
+  EXPECT_EQ(errorOf("", {"model.name=gpt"}),
+            "--set model.name=gpt: model.name = \"gpt\": the GPT is a byte-level language model and trains on text; "
+            "set data.dataset = \"fortunes\" (now \"fashion-mnist\" (default))");
+  EXPECT_EQ(errorOf("[model]\nname = \"cnn\"\n", {"data.dataset=fortunes"}),
+            "--set data.dataset=fortunes: data.dataset = \"fortunes\": fortunes is text, which only model.name = "
+            "\"gpt\" reads (now \"cnn\" (set at run.toml:2)); set model.name = \"gpt\" or an image dataset");
+  Config c = parse("", gptWith({}));
+  EXPECT_EQ(c.model.name, "gpt");
+  EXPECT_EQ(c.model.layers, 4);
+  EXPECT_EQ(c.model.heads, 4);
+  EXPECT_EQ(c.model.embed, 128);
+  EXPECT_EQ(c.model.context, 128);
+  EXPECT_DOUBLE_EQ(c.model.dropout, 0.0);
+  EXPECT_TRUE(c.model.tieEmbeddings);
+  EXPECT_EQ(c.parallel, ParallelConfig{});
+  // fp16 with the GPT is allowed.
+  EXPECT_EQ(parse("", gptWith({"precision=fp16"})).precision, "fp16");
+}
+
+TEST(Config, GptShapes) {
+  EXPECT_EQ(errorOf("", gptWith({"model.embed=130"})),
+            "--set model.embed=130: model.embed = 130: 130 is not a multiple of model.heads = 4 (default); each head "
+            "takes embed / heads dimensions; use a multiple of 4 such as 128 or 132");
+  EXPECT_CONTAINS(errorOf("", gptWith({"model.heads=6", "model.embed=4"})),
+                  "model.embed = 4: 4 is not a multiple of model.heads = 6 (set at --set model.heads=6); each head "
+                  "takes embed / heads dimensions; use a multiple of 6 such as 6");
+  EXPECT_NO_THROW(parse("", gptWith({"model.heads=6", "model.embed=96"})));
+  // The mlp ignores the GPT's keys.
+  EXPECT_NO_THROW(parse("", {"model.embed=130"}));
+}
+
+TEST(Config, TensorParallelRules) {
+  // tp must divide the heads.
+  EXPECT_EQ(errorOf("[model]\nheads = 6\nembed = 96\n[parallel]\ntp = 4\n", gptWith({}), 4),
+            "run.toml:5: parallel.tp = 4: model.heads = 6 (set at run.toml:2) cannot be split evenly over 4 "
+            "tensor-parallel workers; use a parallel.tp that divides 6 or a number of heads that is a multiple of 4");
+  Config c = parse("[model]\nheads = 6\nembed = 96\n[parallel]\ntp = 3\n", gptWith({}), 6);
+  EXPECT_EQ(c.parallel.tp, 3);
+  // The vocabulary (256 bytes) is padded to a multiple of tp: not an error.
+  EXPECT_NO_THROW(parse("", gptWith({"model.heads=6", "model.embed=96", "parallel.tp=3"}), 3));
+  // Only the GPT is split.
+  EXPECT_EQ(errorOf("", {"parallel.tp=2"}, 2),
+            "--set parallel.tp=2: parallel.tp = 2: tensor parallelism is implemented for model.name = \"gpt\" (now "
+            "\"mlp\" (default)); set parallel.tp = 1 or model.name = \"gpt\"");
+  // The workers must form whole replicas.
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2"}), 3),
+            "--set parallel.tp=2: parallel.tp = 2: 3 workers cannot be divided into model replicas of parallel.tp x "
+            "parallel.pp = 2 x 1 = 2 workers; run a multiple of 2 workers (dp = workers / 2) or change parallel.tp or "
+            "parallel.pp");
+  // Worker count not known yet: not checked.
+  EXPECT_NO_THROW(parse("", gptWith({"parallel.tp=2"}), 0));
+  // The batch is split over the dp replicas, not over every worker.
+  EXPECT_EQ(parse("", gptWith({"parallel.tp=2", "train.batch_size=6"}), 4).train.batchSize, 6);
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "train.batch_size=7"}), 4),
+            "--set train.batch_size=7: train.batch_size = 7: 7 global samples cannot be split evenly over 2 "
+            "data-parallel replicas (4 workers / (parallel.tp = 2 x parallel.pp = 1)); use a multiple of 2 such as 6 "
+            "or 8");
+  EXPECT_NO_THROW(parse("", gptWith({"parallel.tp=4", "train.batch_size=7"}), 4));  // dp = 1
+  // Not with the parameter server, nor with codecs other than 16-bit casts.
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "ps.servers=1"}), 2),
+            "--set ps.servers=1: ps.servers = 1: the parameter server holds whole model replicas and cannot be "
+            "combined with parallel.tp = 2 or parallel.pp = 1; set ps.servers = 0 or parallel.tp = parallel.pp = 1");
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "compression.method=topk"}), 2),
+            "--set compression.method=topk: compression.method = \"topk\": compressing the gradients of "
+            "tensor-parallel shards is not supported (parallel.tp = 2 (set at --set parallel.tp=2)); use none, fp16 "
+            "or bf16, or parallel.tp = 1");
+  for (const char* m : {"none", "fp16", "bf16"})
+    EXPECT_NO_THROW(parse("", gptWith({"parallel.tp=2", std::string("compression.method=") + m}), 2)) << m;
+  EXPECT_NO_THROW(parse("", gptWith({"compression.method=topk"}), 2));  // tp = 1: plain DDP
+}
+
+TEST(Config, SequenceParallelRules) {
+  EXPECT_EQ(errorOf("", gptWith({"parallel.sequence_parallel=true"})),
+            "--set parallel.sequence_parallel=true: parallel.sequence_parallel = true: sequence parallelism splits "
+            "the sequence over the tensor-parallel workers and needs parallel.tp > 1 (now 1 (default)); set "
+            "parallel.tp or sequence_parallel = false");
+  EXPECT_EQ(errorOf("[model]\ncontext = 102\n", gptWith({"parallel.tp=4", "parallel.sequence_parallel=true"}), 4),
+            "--set parallel.sequence_parallel=true: parallel.sequence_parallel = true: model.context = 102 (set at "
+            "run.toml:2) positions cannot be split evenly over parallel.tp = 4 workers along the sequence; use a "
+            "model.context that is a multiple of 4 such as 100 or 104, or sequence_parallel = false");
+  EXPECT_CONTAINS(errorOf("", gptWith({"model.context=2", "parallel.tp=4", "parallel.sequence_parallel=true"}), 4),
+                  "use a model.context that is a multiple of 4 such as 4, or");
+  EXPECT_TRUE(parse("", gptWith({"parallel.tp=2", "parallel.sequence_parallel=true"}), 2).parallel.sequenceParallel);
+}
+
+TEST(Config, LayerwiseRules) {
+  Config c = parse("", gptWith({"parallel.pp=2"}), 2);
+  EXPECT_EQ(c.parallel.pp, 2);
+  EXPECT_EQ(c.parallel.schedule, "none");
+  EXPECT_EQ(errorOf("", {"parallel.pp=2"}, 2),
+            "--set parallel.pp=2: parallel.pp = 2: the layer-wise split is implemented for model.name = \"gpt\" (now "
+            "\"mlp\" (default)); set parallel.pp = 1 or model.name = \"gpt\"");
+  EXPECT_EQ(errorOf("", gptWith({"model.layers=3", "parallel.pp=4"}), 4),
+            "--set parallel.pp=4: parallel.pp = 4: 4 stages for model.layers = 3 (set at --set model.layers=3) would "
+            "leave a stage without a block; use at most 3 stages");
+  EXPECT_NO_THROW(parse("", gptWith({"model.layers=4", "parallel.pp=4"}), 4));
+  // tp x pp together: 2 x 2 = 4 workers a replica.
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.tp=2", "parallel.pp=2"}), 6),
+                  "6 workers cannot be divided into model replicas of parallel.tp x parallel.pp = 2 x 2 = 4 workers");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2"}), 3), "--set parallel.pp=2: parallel.pp = 2: 3 workers");
+  EXPECT_EQ(parse("", gptWith({"parallel.tp=2", "parallel.pp=2", "train.batch_size=10"}), 8).train.batchSize, 10);
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "ps.servers=1"}), 2), "parallel.pp = 2; set ps.servers = 0");
+  EXPECT_CONTAINS(errorOf("", {"parallel.schedule=1f1b"}),
+                  "parallel.schedule = \"1f1b\" is not allowed; the choices are: none");
+}
+
+TEST(Config, GptConfigRoundTrips) {
+  Config c = parse("", gptWith({"model.layers=6", "model.heads=6", "model.embed=96", "model.context=66",
+                                "model.dropout=0.1", "model.tie_embeddings=false", "parallel.tp=3",
+                                "parallel.sequence_parallel=true", "parallel.pp=2", "train.batch_size=30"}),
+                   12);
+  std::string text = toToml(c);
+  EXPECT_CONTAINS(text, "\n[parallel]\ntp = 3\nsequence_parallel = true\npp = 2\nschedule = \"none\"\n");
+  EXPECT_CONTAINS(text, "\nlayers = 6\nheads = 6\nembed = 96\ncontext = 66\ndropout = 0.1\ntie_embeddings = false\n");
+  EXPECT_CONTAINS(text, "\npath = \"/usr/share/games/fortunes\"\n");
+  Config back = parseConfig(text, "resolved.toml", {}, 12);
+  EXPECT_EQ(back, c) << text;
+  EXPECT_EQ(back.parallel, c.parallel);
+  EXPECT_EQ(back.model, c.model);
+  EXPECT_EQ(toToml(back), text);
+}
+
+// The shipped GPT configs: valid at the worker counts they are meant for, the same model.
+TEST(Config, ShippedGptConfigsLoad) {
+  const std::string dir = std::string(CHORUS_SOURCE_DIR) + "/configs/";
+  Config one = loadConfig(dir + "gpt.toml", {}, 1);
+  EXPECT_EQ(one.model.name, "gpt");
+  EXPECT_EQ(one.data.dataset, "fortunes");
+  EXPECT_EQ(one.parallel.tp, 1);
+  EXPECT_GT(one.train.maxSteps, 0);
+  Config two = loadConfig(dir + "gpt-tp.toml", {}, 2);
+  EXPECT_EQ(two.parallel.tp, 2);
+  EXPECT_EQ(two.model, one.model);
+  EXPECT_EQ(two.optim, one.optim);
+  EXPECT_EQ(two.schedule, one.schedule);
+  EXPECT_EQ(two.train, one.train);
+  EXPECT_EQ(two.data, one.data);
+  try {
+    loadConfig(dir + "gpt-tp.toml", {}, 3);
+    ADD_FAILURE() << "3 workers at tp = 2 were accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.what(), "gpt-tp.toml:");
+    EXPECT_CONTAINS(e.what(), "parallel.tp = 2: 3 workers cannot be divided");
+  }
+}
+
 // A config with every field away from its default.
 Config everythingChanged() {
   Config c;
   c.name = "run \"q\" \\ \n\t é";
   c.precision = "fp16";
   c.data = {.dataset = "cifar10", .path = "/d/cifar", .limitTrain = 70, .limitTest = 3};
-  c.model = {.name = "cnn", .hidden = {3}, .channels = {8, 16, 32}, .fc = 64};
+  c.model = {.name = "cnn", .hidden = {3}, .channels = {8, 16, 32}, .fc = 64, .layers = 7, .heads = 3, .embed = 48,
+             .context = 33, .dropout = 0.1 + 0.2, .tieEmbeddings = false};
   c.optim = {.name = "adam", .lr = 0.1 + 0.2, .momentum = 0.3, .nesterov = true, .weightDecay = 1e-300,
              .beta1 = 0.5, .beta2 = 0.75, .eps = 1.0 / 3.0};
   c.schedule = {.name = "step", .warmupSteps = 11, .warmupStart = 0.0, .minLr = 1e-7, .stepEpochs = 4, .gamma = 0.3};
@@ -479,7 +693,8 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  EXPECT_EQ(configKeys().size(), 74u);  // 72 + compression.residual_decay + output.overwrite
+  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 4 of [parallel]
+  EXPECT_EQ(configKeys().size(), 84u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

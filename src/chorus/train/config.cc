@@ -108,6 +108,7 @@ const std::vector<Section>& sections() {
       {"optim", "the optimizer"},
       {"schedule", "the learning-rate schedule"},
       {"train", "the training loop"},
+      {"parallel", "model parallelism: tensor-parallel and layer-wise splits of each replica (docs/model-parallel.md)"},
       {"ddp", "data-parallel gradient synchronization"},
       {"compression", "gradient compression on the wire (docs/compression.md)"},
       {"ps", "the parameter server instead of all-reduce (docs/parameter-server.md)"},
@@ -125,6 +126,17 @@ const std::vector<Section>& sections() {
 constexpr double kMaxThreads = 1024;
 constexpr double kMaxProcesses = 1024;
 constexpr double kMaxEpochs = 1000000;
+// The global batch: the step planner multiplies it into sample counts, which overflowed near
+// INT64_MAX; 2^31 samples in one step is far beyond any batch that fits a machine.
+constexpr double kMaxBatch = 2147483648.0;
+// The GPT's sizes: far above what trains on a CPU, low enough that products of them (the
+// parameter count, embed x context activations) stay well inside 64 bits.
+constexpr double kMaxLayers = 1024;
+constexpr double kMaxHeads = 1024;
+constexpr double kMaxWidth = 65536;
+
+constexpr const char* kFortunesPath = "/usr/share/games/fortunes";
+constexpr const char* kFashionMnistPath = "/usr/share/datasets/fashion-mnist";
 
 std::string coresHint() {
   return str("this machine has ", std::max(1u, std::thread::hardware_concurrency()), " hardware threads");
@@ -137,23 +149,40 @@ const std::vector<Key>& schema() {
       {.name = "precision", .field = CHORUS_FIELD(precision), .choices = {"fp32", "bf16", "fp16"},
        .meaning = "compute precision of forward and backward (fp16 uses the [amp] loss scaler)"},
 
-      {.name = "data.dataset", .field = CHORUS_FIELD(data.dataset), .choices = {"fashion-mnist", "cifar10"},
-       .meaning = "which dataset to train and evaluate on"},
+      {.name = "data.dataset", .field = CHORUS_FIELD(data.dataset),
+       .choices = {"fashion-mnist", "cifar10", "fortunes"},
+       .meaning = "which dataset to train and evaluate on: fashion-mnist and cifar10 (images, for mlp and cnn) or "
+                  "fortunes (text of Debian's fortunes package, for gpt)"},
       {.name = "data.path", .field = CHORUS_FIELD(data.path), .nonEmpty = true,
-       .meaning = "folder holding the dataset's files"},
+       .meaning = "folder holding the dataset's files; when not set it follows data.dataset: fortunes "
+                  "/usr/share/games/fortunes, fashion-mnist and cifar10 /usr/share/datasets/fashion-mnist"},
       {.name = "data.limit_train", .field = CHORUS_FIELD(data.limitTrain), .range = atLeast(0),
        .meaning = "0: the whole train split; else only its first N samples"},
       {.name = "data.limit_test", .field = CHORUS_FIELD(data.limitTest), .range = atLeast(0),
        .meaning = "0: the whole test split; else only its first N samples"},
 
-      {.name = "model.name", .field = CHORUS_FIELD(model.name), .choices = {"mlp", "cnn"},
-       .meaning = "network architecture"},
+      {.name = "model.name", .field = CHORUS_FIELD(model.name), .choices = {"mlp", "cnn", "gpt"},
+       .meaning = "network architecture; gpt: a byte-level decoder-only transformer (needs data.dataset = "
+                  "\"fortunes\")"},
       {.name = "model.hidden", .field = CHORUS_FIELD(model.hidden), .range = atLeast(1), .nonEmpty = true,
        .meaning = "mlp: widths of the hidden layers"},
       {.name = "model.channels", .field = CHORUS_FIELD(model.channels), .range = atLeast(1), .nonEmpty = true,
        .meaning = "cnn: channels of each conv-BN-ReLU-pool block"},
       {.name = "model.fc", .field = CHORUS_FIELD(model.fc), .range = atLeast(1),
        .meaning = "cnn: width of the hidden fully-connected layer"},
+      {.name = "model.layers", .field = CHORUS_FIELD(model.layers), .range = between(1, kMaxLayers, false, false),
+       .meaning = "gpt: transformer blocks"},
+      {.name = "model.heads", .field = CHORUS_FIELD(model.heads), .range = between(1, kMaxHeads, false, false),
+       .meaning = "gpt: attention heads, embed / heads dimensions each (split over parallel.tp, which must divide "
+                  "them)"},
+      {.name = "model.embed", .field = CHORUS_FIELD(model.embed), .range = between(1, kMaxWidth, false, false),
+       .meaning = "gpt: embedding width E, a multiple of heads (the MLP is 4E wide)"},
+      {.name = "model.context", .field = CHORUS_FIELD(model.context), .range = between(1, kMaxWidth, false, false),
+       .meaning = "gpt: bytes per training window, and the longest span a token attends to"},
+      {.name = "model.dropout", .field = CHORUS_FIELD(model.dropout), .range = between(0, 1, false, true),
+       .meaning = "gpt: dropout probability on the embeddings, the attention probabilities and each residual branch"},
+      {.name = "model.tie_embeddings", .field = CHORUS_FIELD(model.tieEmbeddings),
+       .meaning = "gpt: the output layer is the input embedding transposed (wte^T); false: a separate lm_head"},
 
       {.name = "optim.name", .field = CHORUS_FIELD(optim.name), .choices = {"sgd", "adam", "adamw"},
        .meaning = "optimizer"},
@@ -187,8 +216,10 @@ const std::vector<Key>& schema() {
 
       {.name = "train.epochs", .field = CHORUS_FIELD(train.epochs), .range = between(1, kMaxEpochs, false, false),
        .meaning = "passes over the train split"},
-      {.name = "train.batch_size", .field = CHORUS_FIELD(train.batchSize), .range = atLeast(1),
-       .meaning = "global batch: each of W workers takes batch_size / W (a multiple of W)"},
+      {.name = "train.batch_size", .field = CHORUS_FIELD(train.batchSize), .range = between(1, kMaxBatch, false, false),
+       .meaning = "global batch (gpt: windows of model.context bytes): each of the dp = W / (parallel.tp x "
+                  "parallel.pp) replicas takes batch_size / dp (a multiple of dp)",
+       .rangeHint = "a global batch above 2^31 samples would overflow the step counts"},
       {.name = "train.max_steps", .field = CHORUS_FIELD(train.maxSteps), .range = atLeast(0),
        .meaning = "0: no limit; else stop after this many steps (all epochs together)"},
       {.name = "train.seed", .field = CHORUS_FIELD(train.seed), .range = atLeast(0),
@@ -211,6 +242,19 @@ const std::vector<Key>& schema() {
       {.name = "train.straggler_factor", .field = CHORUS_FIELD(train.stragglerFactor),
        .range = between(1, 1000, false, false),
        .meaning = "stragglers also sleep (factor - 1) x their compute time: 3 makes a step 3x slower"},
+
+      {.name = "parallel.tp", .field = CHORUS_FIELD(parallel.tp), .range = between(1, kMaxProcesses, false, false),
+       .meaning = "tensor-parallel workers per replica (Megatron-style: attention heads, the MLP and the vocabulary "
+                  "split over them; gpt only); dp = workers / (tp x pp)"},
+      {.name = "parallel.sequence_parallel", .field = CHORUS_FIELD(parallel.sequenceParallel),
+       .meaning = "with tp > 1: LayerNorm and dropout run on context / tp positions per worker (all-gather and "
+                  "reduce-scatter instead of all-reduce); model.context must be a multiple of tp"},
+      {.name = "parallel.pp", .field = CHORUS_FIELD(parallel.pp), .range = between(1, kMaxProcesses, false, false),
+       .meaning = "layer-wise stages per replica: the gpt's blocks in pp contiguous ranges on different workers "
+                  "(at most model.layers)"},
+      {.name = "parallel.schedule", .field = CHORUS_FIELD(parallel.schedule), .choices = {"none"},
+       .meaning = "how the stages of pp > 1 run; none: the naive layer-wise split, one batch through the stages in "
+                  "turn (pipeline schedules with micro-batches are not implemented yet)"},
 
       {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = between(0, 65536, true, false),
        .meaning = "gradient bucket cap in MiB"},
@@ -877,17 +921,27 @@ class Builder {
 
   // Every key's allowed values or range, then the rules between keys.
   void validate() {
+    // data.path follows data.dataset unless it was set.
+    if (!origin_.count("data.path")) config_.data.path = defaultDataPath(config_.data.dataset);
     for (const Key& k : schema()) checkKey(k);
 
+    validateModelParallel();
     const auto& t = config_.train;
-    if (worldSize_ > 0 && t.batchSize % worldSize_ != 0) {
-      // The multiple above does not exist for a batch size within worldSize_ of INT64_MAX.
-      const int64_t below = t.batchSize / worldSize_ * worldSize_;
-      const bool aboveFits = below <= std::numeric_limits<int64_t>::max() - worldSize_;
-      std::string such = below > 0 ? str(below, aboveFits ? str(" or ", below + worldSize_) : "")
-                                   : str(below + worldSize_);
-      fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", worldSize_,
-                                   " workers; use a multiple of ", worldSize_, " such as ", such));
+    const auto& par = config_.parallel;
+    // Replicas that split the batch: the workers left after the tp x pp model-parallel groups.
+    const int64_t perReplica = par.tp * par.pp;
+    const int64_t dp = worldSize_ / perReplica;
+    if (worldSize_ > 0 && t.batchSize % dp != 0) {
+      // Suggestions stay within the range, which ends at kMaxBatch.
+      const int64_t below = t.batchSize / dp * dp;
+      const bool aboveFits = static_cast<double>(below + dp) <= kMaxBatch;
+      std::string such = below > 0 ? str(below, aboveFits ? str(" or ", below + dp) : "") : str(below + dp);
+      std::string over = perReplica == 1
+                             ? str(dp, " workers")
+                             : str(dp, " data-parallel replicas (", worldSize_, " workers / (parallel.tp = ", par.tp,
+                                   " x parallel.pp = ", par.pp, "))");
+      fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", over,
+                                   "; use a multiple of ", dp, " such as ", such));
     }
     const auto& o = config_.optim;
     if (o.name == "sgd" && o.nesterov && !(o.momentum > 0))
@@ -941,6 +995,68 @@ class Builder {
   const Config& config() const { return config_; }
 
  private:
+  // The GPT's shapes, the model-parallel layout and what it cannot be combined with, in the
+  // order a user would fix them: model and dataset first, then the mesh, then the rest.
+  void validateModelParallel() {
+    const auto& m = config_.model;
+    const auto& d = config_.data;
+    const auto& par = config_.parallel;
+    const bool gpt = m.name == "gpt";
+    if (gpt && d.dataset != "fortunes")
+      fail("model.name", str(": the GPT is a byte-level language model and trains on text; set data.dataset = "
+                             "\"fortunes\" (now \"", d.dataset, "\"", originNote("data.dataset"), ")"));
+    if (!gpt && d.dataset == "fortunes")
+      fail("data.dataset", str(": fortunes is text, which only model.name = \"gpt\" reads (now \"", m.name, "\"",
+                               originNote("model.name"), "); set model.name = \"gpt\" or an image dataset"));
+    if (gpt && m.embed % m.heads != 0) {
+      const int64_t below = m.embed / m.heads * m.heads;
+      fail("model.embed", str(": ", m.embed, " is not a multiple of model.heads = ", m.heads, originNote("model.heads"),
+                              "; each head takes embed / heads dimensions; use a multiple of ", m.heads, " such as ",
+                              below > 0 ? str(below, " or ") : "", below + m.heads));
+    }
+    if (par.tp > 1 && !gpt)
+      fail("parallel.tp", str(": tensor parallelism is implemented for model.name = \"gpt\" (now \"", m.name, "\"",
+                              originNote("model.name"), "); set parallel.tp = 1 or model.name = \"gpt\""));
+    if (par.tp > 1 && m.heads % par.tp != 0)
+      fail("parallel.tp", str(": model.heads = ", m.heads, originNote("model.heads"), " cannot be split evenly over ",
+                              par.tp, " tensor-parallel workers; use a parallel.tp that divides ", m.heads,
+                              " or a number of heads that is a multiple of ", par.tp));
+    if (par.pp > 1 && !gpt)
+      fail("parallel.pp", str(": the layer-wise split is implemented for model.name = \"gpt\" (now \"", m.name, "\"",
+                              originNote("model.name"), "); set parallel.pp = 1 or model.name = \"gpt\""));
+    if (par.pp > m.layers)
+      fail("parallel.pp", str(": ", par.pp, " stages for model.layers = ", m.layers, originNote("model.layers"),
+                              " would leave a stage without a block; use at most ", m.layers, " stages"));
+    const int64_t perReplica = par.tp * par.pp;
+    if (worldSize_ > 0 && worldSize_ % perReplica != 0)
+      fail(par.tp > 1 ? "parallel.tp" : "parallel.pp",
+           str(": ", worldSize_, " workers cannot be divided into model replicas of parallel.tp x parallel.pp = ",
+               par.tp, " x ", par.pp, " = ", perReplica, " workers; run a multiple of ", perReplica,
+               " workers (dp = workers / ", perReplica, ") or change parallel.tp or parallel.pp"));
+    if (par.sequenceParallel && par.tp < 2)
+      fail("parallel.sequence_parallel", str(": sequence parallelism splits the sequence over the tensor-parallel "
+                                             "workers and needs parallel.tp > 1 (now ", par.tp,
+                                             originNote("parallel.tp"), "); set parallel.tp or sequence_parallel = "
+                                             "false"));
+    if (par.sequenceParallel && m.context % par.tp != 0) {
+      const int64_t below = m.context / par.tp * par.tp;
+      fail("parallel.sequence_parallel",
+           str(": model.context = ", m.context, originNote("model.context"), " positions cannot be split evenly over ",
+               "parallel.tp = ", par.tp, " workers along the sequence; use a model.context that is a multiple of ",
+               par.tp, " such as ", below > 0 ? str(below, " or ") : "", below + par.tp,
+               ", or sequence_parallel = false"));
+    }
+    if (perReplica > 1 && config_.ps.servers > 0)
+      fail("ps.servers", str(": the parameter server holds whole model replicas and cannot be combined with ",
+                             "parallel.tp = ", par.tp, " or parallel.pp = ", par.pp, "; set ps.servers = 0 or ",
+                             "parallel.tp = parallel.pp = 1"));
+    const std::string& method = config_.compression.method;
+    if (par.tp > 1 && method != "none" && method != "fp16" && method != "bf16")
+      fail("compression.method", str(": compressing the gradients of tensor-parallel shards is not supported "
+                                     "(parallel.tp = ", par.tp, originNote("parallel.tp"), "); use none, fp16 or bf16, "
+                                     "or parallel.tp = 1"));
+  }
+
   static std::string trim(const std::string& s) {
     size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
     return b == std::string::npos ? "" : s.substr(b, e - b + 1);
@@ -1073,6 +1189,10 @@ Config loadConfig(const std::string& path, const std::vector<std::string>& overr
       throw ConfigError(str("the config file '", path, "' grew past 16 MiB while it was read", hint));
   }
   return parseConfig(text, path, overrides, worldSize);
+}
+
+std::string defaultDataPath(const std::string& dataset) {
+  return dataset == "fortunes" ? kFortunesPath : kFashionMnistPath;
 }
 
 Config defaultConfig(const std::vector<std::string>& overrides, int worldSize) {

@@ -19,8 +19,10 @@
 namespace chorus::train {
 
 struct DataConfig {
-  std::string dataset = "fashion-mnist";  // "fashion-mnist" | "cifar10"
-  std::string path = "/usr/share/datasets/fashion-mnist";  // folder with the dataset's files
+  std::string dataset = "fashion-mnist";  // "fashion-mnist" | "cifar10" (images) | "fortunes" (text)
+  // Folder with the dataset's files. Left unset (in the file and --set), parseConfig fills in
+  // defaultDataPath(dataset); the struct's default is fashion-mnist's.
+  std::string path = "/usr/share/datasets/fashion-mnist";
   int64_t limitTrain = 0;  // 0: the whole train split; else its first N samples (quick runs, tests)
   int64_t limitTest = 0;   // 0: the whole test split; else its first N samples
 
@@ -28,10 +30,17 @@ struct DataConfig {
 };
 
 struct ModelConfig {
-  std::string name = "mlp";                    // "mlp" | "cnn"
+  std::string name = "mlp";                    // "mlp" | "cnn" | "gpt"
   std::vector<int64_t> hidden = {512, 256};    // mlp: hidden layer widths
   std::vector<int64_t> channels = {32, 64};    // cnn: channels of each conv-BN-ReLU-pool block
   int64_t fc = 128;                            // cnn: width of the hidden fully-connected layer
+  // gpt (a byte-level decoder-only transformer, src/chorus/train/gpt.h; vocabulary 256)
+  int64_t layers = 4;          // transformer blocks
+  int64_t heads = 4;           // attention heads; embed % heads == 0, heads % parallel.tp == 0
+  int64_t embed = 128;         // embedding width E (MLP width 4E)
+  int64_t context = 128;       // bytes per window T (training and attention span)
+  double dropout = 0.0;        // on embeddings, attention probabilities and residual branches
+  bool tieEmbeddings = true;   // logits = lnf(x) @ wte^T; false: a separate lm_head
 
   bool operator==(const ModelConfig&) const = default;
 };
@@ -62,7 +71,7 @@ struct ScheduleConfig {
 
 struct TrainLoopConfig {
   int64_t epochs = 3;
-  int64_t batchSize = 128;   // global: each of W workers takes batch_size / W per step
+  int64_t batchSize = 128;   // global, at most 2^31: each of dp replicas takes batch_size / dp per step
   int64_t maxSteps = 0;      // 0: no limit; else stop after this many steps (all epochs together)
   uint64_t seed = 0;         // model init and data order
   bool shuffle = true;
@@ -77,6 +86,17 @@ struct TrainLoopConfig {
   double stragglerFactor = 1.0;
 
   bool operator==(const TrainLoopConfig&) const = default;
+};
+
+// Model parallelism over a mesh of workers (docs/model-parallel.md): each model replica spans
+// tp x pp workers, and dp = workers / (tp x pp) replicas split the batch.
+struct ParallelConfig {
+  int64_t tp = 1;                 // tensor-parallel ranks per replica (Megatron-style splits)
+  bool sequenceParallel = false;  // tp > 1: LayerNorm/dropout regions split along the sequence
+  int64_t pp = 1;                 // layer-wise stages per replica (gpt blocks in contiguous ranges)
+  std::string schedule = "none";  // "none": the naive layer-wise split, one batch through the stages
+
+  bool operator==(const ParallelConfig&) const = default;
 };
 
 struct DdpConfig {
@@ -153,6 +173,7 @@ struct Config {
   OptimConfig optim;
   ScheduleConfig schedule;
   TrainLoopConfig train;
+  ParallelConfig parallel;
   DdpConfig ddp;
   CompressionConfig compression;
   PsConfig ps;
@@ -174,6 +195,10 @@ Config parseConfig(const std::string& text, const std::string& source, const std
 Config loadConfig(const std::string& path, const std::vector<std::string>& overrides, int worldSize);
 // The defaults, validated as parseConfig would with no file.
 Config defaultConfig(const std::vector<std::string>& overrides, int worldSize);
+// The folder a dataset's files are in when data.path is not set: fortunes ->
+// /usr/share/games/fortunes (Debian's fortunes package, text.h's kFortunesDir); fashion-mnist and cifar10 ->
+// /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist; CIFAR-10 has no package).
+std::string defaultDataPath(const std::string& dataset);
 // The resolved config as TOML that parseConfig reads back to an equal Config.
 std::string toToml(const Config& c);
 // Every key with its type, default, allowed values and meaning, one block per section.
