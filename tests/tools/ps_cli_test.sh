@@ -3,7 +3,8 @@
 # starts N workers and S servers that write their reports; `chorus launch --servers` does the
 # same; in asp a worker killed mid-run does not stop the job (the servers report it, the other
 # workers finish); with --resume the servers reload their checkpointed shards; with ps.restarts a
-# server killed mid-run is started again, reloads its shard, and the workers reconnect to it.
+# server killed mid-run is started again, reloads its shard, and the workers reconnect to it;
+# under asp a worker that diverges still ends the whole job (exit status 3).
 # usage: bash ps_cli_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: ps_cli_test.sh BUILD_DIR SOURCE_DIR}
@@ -145,6 +146,26 @@ for mode in asp bsp; do
 done
 out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=1 --set ps.restarts=1 --set ddp.transport=shm 2>&1)
 [ $? -ne 0 ] && grep -q "reconnects over tcp only" <<<"$out" && pass "ps.restarts with shm is refused" || fail "restarts+shm: $out"
+
+# 6. A worker that diverges ends the whole job, even under asp where the launcher lets a failed
+# worker go (train.md, "Divergence"): worker 1 straggles, so worker 0 meets the non-finite model
+# first; the job ends with status 3 at once (the others stopped, not waited for), the message
+# names the divergence, and no process of the job is left.
+start=$(date +%s)
+out=$(timeout 120 "$CHORUS" train --nproc 2 "${SETS[@]}" --set train.epochs=4 --set ps.servers=1 --set ps.mode=asp \
+  --set optim.lr=1e30 --set train.straggler_workers=[1] --set train.straggler_delay_ms=500 \
+  --set output.dir="$TMP/diverge" 2>&1)
+rc=$?
+took=$(( $(date +%s) - start ))
+[ $rc -eq 3 ] && grep -q "training diverged at step" <<<"$out" && grep -q "stopped the other" <<<"$out" \
+  && ! grep -q "goes on without it" <<<"$out" \
+  && pass "asp: a diverged worker ends the job (exit 3 after ${took}s)" || fail "asp divergence: rc $rc: $out"
+sleep 0.5
+[ -z "$(pgrep -f "output.dir=$TMP/diverge")" ] && pass "asp divergence: no process of the job is left" \
+  || fail "asp divergence: processes left: $(pgrep -af "output.dir=$TMP/diverge")"
+$PY -c "import glob,json,sys; d=sys.argv[1]; ev=lambda f: [json.loads(l)['event'] for l in open(f) if l.strip()]
+sys.exit(0 if any('diverged' in ev(f) for f in glob.glob(d + '/ps/worker*.jsonl')) and 'summary' not in ev(d + '/metrics.jsonl') else 1)" \
+  "$TMP/diverge" && pass "asp divergence: a diverged record, no summary" || fail "asp divergence records: $(cat "$TMP/diverge/metrics.jsonl" 2>&1)"
 
 [ $failures -eq 0 ] && echo "all passed" || echo "$failures failure(s)"
 exit $((failures > 0))

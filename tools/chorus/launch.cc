@@ -83,6 +83,11 @@ std::string signalName(int sig) {
   return abbrev != nullptr ? str("SIG", abbrev) : str("signal ", sig);
 }
 
+// A rank that exits with this status ends the job even where ranks may fail alone
+// (LaunchOptions::tolerateBelow): main.cc's status for a training run that diverged, whose
+// servers would otherwise go on with the other workers.
+constexpr int kFatalExitStatus = 3;
+
 std::string describeStatus(int status) {
   if (WIFEXITED(status)) return str("exited with status ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
@@ -531,10 +536,14 @@ class LocalJob {
       r.status = st;
       --running_;
       bool failed = !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+      // A worker may fail alone (tolerateBelow), but not with kFatalExitStatus, and the ranks
+      // stopped because the job is ending are not "tolerated" failures.
+      const bool tolerated = failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0 && !failedRank_ &&
+                             !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus);
       if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
           interruptSignal_ == 0 && !failedRank_ && restartEnv_) {
         restart(r);
-      } else if (failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0) {
+      } else if (tolerated) {
         message(str("rank ", r.rank, " ", describeStatus(st), "; the job goes on without it"));
         if (!toleratedRank_) {
           toleratedRank_ = r.rank;
@@ -695,7 +704,9 @@ ArgParser makeLaunchParser() {
   p.addValue("--timeout-ms", "MS", "timeout of every blocking call in the ranks (sets CHORUS_TIMEOUT_MS)");
   p.addValue("--store-addr", "ADDR", "address the rendezvous store binds; 0.0.0.0 for every interface", "127.0.0.1");
   p.addValue("--servers", "S", "also start S parameter servers: ranks N..N+S-1 (sets CHORUS_PS_SERVERS)");
-  p.addSwitch("--keep-going", "with --servers: a worker that fails does not stop the others (asp, ssp)");
+  p.addSwitch("--keep-going",
+              "with --servers: a worker that fails does not stop the others (asp, ssp), unless it exits with "
+              "status 3 (training diverged)");
   p.addValue("--restarts", "R",
              "with --servers: restart a failed server up to R times while the job runs; it reloads its shard and "
              "the workers reconnect (tcp; sets CHORUS_REJOIN)");

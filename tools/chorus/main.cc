@@ -2,7 +2,9 @@
 // and exit statuses. The only place in chorus that decides the process's exit status.
 //
 // Exit statuses: 0 success; 1 a command failed (its message says why); 2 a usage error (the
-// message names what is wrong and the valid choices); a launched job's own status otherwise.
+// message names what is wrong and the valid choices); 3 training diverged (DivergenceError),
+// which launch.cc's kFatalExitStatus makes end the whole job even where the launcher lets
+// workers fail alone; a launched job's own status otherwise.
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -186,6 +188,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::cerr << e.what() << "\n";
     return 2;
+  } catch (const chorus::DivergenceError& e) {
+    std::fflush(stdout);
+    std::cerr << "chorus " << cmd << ": " << rankLabel() << "error: " << e.what() << "\n";
+    return 3;  // launch.cc's kFatalExitStatus
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "chorus " << cmd << ": " << rankLabel() << "error: " << e.what() << "\n";

@@ -172,7 +172,9 @@ int trainCommand(const std::vector<std::string>& args) {
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
-      if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;  // asp and ssp go on without a failed worker
+      // asp and ssp go on without a failed worker, but not without one that diverged: main exits
+      // with status 3 then, which the launcher never tolerates (launch.cc, kFatalExitStatus).
+      if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;
       lo.restartFrom = t.nproc;  // the servers
       lo.maxRestarts = static_cast<int>(cfg.ps.restarts);
     }

@@ -1,6 +1,8 @@
 // `chorus train` with a parameter server (ps.servers = S > 0): the job's last S ranks serve the
 // model's shards (ps::Server) and the others are workers that compute gradients on their
-// shard of the data, push them and pull fresh parameters (ps::Client), under ps.mode.
+// shard of the data, push them and pull fresh parameters (ps::Client), under ps.mode. A worker
+// runs the one training loop (loop.h) with PsWorkerStrategy (ps_strategy.h); a server runs
+// ps::Server until every worker has left.
 #pragma once
 
 #include <memory>

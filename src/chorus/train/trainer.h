@@ -1,13 +1,16 @@
-// The training loop that `chorus train` runs on every rank: data sharded by
-// DistributedSampler, the model wrapped in DistributedDataParallel, mixed precision, the
-// learning-rate schedule, distributed evaluation after each epoch, metrics (JSONL), the
-// progress display, checkpoints and bit-exact resume, and an optional Chrome trace.
+// `chorus train` on every rank: the one training loop (loop.h) with the strategy the config
+// asks for: all-reduce data parallelism (DdpStrategy: data sharded by DistributedSampler, the
+// model wrapped in DistributedDataParallel, compression, mixed precision) or, with ps.servers,
+// the parameter server's roles (ps_trainer.h); the loop adds the learning-rate schedule,
+// evaluation after each epoch, metrics (JSONL), the progress display, checkpoints and bit-exact
+// resume, and an optional Chrome trace. Also the helpers every strategy shares.
 #pragma once
 
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "chorus/comm/group.h"
@@ -34,6 +37,7 @@ struct TrainResult {
   double samplesPerSec = 0;    // global samples trained / trainSeconds
   double testAccuracy = -1;    // after the last epoch (-1: no evaluation ran)
   double testLoss = -1;
+  std::vector<std::pair<std::string, double>> eval;  // the last evaluation's metrics, by the task's names
   double overlapFraction = 0;  // of all-reduce time, the part hidden under backward passes
   double commSeconds = 0;      // all-reduce time (rank 0)
   int64_t skippedSteps = 0;    // fp16 steps skipped on overflow
@@ -49,10 +53,11 @@ TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, 
 // Sets torch's intra-op threads: train.threads, or the cores shared by the local workers.
 void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize);
 
-// The steps a worker runs, for every trainer: its sampler over its shard of a training set of
-// `datasetSize` samples, its share of the global batch, the steps per epoch (the last batch
-// smaller unless train.drop_last) and in all (train.max_steps caps them), and the learning-rate
-// schedule over them. Throws ConfigError when the shard leaves no batch.
+// The steps a data-parallel rank runs over a dataset of samples (ImageTask): its sampler over
+// its shard of a training set of `datasetSize` samples, its share of the global batch, the
+// steps per epoch (the last batch smaller unless train.drop_last) and in all (train.max_steps
+// caps them), and the learning-rate schedule over them. Throws ConfigError when the shard
+// leaves no batch.
 struct StepPlan {
   int64_t localBatch;
   parallel::DistributedSampler sampler;
@@ -71,7 +76,7 @@ double stragglerSleep(const TrainLoopConfig& cfg, int worker, double computeSeco
 double peakRssMb();
 
 // Whether every entry of every defined tensor is finite (no inf, no NaN), as the divergence
-// check of both trainers asks of the gradients (docs/train.md, "Divergence"): one sum per
+// check of every strategy asks of the gradients (docs/train.md, "Divergence"): one sum per
 // tensor and a single read of their total (an inf or NaN entry makes it non-finite); only when
 // that is not finite, a look at every entry (a sum can also overflow on huge finite entries).
 bool allFinite(const std::vector<torch::Tensor>& tensors);

@@ -1,0 +1,500 @@
+// Data parallelism by all-reduce (see ddp_strategy.h).
+#include "chorus/train/ddp_strategy.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+#include <thread>
+
+#include "chorus/amp/autocast.h"
+#include "chorus/amp/grad_scaler.h"
+#include "chorus/comm/collectives/collectives.h"
+#include "chorus/common/error.h"
+#include "chorus/compress/dgc.h"
+#include "chorus/compress/quantize.h"
+#include "chorus/compress/sparse.h"
+#include "chorus/parallel/data/compression_hooks.h"
+#include "chorus/parallel/data/ddp.h"
+#include "chorus/train/loop.h"
+#include "chorus/train/models.h"
+#include "chorus/train/optim.h"
+#include "chorus/train/trainer.h"
+
+namespace chorus::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The compression hook a config asks for (none: no hook), and DGC's codec for its epoch.
+struct CompressionSetup {
+  std::shared_ptr<parallel::StatefulHook> hook;
+  std::shared_ptr<compress::DgcCodec> dgc;
+};
+
+CompressionSetup makeCompression(const CompressionConfig& c, int world) {
+  CompressionSetup s;
+  const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
+  if (c.method == "none" || c.method == "fp16" || c.method == "bf16") return s;  // 16-bit: castHook, below
+  if (c.method == "powersgd") {
+    s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps);
+    return s;
+  }
+  std::shared_ptr<compress::Codec> codec;
+  if (c.method == "dgc") {
+    compress::DgcOptions o;
+    o.momentum = c.momentum;
+    o.maxNorm = c.clipNorm;
+    o.worldSize = world;
+    o.layerwise = c.layerwise;
+    o.sparsitySchedule.clear();
+    for (int64_t e = 0; e < c.warmupEpochs; ++e) o.sparsitySchedule.push_back(std::min(c.sparsity, 1 - std::pow(0.25, e + 1)));
+    o.sparsitySchedule.push_back(c.sparsity);
+    s.dgc = std::make_shared<compress::DgcCodec>(o);
+    codec = s.dgc;
+  } else if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
+    codec = compress::makeSparse(c.method, c.ratio, c.layerwise, {c.errorFeedback, c.residualDecay});
+  } else if (c.method == "threshold") {
+    codec = compress::makeSparse(c.method, c.threshold);
+  } else {
+    codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
+  }
+  s.hook = parallel::codecHook(codec, seed, c.denseSteps);
+  return s;
+}
+
+// The dtype of dense gradients on the wire: compression.method fp16/bf16 (a 16-bit all-reduce)
+// or ddp.comm_dtype (validation allows only one of them to differ from the default).
+std::string wireDtype(const Config& cfg) {
+  const std::string& m = cfg.compression.method;
+  return m == "fp16" || m == "bf16" ? m : cfg.ddp.commDtype;
+}
+
+// Codec state (residuals, momentum, Q, RNG) differs per rank: each rank encodes its own as a
+// tensor table (data only, like the checkpoint around it), and rank 0's checkpoint keeps them
+// all as "codec.rank<r>" byte tensors. Entries: b<bucket>_t_<name> (tensors), b<bucket>_s_<name>
+// (a float64 [1]), b<bucket>_rng (an int64 [1]).
+std::string serializeCodecState(parallel::StatefulHook& hook) {
+  std::vector<std::pair<std::string, torch::Tensor>> entries;
+  for (auto& [bucket, cs] : hook.states()) {
+    for (auto& [name, t] : cs.tensors) entries.emplace_back(str("b", bucket, "_t_", name), t);
+    for (auto& [name, v] : cs.scalars) entries.emplace_back(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
+    entries.emplace_back(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
+  }
+  return encodeTensors(entries);
+}
+
+// `source` names the checkpoint and entry for errors; nothing is changed unless all of it reads.
+void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob, const std::string& source) {
+  struct Item {
+    size_t bucket;
+    std::string rest;
+    torch::Tensor value;
+  };
+  std::vector<Item> items;
+  for (auto& [key, t] : decodeTensors(blob.data(), blob.size(), source)) {
+    const size_t u = key.find('_');
+    const std::string digits = key.substr(1, u == std::string::npos ? std::string::npos : u - 1);
+    const std::string rest = u == std::string::npos ? std::string() : key.substr(u + 1);
+    const bool scalar = rest == "rng" || rest.starts_with("s_");
+    if (key[0] != 'b' || digits.empty() || digits.size() > 9 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !(scalar || rest.starts_with("t_")) ||
+        (scalar && (t.numel() != 1 || t.scalar_type() != (rest == "rng" ? torch::kLong : torch::kDouble))))
+      throw Error(str(source, ": compression state entry '", key, "' is not one chorus writes; the file is corrupt"));
+    items.push_back({std::stoul(digits), rest, t});
+  }
+  for (auto& [bucket, rest, t] : items) {
+    auto& cs = hook.states()[bucket];
+    if (rest == "rng") {
+      cs.rngState = static_cast<uint64_t>(t.item<int64_t>());
+    } else if (rest.starts_with("t_")) {
+      cs.tensors[rest.substr(2)] = t;
+    } else {
+      cs.scalars[rest.substr(2)] = t.item<double>();
+    }
+  }
+}
+
+torch::Tensor bytesTensor(const std::string& s) {
+  return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
+}
+
+// Divergence (docs/train.md, "Divergence"): whether every gradient the optimizer holds is finite.
+bool gradientsFinite(torch::optim::Optimizer& opt) {
+  std::vector<torch::Tensor> grads;
+  for (auto& group : opt.param_groups()) {
+    for (auto& p : group.params()) grads.push_back(p.grad());
+  }
+  return allFinite(grads);
+}
+
+// The loss scale below which an fp16 run whose gradients still overflow has diverged: even
+// gradients scaled down 2^24 times exceed float16's range (or are NaN).
+constexpr double kMinLossScale = 1.0 / (1 << 24);
+
+// A point-to-point tag nothing sends on: non-zero ranks wait on it for rank 0 to leave.
+constexpr uint32_t kDivergenceTag = 0x44495645;  // "DIVE"
+
+// Every rank calls this at the same step (the decision was all-reduced); it gathers each rank's
+// loss (a collective) and throws DivergenceError. Rank 0's message names the step, the ranks,
+// the last good checkpoint and what to change; the others' say that rank 0 reports it, so that
+// `chorus train` prints it once.
+[[noreturn]] void throwDivergence(comm::ProcessGroup& g, const Config& cfg, const Divergence& what, double myLoss,
+                                  int64_t step, int64_t epoch, int64_t stepInEpoch, int64_t stepsPerEpoch, double lr,
+                                  double lossScale, const std::string& lastGood, const std::string& ckptDir) {
+  std::vector<double> losses(static_cast<size_t>(g.size()));
+  comm::AllgatherOptions o;
+  o.input = &myLoss;
+  o.output = losses.data();
+  o.count = 1;
+  o.dtype = DType::kFloat64;
+  g.allgather(o);
+  std::vector<int> badRanks;
+  for (int r = 0; r < g.size(); ++r) {
+    if (!std::isfinite(losses[static_cast<size_t>(r)])) badRanks.push_back(r);
+  }
+  const int firstBad = badRanks.empty() ? -1 : badRanks.front();
+  const std::string head = str("training diverged at step ", step, " (epoch ", epoch + 1, ", step ", stepInEpoch + 1,
+                               " of ", stepsPerEpoch, ")");
+  if (g.rank() != 0) {
+    // Rank 0 reports, and the others leave after it: a launcher stops the whole job when the
+    // first rank exits, and rank 0 must have printed by then. Rank 0 never sends on this tag, so
+    // the receive ends when its connection closes (or after 10 s); it prints just after that,
+    // so the others give it a moment more.
+    try {
+      uint8_t none = 0;
+      g.recv(0, kDivergenceTag, &none, 1, Millis(10000));
+    } catch (const TimeoutError&) {
+    } catch (const Error&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    throw DivergenceError(head + "; rank 0 reports the details", step, firstBad);
+  }
+
+  std::ostringstream m;
+  m << head << ": ";
+  // "rank 1: nan, rank 3: inf": the ranks whose loss is (not) finite, the first 8 of them.
+  auto lossList = [&](bool finite) {
+    std::string s;
+    int listed = 0, more = 0;
+    for (int r = 0; r < g.size(); ++r) {
+      const double v = losses[static_cast<size_t>(r)];
+      if (std::isfinite(v) != finite) continue;
+      if (listed++ < 8) {
+        s += str(s.empty() ? "" : ", ", "rank ", r, ": ", std::isnan(v) ? std::string("nan") : str(v));
+      } else {
+        ++more;
+      }
+    }
+    return more > 0 ? str(s, " and ", more, " more") : s;
+  };
+  if (what.loss) {
+    if (badRanks.size() == static_cast<size_t>(g.size())) {
+      m << "the loss is not finite on every rank (" << lossList(false) << ")";
+    } else {
+      m << "the loss is not finite on " << lossList(false) << " (finite on " << lossList(true) << ")";
+    }
+    if (what.gradient) m << "; nor is the gradient";
+  } else if (what.gradient) {
+    m << "the gradient the optimizer would apply (after the all-reduce"
+      << (cfg.compression.method == "none" ? "" : " and decompression")
+      << ", the same on every rank) is not finite, while the loss is finite on every rank (" << lossList(true) << ")";
+  } else if (what.scale) {
+    m << "the fp16 gradients overflow at every loss scale: the GradScaler skipped step after step and backed off to "
+      << lossScale << " (losses " << lossList(true) << ")";
+  }
+  m << ". The step was not applied.\n";
+  if (!lastGood.empty()) {
+    m << "  last good checkpoint: " << lastGood
+      << "; after the change below, --resume continues from it (the newest in " << ckptDir << ")\n";
+  } else {
+    m << "  no checkpoint was written before this step, so the run has to start over (output.checkpoint_every = N "
+         "keeps one every N steps)\n";
+  }
+  m << "  what to change: a lower optim.lr (" << lr << " at this step";
+  if (cfg.schedule.warmupSteps > 0) m << "; or a longer schedule.warmup_steps, now " << cfg.schedule.warmupSteps;
+  m << ")";
+  const auto& c = cfg.compression;
+  if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
+    m << "; a larger compression.ratio (now " << c.ratio << ")";
+    if (c.method == "randomk" && c.errorFeedback && c.residualDecay > 0)
+      m << "; a lower compression.residual_decay (now " << c.residualDecay << ")";
+    if (c.method == "randomk" && !c.errorFeedback)
+      m << "; compression.error_feedback = true (without it random-k sends n/k times the entries it draws)";
+  } else if (c.method == "dgc") {
+    m << "; a lower compression.sparsity (now " << c.sparsity << ") or compression.clip_norm";
+  }
+  if (c.method != "none")
+    m << "; compression.method = \"none\" shows whether compression (\"" << c.method << "\") causes it";
+  if (cfg.precision == "fp16") m << "; precision = \"bf16\", which has float32's range";
+  throw DivergenceError(m.str(), step, firstBad);
+}
+
+}  // namespace
+
+struct DdpStrategy::Impl {
+  Impl(const Config& c, std::shared_ptr<comm::ProcessGroup> g)
+      : cfg(c), group(std::move(g)), rank(group->rank()), world(group->size()), prec(amp::parsePrecision(c.precision)) {}
+
+  const Config& cfg;
+  std::shared_ptr<comm::ProcessGroup> group;
+  const int rank, world;
+  const amp::Precision prec;
+  Task* task = nullptr;
+  torch::nn::Sequential model{nullptr};
+  std::unique_ptr<parallel::DistributedDataParallel<torch::nn::Sequential>> ddp;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<amp::GradScaler> scaler;
+  CompressionSetup compression;
+  double lastCompute = 0;  // the last step's compute time, for the straggler's delay
+};
+
+DdpStrategy::DdpStrategy(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group)
+    : impl_(std::make_unique<Impl>(cfg, std::move(group))) {}
+
+DdpStrategy::~DdpStrategy() = default;
+
+Roles DdpStrategy::roles() const {
+  Roles r;
+  r.group = impl_->group.get();
+  r.lead = impl_->rank == 0;
+  r.dataRank = impl_->rank;
+  r.dataRanks = impl_->world;
+  return r;
+}
+
+void DdpStrategy::setup(Task& task) {
+  Impl& m = *impl_;
+  const Config& cfg = m.cfg;
+  m.task = &task;
+  m.model = seededModel(cfg.train.seed, [&] { return task.makeModel(); });
+  parallel::DDPOptions dopts;
+  dopts.bucketCapBytes = static_cast<size_t>(cfg.ddp.bucketMb * 1024 * 1024);
+  dopts.findUnusedParameters = cfg.ddp.findUnused;
+  dopts.broadcastBuffers = cfg.ddp.broadcastBuffers;
+  const comm::AllreduceAlgo algo = comm::parseAlgo(cfg.ddp.algo);
+  m.compression = makeCompression(cfg.compression, m.world);
+  if (m.compression.hook) {
+    dopts.hook = m.compression.hook;
+    dopts.rebuildBuckets = false;  // codec state is kept per bucket: keep the layout fixed
+  } else if (const std::string wire = wireDtype(cfg); wire == "fp16") {
+    dopts.hook = parallel::castHook(at::kHalf, algo);
+  } else if (wire == "bf16") {
+    dopts.hook = parallel::castHook(at::kBFloat16, algo);
+  } else {
+    dopts.hook = parallel::allreduceHook(algo);
+  }
+  m.ddp = std::make_unique<parallel::DistributedDataParallel<torch::nn::Sequential>>(m.model, m.group, dopts);
+  m.optimizer = makeOptimizer(cfg.optim, m.model->parameters());
+  amp::GradScalerOptions sopts;
+  sopts.enabled = m.prec == amp::Precision::kFp16;
+  sopts.initScale = cfg.amp.initScale;
+  sopts.growthFactor = cfg.amp.growthFactor;
+  sopts.backoffFactor = cfg.amp.backoffFactor;
+  sopts.growthInterval = cfg.amp.growthInterval;
+  m.scaler = std::make_unique<amp::GradScaler>(sopts, m.group);
+}
+
+TrainState DdpStrategy::loadCheckpoint(const std::string& path) {
+  Impl& m = *impl_;
+  TrainState state = train::loadCheckpoint(path, *m.model, *m.optimizer);
+  auto sc = [&](const char* k, double d) { return state.scalars.count(k) ? state.scalars.at(k) : d; };
+  m.scaler->restore(sc("amp.scale", m.cfg.amp.initScale), static_cast<int64_t>(sc("amp.good_steps", 0)),
+                    static_cast<int64_t>(sc("amp.skipped_steps", 0)));
+  if (m.compression.hook) {
+    auto it = state.tensors.find(str("codec.rank", m.rank));
+    if (it == state.tensors.end()) {
+      throw InvalidArgument(str(path, " holds no compression state for rank ", m.rank,
+                                "; resume with the same compression.method and worker count it was written with"));
+    }
+    torch::Tensor blob = it->second.contiguous();
+    if (blob.scalar_type() != torch::kUInt8 || blob.dim() != 1)
+      throw Error(str("checkpoint ", path, ": entry 'tensors/", it->first, "' is not a byte string; the file is corrupt"));
+    restoreCodecState(*m.compression.hook, std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()),
+                      str("checkpoint ", path, ", entry 'tensors/", it->first, "'"));
+  }
+  return state;
+}
+
+void DdpStrategy::saveCheckpoint(const std::string& path, const TrainState& state) {
+  Impl& m = *impl_;
+  std::vector<std::string> codecBlobs;
+  if (m.compression.hook) codecBlobs = allgatherBytes(*m.group, serializeCodecState(*m.compression.hook));
+  if (m.rank != 0) return;
+  TrainState st = state;
+  st.scalars["amp.scale"] = m.scaler->scaleValue();
+  st.scalars["amp.good_steps"] = static_cast<double>(m.scaler->goodSteps());
+  st.scalars["amp.skipped_steps"] = static_cast<double>(m.scaler->skippedSteps());
+  for (size_t r = 0; r < codecBlobs.size(); ++r) st.tensors[str("codec.rank", r)] = bytesTensor(codecBlobs[r]);
+  train::saveCheckpoint(path, *m.model, *m.optimizer, st);
+}
+
+void DdpStrategy::beginEpoch(int64_t epoch) {
+  if (impl_->compression.dgc) impl_->compression.dgc->setEpoch(epoch);
+}
+
+StepOutcome DdpStrategy::step(const Batch& batch, const StepInfo& info) {
+  Impl& m = *impl_;
+  comm::ProcessGroup& g = *m.group;
+  // A straggler is slower by its last step's compute time times (factor - 1), plus a delay.
+  const double slept = stragglerSleep(m.cfg.train, m.rank, m.lastCompute);
+  setLearningRate(*m.optimizer, info.lr);
+  m.optimizer->zero_grad();
+  torch::Tensor loss;
+  {
+    amp::Autocast ac(m.prec, torch::kCPU);
+    loss = m.task->loss(m.ddp->forward(batch.input), batch.target);
+  }
+  const Clock::time_point t1 = Clock::now();
+  const uint64_t sentBeforeBackward = g.bytesSent();
+  m.scaler->scale(loss).backward();
+  const uint64_t gradBytes = g.bytesSent() - sentBeforeBackward;
+  const Clock::time_point t2 = Clock::now();
+  StepOutcome out;
+  out.stats.loss = loss.item<double>();
+  // Divergence: the loss is this rank's; the gradient is what the optimizer would apply (after
+  // DDP's all-reduce, or the codec's decoding: the same on every rank). One 2-entry all-reduce
+  // gives every rank the same decision at the same step. Under fp16 a non-finite gradient is
+  // the GradScaler's to handle (it skips the step and backs off), until the scale falls below
+  // kMinLossScale.
+  int32_t badFlags[2] = {std::isfinite(out.stats.loss) ? 0 : 1,
+                         m.prec == amp::Precision::kFp16 || gradientsFinite(*m.optimizer) ? 0 : 1};
+  if (m.world > 1) allreduceInPlace(g, badFlags, 2, DType::kInt32, ReduceOp::kMax);
+  if (badFlags[0] != 0 || badFlags[1] != 0) {
+    out.diverged = {badFlags[0] != 0, badFlags[1] != 0, false};
+    return out;
+  }
+  const bool stepped = m.scaler->step(*m.optimizer);
+  m.scaler->update();
+  if (!stepped) {
+    out.stats.skippedSteps = 1;
+    if (m.scaler->scaleValue() < kMinLossScale) {
+      out.diverged.scale = true;
+      return out;
+    }
+  }
+  const Clock::time_point t3 = Clock::now();
+
+  const parallel::DDPStats& st = m.ddp->stats();
+  // What a dense ring all-reduce of the same buckets would send: 2 (W-1)/W of their bytes.
+  const double denseShare = m.world > 1 ? 2.0 * (m.world - 1) / m.world : 0.0;
+  out.stats.steps = 1;
+  out.stats.computeSeconds = std::chrono::duration<double>(t3 - info.start).count() - st.waitSeconds;
+  out.stats.commSeconds = st.commSeconds;
+  out.stats.overlapSeconds = st.overlapSeconds;
+  out.stats.sleptSeconds = slept;
+  // Gradient traffic alone: what this rank sends during backward (the buckets' reductions), not
+  // the buffer broadcast of forward or the evaluation.
+  out.stats.gradBytes = gradBytes;
+  out.stats.denseBytes = denseShare * static_cast<double>(st.bytesReduced);
+  m.lastCompute = out.stats.computeSeconds - slept;
+  if (info.tracer && info.tracer->enabled()) {
+    Tracer& tr = *info.tracer;
+    tr.span("compute", "forward", info.start, t1, str("{\"step\":", info.globalStep + 1, "}"));
+    tr.span("compute", "backward", t1, st.backwardEnd);
+    if (st.waitSeconds > 0) tr.span("compute", "wait for all-reduce", st.backwardEnd, t2);
+    tr.span("compute", "optimizer", t2, t3);
+    for (const auto& s : st.spans) tr.span("comm", str("allreduce bucket ", s.bucket), s.start, s.end);
+  }
+  return out;
+}
+
+JsonObject DdpStrategy::divergedRecord(const Divergence& d, const LoopStatus& s) {
+  return JsonObject()
+      .add("event", "diverged")
+      .add("step", s.globalStep + 1)
+      .add("epoch", s.epoch)
+      .add("loss_finite", !d.loss)
+      .add("grad_finite", !d.gradient)
+      .add("loss_scale", impl_->scaler->scaleValue())
+      .add("last_checkpoint", s.lastCheckpoint);
+}
+
+void DdpStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s) {
+  throwDivergence(*impl_->group, impl_->cfg, d, s.loss, s.globalStep + 1, s.epoch, s.stepInEpoch, s.stepsPerEpoch, s.lr,
+                  impl_->scaler->scaleValue(), s.lastCheckpoint, s.checkpointDir);
+}
+
+EvalMetrics DdpStrategy::evaluate(Task& task) {
+  Impl& m = *impl_;
+  m.model->eval();
+  EvalRunner run;
+  run.group = m.group.get();
+  run.forward = [&](const torch::Tensor& x) {
+    amp::Autocast ac(m.prec, torch::kCPU);
+    return m.model->forward(x);
+  };
+  EvalMetrics r = task.evaluate(run);
+  m.model->train();
+  return r;
+}
+
+JsonObject DdpStrategy::startRecord(const LoopStatus& s) {
+  const Config& cfg = impl_->cfg;
+  return JsonObject()
+      .add("event", "start")
+      .add("world", impl_->world)
+      .add("model", cfg.model.name)
+      .add("params", parameterCount(*impl_->model))
+      .add("precision", cfg.precision)
+      .add("comm_dtype", wireDtype(cfg))
+      .add("transport", std::string(impl_->group->transportName()))
+      .add("steps_per_epoch", s.stepsPerEpoch)
+      .add("total_steps", s.totalSteps)
+      .add("resumed_from", s.resumedFrom)
+      .add("resumed_step", s.resumedStep);
+}
+
+JsonObject DdpStrategy::stepRecord(const LoopStatus& s) {
+  const StepStats& w = s.window;
+  return JsonObject()
+      .add("event", "step")
+      .add("step", s.globalStep)
+      .add("epoch", s.epoch)
+      .add("loss", w.meanLoss())
+      .add("lr", s.lr)
+      .add("samples_per_s", w.stepSeconds > 0 ? static_cast<double>(w.steps * impl_->cfg.train.batchSize) / w.stepSeconds : 0)
+      .add("bytes_sent", s.windowBytes)
+      .add("grad_bytes", w.gradBytes)
+      .add("compression_ratio", w.gradBytes > 0 ? w.denseBytes / static_cast<double>(w.gradBytes) : 0.0)
+      .add("comm_s", w.commSeconds)
+      .add("compute_s", w.computeSeconds)
+      .add("loss_scale", impl_->scaler->scaleValue());
+}
+
+void DdpStrategy::evalFields(JsonObject& record, const LoopStatus& s) { record.add("bytes_sent", s.bytesSinceStart); }
+
+JsonObject DdpStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) {
+  const Config& cfg = impl_->cfg;
+  const StepStats& t = s.total;
+  const double steps = static_cast<double>(s.stepsThisRun);
+  result.samplesPerSec = s.slowestTrainSeconds > 0 ? steps * static_cast<double>(cfg.train.batchSize) / s.slowestTrainSeconds : 0;
+  result.commSeconds = t.commSeconds;
+  result.overlapFraction = t.commSeconds > 0 ? t.overlapSeconds / t.commSeconds : 0;
+  return JsonObject()
+      .add("event", "summary")
+      .add("world", impl_->world)
+      .add("model", cfg.model.name)
+      .add("precision", cfg.precision)
+      .add("steps", s.stepsThisRun)
+      .add("global_step", s.globalStep)
+      .add("train_s", result.trainSeconds)
+      .add("samples_per_s", result.samplesPerSec)
+      .add("test_acc", result.testAccuracy)
+      .add("test_loss", result.testLoss)
+      .add("comm_s", t.commSeconds)
+      .add("compute_s", t.computeSeconds)
+      .add("overlap_frac", result.overlapFraction)
+      .add("bytes_sent", s.bytesSent)
+      .add("bytes_per_step", steps > 0 ? static_cast<double>(s.bytesSinceStart) / steps : 0.0)
+      .add("compression", cfg.compression.method)
+      .add("grad_bytes_per_step", steps > 0 ? static_cast<double>(t.gradBytes) / steps : 0.0)
+      .add("compression_ratio", t.gradBytes > 0 ? t.denseBytes / static_cast<double>(t.gradBytes) : 0.0)
+      .add("skipped_steps", result.skippedSteps)
+      .add("peak_rss_mb_max", s.peakRssMaxMb)
+      .add("peak_rss_mb_mean", s.peakRssMeanMb)
+      .add("last_checkpoint", result.lastCheckpoint);
+}
+
+}  // namespace chorus::train
