@@ -80,7 +80,11 @@ torch::Tensor vocabParallelCrossEntropy(const torch::Tensor& logitsShard, const 
     if (lo < 0 || hi >= realVocab)
       throw InvalidArgument(chorus::str("vocabParallelCrossEntropy: targets must lie in [0, ", realVocab, "); found ", lo < 0 ? lo : hi));
   }
-  return VocabParallelCrossEntropy::apply(logitsShard, targets, vocabStart, realVocab, g);
+  // 16-bit logits (autocast) would sum their exponentials in 16 bits: the loss is computed in
+  // float32, and the cast's own backward returns the gradient in the logits' type.
+  const bool narrow = logitsShard.scalar_type() == torch::kHalf || logitsShard.scalar_type() == torch::kBFloat16;
+  return VocabParallelCrossEntropy::apply(narrow ? logitsShard.to(torch::kFloat) : logitsShard, targets, vocabStart,
+                                          realVocab, g);
 }
 
 }  // namespace chorus::parallel
