@@ -22,8 +22,8 @@ namespace chorus::parallel {
 
 // Mean cross-entropy over all positions of logits split along the vocabulary:
 // logitsShard [.., Vk] (float32 or float64; 16-bit logits are computed in float32; any leading
-// dims, flattened to N positions) holds this rank's columns vocabStart..vocabStart+Vk of the padded vocabulary; columns >= realVocab
-// are masked out. targets [..] (the leading dims, N positions) int64 in [0, realVocab); an
+// dims, flattened to N positions) holds this rank's columns vocabStart..vocabStart+Vk of the
+// padded vocabulary; columns >= realVocab are masked out. targets [..] (the leading dims, N positions) int64 in [0, realVocab); an
 // out-of-range target throws InvalidArgument (checked on every rank, so all throw together).
 // Returns a 0-dim tensor, identical on every tp rank. Differentiable with respect to
 // logitsShard (its own autograd function; the backward needs no communication). Blocks:
