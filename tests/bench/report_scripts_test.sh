@@ -75,5 +75,92 @@ expect "$page" "| 1 MiB | 4.000 (3.00–5.00) [ring] | 2.000 (1.00–3.00) [ring
   "peers: median busbw with spread, ratios of medians"
 expect "$page" "at commit" "peers: the page names the commit"
 
+# --- bench/model-parallel/report.py: every section on canned runs (speed: 3 repeats, one
+# PyTorch run failed), and a tp=1 out-of-memory run that stopped with chorus's error.
+raw=$TMP/mp
+mkdir -p "$raw"
+echo "address-space limit: 1536 MiB" > "$raw/machine.txt"
+# chorus_mp NAME TP START_EXTRA SUMMARY_EXTRA [EVAL]: a finished chorus run of the small GPT.
+chorus_mp() {
+  mkdir -p "$raw/$1"
+  echo 0 > "$raw/$1.rc"
+  echo "chorus train bench/model-parallel/small.toml --nproc $2" > "$raw/$1.cmd"
+  printf '[model]\nname = "gpt"\nlayers = 4\nheads = 4\nembed = 128\ncontext = 128\n[train]\nbatch_size = 16\nmax_steps = 5\n[data]\neval_windows = 256\n[optim]\nlr = 0.001\n' \
+    > "$raw/$1/config.toml"
+  {
+    echo "{\"event\":\"start\",\"tp\":$2$3}"
+    [[ -n ${5:-} ]] && echo "{\"event\":\"eval\",\"step\":5,\"val_loss\":2.5,\"val_bpb\":$5}"
+    echo "{\"event\":\"summary\",\"steps\":5$4}"
+  } > "$raw/$1/metrics.jsonl"
+}
+# memory: sharded bytes 8 MiB / k, replicated 1 MiB, AdamW (optimizer = 2 x params)
+for k in 1 2 4; do
+  sh=$((8388608 / k))
+  chorus_mp "mem-tp$k" "$k" ",\"param_bytes_sharded\":$sh,\"param_bytes_replicated\":1048576,\"optimizer_bytes\":$((2 * (sh + 1048576)))" \
+    ",\"peak_rss_mb_max\":$((400 + 100 / k))"
+done
+# out of memory: tp=1 stopped with chorus's error, tp=4 trained 2 step(s)
+echo 1 > "$raw/oom-tp1.rc"
+printf 'chorus train: rank 0 of 1 ran out of memory (std::bad_alloc); its peak resident memory was 900 MiB\nchorus train: rank 0 exited with status 1\n' \
+  > "$raw/oom-tp1.err"
+chorus_mp oom-tp4 4 "" ",\"peak_rss_mb_max\":700"
+sed -i 's/"steps":5/"steps":2/' "$raw/oom-tp4/metrics.jsonl"
+# communication: rank 0's tp bytes per step exactly the formula at tp=2, 2% above at tp=4
+# (2 (k-1)/k x 4 x ((4 L + 2) B T E + 3 B T) with L 4, B 16, T 128, E 128: 18 B T E + 3 B T = 4724736)
+chorus_mp comm-tp2 2 "" ",\"tp_bytes_per_step\":18898944,\"bytes_per_step\":18900000"
+chorus_mp comm-tp4 4 "" ",\"tp_bytes_per_step\":$((28348416 * 102 / 100)),\"bytes_per_step\":1"
+# speed: chorus 1 thread 5000 4000 6000 (median 5000), PyTorch 1 thread 4000 5000 (r3 failed),
+# chorus 2 threads 8000 8000 8000, PyTorch 2 threads 10000 9000 11000
+c1=(5000 4000 6000); t1=(4000 5000 0); c2=(8000 8000 8000); t2=(10000 9000 11000)
+for r in 1 2 3; do
+  chorus_mp "speed-chorus_t1-r$r" 1 "" ",\"tokens_per_s\":${c1[$((r - 1))]}"
+  chorus_mp "speed-chorus_t2-r$r" 1 "" ",\"tokens_per_s\":${c2[$((r - 1))]}"
+  chorus_mp "speed-chorus_tp2-r$r" 2 "" ",\"tokens_per_s\":6000"
+  chorus_mp "speed-chorus_pp2-r$r" 2 "" ",\"samples_per_s\":25"
+  for t in 1 2; do
+    eval "v=\${t$t[$((r - 1))]}"
+    echo 0 > "$raw/speed-torch_t$t-r$r.rc"
+    echo "python3 gpt_torch.py --threads $t" > "$raw/speed-torch_t$t-r$r.cmd"
+    echo "{\"impl\":\"torch-gpt\",\"steps\":5,\"tokens_per_s\":$v,\"val_loss\":4,\"val_bpb\":6}" > "$raw/speed-torch_t$t-r$r.out"
+  done
+done
+echo "Traceback: killed" > "$raw/speed-torch_t1-r3.err"
+# layer-wise r3 stopped: the rank's own error line is named, not the launcher's closing line
+rm -rf "$raw/speed-chorus_pp2-r3"
+echo 1 > "$raw/speed-chorus_pp2-r3.rc"
+printf '[rank 1] chorus train: rank 1: error: pp is not wired\nchorus train: rank 1 exited with status 1\n' > "$raw/speed-chorus_pp2-r3.err"
+echo 137 > "$raw/speed-torch_t1-r3.rc"
+: > "$raw/speed-torch_t1-r3.out"
+# bits per byte: 3.60, 3.61 and PyTorch 3.63 (all within 0.02 of each other? 0.03: no)
+chorus_mp bpb-chorus_tp1 1 "" "" 3.60
+chorus_mp bpb-chorus_tp2 2 "" "" 3.61
+echo 0 > "$raw/bpb-torch.rc"
+echo '{"impl":"torch-gpt","steps":5,"threads":2,"tokens_per_s":1,"val_loss":2.52,"val_bpb":3.63}' > "$raw/bpb-torch.out"
+python3 "$SRC/bench/model-parallel/report.py" report --raw "$raw" --repeats 3 --src "$SRC" \
+  --command "bash bench/model-parallel/run.sh build" --out "$TMP/mp.md" 2> "$TMP/mp.err"
+rc=$?
+[[ $rc -eq 1 ]] && pass "model-parallel report exits 1 when a run has no result" || fail "model-parallel report exit status $rc, expected 1"
+page=$TMP/mp.md
+expect "$page" "| 2 | 4.0 | 1.0 | 5.0 | 10.0 | 20.0 | 16.0 | 0.5000 | 0.5000 | 4.0 | 450 |" \
+  "model-parallel: the sharded state at tp=2 is half of tp=1's, the replicated part stated"
+expect "$page" "The sharded state falls as 1/tp: holds" "model-parallel: the 1/tp verdict"
+expect "$page" "| tp=1 | 1 | — | — | — | \`chorus train: rank 0 of 1 ran out of memory (std::bad_alloc)" \
+  "model-parallel: the out-of-memory run's exit status and error line"
+expect "$page" "tp=1 fails with an out-of-memory error; tp=4 trains: holds" "model-parallel: the out-of-memory verdict"
+expect "$page" "| 2 | 16 | 128 | 128 | 4 | 5 | 18,898,944 | tp_bytes_per_step | 18,898,944 | 1.0000 | yes |" \
+  "model-parallel: tp=2 bytes per step equal the formula"
+expect "$page" "| 4 | 16 | 128 | 128 | 4 | 5 | 28,915,384 | tp_bytes_per_step | 28,348,416 | 1.0200 | no |" \
+  "model-parallel: a 2% gap at tp=4 is shown"
+expect "$page" "| chorus tp=1, 1 worker x 1 thread | 5,000 (4,000–6,000) | 1.11x |" \
+  "model-parallel: chorus against the PyTorch median of the two runs that finished"
+expect "$page" "| chorus layer-wise pp=2, 2 workers x 1 thread | 3,200 (3,200–3,200) | 0.32x |" \
+  "model-parallel: tokens/s from samples/s x context when the summary lacks tokens_per_s"
+expect "$page" "speed-torch_t1-r3.out has no result line (exit status 137" "model-parallel: the failed run is named"
+expect "$page" "speed-chorus_pp2-r3/metrics.jsonl does not exist (exit status 1: [rank 1] chorus train: rank 1: error: pp is not wired)" \
+  "model-parallel: a failed chorus run is named with its rank's error line"
+expect "$page" "| PyTorch eager (1 process x 2 thread(s)) | 5 | 2.5200 | 3.6300 | +0.0300 |" "model-parallel: bits per byte against chorus tp=1"
+expect "$page" "largest difference 0.0300): does not hold" "model-parallel: the 0.02 verdict"
+expect "$page" "at commit $(git -C "$SRC" rev-parse --short HEAD 2> /dev/null || echo unknown)" "model-parallel: the page names the commit"
+
 echo "$failures failed"
 [[ $failures -eq 0 ]]

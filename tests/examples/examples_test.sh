@@ -97,17 +97,19 @@ test_tensor_parallel_mlp() {
 }
 
 # The first ```cpp block after the "verbatim" marker in docs/ddp.md is the example's file.
+# test_docs_show_the_example DOC EXAMPLE: DOC quotes examples/EXAMPLE in full, in the ```cpp
+# block after the line that says "examples/EXAMPLE, verbatim".
 test_docs_show_the_example() {
-  [ -n "$SOURCE" ] || { echo "skip: no SOURCE_DIR, docs/ddp.md not checked"; return; }
-  local doc=$SOURCE/docs/ddp.md src=$SOURCE/examples/ddp_custom_model.cc
-  awk '/examples\/ddp_custom_model.cc, verbatim/ { marked = 1; next }
+  local doc=$SOURCE/docs/$1 src=$SOURCE/examples/$2
+  [ -n "$SOURCE" ] || { echo "skip: no SOURCE_DIR, docs/$1 not checked"; return; }
+  awk -v mark="examples/$2, verbatim" 'index($0, mark) { marked = 1; next }
        marked && !inside && /^```cpp$/ { inside = 1; next }
        inside && /^```$/ { exit }
        inside { print }' "$doc" >"$TMP/doc_example.cc"
   if [ -s "$TMP/doc_example.cc" ] && diff -u "$src" "$TMP/doc_example.cc" >"$TMP/doc.diff"; then
-    pass "docs/ddp.md shows examples/ddp_custom_model.cc verbatim"
+    pass "docs/$1 shows examples/$2 verbatim"
   else
-    fail "docs/ddp.md's copy of examples/ddp_custom_model.cc differs from the file (diff file doc):"
+    fail "docs/$1's copy of examples/$2 differs from the file (diff file doc):"
     head -40 "$TMP/doc.diff"
   fi
 }
@@ -116,7 +118,8 @@ test_ddp_custom_model 2
 test_ddp_custom_model 1
 test_tensor_parallel_mlp 2
 test_tensor_parallel_mlp 1
-test_docs_show_the_example
+test_docs_show_the_example ddp.md ddp_custom_model.cc
+test_docs_show_the_example model-parallel.md tensor_parallel_mlp.cc
 
 if [ $failures -ne 0 ]; then
   echo "examples_test: $failures FAILED"

@@ -338,6 +338,35 @@ TEST_F(Checkpoint, HistoryPrunesOnlyItsOwnFilesOldestWrittenFirst) {
   EXPECT_THROW(h.add(path(checkpointName(1)), 0), InvalidArgument);
 }
 
+// A sharded checkpoint's main file goes with its shard files (of any layout, also when the main
+// file is already gone); files that only look like shards stay.
+TEST_F(Checkpoint, HistoryPrunesShardFilesWithTheirMainFile) {
+  EXPECT_EQ(checkpointShardPath(path(checkpointName(3)), 1, 2), path("ckpt-00000003.pt.tp1-of-2"));
+  EXPECT_EQ(checkpointShardPath(path(checkpointName(3)), 0, 2, 1, 3), path("ckpt-00000003.pt.pp1-of-3.tp0-of-2"));
+  EXPECT_THROW(checkpointShardPath(path(checkpointName(3)), 2, 2), InvalidArgument);
+  const std::string a = path(checkpointName(100)), b = path(checkpointName(200)), c = path(checkpointName(300));
+  const std::vector<std::string> aShards = {a + ".pp0-of-2.tp1-of-2", a + ".tp1-of-2", a + ".tp1-of-4", a + ".tp3-of-4"};
+  const std::vector<std::string> keepers = {a + ".tp2-of-2", a + ".tp1-of-x", a + ".tp1-of-2.bak", a + "x.tp1-of-2",
+                                            path("ckpt-00000100.pt1.tp1-of-2"), path(checkpointName(1000) + ".tp1-of-2")};
+  for (const auto& f : aShards) writeAll(f, "x");
+  for (const auto& f : keepers) writeAll(f, "x");
+  for (const auto& f : {a, b, c, b + ".tp1-of-2", c + ".tp1-of-2"}) writeAll(f, "x");
+  EXPECT_EQ(checkpointShardFiles(a), aShards);
+  EXPECT_EQ(checkpointShardFiles(b), std::vector<std::string>{b + ".tp1-of-2"});
+  EXPECT_TRUE(checkpointShardFiles(path(checkpointName(5))).empty());
+  EXPECT_EQ(listCheckpoints(dir_), (std::vector<std::string>{a, b, c}));  // shard files are not checkpoints
+
+  CheckpointHistory h({a, b});
+  std::vector<std::string> want = {a};
+  want.insert(want.end(), aShards.begin(), aShards.end());
+  EXPECT_EQ(h.add(c, 2), want);
+  for (const auto& f : keepers) EXPECT_TRUE(fs::exists(f)) << f;
+  // The main file already gone: its shards still go.
+  fs::remove(b);
+  EXPECT_EQ(h.add(c, 1), std::vector<std::string>{b + ".tp1-of-2"});
+  EXPECT_TRUE(fs::exists(c + ".tp1-of-2"));
+}
+
 TEST_F(Checkpoint, RemovesTemporariesOfWritersThatAreGone) {
   // A pid that is surely not running: a child that has exited and been reaped.
   pid_t dead = fork();
@@ -348,13 +377,22 @@ TEST_F(Checkpoint, RemovesTemporariesOfWritersThatAreGone) {
   const std::string deadTmp = path(str(checkpointName(7), ".tmp.", dead));
   const std::string mineTmp = path(str(checkpointName(8), ".tmp.", ::getpid()));  // before our first save
   const std::string liveTmp = path(str(checkpointName(9), ".tmp.", ::getppid()));  // a live writer
-  for (const auto& p : {deadTmp, mineTmp, liveTmp, path("notes.tmp.1"), path(checkpointName(6))}) writeAll(p, "x");
+  // Shard files' temporaries too; a name that is not a shard's stays.
+  const std::string deadShardTmp = path(str(checkpointName(7), ".tp1-of-2.tmp.", dead));
+  const std::string deadPpShardTmp = path(str(checkpointName(7), ".pp1-of-2.tp0-of-2.tmp.", dead));
+  const std::string liveShardTmp = path(str(checkpointName(9), ".tp1-of-2.tmp.", ::getppid()));
+  const std::string notShardTmp = path(str(checkpointName(7), ".tp2-of-2.tmp.", dead));
+  for (const auto& p : {deadTmp, mineTmp, liveTmp, path("notes.tmp.1"), path(checkpointName(6)), deadShardTmp,
+                        deadPpShardTmp, liveShardTmp, notShardTmp})
+    writeAll(p, "x");
   std::vector<std::string> removed = removeStaleTemporaries(dir_);
   std::sort(removed.begin(), removed.end());
-  std::vector<std::string> want = {deadTmp, mineTmp};
+  std::vector<std::string> want = {deadTmp, mineTmp, deadShardTmp, deadPpShardTmp};
   std::sort(want.begin(), want.end());
   EXPECT_EQ(removed, want);
   EXPECT_TRUE(fs::exists(liveTmp));
+  EXPECT_TRUE(fs::exists(liveShardTmp));
+  EXPECT_TRUE(fs::exists(notShardTmp));
   EXPECT_TRUE(fs::exists(path("notes.tmp.1")));  // not a checkpoint's temporary
   EXPECT_TRUE(fs::exists(path(checkpointName(6))));
   EXPECT_TRUE(removeStaleTemporaries(path("missing")).empty());

@@ -83,11 +83,6 @@ std::string signalName(int sig) {
   return abbrev != nullptr ? str("SIG", abbrev) : str("signal ", sig);
 }
 
-// A rank that exits with this status ends the job even where ranks may fail alone
-// (LaunchOptions::tolerateBelow): main.cc's status for a training run that diverged, whose
-// servers would otherwise go on with the other workers.
-constexpr int kFatalExitStatus = 3;
-
 std::string describeStatus(int status) {
   if (WIFEXITED(status)) return str("exited with status ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {

@@ -52,6 +52,11 @@ struct LaunchOptions {
   std::string messagePrefix = "chorus launch";
 };
 
+// A rank that exits with this status ends the job even where ranks may fail alone
+// (LaunchOptions::tolerateBelow): main.cc's status for a training run that diverged, whose
+// servers would otherwise go on with the other workers.
+inline constexpr int kFatalExitStatus = 3;
+
 // Runs `argv` (argv[0] is a path or a name looked up on PATH) as ranks 0..nproc-1 on this
 // host and blocks until all have exited. Returns the launcher's exit status: 0 when every rank
 // exited 0; otherwise the first failing rank's exit status (128+signal when it was killed),

@@ -3,7 +3,7 @@
 //
 // Exit statuses: 0 success; 1 a command failed (its message says why); 2 a usage error (the
 // message names what is wrong and the valid choices); 3 training diverged (DivergenceError),
-// which launch.cc's kFatalExitStatus makes end the whole job even where the launcher lets
+// which launch.h's kFatalExitStatus makes end the whole job even where the launcher lets
 // workers fail alone; a launched job's own status otherwise.
 #include <cstdio>
 #include <iostream>
@@ -17,6 +17,7 @@
 #include "chorus/common/error.h"
 #include "chorus/common/version.h"
 #include "env_command.h"
+#include "generate_command.h"
 #include "launch.h"
 #include "train_command.h"
 
@@ -28,10 +29,12 @@ const char* kOverview =
     "\n"
     "commands:\n"
     "  train               train a model with data-parallel workers (chorus train --nproc 2)\n"
+    "  generate            sample text from a trained GPT checkpoint (chorus generate CKPT --prompt ...)\n"
     "  launch              start N ranks of a program on this host (like torchrun)\n"
     "  bench collectives   measure a collective over message sizes (like nccl-tests)\n"
     "  env                 list the CHORUS_* environment variables, their values and defaults\n"
     "  checkpoint upgrade  convert a checkpoint of an older chorus to the data-only format\n"
+    "  checkpoint convert  join a (tensor-parallel) checkpoint into one LibTorch file\n"
     "  version             print the chorus version and the git commit it was built from\n"
     "  help [COMMAND]      show this overview, or a command's flags\n"
     "\n"
@@ -45,7 +48,8 @@ const char* kBenchOverview =
     "\n"
     "Run `chorus help bench collectives` for its flags.\n";
 
-const std::vector<std::string> kCommands = {"train", "launch", "bench", "env", "help", "version", "checkpoint"};
+const std::vector<std::string> kCommands = {"train", "generate", "launch",  "bench",
+                                            "env",   "help",     "version", "checkpoint"};
 
 ArgParser versionParser() {
   ArgParser p("chorus version", ArgParser::Positional::kReject);
@@ -121,6 +125,8 @@ int helpCommand(const std::vector<std::string>& args) {
   const std::string& cmd = args[0];
   if (cmd == "train") {
     std::cout << kTrainHelp;
+  } else if (cmd == "generate") {
+    std::cout << generateHelp();
   } else if (cmd == "launch") {
     std::cout << launchHelp();
   } else if (cmd == "bench") {
@@ -154,6 +160,7 @@ int dispatch(const std::vector<std::string>& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "-h" || cmd == "--help" || cmd == "help") return helpCommand(rest);
   if (cmd == "train") return trainCommand(rest);
+  if (cmd == "generate") return generateCommand(rest);
   if (cmd == "launch") return launchCommand(rest);
   if (cmd == "bench") return benchCommand(rest);
   if (cmd == "env") return envCommand(rest);
@@ -191,7 +198,7 @@ int main(int argc, char** argv) {
   } catch (const chorus::DivergenceError& e) {
     std::fflush(stdout);
     std::cerr << "chorus " << cmd << ": " << rankLabel() << "error: " << e.what() << "\n";
-    return 3;  // launch.cc's kFatalExitStatus
+    return chorus::tools::kFatalExitStatus;
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::cerr << "chorus " << cmd << ": " << rankLabel() << "error: " << e.what() << "\n";

@@ -13,6 +13,7 @@
 #include "chorus/train/checkpoint.h"
 #include "chorus/train/config.h"
 #include "chorus/train/datasets.h"
+#include "chorus/train/text.h"
 #include "chorus/train/trainer.h"
 #include "launch.h"
 
@@ -21,7 +22,8 @@ namespace chorus::tools {
 const char* kTrainHelp =
     "usage: chorus train [CONFIG.toml] [flags]\n"
     "\n"
-    "Trains the model CONFIG describes (defaults when omitted) with data-parallel workers.\n"
+    "Trains the model CONFIG describes (defaults when omitted) with data-parallel workers, or\n"
+    "the GPT of configs/gpt.toml on the fortunes text, split over parallel.tp workers as well.\n"
     "\n"
     "flags:\n"
     "  --set KEY=VALUE     override a config key, e.g. --set optim.lr=0.1 (repeatable)\n"
@@ -122,6 +124,17 @@ train::Config loadInJob(const TrainArgs& t, int processes) {
   return load(with, static_cast<int>(processes - servers));
 }
 
+// The dataset's files are there (the training split, and the evaluation split with train.eval),
+// so that a missing dataset stops the job before any worker starts. The text corpus's message
+// names the package to install (apt install fortunes) and data.path.
+void checkDataFiles(const train::Config& cfg) {
+  if (cfg.data.dataset == "fortunes") {
+    train::textCorpusFiles(cfg.data.path, true);
+    return;  // one listing decides both splits
+  }
+  train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
+}
+
 bool insideJob() {
   for (const char* v : {"CHORUS_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"}) {
     if (getenv(v) != nullptr) return true;
@@ -147,7 +160,7 @@ int trainCommand(const std::vector<std::string>& args) {
   if (t.nproc > 0 && !insideJob()) {
     // Everything about the config is checked here, before any worker starts.
     train::Config cfg = load(t, t.nproc);
-    train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
+    checkDataFiles(cfg);
     if (t.check) {
       std::cout << "chorus train: " << (t.config.empty() ? "the defaults are" : t.config + " is") << " valid for " << t.nproc
                 << " worker(s)\n";
@@ -173,7 +186,7 @@ int trainCommand(const std::vector<std::string>& args) {
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
       // asp and ssp go on without a failed worker, but not without one that diverged: main exits
-      // with status 3 then, which the launcher never tolerates (launch.cc, kFatalExitStatus).
+      // with status 3 then, which the launcher never tolerates (launch.h, kFatalExitStatus).
       if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;
       lo.restartFrom = t.nproc;  // the servers
       lo.maxRestarts = static_cast<int>(cfg.ps.restarts);
@@ -209,10 +222,20 @@ int trainCommand(const std::vector<std::string>& args) {
   if (group->rank() == 0) {
     std::cout << std::fixed << std::setprecision(4);
     if (r.testAccuracy >= 0) std::cout << "final test accuracy: " << r.testAccuracy << " (loss " << r.testLoss << ")\n";
+    double valLoss = -1, valBpb = -1;
+    for (const auto& [key, value] : r.eval) {
+      if (key == "val_loss") valLoss = value;
+      if (key == "val_bpb") valBpb = value;
+    }
+    if (valBpb >= 0) std::cout << "final validation: " << valBpb << " bits per byte (loss " << valLoss << ")\n";
     if (cfg.ps.servers > 0) {
       std::cout << std::setprecision(0) << "worker 0 trained " << r.steps << " steps at " << r.samplesPerSec
                 << " samples/s with " << cfg.ps.servers << " parameter server(s) (" << cfg.ps.mode << "); "
                 << "per-worker metrics and server reports: " << cfg.output.dir << "/ps/\n";
+    } else if (cfg.model.name == "gpt") {
+      std::cout << std::setprecision(0) << "trained " << r.steps << " steps on " << group->size() << " worker(s) (tp "
+                << cfg.parallel.tp << ", pp " << cfg.parallel.pp << ") at "
+                << r.samplesPerSec * static_cast<double>(cfg.model.context) << " tokens/s\n";
     } else {
       std::cout << std::setprecision(0) << "trained " << r.steps << " steps on " << group->size() << " worker(s) at "
                 << r.samplesPerSec << " samples/s; " << std::setprecision(0) << 100 * r.overlapFraction

@@ -70,6 +70,14 @@ class DivergenceError : public Error {
   int rank_;
 };
 
+// A process ran out of memory: an allocation failed (often under a limit set with ulimit -v,
+// prlimit --as or a cgroup). The message names the rank, its peak resident memory, the model's
+// bytes per rank and what to change.
+class OutOfMemoryError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A system call failed with errno.
 class SystemError : public Error {
  public:

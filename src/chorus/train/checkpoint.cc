@@ -31,6 +31,7 @@
 
 #include "chorus/common/error.h"
 #include "chorus/common/tensor_file.h"
+#include "chorus/train/sharded_checkpoint.h"
 
 namespace chorus::train {
 namespace {
@@ -198,8 +199,8 @@ void optimizerEntries(const torch::optim::Optimizer& opt, const std::string& pat
   }
 }
 
-Named checkpointEntries(const Named& params, const Named& buffers, const torch::optim::Optimizer& opt,
-                        const TrainState& state, const std::string& path) {
+Named entriesOf(const Named& params, const Named& buffers, const torch::optim::Optimizer& opt, const TrainState& state,
+                const std::string& path) {
   Named out;
   for (const auto& [name, t] : params) out.emplace_back("params/" + name, t);
   for (const auto& [name, t] : buffers) out.emplace_back("buffers/" + name, t);
@@ -212,7 +213,7 @@ Named checkpointEntries(const Named& params, const Named& buffers, const torch::
   return out;
 }
 
-void writeCheckpointFile(const std::string& path, const Named& entries) {
+Digest writeCheckpointFile(const std::string& path, const Named& entries) {
   std::string payload;
   try {
     payload = encodeNamed(entries);
@@ -222,6 +223,7 @@ void writeCheckpointFile(const std::string& path, const Named& entries) {
     throw Error(str("cannot save checkpoint ", path, ": ", e.what_without_backtrace()));
   }
   writeFramedFile(path, kMagic, kVersion, payload, kWhat);
+  return sha256(payload.data(), payload.size());
 }
 
 template <typename Dict>
@@ -503,19 +505,50 @@ void checkVersionForLoad(const std::string& path, uint32_t version) {
 
 void saveCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& opt,
                     const TrainState& state) {
-  Named entries = checkpointEntries(pairs(model.named_parameters()), pairs(model.named_buffers()), opt, state, path);
-  writeCheckpointFile(path, entries);
+  writeCheckpointFile(path, checkpointEntries(model, opt, state, path));
 }
 
 TrainState loadCheckpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer& opt) {
-  FramedFile f = readFramedFile(path, kMagic, kWhat, [&](uint32_t v) { checkVersionForLoad(path, v); });
+  FramedFile f = readCheckpointFile(path);
+  // A tensor-parallel checkpoint's main file holds "layout/" entries, its shard files "shard/"
+  // ones; only the table is parsed here (no copies), the loaders parse it again.
+  for (const auto& e : decodeTensorTable(f.payload.data(), f.payload.size(), str(kWhat, " ", path))) {
+    if (e.name.starts_with("layout/")) return loadShardedCheckpoint(path, model, opt, 0, 1);
+    if (e.name.starts_with("shard/")) {
+      const std::string name = fs::path(path).filename().string();
+      const size_t at = name.find(".pt.");
+      throw Error(str("checkpoint ", path, ": a shard file of a tensor-parallel checkpoint, not a checkpoint; load its main file",
+                      at == std::string::npos ? std::string() : " " + (fs::path(path).parent_path() / name.substr(0, at + 3)).string(),
+                      " instead"));
+    }
+  }
+  return loadCheckpointEntries(path, f.payload, model, opt);
+}
+
+NamedTensors checkpointEntries(torch::nn::Module& model, const torch::optim::Optimizer& opt, const TrainState& state,
+                               const std::string& path) {
+  return entriesOf(pairs(model.named_parameters()), pairs(model.named_buffers()), opt, state, path);
+}
+
+Digest writeCheckpointEntries(const std::string& path, const NamedTensors& entries) {
+  return writeCheckpointFile(path, entries);
+}
+
+FramedFile readCheckpointFile(const std::string& path) {
+  return readFramedFile(path, kMagic, kWhat, [&](uint32_t v) { checkVersionForLoad(path, v); });
+}
+
+TrainState loadCheckpointEntries(const std::string& path, const std::string& payload, torch::nn::Module& model,
+                                 torch::optim::Optimizer& opt) {
   try {
-    Loader loader(path, f.payload, model, opt);
+    Loader loader(path, payload, model, opt);
     return loader.apply();
   } catch (const c10::Error& e) {
     throw Error(str("checkpoint ", path, ": cannot be loaded: ", e.what_without_backtrace()));
   }
 }
+
+const char* checkpointOptimizerKind(const torch::optim::Optimizer& opt) { return optimizerKind(opt); }
 
 std::string encodeTensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
   return encodeNamed(tensors);
@@ -547,7 +580,70 @@ std::optional<int64_t> checkpointStep(std::string_view name) {
   return std::stoll(std::string(digits));
 }
 
+// "<r>-of-<k>" with 0 <= r < k: the numbers, or nothing.
+std::optional<std::pair<size_t, size_t>> parseRankOf(std::string_view s) {
+  const size_t at = s.find("-of-");
+  if (at == std::string_view::npos) return std::nullopt;
+  auto r = parseIndex(s.substr(0, at)), k = parseIndex(s.substr(at + 4));
+  if (!r || !k || *r >= *k) return std::nullopt;
+  return std::pair{*r, *k};
+}
+
+// The length of the main file's name if `name` is a shard file's ("ckpt-<step>.pt.tp<r>-of-<k>"
+// or "ckpt-<step>.pt.pp<s>-of-<P>.tp<r>-of-<k>"), else nothing.
+std::optional<size_t> shardMainLength(std::string_view name) {
+  const size_t at = name.find(".pt.");
+  if (at == std::string_view::npos || !checkpointStep(name.substr(0, at + 3))) return std::nullopt;
+  std::string_view rest = name.substr(at + 4);
+  if (rest.starts_with("pp")) {
+    const size_t dot = rest.find('.');
+    if (dot == std::string_view::npos || !parseRankOf(rest.substr(2, dot - 2))) return std::nullopt;
+    rest = rest.substr(dot + 1);
+  }
+  if (!rest.starts_with("tp") || !parseRankOf(rest.substr(2))) return std::nullopt;
+  return at + 3;
+}
+
+// Removes the shard files of the checkpoint at mainPath; appends them to `removed`.
+void removeShardFiles(const std::string& mainPath, std::vector<std::string>& removed) {
+  for (const auto& shard : checkpointShardFiles(mainPath)) {
+    std::error_code ec;
+    const bool gone = fs::remove(shard, ec);
+    if (ec) throw Error(str("cannot remove the shard file ", shard, " of old checkpoint ", mainPath, ": ", ec.message()));
+    if (gone) removed.push_back(shard);
+  }
+}
+
 }  // namespace
+
+std::string checkpointShardPath(const std::string& mainPath, int tpRank, int tpSize, int ppRank, int ppSize) {
+  if (tpSize < 1 || tpRank < 0 || tpRank >= tpSize || ppSize < 1 || ppRank < 0 || ppRank >= ppSize)
+    throw InvalidArgument(str("checkpointShardPath: tp rank ", tpRank, " of ", tpSize, ", pp rank ", ppRank, " of ", ppSize,
+                              " is not a position in the mesh"));
+  std::string out = mainPath;
+  if (ppSize > 1) out += str(".pp", ppRank, "-of-", ppSize);
+  return out + str(".tp", tpRank, "-of-", tpSize);
+}
+
+std::vector<std::string> checkpointShardFiles(const std::string& mainPath) {
+  const fs::path main(mainPath);
+  const std::string mainName = main.filename().string();
+  fs::path dir = main.parent_path();
+  if (dir.empty()) dir = ".";
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  fs::directory_iterator it(dir, ec);
+  if (ec) throw Error(str("cannot list the shard files of checkpoint ", mainPath, ": ", ec.message()));
+  for (const auto& entry : it) {
+    const std::string name = entry.path().filename().string();
+    auto len = shardMainLength(name);
+    if (!len || std::string_view(name).substr(0, *len) != mainName || !entry.is_regular_file(ec)) continue;
+    out.push_back((main.parent_path() / name).string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
 std::vector<std::string> listCheckpoints(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> found;
@@ -579,7 +675,8 @@ std::vector<std::string> removeStaleTemporaries(const std::string& dir) {
   for (const auto& entry : it) {
     const std::string name = entry.path().filename().string();
     const size_t at = name.rfind(".tmp.");
-    if (at == std::string::npos || !checkpointStep(std::string_view(name).substr(0, at))) continue;
+    const std::string_view base = std::string_view(name).substr(0, at == std::string::npos ? 0 : at);
+    if (at == std::string::npos || (!checkpointStep(base) && !shardMainLength(base))) continue;
     auto pid = parseIndex(std::string_view(name).substr(at + 5));
     if (!pid || *pid == 0 || !entry.is_regular_file(ec)) continue;
     // kill(pid, 0) fails with ESRCH only when no such process exists; EPERM means it does.
@@ -608,6 +705,7 @@ std::vector<std::string> CheckpointHistory::add(const std::string& path, int64_t
     if (ec) throw Error(str("cannot remove old checkpoint ", victim, ": ", ec.message()));
     files_.erase(files_.begin());
     if (gone) removed.push_back(victim);
+    removeShardFiles(victim, removed);
   }
   return removed;
 }
@@ -700,7 +798,7 @@ UpgradeReport upgradeCheckpoint(const std::string& from, const std::string& to) 
     auto opt = legacyOptimizer(kind.toStringRef(), tensors, lr.item<double>());
     opt->load(optim);
 
-    entries = checkpointEntries(params, buffers, *opt, state, to);
+    entries = entriesOf(params, buffers, *opt, state, to);
     report.params = params.size();
     report.buffers = buffers.size();
     report.optimizerStates = opt->state().size();

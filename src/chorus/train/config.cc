@@ -160,6 +160,9 @@ const std::vector<Key>& schema() {
        .meaning = "0: the whole train split; else only its first N samples"},
       {.name = "data.limit_test", .field = CHORUS_FIELD(data.limitTest), .range = atLeast(0),
        .meaning = "0: the whole test split; else only its first N samples"},
+      {.name = "data.eval_windows", .field = CHORUS_FIELD(data.evalWindows), .range = between(1, kMaxBatch, false, false),
+       .meaning = "fortunes: fixed windows of model.context bytes, spread evenly over the validation split, that "
+                  "each evaluation scores"},
 
       {.name = "model.name", .field = CHORUS_FIELD(model.name), .choices = {"mlp", "cnn", "gpt"},
        .meaning = "network architecture; gpt: a byte-level decoder-only transformer (needs data.dataset = "
@@ -230,6 +233,9 @@ const std::vector<Key>& schema() {
        .meaning = "drop the last, smaller batch of each epoch"},
       {.name = "train.eval", .field = CHORUS_FIELD(train.eval),
        .meaning = "evaluate on the test split after each epoch"},
+      {.name = "train.eval_every", .field = CHORUS_FIELD(train.evalEvery), .range = atLeast(0),
+       .meaning = "with train.eval: also evaluate every this many steps (long runs); 0: only after each epoch and "
+                  "at the end of the run"},
       {.name = "train.log_every", .field = CHORUS_FIELD(train.logEvery), .range = atLeast(1),
        .meaning = "steps between metrics lines (and plain progress lines)"},
       {.name = "train.threads", .field = CHORUS_FIELD(train.threads), .range = between(0, kMaxThreads, false, false),
@@ -1027,6 +1033,12 @@ class Builder {
     if (par.pp > m.layers)
       fail("parallel.pp", str(": ", par.pp, " stages for model.layers = ", m.layers, originNote("model.layers"),
                               " would leave a stage without a block; use at most ", m.layers, " stages"));
+    // A layer-wise stage runs its blocks unsplit; splitting them over tp too (and the tied
+    // embedding's sync across both) comes with the pipeline schedules.
+    if (par.pp > 1 && par.tp > 1)
+      fail("parallel.pp", str(": layer-wise stages together with parallel.tp = ", par.tp,
+                              originNote("parallel.tp"), " is not supported yet (3D parallelism comes with the "
+                              "pipeline issue); use tp or pp: set parallel.tp = 1 or parallel.pp = 1"));
     const int64_t perReplica = par.tp * par.pp;
     if (worldSize_ > 0 && worldSize_ % perReplica != 0)
       fail(par.tp > 1 ? "parallel.tp" : "parallel.pp",
@@ -1050,11 +1062,15 @@ class Builder {
       fail("ps.servers", str(": the parameter server holds whole model replicas and cannot be combined with ",
                              "parallel.tp = ", par.tp, " or parallel.pp = ", par.pp, "; set ps.servers = 0 or ",
                              "parallel.tp = parallel.pp = 1"));
+    // The GPT strategies all-reduce dense gradients (16-bit at most): a codec's per-bucket state
+    // (residuals, momentum) has no place in their checkpoints, and at tp > 1 each shard's codec
+    // would see only a part of every tensor. TensorParallelStrategy refuses the same at run time.
     const std::string& method = config_.compression.method;
-    if (par.tp > 1 && method != "none" && method != "fp16" && method != "bf16")
-      fail("compression.method", str(": compressing the gradients of tensor-parallel shards is not supported "
-                                     "(parallel.tp = ", par.tp, originNote("parallel.tp"), "); use none, fp16 or bf16, "
-                                     "or parallel.tp = 1"));
+    if (gpt && method != "none" && method != "fp16" && method != "bf16")
+      fail("compression.method", str(": gradient compression is not supported for model.name = \"gpt\"",
+                                     originNote("model.name"), " (at any parallel.tp, now ", par.tp,
+                                     "): its codecs keep per-bucket state that GPT checkpoints do not hold; use "
+                                     "none, fp16 or bf16 (a 16-bit all-reduce)"));
   }
 
   static std::string trim(const std::string& s) {

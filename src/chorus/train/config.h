@@ -25,6 +25,7 @@ struct DataConfig {
   std::string path = "/usr/share/datasets/fashion-mnist";
   int64_t limitTrain = 0;  // 0: the whole train split; else its first N samples (quick runs, tests)
   int64_t limitTest = 0;   // 0: the whole test split; else its first N samples
+  int64_t evalWindows = 64;  // fortunes: fixed validation windows of model.context bytes per evaluation
 
   bool operator==(const DataConfig&) const = default;
 };
@@ -77,6 +78,7 @@ struct TrainLoopConfig {
   bool shuffle = true;
   bool dropLast = false;     // drop the last, smaller batch of each epoch
   bool eval = true;          // evaluate on the test split after each epoch
+  int64_t evalEvery = 0;     // also evaluate every this many steps; 0: only after each epoch (and at the end)
   int64_t logEvery = 20;     // steps between metrics lines (and plain progress lines)
   int64_t threads = 0;       // torch intra-op threads per worker; 0: cores / local workers
   // Stragglers, for experiments: these workers (indices) sleep after each step's compute for

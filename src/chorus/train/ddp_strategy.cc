@@ -4,12 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <sstream>
-#include <thread>
 
 #include "chorus/amp/autocast.h"
 #include "chorus/amp/grad_scaler.h"
-#include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/error.h"
 #include "chorus/compress/dgc.h"
 #include "chorus/compress/quantize.h"
@@ -19,6 +16,7 @@
 #include "chorus/train/loop.h"
 #include "chorus/train/models.h"
 #include "chorus/train/optim.h"
+#include "chorus/train/strategy_util.h"
 #include "chorus/train/trainer.h"
 
 namespace chorus::train {
@@ -61,13 +59,6 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   }
   s.hook = parallel::codecHook(codec, seed, c.denseSteps);
   return s;
-}
-
-// The dtype of dense gradients on the wire: compression.method fp16/bf16 (a 16-bit all-reduce)
-// or ddp.comm_dtype (validation allows only one of them to differ from the default).
-std::string wireDtype(const Config& cfg) {
-  const std::string& m = cfg.compression.method;
-  return m == "fp16" || m == "bf16" ? m : cfg.ddp.commDtype;
 }
 
 // Codec state (residuals, momentum, Q, RNG) differs per rank: each rank encodes its own as a
@@ -120,117 +111,6 @@ torch::Tensor bytesTensor(const std::string& s) {
   return torch::from_blob(const_cast<char*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kUInt8).clone();
 }
 
-// Divergence (docs/train.md, "Divergence"): whether every gradient the optimizer holds is finite.
-bool gradientsFinite(torch::optim::Optimizer& opt) {
-  std::vector<torch::Tensor> grads;
-  for (auto& group : opt.param_groups()) {
-    for (auto& p : group.params()) grads.push_back(p.grad());
-  }
-  return allFinite(grads);
-}
-
-// The loss scale below which an fp16 run whose gradients still overflow has diverged: even
-// gradients scaled down 2^24 times exceed float16's range (or are NaN).
-constexpr double kMinLossScale = 1.0 / (1 << 24);
-
-// A point-to-point tag nothing sends on: non-zero ranks wait on it for rank 0 to leave.
-constexpr uint32_t kDivergenceTag = 0x44495645;  // "DIVE"
-
-// Every rank calls this at the same step (the decision was all-reduced); it gathers each rank's
-// loss (a collective) and throws DivergenceError. Rank 0's message names the step, the ranks,
-// the last good checkpoint and what to change; the others' say that rank 0 reports it, so that
-// `chorus train` prints it once.
-[[noreturn]] void throwDivergence(comm::ProcessGroup& g, const Config& cfg, const Divergence& what, double myLoss,
-                                  int64_t step, int64_t epoch, int64_t stepInEpoch, int64_t stepsPerEpoch, double lr,
-                                  double lossScale, const std::string& lastGood, const std::string& ckptDir) {
-  std::vector<double> losses(static_cast<size_t>(g.size()));
-  comm::AllgatherOptions o;
-  o.input = &myLoss;
-  o.output = losses.data();
-  o.count = 1;
-  o.dtype = DType::kFloat64;
-  g.allgather(o);
-  std::vector<int> badRanks;
-  for (int r = 0; r < g.size(); ++r) {
-    if (!std::isfinite(losses[static_cast<size_t>(r)])) badRanks.push_back(r);
-  }
-  const int firstBad = badRanks.empty() ? -1 : badRanks.front();
-  const std::string head = str("training diverged at step ", step, " (epoch ", epoch + 1, ", step ", stepInEpoch + 1,
-                               " of ", stepsPerEpoch, ")");
-  if (g.rank() != 0) {
-    // Rank 0 reports, and the others leave after it: a launcher stops the whole job when the
-    // first rank exits, and rank 0 must have printed by then. Rank 0 never sends on this tag, so
-    // the receive ends when its connection closes (or after 10 s); it prints just after that,
-    // so the others give it a moment more.
-    try {
-      uint8_t none = 0;
-      g.recv(0, kDivergenceTag, &none, 1, Millis(10000));
-    } catch (const TimeoutError&) {
-    } catch (const Error&) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-    throw DivergenceError(head + "; rank 0 reports the details", step, firstBad);
-  }
-
-  std::ostringstream m;
-  m << head << ": ";
-  // "rank 1: nan, rank 3: inf": the ranks whose loss is (not) finite, the first 8 of them.
-  auto lossList = [&](bool finite) {
-    std::string s;
-    int listed = 0, more = 0;
-    for (int r = 0; r < g.size(); ++r) {
-      const double v = losses[static_cast<size_t>(r)];
-      if (std::isfinite(v) != finite) continue;
-      if (listed++ < 8) {
-        s += str(s.empty() ? "" : ", ", "rank ", r, ": ", std::isnan(v) ? std::string("nan") : str(v));
-      } else {
-        ++more;
-      }
-    }
-    return more > 0 ? str(s, " and ", more, " more") : s;
-  };
-  if (what.loss) {
-    if (badRanks.size() == static_cast<size_t>(g.size())) {
-      m << "the loss is not finite on every rank (" << lossList(false) << ")";
-    } else {
-      m << "the loss is not finite on " << lossList(false) << " (finite on " << lossList(true) << ")";
-    }
-    if (what.gradient) m << "; nor is the gradient";
-  } else if (what.gradient) {
-    m << "the gradient the optimizer would apply (after the all-reduce"
-      << (cfg.compression.method == "none" ? "" : " and decompression")
-      << ", the same on every rank) is not finite, while the loss is finite on every rank (" << lossList(true) << ")";
-  } else if (what.scale) {
-    m << "the fp16 gradients overflow at every loss scale: the GradScaler skipped step after step and backed off to "
-      << lossScale << " (losses " << lossList(true) << ")";
-  }
-  m << ". The step was not applied.\n";
-  if (!lastGood.empty()) {
-    m << "  last good checkpoint: " << lastGood
-      << "; after the change below, --resume continues from it (the newest in " << ckptDir << ")\n";
-  } else {
-    m << "  no checkpoint was written before this step, so the run has to start over (output.checkpoint_every = N "
-         "keeps one every N steps)\n";
-  }
-  m << "  what to change: a lower optim.lr (" << lr << " at this step";
-  if (cfg.schedule.warmupSteps > 0) m << "; or a longer schedule.warmup_steps, now " << cfg.schedule.warmupSteps;
-  m << ")";
-  const auto& c = cfg.compression;
-  if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
-    m << "; a larger compression.ratio (now " << c.ratio << ")";
-    if (c.method == "randomk" && c.errorFeedback && c.residualDecay > 0)
-      m << "; a lower compression.residual_decay (now " << c.residualDecay << ")";
-    if (c.method == "randomk" && !c.errorFeedback)
-      m << "; compression.error_feedback = true (without it random-k sends n/k times the entries it draws)";
-  } else if (c.method == "dgc") {
-    m << "; a lower compression.sparsity (now " << c.sparsity << ") or compression.clip_norm";
-  }
-  if (c.method != "none")
-    m << "; compression.method = \"none\" shows whether compression (\"" << c.method << "\") causes it";
-  if (cfg.precision == "fp16") m << "; precision = \"bf16\", which has float32's range";
-  throw DivergenceError(m.str(), step, firstBad);
-}
-
 }  // namespace
 
 struct DdpStrategy::Impl {
@@ -269,39 +149,21 @@ void DdpStrategy::setup(Task& task) {
   const Config& cfg = m.cfg;
   m.task = &task;
   m.model = seededModel(cfg.train.seed, [&] { return task.makeModel(); });
-  parallel::DDPOptions dopts;
-  dopts.bucketCapBytes = static_cast<size_t>(cfg.ddp.bucketMb * 1024 * 1024);
-  dopts.findUnusedParameters = cfg.ddp.findUnused;
-  dopts.broadcastBuffers = cfg.ddp.broadcastBuffers;
-  const comm::AllreduceAlgo algo = comm::parseAlgo(cfg.ddp.algo);
+  parallel::DDPOptions dopts = ddpOptions(cfg);  // the wire dtype's all-reduce ...
   m.compression = makeCompression(cfg.compression, m.world);
-  if (m.compression.hook) {
+  if (m.compression.hook) {                       // ... unless a codec compresses
     dopts.hook = m.compression.hook;
     dopts.rebuildBuckets = false;  // codec state is kept per bucket: keep the layout fixed
-  } else if (const std::string wire = wireDtype(cfg); wire == "fp16") {
-    dopts.hook = parallel::castHook(at::kHalf, algo);
-  } else if (wire == "bf16") {
-    dopts.hook = parallel::castHook(at::kBFloat16, algo);
-  } else {
-    dopts.hook = parallel::allreduceHook(algo);
   }
   m.ddp = std::make_unique<parallel::DistributedDataParallel<torch::nn::Sequential>>(m.model, m.group, dopts);
   m.optimizer = makeOptimizer(cfg.optim, m.model->parameters());
-  amp::GradScalerOptions sopts;
-  sopts.enabled = m.prec == amp::Precision::kFp16;
-  sopts.initScale = cfg.amp.initScale;
-  sopts.growthFactor = cfg.amp.growthFactor;
-  sopts.backoffFactor = cfg.amp.backoffFactor;
-  sopts.growthInterval = cfg.amp.growthInterval;
-  m.scaler = std::make_unique<amp::GradScaler>(sopts, m.group);
+  m.scaler = std::make_unique<amp::GradScaler>(gradScalerOptions(cfg), m.group);
 }
 
 TrainState DdpStrategy::loadCheckpoint(const std::string& path) {
   Impl& m = *impl_;
   TrainState state = train::loadCheckpoint(path, *m.model, *m.optimizer);
-  auto sc = [&](const char* k, double d) { return state.scalars.count(k) ? state.scalars.at(k) : d; };
-  m.scaler->restore(sc("amp.scale", m.cfg.amp.initScale), static_cast<int64_t>(sc("amp.good_steps", 0)),
-                    static_cast<int64_t>(sc("amp.skipped_steps", 0)));
+  restoreScalerState(*m.scaler, state, m.cfg);
   if (m.compression.hook) {
     auto it = state.tensors.find(str("codec.rank", m.rank));
     if (it == state.tensors.end()) {
@@ -323,9 +185,7 @@ void DdpStrategy::saveCheckpoint(const std::string& path, const TrainState& stat
   if (m.compression.hook) codecBlobs = allgatherBytes(*m.group, serializeCodecState(*m.compression.hook));
   if (m.rank != 0) return;
   TrainState st = state;
-  st.scalars["amp.scale"] = m.scaler->scaleValue();
-  st.scalars["amp.good_steps"] = static_cast<double>(m.scaler->goodSteps());
-  st.scalars["amp.skipped_steps"] = static_cast<double>(m.scaler->skippedSteps());
+  saveScalerState(*m.scaler, st);
   for (size_t r = 0; r < codecBlobs.size(); ++r) st.tensors[str("codec.rank", r)] = bytesTensor(codecBlobs[r]);
   train::saveCheckpoint(path, *m.model, *m.optimizer, st);
 }
@@ -358,22 +218,9 @@ StepOutcome DdpStrategy::step(const Batch& batch, const StepInfo& info) {
   // gives every rank the same decision at the same step. Under fp16 a non-finite gradient is
   // the GradScaler's to handle (it skips the step and backs off), until the scale falls below
   // kMinLossScale.
-  int32_t badFlags[2] = {std::isfinite(out.stats.loss) ? 0 : 1,
-                         m.prec == amp::Precision::kFp16 || gradientsFinite(*m.optimizer) ? 0 : 1};
-  if (m.world > 1) allreduceInPlace(g, badFlags, 2, DType::kInt32, ReduceOp::kMax);
-  if (badFlags[0] != 0 || badFlags[1] != 0) {
-    out.diverged = {badFlags[0] != 0, badFlags[1] != 0, false};
-    return out;
-  }
-  const bool stepped = m.scaler->step(*m.optimizer);
-  m.scaler->update();
-  if (!stepped) {
-    out.stats.skippedSteps = 1;
-    if (m.scaler->scaleValue() < kMinLossScale) {
-      out.diverged.scale = true;
-      return out;
-    }
-  }
+  out.diverged = agreeOnDivergence(g, std::isfinite(out.stats.loss),
+                                   m.prec == amp::Precision::kFp16 || gradientsFinite(*m.optimizer));
+  if (out.diverged.any() || !scaledOptimizerStep(*m.scaler, *m.optimizer, out)) return out;
   const Clock::time_point t3 = Clock::now();
 
   const parallel::DDPStats& st = m.ddp->stats();
@@ -389,31 +236,22 @@ StepOutcome DdpStrategy::step(const Batch& batch, const StepInfo& info) {
   out.stats.gradBytes = gradBytes;
   out.stats.denseBytes = denseShare * static_cast<double>(st.bytesReduced);
   m.lastCompute = out.stats.computeSeconds - slept;
-  if (info.tracer && info.tracer->enabled()) {
-    Tracer& tr = *info.tracer;
-    tr.span("compute", "forward", info.start, t1, str("{\"step\":", info.globalStep + 1, "}"));
-    tr.span("compute", "backward", t1, st.backwardEnd);
-    if (st.waitSeconds > 0) tr.span("compute", "wait for all-reduce", st.backwardEnd, t2);
-    tr.span("compute", "optimizer", t2, t3);
-    for (const auto& s : st.spans) tr.span("comm", str("allreduce bucket ", s.bucket), s.start, s.end);
-  }
+  traceDdpStep(info, t1, t2, t3, st);
   return out;
 }
 
 JsonObject DdpStrategy::divergedRecord(const Divergence& d, const LoopStatus& s) {
-  return JsonObject()
-      .add("event", "diverged")
-      .add("step", s.globalStep + 1)
-      .add("epoch", s.epoch)
-      .add("loss_finite", !d.loss)
-      .add("grad_finite", !d.gradient)
-      .add("loss_scale", impl_->scaler->scaleValue())
-      .add("last_checkpoint", s.lastCheckpoint);
+  return train::divergedRecord(d, s, impl_->scaler.get());
 }
 
 void DdpStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s) {
-  throwDivergence(*impl_->group, impl_->cfg, d, s.loss, s.globalStep + 1, s.epoch, s.stepInEpoch, s.stepsPerEpoch, s.lr,
-                  impl_->scaler->scaleValue(), s.lastCheckpoint, s.checkpointDir);
+  DivergenceReport r;
+  r.what = d;
+  r.loss = s.loss;
+  r.lossScale = impl_->scaler->scaleValue();
+  r.gradientChecked = str("after the all-reduce", impl_->cfg.compression.method == "none" ? "" : " and decompression",
+                          ", the same on every rank");
+  throwDivergence(*impl_->group, impl_->cfg, s, r);
 }
 
 EvalMetrics DdpStrategy::evaluate(Task& task) {
@@ -448,13 +286,7 @@ JsonObject DdpStrategy::startRecord(const LoopStatus& s) {
 
 JsonObject DdpStrategy::stepRecord(const LoopStatus& s) {
   const StepStats& w = s.window;
-  return JsonObject()
-      .add("event", "step")
-      .add("step", s.globalStep)
-      .add("epoch", s.epoch)
-      .add("loss", w.meanLoss())
-      .add("lr", s.lr)
-      .add("samples_per_s", w.stepSeconds > 0 ? static_cast<double>(w.steps * impl_->cfg.train.batchSize) / w.stepSeconds : 0)
+  return stepRecordHead(s, impl_->cfg.train.batchSize)
       .add("bytes_sent", s.windowBytes)
       .add("grad_bytes", w.gradBytes)
       .add("compression_ratio", w.gradBytes > 0 ? w.denseBytes / static_cast<double>(w.gradBytes) : 0.0)
@@ -469,9 +301,7 @@ JsonObject DdpStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) 
   const Config& cfg = impl_->cfg;
   const StepStats& t = s.total;
   const double steps = static_cast<double>(s.stepsThisRun);
-  result.samplesPerSec = s.slowestTrainSeconds > 0 ? steps * static_cast<double>(cfg.train.batchSize) / s.slowestTrainSeconds : 0;
-  result.commSeconds = t.commSeconds;
-  result.overlapFraction = t.commSeconds > 0 ? t.overlapSeconds / t.commSeconds : 0;
+  fillSummaryResult(s, cfg.train.batchSize, result);
   return JsonObject()
       .add("event", "summary")
       .add("world", impl_->world)

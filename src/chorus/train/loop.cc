@@ -16,6 +16,7 @@
 #include "chorus/train/metrics.h"
 #include "chorus/train/optim.h"
 #include "chorus/train/progress.h"
+#include "chorus/train/text_task.h"
 #include "chorus/train/trace.h"
 
 namespace chorus::train {
@@ -153,6 +154,11 @@ class Run {
                              : 0;
       bar_->update(epoch, stepInEpoch + 1, s_.loss, recentRate_, eta);
     }
+    // train.eval_every: evaluations inside the epoch; the epoch's last step is endEpoch's.
+    const int64_t evalEvery = cfg_.train.evalEvery;
+    if (cfg_.train.eval && evalEvery > 0 && s_.globalStep % evalEvery == 0 && !lastOfEpoch) {
+      evaluate(epoch, str("step ", s_.globalStep, ": "));
+    }
     const int64_t every = cfg_.output.checkpointEvery;
     if (roles_.checkpoints && every > 0 && s_.globalStep % every == 0 && !lastOfEpoch) {
       save({epoch, stepInEpoch + 1, s_.globalStep, {}, {}});
@@ -165,17 +171,7 @@ class Run {
     const bool epochComplete = doneInEpoch == s_.stepsPerEpoch;
     const bool reachedEnd = finished();
     if (cfg_.train.eval && (epochComplete || reachedEnd)) {
-      s_.lastEval = strategy_.evaluate(*task_);
-      if (roles_.lead) {
-        refresh();
-        JsonObject o;
-        o.add("event", "eval").add("epoch", epoch).add("step", s_.globalStep);
-        for (const auto& [key, value] : s_.lastEval.values) o.add(key, value);
-        o.add("train_s", s_.total.stepSeconds);
-        strategy_.evalFields(o, s_);
-        metrics_->write(o);
-        bar_->endEpoch(str("epoch ", epoch + 1, "/", cfg_.train.epochs, ": ", s_.lastEval.text));
-      }
+      evaluate(epoch, str("epoch ", epoch + 1, "/", cfg_.train.epochs, ": "));
     } else if (roles_.lead) {
       bar_->endEpoch(str("epoch ", epoch + 1, "/", cfg_.train.epochs, " done"));
     }
@@ -187,6 +183,21 @@ class Run {
                          : TrainState{epoch, doneInEpoch, s_.globalStep, {}, {}});
     }
     return reachedEnd;
+  }
+
+  // An evaluation (every rank), its "eval" record and its progress line `prefix` + the
+  // metrics' text (lead).
+  void evaluate(int64_t epoch, const std::string& prefix) {
+    s_.lastEval = strategy_.evaluate(*task_);
+    if (!roles_.lead) return;
+    refresh();
+    JsonObject o;
+    o.add("event", "eval").add("epoch", epoch).add("step", s_.globalStep);
+    for (const auto& [key, value] : s_.lastEval.values) o.add(key, value);
+    o.add("train_s", s_.total.stepSeconds);
+    strategy_.evalFields(o, s_);
+    metrics_->write(o);
+    bar_->endEpoch(prefix + s_.lastEval.text);
   }
 
   // The summary: throughput and memory over the loop's ranks, the trace, the result.
@@ -328,12 +339,15 @@ StepStats& StepStats::operator+=(const StepStats& o) {
   pullSeconds += o.pullSeconds;
   sleptSeconds += o.sleptSeconds;
   gradBytes += o.gradBytes;
+  modelParallelBytes += o.modelParallelBytes;
   denseBytes += o.denseBytes;
   skippedSteps += o.skippedSteps;
   return *this;
 }
 
 std::unique_ptr<Task> makeTask(const Config& cfg, const Roles& roles) {
+  if (cfg.data.dataset == "fortunes")
+    return std::make_unique<TextTask>(cfg, roles.dataRank, roles.dataRanks, cfg.train.eval && roles.evaluates);
   return std::make_unique<ImageTask>(cfg, roles.dataRank, roles.dataRanks, cfg.train.eval && roles.evaluates);
 }
 

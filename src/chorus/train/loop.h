@@ -3,9 +3,9 @@
 // exchanged, strategy.h). The loop's own part, shared by every strategy: worker threads, the
 // task's data, seeding the model, the step plan and learning-rate schedule, resume and the
 // checkpoint folder, metrics.jsonl and a per-rank log, the progress display, the Chrome trace,
-// per-step statistics (StepStats) and their logged windows, evaluation after each epoch,
-// checkpoints, and stopping the run when a step diverged. docs/architecture.md, "Training
-// loop", shows the seam.
+// per-step statistics (StepStats) and their logged windows, evaluation after each epoch (and
+// every train.eval_every steps), checkpoints, and stopping the run when a step diverged.
+// docs/architecture.md, "Training loop", shows the seam.
 #pragma once
 
 #include <cstdint>
@@ -25,16 +25,17 @@
 namespace chorus::train {
 
 // The task a config asks for, built for this rank's Roles (its data shard; evaluation data only
-// where it evaluates and train.eval is on). Today image classification (ImageTask).
+// where it evaluates and train.eval is on): TextTask for data.dataset = "fortunes", else image
+// classification (ImageTask).
 std::unique_ptr<Task> makeTask(const Config& cfg, const Roles& roles);
 using TaskFactory = std::function<std::unique_ptr<Task>(const Config& cfg, const Roles& roles)>;
 
 // Runs the job on this rank: sets the worker threads, builds the task (makeTask unless
 // `makeTaskFor` is given), strategy.setup(), resumes (opts.resume / opts.resumeFrom) when the
 // strategy keeps checkpoints, then trains train.epochs epochs (train.max_steps caps the steps,
-// opts.stopAfter stops early as an interrupted job would), evaluating after each epoch
-// (train.eval), writing records and checkpoints (output.*). `world` is the job's group: its
-// bytesSent() counter feeds the records. Throws what the task or strategy throws; a diverged
+// opts.stopAfter stops early as an interrupted job would), evaluating after each epoch and
+// every train.eval_every steps (train.eval), writing records and checkpoints (output.*).
+// `world` is the job's group: its bytesSent() counter feeds the records. Throws what the task or strategy throws; a diverged
 // step ends in the strategy's DivergenceError.
 TrainResult runLoop(const Config& cfg, comm::ProcessGroup& world, Strategy& strategy, const TrainOptions& opts,
                     const TaskFactory& makeTaskFor = {});

@@ -4,7 +4,9 @@
 // everything around a step: the step plan and learning-rate schedule, resume and checkpoint
 // timing, metrics files, progress, trace, evaluation timing, the statistics of every step, and
 // the divergence decision's consequences. A Strategy says who this rank is (Roles), computes
-// steps, and names what it measures in the metrics records.
+// steps, and names what it measures in the metrics records. strategy_util.h holds what the
+// strategies without a parameter server share (wire dtype, GradScaler, the divergence check and
+// report, the GPT runs' records).
 //
 // The loop calls, on every rank that runs it: roles(); setup(); loadCheckpoint() when resuming;
 // startRecord() (lead); then per epoch beginEpoch(), per step step() (and on divergence
@@ -38,6 +40,9 @@ struct StepStats {
   double pushSeconds = 0, pullSeconds = 0;  // a parameter-server exchange's two halves
   double sleptSeconds = 0;    // straggler sleep (train.straggler_*)
   uint64_t gradBytes = 0;     // bytes this rank sent to exchange gradients
+  uint64_t modelParallelBytes = 0;  // bytes this rank sent for model parallelism: tensor-parallel
+                                    // collectives, or a pipeline stage's activations, activation
+                                    // gradients and tied-embedding sum
   double denseBytes = 0;      // what a dense ring all-reduce of the same gradients would send
   int64_t skippedSteps = 0;   // steps the fp16 loss scaler skipped (not applied, not divergence)
 

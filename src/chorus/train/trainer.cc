@@ -7,16 +7,61 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <sstream>
 #include <thread>
 
 #include "chorus/common/error.h"
 #include "chorus/train/ddp_strategy.h"
+#include "chorus/train/layerwise_strategy.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/ps_trainer.h"
+#include "chorus/train/text_task.h"
+#include "chorus/train/tp_strategy.h"
 
 namespace chorus::train {
 namespace {
 using Clock = std::chrono::steady_clock;
+
+// Whether a LibTorch error is a failed allocation (the CPU allocator's "can't allocate memory").
+bool isAllocationFailure(const c10::Error& e) {
+  const std::string what = e.what_without_backtrace();
+  return what.find("can't allocate memory") != std::string::npos ||
+         what.find("Cannot allocate memory") != std::string::npos || what.find("std::bad_alloc") != std::string::npos;
+}
+
+std::string mib(double bytes) { return str(std::llround(bytes / (1024.0 * 1024.0)), " MiB"); }
+
+// The out-of-memory error of this rank: what it held and what to change (docs/errors.md).
+OutOfMemoryError outOfMemory(const Config& cfg, int rank, int world, const std::string& cause) {
+  std::ostringstream m;
+  m << "rank " << rank << " of " << world << " ran out of memory (" << cause << "); its peak resident memory was "
+    << std::llround(peakRssMb()) << " MiB";
+  struct rlimit lim {};
+  if (getrlimit(RLIMIT_AS, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+    m << " under an address-space limit of " << mib(static_cast<double>(lim.rlim_cur)) << " per process (ulimit -v / prlimit --as)";
+  if (cfg.model.name == "gpt" && cfg.parallel.pp > 1) {
+    const double params = static_cast<double>(gptParameterBytes(gptOptions(cfg), 1).total());
+    m << ". The whole model's parameters take " << mib(params) << " (about 1/" << cfg.parallel.pp
+      << " of them, with their gradients and optimizer state, on each of the parallel.pp = " << cfg.parallel.pp
+      << " stages), and the activations grow with train.batch_size x model.context.\n  what to change: a larger "
+         "parallel.pp (at most model.layers = "
+      << cfg.model.layers << "), or a smaller model.embed, model.layers, train.batch_size or model.context, or a higher "
+      << "memory limit";
+  } else if (cfg.model.name == "gpt") {
+    const ParamBytes pb = gptParameterBytes(gptOptions(cfg), cfg.parallel.tp);
+    const double params = static_cast<double>(pb.total());
+    m << ". The model's parameters take " << mib(params) << " per rank at parallel.tp = " << cfg.parallel.tp << " ("
+      << mib(static_cast<double>(pb.sharded)) << " split over tp, " << mib(static_cast<double>(pb.replicated))
+      << " replicated), their gradients " << mib(params) << ", the " << cfg.optim.name << " optimizer's state "
+      << mib(params * static_cast<double>(optimizerStateMultiple(cfg.optim)))
+      << ", and the activations grow with train.batch_size x model.context.\n  what to change: a larger parallel.tp (it "
+      << "must divide model.heads = " << cfg.model.heads << "; each rank then holds 1/tp of the split part), or a "
+      << "smaller model.embed, model.layers, train.batch_size or model.context, or a higher memory limit";
+  } else {
+    m << ".\n  what to change: a smaller model or train.batch_size, or a higher memory limit";
+  }
+  return OutOfMemoryError(m.str());
+}
 }  // namespace
 
 void setWorkerThreads(const TrainLoopConfig& cfg, int localWorldSize) {
@@ -76,8 +121,28 @@ bool allFinite(const std::vector<torch::Tensor>& tensors) {
 
 TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts) {
   if (cfg.ps.servers > 0) return trainWithServers(cfg, std::move(group), opts);
-  DdpStrategy ddp(cfg, group);
-  return runLoop(cfg, *group, ddp, opts);
+  const int rank = group->rank(), world = group->size();
+  // A failed allocation becomes an OutOfMemoryError that says what this rank held, instead of
+  // LibTorch's message (or std::terminate) without a word on what to change.
+  try {
+    if (cfg.model.name == "gpt" && cfg.parallel.pp > 1) {
+      LayerwiseStrategy layerwise(cfg, group);
+      return runLoop(cfg, *group, layerwise, opts);
+    }
+    if (cfg.model.name == "gpt") {
+      TensorParallelStrategy tp(cfg, group);
+      return runLoop(cfg, *group, tp, opts);
+    }
+    DdpStrategy ddp(cfg, group);
+    return runLoop(cfg, *group, ddp, opts);
+  } catch (const std::bad_alloc&) {
+    throw outOfMemory(cfg, rank, world, "std::bad_alloc");
+  } catch (const c10::Error& e) {
+    if (!isAllocationFailure(e)) throw;
+    std::string first = e.what_without_backtrace();
+    first = first.substr(0, first.find('\n'));
+    throw outOfMemory(cfg, rank, world, first);
+  }
 }
 
 }  // namespace chorus::train

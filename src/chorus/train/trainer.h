@@ -1,7 +1,8 @@
 // `chorus train` on every rank: the one training loop (loop.h) with the strategy the config
 // asks for: all-reduce data parallelism (DdpStrategy: data sharded by DistributedSampler, the
-// model wrapped in DistributedDataParallel, compression, mixed precision) or, with ps.servers,
-// the parameter server's roles (ps_trainer.h); the loop adds the learning-rate schedule,
+// model wrapped in DistributedDataParallel, compression, mixed precision); for model.name = "gpt"
+// tensor parallelism over a tp x dp mesh (TensorParallelStrategy, tp_strategy.h, tp = 1
+// included); or, with ps.servers, the parameter server's roles (ps_trainer.h); the loop adds the learning-rate schedule,
 // evaluation after each epoch, metrics (JSONL), the progress display, checkpoints and bit-exact
 // resume, and an optional Chrome trace. Also the helpers every strategy shares.
 #pragma once
@@ -47,7 +48,9 @@ struct TrainResult {
 };
 
 // Runs the job described by cfg on this rank of group. Throws chorus errors (bad data path,
-// bad checkpoint, a peer that died).
+// bad checkpoint, a peer that died); a failed allocation (a memory limit) becomes an
+// OutOfMemoryError naming the rank, its peak resident memory, the model's bytes per rank and
+// what to change.
 TrainResult train(const Config& cfg, std::shared_ptr<comm::ProcessGroup> group, const TrainOptions& opts);
 
 // Sets torch's intra-op threads: train.threads, or the cores shared by the local workers.

@@ -1,0 +1,227 @@
+// The GPT as a list of layers (see gpt_stages.h).
+//
+// Naming: LayerwiseStage names each layer's parameters "<layer name>.<parameter>", but the
+// embedding layer holds two top-level names of the whole model (wte, wpe) and torch refuses a
+// dot in a child's name ("h.3"). So the stage's layers run inside the LayerwiseStage, and a
+// second module, StageParameters, registers the same submodules under the whole model's names:
+// wte, wpe, h (a module whose children are the global block indices), lnf, lm_head, in the
+// order Gpt registers them. Both hold the same tensors; the second one is what optimizers,
+// DDP and checkpoints see.
+#include "chorus/train/gpt_stages.h"
+
+#include <cmath>
+#include <utility>
+
+#include "chorus/comm/collectives/collectives.h"
+#include "chorus/common/error.h"
+#include "chorus/parallel/tensor/sharding.h"
+
+namespace chorus::train {
+
+namespace {
+
+torch::nn::LayerNorm layerNorm(int64_t E) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({E}).eps(1e-5).elementwise_affine(true));
+}
+
+parallel::VocabParallelEmbeddingOptions tableOptions(const GptOptions& o, const std::string& name) {
+  parallel::VocabParallelEmbeddingOptions e;
+  e.vocab = o.vocab;
+  e.dim = o.embed;
+  e.initStd = 0.02;
+  e.seed = o.seed;
+  e.name = name;
+  return e;
+}
+
+void validate(const GptOptions& o) {
+  if (o.vocab < 1 || o.layers < 1 || o.heads < 1 || o.embed < 1 || o.context < 1)
+    throw InvalidArgument(chorus::str("layer-wise Gpt: vocab ", o.vocab, ", layers ", o.layers, ", heads ", o.heads,
+                                      ", embed ", o.embed, ", context ", o.context, ": every size must be at least 1"));
+  if (o.embed % o.heads != 0)
+    throw InvalidArgument(chorus::str("layer-wise Gpt: embed ", o.embed, " is not divisible by heads ", o.heads,
+                                      "; choose an embed width that is a multiple of the head count"));
+  if (!(o.dropout >= 0 && o.dropout < 1))
+    throw InvalidArgument(chorus::str("layer-wise Gpt: dropout ", o.dropout, " must be in [0, 1)"));
+  if (o.sequenceParallel)
+    throw InvalidArgument(
+        "layer-wise Gpt: sequence parallelism needs tensor parallelism, which the layer-wise split does not combine "
+        "with yet; turn sequence parallelism off");
+}
+
+// A module that registers children under given names (the stage's parameters, named as the
+// whole model names them; and "h", whose children are the blocks' global indices).
+class StageParameters : public torch::nn::Module {
+ public:
+  explicit StageParameters(const std::string& name) : torch::nn::Module(name) {}
+  void add(const std::string& name, const std::shared_ptr<torch::nn::Module>& m) { register_module(name, m); }
+};
+
+}  // namespace
+
+// ---- layers ----
+
+GptEmbeddingImpl::GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng)
+    : opts_(o), rng_(std::move(rng)) {
+  wte = register_module("wte", parallel::VocabParallelEmbedding(tableOptions(o, "wte"), nullptr));
+  wpe = register_module("wpe", PositionEmbedding(o.context, o.embed, o.seed, "wpe"));
+}
+
+torch::Tensor GptEmbeddingImpl::forward(const torch::Tensor& ids) {
+  if (!ids.defined() || ids.dim() != 2 || ids.scalar_type() != torch::kLong)
+    throw InvalidArgument(chorus::str("Gpt embedding: ids must be [B, T] int64; got ",
+                                      ids.defined() ? chorus::str(ids.sizes(), " ", ids.scalar_type()) : "none"));
+  const int64_t T = ids.size(1);
+  if (T < 1 || ids.size(0) < 1) throw InvalidArgument(chorus::str("Gpt embedding: ids ", ids.sizes(), " hold no tokens"));
+  if (T > opts_.context)
+    throw InvalidArgument(chorus::str("Gpt embedding: sequence length T = ", T, " exceeds the context ", opts_.context,
+                                      "; crop the input to the last ", opts_.context, " tokens"));
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= opts_.vocab)
+    throw InvalidArgument(
+        chorus::str("Gpt embedding: token ids must lie in [0, ", opts_.vocab, "); got ids in [", lo, ", ", hi, "]"));
+  torch::Tensor x = wte->forward(ids) + wpe->forward(0, T);
+  if (opts_.dropout > 0 && is_training()) x = parallel::dropout(x, opts_.dropout, rng_->replicated(), true);
+  return x;
+}
+
+GptHeadImpl::GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding shared) : opts_(o) {
+  lnf = register_module("lnf", layerNorm(o.embed));
+  if (o.tieEmbeddings) {
+    wte = shared ? shared : parallel::VocabParallelEmbedding(tableOptions(o, "wte"), nullptr);
+    register_module("wte", wte);
+  } else {
+    lmHead = register_module("lm_head", parallel::VocabParallelEmbedding(tableOptions(o, "lm_head"), nullptr));
+  }
+}
+
+torch::Tensor& GptHeadImpl::projection() { return opts_.tieEmbeddings ? wte->weight : lmHead->weight; }
+
+torch::Tensor GptHeadImpl::forward(const torch::Tensor& x) {
+  return torch::matmul(lnf->forward(x), projection().t());  // [B, T, V]
+}
+
+size_t gptLayerCount(const GptOptions& o) { return static_cast<size_t>(o.layers) + 2; }
+
+std::vector<int64_t> gptLayerCosts(const GptOptions& o) {
+  const int64_t E = o.embed, V = o.vocab;
+  // qkv 3E x E + 3E, proj E x E + E, fc1 4E x E + 4E, fc2 E x 4E + E, two LayerNorms 4E.
+  const int64_t block = 12 * E * E + 13 * E;
+  std::vector<int64_t> costs{V * E + o.context * E};
+  for (int64_t i = 0; i < o.layers; ++i) costs.push_back(block);
+  costs.push_back(V * E + 2 * E);  // lm_head, or the tied copy of wte
+  return costs;
+}
+
+std::vector<std::string> gptParameterNames(const GptOptions& o) {
+  // A block's names do not depend on its sizes: take them from a minimal one.
+  GptOptions small = o;
+  small.embed = small.heads = 1;
+  small.dropout = 0;
+  small.sequenceParallel = false;
+  GptBlock probe(small, 0, nullptr, std::make_shared<parallel::TensorParallelRng>(0, 0));
+  std::vector<std::string> names{"wte.weight", "wpe.weight"};
+  for (int64_t i = 0; i < o.layers; ++i)
+    for (const auto& p : probe->named_parameters()) names.push_back(chorus::str("h.", i, ".", p.key()));
+  names.push_back("lnf.weight");
+  names.push_back("lnf.bias");
+  if (!o.tieEmbeddings) names.push_back("lm_head.weight");
+  return names;
+}
+
+torch::Tensor gptStageLoss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t vocab) {
+  if (logits.dim() != 3 || logits.size(-1) < vocab || targets.sizes() != logits.sizes().slice(0, 2))
+    throw InvalidArgument(chorus::str("Gpt loss: logits ", logits.sizes(), " must be [B, T, >= ", vocab,
+                                      "] and targets ", targets.sizes(), " [B, T]"));
+  torch::Tensor l = logits.narrow(-1, 0, vocab).reshape({-1, vocab});
+  return torch::nn::functional::cross_entropy(l.to(torch::kFloat), targets.reshape({-1}));
+}
+
+// ---- the stage ----
+
+GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank,
+                   parallel::LayerwiseOptions base)
+    : opts_(o), pp_(std::move(pp)) {
+  validate(opts_);
+  if (!pp_) throw InvalidArgument("GptStage: the pipeline group is null");
+  const int s = pp_->rank();
+  // Stage 0 keeps the model's seed, so a one-stage split drops exactly as Gpt does.
+  const uint64_t rngSeed = s == 0 ? opts_.seed : parallel::parameterSeed(opts_.seed, chorus::str("pipeline stage ", s));
+  rng_ = std::make_shared<parallel::TensorParallelRng>(rngSeed, 0, dpRank);
+
+  const size_t n = gptLayerCount(opts_);
+  base.names.clear();
+  if (base.partition.empty()) base.layerCosts = gptLayerCosts(opts_);
+  auto build = [this, n](size_t i) -> torch::nn::AnyModule {
+    if (i == 0) {
+      embedding_ = GptEmbedding(opts_, rng_);
+      return torch::nn::AnyModule(embedding_);
+    }
+    if (i + 1 == n) {
+      // Built after the embedding on a stage that holds both: one shared table.
+      head_ = GptHead(opts_, embedding_ ? embedding_->wte : nullptr);
+      return torch::nn::AnyModule(head_);
+    }
+    return torch::nn::AnyModule(GptBlock(opts_, static_cast<int64_t>(i) - 1, nullptr, rng_));
+  };
+  stage_ = std::make_unique<parallel::LayerwiseStage>(pp_, n, build, std::move(base));
+
+  auto named = std::make_shared<StageParameters>(chorus::str("GptStage", s));
+  if (embedding_) {
+    named->add("wte", embedding_->wte.ptr());
+    named->add("wpe", embedding_->wpe.ptr());
+  } else if (head_ && opts_.tieEmbeddings) {
+    named->add("wte", head_->wte.ptr());
+  }
+  auto blocks = std::make_shared<StageParameters>("h");
+  bool anyBlock = false;
+  for (size_t i = stage_->layerBegin(); i < stage_->layerEnd(); ++i) {
+    if (i == 0 || i + 1 == n) continue;
+    blocks->add(std::to_string(i - 1), stage_->layers()[i - stage_->layerBegin()].ptr());
+    anyBlock = true;
+  }
+  if (anyBlock) named->add("h", blocks);
+  if (head_) {
+    named->add("lnf", head_->lnf.ptr());
+    if (!opts_.tieEmbeddings) named->add("lm_head", head_->lmHead.ptr());
+  }
+  module_ = std::move(named);
+
+  // The two wte copies: a group of the first and last stage (collective over pp).
+  const int stages = pp_->size();
+  if (opts_.tieEmbeddings && stages > 1) {
+    const bool end = s == 0 || s == stages - 1;
+    tied_ = pp_->split(end ? 0 : -1, s);
+  }
+}
+
+torch::Tensor GptStage::forward(const torch::Tensor& ids) { return stage_->forward(ids); }
+
+void GptStage::backward(const torch::Tensor& loss) { stage_->backward(loss); }
+
+torch::Tensor GptStage::embeddingWeight() const {
+  if (embedding_) return embedding_->wte->weight;
+  if (head_ && opts_.tieEmbeddings) return head_->wte->weight;
+  return {};
+}
+
+void GptStage::syncTiedGradients() {
+  if (!tied_) return;
+  torch::Tensor w = embeddingWeight();
+  if (!w.grad().defined()) w.mutable_grad() = torch::zeros_like(w);
+  torch::Tensor g = w.grad();
+  const bool inPlace = g.is_contiguous();
+  torch::Tensor buf = inPlace ? g : g.contiguous();
+  comm::AllreduceOptions a;
+  a.data = buf.data_ptr();
+  a.count = static_cast<size_t>(buf.numel());
+  a.dtype = DType::kFloat32;
+  a.op = ReduceOp::kSum;
+  if (buf.scalar_type() != torch::kFloat)
+    throw InvalidArgument(chorus::str("GptStage: the tied embedding's gradient is ", buf.scalar_type(),
+                                      "; the layer-wise GPT trains in float32"));
+  tied_->allreduce(a);
+  if (!inPlace) g.copy_(buf);
+}
+
+}  // namespace chorus::train

@@ -1,0 +1,139 @@
+// The GPT (gpt.h) as a list of layers for a layer-wise split (parallel/pipeline/layerwise.h):
+//
+//   layer 0         embedding   ids [B, T] int64 ─▶ x = drop(wte(ids) + wpe(0..T-1))   [B, T, E]
+//   layers 1 .. L   blocks      x ─▶ GptBlock h.<i-1>(x)                                [B, T, E]
+//   layer L + 1     head        x ─▶ logits = lnf(x) · wteᵀ (tied) or lm_head          [B, T, V]
+//
+// Shapes: B batch, T tokens (<= context), E embedding width, V vocabulary, L blocks. The layers
+// are unsplit (tp = 1). The loss is not a layer: the last stage computes it (gptStageLoss).
+//
+// Parameter names are the whole Gpt's (wte.weight, wpe.weight, h.<i>.…, lnf.*, lm_head.weight),
+// and every tensor is drawn as the whole model draws it (initNormal(seed, full name)), so a stage
+// built alone holds exactly the whole model's weights for its layers, and checkpoints and tests
+// compare by name.
+//
+// Tied embeddings across stages (Megatron's approach): the first stage's embedding and the last
+// stage's head both need wte. The last stage holds its own copy, drawn identically (same seed
+// and name). Each stage's backward leaves in its copy the gradient of its own use; after the
+// backward, syncTiedGradients() sums the two between the first and last stage (an all-reduce over
+// a two-rank group), so both copies get the gradient the whole model's shared wte would get and
+// the same optimizer update keeps them equal. A stage that holds both layers shares one tensor.
+//
+// Dropout draws from a generator per stage (TensorParallelRng seeded by the seed, the stage and
+// the dp rank): with dropout > 0 the masks differ from the unsplit model's, whose one generator
+// runs through all layers in order. With dropout 0 a split computes what the whole model does.
+//
+// Thread-safety: one thread drives a GptStage; forward, backward and syncTiedGradients are
+// collective over the pipeline group as LayerwiseStage's are.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "chorus/comm/group.h"
+#include "chorus/parallel/pipeline/layerwise.h"
+#include "chorus/train/gpt.h"
+
+namespace chorus::train {
+
+// Layer 0 of the split GPT: the token and position embeddings and their dropout.
+class GptEmbeddingImpl : public torch::nn::Module {
+ public:
+  // wte and wpe drawn as Gpt draws them (tp = 1). rng: the stage's dropout generators.
+  GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng);
+  // ids [B, T] int64 in [0, vocab), T <= context -> x [B, T, E]. InvalidArgument otherwise.
+  torch::Tensor forward(const torch::Tensor& ids);
+
+  parallel::VocabParallelEmbedding wte{nullptr};
+  PositionEmbedding wpe{nullptr};
+
+ private:
+  GptOptions opts_;
+  std::shared_ptr<parallel::TensorParallelRng> rng_;
+};
+TORCH_MODULE(GptEmbedding);
+
+// Layer L + 1: the final LayerNorm and the output projection.
+class GptHeadImpl : public torch::nn::Module {
+ public:
+  // Tied: `wte` is the embedding table to use (the same stage's, shared), or nullptr for a copy
+  // of its own drawn as wte is. Untied: lm_head [V, E], drawn as Gpt draws it; `wte` is ignored.
+  GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding wte = nullptr);
+  // x [B, T, E] -> logits [B, T, V].
+  torch::Tensor forward(const torch::Tensor& x);
+  // The output projection's weight [V, E] (wte's when tied).
+  torch::Tensor& projection();
+
+  torch::nn::LayerNorm lnf{nullptr};
+  parallel::VocabParallelEmbedding wte{nullptr};     // tied only
+  parallel::VocabParallelEmbedding lmHead{nullptr};  // untied only
+
+ private:
+  GptOptions opts_;
+};
+TORCH_MODULE(GptHead);
+
+// The number of layers of the split GPT: o.layers + 2.
+size_t gptLayerCount(const GptOptions& o);
+// Parameter elements of each layer (the head's tied copy of wte counted), for the balanced
+// partition without building the layers.
+std::vector<int64_t> gptLayerCosts(const GptOptions& o);
+// The whole Gpt's parameter names in its named_parameters() order (tp = 1), which is the order
+// of its optimizer's parameters and of a plain checkpoint's optim/ entries.
+std::vector<std::string> gptParameterNames(const GptOptions& o);
+
+// Mean cross-entropy of logits [B, T, >= vocab] against targets [B, T] in [0, vocab), over the
+// real vocabulary (columns >= vocab ignored). The same function as Gpt::lossFromLogits at tp 1.
+torch::Tensor gptStageLoss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t vocab);
+
+// One stage of the GPT split by layers over the ranks of a pipeline group (stage = group rank).
+class GptStage {
+ public:
+  // Collective over pp (every stage constructs its own with the same options): builds only this
+  // stage's layers (LayerwiseStage's builder form; partition: base.partition, else balanced by
+  // gptLayerCosts) and, when tied and the first and last stage differ, splits a two-rank group
+  // of them from pp. dpRank only varies the dropout masks. base.names is set here. Throws
+  // InvalidArgument for GptOptions Gpt refuses, tp-only options (sequenceParallel), and a
+  // partition LayerwiseStage refuses (more stages than o.layers + 2 layers).
+  GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank = 0,
+           parallel::LayerwiseOptions base = {});
+
+  const GptOptions& options() const { return opts_; }
+  parallel::LayerwiseStage& layers() { return *stage_; }
+  bool isFirst() const { return stage_->isFirst(); }
+  bool isLast() const { return stage_->isLast(); }
+
+  // This stage's parameters under the whole Gpt's names (the module holds the layers'
+  // submodules: wte, wpe, h.<i>, lnf, lm_head). For optimizers, DDP, checkpoints, train/eval.
+  torch::nn::Module& module() { return *module_; }
+  std::shared_ptr<torch::nn::Module> modulePtr() const { return module_; }
+
+  // LayerwiseStage::forward: ids [B, T] on the first stage, nothing on the others; returns this
+  // stage's output (logits [B, T, V] on the last).
+  torch::Tensor forward(const torch::Tensor& ids = {});
+  // LayerwiseStage::backward: the loss on the last stage, nothing on the others.
+  void backward(const torch::Tensor& loss = {});
+  // Tied and split: sums the gradients of the first and last stage's wte copies (all-reduce over
+  // their two-rank group; blocking). Call it on every stage after backward (and after any
+  // data-parallel averaging); a no-op on the stages between and when untied or unsplit. A copy
+  // without a gradient counts as zeros.
+  void syncTiedGradients();
+  // The wte this stage holds (first stage; last stage when tied), else an undefined tensor.
+  torch::Tensor embeddingWeight() const;
+
+ private:
+  GptOptions opts_;
+  std::shared_ptr<comm::ProcessGroup> pp_;
+  std::shared_ptr<comm::ProcessGroup> tied_;  // first and last stage, tied and split only
+  std::shared_ptr<parallel::TensorParallelRng> rng_;
+  GptEmbedding embedding_{nullptr};
+  GptHead head_{nullptr};
+  std::unique_ptr<parallel::LayerwiseStage> stage_;
+  std::shared_ptr<torch::nn::Module> module_;
+};
+
+}  // namespace chorus::train

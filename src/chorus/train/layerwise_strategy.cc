@@ -1,0 +1,444 @@
+// Layer-wise model parallelism for the GPT (see layerwise_strategy.h).
+#include "chorus/train/layerwise_strategy.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "chorus/comm/collectives/collectives.h"
+#include "chorus/common/error.h"
+#include "chorus/parallel/data/ddp.h"
+#include "chorus/parallel/mesh.h"
+#include "chorus/train/gpt_stages.h"
+#include "chorus/train/loop.h"
+#include "chorus/train/models.h"
+#include "chorus/train/optim.h"
+#include "chorus/train/sharded_checkpoint.h"
+#include "chorus/train/strategy_util.h"
+#include "chorus/train/text_task.h"
+#include "chorus/train/trainer.h"
+
+namespace chorus::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Checkpoint parts travel from each stage of replica 0 to stage 0 under these tags (pp group);
+// LayerwiseStage uses 0x4C570000 and 0x4C570001.
+constexpr uint32_t kCheckpointSizeTag = 0x4C574B00, kCheckpointTag = 0x4C574B01;
+
+// DistributedDataParallel wraps a module holder whose forward runs the stage: the stage's
+// parameters (and their names) are its child's, and forward is the stage's send/recv forward.
+class StageRunnerImpl : public torch::nn::Module {
+ public:
+  explicit StageRunnerImpl(GptStage& s) : stage_(s) { register_module("stage", s.modulePtr()); }
+  torch::Tensor forward(const torch::Tensor& ids) { return stage_.forward(ids); }
+
+ private:
+  GptStage& stage_;
+};
+TORCH_MODULE(StageRunner);
+
+void broadcastDouble(comm::ProcessGroup& g, double* v, int root) {
+  if (g.size() == 1) return;
+  comm::BroadcastOptions b;
+  b.data = v;
+  b.count = 1;
+  b.dtype = DType::kFloat64;
+  b.root = root;
+  g.broadcast(b);
+}
+
+std::string listOf(const std::vector<int>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// "optim/<g>/<p>/<field>" -> (g, p, field); nothing for the other optim/ entries.
+struct OptimKey {
+  size_t group = 0, param = 0;
+  std::string field;
+};
+std::optional<OptimKey> parseOptimKey(const std::string& name) {
+  if (!name.starts_with("optim/")) return std::nullopt;
+  const size_t a = name.find('/', 6), b = a == std::string::npos ? a : name.find('/', a + 1);
+  if (b == std::string::npos) return std::nullopt;
+  const std::string g = name.substr(6, a - 6), p = name.substr(a + 1, b - a - 1);
+  auto digits = [](const std::string& s) {
+    return !s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos;
+  };
+  if (!digits(g) || !digits(p)) return std::nullopt;
+  return OptimKey{std::stoul(g), std::stoul(p), name.substr(b + 1)};
+}
+
+}  // namespace
+
+struct LayerwiseStrategy::Impl {
+  Impl(const Config& c, std::shared_ptr<comm::ProcessGroup> w)
+      : cfg(c), world(std::move(w)), mesh(parallel::ProcessMesh::make(world, 1, static_cast<int>(c.parallel.pp))) {}
+
+  const Config& cfg;
+  std::shared_ptr<comm::ProcessGroup> world;
+  parallel::ProcessMesh mesh;
+  GptOptions gpt;
+  std::unique_ptr<GptStage> stage;
+  StageRunner runner{nullptr};
+  std::unique_ptr<parallel::DistributedDataParallel<StageRunner>> ddp;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  ParamBytes bytes;
+
+  int pp() const { return mesh.size("pp"); }
+  int dp() const { return mesh.size("dp"); }
+  int ppRank() const { return mesh.coord("pp"); }
+
+  // This stage's parameter names, in its optimizer's order.
+  std::vector<std::string> localNames() const {
+    std::vector<std::string> v;
+    for (const auto& p : stage->module().named_parameters()) v.push_back(p.key());
+    return v;
+  }
+  // Whether this stage's `name` is the last stage's copy of the tied wte (saved by stage 0).
+  bool isTiedCopy(const std::string& name) const {
+    return gpt.tieEmbeddings && name == "wte.weight" && !stage->isFirst();
+  }
+};
+
+LayerwiseStrategy::LayerwiseStrategy(const Config& cfg, std::shared_ptr<comm::ProcessGroup> world) {
+  const ParallelConfig& par = cfg.parallel;
+  if (!world) throw InvalidArgument("LayerwiseStrategy: the world group is null");
+  if (par.pp < 2)
+    throw ConfigError(str("parallel.pp = ", par.pp, ": the layer-wise strategy splits the model over 2 or more stages; "
+                          "use parallel.pp >= 2 (pp = 1 runs the tensor-parallel strategy)"));
+  if (par.tp != 1)
+    throw ConfigError(str("parallel.pp = ", par.pp, " with parallel.tp = ", par.tp,
+                          " is not supported yet; set parallel.tp = 1 or parallel.pp = 1"));
+  if (world->size() % par.pp != 0)
+    throw ConfigError(str("parallel.pp = ", par.pp, " does not divide the ", world->size(), " workers; run a multiple of ",
+                          par.pp, " workers (dp = workers / pp)"));
+  if (cfg.precision != "fp32")
+    throw ConfigError(str("precision = \"", cfg.precision, "\" is not supported with parallel.pp = ", par.pp,
+                          "; the layer-wise GPT trains in fp32 (set precision = \"fp32\")"));
+  if (cfg.compression.method != "none")
+    throw ConfigError(str("compression.method = \"", cfg.compression.method, "\" is not supported with parallel.pp = ",
+                          par.pp, "; set compression.method = \"none\""));
+  impl_ = std::make_unique<Impl>(cfg, std::move(world));
+}
+
+LayerwiseStrategy::~LayerwiseStrategy() = default;
+
+GptStage& LayerwiseStrategy::stage() {
+  if (!impl_->stage) throw InvalidArgument("LayerwiseStrategy::stage: call setup() first");
+  return *impl_->stage;
+}
+
+Roles LayerwiseStrategy::roles() const {
+  Roles r;
+  r.group = impl_->world.get();
+  r.lead = impl_->world->rank() == 0;
+  r.dataRank = impl_->mesh.coord("dp");
+  r.dataRanks = impl_->dp();
+  return r;
+}
+
+void LayerwiseStrategy::setup(Task& /*task*/) {
+  Impl& m = *impl_;
+  m.gpt = gptOptions(m.cfg);
+  m.gpt.sequenceParallel = false;
+  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"));
+  m.bytes = parameterBytes(m.stage->module());
+  if (m.dp() > 1) {
+    m.runner = StageRunner(*m.stage);
+    parallel::DDPOptions d = ddpOptions(m.cfg);  // ddp.* and the wire dtype, as the other strategies
+    d.broadcastBuffers = false;                  // the GPT has no buffers
+    m.ddp = std::make_unique<parallel::DistributedDataParallel<StageRunner>>(m.runner, m.mesh.group("dp"), d);
+  }
+  m.optimizer = makeOptimizer(m.cfg.optim, m.stage->module().parameters());
+}
+
+StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
+  Impl& m = *impl_;
+  GptStage& st = *m.stage;
+  setLearningRate(*m.optimizer, info.lr);
+  m.optimizer->zero_grad();
+  const uint64_t sent0 = m.world->bytesSent();
+  const torch::Tensor input = st.isFirst() ? batch.input : torch::Tensor();
+  torch::Tensor out = m.ddp ? m.ddp->forward(input) : st.forward(input);
+  torch::Tensor loss;
+  if (st.isLast()) loss = gptStageLoss(out, batch.target, m.gpt.vocab);
+  st.backward(loss);  // DDP's buckets all-reduce over dp during it
+  const Clock::time_point t1 = Clock::now();
+  st.syncTiedGradients();
+  const Clock::time_point t2 = Clock::now();
+
+  // The replica's loss, from its last stage, on every stage; then one decision for the world.
+  StepOutcome o;
+  double lossValue = st.isLast() ? loss.item<double>() : 0.0;
+  broadcastDouble(*m.mesh.group("pp"), &lossValue, m.pp() - 1);
+  // Sends are posted in issue order on the executor the groups share, so after this blocking
+  // broadcast every send of the step (the gradient sent at the end of backward too) is counted.
+  const uint64_t sent1 = m.world->bytesSent();
+  o.stats.loss = lossValue;
+  o.diverged = agreeOnDivergence(*m.world, std::isfinite(lossValue), gradientsFinite(*m.optimizer));
+  const Clock::time_point t3 = Clock::now();
+  if (o.diverged.any()) {
+    st.layers().takeSpans();
+    return o;
+  }
+  m.optimizer->step();
+  const Clock::time_point t4 = Clock::now();
+
+  // Time blocked on a neighbour, the dp all-reduce's wait, the tied sum and the decision.
+  double waits = 0;
+  const std::vector<parallel::StageSpan> spans = st.layers().takeSpans();
+  for (const auto& s : spans) {
+    if (s.kind != parallel::StageSpan::Kind::kForward && s.kind != parallel::StageSpan::Kind::kBackward)
+      waits += seconds(s.start, s.end);
+  }
+  double ddpWait = 0, ddpComm = 0, ddpOverlap = 0;
+  if (m.ddp) {
+    const parallel::DDPStats& ds = m.ddp->stats();
+    ddpWait = ds.waitSeconds;
+    ddpComm = ds.commSeconds;
+    ddpOverlap = ds.overlapSeconds;
+    // The buckets' all-reduce shares the counter with the stage's sends and overlaps them in
+    // time: its part is a ring all-reduce's share of the buckets (an estimate).
+    o.stats.denseBytes = ringAllreduceBytes(m.cfg, m.dp(), ds.bytesReduced);
+    o.stats.gradBytes = std::min<uint64_t>(sent1 - sent0, std::llround(o.stats.denseBytes));
+  }
+  // The pipeline's traffic: activations forward, their gradients back, the tied embedding's
+  // gradient sum and the loss broadcast over the stages.
+  o.stats.modelParallelBytes = (sent1 - sent0) - o.stats.gradBytes;
+  torch::Tensor w = st.embeddingWeight();
+  const bool tiedSync = m.gpt.tieEmbeddings && w.defined() && (st.isFirst() || st.isLast());
+  const double blocked = waits + ddpWait + seconds(t1, t3);
+  o.stats.steps = 1;
+  o.stats.commSeconds = waits + ddpComm + seconds(t1, t3);
+  o.stats.overlapSeconds = ddpOverlap;
+  o.stats.computeSeconds = std::max(0.0, seconds(info.start, t4) - blocked);
+
+  if (info.tracer && info.tracer->enabled()) {
+    Tracer& tr = *info.tracer;
+    const std::string args = str("{\"step\":", info.globalStep + 1, ",\"stage\":", m.ppRank(), "}");
+    for (const auto& s : spans) {
+      const bool work = s.kind == parallel::StageSpan::Kind::kForward || s.kind == parallel::StageSpan::Kind::kBackward;
+      tr.span(work ? "compute" : "pipeline", s.name(), s.start, s.end, args);
+    }
+    if (tiedSync) tr.span("comm", "tied embedding all-reduce", t1, t2);
+    if (m.ddp)
+      for (const auto& s : m.ddp->stats().spans) tr.span("comm", str("allreduce bucket ", s.bucket), s.start, s.end);
+    tr.span("compute", "optimizer", t3, t4);
+  }
+  return o;
+}
+
+EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
+  Impl& m = *impl_;
+  GptStage& st = *m.stage;
+  st.module().eval();
+  EvalRunner run;
+  run.group = m.mesh.group("dp").get();
+  // Every stage of a replica holds the same slice of windows (same dp rank) and calls this for
+  // the same chunks: the chunk goes through the stages, and the loss comes back from the last.
+  run.loss = [&](const Batch& b) {
+    torch::NoGradGuard noGrad;
+    torch::Tensor out = st.forward(st.isFirst() ? b.input : torch::Tensor());
+    double v = st.isLast() ? gptStageLoss(out, b.target, m.gpt.vocab).item<double>() : 0.0;
+    broadcastDouble(*m.mesh.group("pp"), &v, m.pp() - 1);
+    return torch::tensor(v, torch::kFloat64);
+  };
+  EvalMetrics r;
+  try {
+    r = task.evaluate(run);
+  } catch (...) {
+    st.module().train();
+    throw;
+  }
+  st.module().train();
+  st.layers().takeSpans();  // evaluation's forwards are not a step's
+  return r;
+}
+
+// ---- checkpoints ----
+
+void LayerwiseStrategy::saveCheckpoint(const std::string& path, const TrainState& state) {
+  Impl& m = *impl_;
+  if (m.mesh.coord("dp") != 0) return;  // the replicas are equal: replica 0 saves
+  comm::ProcessGroup& pp = *m.mesh.group("pp");
+  const std::vector<std::string> global = gptParameterNames(m.gpt);
+  std::map<std::string, size_t> globalIndex;
+  for (size_t i = 0; i < global.size(); ++i) globalIndex[global[i]] = i;
+  const std::vector<std::string> local = m.localNames();
+
+  // This stage's parameters and optimizer state, under the whole model's parameter indices.
+  NamedTensors mine = checkpointEntries(m.stage->module(), *m.optimizer, state, path);
+  NamedTensors part;
+  for (auto& [name, t] : mine) {
+    if (name.starts_with("params/")) {
+      if (!m.isTiedCopy(name.substr(7))) part.emplace_back(name, t);
+    } else if (auto k = parseOptimKey(name)) {
+      const std::string& pname = local.at(k->param);
+      if (!m.isTiedCopy(pname)) part.emplace_back(str("optim/", k->group, "/", globalIndex.at(pname), "/", k->field), t);
+    }
+  }
+  if (!m.stage->isFirst()) {
+    const std::string bytes = encodeTensors(part);
+    uint64_t size = bytes.size();
+    pp.send(0, kCheckpointSizeTag, &size, sizeof size);
+    pp.send(0, kCheckpointTag, bytes.data(), bytes.size());
+    return;
+  }
+  // Stage 0 of replica 0 (world rank 0) holds the whole model from here to the write.
+  for (int s = 1; s < m.pp(); ++s) {
+    uint64_t size = 0;
+    pp.recv(s, kCheckpointSizeTag, &size, sizeof size);
+    std::string bytes(size, '\0');
+    pp.recv(s, kCheckpointTag, bytes.data(), bytes.size());
+    for (auto& e : decodeTensors(bytes.data(), bytes.size(), str("the checkpoint part of stage ", s)))
+      part.push_back(std::move(e));
+  }
+  std::map<std::string, torch::Tensor> params;
+  std::map<std::pair<size_t, size_t>, std::vector<std::pair<std::string, torch::Tensor>>> optim;
+  for (auto& [name, t] : part) {
+    if (name.starts_with("params/")) {
+      params[name.substr(7)] = t;
+    } else if (auto k = parseOptimKey(name)) {
+      optim[{k->group, k->param}].emplace_back(name, t);
+    }
+  }
+  NamedTensors entries;
+  for (const auto& n : global) {
+    auto it = params.find(n);
+    if (it == params.end()) throw Error(str("cannot save checkpoint ", path, ": no stage sent parameter '", n, "'"));
+    entries.emplace_back("params/" + n, it->second);
+  }
+  for (auto& [name, t] : mine) {
+    if (name.starts_with("state/") || name.starts_with("scalars/") || name.starts_with("tensors/") ||
+        name == "optim/kind" || name == "optim/groups" || (name.starts_with("optim/") && name.ends_with("/lr"))) {
+      entries.emplace_back(name, t);
+    } else if (name.starts_with("optim/") && name.ends_with("/params")) {
+      entries.emplace_back(name, torch::tensor(static_cast<int64_t>(global.size()), torch::kLong));
+    }
+  }
+  for (auto& [key, list] : optim)
+    for (auto& e : list) entries.push_back(std::move(e));
+  writeCheckpointEntries(path, entries);
+}
+
+TrainState LayerwiseStrategy::loadCheckpoint(const std::string& path) {
+  Impl& m = *impl_;
+  const std::vector<std::string> global = gptParameterNames(m.gpt);
+  const std::vector<std::string> local = m.localNames();
+  std::map<std::string, size_t> localIndex;
+  for (size_t i = 0; i < local.size(); ++i) localIndex[local[i]] = i;
+
+  FramedFile f = readCheckpointFile(path);
+  NamedTensors all = decodeTensors(f.payload.data(), f.payload.size(), str("checkpoint ", path));
+  const bool sharded =
+      std::any_of(all.begin(), all.end(), [](const auto& e) { return e.first.starts_with("layout/"); });
+  if (sharded) {
+    // A tensor-parallel checkpoint: joined into a whole model at tp 1 on this rank, then read
+    // like a plain one.
+    all.clear();
+    Gpt gpt(m.gpt);
+    auto opt = makeOptimizer(m.cfg.optim, gpt->parameters());
+    TrainState st = loadShardedCheckpoint(path, *gpt, *opt, 0, 1);
+    all = checkpointEntries(*gpt, *opt, st, path);
+  }
+
+  // The file must hold the whole model this config describes (a stage takes only its names,
+  // so the stage's own load would not notice a parameter that belongs to no stage).
+  std::set<std::string> inFile;
+  for (const auto& [name, t] : all)
+    if (name.starts_with("params/")) inFile.insert(name.substr(7));
+  const std::set<std::string> expected(global.begin(), global.end());
+  for (const auto& n : inFile)
+    if (!expected.count(n))
+      throw Error(str("checkpoint ", path, ": parameter '", n, "' is in the checkpoint but not in this GPT",
+                      n == "lm_head.weight" ? " (it was written with model.tie_embeddings = false)" : "",
+                      "; it was written for a different model (check model.*)"));
+
+  // This stage's part, numbered as its optimizer numbers its parameters.
+  NamedTensors mine;
+  for (auto& [name, t] : all) {
+    if (name.starts_with("params/")) {
+      if (localIndex.count(name.substr(7))) mine.emplace_back(name, t);
+    } else if (name.starts_with("state/") || name.starts_with("scalars/") || name.starts_with("tensors/") ||
+               name.starts_with("buffers/")) {
+      mine.emplace_back(name, t);
+    } else if (name.starts_with("optim/")) {
+      if (auto k = parseOptimKey(name)) {
+        if (k->param >= global.size())
+          throw Error(str("checkpoint ", path, ": entry '", name, "' names parameter ", k->param, ", but the model has ",
+                          global.size()));
+        auto it = localIndex.find(global[k->param]);
+        if (it != localIndex.end()) mine.emplace_back(str("optim/", k->group, "/", it->second, "/", k->field), t);
+      } else if (name.ends_with("/params")) {
+        if (t.numel() != 1 || t.item<int64_t>() != static_cast<int64_t>(global.size()))
+          throw Error(str("checkpoint ", path, ": entry '", name, "' counts ", t.numel() == 1 ? t.item<int64_t>() : -1,
+                          " parameters, but the model has ", global.size(), "; it was written for a different model"));
+        mine.emplace_back(name, torch::tensor(static_cast<int64_t>(local.size()), torch::kLong));
+      } else {
+        mine.emplace_back(name, t);
+      }
+    }
+  }
+  return loadCheckpointEntries(path, encodeTensors(mine), m.stage->module(), *m.optimizer);
+}
+
+// ---- divergence ----
+
+JsonObject LayerwiseStrategy::divergedRecord(const Divergence& d, const LoopStatus& s) {
+  return train::divergedRecord(d, s, nullptr);
+}
+
+// Every rank calls this at the same step (the decision was agreed over the world). A rank's loss
+// is its replica's (broadcast from the replica's last stage).
+void LayerwiseStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s) {
+  Impl& m = *impl_;
+  DivergenceReport r;
+  r.what = d;
+  r.loss = s.loss;
+  r.layout = str(" on a ", m.pp(), "-stage layer-wise split (pp ", m.pp(), " x dp ", m.dp(),
+                 "; a rank's loss is its replica's)");
+  r.gradientChecked = str("on some stage", m.dp() > 1 ? ", after the all-reduce over dp" : "",
+                          m.gpt.tieEmbeddings ? ", the tied embedding's two copies summed" : "");
+  throwDivergence(*m.world, m.cfg, s, r);
+}
+
+// ---- records ----
+
+JsonObject LayerwiseStrategy::startRecord(const LoopStatus& s) {
+  Impl& m = *impl_;
+  return gptStartRecord(m.cfg, s, *m.world, {1, m.dp(), m.pp()}, parameterCount(m.stage->module()), m.bytes)
+      .add("pp_partition", listOf(m.stage->layers().partition()));
+}
+
+JsonObject LayerwiseStrategy::stepRecord(const LoopStatus& s) {
+  Impl& m = *impl_;
+  const StepStats& w = s.window;
+  return stepRecordHead(s, m.cfg.train.batchSize)
+      .add("tokens_per_s", samplesPerSecond(w, m.cfg.train.batchSize) * static_cast<double>(m.gpt.context))
+      .add("bytes_sent", s.windowBytes)
+      .add("grad_bytes", w.gradBytes)
+      .add("pp_bytes", w.modelParallelBytes)
+      .add("comm_s", w.commSeconds)
+      .add("compute_s", w.computeSeconds);
+}
+
+void LayerwiseStrategy::evalFields(JsonObject& record, const LoopStatus& s) { record.add("bytes_sent", s.bytesSinceStart); }
+
+JsonObject LayerwiseStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) {
+  Impl& m = *impl_;
+  fillSummaryResult(s, m.cfg.train.batchSize, result);
+  return gptSummaryRecord(m.cfg, s, result, *m.world, {1, m.dp(), m.pp()}, "pp_bytes_per_step",
+                          optimizerStateBytes(*m.optimizer));
+}
+
+}  // namespace chorus::train

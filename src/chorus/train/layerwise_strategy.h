@@ -1,0 +1,87 @@
+// Layer-wise model parallelism for the GPT (Strategy, strategy.h): parallel.pp > 1 stages per
+// replica, each holding a contiguous range of the GPT's layers (gpt_stages.h: embedding, blocks,
+// head), activations forward and their gradients back by send/recv, one batch at a time (no
+// micro-batches: while one stage computes the others wait, and the trace shows it). The
+// workers left over (dp = world / pp) are data-parallel replicas of the pipeline.
+//
+// Mesh: ProcessMesh::make(world, 1, pp): rank = pp_i * dp + dp_i, so stage s of replica d is
+// world rank s * dp + d and world rank 0 (the lead) is stage 0 of replica 0. The stage's
+// ranks of all replicas form its dp group; each replica's stages form a pp group.
+//
+// A step, on every rank of a pp group with the same batch (Roles::dataRank = dp coordinate):
+// forward (the first stage feeds the ids), the last stage's loss (plain cross-entropy over the
+// vocabulary), backward; the stage's gradients averaged over its dp group by
+// DistributedDataParallel (dp > 1: its buckets all-reduce during the stage's backward); the two
+// copies of a tied embedding summed between the first and last stage (gpt_stages.h); then the
+// divergence check: the loss is broadcast from the last stage over the pp group, and the
+// [loss, gradient] flags are all-reduced over the world, so every rank stops at the same step;
+// the optimizer steps over this stage's parameters. Every rank reports its replica's loss.
+//
+// Trace (chorus train --trace): per step the stage's "forward", "backward" (lane "compute"),
+// "wait activation", "wait gradient", "wait send" (lane "pipeline"), "tied embedding
+// all-reduce" and the DDP buckets (lane "comm"), and "optimizer".
+//
+// Evaluation: every stage runs TextTask::evaluate with its dp group; run.loss sends each chunk
+// of validation windows through the stages (the same slice on every stage of a replica) and
+// broadcasts the last stage's loss over the pp group, so every rank gets val_loss/val_bpb.
+//
+// Checkpoints: one plain checkpoint (checkpoint.h), the same file a one-process Gpt at tp 1
+// writes: each stage of replica 0 sends its parameters and optimizer state (renumbered to the
+// whole model's parameter order, gptParameterNames) to world rank 0, which writes the file. So
+// rank 0 holds the whole model's parameters and optimizer state while saving. It loads at any
+// layout: pp (each stage takes its names; the tied copy takes wte.weight), tp
+// (loadShardedCheckpoint treats a plain checkpoint as tp 1) or one process. A tensor-parallel
+// (sharded) checkpoint loads here too, joined through a whole tp-1 model on each loading rank.
+//
+// Records: the start record gives "tp" (1), "dp", "pp", "pp_partition" (the blocks of each
+// stage), "param_bytes_sharded" / "param_bytes_replicated" (this stage's) and "optimizer_bytes"
+// (computed from the optimizer's kind); step records "tokens_per_s", "grad_bytes" (the dp
+// all-reduce: a ring's share of the buckets, an estimate, as it overlaps the stage's sends) and
+// "pp_bytes" (StepStats::modelParallelBytes: what this rank sent for the pipeline in the window:
+// activations, activation gradients, the tied embedding's gradient sum and the loss broadcast);
+// the summary "pp_bytes_per_step" and "optimizer_bytes" measured from the optimizer's state.
+//
+// Supported: precision fp32, compression none, tp 1, ps.servers 0 (config.cc refuses the rest for
+// pp > 1 where it can; the constructor refuses what it sees). ddp.* (bucket size, algorithm,
+// comm_dtype) applies to the dp all-reduce as in the other strategies.
+#pragma once
+
+#include <memory>
+
+#include "chorus/comm/group.h"
+#include "chorus/train/config.h"
+#include "chorus/train/strategy.h"
+
+namespace chorus::train {
+
+class GptStage;
+
+class LayerwiseStrategy : public Strategy {
+ public:
+  // Collective over world (splits the mesh). ConfigError for parallel.pp < 2, a world size that
+  // is not a multiple of pp, tp > 1, a precision other than fp32 or gradient compression.
+  LayerwiseStrategy(const Config& cfg, std::shared_ptr<comm::ProcessGroup> world);
+  ~LayerwiseStrategy() override;
+
+  Roles roles() const override;
+  void setup(Task& task) override;
+  TrainState loadCheckpoint(const std::string& path) override;
+  void saveCheckpoint(const std::string& path, const TrainState& state) override;
+  StepOutcome step(const Batch& batch, const StepInfo& info) override;
+  JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;
+  [[noreturn]] void raiseDivergence(const Divergence& d, const LoopStatus& s) override;
+  EvalMetrics evaluate(Task& task) override;
+  JsonObject startRecord(const LoopStatus& s) override;
+  JsonObject stepRecord(const LoopStatus& s) override;
+  void evalFields(JsonObject& record, const LoopStatus& s) override;
+  JsonObject summaryRecord(const LoopStatus& s, TrainResult& result) override;
+
+  // This rank's stage (after setup), for tests.
+  GptStage& stage();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::train

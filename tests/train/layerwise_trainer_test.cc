@@ -1,0 +1,508 @@
+// The GPT split by layers (gpt_stages.h) and the layer-wise strategy in the training loop
+// (layerwise_strategy.h), ranks as threads. The reference is one process training the unsplit
+// Gpt at tp 1 (pinned against an independent implementation by gpt_test) with the same
+// optimizer on the same batches: the split must give the same losses, gradients and weights
+// (within 1e-5), and the two copies of a tied embedding must stay bitwise equal.
+#include <gtest/gtest.h>
+
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "chorus/parallel/pipeline/layerwise.h"
+#include "chorus/train/checkpoint.h"
+#include "chorus/train/config.h"
+#include "chorus/train/gpt.h"
+#include "chorus/train/gpt_stages.h"
+#include "chorus/train/layerwise_strategy.h"
+#include "chorus/train/loop.h"
+#include "chorus/train/optim.h"
+#include "chorus/train/text_task.h"
+#include "util/rank_threads.h"
+
+namespace chorus::train {
+namespace {
+
+namespace fs = std::filesystem;
+using Params = std::map<std::string, torch::Tensor>;
+
+GptOptions tiny(bool tied) {
+  GptOptions o;
+  o.vocab = 256;
+  o.layers = 3;
+  o.heads = 2;
+  o.embed = 16;
+  o.context = 8;
+  o.seed = 5;
+  o.tieEmbeddings = tied;
+  return o;
+}
+
+std::shared_ptr<comm::ProcessGroup> borrow(comm::ProcessGroup& g) {
+  return std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+}
+
+Params valuesOf(torch::nn::Module& m, bool grads = false) {
+  Params v;
+  for (const auto& p : m.named_parameters()) {
+    const torch::Tensor& t = grads ? p.value().grad() : p.value();
+    v[p.key()] = t.defined() ? t.detach().clone() : torch::Tensor();
+  }
+  return v;
+}
+
+double maxDiff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+// ---- the layer list ----
+
+TEST(GptStages, NamesAndCostsAreTheWholeModels) {
+  for (bool tied : {true, false}) {
+    const GptOptions o = tiny(tied);
+    Gpt whole(o);
+    std::vector<std::string> want;
+    for (const auto& p : whole->named_parameters()) want.push_back(p.key());
+    EXPECT_EQ(gptParameterNames(o), want) << "tied " << tied;
+
+    // One stage holding every layer: the same names in the same order, and the same tensors.
+    testutil::runRanks(1, "loopback", [&](comm::ProcessGroup& g) {
+      GptStage stage(o, borrow(g));
+      std::vector<std::string> got;
+      for (const auto& p : stage.module().named_parameters()) got.push_back(p.key());
+      EXPECT_EQ(got, want);
+      const Params w = valuesOf(*whole);
+      for (const auto& p : stage.module().named_parameters())
+        EXPECT_TRUE(torch::equal(p.value(), w.at(p.key()))) << p.key();
+      // (The head here shares the embedding's table, which it counts as its own copy would be.)
+      EXPECT_EQ(parallel::parameterCounts(stage.layers().layers()), gptLayerCosts(o));
+    });
+  }
+}
+
+TEST(GptStages, RefusesWhatTheSplitCannotDo) {
+  GptOptions o = tiny(true);
+  o.sequenceParallel = true;
+  testutil::runRanks(1, "loopback", [&](comm::ProcessGroup& g) {
+    EXPECT_THROW(GptStage(o, borrow(g)), InvalidArgument);
+    GptOptions bad = tiny(true);
+    bad.embed = 15;
+    EXPECT_THROW(GptStage(bad, borrow(g)), InvalidArgument);
+  });
+  // More stages than the L + 2 layers.
+  GptOptions one = tiny(true);
+  one.layers = 1;
+  auto outcomes = testutil::runRanksCollect(4, {}, [&](comm::ProcessGroup& g) { GptStage s(one, borrow(g)); });
+  for (auto& e : outcomes) EXPECT_TRUE(e != nullptr);
+}
+
+// ---- split = unsplit, driven by hand ----
+
+struct Data {
+  torch::Tensor ids, targets;
+};
+Data batchAt(int step) {
+  auto gen = at::detail::createCPUGenerator(100 + step);
+  return {torch::randint(0, 256, {3, 8}, gen), torch::randint(0, 256, {3, 8}, gen)};
+}
+
+constexpr int kSteps = 4;
+constexpr double kLr = 0.3;
+
+struct Reference {
+  std::vector<double> losses;
+  Params firstGrads, final;
+};
+Reference trainWhole(const GptOptions& o) {
+  Gpt model(o);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(kLr).momentum(0.9));
+  Reference r;
+  for (int s = 0; s < kSteps; ++s) {
+    const Data d = batchAt(s);
+    opt.zero_grad();
+    torch::Tensor loss = model->loss(d.ids, d.targets);
+    loss.backward();
+    if (s == 0) r.firstGrads = valuesOf(*model, true);
+    opt.step();
+    r.losses.push_back(loss.item<double>());
+  }
+  r.final = valuesOf(*model);
+  return r;
+}
+
+class SplitEqualsWhole : public testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(SplitEqualsWhole, LossesGradientsAndWeights) {
+  const auto [stages, tied] = GetParam();
+  const GptOptions o = tiny(tied);
+  const Reference ref = trainWhole(o);
+  ASSERT_LT(ref.losses.back(), ref.losses.front());
+
+  struct Out {
+    std::vector<double> losses;
+    Params firstGrads, final;
+    std::vector<int> partition;
+  };
+  std::vector<Out> outs(stages);
+  testutil::runRanks(stages, "loopback", [&](comm::ProcessGroup& g) {
+    GptStage st(o, borrow(g));
+    torch::optim::SGD opt(st.module().parameters(), torch::optim::SGDOptions(kLr).momentum(0.9));
+    Out& out = outs[g.rank()];
+    for (int s = 0; s < kSteps; ++s) {
+      const Data d = batchAt(s);
+      opt.zero_grad();
+      torch::Tensor y = st.forward(st.isFirst() ? d.ids : torch::Tensor());
+      torch::Tensor loss;
+      if (st.isLast()) loss = gptStageLoss(y, d.targets, o.vocab);
+      st.backward(loss);
+      st.syncTiedGradients();
+      if (s == 0) out.firstGrads = valuesOf(st.module(), true);
+      opt.step();
+      if (st.isLast()) out.losses.push_back(loss.item<double>());
+    }
+    out.final = valuesOf(st.module());
+    out.partition = st.layers().partition();
+  });
+
+  ASSERT_EQ(outs.back().losses.size(), static_cast<size_t>(kSteps));
+  for (int s = 0; s < kSteps; ++s) EXPECT_NEAR(outs.back().losses[s], ref.losses[s], 1e-5) << "step " << s;
+  std::map<std::string, int> seen;
+  for (int r = 0; r < stages; ++r) {
+    for (const auto& [name, g] : outs[r].firstGrads) {
+      ++seen[name];
+      ASSERT_TRUE(g.defined()) << name << " on stage " << r;
+      EXPECT_LE(maxDiff(g, ref.firstGrads.at(name)), 1e-5) << "gradient of " << name << " on stage " << r;
+      EXPECT_LE(maxDiff(outs[r].final.at(name), ref.final.at(name)), 1e-5) << name << " on stage " << r;
+    }
+  }
+  EXPECT_EQ(seen.size(), ref.final.size());
+  if (tied) {
+    EXPECT_EQ(seen["wte.weight"], 2);
+    EXPECT_TRUE(torch::equal(outs.front().final.at("wte.weight"), outs.back().final.at("wte.weight")))
+        << "the tied copies drifted apart";
+  } else {
+    EXPECT_EQ(seen["lm_head.weight"], 1);
+  }
+  // Every stage holds something; the partition covers the L + 2 layers.
+  int layers = 0;
+  for (int c : outs[0].partition) layers += c;
+  EXPECT_EQ(layers, o.layers + 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, SplitEqualsWhole,
+                         testing::Combine(testing::Values(2, 3), testing::Values(true, false)),
+                         [](const testing::TestParamInfo<std::tuple<int, bool>>& i) {
+                           return str("pp", std::get<0>(i.param), std::get<1>(i.param) ? "_tied" : "_untied");
+                         });
+
+// ---- the strategy in the loop ----
+
+fs::path tempDir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / str("chorus-layerwise-test-", getpid(), "-", name);
+  fs::remove_all(d);
+  return d;
+}
+
+Config gptConfig(const fs::path& dir, int world, int pp, bool tied, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> sets = {"model.name=gpt",
+                                   "data.dataset=fortunes",
+                                   "data.path=/usr/share/games/fortunes",
+                                   "data.eval_windows=6",
+                                   "model.layers=3",
+                                   "model.heads=2",
+                                   "model.embed=16",
+                                   "model.context=8",
+                                   str("model.tie_embeddings=", tied ? "true" : "false"),
+                                   str("parallel.pp=", pp),
+                                   "train.batch_size=4",
+                                   "train.max_steps=4",
+                                   "train.log_every=1",
+                                   "train.threads=1",
+                                   "train.seed=9",
+                                   "optim.name=sgd",
+                                   "optim.lr=0.1",
+                                   "optim.momentum=0.9",
+                                   "schedule.name=constant",
+                                   "schedule.warmup_steps=0",
+                                   "output.progress=none",
+                                   "output.dir=" + dir.string()};
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  return defaultConfig(sets, world);
+}
+
+std::unique_ptr<Task> textTask(const Config& c, const Roles& r) {
+  return std::make_unique<TextTask>(c, r.dataRank, r.dataRanks, c.train.eval && r.evaluates);
+}
+
+std::vector<std::string> events(const fs::path& file, const std::string& event) {
+  std::ifstream in(file);
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find("\"event\": \"" + event + "\"") != std::string::npos) out.push_back(line);
+  return out;
+}
+double field(const std::string& line, const std::string& key) {
+  const size_t at = line.find("\"" + key + "\": ");
+  if (at == std::string::npos) return -12345;
+  return std::stod(line.substr(at + key.size() + 4));
+}
+
+// One process, the unsplit Gpt, the task's batches (global rows; `rows` of them for the
+// reported loss: the lead reports its replica's), the config's optimizer.
+struct LoopReference {
+  std::vector<double> losses;
+  double valLoss = 0;
+  Params final;
+};
+LoopReference trainWholeOnTask(const Config& cfg, int replicaRows) {
+  TextTask task(cfg, 0, 1, true);
+  Gpt model(gptOptions(cfg));
+  auto opt = makeOptimizer(cfg.optim, model->parameters());
+  LoopReference r;
+  task.setEpoch(0);
+  for (int64_t s = 0; s < cfg.train.maxSteps; ++s) {
+    const Batch b = task.batch(s);
+    opt->zero_grad();
+    torch::Tensor loss = model->loss(b.input, b.target);
+    {
+      torch::NoGradGuard ng;
+      r.losses.push_back(model->loss(b.input.narrow(0, 0, replicaRows), b.target.narrow(0, 0, replicaRows)).item<double>());
+    }
+    loss.backward();
+    opt->step();
+  }
+  model->eval();
+  EvalRunner run;
+  run.loss = [&](const Batch& b) { return model->loss(b.input, b.target); };
+  r.valLoss = task.evaluate(run).value("val_loss");
+  r.final = valuesOf(*model);
+  return r;
+}
+
+struct LoopRun {
+  Params final;
+  bool first = false, last = false;
+  TrainResult result;
+};
+std::vector<LoopRun> runLayerwise(const Config& cfg, int world, const TrainOptions& opts = {}) {
+  std::vector<LoopRun> runs(world);
+  testutil::RankOptions ro;
+  ro.timeout = Millis(30000);
+  testutil::runRanks(world, ro, [&](comm::ProcessGroup& g) {
+    std::ostringstream sink;
+    TrainOptions o = opts;
+    o.out = &sink;
+    LayerwiseStrategy strategy(cfg, borrow(g));
+    LoopRun& mine = runs[g.rank()];
+    mine.result = runLoop(cfg, g, strategy, o, textTask);
+    mine.final = valuesOf(strategy.stage().module());
+    mine.first = strategy.stage().isFirst();
+    mine.last = strategy.stage().isLast();
+  });
+  return runs;
+}
+
+void expectSameAsWhole(const std::vector<LoopRun>& runs, const LoopReference& ref, const fs::path& dir, bool tied) {
+  const auto steps = events(dir / "metrics.jsonl", "step");
+  ASSERT_EQ(steps.size(), ref.losses.size());
+  for (size_t s = 0; s < steps.size(); ++s) EXPECT_NEAR(field(steps[s], "loss"), ref.losses[s], 1e-5) << "step " << s;
+  const auto evals = events(dir / "metrics.jsonl", "eval");
+  ASSERT_FALSE(evals.empty());
+  EXPECT_NEAR(field(evals.back(), "val_loss"), ref.valLoss, 1e-5);
+  for (const auto& run : runs)
+    for (const auto& [name, t] : run.final) EXPECT_LE(maxDiff(t, ref.final.at(name)), 1e-5) << name;
+  if (tied) {
+    for (const auto& a : runs)
+      for (const auto& b : runs)
+        if (a.first && b.last) {
+          EXPECT_TRUE(torch::equal(a.final.at("wte.weight"), b.final.at("wte.weight")));
+        }
+  }
+}
+
+class LayerwiseLoop : public testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(LayerwiseLoop, SameLossesAsTheWholeModel) {
+  const auto [pp, tied] = GetParam();
+  const fs::path dir = tempDir(str("pp", pp, tied));
+  const Config cfg = gptConfig(dir, pp, pp, tied);
+  const LoopReference ref = trainWholeOnTask(cfg, 4);
+  const auto runs = runLayerwise(cfg, pp);
+  expectSameAsWhole(runs, ref, dir, tied);
+  const auto start = events(dir / "metrics.jsonl", "start");
+  ASSERT_EQ(start.size(), 1u);
+  EXPECT_EQ(field(start[0], "pp"), pp);
+  EXPECT_EQ(field(start[0], "dp"), 1);
+  EXPECT_EQ(field(start[0], "tp"), 1);
+  EXPECT_GT(field(events(dir / "metrics.jsonl", "step")[0], "tokens_per_s"), 0);
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, LayerwiseLoop, testing::Combine(testing::Values(2, 3), testing::Values(true, false)),
+                         [](const testing::TestParamInfo<std::tuple<int, bool>>& i) {
+                           return str("pp", std::get<0>(i.param), std::get<1>(i.param) ? "_tied" : "_untied");
+                         });
+
+// pp 2 x dp 2: the replicas split the batch and DDP averages each stage's gradients.
+TEST(LayerwiseLoopMesh, TwoStagesTimesTwoReplicas) {
+  const fs::path dir = tempDir("pp2dp2");
+  const Config cfg = gptConfig(dir, 4, 2, true);
+  const LoopReference ref = trainWholeOnTask(cfg, 2);  // the lead reports replica 0's two rows
+  const auto runs = runLayerwise(cfg, 4);
+  expectSameAsWhole(runs, ref, dir, true);
+  EXPECT_EQ(field(events(dir / "metrics.jsonl", "start")[0], "dp"), 2);
+  fs::remove_all(dir);
+}
+
+// pp_bytes: what stage 0 sent for the pipeline, its activation [B, T, E] in float32 each step (the
+// first step adds the stream's header), plus with a tied embedding its half of the two-rank
+// all-reduce that sums the copies' gradients [V, E]; grad_bytes stays 0 at dp = 1. The summary
+// gives the mean per step and the optimizer state as measured (momentum: one buffer a parameter).
+TEST(LayerwiseRecords, PipelineBytesAreTheActivationsAndTheTiedSum) {
+  for (bool tied : {false, true}) {
+    const fs::path dir = tempDir(str("ppbytes", tied));
+    const Config cfg = gptConfig(dir, 2, 2, tied, {"train.eval=false"});
+    runLayerwise(cfg, 2);
+    const double activation = 4 * 8 * 16 * 4;  // batch x context x embed x float32
+    const double tiedSum = tied ? 256 * 16 * 4 : 0;
+    const double header = parallel::TensorP2P::kHeaderBytes;  // at most one per transfer
+    const auto steps = events(dir / "metrics.jsonl", "step");
+    ASSERT_EQ(steps.size(), 4u);
+    double sum = 0;
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const double pp = field(steps[s], "pp_bytes");
+      sum += pp;
+      // A two-rank all-reduce sends between half and all of the tensor, whatever the algorithm.
+      EXPECT_GE(pp, activation + 0.5 * tiedSum) << "tied " << tied << ", step " << s + 1;
+      EXPECT_LE(pp, activation + header + tiedSum) << "tied " << tied << ", step " << s + 1;
+      EXPECT_EQ(field(steps[s], "grad_bytes"), 0) << "tied " << tied << ", step " << s + 1;
+      EXPECT_LE(pp, field(steps[s], "bytes_sent"));
+    }
+    const auto summary = events(dir / "metrics.jsonl", "summary");
+    ASSERT_EQ(summary.size(), 1u);
+    EXPECT_DOUBLE_EQ(field(summary[0], "pp_bytes_per_step"), sum / 4);
+    EXPECT_EQ(field(summary[0], "grad_bytes_per_step"), 0);
+    EXPECT_EQ(field(summary[0], "pp"), 2);
+    // SGD with momentum holds one buffer a parameter after the first step: measured = computed.
+    const double computed = field(events(dir / "metrics.jsonl", "start")[0], "optimizer_bytes");
+    EXPECT_GT(computed, 0);
+    EXPECT_EQ(field(summary[0], "optimizer_bytes"), computed);
+    fs::remove_all(dir);
+  }
+}
+
+// The trace shows stage 0 idle while the later stages run: its "wait gradient" spans.
+TEST(LayerwiseLoopTrace, StageZeroWaitsForTheGradient) {
+  const fs::path dir = tempDir("trace");
+  const Config cfg = gptConfig(dir, 2, 2, true, {"train.eval=false"});
+  TrainOptions opts;
+  opts.tracePath = (dir / "trace.json").string();
+  runLayerwise(cfg, 2, opts);
+  std::ifstream in(opts.tracePath);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string trace = ss.str();
+  size_t waits = 0;
+  for (size_t at = trace.find("\"wait gradient\""); at != std::string::npos; at = trace.find("\"wait gradient\"", at + 1)) {
+    const size_t end = trace.find('}', at);
+    if (trace.substr(at, end - at).find("\"pid\":0,") != std::string::npos) ++waits;
+  }
+  EXPECT_EQ(waits, 4u) << "one per step on stage 0";
+  EXPECT_NE(trace.find("\"wait activation\""), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// Checkpoints: one plain file that a whole tp-1 Gpt loads; resuming the split from it
+// continues with the same losses.
+TEST(LayerwiseLoopCheckpoint, PlainFileLoadsWholeAndResumesSplit) {
+  const fs::path dir = tempDir("ckpt");
+  const Config cfg = gptConfig(dir, 2, 2, true, {"output.checkpoint_every=2"});
+  const LoopReference ref = trainWholeOnTask(cfg, 4);
+  runLayerwise(cfg, 2);
+  const std::string last = latestCheckpoint((dir / "checkpoints").string());
+  ASSERT_FALSE(last.empty());
+  {
+    Gpt whole(gptOptions(cfg));
+    auto opt = makeOptimizer(cfg.optim, whole->parameters());
+    const TrainState st = loadCheckpoint(last, *whole, *opt);
+    EXPECT_EQ(st.globalStep, 4);
+    for (const auto& p : whole->named_parameters()) EXPECT_LE(maxDiff(p.value(), ref.final.at(p.key())), 1e-5) << p.key();
+  }
+  // Resume at step 2 in a fresh folder: steps 3 and 4 as before.
+  const fs::path dir2 = tempDir("ckpt-resume");
+  const std::string at2 = (dir / "checkpoints" / checkpointName(2)).string();
+  ASSERT_TRUE(fs::exists(at2));
+  const Config cfg2 = gptConfig(dir2, 2, 2, true);
+  TrainOptions opts;
+  opts.resumeFrom = at2;
+  const auto runs = runLayerwise(cfg2, 2, opts);
+  const auto steps = events(dir2 / "metrics.jsonl", "step");
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_NEAR(field(steps[0], "loss"), ref.losses[2], 1e-5);
+  EXPECT_NEAR(field(steps[1], "loss"), ref.losses[3], 1e-5);
+  for (const auto& run : runs)
+    for (const auto& [name, t] : run.final) EXPECT_LE(maxDiff(t, ref.final.at(name)), 1e-5) << name;
+  fs::remove_all(dir);
+  fs::remove_all(dir2);
+}
+
+// A step whose loss is not finite stops every rank at that step with a DivergenceError; the
+// lead (stage 0, which never sees the loss itself) reports it.
+TEST(LayerwiseStrategy, DivergenceStopsEveryRankAtTheSameStep) {
+  const fs::path dir = tempDir("diverge");
+  const Config cfg = gptConfig(dir, 2, 2, true, {"optim.lr=1e30", "train.eval=false"});
+  testutil::RankOptions ro;
+  ro.timeout = Millis(30000);
+  std::vector<int64_t> stepOf(2, -1);
+  std::vector<std::string> messages(2);
+  auto outcomes = testutil::runRanksCollect(2, ro, [&](comm::ProcessGroup& g) {
+    std::ostringstream sink;
+    TrainOptions o;
+    o.out = &sink;
+    LayerwiseStrategy strategy(cfg, borrow(g));
+    try {
+      runLoop(cfg, g, strategy, o, textTask);
+    } catch (const DivergenceError& e) {
+      stepOf[g.rank()] = e.step();
+      messages[g.rank()] = e.what();
+      throw;
+    }
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(outcomes[r] != nullptr) << "rank " << r << " did not stop";
+    EXPECT_GT(stepOf[r], 0) << "rank " << r;
+  }
+  EXPECT_EQ(stepOf[0], stepOf[1]);
+  // The lead reports the step, the split, the ranks' losses (each its replica's) and what to
+  // change; the other rank points to it.
+  EXPECT_NE(messages[0].find(str("training diverged at step ", stepOf[0], " (epoch 1, step ", stepOf[0], " of ")),
+            std::string::npos)
+      << messages[0];
+  EXPECT_NE(messages[0].find("on a 2-stage layer-wise split (pp 2 x dp 1"), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("rank 0: "), std::string::npos) << messages[0];
+  EXPECT_NE(messages[0].find("what to change: a lower optim.lr (1e+30 at this step"), std::string::npos) << messages[0];
+  EXPECT_NE(messages[1].find("; rank 0 reports the details"), std::string::npos) << messages[1];
+  EXPECT_EQ(events(dir / "metrics.jsonl", "diverged").size(), 1u);
+  fs::remove_all(dir);
+}
+
+TEST(LayerwiseStrategy, RefusesWhatItDoesNotRun) {
+  const fs::path dir = tempDir("refuse");
+  testutil::runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    Config one = gptConfig(dir, 2, 2, true);
+    one.parallel.pp = 1;
+    EXPECT_THROW(LayerwiseStrategy(one, borrow(g)), ConfigError);
+    Config half = gptConfig(dir, 2, 2, true);
+    half.precision = "bf16";
+    EXPECT_THROW(LayerwiseStrategy(half, borrow(g)), ConfigError);
+  });
+}
+
+}  // namespace
+}  // namespace chorus::train
