@@ -23,7 +23,10 @@ namespace {
 using Params = std::map<std::string, torch::Tensor>;
 
 constexpr int kSteps = 20;
-constexpr double kLr = 0.5;
+// SGD on one fixed batch: at lr 0.5 the 20 steps amplified rounding-level differences (the
+// order of a sum) about a thousandfold, to 3e-4 in h.1.ln1.weight; at 0.2 the split and the
+// unsplit runs agree to about 1e-7 while the loss still falls.
+constexpr double kLr = 0.2;
 
 GptOptions tiny(bool sp) {
   GptOptions o;

@@ -107,7 +107,8 @@ void TensorParallelStrategy::setup(Task& /*task*/) {
   m.model = Gpt(gptOptions(cfg), m.tp);
   // Dropout masks differ between dp replicas (each sees other windows), agree within a tp group.
   m.model->rng() = parallel::TensorParallelRng(cfg.train.seed, m.mesh.coord("tp"), m.mesh.coord("dp"));
-  m.ddp = std::make_unique<parallel::DistributedDataParallel<Gpt>>(m.model, m.dp, ddpOptions(cfg));
+  // At dp = 1 there is nothing to average: no buckets, no gradient views, no hooks.
+  if (m.mesh.size("dp") > 1) m.ddp = std::make_unique<parallel::DistributedDataParallel<Gpt>>(m.model, m.dp, ddpOptions(cfg));
   m.optimizer = makeOptimizer(cfg.optim, m.model->parameters());
   // Over the world: an overflow in one tp rank's shard skips the step on every rank.
   m.scaler = std::make_unique<amp::GradScaler>(gradScalerOptions(cfg), m.world);
@@ -137,7 +138,7 @@ StepOutcome TensorParallelStrategy::step(const Batch& batch, const StepInfo& inf
   torch::Tensor loss;
   {
     amp::Autocast ac(m.prec, torch::kCPU);
-    loss = m.model->lossFromLogits(m.ddp->forward(batch.input), batch.target);
+    loss = m.model->lossFromLogits(m.ddp ? m.ddp->forward(batch.input) : m.model->forward(batch.input), batch.target);
   }
   const Clock::time_point t1 = Clock::now();
   const uint64_t sent1 = w.bytesSent();
@@ -145,7 +146,10 @@ StepOutcome TensorParallelStrategy::step(const Batch& batch, const StepInfo& inf
   if (m.cfg.parallel.sequenceParallel) parallel::allReduceSequenceParallelGradients(*m.model, m.tp);
   const uint64_t sent2 = w.bytesSent();
   const Clock::time_point t2 = Clock::now();
-  const parallel::DDPStats& st = m.ddp->stats();
+  parallel::DDPStats noDdp;
+  noDdp.backwardStart = t1;
+  noDdp.backwardEnd = t2;
+  const parallel::DDPStats& st = m.ddp ? m.ddp->stats() : noDdp;
 
   StepOutcome out;
   m.localLoss = loss.item<double>();

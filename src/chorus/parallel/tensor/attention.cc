@@ -80,14 +80,27 @@ torch::Tensor ParallelSelfAttentionImpl::heads(const torch::Tensor& x) {
   auto split = [&](const torch::Tensor& t) { return t.reshape({B, T, h, D}).transpose(1, 2); };
   torch::Tensor q = split(parts[0]), kk = split(parts[1]), v = split(parts[2]);
 
-  // att[b, h, i, j] = q_i . k_j / sqrt(D), with j > i masked out (causal).
-  torch::Tensor att = torch::matmul(q, kk.transpose(-2, -1)) / std::sqrt(static_cast<double>(D));
-  torch::Tensor future = torch::ones({T, T}, torch::dtype(torch::kBool)).triu(1);
-  att = att.masked_fill(future, -std::numeric_limits<float>::infinity());
+  // att[b, h, i, j] = q_i . k_j / sqrt(D) + (0 if j <= i else -inf), in one batched GEMM that
+  // scales the product and adds the causal mask as it writes (baddbmm): no separate pass over
+  // the [B, h, T, T] scores for the scale or the mask, forward or backward. The masked
+  // positions get probability 0, so their gradient is 0 whatever the mask's form.
+  const int64_t BH = B * h;
+  torch::Tensor q3 = q.reshape({BH, T, D}), kT3 = kk.transpose(-2, -1).reshape({BH, D, T});
+  torch::Tensor att = torch::baddbmm(causalBias(T, q3.options()), q3, kT3, /*beta=*/1.0,
+                                     /*alpha=*/1.0 / std::sqrt(static_cast<double>(D)))
+                          .view({B, h, T, T});
   att = torch::softmax(att, -1);
   if (opts_.dropout > 0 && is_training()) att = dropout(att, opts_.dropout, rng_->parallel(), true);
   torch::Tensor y = torch::matmul(att, v);  // [B, h, T, D]
   return y.transpose(1, 2).reshape({B, T, h * D});
+}
+
+torch::Tensor ParallelSelfAttentionImpl::causalBias(int64_t T, const torch::TensorOptions& like) {
+  if (!causalBias_.defined() || causalBias_.size(0) < T || causalBias_.device() != like.device() ||
+      causalBias_.scalar_type() != like.dtype().toScalarType()) {
+    causalBias_ = torch::full({T, T}, -std::numeric_limits<double>::infinity(), like.requires_grad(false)).triu_(1);
+  }
+  return causalBias_.narrow(0, 0, T).narrow(1, 0, T);
 }
 
 torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) { return proj->forward(heads(x)); }

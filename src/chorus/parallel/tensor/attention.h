@@ -71,6 +71,11 @@ class ParallelSelfAttentionImpl : public torch::nn::Module {
   TpGroup tp_;
   std::shared_ptr<TensorParallelRng> rng_;
   int64_t localHeads_ = 0;
+  // The additive causal mask (0 on and below the diagonal, -inf above), built at the first
+  // forward and again when a longer sequence, another device or another dtype comes; not
+  // a buffer, so not in the state dict.
+  torch::Tensor causalBias_;
+  torch::Tensor causalBias(int64_t T, const torch::TensorOptions& like);
 };
 TORCH_MODULE(ParallelSelfAttention);
 

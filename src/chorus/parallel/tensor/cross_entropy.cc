@@ -83,8 +83,12 @@ torch::Tensor vocabParallelCrossEntropy(const torch::Tensor& logitsShard, const 
   // 16-bit logits (autocast) would sum their exponentials in 16 bits: the loss is computed in
   // float32, and the cast's own backward returns the gradient in the logits' type.
   const bool narrow = logitsShard.scalar_type() == torch::kHalf || logitsShard.scalar_type() == torch::kBFloat16;
-  return VocabParallelCrossEntropy::apply(narrow ? logitsShard.to(torch::kFloat) : logitsShard, targets, vocabStart,
-                                          realVocab, g);
+  const torch::Tensor logits = narrow ? logitsShard.to(torch::kFloat) : logitsShard;
+  // One rank holding the whole, unpadded vocabulary: LibTorch's fused log-softmax and NLL compute
+  // the same mean, in fewer passes over the logits than the split form needs.
+  if (tpSize(g) == 1 && vocabStart == 0 && vk == realVocab)
+    return torch::nn::functional::cross_entropy(logits.reshape({-1, vk}), targets.reshape({-1}).to(torch::kLong));
+  return VocabParallelCrossEntropy::apply(logits, targets, vocabStart, realVocab, g);
 }
 
 }  // namespace chorus::parallel

@@ -27,7 +27,9 @@ namespace chorus::parallel {
 // out-of-range target throws InvalidArgument (checked on every rank, so all throw together).
 // Returns a 0-dim tensor, identical on every tp rank. Differentiable with respect to
 // logitsShard (its own autograd function; the backward needs no communication). Blocks:
-// two all-reduces (N and 2N values) over g; collective over g.
+// two all-reduces (N and 2N values) over g; collective over g. With one rank (g nullptr or of
+// size 1) holding the whole vocabulary unpadded, it is LibTorch's cross_entropy (fused
+// log-softmax and NLL), the same mean in fewer passes.
 torch::Tensor vocabParallelCrossEntropy(const torch::Tensor& logitsShard, const torch::Tensor& targets,
                                         int64_t vocabStart, int64_t realVocab, const TpGroup& g);
 
