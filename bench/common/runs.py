@@ -1,6 +1,8 @@
 """What the benchmark report scripts share: reading a run's saved output, why it failed, the
 CPU's name and number formatting. Standard library only."""
 import datetime
+import json
+import math
 import os
 import platform
 import statistics
@@ -16,6 +18,29 @@ def read(path):
             return f.read()
     except OSError:
         return ""
+
+
+def is_number(v):
+    """A finite int or float (not a bool): what a metric must be to enter a table."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def jsonl_records(raw, name, rel="metrics.jsonl", why=None):
+    """(the JSON records of RAW/NAME/REL, None) or (None, the reason, naming the file and why
+    the run failed: why(raw, name), why_failed by default). Blank lines are skipped; any other
+    line that is not JSON is the reason."""
+    path = os.path.join(raw, name, rel)
+    if not os.path.isfile(path):
+        return None, f"{name}/{rel} does not exist ({(why or why_failed)(raw, name)})"
+    out = []
+    for i, line in enumerate(read(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            return None, f"{name}/{rel}:{i} is not JSON ({e})"
+    return out, None
 
 
 def why_failed(raw, name):

@@ -23,12 +23,11 @@ usage:
 
 import argparse
 import json
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
-from runs import fmt, page_header, read, why_failed, write_page  # noqa: E402
+from runs import fmt, is_number, jsonl_records, page_header, read, why_failed, write_page  # noqa: E402
 from svg import PALETTE, svg_panel  # noqa: E402
 
 ACC_TOLERANCE = 0.005   # 0.5 point: "within 0.5 point of dense"
@@ -38,10 +37,6 @@ SPARSE_RATIO = 0.01     # run.sh's compression.ratio for topk, topk_sampled and 
 SUMMARY_KEYS = ("test_acc", "bytes_per_step", "grad_bytes_per_step", "compression_ratio", "samples_per_s", "train_s", "steps")
 EVAL_KEYS = ("epoch", "step", "test_acc", "train_s", "bytes_sent")
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class Run:
@@ -101,17 +96,9 @@ def outcome(raw, name, run):
 
 def load_run(raw, name):
     """(Run, None) or (None, reason)."""
-    path = os.path.join(raw, name, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None, f"{name}: {name}/metrics.jsonl does not exist ({why_failed(raw, name)})"
-    events = []
-    for i, line in enumerate(read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except ValueError as e:
-            return None, f"{name}: line {i} of metrics.jsonl is not JSON ({e})"
+    events, err = jsonl_records(raw, name)
+    if err:
+        return None, err
     diverged = next((e for e in events if e.get("event") == "diverged"), None)
     if diverged:
         return None, (f"{name}: diverged at step {diverged.get('step')} (epoch {diverged.get('epoch', 0) + 1}): the "

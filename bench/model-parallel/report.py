@@ -31,7 +31,6 @@ only (tomllib: Python 3.11).
 
 import argparse
 import json
-import math
 import os
 import re
 import subprocess
@@ -39,7 +38,8 @@ import sys
 import tomllib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "common"))
-from runs import fmt, fmt_spread, median_spread, page_header, read, why_failed, write_page  # noqa: E402
+from runs import (fmt, fmt_spread, is_number, jsonl_records, median_spread, page_header, read, why_failed,  # noqa: E402
+                  write_page)
 
 MIB = 1024.0 * 1024.0
 SPEED_SIDES = (
@@ -66,10 +66,6 @@ def why(raw, name):
         return why_failed(raw, name)
     rc = read(os.path.join(raw, f"{name}.rc")).strip()
     return said if rc in ("", "0") else f"exit status {rc}: {said}"
-
-
-def number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,26 +105,10 @@ def torch_args(config_path):
 # reading the raw outputs
 
 
-def records(raw, name):
-    """(list of the JSON records of NAME/metrics.jsonl, None) or (None, reason)."""
-    path = os.path.join(raw, name, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None, f"{name}/metrics.jsonl does not exist ({why(raw, name)})"
-    out = []
-    for i, line in enumerate(read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except ValueError as e:
-            return None, f"{name}/metrics.jsonl:{i} is not JSON ({e})"
-    return out, None
-
-
 def chorus_run(raw, name, need=()):
     """(start record, summary record, eval records, None) of a finished chorus run, or
     (None, None, None, reason). `need`: summary keys that must be numbers."""
-    recs, err = records(raw, name)
+    recs, err = jsonl_records(raw, name, why=why)
     if err:
         return None, None, None, err
     if not recs or recs[-1].get("event") != "summary":
@@ -138,7 +118,7 @@ def chorus_run(raw, name, need=()):
     start = next((r for r in recs if r.get("event") == "start"), {})
     evals = [r for r in recs if r.get("event") == "eval"]
     summary = recs[-1]
-    bad = [k for k in need if not number(summary.get(k))]
+    bad = [k for k in need if not is_number(summary.get(k))]
     if bad:
         return None, None, None, f"{name}/metrics.jsonl: the summary lacks {', '.join(bad)}"
     return start, summary, evals, None
@@ -164,7 +144,7 @@ def torch_result(raw, name):
         except ValueError:
             continue
         if obj.get("impl") == "torch-gpt":
-            bad = [k for k in ("tokens_per_s", "val_bpb", "val_loss", "steps") if not number(obj.get(k))]
+            bad = [k for k in ("tokens_per_s", "val_bpb", "val_loss", "steps") if not is_number(obj.get(k))]
             if bad:
                 return None, f"{name}.out: the result line lacks {', '.join(bad)}"
             return obj, None
@@ -173,10 +153,10 @@ def torch_result(raw, name):
 
 def tokens_per_s(summary, cfg):
     """The summary's tokens_per_s, else samples_per_s x model.context."""
-    if number(summary.get("tokens_per_s")):
+    if is_number(summary.get("tokens_per_s")):
         return summary["tokens_per_s"]
     ctx = cfg.get("model", {}).get("context")
-    if number(summary.get("samples_per_s")) and number(ctx):
+    if is_number(summary.get("samples_per_s")) and is_number(ctx):
         return summary["samples_per_s"] * ctx
     return None
 
@@ -205,7 +185,7 @@ def memory_section(raw, problems):
             problems.append(err)
             continue
         bad = [key for key in ("param_bytes_sharded", "param_bytes_replicated", "optimizer_bytes")
-               if not number(start.get(key))]
+               if not is_number(start.get(key))]
         if bad:
             problems.append(f"{name}/metrics.jsonl: the start record lacks {', '.join(bad)}")
             continue
@@ -284,7 +264,7 @@ def oom_section(raw, machine, problems):
         name = f"oom-tp{k}"
         rc = rc_of(raw, name)
         err_lines = [line.strip() for line in read(os.path.join(raw, f"{name}.err")).splitlines() if line.strip()]
-        recs, _ = records(raw, name)
+        recs, _ = jsonl_records(raw, name, why=why)
         recs = recs or []
         start = next((r for r in recs if r.get("event") == "start"), {})
         summary = recs[-1] if recs and recs[-1].get("event") == "summary" else {}
@@ -300,7 +280,7 @@ def oom_section(raw, machine, problems):
                           ("exited 0: it fit under the limit (raise the model or lower the limit)" if rc == 0 else
                            "did not fail with an out-of-memory error (a signal or another error)"))
         else:
-            ok = rc == 0 and bool(summary) and number(steps) and steps > 0
+            ok = rc == 0 and bool(summary) and is_number(steps) and steps > 0
             what = f"trained {steps} step(s)" if ok else (said or (err_lines[-1] if err_lines else "no error output"))
             verdict[k] = (ok, "trains" if ok else "did not train under the limit")
         if rc is None:
@@ -308,7 +288,7 @@ def oom_section(raw, machine, problems):
         what = what.replace("|", "\\|")
         if len(what) > 420:
             what = what[:420] + " ..."
-        out.append(f"| tp={k} | {fmt(rc, 'd')} | {fmt(steps if number(steps) else None, 'd')} | "
+        out.append(f"| tp={k} | {fmt(rc, 'd')} | {fmt(steps if is_number(steps) else None, 'd')} | "
                    f"{fmt(summary.get('peak_rss_mb_max') if summary else None, ',.0f')} | "
                    f"{mib(params) if params else '—'} | `{what}` |")
     out.append("")
@@ -365,19 +345,19 @@ def comm_section(raw, problems):
             problems.append(err)
             out.append(f"| {k} | " + " | ".join(fmt(d, 'd') for d in dims) + " | — | — | — | — | — | — |")
             continue
-        if number(summary.get("tp_bytes_per_step")):
+        if is_number(summary.get("tp_bytes_per_step")):
             measured, which = summary["tp_bytes_per_step"], "tp_bytes_per_step"
-        elif number(summary.get("bytes_per_step")):
+        elif is_number(summary.get("bytes_per_step")):
             measured, which = summary["bytes_per_step"], "bytes_per_step"
         else:
             problems.append(f"{name}/metrics.jsonl: the summary has neither tp_bytes_per_step nor bytes_per_step")
             continue
-        if not all(number(d) for d in dims):
+        if not all(is_number(d) for d in dims):
             problems.append(f"{name}/config.toml: cannot read the batch, context, embed and layers")
             continue
         b, t, e, layers = dims
         dp = summary.get("dp", 1)
-        b_local = b // dp if number(dp) and dp else b
+        b_local = b // dp if is_number(dp) and dp else b
         formula = comm_formula(k, b_local, t, e, layers)
         r = measured / formula
         ok = abs(r - 1) <= 0.01
@@ -480,7 +460,7 @@ def bpb_section(raw, problems):
                 cfg = cfg or c
                 labels[side] = (f"{label} ({start.get('world', '?')} worker(s) x "
                                 f"{c.get('train', {}).get('threads', '?')} thread(s))")
-                last = next((e for e in reversed(evals) if number(e.get("val_bpb"))), None)
+                last = next((e for e in reversed(evals) if is_number(e.get("val_bpb"))), None)
                 if last is None:
                     err = f"{name}/metrics.jsonl: no eval record with val_bpb"
                 else:

@@ -26,7 +26,6 @@ usage: report.py --raw DIR --configs C... [--acc-seeds K...] --scale-workers W..
 
 import argparse
 import json
-import math
 import os
 import sys
 import tomllib
@@ -34,7 +33,7 @@ import tomllib
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(SRC, "bench", "common"))
-from runs import fmt, page_header, read, why_failed, write_page  # noqa: E402
+from runs import fmt, is_number, jsonl_records, page_header, read, why_failed, write_page  # noqa: E402
 import svg as charts  # noqa: E402
 
 ASYNC_SPEEDUP = 2.0     # with the straggler, asp or ssp at least 2x bsp's throughput
@@ -53,10 +52,6 @@ class BadRun(Exception):
     """A run whose outputs are missing or lack a field; the message names the run and the file."""
 
 
-def is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def need(obj, keys, where, check=is_number):
     bad = [k for k in keys if not check(obj.get(k))]
     if bad:
@@ -64,17 +59,9 @@ def need(obj, keys, where, check=is_number):
 
 
 def load_jsonl(raw, name, rel):
-    path = os.path.join(raw, name, rel)
-    if not os.path.isfile(path):
-        raise BadRun(f"{name}: {rel} does not exist ({why_failed(raw, name)})")
-    events = []
-    for i, line in enumerate(read(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except ValueError as e:
-            raise BadRun(f"{name}: line {i} of {rel} is not JSON ({e})") from None
+    events, err = jsonl_records(raw, name, rel)
+    if err:
+        raise BadRun(err)
     if not events or events[-1].get("event") != "summary":
         raise BadRun(f"{name}: the last line of {rel} is not a summary (did the run stop early? "
                      f"{why_failed(raw, name)})")

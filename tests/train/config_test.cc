@@ -269,7 +269,8 @@ TEST(Config, EnumerationsListTheChoices) {
       {"precision", "fp32, bf16, fp16"},
       {"data.dataset", "fashion-mnist, cifar10, fortunes"},
       {"model.name", "mlp, cnn, gpt"},
-      {"parallel.schedule", "none"},
+      {"parallel.schedule", "none, gpipe, 1f1b, zb-h1"},
+      {"parallel.balance", "params, time"},
       {"schedule.name", "constant, cosine, step"},
       {"ddp.comm_dtype", "fp32, fp16, bf16"},
       {"ddp.algo", "auto, ring, hd, tree, direct, mpi"},
@@ -617,8 +618,44 @@ TEST(Config, LayerwiseRules) {
   // A tied embedding spans the first and last stages: allowed (the stages keep it in step).
   EXPECT_TRUE(parse("", gptWith({"parallel.pp=2", "model.tie_embeddings=true"}), 2).model.tieEmbeddings);
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "ps.servers=1"}), 2), "parallel.pp = 2; set ps.servers = 0");
-  EXPECT_CONTAINS(errorOf("", {"parallel.schedule=1f1b"}),
-                  "parallel.schedule = \"1f1b\" is not allowed; the choices are: none");
+  EXPECT_CONTAINS(errorOf("", {"parallel.schedule=pipedream"}),
+                  "parallel.schedule = \"pipedream\" is not allowed; the choices are: none, gpipe, 1f1b, zb-h1");
+}
+
+TEST(Config, PipelineScheduleRules) {
+  const Config c = parse("", gptWith({"parallel.pp=2", "parallel.schedule=1f1b", "parallel.micro_batches=4",
+                                      "train.batch_size=16"}),
+                         4);
+  EXPECT_EQ(c.parallel.schedule, "1f1b");
+  EXPECT_EQ(c.parallel.microBatches, 4);
+  EXPECT_EQ(errorOf("", gptWith({"parallel.schedule=gpipe"})),
+            "--set parallel.schedule=gpipe: parallel.schedule = \"gpipe\": schedule \"gpipe\" runs the stages of a "
+            "pipeline and needs parallel.pp > 1 (now 1 (default)); set parallel.pp or schedule = \"none\"");
+  EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.micro_batches=2"}), 2),
+            "--set parallel.micro_batches=2: parallel.micro_batches = 2: 2 micro-batches need a pipeline schedule; "
+            "set parallel.schedule = \"gpipe\", \"1f1b\" or \"zb-h1\", or micro_batches = 1");
+  // Each replica cuts batch_size / dp windows: 16 / 2 = 8 windows do not cut into 3.
+  EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=zb-h1", "parallel.micro_batches=3",
+                                 "train.batch_size=16"}),
+                    4),
+            "--set parallel.micro_batches=3: parallel.micro_batches = 3: each replica's 8 windows (train.batch_size "
+            "= 16 (set at --set train.batch_size=16) over dp = 2 replicas) cannot be cut into 3 equal micro-batches; "
+            "use a micro_batches that divides 8");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=1f1b", "parallel.micro_batches=0"}), 2),
+                  "parallel.micro_batches = 0 is out of range");
+}
+
+TEST(Config, PipelinePartitionRules) {
+  // model.layers = 4 (the gpt default here): 6 layers with the embedding and the head.
+  const Config c = parse("", gptWith({"parallel.pp=2", "parallel.partition=[2, 4]"}), 2);
+  EXPECT_EQ(c.parallel.partition, (std::vector<int64_t>{2, 4}));
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.partition=[2, 3]"}), 2),
+                  "parallel.partition = [2, 3]: 2 stage(s) holding 5 layers; give parallel.pp = 2 (set at --set "
+                  "parallel.pp=2) counts that sum to model.layers + 2 = 6 (the embedding, the blocks and the head)");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.partition=[6]"})), "a partition splits the layers over parallel.pp > 1");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.partition=[2, 4]", "parallel.balance=time"}), 2),
+                  "parallel.partition gives one; set one of them");
+  EXPECT_EQ(parse("", gptWith({"parallel.pp=2", "parallel.balance=time"}), 2).parallel.balance, "time");
 }
 
 TEST(Config, GptConfigRoundTrips) {
@@ -745,9 +782,9 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 4 of [parallel]
+  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 7 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 86u);
+  EXPECT_EQ(configKeys().size(), 89u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

@@ -360,6 +360,78 @@ TEST(LayerwiseLoopMesh, TwoStagesTimesTwoReplicas) {
   fs::remove_all(dir);
 }
 
+// Pipeline schedules with micro-batches compute what the whole model does on the whole batch
+// (each micro-batch's loss is divided by their count), and record every stage's bubble.
+class PipelinedLoop : public testing::TestWithParam<std::tuple<std::string, int>> {};
+
+TEST_P(PipelinedLoop, SameLossesAsTheWholeModel) {
+  const auto [schedule, pp] = GetParam();
+  const fs::path dir = tempDir(str("pipe-", schedule, pp));
+  const Config cfg = gptConfig(dir, pp, pp, true, {"parallel.schedule=" + schedule, "parallel.micro_batches=4"});
+  const LoopReference ref = trainWholeOnTask(cfg, 4);
+  const auto runs = runLayerwise(cfg, pp);
+  expectSameAsWhole(runs, ref, dir, true);
+  const auto start = events(dir / "metrics.jsonl", "start");
+  ASSERT_EQ(start.size(), 1u);
+  EXPECT_EQ(field(start[0], "micro_batches"), 4);
+  const auto steps = events(dir / "metrics.jsonl", "step");
+  ASSERT_FALSE(steps.empty());
+  for (int st = 0; st < pp; ++st) {
+    const double b = field(steps.back(), str("bubble_stage", st));
+    EXPECT_GE(b, 0) << "stage " << st;
+    EXPECT_LT(b, 1) << "stage " << st;
+  }
+  EXPECT_EQ(field(steps.back(), str("bubble_stage", pp)), -12345) << "one field per stage";
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedLoop,
+                         testing::Combine(testing::Values("gpipe", "1f1b", "zb-h1"), testing::Values(2, 3)),
+                         [](const testing::TestParamInfo<std::tuple<std::string, int>>& i) {
+                           std::string n = std::get<0>(i.param);
+                           for (char& c : n)
+                             if (c == '-') c = '_';
+                           return str(n, "_pp", std::get<1>(i.param));
+                         });
+
+// parallel.partition places the layers as given; parallel.balance = "time" partitions by the
+// times worker 0 measured, the same split on every rank; either way the run equals the whole model.
+TEST(LayerwisePartition, GivenAndTimed) {
+  {
+    const fs::path dir = tempDir("partition-given");
+    const Config cfg = gptConfig(dir, 2, 2, true, {"parallel.partition=[1, 4]"});
+    const LoopReference ref = trainWholeOnTask(cfg, 4);
+    const auto runs = runLayerwise(cfg, 2);
+    expectSameAsWhole(runs, ref, dir, true);
+    const auto start = events(dir / "metrics.jsonl", "start");
+    ASSERT_EQ(start.size(), 1u);
+    EXPECT_NE(start[0].find("\"pp_partition\": \"[1, 4]\""), std::string::npos) << start[0];
+    fs::remove_all(dir);
+  }
+  {
+    const fs::path dir = tempDir("partition-timed");
+    const Config cfg = gptConfig(dir, 3, 3, false, {"parallel.balance=time", "parallel.schedule=1f1b",
+                                                    "parallel.micro_batches=2"});
+    const LoopReference ref = trainWholeOnTask(cfg, 4);
+    const auto runs = runLayerwise(cfg, 3);
+    expectSameAsWhole(runs, ref, dir, false);
+    const auto start = events(dir / "metrics.jsonl", "start");
+    ASSERT_EQ(start.size(), 1u);
+    EXPECT_NE(start[0].find("\"pp_partition\": \"["), std::string::npos) << start[0];
+    fs::remove_all(dir);
+  }
+}
+
+// pp 2 x dp 2 under 1F1B: each replica's two windows in two micro-batches, then the dp average.
+TEST(PipelinedLoopMesh, TwoStagesTimesTwoReplicas) {
+  const fs::path dir = tempDir("pipe-pp2dp2");
+  const Config cfg = gptConfig(dir, 4, 2, true, {"parallel.schedule=1f1b", "parallel.micro_batches=2"});
+  const LoopReference ref = trainWholeOnTask(cfg, 2);
+  const auto runs = runLayerwise(cfg, 4);
+  expectSameAsWhole(runs, ref, dir, true);
+  fs::remove_all(dir);
+}
+
 // pp_bytes: what stage 0 sent for the pipeline, its activation [B, T, E] in float32 each step (the
 // first step adds the stream's header), plus with a tied embedding its half of the two-rank
 // all-reduce that sums the copies' gradients [V, E]; grad_bytes stays 0 at dp = 1. The summary

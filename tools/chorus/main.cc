@@ -19,6 +19,7 @@
 #include "env_command.h"
 #include "generate_command.h"
 #include "launch.h"
+#include "pipeline_command.h"
 #include "train_command.h"
 
 namespace chorus::tools {
@@ -35,6 +36,7 @@ const char* kOverview =
     "  env                 list the CHORUS_* environment variables, their values and defaults\n"
     "  checkpoint upgrade  convert a checkpoint of an older chorus to the data-only format\n"
     "  checkpoint convert  join a (tensor-parallel) checkpoint into one LibTorch file\n"
+    "  pipeline show       print a pipeline schedule as a grid of ranks x time, checked\n"
     "  version             print the chorus version and the git commit it was built from\n"
     "  help [COMMAND]      show this overview, or a command's flags\n"
     "\n"
@@ -48,8 +50,8 @@ const char* kBenchOverview =
     "\n"
     "Run `chorus help bench collectives` for its flags.\n";
 
-const std::vector<std::string> kCommands = {"train", "generate", "launch",  "bench",
-                                            "env",   "help",     "version", "checkpoint"};
+const std::vector<std::string> kCommands = {"train", "generate", "launch",     "bench",   "env",
+                                            "help",  "version",  "checkpoint", "pipeline"};
 
 ArgParser versionParser() {
   ArgParser p("chorus version", ArgParser::Positional::kReject);
@@ -141,6 +143,8 @@ int helpCommand(const std::vector<std::string>& args) {
     std::cout << envHelp();
   } else if (cmd == "checkpoint") {
     std::cout << checkpointHelp();
+  } else if (cmd == "pipeline") {
+    std::cout << pipelineHelp();
   } else if (cmd == "version") {
     std::cout << versionHelp();
   } else if (cmd == "help") {
@@ -165,6 +169,7 @@ int dispatch(const std::vector<std::string>& args) {
   if (cmd == "bench") return benchCommand(rest);
   if (cmd == "env") return envCommand(rest);
   if (cmd == "checkpoint") return checkpointCommand(rest);
+  if (cmd == "pipeline") return pipelineCommand(rest);
   if (cmd == "version" || cmd == "--version") return versionCommand(rest);
   if (!cmd.empty() && cmd[0] == '-') {
     throw UsageError(str("chorus: '", cmd, "' is not a command; flags come after the command: chorus <command> [flags]. ",
@@ -188,7 +193,7 @@ int main(int argc, char** argv) {
   using namespace chorus::tools;
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string cmd = args.empty() ? std::string() : args[0];
-  if ((cmd == "bench" || cmd == "checkpoint") && args.size() >= 2) cmd += " " + args[1];
+  if ((cmd == "bench" || cmd == "checkpoint" || cmd == "pipeline") && args.size() >= 2) cmd += " " + args[1];
   try {
     return dispatch(args);
   } catch (const UsageError& e) {

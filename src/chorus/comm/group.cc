@@ -69,40 +69,6 @@ void raiseCommThreadPriority() {
   }
 }
 
-// SystemError composes its message from errno; this keeps the type and code but shows the
-// message with the call's context in front.
-class ContextSystemError : public SystemError {
- public:
-  ContextSystemError(std::string msg, int code) : SystemError("", code), msg_(std::move(msg)) {}
-  const char* what() const noexcept override { return msg_.c_str(); }
-
- private:
-  std::string msg_;
-};
-
-// Rethrows the current exception with `context` in front of its message, keeping its type.
-[[noreturn]] void rethrowWithContext(const std::string& context) {
-  try {
-    throw;
-  } catch (const TimeoutError& e) {
-    throw TimeoutError(context + e.what());
-  } catch (const PeerError& e) {
-    throw PeerError(context + e.what(), e.peer());
-  } catch (const MismatchError& e) {
-    throw MismatchError(context + e.what());
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument(context + e.what());
-  } catch (const AuthError& e) {
-    throw AuthError(context + e.what());
-  } catch (const ConfigError& e) {
-    throw ConfigError(context + e.what());
-  } catch (const SystemError& e) {
-    throw ContextSystemError(context + e.what(), e.code());
-  } catch (const Error& e) {
-    throw Error(context + e.what());
-  }
-}
-
 // A failed call may leave sends and receives posted that point into the caller's buffers,
 // which the caller frees once the error reaches it. Nothing may touch them afterwards, so a
 // failure closes the transport: every pending request fails and nothing progresses again,
@@ -888,6 +854,12 @@ uint64_t ProcessGroup::peerEpoch(int peer) { return Shared::peerEpoch(*this, pee
 
 uint64_t ProcessGroup::awaitPeer(int peer, uint64_t epoch, Millis timeout) {
   return Shared::peerEpoch(*this, peer, epoch, timeout, true);
+}
+
+void ProcessGroup::abort(const std::string& why) {
+  CHORUS_WARN("rank ", ranks_[static_cast<size_t>(rank_)], ": ", why, "; closing the ", shared_->transport->name(),
+              " transport, so this process's groups cannot run further calls");
+  shared_->transport->close();
 }
 
 void ProcessGroup::send(int peer, uint32_t tag, const void* data, size_t bytes, Millis timeout) {

@@ -127,6 +127,13 @@ class ProcessGroup {
   // cannot take a restarted peer (the message says to use tcp). Neither closes the transport.
   uint64_t awaitPeer(int peer, uint64_t epoch, Millis timeout = Millis(0));
 
+  // Closes this process's transport, which every group of the job on this process shares:
+  // every pending send and receive fails and nothing writes into or reads from their buffers
+  // again, and every later call fails. For a caller that must abandon transfers it posted (a
+  // pipeline stage whose own code failed mid-schedule) before freeing their buffers; the
+  // peers then fail with PeerError naming this rank. Logs `why`. Idempotent; any thread.
+  void abort(const std::string& why);
+
  private:
   struct Shared;
   ProcessGroup(std::shared_ptr<Shared> shared, std::vector<int> ranks, int rank, uint16_t groupId, GroupOptions opts);

@@ -88,6 +88,12 @@ class SystemError : public Error {
   int code_;
 };
 
+// Call inside a catch block: rethrows the exception being handled with `context` in front of
+// its message, keeping its chorus type (and a PeerError's peer, a SystemError's code). Other
+// std::exceptions become an Error with the context; std::bad_alloc and anything not derived
+// from std::exception pass through unchanged.
+[[noreturn]] void rethrowWithContext(const std::string& context);
+
 namespace detail {
 [[noreturn]] void throwCheck(const char* file, int line, const char* cond, const std::string& msg);
 

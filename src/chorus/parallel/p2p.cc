@@ -72,27 +72,6 @@ std::string supportedTypes() {
   return s;
 }
 
-// Rethrows the current exception with `context` in front of its message, keeping its type.
-[[noreturn]] void rethrowWithContext(const std::string& context) {
-  try {
-    throw;
-  } catch (const TimeoutError& e) {
-    throw TimeoutError(context + e.what());
-  } catch (const PeerError& e) {
-    throw PeerError(context + e.what(), e.peer());
-  } catch (const MismatchError& e) {
-    throw MismatchError(context + e.what());
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument(context + e.what());
-  } catch (const ConfigError& e) {
-    throw ConfigError(context + e.what());
-  } catch (const Error& e) {
-    throw Error(context + e.what());
-  } catch (const std::exception& e) {
-    throw Error(context + e.what());
-  }
-}
-
 using Header = std::array<uint8_t, TensorP2P::kHeaderBytes>;
 
 void encodeHeader(const TensorMeta& m, Header& h) {
@@ -174,34 +153,15 @@ struct TensorP2P::SendStream {
 
 namespace {
 
-class SendWork : public TensorWork {
- public:
-  explicit SendWork(std::string context) : context_(std::move(context)) {}
-
-  Header header{};
-  torch::Tensor data;  // contiguous; alive until the payload has gone
-  comm::WorkPtr headerWork, payloadWork;
-
-  bool test() override {
+// A work that keeps its first failure: once test() or wait() has thrown (with the transfer's
+// context in front of the message), every later call throws the same exception.
+class ContextWork : public TensorWork {
+ protected:
+  explicit ContextWork(std::string context) : context_(std::move(context)) {}
+  void rethrowIfFailed() const {
     if (error_) std::rethrow_exception(error_);
-    try {
-      return (!headerWork || headerWork->test()) && (!payloadWork || payloadWork->test());
-    } catch (...) {
-      fail();
-    }
   }
-  torch::Tensor wait() override {
-    if (error_) std::rethrow_exception(error_);
-    try {
-      if (headerWork) headerWork->wait();
-      if (payloadWork) payloadWork->wait();
-    } catch (...) {
-      fail();
-    }
-    return data;
-  }
-
- private:
+  // Call inside a catch block.
   [[noreturn]] void fail() {
     try {
       rethrowWithContext(context_);
@@ -210,8 +170,38 @@ class SendWork : public TensorWork {
       throw;
     }
   }
-  std::string context_;
+
+ private:
+  const std::string context_;
   std::exception_ptr error_;
+};
+
+class SendWork : public ContextWork {
+ public:
+  explicit SendWork(std::string context) : ContextWork(std::move(context)) {}
+
+  Header header{};
+  torch::Tensor data;  // contiguous; alive until the payload has gone
+  comm::WorkPtr headerWork, payloadWork;
+
+  bool test() override {
+    rethrowIfFailed();
+    try {
+      return (!headerWork || headerWork->test()) && (!payloadWork || payloadWork->test());
+    } catch (...) {
+      fail();
+    }
+  }
+  torch::Tensor wait() override {
+    rethrowIfFailed();
+    try {
+      if (headerWork) headerWork->wait();
+      if (payloadWork) payloadWork->wait();
+    } catch (...) {
+      fail();
+    }
+    return data;
+  }
 };
 
 class RecvWork;
@@ -226,15 +216,15 @@ struct TensorP2P::RecvStream {
 
 namespace {
 
-class RecvWork : public TensorWork, public std::enable_shared_from_this<RecvWork> {
+class RecvWork : public ContextWork, public std::enable_shared_from_this<RecvWork> {
  public:
   RecvWork(std::shared_ptr<comm::ProcessGroup> group, std::shared_ptr<TensorP2P::RecvStream> stream, int peer,
            uint32_t tag, std::string context, Deadline deadline, bool agreeOnce)
-      : group_(std::move(group)),
+      : ContextWork(std::move(context)),
+        group_(std::move(group)),
         stream_(std::move(stream)),
         peer_(peer),
         tag_(tag),
-        context_(std::move(context)),
         deadline_(deadline),
         agreeOnce_(agreeOnce) {}
 
@@ -281,7 +271,7 @@ class RecvWork : public TensorWork, public std::enable_shared_from_this<RecvWork
   bool posted() const { return posted_; }
 
   bool test() override {
-    if (error_) std::rethrow_exception(error_);
+    rethrowIfFailed();
     try {
       if (!tryPost(false)) return false;
       return !payloadWork_ || payloadWork_->test();
@@ -290,7 +280,7 @@ class RecvWork : public TensorWork, public std::enable_shared_from_this<RecvWork
     }
   }
   torch::Tensor wait() override {
-    if (error_) std::rethrow_exception(error_);
+    rethrowIfFailed();
     try {
       tryPost(true);
       if (payloadWork_) payloadWork_->wait();
@@ -301,25 +291,14 @@ class RecvWork : public TensorWork, public std::enable_shared_from_this<RecvWork
   }
 
  private:
-  [[noreturn]] void fail() {
-    try {
-      rethrowWithContext(context_);
-    } catch (...) {
-      error_ = std::current_exception();
-      throw;
-    }
-  }
-
   std::shared_ptr<comm::ProcessGroup> group_;
   std::shared_ptr<TensorP2P::RecvStream> stream_;
   const int peer_;
   const uint32_t tag_;
-  const std::string context_;
   const Deadline deadline_;
   const bool agreeOnce_;
   bool posted_ = false;
   comm::WorkPtr payloadWork_;
-  std::exception_ptr error_;
 };
 
 }  // namespace

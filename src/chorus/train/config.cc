@@ -258,9 +258,23 @@ const std::vector<Key>& schema() {
       {.name = "parallel.pp", .field = CHORUS_FIELD(parallel.pp), .range = between(1, kMaxProcesses, false, false),
        .meaning = "layer-wise stages per replica: the gpt's blocks in pp contiguous ranges on different workers "
                   "(at most model.layers)"},
-      {.name = "parallel.schedule", .field = CHORUS_FIELD(parallel.schedule), .choices = {"none"},
-       .meaning = "how the stages of pp > 1 run; none: the naive layer-wise split, one batch through the stages in "
-                  "turn (pipeline schedules with micro-batches are not implemented yet)"},
+      {.name = "parallel.schedule", .field = CHORUS_FIELD(parallel.schedule),
+       .choices = {"none", "gpipe", "1f1b", "zb-h1"},
+       .meaning = "how the stages of pp > 1 run: none, the naive layer-wise split (one batch through the stages in "
+                  "turn); gpipe (all forwards, then all backwards), 1f1b (one forward one backward, at most pp "
+                  "micro-batches stored) or zb-h1 (1f1b with the backward split into its input and weight halves) "
+                  "over parallel.micro_batches micro-batches; `chorus pipeline show` draws them"},
+      {.name = "parallel.partition", .field = CHORUS_FIELD(parallel.partition), .range = atLeast(1),
+       .meaning = "pp > 1: the gpt's layers on each stage, in order, the embedding and the head counted as layers "
+                  "(model.layers + 2 in all), e.g. [2, 4]; empty: balanced by parallel.balance"},
+      {.name = "parallel.balance", .field = CHORUS_FIELD(parallel.balance), .choices = {"params", "time"},
+       .meaning = "pp > 1 without a partition: split the layers so that the largest stage is smallest by "
+                  "parameter count (params) or by forward + backward time measured on worker 0 before training "
+                  "(time)"},
+      {.name = "parallel.micro_batches", .field = CHORUS_FIELD(parallel.microBatches),
+       .range = between(1, 4096, false, false),
+       .meaning = "micro-batches per step with a pipeline schedule: each replica's batch_size / dp windows are cut "
+                  "into this many equal parts (it must divide them)"},
 
       {.name = "ddp.bucket_mb", .field = CHORUS_FIELD(ddp.bucketMb), .range = between(0, 65536, true, false),
        .meaning = "gradient bucket cap in MiB"},
@@ -949,6 +963,39 @@ class Builder {
       fail("train.batch_size", str(": ", t.batchSize, " global samples cannot be split evenly over ", over,
                                    "; use a multiple of ", dp, " such as ", such));
     }
+    if (!par.partition.empty()) {
+      int64_t sum = 0;
+      for (int64_t c : par.partition) sum += c;
+      const int64_t layers = config_.model.layers + 2;
+      if (par.pp < 2)
+        fail("parallel.partition", str(": a partition splits the layers over parallel.pp > 1 stages (now ", par.pp,
+                                       originNote("parallel.pp"), "); set parallel.pp or remove the partition"));
+      if (static_cast<int64_t>(par.partition.size()) != par.pp || sum != layers)
+        fail("parallel.partition", str(": ", par.partition.size(), " stage(s) holding ", sum,
+                                       " layers; give parallel.pp = ", par.pp, originNote("parallel.pp"),
+                                       " counts that sum to model.layers + 2 = ", layers,
+                                       " (the embedding, the blocks and the head)"));
+      if (par.balance != "params")
+        fail("parallel.balance", str(": balance = \"", par.balance, "\" chooses a partition, and parallel.partition ",
+                                     "gives one; set one of them"));
+    }
+    if (par.schedule != "none" && par.pp < 2)
+      fail("parallel.schedule", str(": schedule \"", par.schedule, "\" runs the stages of a pipeline and needs "
+                                    "parallel.pp > 1 (now ", par.pp, originNote("parallel.pp"),
+                                    "); set parallel.pp or schedule = \"none\""));
+    if (par.microBatches > 1 && par.schedule == "none")
+      fail("parallel.micro_batches", str(": ", par.microBatches, " micro-batches need a pipeline schedule; set "
+                                         "parallel.schedule = \"gpipe\", \"1f1b\" or \"zb-h1\", or "
+                                         "micro_batches = 1"));
+    // Each replica cuts its batch_size / dp windows (the whole batch when the world size is not
+    // known yet) into micro_batches equal parts.
+    const int64_t replicaBatch = worldSize_ > 0 ? t.batchSize / std::max<int64_t>(1, dp) : t.batchSize;
+    if (par.microBatches > 1 && replicaBatch % par.microBatches != 0)
+      fail("parallel.micro_batches", str(": each replica's ", replicaBatch, " windows (train.batch_size = ",
+                                         t.batchSize, originNote("train.batch_size"),
+                                         worldSize_ > 0 ? str(" over dp = ", dp, " replicas") : std::string(),
+                                         ") cannot be cut into ", par.microBatches,
+                                         " equal micro-batches; use a micro_batches that divides ", replicaBatch));
     const auto& o = config_.optim;
     if (o.name == "sgd" && o.nesterov && !(o.momentum > 0))
       fail("optim.nesterov", str(": Nesterov momentum needs optim.momentum > 0", originNote("optim.momentum"),

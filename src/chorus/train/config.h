@@ -96,7 +96,13 @@ struct ParallelConfig {
   int64_t tp = 1;                 // tensor-parallel ranks per replica (Megatron-style splits)
   bool sequenceParallel = false;  // tp > 1: LayerNorm/dropout regions split along the sequence
   int64_t pp = 1;                 // layer-wise stages per replica (gpt blocks in contiguous ranges)
-  std::string schedule = "none";  // "none": the naive layer-wise split, one batch through the stages
+  std::string schedule = "none";  // "none": the naive layer-wise split, one batch through the stages;
+                                  // "gpipe", "1f1b", "zb-h1": micro-batches (parallel/pipeline/schedule.h)
+  int64_t microBatches = 1;       // micro-batches per step and replica, with a pipeline schedule
+  std::vector<int64_t> partition = {};  // pp > 1: the GPT's layers per stage (embedding and head
+                                        // counted); empty: balanced by `balance`
+  std::string balance = "params";       // "params": by parameter count; "time": by measured
+                                        // forward + backward time per layer (profile.h)
 
   bool operator==(const ParallelConfig&) const = default;
 };

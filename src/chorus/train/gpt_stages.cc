@@ -129,6 +129,17 @@ std::vector<std::string> gptParameterNames(const GptOptions& o) {
   return names;
 }
 
+torch::nn::AnyModule gptLayer(const GptOptions& o, size_t index, std::shared_ptr<parallel::TensorParallelRng> rng) {
+  const size_t n = gptLayerCount(o);
+  if (index >= n)
+    throw InvalidArgument(chorus::str("gptLayer: layer ", index, " of a GPT with ", n, " layers (embedding, ", o.layers,
+                                      " blocks, head)"));
+  if (!rng) rng = std::make_shared<parallel::TensorParallelRng>(o.seed, 0);
+  if (index == 0) return torch::nn::AnyModule(GptEmbedding(o, rng));
+  if (index + 1 == n) return torch::nn::AnyModule(GptHead(o, nullptr));
+  return torch::nn::AnyModule(GptBlock(o, static_cast<int64_t>(index) - 1, nullptr, rng));
+}
+
 torch::Tensor gptStageLoss(const torch::Tensor& logits, const torch::Tensor& targets, int64_t vocab) {
   if (logits.dim() != 3 || logits.size(-1) < vocab || targets.sizes() != logits.sizes().slice(0, 2))
     throw InvalidArgument(chorus::str("Gpt loss: logits ", logits.sizes(), " must be [B, T, >= ", vocab,
@@ -151,7 +162,7 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
 
   const size_t n = gptLayerCount(opts_);
   base.names.clear();
-  if (base.partition.empty()) base.layerCosts = gptLayerCosts(opts_);
+  if (base.partition.empty() && base.layerCosts.empty()) base.layerCosts = gptLayerCosts(opts_);
   auto build = [this, n](size_t i) -> torch::nn::AnyModule {
     if (i == 0) {
       embedding_ = GptEmbedding(opts_, rng_);

@@ -82,6 +82,9 @@ size_t gptLayerCount(const GptOptions& o);
 // Parameter elements of each layer (the head's tied copy of wte counted), for the balanced
 // partition without building the layers.
 std::vector<int64_t> gptLayerCosts(const GptOptions& o);
+// Layer i of the split GPT built alone (the head with its own copy of a tied wte), for
+// profiling (parallel/pipeline/profile.h). rng: the dropout generators (nullptr: a fresh one).
+torch::nn::AnyModule gptLayer(const GptOptions& o, size_t index, std::shared_ptr<parallel::TensorParallelRng> rng = nullptr);
 // The whole Gpt's parameter names in its named_parameters() order (tp = 1), which is the order
 // of its optimizer's parameters and of a plain checkpoint's optim/ entries.
 std::vector<std::string> gptParameterNames(const GptOptions& o);
@@ -95,7 +98,7 @@ class GptStage {
  public:
   // Collective over pp (every stage constructs its own with the same options): builds only this
   // stage's layers (LayerwiseStage's builder form; partition: base.partition, else balanced by
-  // gptLayerCosts) and, when tied and the first and last stage differ, splits a two-rank group
+  // base.layerCosts, else by gptLayerCosts) and, when tied and the first and last stage differ, splits a two-rank group
   // of them from pp. dpRank only varies the dropout masks. base.names is set here. Throws
   // InvalidArgument for GptOptions Gpt refuses, tp-only options (sequenceParallel), and a
   // partition LayerwiseStage refuses (more stages than o.layers + 2 layers).

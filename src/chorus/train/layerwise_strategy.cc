@@ -13,6 +13,8 @@
 #include "chorus/common/error.h"
 #include "chorus/parallel/data/ddp.h"
 #include "chorus/parallel/mesh.h"
+#include "chorus/parallel/pipeline/executor.h"
+#include "chorus/parallel/pipeline/profile.h"
 #include "chorus/train/gpt_stages.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/models.h"
@@ -55,6 +57,60 @@ void broadcastDouble(comm::ProcessGroup& g, double* v, int root) {
   g.broadcast(b);
 }
 
+// Averages every parameter's gradient over g (one all-reduce of them all, flattened). A
+// parameter without a gradient counts as zeros.
+void averageGradients(comm::ProcessGroup& g, torch::nn::Module& module) {
+  std::vector<torch::Tensor> grads;
+  for (auto& p : module.parameters()) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  if (grads.empty()) return;
+  torch::Tensor flat = torch::cat([&] {
+    std::vector<torch::Tensor> v;
+    for (auto& t : grads) v.push_back(t.reshape({-1}));
+    return v;
+  }());
+  if (flat.scalar_type() != torch::kFloat)
+    throw InvalidArgument(chorus::str("the layer-wise GPT's gradients are ", c10::toString(flat.scalar_type()), "; it trains in float32"));
+  comm::AllreduceOptions a;
+  a.data = flat.data_ptr();
+  a.count = static_cast<size_t>(flat.numel());
+  a.dtype = DType::kFloat32;
+  a.op = ReduceOp::kSum;
+  g.allreduce(a);
+  flat.div_(static_cast<double>(g.size()));
+  int64_t at = 0;
+  for (auto& t : grads) {
+    t.copy_(flat.narrow(0, at, t.numel()).view_as(t));
+    at += t.numel();
+  }
+}
+
+// parallel.balance = "time": world rank 0 times every layer of the GPT on one micro-batch of
+// random ids (forward + backward, profile.h) and broadcasts the costs, so that every rank
+// computes the same partition from them.
+std::vector<int64_t> profiledLayerCosts(const Config& cfg, const GptOptions& o, comm::ProcessGroup& world, int dp) {
+  const size_t n = gptLayerCount(o);
+  std::vector<int64_t> costs(n, 0);
+  if (world.rank() == 0) {
+    const int64_t rows = std::max<int64_t>(1, cfg.train.batchSize / std::max(1, dp) / cfg.parallel.microBatches);
+    auto gen = at::detail::createCPUGenerator(o.seed);
+    const torch::Tensor ids = torch::randint(0, o.vocab, {rows, o.context}, gen);
+    const parallel::LayerProfile p = parallel::profileLayers(n, [&](size_t i) { return gptLayer(o, i); }, ids);
+    costs = p.costs();
+  }
+  if (world.size() > 1) {
+    comm::BroadcastOptions b;
+    b.data = costs.data();
+    b.count = costs.size();
+    b.dtype = DType::kInt64;
+    b.root = 0;
+    world.broadcast(b);
+  }
+  return costs;
+}
+
 std::string listOf(const std::vector<int>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -93,6 +149,11 @@ struct LayerwiseStrategy::Impl {
   std::unique_ptr<parallel::DistributedDataParallel<StageRunner>> ddp;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   ParamBytes bytes;
+  std::unique_ptr<parallel::PipelineExecutor> exec;  // parallel.schedule != "none"
+  // Per stage, the share of the pipeline's time it waited, summed over the steps since the
+  // last step record (pipelined steps only).
+  std::vector<double> bubbleSum;
+  int64_t bubbleSteps = 0;
 
   int pp() const { return mesh.size("pp"); }
   int dp() const { return mesh.size("dp"); }
@@ -151,9 +212,21 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
   Impl& m = *impl_;
   m.gpt = gptOptions(m.cfg);
   m.gpt.sequenceParallel = false;
-  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"));
+  parallel::LayerwiseOptions base;
+  const ParallelConfig& par = m.cfg.parallel;
+  if (!par.partition.empty()) {
+    for (int64_t c : par.partition) base.partition.push_back(static_cast<int>(c));
+  } else if (par.balance == "time") {
+    base.layerCosts = profiledLayerCosts(m.cfg, m.gpt, *m.world, m.dp());
+  }
+  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"), base);
   m.bytes = parameterBytes(m.stage->module());
-  if (m.dp() > 1) {
+  if (m.cfg.parallel.schedule != "none") {
+    // Micro-batches: the executor runs the schedule; the dp average comes after it.
+    m.exec = std::make_unique<parallel::PipelineExecutor>(
+        m.mesh.group("pp"), parallel::makeSchedule(m.cfg.parallel.schedule, m.pp(),
+                                                   static_cast<int>(m.cfg.parallel.microBatches)));
+  } else if (m.dp() > 1) {
     m.runner = StageRunner(*m.stage);
     parallel::DDPOptions d = ddpOptions(m.cfg);  // ddp.* and the wire dtype, as the other strategies
     d.broadcastBuffers = false;                  // the GPT has no buffers
@@ -164,6 +237,7 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
 
 StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
   Impl& m = *impl_;
+  if (m.exec) return pipelineStep(batch, info);
   GptStage& st = *m.stage;
   setLearningRate(*m.optimizer, info.lr);
   m.optimizer->zero_grad();
@@ -234,6 +308,85 @@ StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
     if (m.ddp)
       for (const auto& s : m.ddp->stats().spans) tr.span("comm", str("allreduce bucket ", s.bucket), s.start, s.end);
     tr.span("compute", "optimizer", t3, t4);
+  }
+  return o;
+}
+
+// A step under a pipeline schedule: the executor runs this stage's actions over the
+// micro-batches (each micro-batch's loss divided by their count, so the gradients are the whole
+// batch's mean); then the gradients are averaged over dp, the tied copies summed, and the
+// divergence decision and the optimizer step follow as in the naive step.
+StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& info) {
+  Impl& m = *impl_;
+  GptStage& st = *m.stage;
+  setLearningRate(*m.optimizer, info.lr);
+  m.optimizer->zero_grad();
+  const uint64_t sent0 = m.world->bytesSent();
+  const int64_t micro = m.cfg.parallel.microBatches;
+  if (batch.target.size(0) % micro != 0)
+    throw ConfigError(str("parallel.micro_batches = ", micro, ": this replica's batch of ", batch.target.size(0),
+                          " windows cannot be cut into equal micro-batches; use a micro_batches that divides it"));
+  const std::vector<torch::Tensor> inputs = st.isFirst() ? batch.input.chunk(micro) : std::vector<torch::Tensor>();
+  const std::vector<torch::Tensor> targets = st.isLast() ? batch.target.chunk(micro) : std::vector<torch::Tensor>();
+  parallel::PipelineExecutor::Step p;
+  p.forward = [&](int, const torch::Tensor& x) { return st.layers().runLayers(x); };
+  if (st.isFirst()) p.input = [&](int i) { return inputs[static_cast<size_t>(i)]; };
+  if (st.isLast())
+    p.loss = [&](const torch::Tensor& out, int i) {
+      return gptStageLoss(out, targets[static_cast<size_t>(i)], m.gpt.vocab) / static_cast<double>(micro);
+    };
+  const parallel::PipelineRun run = m.exec->run(p);
+  const Clock::time_point t1 = Clock::now();
+  if (m.dp() > 1) averageGradients(*m.mesh.group("dp"), st.module());
+  const Clock::time_point t2 = Clock::now();
+  st.syncTiedGradients();
+  const Clock::time_point t3 = Clock::now();
+
+  // One all-reduce over the stages: the replica's loss (from the last stage) and every
+  // stage's bubble, the share of its pipeline time spent waiting.
+  StepOutcome o;
+  std::vector<double> shared(static_cast<size_t>(1 + m.pp()), 0.0);
+  for (double l : run.losses) shared[0] += l;  // each is its micro-batch's mean / micro
+  const double busy = run.computeSeconds, waited = run.waitSeconds;
+  shared[static_cast<size_t>(1 + m.ppRank())] = busy + waited > 0 ? waited / (busy + waited) : 0;
+  allreduceInPlace(*m.mesh.group("pp"), shared.data(), shared.size(), DType::kFloat64, ReduceOp::kSum);
+  const double lossValue = shared[0];
+  m.bubbleSum.resize(static_cast<size_t>(m.pp()), 0.0);
+  for (int s = 0; s < m.pp(); ++s) m.bubbleSum[static_cast<size_t>(s)] += shared[static_cast<size_t>(1 + s)];
+  ++m.bubbleSteps;
+  const uint64_t sent1 = m.world->bytesSent();
+  o.stats.loss = lossValue;
+  o.diverged = agreeOnDivergence(*m.world, std::isfinite(lossValue), gradientsFinite(*m.optimizer));
+  const Clock::time_point t4 = Clock::now();
+  if (o.diverged.any()) return o;
+  m.optimizer->step();
+  const Clock::time_point t5 = Clock::now();
+
+  if (m.dp() > 1) {
+    // The average moves each parameter once through a ring all-reduce.
+    o.stats.denseBytes = ringAllreduceBytes(m.cfg, m.dp(), static_cast<uint64_t>(m.bytes.sharded + m.bytes.replicated));
+    o.stats.gradBytes = std::min<uint64_t>(sent1 - sent0, std::llround(o.stats.denseBytes));
+  }
+  o.stats.modelParallelBytes = (sent1 - sent0) - o.stats.gradBytes;
+  o.stats.steps = 1;
+  o.stats.commSeconds = waited + seconds(t1, t4);
+  o.stats.computeSeconds = std::max(0.0, seconds(info.start, t5) - o.stats.commSeconds);
+
+  if (info.tracer && info.tracer->enabled()) {
+    Tracer& tr = *info.tracer;
+    for (const auto& sp : run.spans) {
+      const bool work = sp.kind == parallel::PipeSpan::Kind::kForward || sp.kind == parallel::PipeSpan::Kind::kBackward ||
+                        sp.kind == parallel::PipeSpan::Kind::kBackwardInput ||
+                        sp.kind == parallel::PipeSpan::Kind::kBackwardWeight;
+      const std::string args = sp.microBatch >= 0
+                                   ? str("{\"step\":", info.globalStep + 1, ",\"stage\":", m.ppRank(),
+                                         ",\"micro_batch\":", sp.microBatch, "}")
+                                   : str("{\"step\":", info.globalStep + 1, ",\"stage\":", m.ppRank(), "}");
+      tr.span(work ? "compute" : "pipeline", parallel::PipeSpan::name(sp.kind), sp.start, sp.end, args);
+    }
+    if (m.dp() > 1) tr.span("comm", "gradient all-reduce (dp)", t1, t2);
+    if (m.gpt.tieEmbeddings && (st.isFirst() || st.isLast())) tr.span("comm", "tied embedding all-reduce", t2, t3);
+    tr.span("compute", "optimizer", t4, t5);
   }
   return o;
 }
@@ -423,13 +576,21 @@ JsonObject LayerwiseStrategy::startRecord(const LoopStatus& s) {
 JsonObject LayerwiseStrategy::stepRecord(const LoopStatus& s) {
   Impl& m = *impl_;
   const StepStats& w = s.window;
-  return stepRecordHead(s, m.cfg.train.batchSize)
-      .add("tokens_per_s", samplesPerSecond(w, m.cfg.train.batchSize) * static_cast<double>(m.gpt.context))
+  JsonObject r = stepRecordHead(s, m.cfg.train.batchSize);
+  r.add("tokens_per_s", samplesPerSecond(w, m.cfg.train.batchSize) * static_cast<double>(m.gpt.context))
       .add("bytes_sent", s.windowBytes)
       .add("grad_bytes", w.gradBytes)
       .add("pp_bytes", w.modelParallelBytes)
       .add("comm_s", w.commSeconds)
       .add("compute_s", w.computeSeconds);
+  // Pipelined: each stage's mean bubble over the window (the same numbers on every rank).
+  if (m.bubbleSteps > 0) {
+    for (size_t st = 0; st < m.bubbleSum.size(); ++st)
+      r.add(str("bubble_stage", st), m.bubbleSum[st] / static_cast<double>(m.bubbleSteps));
+    m.bubbleSum.assign(m.bubbleSum.size(), 0.0);
+    m.bubbleSteps = 0;
+  }
+  return r;
 }
 
 void LayerwiseStrategy::evalFields(JsonObject& record, const LoopStatus& s) { record.add("bytes_sent", s.bytesSinceStart); }

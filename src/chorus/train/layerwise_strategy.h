@@ -80,6 +80,7 @@ class LayerwiseStrategy : public Strategy {
   GptStage& stage();
 
  private:
+  StepOutcome pipelineStep(const Batch& batch, const StepInfo& info);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

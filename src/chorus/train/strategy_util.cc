@@ -269,6 +269,8 @@ JsonObject gptStartRecord(const Config& cfg, const LoopStatus& s, const comm::Pr
       .add("dp", mesh.dp)
       .add("pp", mesh.pp)
       .add("sequence_parallel", cfg.parallel.sequenceParallel)
+      .add("schedule", cfg.parallel.schedule)
+      .add("micro_batches", cfg.parallel.microBatches)
       .add("param_bytes_sharded", bytes.sharded)
       .add("param_bytes_replicated", bytes.replicated)
       .add("optimizer_bytes", optimizerStateMultiple(cfg.optim) * bytes.total())

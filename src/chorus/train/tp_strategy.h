@@ -3,7 +3,8 @@
 // ProcessMesh::make(world, tp): each run of tp neighbouring ranks holds one replica of the GPT,
 // split Megatron's way (gpt.h), and the dp replicas split the global batch; their gradients are
 // averaged by DistributedDataParallel over the mesh's "dp" group (each rank all-reduces its own
-// shards with the ranks holding the same shards).
+// shards with the ranks holding the same shards). At dp = 1 there is nothing to average and
+// the model runs without the DDP wrapper.
 //
 //   step: logits shard = ddp.forward(ids)                    tp: embedding + 2 all-reduces per block
 //         loss = vocab-parallel cross-entropy (gpt.h)        tp: 3 small all-reduces of [B·T]

@@ -12,6 +12,7 @@
 #include "chorus/parallel/tensor/layers.h"
 
 #include "chorus/common/error.h"
+#include "chorus/parallel/pipeline/weight_grad.h"
 
 namespace chorus::parallel {
 
@@ -50,7 +51,7 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(ColumnParallelLinearOptions o
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor input = opts_.sequenceParallel ? gatherFromSequenceParallelRegion(x, tp_) : copyToTensorParallelRegion(x, tp_);
-  torch::Tensor y = torch::linear(input, weight, bias);  // [.., out/k]
+  torch::Tensor y = deferrableLinear(input, weight, bias);  // [.., out/k]
   if (!opts_.gatherOutput || tpSize(tp_) == 1) return y;
   y = gatherFromTensorParallelRegion(y, tp_);  // [.., out], rank-major
   if (opts_.blocks == 1) return y;
@@ -88,7 +89,7 @@ RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions opts, TpGr
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor input = opts_.inputIsParallel ? x : scatterToTensorParallelRegion(x, tp_);
-  torch::Tensor partial = torch::linear(input, weight);  // [.., out], this rank's share of the sum
+  torch::Tensor partial = deferrableLinear(input, weight);  // [.., out], this rank's share of the sum
   torch::Tensor y = opts_.sequenceParallel ? reduceScatterToSequenceParallelRegion(partial, tp_)
                                            : reduceFromTensorParallelRegion(partial, tp_);
   return bias.defined() ? y + bias : y;

@@ -1,0 +1,135 @@
+"""One pipelined training step from a `chorus train --trace` file, drawn as a timeline: one lane
+per stage, the forwards, backwards (B and W halves) and the optimizer step as coloured boxes
+labelled with their micro-batch, the waits for activations, gradients and sends in grey. The
+picture a user expects for a pipeline schedule, from the spans the executor recorded
+(src/chorus/parallel/pipeline/executor.h; lanes "compute" and "pipeline" of each rank).
+
+Measured, per stage: busy = the summed compute spans of the step (forward, backward, backward
+input, backward weight); the step's window = from the earliest span of the step on any stage to
+the latest end; bubble = 1 - busy / window. Printed as one JSON line:
+
+  {"step": 5, "stages": 2, "window_s": 0.41, "bubble": [0.18, 0.17], "busy_s": [0.33, 0.34]}
+
+usage: /usr/bin/python3 bench/pipeline/timeline.py TRACE.json [--step N] [--dp D] [--svg OUT.svg]
+  --step N  the global step to draw (default: the last step in the trace)
+  --dp D    data-parallel replicas of the run (world rank = stage * D + replica); replica 0 is drawn
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+COMPUTE = ("forward", "backward", "backward input", "backward weight")
+COLORS = {"forward": "#4c78a8", "backward": "#e45756", "backward input": "#f58518", "backward weight": "#54a24b",
+          "optimizer": "#9467bd", "optimizer step": "#9467bd"}
+WAIT_COLOR = "#d9d9d9"
+TAG = {"forward": "F", "backward": "b", "backward input": "B", "backward weight": "W"}
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"timeline.py: cannot read the trace {path}: {e}")
+    events = doc.get("traceEvents", doc) if isinstance(doc, dict) else doc
+    return [e for e in events if isinstance(e, dict) and e.get("ph") == "X"]
+
+
+def step_spans(events, step, dp):
+    """{stage: [(name, start_us, end_us, micro_batch or None)]} of `step`, replica 0."""
+    out = {}
+    for e in events:
+        args = e.get("args") or {}
+        if args.get("step") != step or "stage" not in args:
+            continue
+        if int(e.get("pid", 0)) % dp != 0:
+            continue
+        start = float(e["ts"])
+        out.setdefault(int(args["stage"]), []).append((e.get("name", "?"), start, start + float(e.get("dur", 0)),
+                                                       args.get("micro_batch")))
+    return out
+
+
+def measure(spans):
+    lo = min(s[1] for v in spans.values() for s in v)
+    hi = max(s[2] for v in spans.values() for s in v)
+    window = max(hi - lo, 1e-9)
+    stages = sorted(spans)
+    busy = [sum(s[2] - s[1] for s in spans[st] if s[0] in COMPUTE) for st in stages]
+    return lo, hi, window, stages, busy
+
+
+def svg(spans, lo, window, stages, busy, title):
+    width, lane, left, top = 1100, 34, 80, 40
+    scale = (width - left - 20) / window
+    height = top + lane * len(stages) + 60
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">',
+          f'<rect width="{width}" height="{height}" fill="white"/>',
+          f'<text x="{left}" y="22" font-size="14">{title}</text>']
+    for row, st in enumerate(stages):
+        y = top + row * lane
+        bubble = 1 - busy[row] / window
+        el.append(f'<text x="6" y="{y + lane / 2 + 4:.1f}" font-size="12">stage {st}</text>')
+        el.append(f'<text x="{width - 14}" y="{y + lane / 2 + 4:.1f}" font-size="10" text-anchor="end">'
+                  f'{100 * bubble:.0f}% idle</text>')
+        for name, a, b, mb in sorted(spans[st], key=lambda s: (s[0] in COMPUTE, s[1])):
+            x, w = left + (a - lo) * scale, max((b - a) * scale, 0.5)
+            color = COLORS.get(name, WAIT_COLOR)
+            h = lane - 8 if name in COMPUTE or name in COLORS else (lane - 8) / 2
+            el.append(f'<rect x="{x:.2f}" y="{y + 4:.1f}" width="{w:.2f}" height="{h:.1f}" fill="{color}" '
+                      f'stroke="white" stroke-width="0.5"><title>{name}'
+                      f'{"" if mb is None else f" micro-batch {mb}"}: {(b - a) / 1000:.2f} ms</title></rect>')
+            if name in TAG and mb is not None and w > 16:
+                el.append(f'<text x="{x + w / 2:.1f}" y="{y + lane / 2 + 4:.1f}" font-size="10" fill="white" '
+                          f'text-anchor="middle">{TAG[name]}{mb}</text>')
+    y = top + lane * len(stages) + 20
+    x = left
+    for name, color in (("forward", COLORS["forward"]), ("backward", COLORS["backward"]),
+                        ("backward input (B)", COLORS["backward input"]),
+                        ("backward weight (W)", COLORS["backward weight"]), ("optimizer", COLORS["optimizer"]),
+                        ("waiting", WAIT_COLOR)):
+        el.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{color}"/>')
+        el.append(f'<text x="{x + 16}" y="{y + 10}" font-size="11">{name}</text>')
+        x += 30 + 7 * len(name)
+    el.append(f'<text x="{left}" y="{y + 32}" font-size="11">{window / 1000:.1f} ms from the first span to the '
+              f'last</text>')
+    el.append("</svg>")
+    return "\n".join(el) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--step", type=int, default=None)
+    ap.add_argument("--dp", type=int, default=1)
+    ap.add_argument("--svg", default=None)
+    ap.add_argument("--title", default=None)
+    a = ap.parse_args()
+    if a.dp < 1:
+        raise SystemExit("timeline.py: --dp must be at least 1")
+    events = load(a.trace)
+    steps = sorted({(e.get("args") or {}).get("step") for e in events
+                    if isinstance((e.get("args") or {}).get("step"), int) and "stage" in (e.get("args") or {})})
+    if not steps:
+        raise SystemExit(f"timeline.py: {a.trace} has no pipeline spans (spans with a step and a stage); "
+                         "was it written by `chorus train --trace` with parallel.pp > 1?")
+    step = a.step if a.step is not None else steps[-1]
+    spans = step_spans(events, step, a.dp)
+    if not spans:
+        raise SystemExit(f"timeline.py: step {step} is not in {a.trace} (its steps: {steps[0]}..{steps[-1]})")
+    lo, _, window, stages, busy = measure(spans)
+    result = {"step": step, "stages": len(stages), "window_s": window / 1e6,
+              "bubble": [round(1 - b / window, 4) for b in busy], "busy_s": [b / 1e6 for b in busy]}
+    print(json.dumps(result))
+    if a.svg:
+        title = a.title or f"step {step}: {len(stages)} stages ({os.path.basename(a.trace)})"
+        with open(a.svg, "w", encoding="utf-8") as f:
+            f.write(svg(spans, lo, window, stages, busy, title))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+// The pipeline executor (see executor.h).
+#include "chorus/parallel/pipeline/executor.h"
+
+#include <algorithm>
+#include <deque>
+#include <optional>
+#include <utility>
+
+#include "chorus/common/error.h"
+#include "chorus/parallel/pipeline/weight_grad.h"
+
+namespace chorus::parallel {
+
+using Clock = std::chrono::steady_clock;
+
+const char* PipeSpan::name(Kind k) {
+  switch (k) {
+    case Kind::kForward: return "forward";
+    case Kind::kBackward: return "backward";
+    case Kind::kBackwardInput: return "backward input";
+    case Kind::kBackwardWeight: return "backward weight";
+    case Kind::kWaitActivation: return "wait activation";
+    case Kind::kWaitGradient: return "wait gradient";
+    case Kind::kWaitSend: return "wait send";
+    case Kind::kStep: return "optimizer step";
+  }
+  return "?";
+}
+
+// What this rank keeps for one (chunk, micro-batch) between its actions.
+struct PipelineExecutor::Unit {
+  TensorWorkPtr inputWork, gradWork;  // posted receives
+  torch::Tensor inputBuffer, gradBuffer;  // the pooled buffers they fill (undefined: fresh tensors)
+  torch::Tensor input;   // the forward's input (a leaf requiring grad when received and floating point)
+  torch::Tensor output;  // the chunk's output, until its backward
+  torch::Tensor loss;    // the last virtual stage's loss, until its backward
+  torch::Tensor gradOut;
+  torch::Tensor gradIn;  // input.grad() after the backward, until sent
+  std::shared_ptr<WeightGradStore> store;
+  bool held = false;  // forward state kept (counts towards peakStored)
+};
+
+struct PipelineExecutor::Impl {
+  Impl(std::shared_ptr<comm::ProcessGroup> g, MetaMode meta) : p2p(std::move(g), P2POptions{meta, Millis{0}}) {}
+  TensorP2P p2p;
+  // Recycled receive buffers, per channel (0 activation / 1 gradient, sending virtual stage).
+  std::map<std::pair<int, int>, std::vector<torch::Tensor>> pools;
+  // Channels between two chunks of this rank.
+  std::map<std::pair<int, int>, std::deque<torch::Tensor>> local;
+  std::vector<TensorWorkPtr> sends;
+};
+
+PipelineExecutor::PipelineExecutor(std::shared_ptr<comm::ProcessGroup> pp, PipeSchedule schedule, PipelineOptions opts)
+    : pp_(std::move(pp)), schedule_(std::move(schedule)), opts_(opts) {
+  if (!pp_) throw InvalidArgument("PipelineExecutor needs the pipeline process group; got nullptr");
+  if (pp_->size() != schedule_.stages)
+    throw InvalidArgument(chorus::str("PipelineExecutor: the pipeline group has ", pp_->size(), " ranks but schedule \"",
+                                      schedule_.name, "\" has ", schedule_.stages,
+                                      " stages; make the schedule for the group's size"));
+  checkSchedule(schedule_);
+  const uint64_t lastTag = static_cast<uint64_t>(opts_.tag) + 2 * static_cast<uint64_t>(schedule_.virtualStages());
+  if (lastTag >= TensorP2P::kHeaderTagBit)
+    throw InvalidArgument(chorus::str("PipelineExecutor: tags ", opts_.tag, " .. ", lastTag, " reach the header bit ",
+                                      TensorP2P::kHeaderTagBit, "; use a smaller PipelineOptions::tag"));
+  rank_ = pp_->rank();
+  impl_ = std::make_unique<Impl>(pp_, opts_.meta);
+}
+
+PipelineExecutor::~PipelineExecutor() {
+  // Sends still posted (a run that failed) keep their tensors; wait for them briefly.
+  if (!impl_) return;
+  for (auto& w : impl_->sends) {
+    try {
+      w->wait();
+    } catch (...) {
+    }
+  }
+}
+
+PipelineRun PipelineExecutor::run(const Step& step) {
+  const PipeSchedule& s = schedule_;
+  const int m = s.microBatches, last = s.virtualStages() - 1;
+  const std::vector<PipeAction>& actions = s.ranks[static_cast<size_t>(rank_)];
+  Impl& im = *impl_;
+  if (!step.forward) throw InvalidArgument("PipelineExecutor::run: Step::forward is required");
+  for (int c = 0; c < s.chunks; ++c) {
+    const int vs = s.virtualStage(rank_, c);
+    if (vs == 0 && !step.input)
+      throw InvalidArgument("PipelineExecutor::run: this rank holds the first virtual stage and needs Step::input");
+    if (vs == last && !step.loss)
+      throw InvalidArgument("PipelineExecutor::run: this rank holds the last virtual stage and needs Step::loss");
+  }
+  // Which micro-batches' backward this rank splits into B and W.
+  std::vector<bool> split(static_cast<size_t>(s.chunks * m), false);
+  for (const PipeAction& a : actions)
+    if (a.op == PipeOp::kBackwardInput) split[static_cast<size_t>(a.chunk * m + a.microBatch)] = true;
+
+  std::vector<Unit> units(static_cast<size_t>(s.chunks * m));
+  auto unit = [&](const PipeAction& a) -> Unit& { return units[static_cast<size_t>(a.chunk * m + a.microBatch)]; };
+  PipelineRun out;
+  for (int c = 0; c < s.chunks; ++c)
+    if (s.virtualStage(rank_, c) == last) out.losses.assign(static_cast<size_t>(m), 0.0);
+  int held = 0;
+
+  auto span = [&](PipeSpan::Kind k, int chunk, int mb, Clock::time_point t0) {
+    const Clock::time_point t1 = Clock::now();
+    const double sec = std::chrono::duration<double>(t1 - t0).count();
+    const bool wait = k == PipeSpan::Kind::kWaitActivation || k == PipeSpan::Kind::kWaitGradient ||
+                      k == PipeSpan::Kind::kWaitSend;
+    (wait ? out.waitSeconds : out.computeSeconds) += sec;
+    if (opts_.recordSpans) out.spans.push_back({k, chunk, mb, t0, t1});
+  };
+  auto what = [&](const char* kind, const PipeAction& a) {
+    return chorus::str(kind, " of micro-batch ", a.microBatch, " (virtual stage ", s.virtualStage(rank_, a.chunk), ")");
+  };
+  auto tagOf = [&](int kind, int fromVs) { return opts_.tag + 2 * static_cast<uint32_t>(fromVs) + kind; };
+
+  // Posts the receive of action i (recvA or recvG) unless posted; local channels need none.
+  auto post = [&](const PipeAction& a) {
+    Unit& u = unit(a);
+    const int vs = s.virtualStage(rank_, a.chunk);
+    const bool activation = a.op == PipeOp::kRecvActivation;
+    TensorWorkPtr& work = activation ? u.inputWork : u.gradWork;
+    if (work) return;
+    // A gradient comes only for a floating-point output, known once the forward has run.
+    if (!activation && (!u.output.defined() || !u.output.is_floating_point())) return;
+    const int from = activation ? vs - 1 : vs + 1;
+    const int peer = s.rankOf(from);
+    if (peer == rank_) return;
+    const uint32_t tag = tagOf(activation ? 0 : 1, from);
+    auto& pool = im.pools[{activation ? 0 : 1, from}];
+    std::optional<TensorMeta> agreed = im.p2p.agreedRecv(peer, tag);
+    const std::string label = what(activation ? "activation" : "gradient", a);
+    if (agreed && !pool.empty()) {
+      torch::Tensor buf = std::move(pool.back());
+      pool.pop_back();
+      (activation ? u.inputBuffer : u.gradBuffer) = buf;
+      work = im.p2p.recvIntoAsync(buf, peer, tag, label);
+      ++out.reusedBuffers;
+    } else {
+      work = im.p2p.recvAsync(peer, tag, label);
+    }
+  };
+  // Posts the receives between action i and the second compute action after it.
+  auto postAhead = [&](size_t i) {
+    int computes = 0;
+    for (size_t j = i; j < actions.size() && computes < 2; ++j) {
+      const PipeOp op = actions[j].op;
+      if (op == PipeOp::kRecvActivation || op == PipeOp::kRecvGradient) post(actions[j]);
+      if (op == PipeOp::kForward || op == PipeOp::kBackward || op == PipeOp::kBackwardInput ||
+          op == PipeOp::kBackwardWeight)
+        ++computes;
+    }
+  };
+  auto recycle = [&](int kind, int from, torch::Tensor& buf) {
+    // Only a buffer nothing else refers to any more (autograd released it) goes back.
+    if (buf.defined() && buf.storage().use_count() == 1) im.pools[{kind, from}].push_back(buf);
+    buf = torch::Tensor();
+  };
+  auto release = [&](const PipeAction& a, Unit& u) {
+    const int vs = s.virtualStage(rank_, a.chunk);
+    u.input = u.output = u.loss = u.gradOut = torch::Tensor();
+    u.store.reset();
+    recycle(0, vs - 1, u.inputBuffer);
+    recycle(1, vs + 1, u.gradBuffer);
+    if (u.held) {
+      u.held = false;
+      --held;
+    }
+  };
+  auto backward = [&](const PipeAction& a, Unit& u, bool deferWeights) {
+    const int vs = s.virtualStage(rank_, a.chunk);
+    if (deferWeights) u.store->setDeferring(true);
+    try {
+      if (vs == last) {
+        u.loss.backward();
+      } else if (u.output.requires_grad()) {
+        if (!u.gradOut.defined())
+          throw InvalidArgument(chorus::str("PipelineExecutor: ", what("backward", a), " has no output gradient"));
+        u.output.backward(u.gradOut);
+      }
+    } catch (...) {
+      if (deferWeights) u.store->setDeferring(false);
+      throw;
+    }
+    if (deferWeights) u.store->setDeferring(false);
+    if (vs > 0 && u.input.requires_grad()) {
+      u.gradIn = u.input.grad();
+      if (!u.gradIn.defined()) u.gradIn = torch::zeros_like(u.input);
+    }
+    u.output = u.loss = u.gradOut = torch::Tensor();
+  };
+
+  // A failure mid-schedule may leave receives posted into this step's buffers (and sends
+  // reading from them). Before they are freed, the transport is closed so that nothing touches
+  // them again; the other stages then fail naming this rank.
+  auto abandon = [&](const std::string& why) {
+    bool pending = !im.sends.empty();
+    for (const Unit& u : units) pending = pending || u.inputWork || u.gradWork;
+    if (pending) pp_->abort(why);
+    im.sends.clear();
+  };
+  try {
+  postAhead(0);
+  for (size_t i = 0; i < actions.size(); ++i) {
+    const PipeAction& a = actions[i];
+    const Clock::time_point t0 = Clock::now();
+    switch (a.op) {
+      case PipeOp::kRecvActivation:
+      case PipeOp::kRecvGradient: {
+        Unit& u = unit(a);
+        const bool activation = a.op == PipeOp::kRecvActivation;
+        const int vs = s.virtualStage(rank_, a.chunk);
+        const int from = activation ? vs - 1 : vs + 1;
+        torch::Tensor t;
+        if (!activation && !u.output.is_floating_point()) {
+          // An integer output has no gradient; its receiver skips the send too.
+        } else if (s.rankOf(from) == rank_) {
+          auto& q = im.local[{activation ? 0 : 1, from}];
+          CHORUS_CHECK(!q.empty(), "a local channel is empty at its receive (the schedule was checked)");
+          t = std::move(q.front());
+          q.pop_front();
+        } else {
+          post(a);
+          TensorWorkPtr& work = activation ? u.inputWork : u.gradWork;
+          t = work->wait();
+          work.reset();
+          // A fresh receive's tensor becomes a buffer the channel can recycle once released.
+          torch::Tensor& buffer = activation ? u.inputBuffer : u.gradBuffer;
+          if (!buffer.defined()) buffer = t;
+        }
+        if (activation) {
+          u.input = t.is_floating_point() ? t.detach().requires_grad_(true) : t;
+        } else {
+          u.gradOut = t;
+        }
+        span(activation ? PipeSpan::Kind::kWaitActivation : PipeSpan::Kind::kWaitGradient, a.chunk, a.microBatch, t0);
+        break;
+      }
+      case PipeOp::kForward: {
+        postAhead(i + 1);
+        Unit& u = unit(a);
+        const int vs = s.virtualStage(rank_, a.chunk);
+        if (vs == 0) {
+          u.input = step.input(a.microBatch);
+          if (!u.input.defined())
+            throw InvalidArgument(chorus::str("PipelineExecutor: Step::input(", a.microBatch, ") returned no tensor"));
+        }
+        torch::Tensor y;
+        if (split[static_cast<size_t>(a.chunk * m + a.microBatch)]) {
+          u.store = std::make_shared<WeightGradStore>();
+          WeightGradScope scope(u.store);
+          y = step.forward(a.chunk, u.input);
+        } else {
+          y = step.forward(a.chunk, u.input);
+        }
+        if (!y.defined())
+          throw InvalidArgument(chorus::str("PipelineExecutor: Step::forward(", a.chunk, ", ..) returned no tensor"));
+        if (vs == last) {
+          torch::Tensor loss = step.loss(y, a.microBatch);
+          if (!loss.defined() || loss.numel() != 1)
+            throw InvalidArgument(chorus::str("PipelineExecutor: Step::loss for micro-batch ", a.microBatch,
+                                              " must return a scalar tensor"));
+          u.loss = loss.reshape({});
+          out.losses[static_cast<size_t>(a.microBatch)] = u.loss.detach().to(torch::kDouble).item<double>();
+        }
+        u.output = y;
+        u.held = true;
+        out.peakStored = std::max(out.peakStored, ++held);
+        span(PipeSpan::Kind::kForward, a.chunk, a.microBatch, t0);
+        break;
+      }
+      case PipeOp::kSendActivation:
+      case PipeOp::kSendGradient: {
+        Unit& u = unit(a);
+        const bool activation = a.op == PipeOp::kSendActivation;
+        const int vs = s.virtualStage(rank_, a.chunk);
+        const int to = activation ? vs + 1 : vs - 1;
+        torch::Tensor t = activation ? u.output.detach() : u.gradIn;
+        if (!activation) u.gradIn = torch::Tensor();
+        // An integer input has no gradient: the sender of the activation knows the dtype and
+        // skips the receive too.
+        const bool skip = !activation && !u.input.is_floating_point();
+        if (!skip) {
+          if (!activation && !t.defined()) t = torch::zeros_like(u.input);
+          if (s.rankOf(to) == rank_) {
+            im.local[{activation ? 0 : 1, vs}].push_back(t);
+          } else {
+            im.sends.push_back(im.p2p.sendAsync(t, s.rankOf(to), tagOf(activation ? 0 : 1, vs),
+                                                what(activation ? "activation" : "gradient", a)));
+          }
+        }
+        // The input is no longer needed once its gradient has gone (a whole backward); a
+        // split one keeps it until W.
+        if (!activation && !split[static_cast<size_t>(a.chunk * m + a.microBatch)]) release(a, u);
+        break;
+      }
+      case PipeOp::kBackward:
+      case PipeOp::kBackwardInput: {
+        postAhead(i + 1);
+        Unit& u = unit(a);
+        backward(a, u, a.op == PipeOp::kBackwardInput);
+        const int vs = s.virtualStage(rank_, a.chunk);
+        // The first virtual stage sends no gradient: its state goes now (whole backward).
+        if (vs == 0 && a.op == PipeOp::kBackward) release(a, u);
+        span(a.op == PipeOp::kBackward ? PipeSpan::Kind::kBackward : PipeSpan::Kind::kBackwardInput, a.chunk,
+             a.microBatch, t0);
+        break;
+      }
+      case PipeOp::kBackwardWeight: {
+        postAhead(i + 1);
+        Unit& u = unit(a);
+        if (u.store) u.store->flush();
+        release(a, u);
+        span(PipeSpan::Kind::kBackwardWeight, a.chunk, a.microBatch, t0);
+        break;
+      }
+      case PipeOp::kOptimizerStep: {
+        // Pending sends carry activations and input gradients, not weights: the step need not
+        // wait for them.
+        if (step.optimizerStep) step.optimizerStep();
+        span(PipeSpan::Kind::kStep, -1, -1, t0);
+        break;
+      }
+    }
+  }
+  const Clock::time_point w0 = Clock::now();
+  for (auto& w : im.sends) w->wait();
+  im.sends.clear();
+  if (opts_.recordSpans && !out.spans.empty()) span(PipeSpan::Kind::kWaitSend, -1, -1, w0);
+  } catch (const std::exception& e) {
+    abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule (", e.what(), ")"));
+    throw;
+  } catch (...) {
+    abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule"));
+    throw;
+  }
+  return out;
+}
+
+}  // namespace chorus::parallel

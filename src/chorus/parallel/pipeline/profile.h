@@ -1,0 +1,36 @@
+// What each layer of a sequence costs, measured: the input to a balanced pipeline partition
+// by time (balancedPartition in layerwise.h minimizes the slowest stage's summed cost, the
+// dynamic program over contiguous ranges that PipeDream's planner uses).
+//
+//   LayerProfile p = profileLayers(numLayers, build, sampleInput);
+//   std::vector<int> counts = balancedPartition(p.costs(), stages);
+//
+// The times are this process's: ranks that partition by them must use one rank's profile
+// (broadcast it), or they may disagree on the split.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace chorus::parallel {
+
+struct LayerProfile {
+  std::vector<double> seconds;       // per layer: median forward + backward time
+  std::vector<int64_t> outputBytes;  // per layer: the bytes of its output for the sample (what
+                                     // a stage boundary after it sends, and what it keeps)
+  // The times in microseconds (each at least 1), as balancedPartition's costs.
+  std::vector<int64_t> costs() const;
+};
+
+// Builds the layers one at a time with build(i) (each dropped before the next is built),
+// feeds each the previous layer's output (the first gets `sample`), and times forward plus
+// backward (from a gradient of ones on a floating-point output) `repeats` times after one
+// warm-up; the median counts. Layers run in training mode; gradients they accumulate are
+// discarded with them. Throws InvalidArgument for repeats < 1 or a layer that returns no tensor.
+LayerProfile profileLayers(size_t numLayers, const std::function<torch::nn::AnyModule(size_t)>& build,
+                           const torch::Tensor& sample, int repeats = 3);
+
+}  // namespace chorus::parallel

@@ -1,0 +1,273 @@
+// The pipeline executor (src/chorus/parallel/pipeline/executor.h) and the B/W split
+// (weight_grad.h): every synchronous schedule gives the gradients of the unsplit model on the
+// same mini-batch, over uneven partitions; GPipe stores m micro-batches and 1F1B at most p - r;
+// a stage that dies mid-schedule makes the others fail promptly, naming it.
+#include <gtest/gtest.h>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chorus/common/error.h"
+#include "chorus/parallel/pipeline/executor.h"
+#include "chorus/parallel/pipeline/weight_grad.h"
+#include "util/rank_threads.h"
+
+namespace chorus::parallel {
+namespace {
+
+constexpr int64_t kWidth = 6;
+constexpr int64_t kRowsPerMicroBatch = 3;
+
+// One layer: tanh(x W^T + b) through deferrableLinear, so B/W splits it.
+struct LayerImpl : torch::nn::Module {
+  explicit LayerImpl(int index) {
+    auto gen = at::detail::createCPUGenerator(1000 + index);
+    weight = register_parameter("weight", torch::randn({kWidth, kWidth}, gen) * 0.4);
+    bias = register_parameter("bias", torch::randn({kWidth}, gen) * 0.1);
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return torch::tanh(deferrableLinear(x, weight, bias)); }
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Layer);
+
+// Layer counts per virtual stage, uneven: 1, 2, 1, 2, ...
+std::vector<int> unevenCounts(int virtualStages) {
+  std::vector<int> c;
+  for (int vs = 0; vs < virtualStages; ++vs) c.push_back(1 + vs % 2);
+  return c;
+}
+
+int totalLayers(int virtualStages) {
+  int n = 0;
+  for (int c : unevenCounts(virtualStages)) n += c;
+  return n;
+}
+
+struct Data {
+  torch::Tensor x, y;
+};
+Data data(int m) {
+  auto gen = at::detail::createCPUGenerator(7);
+  return {torch::randn({m * kRowsPerMicroBatch, kWidth}, gen), torch::randn({m * kRowsPerMicroBatch, kWidth}, gen)};
+}
+
+// The unsplit model's gradients on the whole mini-batch (mean squared error).
+std::vector<torch::Tensor> referenceGrads(int layers, const Data& d) {
+  std::vector<Layer> model;
+  for (int i = 0; i < layers; ++i) model.emplace_back(i);
+  torch::Tensor h = d.x;
+  for (auto& l : model) h = l->forward(h);
+  torch::mse_loss(h, d.y).backward();
+  std::vector<torch::Tensor> g;
+  for (auto& l : model) {
+    g.push_back(l->weight.grad().clone());
+    g.push_back(l->bias.grad().clone());
+  }
+  return g;
+}
+
+struct RankOut {
+  std::vector<int> layerIndex;  // the global index of each layer this rank held
+  std::vector<torch::Tensor> grads;  // weight, bias per held layer
+  int peakStored = 0;
+  int reusedBuffers = 0;
+  std::vector<double> losses;
+};
+
+// Runs `schedule` on threads-as-ranks; each rank builds only its chunks' layers.
+std::vector<RankOut> runPipeline(const PipeSchedule& schedule, const Data& d) {
+  const int p = schedule.stages, m = schedule.microBatches, V = schedule.virtualStages();
+  const std::vector<int> counts = unevenCounts(V);
+  std::vector<int> begin(V + 1, 0);
+  for (int vs = 0; vs < V; ++vs) begin[vs + 1] = begin[vs] + counts[vs];
+  std::vector<RankOut> outs(p);
+  testutil::runRanks(p, "loopback", [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    const int r = g.rank();
+    std::vector<std::vector<Layer>> chunks(schedule.chunks);
+    RankOut& o = outs[r];
+    for (int c = 0; c < schedule.chunks; ++c) {
+      const int vs = schedule.virtualStage(r, c);
+      for (int i = begin[vs]; i < begin[vs + 1]; ++i) {
+        chunks[c].emplace_back(i);
+        o.layerIndex.push_back(i);
+      }
+    }
+    PipelineExecutor exec(group, schedule);
+    PipelineExecutor::Step step;
+    step.forward = [&](int c, const torch::Tensor& x) {
+      torch::Tensor h = x;
+      for (auto& l : chunks[c]) h = l->forward(h);
+      return h;
+    };
+    step.input = [&](int mb) { return d.x.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch); };
+    step.loss = [&](const torch::Tensor& out, int mb) {
+      return torch::mse_loss(out, d.y.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch)) / m;
+    };
+    PipelineRun run = exec.run(step);
+    o.peakStored = run.peakStored;
+    o.reusedBuffers = run.reusedBuffers;
+    o.losses = run.losses;
+    for (int c = 0; c < schedule.chunks; ++c) {
+      for (auto& l : chunks[c]) {
+        ASSERT_TRUE(l->weight.grad().defined()) << "rank " << r << " chunk " << c;
+        o.grads.push_back(l->weight.grad().clone());
+        o.grads.push_back(l->bias.grad().clone());
+      }
+    }
+  });
+  return outs;
+}
+
+void expectSameGrads(const std::vector<RankOut>& outs, const std::vector<torch::Tensor>& ref, const std::string& what) {
+  size_t seen = 0;
+  for (const RankOut& o : outs) {
+    for (size_t k = 0; k < o.layerIndex.size(); ++k) {
+      const int i = o.layerIndex[k];
+      for (int j = 0; j < 2; ++j) {
+        const torch::Tensor& want = ref[2 * i + j];
+        const torch::Tensor& got = o.grads[2 * k + j];
+        const double err = (got - want).abs().max().item<double>();
+        const double scale = want.abs().max().item<double>();
+        EXPECT_LE(err, 1e-5 * scale + 1e-7) << what << ": layer " << i << (j ? " bias" : " weight");
+        ++seen;
+      }
+    }
+  }
+  EXPECT_EQ(seen, ref.size()) << what << ": every layer's gradients, once";
+}
+
+TEST(PipelineExecutor, SynchronousSchedulesGiveTheUnsplitGradients) {
+  for (const std::string name : {"gpipe", "1f1b", "zb-h1", "interleaved"}) {
+    for (int p : {2, 3, 4}) {
+      for (int m : {1, p, 2 * p + 1}) {
+        const int v = name == "interleaved" ? 2 : 1;
+        const PipeSchedule s = makeSchedule(name, p, m, v);
+        const Data d = data(m);
+        const auto ref = referenceGrads(totalLayers(s.virtualStages()), d);
+        const std::string what = name + " p=" + std::to_string(p) + " m=" + std::to_string(m);
+        const auto outs = runPipeline(s, d);
+        expectSameGrads(outs, ref, what);
+        // The last rank reports every micro-batch's loss (the mean over them is the batch's).
+        const RankOut& lastRank = outs[s.rankOf(s.virtualStages() - 1)];
+        ASSERT_EQ(static_cast<int>(lastRank.losses.size()), m) << what;
+        for (int r = 0; r < p; ++r) {
+          if (name == "gpipe") {
+            EXPECT_EQ(outs[r].peakStored, m) << what << " rank " << r;
+          }
+          if (name == "1f1b") {
+            EXPECT_LE(outs[r].peakStored, std::min(p - r, m)) << what << " rank " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Once a channel has agreed its shape, receives go into buffers recycled from earlier
+// micro-batches: with 8 micro-batches over 2 stages both ranks reuse some.
+TEST(PipelineExecutor, ReceivesReuseBuffers) {
+  const PipeSchedule s = makeSchedule("1f1b", 2, 8);
+  const auto outs = runPipeline(s, data(8));
+  for (int r = 0; r < 2; ++r) EXPECT_GT(outs[r].reusedBuffers, 0) << "rank " << r;
+}
+
+TEST(PipelineExecutor, OneStageWithChunksUsesLocalChannels) {
+  // p = 1 with v = 3: every channel is between chunks of rank 0.
+  const PipeSchedule s = makeSchedule("interleaved", 1, 4, 3);
+  const Data d = data(4);
+  const auto ref = referenceGrads(totalLayers(3), d);
+  expectSameGrads(runPipeline(s, d), ref, "interleaved p=1 v=3");
+}
+
+TEST(WeightGradStore, DefersLinearWeightGradientsUntilFlush) {
+  Layer l(3);
+  auto gen = at::detail::createCPUGenerator(5);
+  torch::Tensor x = torch::randn({4, kWidth}, gen).requires_grad_(true);
+  // Reference: an ordinary backward.
+  Layer ref(3);
+  torch::Tensor xr = x.detach().clone().requires_grad_(true);
+  ref->forward(xr).sum().backward();
+
+  auto store = std::make_shared<WeightGradStore>();
+  torch::Tensor y;
+  {
+    WeightGradScope scope(store);
+    y = l->forward(x);
+  }
+  store->setDeferring(true);
+  y.sum().backward();
+  store->setDeferring(false);
+  EXPECT_TRUE(x.grad().defined());
+  EXPECT_TRUE(torch::allclose(x.grad(), xr.grad(), 1e-6, 1e-7)) << "B computes the input gradient";
+  EXPECT_FALSE(l->weight.grad().defined()) << "the weight gradient waits for W";
+  EXPECT_EQ(store->pending(), 1u);
+  store->flush();
+  EXPECT_EQ(store->pending(), 0u);
+  ASSERT_TRUE(l->weight.grad().defined());
+  EXPECT_TRUE(torch::allclose(l->weight.grad(), ref->weight.grad(), 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(l->bias.grad(), ref->bias.grad(), 1e-6, 1e-7));
+  // A second flush-backed pass accumulates, as autograd does.
+  {
+    WeightGradScope scope(store);
+    y = l->forward(x.detach());
+  }
+  store->setDeferring(true);
+  y.sum().backward();
+  store->setDeferring(false);
+  store->flush();
+  EXPECT_TRUE(torch::allclose(l->weight.grad(), 2 * ref->weight.grad(), 1e-6, 1e-7));
+}
+
+TEST(WeightGradStore, OutsideAScopeItIsPlainLinear) {
+  Layer l(4);
+  torch::Tensor x = torch::ones({2, kWidth});
+  EXPECT_TRUE(torch::equal(l->forward(x), torch::tanh(torch::linear(x, l->weight, l->bias))));
+  l->forward(x).sum().backward();
+  EXPECT_TRUE(l->weight.grad().defined());
+}
+
+TEST(PipelineExecutor, AStageThatDiesMakesTheOthersFailNamingIt) {
+  const PipeSchedule s = makeSchedule("1f1b", 3, 6);
+  const Data d = data(6);
+  testutil::RankOptions opts;
+  opts.timeout = Millis(20000);  // far above "promptly": a failure must not come from a timeout
+  const auto start = std::chrono::steady_clock::now();
+  auto outcomes = testutil::runRanksCollect(3, opts, [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    Layer layer(g.rank());
+    PipelineExecutor exec(group, s);
+    PipelineExecutor::Step step;
+    int calls = 0;
+    step.forward = [&](int, const torch::Tensor& x) {
+      if (g.rank() == 1 && ++calls == 3) throw std::runtime_error("stage 1 killed");
+      return layer->forward(x);
+    };
+    step.input = [&](int mb) { return d.x.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch); };
+    step.loss = [&](const torch::Tensor& out, int mb) {
+      return torch::mse_loss(out, d.y.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch));
+    };
+    exec.run(step);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 10.0) << "the other stages waited for a timeout instead of failing at once";
+  EXPECT_NE(testutil::messageOf(outcomes[1]).find("stage 1 killed"), std::string::npos);
+  for (int r : {0, 2}) {
+    const std::string msg = testutil::messageOf(outcomes[r]);
+    EXPECT_NE(msg.find("rank 1"), std::string::npos) << "rank " << r << ": " << msg;
+  }
+}
+
+TEST(PipelineExecutor, RefusesAGroupOfAnotherSize) {
+  testutil::runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    EXPECT_THROW(PipelineExecutor(group, makeSchedule("1f1b", 3, 4)), InvalidArgument);
+  });
+}
+
+}  // namespace
+}  // namespace chorus::parallel

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `chorus pipeline show`: every grid docs/pipeline.md shows is what the command prints today
+# (each ```text block that starts with a "$ chorus pipeline show ..." line is rerun and
+# compared), every schedule prints for a few sizes, and bad input is a usage error (exit 2)
+# naming the choices.
+# usage: bash pipeline_cli_test.sh BUILD_DIR SOURCE_DIR
+set -u
+BUILD=${1:?usage: pipeline_cli_test.sh BUILD_DIR SOURCE_DIR}
+SOURCE=${2:?usage: pipeline_cli_test.sh BUILD_DIR SOURCE_DIR}
+CHORUS=$BUILD/chorus
+[ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+
+# 1. The documented grids.
+doc=$SOURCE/docs/pipeline.md
+awk -v dir="$TMP" '
+  /^```text$/ { inside = 1; first = 1; next }
+  inside && /^```$/ { inside = 0; if (file) close(file); file = ""; next }
+  inside && first { first = 0; if ($0 ~ /^\$ chorus pipeline show /) { n++; file = dir "/doc" n; print > file }; next }
+  inside && file { print > file }
+' "$doc"
+blocks=$(ls "$TMP"/doc* 2>/dev/null | wc -l)
+[ "$blocks" -ge 4 ] || fail "docs/pipeline.md shows $blocks pipeline show blocks; expected at least 4"
+for f in "$TMP"/doc*; do
+  [ -f "$f" ] || continue
+  cmd=$(head -1 "$f" | sed 's/^\$ chorus //')
+  tail -n +2 "$f" >"$f.want"
+  # shellcheck disable=SC2086
+  "$CHORUS" $cmd >"$f.got" 2>"$f.err"
+  rc=$?
+  if [ $rc -eq 0 ] && diff -u "$f.want" "$f.got" >"$f.diff"; then
+    pass "docs/pipeline.md: chorus $cmd"
+  else
+    fail "docs/pipeline.md: chorus $cmd (exit $rc) prints other than the doc shows (diff doc command):"
+    head -30 "$f.diff" "$f.err"
+  fi
+done
+
+# 2. Every schedule, a few sizes: a grid with one row per rank and the bubble line.
+for s in gpipe 1f1b zb-h1 interleaved; do
+  for p in 1 2 5; do
+    extra=()
+    [ "$s" = interleaved ] && extra=(--chunks 2)
+    if "$CHORUS" pipeline show --schedule "$s" --stages "$p" --micro-batches 7 "${extra[@]}" >"$TMP/out" 2>"$TMP/err"; then
+      rows=$(grep -c '^rank [0-9]* |' "$TMP/out")
+      if [ "$rows" -eq "$p" ] && grep -q '; bubble ' "$TMP/out" && grep -q '^theory (equal stages): bubble ' "$TMP/out"; then
+        pass "$s with $p stages: $rows rows"
+      else
+        fail "$s with $p stages: $rows rows (want $p) or no bubble line"
+        cat "$TMP/out"
+      fi
+    else
+      fail "$s with $p stages exited $?"
+      cat "$TMP/err"
+    fi
+  done
+done
+
+# 3. Usage errors.
+expect_usage() {
+  local want=$1
+  shift
+  "$CHORUS" "$@" >"$TMP/out" 2>"$TMP/err"
+  local rc=$?
+  if [ $rc -eq 2 ] && grep -qF -- "$want" "$TMP/err"; then
+    pass "chorus $*: exit 2, says '$want'"
+  else
+    fail "chorus $*: exit $rc (want 2), stderr:"
+    cat "$TMP/err"
+  fi
+}
+expect_usage "gpipe, 1f1b, interleaved, zb-h1" pipeline show --schedule pipedream
+expect_usage "needs --schedule interleaved" pipeline show --schedule 1f1b --chunks 2
+expect_usage "--stages" pipeline show --stages 0
+expect_usage "the one there is: show" pipeline draw
+expect_usage "chorus pipeline show" pipeline
+
+if [ $failures -ne 0 ]; then
+  echo "pipeline_cli_test: $failures FAILED"
+  exit 1
+fi
+echo "pipeline_cli_test: all passed"
