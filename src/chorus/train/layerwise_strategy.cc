@@ -73,12 +73,7 @@ void averageGradients(comm::ProcessGroup& g, torch::nn::Module& module) {
   }());
   if (flat.scalar_type() != torch::kFloat)
     throw InvalidArgument(chorus::str("the layer-wise GPT's gradients are ", c10::toString(flat.scalar_type()), "; it trains in float32"));
-  comm::AllreduceOptions a;
-  a.data = flat.data_ptr();
-  a.count = static_cast<size_t>(flat.numel());
-  a.dtype = DType::kFloat32;
-  a.op = ReduceOp::kSum;
-  g.allreduce(a);
+  allreduceInPlace(g, flat.data_ptr(), static_cast<size_t>(flat.numel()), DType::kFloat32, ReduceOp::kSum);
   flat.div_(static_cast<double>(g.size()));
   int64_t at = 0;
   for (auto& t : grads) {
