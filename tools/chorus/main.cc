@@ -15,6 +15,7 @@
 #include "checkpoint_command.h"
 #include "chorus/common/env.h"
 #include "chorus/common/error.h"
+#include "chorus/common/malloc_tuning.h"
 #include "chorus/common/version.h"
 #include "env_command.h"
 #include "generate_command.h"
@@ -191,6 +192,9 @@ std::string rankLabel() {
 
 int main(int argc, char** argv) {
   using namespace chorus::tools;
+  // Reuse freed tensors' memory instead of faulting it in again every step
+  // (common/malloc_tuning.h); workers forked or started from here inherit or redo it.
+  chorus::keepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string cmd = args.empty() ? std::string() : args[0];
   if ((cmd == "bench" || cmd == "checkpoint" || cmd == "pipeline") && args.size() >= 2) cmd += " " + args[1];
