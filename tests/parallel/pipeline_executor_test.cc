@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -260,6 +261,231 @@ TEST(PipelineExecutor, AStageThatDiesMakesTheOthersFailNamingIt) {
     const std::string msg = testutil::messageOf(outcomes[r]);
     EXPECT_NE(msg.find("rank 1"), std::string::npos) << "rank " << r << ": " << msg;
   }
+}
+
+// ---- asynchronous schedules: weight versions ----
+
+constexpr double kLr = 0.5;  // large, so that a gradient taken on the wrong version differs clearly
+
+// tanh(x W^T + b) * g: the product saves the gain parameter itself, which autograd reads when
+// the backward runs, so a backward on another weight version than its forward's changes the
+// gradients (with the linear layer alone, this model did not show it: checked by making the
+// executor run every backward on the latest weights, which these tests then catch).
+struct GainLayerImpl : torch::nn::Module {
+  explicit GainLayerImpl(int index) {
+    auto gen = at::detail::createCPUGenerator(2000 + index);
+    weight = register_parameter("weight", torch::randn({kWidth, kWidth}, gen) * 0.4);
+    bias = register_parameter("bias", torch::randn({kWidth}, gen) * 0.1);
+    gain = register_parameter("gain", 1 + torch::randn({kWidth}, gen) * 0.2);
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return torch::tanh(deferrableLinear(x, weight, bias)) * gain; }
+  std::vector<torch::Tensor> params() const { return {weight, bias, gain}; }
+  torch::Tensor weight, bias, gain;
+};
+TORCH_MODULE(GainLayer);
+constexpr size_t kParamsPerLayer = 3;
+
+struct AsyncRankOut {
+  std::vector<int> layerIndex;                        // global index of each held layer
+  std::map<int, std::vector<torch::Tensor>> usedAt;   // micro-batch -> each held layer's parameters at its forward
+  std::vector<std::vector<torch::Tensor>> applied;    // per update: each held layer's parameters' gradients
+  std::vector<torch::Tensor> finalParams;             // each held layer's parameters after the run
+  std::vector<torch::Tensor> initialParams;
+  std::vector<double> losses;
+  std::vector<PipelineRun::WeightUse> uses;
+  int peakVersions = 0;
+};
+
+// Runs an asynchronous schedule of one chunk per rank, two layers per stage (so that a stale
+// weight of the second layer shows in the first one's gradient), plain SGD (lr kLr) as the
+// update.
+std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, PipelineOptions opts) {
+  const int p = schedule.stages;
+  const std::vector<int> counts(static_cast<size_t>(p), 2);
+  std::vector<AsyncRankOut> outs(p);
+  testutil::runRanks(p, "loopback", [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    const int r = g.rank();
+    AsyncRankOut& o = outs[r];
+    int first = 0;
+    for (int k = 0; k < r; ++k) first += counts[k];
+    std::vector<GainLayer> layers;
+    std::vector<torch::Tensor> params;
+    for (int i = first; i < first + counts[r]; ++i) {
+      layers.emplace_back(i);
+      o.layerIndex.push_back(i);
+      for (const auto& t : layers.back()->params()) params.push_back(t);
+    }
+    for (const auto& t : params) o.initialParams.push_back(t.detach().clone());
+    // The k-th forward on this rank is the k-th F of its action list.
+    std::vector<int> forwardOrder;
+    for (const PipeAction& a : schedule.ranks[static_cast<size_t>(r)])
+      if (a.op == PipeOp::kForward) forwardOrder.push_back(a.microBatch);
+    size_t forwards = 0;
+    PipelineExecutor exec(group, schedule, opts);
+    PipelineExecutor::Step step;
+    step.forward = [&](int, const torch::Tensor& x) {
+      std::vector<torch::Tensor> used;
+      for (const auto& t : params) used.push_back(t.detach().clone());
+      o.usedAt[forwardOrder.at(forwards++)] = used;
+      torch::Tensor h = x;
+      for (auto& l : layers) h = l->forward(h);
+      return h;
+    };
+    step.input = [&](int mb) { return d.x.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch); };
+    step.loss = [&](const torch::Tensor& out, int mb) {
+      return torch::mse_loss(out, d.y.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch));
+    };
+    step.parameters = [&](int) { return params; };
+    step.update = [&](int) {
+      torch::NoGradGuard noGrad;
+      std::vector<torch::Tensor> grads;
+      for (auto& t : params) {
+        grads.push_back(t.grad().clone());
+        t.sub_(kLr * t.grad());
+        t.mutable_grad().zero_();
+      }
+      o.applied.push_back(grads);
+    };
+    PipelineRun run = exec.run(step);
+    o.losses = run.losses;
+    o.uses = run.weightUses;
+    o.peakVersions = run.peakWeightVersions;
+    for (const auto& t : params) o.finalParams.push_back(t.detach().clone());
+  });
+  return outs;
+}
+
+// For micro-batch i: the gradient of its loss through every stage, each stage's layers holding
+// the weights that stage's forward of i used.
+std::vector<torch::Tensor> stashedReference(const std::vector<AsyncRankOut>& outs, const Data& d, int i) {
+  std::vector<GainLayer> model;
+  for (const AsyncRankOut& o : outs) {
+    const auto& used = o.usedAt.at(i);
+    for (size_t k = 0; k < o.layerIndex.size(); ++k) {
+      GainLayer l(o.layerIndex[k]);
+      torch::NoGradGuard noGrad;
+      const auto ps = l->params();
+      for (size_t j = 0; j < kParamsPerLayer; ++j) ps[j].copy_(used[kParamsPerLayer * k + j]);
+      model.push_back(l);
+    }
+  }
+  torch::Tensor h = d.x.narrow(0, i * kRowsPerMicroBatch, kRowsPerMicroBatch);
+  for (auto& l : model) h = l->forward(h);
+  torch::mse_loss(h, d.y.narrow(0, i * kRowsPerMicroBatch, kRowsPerMicroBatch)).backward();
+  std::vector<torch::Tensor> g;
+  for (auto& l : model)
+    for (const auto& t : l->params()) g.push_back(t.grad().clone());
+  return g;
+}
+
+// The largest relative difference between what each update applied and the stashed reference
+// (the sum of its group's micro-batches' reference gradients).
+double worstStashedError(const std::vector<AsyncRankOut>& outs, const PipeSchedule& s, const Data& d) {
+  const int m = s.microBatches, every = s.updateEvery;
+  std::vector<std::vector<torch::Tensor>> ref;
+  for (int i = 0; i < m; ++i) ref.push_back(stashedReference(outs, d, i));
+  double worst = 0;
+  for (const AsyncRankOut& o : outs) {
+    const int groups = (m + every - 1) / every;
+    EXPECT_EQ(static_cast<int>(o.applied.size()), groups);
+    for (int gi = 0; gi < groups && gi < static_cast<int>(o.applied.size()); ++gi) {
+      for (size_t k = 0; k < o.layerIndex.size(); ++k) {
+        for (size_t j = 0; j < kParamsPerLayer; ++j) {
+          const torch::Tensor& got = o.applied[gi][kParamsPerLayer * k + j];
+          torch::Tensor want = torch::zeros_like(got);
+          for (int i = gi * every; i < std::min(m, (gi + 1) * every); ++i)
+            want += ref[i][kParamsPerLayer * static_cast<size_t>(o.layerIndex[k]) + j];
+          const double err = (got - want).abs().max().item<double>();
+          worst = std::max(worst, err / (want.abs().max().item<double>() + 1e-12));
+        }
+      }
+    }
+  }
+  return worst;
+}
+
+TEST(PipelineExecutor, WeightStashingRunsEachBackwardOnItsForwardsWeights) {
+  for (int p : {2, 3}) {
+    const int m = 2 * p + 1;
+    const PipeSchedule s = makeSchedule("pipedream", p, m);
+    const Data d = data(m);
+    const std::string what = "pipedream p=" + std::to_string(p);
+    const auto outs = runAsync(s, d, {});
+    for (int r = 0; r < p; ++r) {
+      ASSERT_EQ(static_cast<int>(outs[r].uses.size()), m) << what;
+      for (const auto& u : outs[r].uses) {
+        EXPECT_EQ(u.backwardVersion, u.forwardVersion) << what << " rank " << r << " micro-batch " << u.microBatch;
+      }
+      // Rank r runs micro-batch i on the version after i - (p - 1 - r) updates (its warm-up
+      // forwards on the initial weights): the staleness PipeDream trades for no flush.
+      for (const auto& u : outs[r].uses) EXPECT_EQ(u.forwardVersion, std::max(0, u.microBatch - (p - 1 - r))) << what;
+      EXPECT_EQ(outs[r].peakVersions, p - r) << what << " rank " << r;
+      // The parameters end on the latest weights: the initial ones minus every update.
+      for (size_t k = 0; k < outs[r].finalParams.size(); ++k) {
+        torch::Tensor want = outs[r].initialParams[k].clone();
+        for (const auto& g : outs[r].applied) want -= kLr * g[k];
+        EXPECT_TRUE(torch::allclose(outs[r].finalParams[k], want, 1e-5, 1e-6)) << what << " rank " << r;
+      }
+    }
+    EXPECT_LE(worstStashedError(outs, s, d), 1e-5) << what;
+    // The losses are the stashed forwards' losses.
+    const auto& last = outs[p - 1].losses;
+    ASSERT_EQ(static_cast<int>(last.size()), m);
+
+    // Without stashing the backward runs on weights updated since the forward: the same check
+    // fails (this is what makes it able to fail).
+    PipelineOptions off;
+    off.weightStashing = false;
+    const auto loose = runAsync(s, d, off);
+    bool stale = false;
+    for (const auto& u : loose[0].uses) stale = stale || u.backwardVersion != u.forwardVersion;
+    EXPECT_TRUE(stale) << what << ": without stashing rank 0's backwards see newer weights";
+    EXPECT_GT(worstStashedError(loose, s, d), 1e-3) << what << ": without stashing the gradients must differ";
+  }
+}
+
+TEST(PipelineExecutor, VerticalSyncRunsAMicroBatchOnOneVersionEverywhere) {
+  const int p = 3, m = 7;
+  const PipeSchedule s = makeSchedule("pipedream", p, m);
+  const Data d = data(m);
+  PipelineOptions opts;
+  opts.verticalSync = true;
+  const auto outs = runAsync(s, d, opts);
+  for (int i = 0; i < m; ++i) {
+    const int64_t v0 = outs[0].uses[static_cast<size_t>(i)].forwardVersion;
+    for (int r = 0; r < p; ++r) {
+      for (const auto& u : outs[r].uses) {
+        if (u.microBatch != i) continue;
+        EXPECT_EQ(u.forwardVersion, v0) << "micro-batch " << i << " rank " << r;
+        EXPECT_EQ(u.backwardVersion, v0) << "micro-batch " << i << " rank " << r;
+      }
+    }
+  }
+  EXPECT_LE(worstStashedError(outs, s, d), 1e-5);
+  // Later stages keep older versions for micro-batches still to come.
+  EXPECT_GT(outs[p - 1].peakVersions, 1);
+  testutil::runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    PipelineOptions bad;
+    bad.verticalSync = true;
+    EXPECT_THROW(PipelineExecutor(group, makeSchedule("1f1b", 2, 4), bad), InvalidArgument);
+    bad.weightStashing = false;
+    EXPECT_THROW(PipelineExecutor(group, makeSchedule("pipedream", 2, 4), bad), InvalidArgument);
+  });
+}
+
+TEST(PipelineExecutor, TwoBufferedWeightsHoldAtMostTwoVersions) {
+  const int p = 3, m = 9;
+  const PipeSchedule s = makeSchedule("2bw", p, m);  // an update every 3 micro-batches
+  const Data d = data(m);
+  const auto outs = runAsync(s, d, {});
+  for (int r = 0; r < p; ++r) {
+    EXPECT_LE(outs[r].peakVersions, 2) << "rank " << r;
+    for (const auto& u : outs[r].uses) EXPECT_EQ(u.backwardVersion, u.forwardVersion) << "rank " << r;
+  }
+  EXPECT_GE(outs[0].peakVersions, 2);
+  EXPECT_LE(worstStashedError(outs, s, d), 1e-5);
 }
 
 TEST(PipelineExecutor, RefusesAGroupOfAnotherSize) {

@@ -64,9 +64,84 @@ TEST(PipelineSchedule, EveryScheduleIsSoundUpToEightStagesAnd32MicroBatches) {
         ASSERT_NO_THROW(checkSchedule(makeSchedule("interleaved", p, m, v)));
         ++checked;
       }
+      // The asynchronous schedules: 1F1B's order and activation bound; PipeDream holds up to
+      // p - r weight versions on rank r (one per update between a forward and its backward,
+      // plus the latest), 2BW with an update every p micro-batches at most two.
+      for (const std::string name : {"pipedream", "2bw"}) {
+        SCOPED_TRACE(name + " p=" + std::to_string(p) + " m=" + std::to_string(m));
+        const PipeSchedule s = makeSchedule(name, p, m);
+        ASSERT_TRUE(s.asynchronous());
+        SimResult r;
+        ASSERT_NO_THROW(r = checkSchedule(s));
+        ++checked;
+        for (int rank = 0; rank < p; ++rank) {
+          EXPECT_EQ(r.peakActivations[rank], std::min(p - rank, m));
+          if (name == "pipedream") {
+            // p - r once the steady state runs long enough for every micro-batch in flight to
+            // have seen another update (m >= 2 (p - r) - 1).
+            EXPECT_LE(r.peakWeightVersions[rank], std::min(p - rank, m));
+            if (m >= 2 * (p - rank) - 1) {
+              EXPECT_EQ(r.peakWeightVersions[rank], p - rank);
+            }
+          } else {
+            EXPECT_LE(r.peakWeightVersions[rank], 2);
+          }
+        }
+      }
     }
   }
-  EXPECT_EQ(checked, 8 * 32 * 6);
+  EXPECT_EQ(checked, 8 * 32 * 8);
+}
+
+TEST(PipelineSchedule, AsynchronousSchedulesUpdateAfterEachGroupOfBackwards) {
+  const PipeSchedule pd = pipedreamSchedule(3, 5);
+  EXPECT_EQ(pd.updateEvery, 1);
+  for (int r = 0; r < 3; ++r) {
+    int updates = 0;
+    for (const PipeAction& a : pd.ranks[static_cast<size_t>(r)]) {
+      EXPECT_NE(a.op, PipeOp::kOptimizerStep);
+      updates += a.op == PipeOp::kWeightUpdate;
+    }
+    EXPECT_EQ(updates, 5) << "rank " << r;
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(find(pd, r, PipeOp::kWeightUpdate, i), find(pd, r, PipeOp::kBackward, i) + 1 + (r > 0));
+  }
+  // 2BW, an update every 2 of 5 micro-batches: after 1, 3 and the last, 4.
+  const PipeSchedule tb = makeSchedule("2bw", 3, 5, 1, 2);
+  EXPECT_EQ(tb.updateEvery, 2);
+  std::vector<int> at;
+  for (const PipeAction& a : tb.ranks[0])
+    if (a.op == PipeOp::kWeightUpdate) at.push_back(a.microBatch);
+  EXPECT_EQ(at, (std::vector<int>{1, 3, 4}));
+  EXPECT_EQ(makeSchedule("2bw", 3, 5).updateEvery, 3);
+  EXPECT_THROW(makeSchedule("1f1b", 3, 5, 1, 2), InvalidArgument);
+  EXPECT_THROW(twoBufferedSchedule(3, 5, 0), InvalidArgument);
+  EXPECT_NEAR(theoreticalBubble("pipedream", 4, 8), 3.0 / 11, 1e-12);
+}
+
+TEST(PipelineSchedule, RejectsBrokenUpdates) {
+  // An update before the backward it applies.
+  PipeSchedule early = pipedreamSchedule(2, 3);
+  auto& r1 = early.ranks[1];
+  const size_t u = find(early, 1, PipeOp::kWeightUpdate, 0);
+  const PipeAction upd = r1[u];
+  r1.erase(r1.begin() + static_cast<std::ptrdiff_t>(u));
+  r1.insert(r1.begin(), upd);
+  EXPECT_NE(rejection(early).find("before the micro-batch's backward completed"), std::string::npos) << rejection(early);
+
+  // A gradient no update applies.
+  PipeSchedule lost = pipedreamSchedule(2, 3);
+  lost.ranks[0].erase(lost.ranks[0].begin() + static_cast<std::ptrdiff_t>(find(lost, 0, PipeOp::kWeightUpdate, 2)));
+  EXPECT_NE(rejection(lost).find("micro-batch 2 on rank 0 never gets an update that applies its gradient"),
+            std::string::npos)
+      << rejection(lost);
+
+  // An optimizer step in an asynchronous schedule, an update in a synchronous one.
+  PipeSchedule stepped = pipedreamSchedule(2, 3);
+  stepped.ranks[0].push_back({PipeOp::kOptimizerStep, -1, -1});
+  EXPECT_NE(rejection(stepped).find("not in one optimizer step"), std::string::npos) << rejection(stepped);
+  PipeSchedule sync = oneFOneBSchedule(2, 3);
+  sync.ranks[0].insert(sync.ranks[0].end() - 1, PipeAction{PipeOp::kWeightUpdate, 2, 0});
+  EXPECT_NE(rejection(sync).find("has no per-micro-batch updates"), std::string::npos) << rejection(sync);
 }
 
 // With equal stages (F = 1, B = W = 1) the simulated bubble is the textbook formula.
@@ -173,7 +248,7 @@ TEST(PipelineSchedule, RejectsBadSizesAndNames) {
     makeSchedule("pipedream-9", 2, 4);
     FAIL() << "an unknown name was accepted";
   } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("gpipe, 1f1b, interleaved, zb-h1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw"), std::string::npos) << e.what();
   }
 }
 

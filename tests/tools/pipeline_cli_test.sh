@@ -42,7 +42,7 @@ for f in "$TMP"/doc*; do
 done
 
 # 2. Every schedule, a few sizes: a grid with one row per rank and the bubble line.
-for s in gpipe 1f1b zb-h1 interleaved; do
+for s in gpipe 1f1b zb-h1 interleaved pipedream 2bw; do
   for p in 1 2 5; do
     extra=()
     [ "$s" = interleaved ] && extra=(--chunks 2)
@@ -61,6 +61,16 @@ for s in gpipe 1f1b zb-h1 interleaved; do
   done
 done
 
+# The asynchronous schedules report the weight versions they stash; 2bw with an update every 8
+# of 16 micro-batches keeps at most two.
+"$CHORUS" pipeline show --schedule 2bw --stages 4 --micro-batches 16 --update-every 8 >"$TMP/out" 2>&1
+if grep -q 'peak weight versions (stashed) 2, 2, 2, 1$' "$TMP/out"; then
+  pass "2bw --update-every 8: at most two weight versions"
+else
+  fail "2bw --update-every 8: want 'peak weight versions (stashed) 2, 2, 2, 1':"
+  cat "$TMP/out"
+fi
+
 # 3. Usage errors.
 expect_usage() {
   local want=$1
@@ -74,7 +84,8 @@ expect_usage() {
     cat "$TMP/err"
   fi
 }
-expect_usage "gpipe, 1f1b, interleaved, zb-h1" pipeline show --schedule pipedream
+expect_usage "gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw" pipeline show --schedule pipedream-2
+expect_usage "--update-every is for --schedule 2bw" pipeline show --schedule 1f1b --update-every 3
 expect_usage "needs --schedule interleaved" pipeline show --schedule 1f1b --chunks 2
 expect_usage "--stages" pipeline show --stages 0
 expect_usage "the one there is: show" pipeline draw

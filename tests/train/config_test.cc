@@ -269,7 +269,7 @@ TEST(Config, EnumerationsListTheChoices) {
       {"precision", "fp32, bf16, fp16"},
       {"data.dataset", "fashion-mnist, cifar10, fortunes"},
       {"model.name", "mlp, cnn, gpt"},
-      {"parallel.schedule", "none, gpipe, 1f1b, zb-h1"},
+      {"parallel.schedule", "none, gpipe, 1f1b, zb-h1, pipedream, 2bw"},
       {"parallel.balance", "params, time"},
       {"schedule.name", "constant, cosine, step"},
       {"ddp.comm_dtype", "fp32, fp16, bf16"},
@@ -618,8 +618,9 @@ TEST(Config, LayerwiseRules) {
   // A tied embedding spans the first and last stages: allowed (the stages keep it in step).
   EXPECT_TRUE(parse("", gptWith({"parallel.pp=2", "model.tie_embeddings=true"}), 2).model.tieEmbeddings);
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "ps.servers=1"}), 2), "parallel.pp = 2; set ps.servers = 0");
-  EXPECT_CONTAINS(errorOf("", {"parallel.schedule=pipedream"}),
-                  "parallel.schedule = \"pipedream\" is not allowed; the choices are: none, gpipe, 1f1b, zb-h1");
+  EXPECT_CONTAINS(errorOf("", {"parallel.schedule=pipedream-2"}),
+                  "parallel.schedule = \"pipedream-2\" is not allowed; the choices are: none, gpipe, 1f1b, zb-h1, "
+                  "pipedream, 2bw");
 }
 
 TEST(Config, PipelineScheduleRules) {
@@ -633,7 +634,7 @@ TEST(Config, PipelineScheduleRules) {
             "pipeline and needs parallel.pp > 1 (now 1 (default)); set parallel.pp or schedule = \"none\"");
   EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.micro_batches=2"}), 2),
             "--set parallel.micro_batches=2: parallel.micro_batches = 2: 2 micro-batches need a pipeline schedule; "
-            "set parallel.schedule = \"gpipe\", \"1f1b\" or \"zb-h1\", or micro_batches = 1");
+            "set parallel.schedule = \"gpipe\", \"1f1b\", \"zb-h1\", \"pipedream\" or \"2bw\", or micro_batches = 1");
   // Each replica cuts batch_size / dp windows: 16 / 2 = 8 windows do not cut into 3.
   EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=zb-h1", "parallel.micro_batches=3",
                                  "train.batch_size=16"}),
@@ -643,6 +644,35 @@ TEST(Config, PipelineScheduleRules) {
             "use a micro_batches that divides 8");
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=1f1b", "parallel.micro_batches=0"}), 2),
                   "parallel.micro_batches = 0 is out of range");
+}
+
+TEST(Config, AsynchronousScheduleRules) {
+  const std::vector<std::string> untied = {"parallel.pp=2", "model.tie_embeddings=false", "parallel.micro_batches=4"};
+  auto with = [&](std::vector<std::string> more) {
+    std::vector<std::string> all = untied;
+    all.insert(all.end(), more.begin(), more.end());
+    return gptWith(all);
+  };
+  const Config c = parse("", with({"parallel.schedule=2bw", "parallel.update_every=2", "parallel.vertical_sync=true"}), 2);
+  EXPECT_EQ(c.parallel.schedule, "2bw");
+  EXPECT_EQ(c.parallel.updateEvery, 2);
+  EXPECT_TRUE(c.parallel.verticalSync);
+  EXPECT_TRUE(c.parallel.weightStashing);
+  EXPECT_FALSE(parse("", with({"parallel.schedule=pipedream", "parallel.weight_stashing=false"}), 2).parallel.weightStashing);
+  EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=1f1b", "parallel.update_every=2"}), 2),
+                  "parallel.update_every = 2: 2 is for schedule \"2bw\" (now \"1f1b\" (set at --set "
+                  "parallel.schedule=1f1b)); remove it or set schedule = \"2bw\"");
+  EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=pipedream", "parallel.weight_stashing=false",
+                                    "parallel.vertical_sync=true"}),
+                          2),
+                  "parallel.vertical_sync = true: vertical sync chooses which stashed weight version a stage uses, so "
+                  "it needs schedule = \"pipedream\" or \"2bw\" with weight_stashing = true (now \"pipedream\", "
+                  "stashing off)");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=pipedream", "model.tie_embeddings=true"}), 2),
+                  "model.tie_embeddings = true: schedule \"pipedream\" updates each stage's weights at its own time, "
+                  "so the first and last stages cannot keep one tied embedding; set model.tie_embeddings = false");
+  EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=2bw", "parallel.update_every=-1"}), 2),
+                  "parallel.update_every = -1 is out of range");
 }
 
 TEST(Config, PipelinePartitionRules) {
@@ -782,9 +812,9 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 7 of [parallel]
+  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 10 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 89u);
+  EXPECT_EQ(configKeys().size(), 92u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

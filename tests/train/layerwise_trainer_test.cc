@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "chorus/train/optim.h"
 #include "chorus/train/text_task.h"
 #include "util/rank_threads.h"
+#include "util/scratch_dir.h"
 
 namespace chorus::train {
 namespace {
@@ -202,11 +204,7 @@ INSTANTIATE_TEST_SUITE_P(Stages, SplitEqualsWhole,
 
 // ---- the strategy in the loop ----
 
-fs::path tempDir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / str("chorus-layerwise-test-", getpid(), "-", name);
-  fs::remove_all(d);
-  return d;
-}
+fs::path tempDir(const std::string& name) { return test::scratchDir("chorus-layerwise-test", name); }
 
 Config gptConfig(const fs::path& dir, int world, int pp, bool tied, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> sets = {"model.name=gpt",
@@ -393,6 +391,47 @@ INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedLoop,
                              if (c == '-') c = '_';
                            return str(n, "_pp", std::get<1>(i.param));
                          });
+
+// The asynchronous schedules. With one micro-batch per step, pipedream's update after the
+// backward is the synchronous step, so the run equals the whole model. With several, each
+// stage updates after every micro-batch while later ones are in flight: the job trains (the
+// loss falls), its losses differ from 1f1b's, and with stashing off they differ again.
+TEST(AsyncPipelinedLoop, PipedreamTrains) {
+  {
+    const fs::path dir = tempDir("pipedream-m1");
+    const Config cfg = gptConfig(dir, 2, 2, false, {"parallel.schedule=pipedream", "parallel.micro_batches=1"});
+    const LoopReference ref = trainWholeOnTask(cfg, 4);
+    expectSameAsWhole(runLayerwise(cfg, 2), ref, dir, false);
+  }
+  auto losses = [](const fs::path& dir) {
+    std::vector<double> out;
+    for (const auto& line : events(dir / "metrics.jsonl", "step")) out.push_back(field(line, "loss"));
+    return out;
+  };
+  const std::vector<std::string> longer = {"train.max_steps=12", "optim.lr=0.05", "parallel.micro_batches=4"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), longer.begin(), longer.end());
+    return extra;
+  };
+  const fs::path sync = tempDir("async-1f1b"), pd = tempDir("async-pipedream"), loose = tempDir("async-nostash"),
+                 tbw = tempDir("async-2bw");
+  runLayerwise(gptConfig(sync, 2, 2, false, with({"parallel.schedule=1f1b"})), 2);
+  runLayerwise(gptConfig(pd, 2, 2, false, with({"parallel.schedule=pipedream"})), 2);
+  runLayerwise(gptConfig(loose, 2, 2, false, with({"parallel.schedule=pipedream", "parallel.weight_stashing=false"})), 2);
+  runLayerwise(gptConfig(tbw, 2, 2, false, with({"parallel.schedule=2bw", "parallel.update_every=2"})), 2);
+  const auto a = losses(sync), b = losses(pd), c = losses(loose), d = losses(tbw);
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  ASSERT_EQ(c.size(), 12u);
+  ASSERT_EQ(d.size(), 12u);
+  for (const auto* run : {&b, &d}) {
+    EXPECT_LT(std::accumulate(run->end() - 3, run->end(), 0.0), std::accumulate(run->begin(), run->begin() + 3, 0.0))
+        << "the loss falls";
+  }
+  EXPECT_GT(std::abs(a.back() - b.back()), 1e-6) << "pipedream updates inside the step; 1f1b does not";
+  EXPECT_GT(std::abs(b.back() - c.back()), 1e-6) << "stashing changes the gradients";
+  EXPECT_GT(std::abs(b.back() - d.back()), 1e-6) << "2bw updates half as often";
+}
 
 // parallel.partition places the layers as given; parallel.balance = "time" partitions by the
 // times worker 0 measured, the same split on every rank; either way the run equals the whole model.

@@ -26,6 +26,7 @@
 #include "chorus/train/tp_strategy.h"
 #include "chorus/train/trainer.h"
 #include "util/rank_threads.h"
+#include "util/scratch_dir.h"
 
 namespace chorus::train {
 namespace {
@@ -38,11 +39,7 @@ std::shared_ptr<comm::ProcessGroup> borrow(comm::ProcessGroup& g) {
   return std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
 }
 
-fs::path tempDir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / str("chorus-tp-trainer-test-", getpid(), "-", name);
-  fs::remove_all(d);
-  return d;
-}
+fs::path tempDir(const std::string& name) { return test::scratchDir("chorus-tp-trainer-test", name); }
 
 // A tiny GPT on the fortunes corpus, every step logged.
 Config gptConfig(int world, int tp, const fs::path& dir, const std::vector<std::string>& extra = {}) {

@@ -259,11 +259,22 @@ const std::vector<Key>& schema() {
        .meaning = "layer-wise stages per replica: the gpt's blocks in pp contiguous ranges on different workers "
                   "(at most model.layers)"},
       {.name = "parallel.schedule", .field = CHORUS_FIELD(parallel.schedule),
-       .choices = {"none", "gpipe", "1f1b", "zb-h1"},
+       .choices = {"none", "gpipe", "1f1b", "zb-h1", "pipedream", "2bw"},
        .meaning = "how the stages of pp > 1 run: none, the naive layer-wise split (one batch through the stages in "
                   "turn); gpipe (all forwards, then all backwards), 1f1b (one forward one backward, at most pp "
                   "micro-batches stored) or zb-h1 (1f1b with the backward split into its input and weight halves) "
-                  "over parallel.micro_batches micro-batches; `chorus pipeline show` draws them"},
+                  "over parallel.micro_batches micro-batches; pipedream (asynchronous 1f1b: each stage updates its "
+                  "weights after every micro-batch's backward, no flush inside the step) or 2bw (the same, one "
+                  "update per parallel.update_every micro-batches); `chorus pipeline show` draws them"},
+      {.name = "parallel.weight_stashing", .field = CHORUS_FIELD(parallel.weightStashing),
+       .meaning = "pipedream, 2bw: run each micro-batch's backward on the weights its forward used (false: on the "
+                  "latest, which gives inconsistent gradients; for comparison)"},
+      {.name = "parallel.vertical_sync", .field = CHORUS_FIELD(parallel.verticalSync),
+       .meaning = "pipedream, 2bw: every stage runs a micro-batch on the weight version the first stage used for it "
+                  "(needs weight_stashing)"},
+      {.name = "parallel.update_every", .field = CHORUS_FIELD(parallel.updateEvery),
+       .range = between(0, 4096, false, false),
+       .meaning = "2bw: micro-batches whose gradients one weight update applies; 0: parallel.pp"},
       {.name = "parallel.partition", .field = CHORUS_FIELD(parallel.partition), .range = atLeast(1),
        .meaning = "pp > 1: the gpt's layers on each stage, in order, the embedding and the head counted as layers "
                   "(model.layers + 2 in all), e.g. [2, 4]; empty: balanced by parallel.balance"},
@@ -983,9 +994,21 @@ class Builder {
       fail("parallel.schedule", str(": schedule \"", par.schedule, "\" runs the stages of a pipeline and needs "
                                     "parallel.pp > 1 (now ", par.pp, originNote("parallel.pp"),
                                     "); set parallel.pp or schedule = \"none\""));
+    const bool async = par.schedule == "pipedream" || par.schedule == "2bw";
+    if (par.updateEvery != 0 && par.schedule != "2bw")
+      fail("parallel.update_every", str(": ", par.updateEvery, " is for schedule \"2bw\" (now \"", par.schedule,
+                                        "\"", originNote("parallel.schedule"), "); remove it or set schedule = \"2bw\""));
+    if (par.verticalSync && (!async || !par.weightStashing))
+      fail("parallel.vertical_sync", str(": vertical sync chooses which stashed weight version a stage uses, so it "
+                                         "needs schedule = \"pipedream\" or \"2bw\" with weight_stashing = true (now \"",
+                                         par.schedule, "\", stashing ", par.weightStashing ? "on" : "off", ")"));
+    if (async && config_.model.name == "gpt" && config_.model.tieEmbeddings)
+      fail("model.tie_embeddings", str(": schedule \"", par.schedule, "\" updates each stage's weights at its own "
+                                       "time, so the first and last stages cannot keep one tied embedding; set "
+                                       "model.tie_embeddings = false"));
     if (par.microBatches > 1 && par.schedule == "none")
       fail("parallel.micro_batches", str(": ", par.microBatches, " micro-batches need a pipeline schedule; set "
-                                         "parallel.schedule = \"gpipe\", \"1f1b\" or \"zb-h1\", or "
+                                         "parallel.schedule = \"gpipe\", \"1f1b\", \"zb-h1\", \"pipedream\" or \"2bw\", or "
                                          "micro_batches = 1"));
     // Each replica cuts its batch_size / dp windows (the whole batch when the world size is not
     // known yet) into micro_batches equal parts.

@@ -218,9 +218,15 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
   m.bytes = parameterBytes(m.stage->module());
   if (m.cfg.parallel.schedule != "none") {
     // Micro-batches: the executor runs the schedule; the dp average comes after it.
+    const ParallelConfig& par = m.cfg.parallel;
+    parallel::PipelineOptions po;
+    po.weightStashing = par.weightStashing;
+    po.verticalSync = par.verticalSync;
     m.exec = std::make_unique<parallel::PipelineExecutor>(
-        m.mesh.group("pp"), parallel::makeSchedule(m.cfg.parallel.schedule, m.pp(),
-                                                   static_cast<int>(m.cfg.parallel.microBatches)));
+        m.mesh.group("pp"),
+        parallel::makeSchedule(par.schedule, m.pp(), static_cast<int>(par.microBatches), 1,
+                               static_cast<int>(par.updateEvery)),
+        po);
   } else if (m.dp() > 1) {
     m.runner = StageRunner(*m.stage);
     parallel::DDPOptions d = ddpOptions(m.cfg);  // ddp.* and the wire dtype, as the other strategies
@@ -330,11 +336,29 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
     p.loss = [&](const torch::Tensor& out, int i) {
       return gptStageLoss(out, targets[static_cast<size_t>(i)], m.gpt.vocab) / static_cast<double>(micro);
     };
+  // Asynchronous schedules update the stage's weights inside the run, after each group of
+  // micro-batches: the dp average and the optimizer step happen there (a non-finite gradient
+  // skips its update and stops the job at the step's end). The tied embedding is refused for
+  // them (config.cc).
+  const bool async = m.exec->schedule().asynchronous();
+  bool updatesFinite = true;
+  if (async) {
+    p.parameters = [&](int) { return st.module().parameters(); };
+    p.update = [&](int) {
+      if (m.dp() > 1) averageGradients(*m.mesh.group("dp"), st.module());
+      if (gradientsFinite(*m.optimizer)) {
+        m.optimizer->step();
+      } else {
+        updatesFinite = false;
+      }
+      m.optimizer->zero_grad();
+    };
+  }
   const parallel::PipelineRun run = m.exec->run(p);
   const Clock::time_point t1 = Clock::now();
-  if (m.dp() > 1) averageGradients(*m.mesh.group("dp"), st.module());
+  if (m.dp() > 1 && !async) averageGradients(*m.mesh.group("dp"), st.module());
   const Clock::time_point t2 = Clock::now();
-  st.syncTiedGradients();
+  if (!async) st.syncTiedGradients();
   const Clock::time_point t3 = Clock::now();
 
   // One all-reduce over the stages: the replica's loss (from the last stage) and every
@@ -351,10 +375,11 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
   ++m.bubbleSteps;
   const uint64_t sent1 = m.world->bytesSent();
   o.stats.loss = lossValue;
-  o.diverged = agreeOnDivergence(*m.world, std::isfinite(lossValue), gradientsFinite(*m.optimizer));
+  o.diverged =
+      agreeOnDivergence(*m.world, std::isfinite(lossValue), async ? updatesFinite : gradientsFinite(*m.optimizer));
   const Clock::time_point t4 = Clock::now();
   if (o.diverged.any()) return o;
-  m.optimizer->step();
+  if (!async) m.optimizer->step();
   const Clock::time_point t5 = Clock::now();
 
   if (m.dp() > 1) {

@@ -62,9 +62,56 @@ PipelineExecutor::PipelineExecutor(std::shared_ptr<comm::ProcessGroup> pp, PipeS
   if (lastTag >= TensorP2P::kHeaderTagBit)
     throw InvalidArgument(chorus::str("PipelineExecutor: tags ", opts_.tag, " .. ", lastTag, " reach the header bit ",
                                       TensorP2P::kHeaderTagBit, "; use a smaller PipelineOptions::tag"));
+  if (opts_.verticalSync && (!opts_.weightStashing || !schedule_.asynchronous() || schedule_.chunks != 1))
+    throw InvalidArgument(chorus::str("PipelineExecutor: vertical sync is for an asynchronous schedule (pipedream, 2bw) ",
+                                      "of one chunk per rank with weight stashing on; schedule \"", schedule_.name,
+                                      "\", ", schedule_.chunks, " chunk(s), stashing ", opts_.weightStashing ? "on" : "off"));
   rank_ = pp_->rank();
   impl_ = std::make_unique<Impl>(pp_, opts_.meta);
+  versions_.assign(static_cast<size_t>(schedule_.chunks), 0);
 }
+
+namespace {
+
+// One chunk's weights under an asynchronous schedule (executor.h, "Weight versions").
+struct ChunkWeights {
+  std::vector<torch::Tensor> params;  // the module's parameters; their data is swapped
+  std::vector<torch::Tensor> latest;  // the latest version, which updates change in place
+  std::map<int64_t, std::vector<torch::Tensor>> stash;  // version -> a copy of it
+
+  void use(const std::vector<torch::Tensor>& data) {
+    for (size_t k = 0; k < params.size(); ++k) params[k].set_data(data[k]);
+  }
+  void keep(int64_t version) {
+    if (stash.count(version)) return;
+    std::vector<torch::Tensor> copy;
+    copy.reserve(latest.size());
+    for (const auto& t : latest) copy.push_back(t.clone());
+    stash.emplace(version, std::move(copy));
+  }
+  // Runs the caller's update on the latest weights. An in-place change of a parameter bumps its
+  // version counter, which autograd checks when a graph in flight unpacks the parameter it
+  // saved; those graphs run on their stashed copies (or, without stashing, deliberately on the
+  // latest weights), so the update runs under fresh counters and the old ones are put back.
+  void update(const std::function<void(int)>& fn, int chunk) {
+    use(latest);
+    std::vector<c10::VariableVersion> saved;
+    saved.reserve(params.size());
+    for (auto& p : params) {
+      saved.push_back(p.unsafeGetTensorImpl()->version_counter());
+      p.unsafeGetTensorImpl()->set_version_counter(c10::VariableVersion(saved.back().current_version()));
+    }
+    try {
+      fn(chunk);
+    } catch (...) {
+      for (size_t k = 0; k < params.size(); ++k) params[k].unsafeGetTensorImpl()->set_version_counter(saved[k]);
+      throw;
+    }
+    for (size_t k = 0; k < params.size(); ++k) params[k].unsafeGetTensorImpl()->set_version_counter(saved[k]);
+  }
+};
+
+}  // namespace
 
 PipelineExecutor::~PipelineExecutor() {
   // Sends still posted (a run that failed) keep their tensors; wait for them briefly.
@@ -90,6 +137,10 @@ PipelineRun PipelineExecutor::run(const Step& step) {
     if (vs == last && !step.loss)
       throw InvalidArgument("PipelineExecutor::run: this rank holds the last virtual stage and needs Step::loss");
   }
+  const bool async = s.asynchronous();
+  if (async && (!step.parameters || !step.update))
+    throw InvalidArgument(chorus::str("PipelineExecutor::run: asynchronous schedule \"", s.name,
+                                      "\" needs Step::parameters and Step::update"));
   // Which micro-batches' backward this rank splits into B and W.
   std::vector<bool> split(static_cast<size_t>(s.chunks * m), false);
   for (const PipeAction& a : actions)
@@ -101,6 +152,60 @@ PipelineRun PipelineExecutor::run(const Step& step) {
   for (int c = 0; c < s.chunks; ++c)
     if (s.virtualStage(rank_, c) == last) out.losses.assign(static_cast<size_t>(m), 0.0);
   int held = 0;
+
+  // Asynchronous schedules: each chunk's weights, the version each micro-batch's forward used,
+  // and (vertical sync) the version the first stage uses for micro-batch i: its version at the
+  // run's start plus the updates it makes before that forward (every rank starts a run at the
+  // same version: each makes the same number of updates per run).
+  std::vector<ChunkWeights> weights;
+  std::vector<int64_t> forwardVersion(static_cast<size_t>(s.chunks * m), -1);
+  std::vector<int64_t> firstStageVersion;
+  std::vector<bool> forwarded(static_cast<size_t>(s.chunks * m), false);
+  if (async) {
+    for (int c = 0; c < s.chunks; ++c) {
+      ChunkWeights w;
+      w.params = step.parameters(c);
+      for (const auto& t : w.params) {
+        if (!t.defined()) throw InvalidArgument(chorus::str("PipelineExecutor: Step::parameters(", c, ") returned an undefined tensor"));
+        w.latest.push_back(t.variable_data());
+      }
+      weights.push_back(std::move(w));
+    }
+    if (opts_.verticalSync) {
+      int64_t v = versions_[0];
+      for (const PipeAction& a : s.ranks[0]) {
+        if (a.op == PipeOp::kWeightUpdate) ++v;
+        if (a.op == PipeOp::kForward) {
+          firstStageVersion.resize(std::max<size_t>(firstStageVersion.size(), static_cast<size_t>(a.microBatch) + 1), -1);
+          firstStageVersion[static_cast<size_t>(a.microBatch)] = v;
+        }
+      }
+    }
+  }
+  auto liveVersions = [&](int c) {
+    const ChunkWeights& w = weights[static_cast<size_t>(c)];
+    return static_cast<int>(w.stash.size()) + (w.stash.count(versions_[static_cast<size_t>(c)]) ? 0 : 1);
+  };
+  // Drops the stashed versions of chunk c that no micro-batch in flight, nor (vertical sync)
+  // a later forward, will use.
+  auto prune = [&](int c) {
+    ChunkWeights& w = weights[static_cast<size_t>(c)];
+    for (auto it = w.stash.begin(); it != w.stash.end();) {
+      bool needed = false;
+      for (int i = 0; i < m && !needed; ++i) {
+        const size_t k = static_cast<size_t>(c * m + i);
+        needed = forwardVersion[k] == it->first ||
+                 (opts_.verticalSync && !forwarded[k] && firstStageVersion[static_cast<size_t>(i)] == it->first);
+      }
+      it = needed ? std::next(it) : w.stash.erase(it);
+    }
+  };
+  auto restoreLatest = [&] {
+    for (auto& w : weights) {
+      w.use(w.latest);
+      w.stash.clear();
+    }
+  };
 
   auto span = [&](PipeSpan::Kind k, int chunk, int mb, Clock::time_point t0) {
     const Clock::time_point t1 = Clock::now();
@@ -246,6 +351,24 @@ PipelineRun PipelineExecutor::run(const Step& step) {
           if (!u.input.defined())
             throw InvalidArgument(chorus::str("PipelineExecutor: Step::input(", a.microBatch, ") returned no tensor"));
         }
+        if (async) {
+          ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
+          const int64_t current = versions_[static_cast<size_t>(a.chunk)];
+          const int64_t v = opts_.verticalSync ? firstStageVersion[static_cast<size_t>(a.microBatch)] : current;
+          const size_t k = static_cast<size_t>(a.chunk * m + a.microBatch);
+          if (opts_.weightStashing) {
+            if (v == current) w.keep(v);
+            CHORUS_CHECK(w.stash.count(v), "weight version ", v, " of micro-batch ", a.microBatch,
+                         " was not kept (current ", current, ")");
+            w.use(w.stash.at(v));
+          } else {
+            w.use(w.latest);
+          }
+          forwardVersion[k] = v;
+          forwarded[k] = true;
+          out.weightUses.push_back({a.chunk, a.microBatch, v, -1});
+          out.peakWeightVersions = std::max(out.peakWeightVersions, liveVersions(a.chunk));
+        }
         torch::Tensor y;
         if (split[static_cast<size_t>(a.chunk * m + a.microBatch)]) {
           u.store = std::make_shared<WeightGradStore>();
@@ -299,7 +422,19 @@ PipelineRun PipelineExecutor::run(const Step& step) {
       case PipeOp::kBackwardInput: {
         postAhead(i + 1);
         Unit& u = unit(a);
-        backward(a, u, a.op == PipeOp::kBackwardInput);
+        if (async) {
+          ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
+          const size_t k = static_cast<size_t>(a.chunk * m + a.microBatch);
+          const int64_t v = opts_.weightStashing ? forwardVersion[k] : versions_[static_cast<size_t>(a.chunk)];
+          w.use(opts_.weightStashing ? w.stash.at(v) : w.latest);
+          for (auto& use : out.weightUses)
+            if (use.chunk == a.chunk && use.microBatch == a.microBatch) use.backwardVersion = v;
+          backward(a, u, a.op == PipeOp::kBackwardInput);
+          forwardVersion[k] = -1;
+          prune(a.chunk);
+        } else {
+          backward(a, u, a.op == PipeOp::kBackwardInput);
+        }
         const int vs = s.virtualStage(rank_, a.chunk);
         // The first virtual stage sends no gradient: its state goes now (whole backward).
         if (vs == 0 && a.op == PipeOp::kBackward) release(a, u);
@@ -315,6 +450,22 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         span(PipeSpan::Kind::kBackwardWeight, a.chunk, a.microBatch, t0);
         break;
       }
+      case PipeOp::kWeightUpdate: {
+        ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
+        int64_t& current = versions_[static_cast<size_t>(a.chunk)];
+        // Vertical sync: a later forward may still need the version about to be replaced.
+        if (opts_.verticalSync) {
+          for (int i = 0; i < m; ++i)
+            if (!forwarded[static_cast<size_t>(a.chunk * m + i)] && firstStageVersion[static_cast<size_t>(i)] == current)
+              w.keep(current);
+        }
+        w.update(step.update, a.chunk);
+        ++current;
+        prune(a.chunk);
+        out.peakWeightVersions = std::max(out.peakWeightVersions, liveVersions(a.chunk));
+        span(PipeSpan::Kind::kStep, a.chunk, a.microBatch, t0);
+        break;
+      }
       case PipeOp::kOptimizerStep: {
         // Pending sends carry activations and input gradients, not weights: the step need not
         // wait for them.
@@ -324,14 +475,17 @@ PipelineRun PipelineExecutor::run(const Step& step) {
       }
     }
   }
+  restoreLatest();
   const Clock::time_point w0 = Clock::now();
   for (auto& w : im.sends) w->wait();
   im.sends.clear();
   if (opts_.recordSpans && !out.spans.empty()) span(PipeSpan::Kind::kWaitSend, -1, -1, w0);
   } catch (const std::exception& e) {
+    restoreLatest();
     abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule (", e.what(), ")"));
     throw;
   } catch (...) {
+    restoreLatest();
     abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule"));
     throw;
   }

@@ -24,6 +24,22 @@
 //   W       computes micro-batch i's queued weight gradients, then frees what it kept
 //   sendG   posts the input's gradient to the previous virtual stage
 //   step    calls optimizerStep (if set)
+//   update  (asynchronous schedules: pipedream, 2bw) calls update(c), which applies the chunk's
+//           accumulated gradients to its latest weights (an optimizer step and zero_grad), and
+//           bumps the chunk's weight version
+//
+// Weight versions (asynchronous schedules). Micro-batches still in flight ran their forward on
+// older weights than the latest. With PipelineOptions::weightStashing (the default) each
+// forward runs on a copy of the version it uses, kept until its backward, which runs on the
+// same copy (PipeDream's weight stashing): the executor swaps the data of the chunk's
+// parameters (Step::parameters) between the copies, so autograd's saved tensors see the right
+// version, while the update changes the latest weights in place out of sight of the graphs in
+// flight. Without stashing every forward and backward uses the latest weights, as updated so far
+// (the inconsistent gradient stashing exists to avoid). PipelineOptions::verticalSync makes
+// every stage run micro-batch i on the version the first stage used for it (each stage keeps
+// the older versions that later micro-batches will need). Versions count from 0 at the
+// executor's construction and go on across runs; the run ends with the parameters holding the
+// latest weights. PipelineRun::weightUses reports the version of each forward and backward.
 // A forward whose micro-batch is later split into B and W runs inside a WeightGradScope of its
 // own store. An integer activation (token ids) has no gradient: both ends of such a channel
 // know its dtype and skip the gradient's transfer.
@@ -71,14 +87,17 @@ struct PipelineOptions {
   uint32_t tag = 0x50500000;  // "PP"
   MetaMode meta = MetaMode::kAgreeOnce;
   bool recordSpans = true;
+  // Asynchronous schedules only (see "Weight versions" above).
+  bool weightStashing = true;
+  bool verticalSync = false;  // needs weightStashing
 };
 
 // What this rank did and when, for the trace's stage lanes.
 struct PipeSpan {
   enum class Kind { kForward, kBackward, kBackwardInput, kBackwardWeight, kWaitActivation, kWaitGradient, kWaitSend, kStep };
   Kind kind;
-  int chunk;       // -1 for kWaitSend and kStep
-  int microBatch;  // -1 for kWaitSend and kStep
+  int chunk;       // -1 for kWaitSend and the optimizer step (an asynchronous update: its chunk
+  int microBatch;  // and micro-batch)
   std::chrono::steady_clock::time_point start, end;
   // "forward", "backward", "backward input", "backward weight", "wait activation",
   // "wait gradient", "wait send", "optimizer step".
@@ -92,6 +111,15 @@ struct PipelineRun {
   double waitSeconds = 0;      // blocked in receives and in the final wait for sends
   int reusedBuffers = 0;       // receives that went into a buffer recycled from an earlier micro-batch
   std::vector<PipeSpan> spans;
+  // Asynchronous schedules: the weight version each (chunk, micro-batch) ran its forward and
+  // its backward on, in the order of the forwards; and the most versions held at once (the
+  // latest and the stashed ones).
+  struct WeightUse {
+    int chunk, microBatch;
+    int64_t forwardVersion, backwardVersion;
+  };
+  std::vector<WeightUse> weightUses;
+  int peakWeightVersions = 1;
 };
 
 class PipelineExecutor {
@@ -106,11 +134,17 @@ class PipelineExecutor {
     std::function<torch::Tensor(const torch::Tensor& output, int microBatch)> loss;
     // At the schedule's optimizer step; may be empty (the caller steps after run()).
     std::function<void()> optimizerStep;
+    // Asynchronous schedules, required there: chunk c's parameters (the tensors its forward
+    // uses, whose data the executor swaps), and the update that applies chunk c's accumulated
+    // gradients to them in place and clears the gradients (e.g. opt.step(); opt.zero_grad()).
+    std::function<std::vector<torch::Tensor>(int chunk)> parameters;
+    std::function<void(int chunk)> update;
   };
 
   // `pp`: the pipeline group, rank r running schedule.ranks[r]. Throws InvalidArgument when
-  // the group's size is not the schedule's stage count, the schedule fails checkSchedule, or
-  // the tags do not fit.
+  // the group's size is not the schedule's stage count, the schedule fails checkSchedule, the
+  // tags do not fit, or verticalSync is asked without weightStashing or for a synchronous
+  // schedule or one with chunks.
   PipelineExecutor(std::shared_ptr<comm::ProcessGroup> pp, PipeSchedule schedule, PipelineOptions opts = {});
   ~PipelineExecutor();
   PipelineExecutor(const PipelineExecutor&) = delete;
@@ -131,6 +165,7 @@ class PipelineExecutor {
   PipelineOptions opts_;
   int rank_ = 0;
   std::unique_ptr<Impl> impl_;
+  std::vector<int64_t> versions_;  // per chunk, the weight version (asynchronous schedules)
 };
 
 }  // namespace chorus::parallel

@@ -74,12 +74,13 @@ const char* opName(PipeOp op) {
     case PipeOp::kSendGradient: return "sendG";
     case PipeOp::kRecvGradient: return "recvG";
     case PipeOp::kOptimizerStep: return "step";
+    case PipeOp::kWeightUpdate: return "update";
   }
   return "?";
 }
 
 const std::vector<std::string>& scheduleNames() {
-  static const std::vector<std::string> names = {"gpipe", "1f1b", "interleaved", "zb-h1"};
+  static const std::vector<std::string> names = {"gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw"};
   return names;
 }
 
@@ -167,14 +168,58 @@ PipeSchedule zeroBubbleH1Schedule(int stages, int microBatches) {
   return s;
 }
 
-PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches, int chunks) {
+namespace {
+
+// 1F1B's order without the flush: an update of the weights after the backward of every
+// `every`-th micro-batch and of the last.
+PipeSchedule asyncOneFOneB(const std::string& name, int stages, int microBatches, int every) {
+  PipeSchedule s = blank(name, stages, microBatches, 1);
+  s.updateEvery = every;
+  for (int r = 0; r < stages; ++r) {
+    const int warm = std::min(stages - r - 1, microBatches);
+    int f = 0, b = 0;
+    auto backward = [&] {
+      emit(s, r, PipeOp::kBackward, b, 0);
+      if ((b + 1) % every == 0 || b == microBatches - 1) s.ranks[static_cast<size_t>(r)].push_back(act(PipeOp::kWeightUpdate, b, 0));
+      ++b;
+    };
+    while (f < warm) emit(s, r, PipeOp::kForward, f++, 0);
+    while (f < microBatches) {
+      emit(s, r, PipeOp::kForward, f++, 0);
+      backward();
+    }
+    while (b < microBatches) backward();
+  }
+  return s;
+}
+
+}  // namespace
+
+PipeSchedule pipedreamSchedule(int stages, int microBatches) {
+  checkSizes("pipedream schedule", stages, microBatches, 1);
+  return asyncOneFOneB("pipedream", stages, microBatches, 1);
+}
+
+PipeSchedule twoBufferedSchedule(int stages, int microBatches, int updateEvery) {
+  checkSizes("2bw schedule", stages, microBatches, 1);
+  if (updateEvery < 1)
+    throw InvalidArgument(chorus::str("2bw schedule: updateEvery ", updateEvery, " must be at least 1"));
+  return asyncOneFOneB("2bw", stages, microBatches, updateEvery);
+}
+
+PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches, int chunks, int updateEvery) {
   if (chunks != 1 && name != "interleaved")
     throw InvalidArgument(chorus::str("schedule \"", name, "\" runs one model chunk per rank; ", chunks,
                                       " chunks (virtual stages per rank) need schedule \"interleaved\""));
+  if (updateEvery < 0 || (updateEvery > 0 && name != "2bw"))
+    throw InvalidArgument(chorus::str("schedule \"", name, "\": updateEvery ", updateEvery,
+                                      " is for schedule \"2bw\" (0 = one update per stage count of micro-batches)"));
   if (name == "gpipe") return gpipeSchedule(stages, microBatches);
   if (name == "1f1b") return oneFOneBSchedule(stages, microBatches);
   if (name == "interleaved") return interleavedSchedule(stages, microBatches, chunks);
   if (name == "zb-h1") return zeroBubbleH1Schedule(stages, microBatches);
+  if (name == "pipedream") return pipedreamSchedule(stages, microBatches);
+  if (name == "2bw") return twoBufferedSchedule(stages, microBatches, updateEvery > 0 ? updateEvery : stages);
   std::string known;
   for (const auto& n : scheduleNames()) known += (known.empty() ? "" : ", ") + n;
   throw InvalidArgument(chorus::str("unknown pipeline schedule \"", name, "\"; the schedules are ", known));
@@ -182,7 +227,7 @@ PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches,
 
 double theoreticalBubble(const std::string& name, int stages, int microBatches, int chunks) {
   const double p = stages, m = microBatches, v = chunks;
-  if (name == "gpipe" || name == "1f1b") return (p - 1) / (m + p - 1);
+  if (name == "gpipe" || name == "1f1b" || name == "pipedream" || name == "2bw") return (p - 1) / (m + p - 1);
   if (name == "interleaved") return (p - 1) / (v * m + p - 1);
   if (name == "zb-h1") return (p - 1) / (3 * m + p - 1);
   throw InvalidArgument(chorus::str("theoreticalBubble: unknown schedule \"", name, "\""));
@@ -208,7 +253,7 @@ std::string describe(const PipeSchedule& s, int rank, const PipeAction& a) {
 
 struct UnitState {
   bool recvA = false, fwd = false, sendA = false, recvG = false, bwdInput = false, bwdWeight = false, whole = false,
-       sendG = false;
+       sendG = false, applied = false;
 };
 
 // The per-rank rules that need no other rank: ranges, exactly-once, order on the rank.
@@ -216,12 +261,16 @@ void checkRank(const PipeSchedule& s, int r) {
   const int v = s.chunks, m = s.microBatches, last = s.virtualStages() - 1;
   std::vector<UnitState> st(static_cast<size_t>(v * m));
   bool stepped = false;
+  // Asynchronous: per chunk, the micro-batches whose backward is complete and whose gradient
+  // no update has applied yet.
+  std::vector<std::vector<int>> pending(static_cast<size_t>(v));
   auto fail = [&](const PipeAction& a, const std::string& why) {
     throw InvalidArgument(chorus::str("pipeline schedule \"", s.name, "\" (", s.stages, " stages, ", m,
                                       " micro-batches): ", describe(s, r, a), ": ", why));
   };
   for (const PipeAction& a : s.ranks[static_cast<size_t>(r)]) {
     if (a.op == PipeOp::kOptimizerStep) {
+      if (s.asynchronous()) fail(a, "an asynchronous schedule updates its weights per micro-batch, not in one optimizer step");
       if (stepped) fail(a, "the optimizer steps twice in one schedule");
       stepped = true;
       continue;
@@ -231,6 +280,9 @@ void checkRank(const PipeSchedule& s, int r) {
       fail(a, chorus::str("micro-batch ", a.microBatch, " does not exist (0..", m - 1, ")"));
     if (stepped) fail(a, "comes after the optimizer step");
     UnitState& u = st[static_cast<size_t>(a.chunk * m + a.microBatch)];
+    std::vector<int>& waiting = pending[static_cast<size_t>(a.chunk)];
+    // The backward that completes a micro-batch's gradient (whole, or its W half).
+    const bool completes = a.op == PipeOp::kBackward || a.op == PipeOp::kBackwardWeight;
     const int vs = s.virtualStage(r, a.chunk);
     const bool backwardDone = u.whole || u.bwdInput;
     switch (a.op) {
@@ -274,9 +326,19 @@ void checkRank(const PipeSchedule& s, int r) {
         if (u.sendG) fail(a, "the gradient is sent twice");
         u.sendG = true;
         break;
+      case PipeOp::kWeightUpdate: {
+        if (!s.asynchronous()) fail(a, "a synchronous schedule steps the optimizer once, it has no per-micro-batch updates");
+        if (std::find(waiting.begin(), waiting.end(), a.microBatch) == waiting.end())
+          fail(a, u.applied ? "the micro-batch's gradient was already applied"
+                            : "the update comes before the micro-batch's backward completed its gradient");
+        for (int i : waiting) st[static_cast<size_t>(a.chunk * m + i)].applied = true;
+        waiting.clear();
+        break;
+      }
       case PipeOp::kOptimizerStep:
         break;
     }
+    if (completes && s.asynchronous()) waiting.push_back(a.microBatch);
   }
   for (int c = 0; c < v; ++c) {
     for (int i = 0; i < m; ++i) {
@@ -290,6 +352,7 @@ void checkRank(const PipeSchedule& s, int r) {
       else if (vs < last && !u.sendA) missing = "the send of its output";
       else if (vs < last && !u.recvG) missing = "the receive of its output's gradient";
       else if (vs > 0 && !u.sendG) missing = "the send of its input's gradient";
+      else if (s.asynchronous() && !u.applied) missing = "an update that applies its gradient";
       if (!missing.empty()) {
         const std::string where = v > 1 ? chorus::str(" chunk ", c, " (virtual stage ", vs, ")") : std::string();
         throw InvalidArgument(chorus::str("pipeline schedule \"", s.name, "\": micro-batch ", i, " on rank ", r, where,
@@ -297,14 +360,15 @@ void checkRank(const PipeSchedule& s, int r) {
       }
     }
   }
-  if (!stepped)
+  if (!stepped && !s.asynchronous())
     throw InvalidArgument(chorus::str("pipeline schedule \"", s.name, "\": rank ", r, " never steps the optimizer"));
 }
 
 }  // namespace
 
 SimResult checkSchedule(const PipeSchedule& s, const SimCosts& costs) {
-  if (s.stages < 1 || s.microBatches < 1 || s.chunks < 1 || static_cast<int>(s.ranks.size()) != s.stages)
+  if (s.stages < 1 || s.microBatches < 1 || s.chunks < 1 || s.updateEvery < 0 ||
+      static_cast<int>(s.ranks.size()) != s.stages)
     throw InvalidArgument(chorus::str("pipeline schedule \"", s.name, "\": ", s.stages, " stages, ", s.microBatches,
                                       " micro-batches, ", s.chunks, " chunks and ", s.ranks.size(),
                                       " action lists; need at least 1 of each and one list per stage"));
@@ -328,7 +392,26 @@ SimResult checkSchedule(const PipeSchedule& s, const SimCosts& costs) {
   res.busy.assign(static_cast<size_t>(p), 0);
   res.peakActivations.assign(static_cast<size_t>(p), 0);
   res.peakDeferred.assign(static_cast<size_t>(p), 0);
+  res.peakWeightVersions.assign(static_cast<size_t>(p), 1);
   res.timeline.resize(static_cast<size_t>(p));
+  // Weight versions, per rank: each chunk's current version, and the version each micro-batch
+  // ran its forward on while it waits for its backward (input half); -1 when not in flight.
+  const int units = s.chunks * s.microBatches;
+  std::vector<std::vector<int>> version(static_cast<size_t>(p), std::vector<int>(static_cast<size_t>(s.chunks), 0));
+  std::vector<std::vector<int>> inFlight(static_cast<size_t>(p), std::vector<int>(static_cast<size_t>(units), -1));
+  auto countVersions = [&](int r) {
+    int live = 0;
+    for (int c = 0; c < s.chunks; ++c) {
+      std::vector<int> seen = {version[static_cast<size_t>(r)][static_cast<size_t>(c)]};
+      for (int i = 0; i < s.microBatches; ++i) {
+        const int fv = inFlight[static_cast<size_t>(r)][static_cast<size_t>(c * s.microBatches + i)];
+        if (fv >= 0 && std::find(seen.begin(), seen.end(), fv) == seen.end()) seen.push_back(fv);
+      }
+      live += static_cast<int>(seen.size());
+    }
+    int& peak = res.peakWeightVersions[static_cast<size_t>(r)];
+    peak = std::max(peak, live);
+  };
   bool progress = true;
   while (progress) {
     progress = false;
@@ -376,14 +459,26 @@ SimResult checkSchedule(const PipeSchedule& s, const SimCosts& costs) {
             res.busy[static_cast<size_t>(r)] += cost;
             int& h = held[static_cast<size_t>(r)];
             int& d = deferred[static_cast<size_t>(r)];
-            if (a.op == PipeOp::kForward) h += 1;
-            if (a.op == PipeOp::kBackward || a.op == PipeOp::kBackwardInput) h -= 1;
+            int& fv = inFlight[static_cast<size_t>(r)][static_cast<size_t>(a.chunk * s.microBatches + a.microBatch)];
+            if (a.op == PipeOp::kForward) {
+              h += 1;
+              fv = version[static_cast<size_t>(r)][static_cast<size_t>(a.chunk)];
+            }
+            if (a.op == PipeOp::kBackward || a.op == PipeOp::kBackwardInput) {
+              h -= 1;
+              fv = -1;
+            }
+            countVersions(r);
             if (a.op == PipeOp::kBackwardInput) d += 1;
             if (a.op == PipeOp::kBackwardWeight) d -= 1;
             res.peakActivations[static_cast<size_t>(r)] = std::max(res.peakActivations[static_cast<size_t>(r)], h);
             res.peakDeferred[static_cast<size_t>(r)] = std::max(res.peakDeferred[static_cast<size_t>(r)], d);
             break;
           }
+          case PipeOp::kWeightUpdate:
+            ++version[static_cast<size_t>(r)][static_cast<size_t>(a.chunk)];
+            countVersions(r);
+            break;
           case PipeOp::kOptimizerStep:
             break;
         }
@@ -440,6 +535,7 @@ std::string renderSchedule(const PipeSchedule& s, const SimResult& res) {
   std::ostringstream os;
   os << "schedule " << s.name << ": " << s.stages << " stages, " << s.microBatches << " micro-batches";
   if (s.chunks > 1) os << ", " << s.chunks << " chunks per rank";
+  if (s.asynchronous()) os << ", asynchronous: weights updated after every " << (s.updateEvery == 1 ? std::string("micro-batch's backward") : chorus::str(s.updateEvery, " micro-batches' backwards")) << " (not drawn)";
   os << "; one column per time unit (F forward, B input gradient, W weight gradient, b whole backward";
   if (s.chunks > 1) os << ", .c the model chunk";
   os << ", . idle)\n";
@@ -452,6 +548,10 @@ std::string renderSchedule(const PipeSchedule& s, const SimResult& res) {
   for (int r = 0; r < s.stages; ++r) os << (r ? ", " : " ") << std::lround(100 * res.bubble[static_cast<size_t>(r)]) << "%";
   os << " (mean " << std::lround(100 * res.meanBubble()) << "%); peak stored activations";
   for (int r = 0; r < s.stages; ++r) os << (r ? ", " : " ") << res.peakActivations[static_cast<size_t>(r)];
+  if (s.asynchronous()) {
+    os << "; peak weight versions (stashed)";
+    for (int r = 0; r < s.stages; ++r) os << (r ? ", " : " ") << res.peakWeightVersions[static_cast<size_t>(r)];
+  }
   bool anyDeferred = false;
   for (int d : res.peakDeferred) anyDeferred = anyDeferred || d > 0;
   if (anyDeferred) {

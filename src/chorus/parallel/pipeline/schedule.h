@@ -26,11 +26,13 @@
 // a non-first virtual stage receives the micro-batch's activation before its forward and a
 // non-last one sends it after; a non-last virtual stage receives the output's gradient before
 // its backward (input half) and a non-first one sends its input's gradient after; every send
-// has its receive and the micro-batches agree; each rank steps the optimizer once, after all
-// its compute; and the ranks, running the lists with buffered sends and blocking receives,
-// cannot deadlock (the simulation completes). It also measures, under given action costs,
-// each rank's idle (bubble) fraction, its peak number of micro-batches holding their forward
-// state (forward done, backward not) and of micro-batches waiting for their W.
+// has its receive and the micro-batches agree; a synchronous schedule steps the optimizer once
+// per rank, after all its compute, and an asynchronous one applies every micro-batch's
+// gradient exactly once, by an update of its chunk after its backward (no optimizer step);
+// and the ranks, running the lists with buffered sends and blocking receives, cannot deadlock
+// (the simulation completes). It also measures, under given action costs, each rank's idle
+// (bubble) fraction, its peak number of micro-batches holding their forward state (forward
+// done, backward not), of micro-batches waiting for their W, and of weight versions alive.
 //
 // Thread-safety: plain values and pure functions.
 #pragma once
@@ -51,9 +53,12 @@ enum class PipeOp : uint8_t {
   kSendGradient,    // the gradient of the chunk's input, to the previous virtual stage
   kRecvGradient,    // the gradient of the chunk's output, from the next virtual stage
   kOptimizerStep,   // after every gradient of the step is in (microBatch and chunk are -1)
+  kWeightUpdate,    // asynchronous schedules: apply the chunk's gradients accumulated since its
+                    // previous update (microBatch: the one whose backward completed them) and
+                    // bump the chunk's weight version
 };
 
-// "F", "B", "W", "FB" (whole backward), "sendA", "recvA", "sendG", "recvG", "step".
+// "F", "B", "W", "FB" (whole backward), "sendA", "recvA", "sendG", "recvG", "step", "update".
 const char* opName(PipeOp op);
 
 struct PipeAction {
@@ -64,11 +69,17 @@ struct PipeAction {
 };
 
 struct PipeSchedule {
-  std::string name;       // "gpipe", "1f1b", "interleaved", "zb-h1"
+  std::string name;       // "gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw"
   int stages = 0;         // p, the pipeline ranks
   int microBatches = 0;   // m
   int chunks = 1;         // v, model chunks per rank
+  // 0: synchronous (one kOptimizerStep per rank, after all its compute). k >= 1: asynchronous,
+  // no flush: each rank updates its weights (kWeightUpdate) after the backward of every k-th
+  // micro-batch and of the last, while later micro-batches are in flight.
+  int updateEvery = 0;
   std::vector<std::vector<PipeAction>> ranks;  // [p]: each rank's actions, in order
+
+  bool asynchronous() const { return updateEvery > 0; }
 
   int virtualStages() const { return stages * chunks; }
   int virtualStage(int rank, int chunk) const { return chunk * stages + rank; }
@@ -102,10 +113,24 @@ PipeSchedule interleavedSchedule(int stages, int microBatches, int chunks);
 // output gradients); at most r + 1 wait on rank r. Bubble about a third of 1F1B's when F, B
 // and W cost the same.
 PipeSchedule zeroBubbleH1Schedule(int stages, int microBatches);
-// By name: "gpipe", "1f1b", "interleaved" (uses chunks), "zb-h1". InvalidArgument for another
-// name, stages < 1, microBatches < 1, chunks < 1, or chunks > 1 with a schedule other than
-// "interleaved".
-PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches, int chunks = 1);
+// PipeDream's asynchronous 1F1B (Narayanan et al. 2019): 1F1B's order without the flush; each
+// rank updates its weights right after each micro-batch's backward (updateEvery 1), so a
+// micro-batch's forward and backward on rank r are r .. p - 1 updates apart. Correct gradients
+// need weight stashing (the executor keeps the version each forward used for its backward):
+// rank r holds up to p - r weight versions. Optionally vertical sync: every stage runs a
+// micro-batch on the version the first stage used (PipelineOptions). Within one run (m
+// micro-batches) the pipeline fills once and drains once: bubble (p - 1) / (m + p - 1) of the
+// run, none in its steady state.
+PipeSchedule pipedreamSchedule(int stages, int microBatches);
+// PipeDream-2BW (Narayanan et al. 2021): the same order, but gradients accumulate over
+// updateEvery micro-batches before an update (the last group may be shorter). With updateEvery
+// >= p at most two weight versions are alive on a rank (the double buffer).
+PipeSchedule twoBufferedSchedule(int stages, int microBatches, int updateEvery);
+// By name: "gpipe", "1f1b", "interleaved" (uses chunks), "zb-h1", "pipedream", "2bw" (updates
+// every `updateEvery` micro-batches; 0 means the stage count). InvalidArgument for another
+// name, stages < 1, microBatches < 1, chunks < 1, chunks > 1 with a schedule other than
+// "interleaved", or updateEvery < 0 (or > 0 with a schedule other than "2bw").
+PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches, int chunks = 1, int updateEvery = 0);
 
 // ---- The checker ----
 
@@ -129,6 +154,9 @@ struct SimResult {
   std::vector<int> peakActivations;      // [p] most (chunk, micro-batch) pairs forwarded and not yet
                                          //     through their backward (whole, or its B half)
   std::vector<int> peakDeferred;         // [p] most micro-batches between their B and their W
+  std::vector<int> peakWeightVersions;   // [p] most weight versions alive at once with stashing: the
+                                         //     latest, and each one a micro-batch in flight ran its
+                                         //     forward on (1 for synchronous schedules)
   std::vector<std::vector<SimSpan>> timeline;  // [p] the compute actions as simulated
 
   double meanBubble() const;
@@ -141,7 +169,8 @@ struct SimResult {
 SimResult checkSchedule(const PipeSchedule& schedule, const SimCosts& costs = {});
 
 // The theoretical bubble fraction of the generated schedules with equal stages (F = 1,
-// B = W = 1): gpipe and 1f1b (p - 1) / (m + p - 1); interleaved (p - 1) / (v m + p - 1);
+// B = W = 1): gpipe, 1f1b, pipedream and 2bw (p - 1) / (m + p - 1) (the asynchronous ones: of
+// a run of m micro-batches, filled and drained once); interleaved (p - 1) / (v m + p - 1);
 // zb-h1 (p - 1) / (3 m + p - 1).
 double theoreticalBubble(const std::string& name, int stages, int microBatches, int chunks = 1);
 
