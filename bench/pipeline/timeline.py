@@ -5,13 +5,18 @@ picture a user expects for a pipeline schedule, from the spans the executor reco
 (src/chorus/parallel/pipeline/executor.h; lanes "compute" and "pipeline" of each rank).
 
 Measured, per stage: busy = the summed compute spans of the step (forward, backward, backward
-input, backward weight); the step's window = from the earliest span of the step on any stage to
-the latest end; bubble = 1 - busy / window. Printed as one JSON line:
+input, backward weight, and the asynchronous schedules' weight updates, "optimizer step"); the
+step's window = from the earliest span of the step on any stage to the latest end; bubble =
+1 - busy / window. Printed as one JSON line:
 
   {"step": 5, "stages": 2, "window_s": 0.41, "bubble": [0.18, 0.17], "busy_s": [0.33, 0.34]}
 
-usage: /usr/bin/python3 bench/pipeline/timeline.py TRACE.json [--step N] [--dp D] [--svg OUT.svg]
+With --last K: the same for each of the trace's last K steps, and "bubble" is each stage's
+median over them ("bubble_steps" lists every step's; "steps" the steps measured).
+
+usage: /usr/bin/python3 bench/pipeline/timeline.py TRACE.json [--step N | --last K] [--dp D] [--svg OUT.svg]
   --step N  the global step to draw (default: the last step in the trace)
+  --last K  measure the last K steps (the SVG draws the last of them)
   --dp D    data-parallel replicas of the run (world rank = stage * D + replica); replica 0 is drawn
 Standard library only.
 """
@@ -19,9 +24,10 @@ Standard library only.
 import argparse
 import json
 import os
+import statistics
 import sys
 
-COMPUTE = ("forward", "backward", "backward input", "backward weight")
+COMPUTE = ("forward", "backward", "backward input", "backward weight", "optimizer step")
 COLORS = {"forward": "#4c78a8", "backward": "#e45756", "backward input": "#f58518", "backward weight": "#54a24b",
           "optimizer": "#9467bd", "optimizer step": "#9467bd"}
 WAIT_COLOR = "#d9d9d9"
@@ -104,12 +110,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--step", type=int, default=None)
+    ap.add_argument("--last", type=int, default=None)
     ap.add_argument("--dp", type=int, default=1)
     ap.add_argument("--svg", default=None)
     ap.add_argument("--title", default=None)
     a = ap.parse_args()
     if a.dp < 1:
         raise SystemExit("timeline.py: --dp must be at least 1")
+    if a.last is not None and (a.last < 1 or a.step is not None):
+        raise SystemExit("timeline.py: --last K needs K >= 1 and no --step")
     events = load(a.trace)
     steps = sorted({(e.get("args") or {}).get("step") for e in events
                     if isinstance((e.get("args") or {}).get("step"), int) and "stage" in (e.get("args") or {})})
@@ -123,6 +132,18 @@ def main():
     lo, _, window, stages, busy = measure(spans)
     result = {"step": step, "stages": len(stages), "window_s": window / 1e6,
               "bubble": [round(1 - b / window, 4) for b in busy], "busy_s": [b / 1e6 for b in busy]}
+    if a.last is not None:
+        chosen = steps[-a.last:]
+        per_step = []
+        for st in chosen:
+            sp = step_spans(events, st, a.dp)
+            _, _, w, stg, b = measure(sp)
+            if len(stg) != len(stages):
+                raise SystemExit(f"timeline.py: step {st} has spans of {len(stg)} stages, step {step} of {len(stages)}")
+            per_step.append([1 - x / w for x in b])
+        result["steps"] = chosen
+        result["bubble_steps"] = [[round(x, 4) for x in row] for row in per_step]
+        result["bubble"] = [round(statistics.median(row[i] for row in per_step), 4) for i in range(len(stages))]
     print(json.dumps(result))
     if a.svg:
         title = a.title or f"step {step}: {len(stages)} stages ({os.path.basename(a.trace)})"

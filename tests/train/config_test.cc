@@ -671,6 +671,10 @@ TEST(Config, AsynchronousScheduleRules) {
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=pipedream", "model.tie_embeddings=true"}), 2),
                   "model.tie_embeddings = true: schedule \"pipedream\" updates each stage's weights at its own time, "
                   "so the first and last stages cannot keep one tied embedding; set model.tie_embeddings = false");
+  EXPECT_TRUE(parse("", with({"parallel.schedule=1f1b", "parallel.recompute=true"}), 2).parallel.recompute);
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.recompute=true"}), 2),
+                  "parallel.recompute = true: recomputation is done by the pipeline executor, so it needs a "
+                  "parallel.schedule (now \"none\" (default))");
   EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=2bw", "parallel.update_every=-1"}), 2),
                   "parallel.update_every = -1 is out of range");
 }
@@ -812,9 +816,9 @@ TEST(Config, ReferenceListsEveryKey) {
     ASSERT_NE(at, std::string::npos) << section;
     EXPECT_NE(ref.find("\n  " + leaf + " = ", at), std::string::npos) << key;
   }
-  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 10 of [parallel]
+  // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 11 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 92u);
+  EXPECT_EQ(configKeys().size(), 93u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

@@ -380,6 +380,21 @@ TEST_P(PipelinedLoop, SameLossesAsTheWholeModel) {
     EXPECT_LT(b, 1) << "stage " << st;
   }
   EXPECT_EQ(field(steps.back(), str("bubble_stage", pp)), -12345) << "one field per stage";
+  // Micro-batches holding forward state: GPipe all 4, 1F1B at most pp - stage; ZB-H1 keeps a
+  // micro-batch's (smaller) state until its W, so up to stage + 1 more.
+  for (int st = 0; st < pp; ++st) {
+    const double peak = field(steps.back(), str("peak_stored_stage", st));
+    if (schedule == "gpipe") {
+      EXPECT_EQ(peak, 4) << "stage " << st;
+    }
+    if (schedule == "1f1b") {
+      EXPECT_EQ(peak, std::min(pp - st, 4)) << "stage " << st;
+    }
+    if (schedule == "zb-h1") {
+      EXPECT_GE(peak, std::min(pp - st, 4)) << "stage " << st;
+      EXPECT_LE(peak, std::min(pp - st, 4) + st + 1) << "stage " << st;
+    }
+  }
   fs::remove_all(dir);
 }
 
@@ -391,6 +406,17 @@ INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedLoop,
                              if (c == '-') c = '_';
                            return str(n, "_pp", std::get<1>(i.param));
                          });
+
+// parallel.recompute: each stage runs its forward again in the backward; the run is unchanged.
+TEST(PipelinedLoopRecompute, SameLossesAsTheWholeModel) {
+  for (const std::string schedule : {"1f1b", "zb-h1"}) {
+    const fs::path dir = tempDir("recompute-" + schedule);
+    const Config cfg = gptConfig(dir, 2, 2, true,
+                                 {"parallel.schedule=" + schedule, "parallel.micro_batches=4", "parallel.recompute=true"});
+    const LoopReference ref = trainWholeOnTask(cfg, 4);
+    expectSameAsWhole(runLayerwise(cfg, 2), ref, dir, true);
+  }
+}
 
 // The asynchronous schedules. With one micro-batch per step, pipedream's update after the
 // backward is the synchronous step, so the run equals the whole model. With several, each
@@ -559,8 +585,20 @@ TEST(LayerwiseLoopCheckpoint, PlainFileLoadsWholeAndResumesSplit) {
   EXPECT_NEAR(field(steps[1], "loss"), ref.losses[3], 1e-5);
   for (const auto& run : runs)
     for (const auto& [name, t] : run.final) EXPECT_LE(maxDiff(t, ref.final.at(name)), 1e-5) << name;
+  // The same checkpoint resumed at another pp (3 stages, with 1F1B): each stage takes its layers
+  // from the whole-model file, and steps 3 and 4 are unchanged.
+  const fs::path dir3 = tempDir("ckpt-resume-pp3");
+  const Config cfg3 = gptConfig(dir3, 3, 3, true, {"parallel.schedule=1f1b", "parallel.micro_batches=2"});
+  const auto runs3 = runLayerwise(cfg3, 3, opts);
+  const auto steps3 = events(dir3 / "metrics.jsonl", "step");
+  ASSERT_EQ(steps3.size(), 2u);
+  EXPECT_NEAR(field(steps3[0], "loss"), ref.losses[2], 1e-5);
+  EXPECT_NEAR(field(steps3[1], "loss"), ref.losses[3], 1e-5);
+  for (const auto& run : runs3)
+    for (const auto& [name, t] : run.final) EXPECT_LE(maxDiff(t, ref.final.at(name)), 1e-5) << name;
   fs::remove_all(dir);
   fs::remove_all(dir2);
+  fs::remove_all(dir3);
 }
 
 // A step whose loss is not finite stops every rank at that step with a DivergenceError; the

@@ -272,6 +272,10 @@ const std::vector<Key>& schema() {
       {.name = "parallel.vertical_sync", .field = CHORUS_FIELD(parallel.verticalSync),
        .meaning = "pipedream, 2bw: every stage runs a micro-batch on the weight version the first stage used for it "
                   "(needs weight_stashing)"},
+      {.name = "parallel.recompute", .field = CHORUS_FIELD(parallel.recompute),
+       .meaning = "with a pipeline schedule: activation recomputation; a stage keeps only each micro-batch's input "
+                  "between its forward and its backward, which runs the forward again first (one more forward per "
+                  "micro-batch, far less memory)"},
       {.name = "parallel.update_every", .field = CHORUS_FIELD(parallel.updateEvery),
        .range = between(0, 4096, false, false),
        .meaning = "2bw: micro-batches whose gradients one weight update applies; 0: parallel.pp"},
@@ -1006,6 +1010,9 @@ class Builder {
       fail("model.tie_embeddings", str(": schedule \"", par.schedule, "\" updates each stage's weights at its own "
                                        "time, so the first and last stages cannot keep one tied embedding; set "
                                        "model.tie_embeddings = false"));
+    if (par.recompute && par.schedule == "none")
+      fail("parallel.recompute", str(": recomputation is done by the pipeline executor, so it needs a "
+                                     "parallel.schedule (now \"none\"", originNote("parallel.schedule"), ")"));
     if (par.microBatches > 1 && par.schedule == "none")
       fail("parallel.micro_batches", str(": ", par.microBatches, " micro-batches need a pipeline schedule; set "
                                          "parallel.schedule = \"gpipe\", \"1f1b\", \"zb-h1\", \"pipedream\" or \"2bw\", or "

@@ -103,6 +103,7 @@ struct ParallelConfig {
   bool weightStashing = true;     // pipedream, 2bw: each backward on its forward's weights
   bool verticalSync = false;      // pipedream, 2bw: every stage on the first stage's version
   int64_t updateEvery = 0;        // 2bw: micro-batches per weight update; 0: pp
+  bool recompute = false;         // with a schedule: each stage runs its forward again in the backward
   std::vector<int64_t> partition = {};  // pp > 1: the GPT's layers per stage (embedding and head
                                         // counted); empty: balanced by `balance`
   std::string balance = "params";       // "params": by parameter count; "time": by measured

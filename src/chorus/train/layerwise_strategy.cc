@@ -148,6 +148,7 @@ struct LayerwiseStrategy::Impl {
   // Per stage, the share of the pipeline's time it waited, summed over the steps since the
   // last step record (pipelined steps only).
   std::vector<double> bubbleSum;
+  std::vector<int> peakStored;  // per stage, the most micro-batches holding forward state in the window
   int64_t bubbleSteps = 0;
 
   int pp() const { return mesh.size("pp"); }
@@ -222,6 +223,7 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
     parallel::PipelineOptions po;
     po.weightStashing = par.weightStashing;
     po.verticalSync = par.verticalSync;
+    po.recompute = par.recompute;
     m.exec = std::make_unique<parallel::PipelineExecutor>(
         m.mesh.group("pp"),
         parallel::makeSchedule(par.schedule, m.pp(), static_cast<int>(par.microBatches), 1,
@@ -361,17 +363,23 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
   if (!async) st.syncTiedGradients();
   const Clock::time_point t3 = Clock::now();
 
-  // One all-reduce over the stages: the replica's loss (from the last stage) and every
-  // stage's bubble, the share of its pipeline time spent waiting.
+  // One all-reduce over the stages: the replica's loss (from the last stage), every stage's
+  // bubble (the share of its pipeline time spent waiting) and its peak stored micro-batches.
   StepOutcome o;
-  std::vector<double> shared(static_cast<size_t>(1 + m.pp()), 0.0);
+  const size_t stages = static_cast<size_t>(m.pp()), me = static_cast<size_t>(m.ppRank());
+  std::vector<double> shared(1 + 2 * stages, 0.0);
   for (double l : run.losses) shared[0] += l;  // each is its micro-batch's mean / micro
   const double busy = run.computeSeconds, waited = run.waitSeconds;
-  shared[static_cast<size_t>(1 + m.ppRank())] = busy + waited > 0 ? waited / (busy + waited) : 0;
+  shared[1 + me] = busy + waited > 0 ? waited / (busy + waited) : 0;
+  shared[1 + stages + me] = run.peakStored;
   allreduceInPlace(*m.mesh.group("pp"), shared.data(), shared.size(), DType::kFloat64, ReduceOp::kSum);
   const double lossValue = shared[0];
-  m.bubbleSum.resize(static_cast<size_t>(m.pp()), 0.0);
-  for (int s = 0; s < m.pp(); ++s) m.bubbleSum[static_cast<size_t>(s)] += shared[static_cast<size_t>(1 + s)];
+  m.bubbleSum.resize(stages, 0.0);
+  m.peakStored.resize(stages, 0);
+  for (size_t s = 0; s < stages; ++s) {
+    m.bubbleSum[s] += shared[1 + s];
+    m.peakStored[s] = std::max(m.peakStored[s], static_cast<int>(std::lround(shared[1 + stages + s])));
+  }
   ++m.bubbleSteps;
   const uint64_t sent1 = m.world->bytesSent();
   o.stats.loss = lossValue;
@@ -603,11 +611,14 @@ JsonObject LayerwiseStrategy::stepRecord(const LoopStatus& s) {
       .add("pp_bytes", w.modelParallelBytes)
       .add("comm_s", w.commSeconds)
       .add("compute_s", w.computeSeconds);
-  // Pipelined: each stage's mean bubble over the window (the same numbers on every rank).
+  // Pipelined: each stage's mean bubble and its peak stored micro-batches over the window (the
+  // same numbers on every rank).
   if (m.bubbleSteps > 0) {
     for (size_t st = 0; st < m.bubbleSum.size(); ++st)
       r.add(str("bubble_stage", st), m.bubbleSum[st] / static_cast<double>(m.bubbleSteps));
+    for (size_t st = 0; st < m.peakStored.size(); ++st) r.add(str("peak_stored_stage", st), m.peakStored[st]);
     m.bubbleSum.assign(m.bubbleSum.size(), 0.0);
+    m.peakStored.assign(m.peakStored.size(), 0);
     m.bubbleSteps = 0;
   }
   return r;

@@ -1,8 +1,11 @@
 // The pipeline executor (see executor.h).
 #include "chorus/parallel/pipeline/executor.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <utility>
 
@@ -38,6 +41,7 @@ struct PipelineExecutor::Unit {
   torch::Tensor gradIn;  // input.grad() after the backward, until sent
   std::shared_ptr<WeightGradStore> store;
   bool held = false;  // forward state kept (counts towards peakStored)
+  at::Tensor rngState;  // recompute: the CPU generator's state before the forward
 };
 
 struct PipelineExecutor::Impl {
@@ -273,8 +277,41 @@ PipelineRun PipelineExecutor::run(const Step& step) {
       --held;
     }
   };
+  // Recompute: the forward again, with autograd, under the generator state of the first run;
+  // the generator then goes back to where this rank's sequence of forwards had left it.
+  auto recomputeForward = [&](const PipeAction& a, Unit& u) {
+    const int vs = s.virtualStage(rank_, a.chunk);
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    at::Tensor now;
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      now = gen.get_state();
+      gen.set_state(u.rngState);
+    }
+    torch::Tensor y;
+    try {
+      if (u.store) {
+        WeightGradScope scope(u.store);
+        y = step.forward(a.chunk, u.input);
+      } else {
+        y = step.forward(a.chunk, u.input);
+      }
+      if (vs == last) u.loss = step.loss(y, a.microBatch).reshape({});
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(now);
+      throw;
+    }
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(now);
+    }
+    u.output = y;
+    ++out.recomputedForwards;
+  };
   auto backward = [&](const PipeAction& a, Unit& u, bool deferWeights) {
     const int vs = s.virtualStage(rank_, a.chunk);
+    if (opts_.recompute) recomputeForward(a, u);
     if (deferWeights) u.store->setDeferring(true);
     try {
       if (vs == last) {
@@ -370,8 +407,18 @@ PipelineRun PipelineExecutor::run(const Step& step) {
           out.peakWeightVersions = std::max(out.peakWeightVersions, liveVersions(a.chunk));
         }
         torch::Tensor y;
-        if (split[static_cast<size_t>(a.chunk * m + a.microBatch)]) {
-          u.store = std::make_shared<WeightGradStore>();
+        const bool splits = split[static_cast<size_t>(a.chunk * m + a.microBatch)];
+        if (splits) u.store = std::make_shared<WeightGradStore>();
+        if (opts_.recompute) {
+          // No graph now: the backward builds it again (recomputeForward).
+          at::Generator gen = at::detail::getDefaultCPUGenerator();
+          {
+            std::lock_guard<std::mutex> lock(gen.mutex());
+            u.rngState = gen.get_state();
+          }
+          torch::NoGradGuard noGrad;
+          y = step.forward(a.chunk, u.input);
+        } else if (splits) {
           WeightGradScope scope(u.store);
           y = step.forward(a.chunk, u.input);
         } else {
@@ -380,6 +427,8 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         if (!y.defined())
           throw InvalidArgument(chorus::str("PipelineExecutor: Step::forward(", a.chunk, ", ..) returned no tensor"));
         if (vs == last) {
+          std::optional<torch::NoGradGuard> noGrad;
+          if (opts_.recompute) noGrad.emplace();
           torch::Tensor loss = step.loss(y, a.microBatch);
           if (!loss.defined() || loss.numel() != 1)
             throw InvalidArgument(chorus::str("PipelineExecutor: Step::loss for micro-batch ", a.microBatch,

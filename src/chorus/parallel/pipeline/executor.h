@@ -90,6 +90,11 @@ struct PipelineOptions {
   // Asynchronous schedules only (see "Weight versions" above).
   bool weightStashing = true;
   bool verticalSync = false;  // needs weightStashing
+  // Activation recomputation: a forward runs without autograd and keeps only the chunk's input
+  // (and the output it sends); the backward first runs the forward again with autograd, under
+  // the CPU generator's state of the first run (the same dropout masks), then back-propagates.
+  // Memory per stored micro-batch falls to its input, for one more forward per micro-batch.
+  bool recompute = false;
 };
 
 // What this rank did and when, for the trace's stage lanes.
@@ -120,6 +125,7 @@ struct PipelineRun {
   };
   std::vector<WeightUse> weightUses;
   int peakWeightVersions = 1;
+  int recomputedForwards = 0;  // forwards run again by the backward (PipelineOptions::recompute)
 };
 
 class PipelineExecutor {

@@ -1,0 +1,394 @@
+"""Writes bench/results/pipeline.md from the raw outputs of bench/pipeline/run.sh.
+
+  report.py torch-args CONFIG     the GPT and optimizer of a chorus config as pipe_torch.py flags
+  report.py report --raw DIR --repeats N --command CMD --out PAGE --sections S... [--quick]
+
+Every number in the page is computed from RAW/<run>/metrics.jsonl, RAW/<run>/trace.json (through
+bench/pipeline/timeline.py) and RAW/speed-torchpipe-r<k>.json. A run that failed is named, with
+the end of its stderr. Standard library only.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "common"))
+from runs import (SOURCE_DIR, fmt, fmt_spread, is_number, jsonl_records, median_spread, page_header, read,  # noqa: E402
+                  why_failed, write_page)
+
+SCHEDULES = ("gpipe", "1f1b", "zb-h1")
+
+
+def torch_args(config_path):
+    with open(config_path, "rb") as f:
+        cfg = tomllib.load(f)
+    m, o, t = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("train", {})
+    flags = {"--layers": m.get("layers", 4), "--heads": m.get("heads", 4), "--embed": m.get("embed", 128),
+             "--context": m.get("context", 128), "--batch": t.get("batch_size", 32), "--seed": t.get("seed", 0),
+             "--lr": o.get("lr", 1e-3), "--beta1": o.get("beta1", 0.9), "--beta2": o.get("beta2", 0.999),
+             "--eps": o.get("eps", 1e-8), "--weight-decay": o.get("weight_decay", 0.0)}
+    for k, v in flags.items():
+        print(k)
+        print(v)
+    return 0
+
+
+def theory(name, p, m):
+    if name in ("gpipe", "1f1b"):
+        return (p - 1) / (m + p - 1)
+    if name == "zb-h1":
+        return (p - 1) / (3 * m + p - 1)
+    raise ValueError(name)
+
+
+def records(raw, name, event):
+    recs, why = jsonl_records(raw, name)
+    if recs is None:
+        return None, why
+    return [r for r in recs if r.get("event") == event], None
+
+
+def trace_bubble(raw, name, last, svg=None, title=None):
+    """timeline.py's measurement of RAW/NAME/trace.json over the last `last` steps, or (None, why)."""
+    cmd = [sys.executable, os.path.join(HERE, "timeline.py"), os.path.join(raw, name, "trace.json"), "--last", str(last)]
+    if svg:
+        cmd += ["--svg", svg, "--title", title or name]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{name}: timeline.py did not run: {e}"
+    if p.returncode != 0:
+        return None, f"{name}: timeline.py failed: {p.stderr.strip()[-300:]}"
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1]), None
+    except (ValueError, IndexError):
+        return None, f"{name}: timeline.py printed no JSON"
+
+
+def step_field(steps, key):
+    """The values of `key` over the step records."""
+    return [s[key] for s in steps if is_number(s.get(key))]
+
+
+def bubble_sections(raw, machine, problems, quick):
+    stages = [int(x) for x in machine.get("stages", "2").split()]
+    micros = [int(x) for x in machine.get("micro-batches", "4").split()]
+    steps = int(machine.get("bubble steps", "6").strip())
+    last = max(1, steps - 2)
+    out = ["## 1. Bubble: measured against theory\n",
+           f"The GPT of bench/pipeline/gpt.toml (6 blocks, embed 128, context 128, batch 32 windows, untied head) "
+           f"at pp stages with m micro-batches, the stages balanced by measured time (`parallel.balance = \"time\"`), "
+           f"{steps} steps per run, each worker 1 torch thread. **Trace**: each stage's idle share of the step "
+           f"(1 − its forward and backward time / the step's span from the first stage's first action to the last "
+           f"stage's last), from the `--trace` spans by bench/pipeline/timeline.py, the median over the last "
+           f"{last} steps, then the mean over the stages. **Executor**: the step records' `bubble_stage<s>` (each "
+           f"stage's time blocked in receives and sends / its pipeline time), mean over the same steps and the "
+           f"stages. **Theory**: (p − 1)/(m + p − 1) for GPipe and 1F1B, (p − 1)/(3m + p − 1) for ZB-H1 (equal "
+           f"stages, backward = 2 forwards, no transfer time).\n"]
+    if 4 in stages:
+        out.append("pp = 4 runs 4 workers on this machine's 2 cores: two stages share a core, so a stage also waits "
+                   "for the CPU, which the trace counts as busy time stretched, not as bubble. Those rows measure "
+                   "the schedule on an oversubscribed machine, not the schedule alone.\n")
+    out.append("| pp | m | schedule | theory | trace (per stage) | executor | trace − theory |")
+    out.append("|---:|---:|---|---:|---|---:|---:|")
+    verdict = {}
+    mem_rows = []
+    for p in stages:
+        for m in micros:
+            for s in SCHEDULES:
+                name = f"bubble-{s}-p{p}-m{m}"
+                th = theory(s, p, m)
+                steps_recs, why = records(raw, name, "step")
+                if steps_recs is None:
+                    problems.append(why)
+                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | no result | | |")
+                    continue
+                svg = None
+                if p == 2 and m == 8 and s in ("1f1b", "zb-h1") and not quick:
+                    svg = os.path.join(SOURCE_DIR, "bench", "results", f"pipeline-{s}.svg")
+                tb, why = trace_bubble(raw, name, last, svg, f"chorus {s}, pp = {p}, {m} micro-batches: one step")
+                if tb is None:
+                    problems.append(why)
+                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {why} | | |")
+                    continue
+                mean_trace = sum(tb["bubble"]) / len(tb["bubble"])
+                ex = []
+                for st in range(p):
+                    vals = step_field(steps_recs[-last:], f"bubble_stage{st}")
+                    if vals:
+                        ex.append(sum(vals) / len(vals))
+                ex_mean = sum(ex) / len(ex) if len(ex) == p else None
+                diff = 100 * (mean_trace - th)
+                verdict.setdefault(p, []).append(abs(diff))
+                per = ", ".join(f"{100 * b:.0f}" for b in tb["bubble"])
+                out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {100 * mean_trace:.1f}% ({per}) | "
+                           f"{fmt(None if ex_mean is None else 100 * ex_mean, '.1f')}% | {diff:+.1f} |")
+                peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
+                mem_rows.append((p, m, s, peaks))
+    out.append("")
+    for p, diffs in verdict.items():
+        worst = max(diffs)
+        holds = "holds" if worst <= 5 else "does not hold"
+        out.append(f"**pp = {p}: every row within 5 points of theory (largest difference {worst:.1f} points): "
+                   f"{holds}.**\n")
+    if not quick:
+        out.append("One step of 1F1B and of ZB-H1 at pp = 2 with 8 micro-batches, from the trace "
+                   "(bench/pipeline/timeline.py):\n")
+        out.append("![1F1B timeline](pipeline-1f1b.svg)\n")
+        out.append("![ZB-H1 timeline](pipeline-zb-h1.svg)\n")
+
+    out.append("## 2. Peak stored activations\n")
+    out.append("The same runs: each stage's `peak_stored_stage<s>`, the most micro-batches whose forward state it "
+               "held at once, measured by the executor. Expected: GPipe m on every stage; 1F1B min(p − r, m) on "
+               "stage r; ZB-H1 keeps a micro-batch's (smaller) state until its W, so up to r + 1 more.\n")
+    out.append("| pp | m | schedule | per stage | expected |")
+    out.append("|---:|---:|---|---|---|")
+    ok = True
+    for p, m, s, peaks in mem_rows:
+        if s == "gpipe":
+            want = [m] * p
+            good = peaks == want
+        elif s == "1f1b":
+            want = [min(p - r, m) for r in range(p)]
+            good = peaks == want
+        else:
+            want = [f"{min(p - r, m)}..{min(p - r, m) + r + 1}" for r in range(p)]
+            good = all(is_number(v) and min(p - r, m) <= v <= min(p - r, m) + r + 1 for r, v in enumerate(peaks))
+        ok = ok and good
+        out.append(f"| {p} | {m} | {s} | {', '.join(str(v) for v in peaks)} | {', '.join(str(w) for w in want)} |")
+    out.append("")
+    out.append(f"**GPipe stores m micro-batches and 1F1B at most p − r: {'holds' if ok else 'does not hold'}.**\n")
+    return out
+
+
+def speed_section(raw, repeats, problems):
+    out = ["## 3. Throughput at pp = 2\n",
+           "The same GPT at pp = 2 (2 workers × 1 torch thread, shared-memory transport), 8 micro-batches per "
+           "step, tokens/s = steps × batch × context / the training time of the slowest worker (summary "
+           "record). **none** is the layer-wise split without micro-batches (the no-pipelining baseline). "
+           "**PyTorch Pipe** is torch.distributed.pipeline.sync.Pipe (GPipe) in one process with 2 torch "
+           "threads, cut where chorus cut (bench/pipeline/pipe_torch.py). On a CPU-only machine both of its "
+           "partitions sit on the one \"cpu\" device, and Pipe runs one worker thread per device, so its stages "
+           "take turns: it cannot overlap them here, and its 2 torch threads share each matrix multiply instead. Each row ran "
+           f"{repeats} time(s), all rows alternating within a repetition; a cell is the median (min–max).\n"]
+    rows = ["none", "gpipe", "1f1b", "zb-h1", "pipedream", "2bw"]
+    vals = {}
+    for s in rows:
+        v = []
+        for r in range(1, repeats + 1):
+            summ, why = records(raw, f"speed-{s}-r{r}", "summary")
+            if summ is None or not summ or not is_number(summ[-1].get("tokens_per_s")):
+                problems.append(why or f"speed-{s}-r{r}: no summary with tokens_per_s")
+                continue
+            v.append(summ[-1]["tokens_per_s"])
+        vals[s] = v
+    tv, terr = [], None
+    for r in range(1, repeats + 1):
+        path = os.path.join(raw, f"speed-torchpipe-r{r}.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                res = json.loads(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            problems.append(f"speed-torchpipe-r{r}: no result ({why_failed(raw, f'speed-torchpipe-r{r}')})")
+            continue
+        if "error" in res:
+            terr = res["error"]
+        elif is_number(res.get("tokens_per_s")):
+            tv.append(res["tokens_per_s"])
+    base = median_spread(vals.get("none", []))[0]
+    ofob = median_spread(vals.get("1f1b", []))[0]
+    tmed = median_spread(tv)[0]
+    out.append("| schedule | tokens/s | vs none | vs 1F1B | vs PyTorch Pipe |")
+    out.append("|---|---:|---:|---:|---:|")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "—"
+
+    for s in rows:
+        med = median_spread(vals[s])[0]
+        out.append(f"| {s} | {fmt_spread(vals[s], ',.0f')} | {ratio(med, base)} | {ratio(med, ofob)} | "
+                   f"{ratio(med, tmed)} |")
+    if terr:
+        out.append(f"| PyTorch Pipe | failed: `{terr}` | | | |")
+    else:
+        out.append(f"| PyTorch Pipe (2 threads) | {fmt_spread(tv, ',.0f')} | {ratio(tmed, base)} | {ratio(tmed, ofob)} | |")
+    out.append("")
+    return out
+
+
+def loss_curve(steps, batch):
+    """[(training seconds so far, window mean loss)] from the step records."""
+    t, out, prev = 0.0, [], 0
+    for s in steps:
+        n = s["step"] - prev
+        prev = s["step"]
+        if is_number(s.get("samples_per_s")) and s["samples_per_s"] > 0:
+            t += n * batch / s["samples_per_s"]
+        out.append((t, s.get("loss")))
+    return out
+
+
+def async_section(raw, problems):
+    out = ["## 4. Asynchronous schedules: quality and time to a loss\n"]
+    names = [("1f1b", "async-1f1b"), ("pipedream", "async-pipedream"),
+             ("pipedream, no weight stashing", "async-pipedream-nostash"),
+             ("pipedream, vertical sync", "async-pipedream-vsync"), ("2bw (update every 2)", "async-2bw")]
+    cfg_steps = None
+    res = {}
+    for label, name in names:
+        steps, why = records(raw, name, "step")
+        evals, _ = records(raw, name, "eval")
+        summ, _ = records(raw, name, "summary")
+        if steps is None or not steps:
+            problems.append(why or f"{name}: no step records")
+            continue
+        res[label] = (steps, evals or [], summ or [])
+        cfg_steps = steps[-1]["step"]
+    batch = 32
+    out.append(f"The GPT at pp = 2, 8 micro-batches per step, {cfg_steps} steps (AdamW, lr 1e-3 with warmup and "
+               "cosine decay), validation on 256 windows at the end. pipedream and 2bw update each stage's weights "
+               "inside the step (after every micro-batch's backward; 2bw after every 2); 1f1b once per step. At the same "
+               "learning rate pipedream therefore applies 8 updates per step, each from one micro-batch of 4 windows, "
+               "where 1f1b applies one from the whole batch of 32: the table compares the schedules as a user would "
+               "run them, not at equal update counts. "
+               "**Target**: 1f1b's last logged training loss (the mean over its last 5 steps); **time to target**: "
+               "the training time until a run's logged loss first reaches it.\n")
+    if "1f1b" not in res:
+        out.append("No 1f1b run: no target.\n")
+        return out
+    target = res["1f1b"][0][-1].get("loss")
+    out.append(f"Target loss: {fmt(target, '.4f')} nats/byte.\n")
+    out.append("| schedule | val bits per byte | final train loss | time to target | training time |")
+    out.append("|---|---:|---:|---:|---:|")
+    for label, _ in names:
+        if label not in res:
+            out.append(f"| {label} | no result | | | |")
+            continue
+        steps, evals, summ = res[label]
+        bpb = evals[-1].get("val_bpb") if evals else None
+        curve = loss_curve(steps, batch)
+        reach = next((t for t, l in curve if is_number(l) and is_number(target) and l <= target), None)
+        total = curve[-1][0] if curve else None
+        out.append(f"| {label} | {fmt(bpb, '.4f')} | {fmt(steps[-1].get('loss'), '.4f')} | "
+                   f"{'not reached' if reach is None else f'{reach:.1f} s'} | {fmt(total, '.1f')} s |")
+    out.append("")
+    return out
+
+
+def partition_section(raw, repeats, problems):
+    out = ["## 5. Auto partition against an even split\n",
+           "bench/pipeline/heavy.toml: a GPT over long windows (context 1024, embed 64, 6 blocks, batch 8) at "
+           "pp = 2 with 1F1B over 8 micro-batches. Its position embedding holds more parameters than a block but "
+           "costs almost no time, while each block attends over 1024 positions. **even**: "
+           "`parallel.partition = [4, 4]` (the embedding and 3 blocks, then 3 blocks and the head); **params**: "
+           "`parallel.balance = \"params\"` (the default: the largest stage by parameter count is smallest); "
+           "**time**: `parallel.balance = \"time\"` (worker 0 profiles every layer, the split minimizes the "
+           "slowest stage). Busy: each stage's forward and backward time per step from the trace (median over "
+           f"the last 6 steps). Each ran {repeats} time(s), the three alternating; a cell is the median "
+           "(min–max). At this byte vocabulary the head costs less than a block, so no GPT here has a head "
+           "heavy enough to unbalance the even split: the even split and the timed one coincide, and the "
+           "comparison that shows the planner's worth is against the parameter-count split.\n",
+           "| split | layers per stage | busy stage 0 (ms) | busy stage 1 (ms) | slowest (ms) | tokens/s |",
+           "|---|---|---:|---:|---:|---:|"]
+    meds = {}
+    for kind in ("even", "params", "time"):
+        tok, b0, b1, slow, part = [], [], [], [], None
+        for r in range(1, repeats + 1):
+            name = f"partition-{kind}-r{r}"
+            summ, why = records(raw, name, "summary")
+            start, _ = records(raw, name, "start")
+            if summ is None or not summ or not is_number(summ[-1].get("tokens_per_s")):
+                problems.append(why or f"{name}: no summary with tokens_per_s")
+                continue
+            tok.append(summ[-1]["tokens_per_s"])
+            if start:
+                part = start[0].get("pp_partition")
+            tb, why = trace_bubble(raw, name, 6)
+            if tb is None:
+                problems.append(why)
+                continue
+            busy = tb.get("busy_s", [])
+            if len(busy) == 2:
+                b0.append(1000 * busy[0])
+                b1.append(1000 * busy[1])
+                slow.append(1000 * max(busy))
+        meds[kind] = (median_spread(tok)[0], median_spread(slow)[0])
+        out.append(f"| {kind} | {part} | {fmt_spread(b0, ',.0f')} | {fmt_spread(b1, ',.0f')} | "
+                   f"{fmt_spread(slow, ',.0f')} | {fmt_spread(tok, ',.0f')} |")
+    out.append("")
+    (tt, st) = meds.get("time", (None, None))
+    for kind in ("even", "params"):
+        tk, sk = meds.get(kind, (None, None))
+        if tt and tk and st and sk:
+            out.append(f"- balance = \"time\" against {kind}: slowest stage {st / sk:.2f}x the time, tokens/s "
+                       f"{tt / tk:.2f}x.")
+    out.append("")
+    return out
+
+
+def report(args):
+    problems = []
+    title = "Pipeline parallelism: bubble, memory, throughput and the asynchronous schedules"
+    out, machine = page_header(title + (" (quick smoke run)" if args.quick else ""), args.command, args.raw)
+    out.append(f"- chorus: every worker 1 torch thread, the shared-memory transport between stages; planned "
+               f"{machine.get('planned', '?').strip()}, actual {machine.get('took', '?').strip()}")
+    out.append("")
+    if args.quick:
+        out.append("**Quick smoke run**: few steps, pp = 2 and m = 4 only, one repetition: the numbers only show "
+                   "that the pipeline works; the full run writes bench/results/pipeline.md.\n")
+    out.append("## Commands\n")
+    out.append("```")
+    out.append(args.command)
+    seen = set()
+    cmds = [f for f in os.listdir(args.raw) if f.endswith(".cmd")] if os.path.isdir(args.raw) else []
+    for f in sorted(cmds, key=lambda f: (os.path.getmtime(os.path.join(args.raw, f)), f)):
+        key = re.sub(r"-r\d+$", "", f[:-4])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(read(os.path.join(args.raw, f)).strip())
+    out.append("```\n")
+    machine = {k.strip(): v for k, v in machine.items()}
+    if "bubble" in args.sections:
+        out += bubble_sections(args.raw, machine, problems, args.quick)
+    if "speed" in args.sections:
+        out += speed_section(args.raw, args.repeats, problems)
+    if "async" in args.sections:
+        out += async_section(args.raw, problems)
+    if "partition" in args.sections:
+        out += partition_section(args.raw, args.repeats, problems)
+    out.append("## Not measured here\n")
+    out.append("- The interleaved schedule: `chorus train` does not run it yet (the GPT's stages hold one "
+               "contiguous range each); the checker's simulated bubble for it is in docs/pipeline.md.\n")
+    if problems:
+        out.append("## Runs without a result, and checks that failed\n")
+        for prob in problems:
+            out.append(f"- {prob}")
+        out.append(f"\nRaw outputs: {args.raw}\n")
+    return write_page(args.out, out, problems)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("torch-args")
+    t.add_argument("config")
+    r = sub.add_parser("report")
+    r.add_argument("--raw", required=True)
+    r.add_argument("--repeats", type=int, default=1)
+    r.add_argument("--command", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--sections", nargs="+", default=["bubble", "speed", "async", "partition"])
+    r.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    if a.cmd == "torch-args":
+        return torch_args(a.config)
+    return report(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
