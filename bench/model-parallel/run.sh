@@ -138,29 +138,15 @@ done
 failed=()
 began=$(date +%s)
 
-# run NAME CMD...: runs from the source dir, keeps the command, stdout, stderr and exit status.
-run() {
-  local name=$1
-  shift
-  printf '%q ' "$@" | sed 's/ $//' > "$raw/$name.cmd"
-  echo "== $name: $(cat "$raw/$name.cmd")" >&2
-  (cd "$src" && timeout 3600 "$@") > "$raw/$name.out" 2> "$raw/$name.err"
-  local rc=$?
-  echo $rc > "$raw/$name.rc"
-  if [[ $rc -ne 0 ]]; then
-    local last
-    # A rank's own error line; the launcher's closing line only points at it.
-    last=$(grep -i 'error' "$raw/$name.err" | tail -n 1)
-    [[ -n $last ]] || last=$(grep -v '^[[:space:]]*$' "$raw/$name.err" | tail -n 1)
-    echo "run.sh: $name exited with $rc: ${last:-no error output} (all of it: $raw/$name.err)" >&2
-    failed+=("$name")
-  fi
-}
+# bench_run NAME CMD... (bench/common/run_lib.sh): runs from the source dir and keeps the command,
+# stdout, stderr, exit status and wall time in $raw.
+source "$src/bench/common/run_lib.sh"
+BENCH_ERROR_LINE=error  # a rank's own error line; the launcher's closing line only points at it
 # chorus_run NAME CONFIG WORKERS SETTINGS...: chorus train with its output in RAW/NAME.
 chorus_run() {
   local name=$1 config=$2 workers=$3
   shift 3
-  run "$name" "$chorus" train "$here/$config" --nproc "$workers" "$@" --set "output.dir=$(rel "$raw/$name")"
+  bench_run "$name" "$chorus" train "$here/$config" --nproc "$workers" "$@" --set "output.dir=$(rel "$raw/$name")"
 }
 
 {
@@ -180,7 +166,7 @@ if has oom; then
   # prlimit sets RLIMIT_AS on `chorus train`, the launcher; fork and exec keep it, so every worker
   # has its own limit of the same size (a limit per process, not shared by the job).
   for k in 1 4; do
-    run "oom-tp$k" prlimit --as=$((oom_limit_mb * 1024 * 1024)) -- "$chorus" train "$here/oom.toml" --nproc "$k" \
+    bench_run "oom-tp$k" prlimit --as=$((oom_limit_mb * 1024 * 1024)) -- "$chorus" train "$here/oom.toml" --nproc "$k" \
       --set "parallel.tp=$k" --set "train.max_steps=$oom_steps" --set "output.dir=$(rel "$raw/oom-tp$k")"
   done
   # tp = 1 is meant to fail: only a zero exit status or a signal is a failure of the run itself.
@@ -207,7 +193,7 @@ if has speed; then
     for t in 1 2; do
       chorus_run "speed-chorus_t$t-r$r" small.toml 1 --set "train.threads=$t" --set "train.max_steps=$speed_steps" \
         --set train.eval=false
-      run "speed-torch_t$t-r$r" "$py" "$here/gpt_torch.py" "${torch_speed_args[@]}" --steps "$speed_steps" \
+      bench_run "speed-torch_t$t-r$r" "$py" "$here/gpt_torch.py" "${torch_speed_args[@]}" --steps "$speed_steps" \
         --threads "$t" --eval-windows 8
     done
     chorus_run "speed-chorus_tp2-r$r" small.toml 2 --set parallel.tp=2 --set train.threads=1 \

@@ -115,26 +115,9 @@ chorus_src=$chorus
 chorus=$raw/chorus
 failed=()
 
-# run NAME CMD...: runs from the source dir, keeps the command, stdout, stderr, exit status and
-# wall seconds; on failure names the run and shows its last error line.
-run() {
-  local name=$1
-  shift
-  printf '%q ' "$@" | sed 's/ $//' > "$raw/$name.cmd"
-  echo "== $name: $(cat "$raw/$name.cmd")" >&2
-  local t0
-  t0=$(date +%s.%N)
-  (cd "$src" && timeout 3600 "$@") > "$raw/$name.out" 2> "$raw/$name.err"
-  local rc=$?
-  awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' > "$raw/$name.wall"
-  echo $rc > "$raw/$name.rc"
-  if [[ $rc -ne 0 ]]; then
-    local last
-    last=$(grep -v '^[[:space:]]*$' "$raw/$name.err" | tail -n 1)
-    echo "run.sh: $name failed with exit status $rc: ${last:-no error output} (all of it: $raw/$name.err)" >&2
-    failed+=("$name")
-  fi
-}
+# bench_run NAME CMD... (bench/common/run_lib.sh): runs from the source dir and keeps the command,
+# stdout, stderr, exit status and wall time in $raw.
+source "$src/bench/common/run_lib.sh"
 
 {
   echo "binary: $chorus_src ($(stat -c '%y' "$chorus_src" | cut -d. -f1))"
@@ -148,9 +131,9 @@ common=(--set "train.epochs=$epochs" --set "data.limit_train=$limit_train" --set
 slow=(--set "train.straggler_workers=[$straggler]" --set "train.straggler_factor=$factor")
 for c in "${configs[@]}"; do
   mapfile -t cargs < <(config_args "$c")
-  run "$c" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" \
+  bench_run "$c" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" \
     --set "output.dir=$raw/$c"
-  run "$c-slow" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
+  bench_run "$c-slow" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
     --set "output.dir=$raw/$c-slow"
 done
 # Repeats with other seeds for the accuracy target: one run's final accuracy moves by a few
@@ -160,14 +143,14 @@ for k in "${acc_seeds[@]}"; do
   for c in "${configs[@]}"; do
     case $c in bsp | asp | ssp[0-9]*) ;; *) continue ;; esac
     mapfile -t cargs < <(config_args "$c")
-    run "$c-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" \
+    bench_run "$c-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" \
       --set "train.seed=$k" --set "output.dir=$raw/$c-seed$k"
-    run "$c-slow-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
+    bench_run "$c-slow-seed$k" "$chorus" train bench/ps/cnn.toml --nproc "$workers" "${common[@]}" "${cargs[@]}" "${slow[@]}" \
       --set "train.seed=$k" --set "output.dir=$raw/$c-slow-seed$k"
   done
 done
 for w in "${scale_workers[@]}"; do
-  run "scale-w$w" "$chorus" train bench/ps/mlp.toml --nproc "$w" --set ps.servers=1 --set ps.mode=asp \
+  bench_run "scale-w$w" "$chorus" train bench/ps/mlp.toml --nproc "$w" --set ps.servers=1 --set ps.mode=asp \
     --set "train.batch_size=$((32 * w))" --set "train.max_steps=$scale_steps" --set "train.log_every=$log_every" \
     --set "output.dir=$raw/scale-w$w"
 done
