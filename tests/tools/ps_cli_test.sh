@@ -64,9 +64,11 @@ rc=$?
 [ $rc -eq 0 ] && grep -q "rank 1 exited with status 3; restarting it (restart 2 of 2)" <<<"$out" \
   && grep -q "^\[rank 1\] 1 join 2$" <<<"$out" && grep -q "^\[rank 0\] 0 accept 0$" <<<"$out" \
   && pass "launch --restarts starts a failed server again with CHORUS_REJOIN=join" || fail "launch --restarts: rc $rc: $out"
-out=$("$CHORUS" launch -n 1 --servers 1 --restarts 1 -- sh -c '[ "$CHORUS_RANK" = 0 ] || exit 3' 2>&1)
+# The worker (rank 0) sleeps, so it is certainly still running when the server gives up: the
+# launcher must stop it (a worker that exits at once races the server's second failure).
+out=$("$CHORUS" launch -n 1 --servers 1 --restarts 1 -- sh -c '[ "$CHORUS_RANK" = 0 ] && exec sleep 60; exit 3' 2>&1)
 rc=$?
-[ $rc -eq 3 ] && [ "$(grep -c "restarting it" <<<"$out")" = 1 ] && grep -q "rank 1 exited with status 3; no other rank" <<<"$out" \
+[ $rc -eq 3 ] && [ "$(grep -c "restarting it" <<<"$out")" = 1 ] && grep -q "rank 1 exited with status 3; stopped the other 1 rank" <<<"$out" \
   && pass "launch --restarts gives up after R restarts" || fail "launch --restarts limit: rc $rc: $out"
 
 # 3. asp: kill worker 1 mid-run; the servers go on, worker 0 finishes, the exit status tells.
