@@ -3,8 +3,8 @@
 # tp 2 on 2 workers, writes step records with "bpb" and eval records with "val_loss" and
 # "val_bpb" (also every train.eval_every steps), and `chorus generate` prints the prompt and
 # N sampled bytes from either checkpoint (the tp 2 one joined into the unsplit model); the
-# errors of tensor parallelism (heads or workers not divisible by tp, tp with pp) and of a
-# missing corpus stop the job before any worker starts; generate's own errors.
+# errors of tensor parallelism (heads or workers not divisible by tp, sequence parallelism with
+# pp) and of a missing corpus stop the job before any worker starts; generate's own errors.
 # usage: bash gpt_cli_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: gpt_cli_test.sh BUILD_DIR SOURCE_DIR}
@@ -55,8 +55,8 @@ expect_error "heads not divisible by tp" "parallel.tp" "model.heads = 3" -- \
   --nproc 2 --set model.heads=3 --set model.embed=18 --set parallel.tp=2
 expect_error "workers not a multiple of tp" "parallel.tp" "3 workers cannot be divided" -- \
   --nproc 3 --set parallel.tp=2
-expect_error "tp with pp" "parallel.pp" "use tp or pp" -- --nproc 4 --set model.layers=2 --set parallel.tp=2 \
-  --set parallel.pp=2
+expect_error "sequence parallelism with pp" "parallel.sequence_parallel" "not combined with parallel.pp" -- \
+  --nproc 4 --set model.layers=2 --set parallel.tp=2 --set parallel.pp=2 --set parallel.sequence_parallel=true
 expect_error "missing corpus" "apt install fortunes" "$TMP/nocorpus" -- --nproc 1 --set data.path="$TMP/nocorpus"
 
 # check_run NAME DIR WORKERS TP: the run's records (python checks them).

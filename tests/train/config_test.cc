@@ -602,13 +602,26 @@ TEST(Config, LayerwiseRules) {
             "--set parallel.pp=4: parallel.pp = 4: 4 stages for model.layers = 3 (set at --set model.layers=3) would "
             "leave a stage without a block; use at most 3 stages");
   EXPECT_NO_THROW(parse("", gptWith({"model.layers=4", "parallel.pp=4"}), 4));
-  // tp and pp together (3D parallelism) wait for the pipeline issue, whatever the worker count.
-  for (int world : {0, 4, 6, 8})
-    EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "parallel.pp=2"}), world),
-              "--set parallel.pp=2: parallel.pp = 2: layer-wise stages together with parallel.tp = 2 (set at --set "
-              "parallel.tp=2) is not supported yet (3D parallelism comes with the pipeline issue); use tp or pp: set "
-              "parallel.tp = 1 or parallel.pp = 1")
-        << world;
+  // tp and pp together (3D parallelism): tp x pp must divide the workers; sequence parallelism
+  // stays with tp alone.
+  EXPECT_NO_THROW(parse("", gptWith({"parallel.tp=2", "parallel.pp=2"}), 8));
+  EXPECT_NO_THROW(parse("", gptWith({"parallel.tp=2", "parallel.pp=2"}), 0));
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "parallel.pp=2"}), 6),
+            "--set parallel.tp=2: parallel.tp = 2: 6 workers cannot be divided into model replicas of parallel.tp x "
+            "parallel.pp = 2 x 2 = 4 workers; run a multiple of 4 workers (dp = workers / 4) or change parallel.tp or "
+            "parallel.pp");
+  EXPECT_EQ(errorOf("", gptWith({"parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true"}), 4),
+            "--set parallel.sequence_parallel=true: parallel.sequence_parallel = true: sequence parallelism is not "
+            "combined with parallel.pp = 2 (set at --set parallel.pp=2) stages yet; set sequence_parallel = false "
+            "(parallel.tp still splits each stage's layers)");
+  // optim.clip_norm: the whole model's norm, refused where none exists at an update.
+  EXPECT_EQ(parse("", gptWith({"parallel.tp=2", "parallel.pp=2", "optim.clip_norm=1"}), 4).optim.clipNorm, 1.0);
+  EXPECT_CONTAINS(errorOf("", {"ps.servers=1", "optim.clip_norm=1"}, 2),
+                  "optim.clip_norm = 1.0: the parameter servers apply the workers' gradients one push at a time");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=pipedream", "model.tie_embeddings=false",
+                                       "optim.clip_norm=1"}),
+                          2),
+                  "optim.clip_norm = 1.0: schedule \"pipedream\" updates each stage at its own time");
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2"}), 3), "--set parallel.pp=2: parallel.pp = 2: 3 workers");
   // The batch is split over the dp = W / pp replicas.
   EXPECT_EQ(parse("", gptWith({"parallel.pp=2", "train.batch_size=10"}), 4).train.batchSize, 10);
@@ -818,7 +831,7 @@ TEST(Config, ReferenceListsEveryKey) {
   }
   // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 11 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 93u);
+  EXPECT_EQ(configKeys().size(), 94u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

@@ -142,6 +142,29 @@ TEST(TpTrainer, DpTwoByTpTwoEqualsOneProcessOnTheGlobalBatch) {
   EXPECT_GT(field(steps[0], "grad_bytes"), 0);
 }
 
+// optim.clip_norm at dp 2 x tp 2: the norm is the whole model's (each shard's squares summed
+// over tp, the replicated LayerNorms and biases counted once), so the run ends where one process
+// clipping the unsplit model with the same norm ends; the clipping binds (without it the
+// weights end elsewhere).
+TEST(TpTrainer, ClipNormIsTheWholeModelsNorm) {
+  const fs::path one = tempDir("clip-one"), mesh = tempDir("clip-mesh"), free = tempDir("clip-free");
+  const std::vector<std::string> extra = {"optim.clip_norm=0.2", "train.max_steps=6"};
+  const Config c1 = gptConfig(1, 1, one, extra), c4 = gptConfig(4, 2, mesh, extra);
+  const Config cf = gptConfig(1, 1, free, {"train.max_steps=6"});
+  const TrainResult r1 = run(1, c1), r4 = run(4, c4), rf = run(1, cf);
+  const auto want = fullParameters(c1, r1.lastCheckpoint), got = fullParameters(c1, r4.lastCheckpoint),
+             unclipped = fullParameters(c1, rf.lastCheckpoint);
+  double moved = 0;
+  for (const auto& [name, w] : want) {
+    EXPECT_LE((got.at(name) - w).abs().max().item<double>(), 1e-4 * (1 + w.abs().max().item<double>())) << name;
+    moved = std::max(moved, (unclipped.at(name) - w).abs().max().item<double>());
+  }
+  EXPECT_GT(moved, 1e-3) << "the clipping does not bind";
+  fs::remove_all(one);
+  fs::remove_all(mesh);
+  fs::remove_all(free);
+}
+
 // Stops a run of `from` tp after 5 steps, resumes it at `to` tp, and compares every later step's
 // loss with a run that did not stop.
 void resumeAtAnotherTp(int from, int to) {

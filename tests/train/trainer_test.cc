@@ -127,6 +127,39 @@ TEST(Trainer, ResumeIsBitExactWithDgcMomentum) {
                    "dgc");
 }
 
+// optim.clip_norm under DDP: with plain SGD (no momentum, no decay, constant lr) each step moves
+// the weights by lr times the clipped gradient, so with a norm far below the gradient's every
+// step's move has length lr * clip_norm exactly (and without clipping it is far longer).
+TEST(Trainer, ClipNormBoundsEveryStepsMove) {
+  torch::set_num_threads(1);
+  auto moves = [](double clip, const std::string& name) {
+    fs::path dir = tempDir(name);
+    Config cfg = smallConfig({"optim.momentum=0", "optim.lr=0.1", str("optim.clip_norm=", clip), "schedule.name=constant",
+                              "train.max_steps=4", "output.checkpoint_every=1", "output.keep=10", "train.eval=false"},
+                             dir);
+    run(cfg, {});
+    std::vector<std::vector<torch::Tensor>> at;
+    for (int64_t step = 1; step <= 4; ++step) {
+      auto model = makeModel(cfg.model, 1, 28, 28, 10);
+      auto opt = makeOptimizer(cfg.optim, model->parameters());
+      loadCheckpoint((dir / "checkpoints" / checkpointName(step)).string(), *model, *opt);
+      std::vector<torch::Tensor> v;
+      for (auto& p : model->parameters()) v.push_back(p.detach().clone());
+      at.push_back(v);
+    }
+    std::vector<double> out;
+    for (size_t s = 1; s < at.size(); ++s) {
+      double sq = 0;
+      for (size_t i = 0; i < at[s].size(); ++i) sq += (at[s][i] - at[s - 1][i]).pow(2).sum().item<double>();
+      out.push_back(std::sqrt(sq));
+    }
+    fs::remove_all(dir);
+    return out;
+  };
+  for (double m : moves(0.01, "clip")) EXPECT_NEAR(m, 0.1 * 0.01, 1e-6);
+  for (double m : moves(0, "noclip")) EXPECT_GT(m, 0.1 * 0.01 * 10);
+}
+
 TEST(Trainer, WritesMetricsEvaluationAndSummary) {
   torch::set_num_threads(1);
   fs::path dir = tempDir("metrics");

@@ -203,6 +203,10 @@ const std::vector<Key>& schema() {
        .meaning = "adam, adamw: decay of the second-moment average"},
       {.name = "optim.eps", .field = CHORUS_FIELD(optim.eps), .range = above(0),
        .meaning = "adam, adamw: added to the denominator"},
+      {.name = "optim.clip_norm", .field = CHORUS_FIELD(optim.clipNorm), .range = atLeast(0),
+       .meaning = "before each optimizer step, scale the gradient down to this L2 norm when it is larger (the whole "
+                  "model's norm, summed over the tensor-parallel shards and the pipeline stages, as "
+                  "torch.nn.utils.clip_grad_norm_ computes it on the unsplit model); 0: off"},
 
       {.name = "schedule.name", .field = CHORUS_FIELD(schedule.name), .choices = {"constant", "cosine", "step"},
        .meaning = "learning-rate schedule after the warmup"},
@@ -1010,6 +1014,13 @@ class Builder {
       fail("model.tie_embeddings", str(": schedule \"", par.schedule, "\" updates each stage's weights at its own "
                                        "time, so the first and last stages cannot keep one tied embedding; set "
                                        "model.tie_embeddings = false"));
+    if (config_.optim.clipNorm > 0 && config_.ps.servers > 0)
+      fail("optim.clip_norm", str(": the parameter servers apply the workers' gradients one push at a time, so there "
+                                  "is no whole-model gradient to clip; set optim.clip_norm = 0 or ps.servers = 0"));
+    if (config_.optim.clipNorm > 0 && async)
+      fail("optim.clip_norm", str(": schedule \"", par.schedule, "\" updates each stage at its own time, so no "
+                                  "whole-model gradient norm exists at an update; set optim.clip_norm = 0 or a "
+                                  "synchronous schedule (gpipe, 1f1b, zb-h1)"));
     if (par.recompute && par.schedule == "none")
       fail("parallel.recompute", str(": recomputation is done by the pipeline executor, so it needs a "
                                      "parallel.schedule (now \"none\"", originNote("parallel.schedule"), ")"));
@@ -1110,12 +1121,11 @@ class Builder {
     if (par.pp > m.layers)
       fail("parallel.pp", str(": ", par.pp, " stages for model.layers = ", m.layers, originNote("model.layers"),
                               " would leave a stage without a block; use at most ", m.layers, " stages"));
-    // A layer-wise stage runs its blocks unsplit; splitting them over tp too (and the tied
-    // embedding's sync across both) comes with the pipeline schedules.
-    if (par.pp > 1 && par.tp > 1)
-      fail("parallel.pp", str(": layer-wise stages together with parallel.tp = ", par.tp,
-                              originNote("parallel.tp"), " is not supported yet (3D parallelism comes with the "
-                              "pipeline issue); use tp or pp: set parallel.tp = 1 or parallel.pp = 1"));
+    // 3D: tp splits each stage's layers; sequence parallelism stays with tp alone.
+    if (par.pp > 1 && par.sequenceParallel)
+      fail("parallel.sequence_parallel", str(": sequence parallelism is not combined with parallel.pp = ", par.pp,
+                                             originNote("parallel.pp"), " stages yet; set sequence_parallel = false ",
+                                             "(parallel.tp still splits each stage's layers)"));
     const int64_t perReplica = par.tp * par.pp;
     if (worldSize_ > 0 && worldSize_ % perReplica != 0)
       fail(par.tp > 1 ? "parallel.tp" : "parallel.pp",

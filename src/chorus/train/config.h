@@ -55,6 +55,7 @@ struct OptimConfig {
   double beta1 = 0.9;         // adam, adamw
   double beta2 = 0.999;       // adam, adamw
   double eps = 1e-8;          // adam, adamw
+  double clipNorm = 0.0;      // clip the whole model's gradient to this global L2 norm; 0: off
 
   bool operator==(const OptimConfig&) const = default;
 };

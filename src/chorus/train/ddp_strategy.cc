@@ -220,7 +220,14 @@ StepOutcome DdpStrategy::step(const Batch& batch, const StepInfo& info) {
   // kMinLossScale.
   out.diverged = agreeOnDivergence(g, std::isfinite(out.stats.loss),
                                    m.prec == amp::Precision::kFp16 || gradientsFinite(*m.optimizer));
-  if (out.diverged.any() || !scaledOptimizerStep(*m.scaler, *m.optimizer, out)) return out;
+  if (out.diverged.any()) return out;
+  // optim.clip_norm: the gradient is the same on every rank after the all-reduce, so its norm
+  // is local (unscaled first under fp16).
+  if (m.cfg.optim.clipNorm > 0) {
+    m.scaler->unscale(*m.optimizer);
+    clipGradientNorm(*m.model, m.cfg.optim.clipNorm, nullptr, nullptr);
+  }
+  if (!scaledOptimizerStep(*m.scaler, *m.optimizer, out)) return out;
   const Clock::time_point t3 = Clock::now();
 
   const parallel::DDPStats& st = m.ddp->stats();

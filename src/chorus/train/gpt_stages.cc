@@ -14,6 +14,8 @@
 
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/error.h"
+#include "chorus/parallel/tensor/communication.h"
+#include "chorus/parallel/tensor/cross_entropy.h"
 #include "chorus/parallel/tensor/sharding.h"
 
 namespace chorus::train {
@@ -34,7 +36,10 @@ parallel::VocabParallelEmbeddingOptions tableOptions(const GptOptions& o, const 
   return e;
 }
 
-void validate(const GptOptions& o) {
+void validate(const GptOptions& o, int k) {
+  if (o.heads >= 1 && o.heads % k != 0)
+    throw InvalidArgument(chorus::str("layer-wise Gpt: heads ", o.heads, " cannot be split over ", k,
+                                      " tensor-parallel ranks; use a tp size that divides the head count"));
   if (o.vocab < 1 || o.layers < 1 || o.heads < 1 || o.embed < 1 || o.context < 1)
     throw InvalidArgument(chorus::str("layer-wise Gpt: vocab ", o.vocab, ", layers ", o.layers, ", heads ", o.heads,
                                       ", embed ", o.embed, ", context ", o.context, ": every size must be at least 1"));
@@ -45,8 +50,8 @@ void validate(const GptOptions& o) {
     throw InvalidArgument(chorus::str("layer-wise Gpt: dropout ", o.dropout, " must be in [0, 1)"));
   if (o.sequenceParallel)
     throw InvalidArgument(
-        "layer-wise Gpt: sequence parallelism needs tensor parallelism, which the layer-wise split does not combine "
-        "with yet; turn sequence parallelism off");
+        "layer-wise Gpt: sequence parallelism is not combined with pipeline stages yet; turn it off (tensor "
+        "parallelism still splits each stage's layers)");
 }
 
 // A module that registers children under given names (the stage's parameters, named as the
@@ -61,9 +66,9 @@ class StageParameters : public torch::nn::Module {
 
 // ---- layers ----
 
-GptEmbeddingImpl::GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng)
+GptEmbeddingImpl::GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng, TpGroup tp)
     : opts_(o), rng_(std::move(rng)) {
-  wte = register_module("wte", parallel::VocabParallelEmbedding(tableOptions(o, "wte"), nullptr));
+  wte = register_module("wte", parallel::VocabParallelEmbedding(tableOptions(o, "wte"), std::move(tp)));
   wpe = register_module("wpe", PositionEmbedding(o.context, o.embed, o.seed, "wpe"));
 }
 
@@ -85,20 +90,26 @@ torch::Tensor GptEmbeddingImpl::forward(const torch::Tensor& ids) {
   return x;
 }
 
-GptHeadImpl::GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding shared) : opts_(o) {
+GptHeadImpl::GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding shared, TpGroup tp)
+    : opts_(o), tp_(std::move(tp)) {
   lnf = register_module("lnf", layerNorm(o.embed));
   if (o.tieEmbeddings) {
-    wte = shared ? shared : parallel::VocabParallelEmbedding(tableOptions(o, "wte"), nullptr);
+    wte = shared ? shared : parallel::VocabParallelEmbedding(tableOptions(o, "wte"), tp_);
     register_module("wte", wte);
   } else {
-    lmHead = register_module("lm_head", parallel::VocabParallelEmbedding(tableOptions(o, "lm_head"), nullptr));
+    lmHead = register_module("lm_head", parallel::VocabParallelEmbedding(tableOptions(o, "lm_head"), tp_));
   }
 }
 
-torch::Tensor& GptHeadImpl::projection() { return opts_.tieEmbeddings ? wte->weight : lmHead->weight; }
+torch::Tensor& GptHeadImpl::projection() { return table()->weight; }
+
+parallel::VocabParallelEmbedding& GptHeadImpl::table() { return opts_.tieEmbeddings ? wte : lmHead; }
 
 torch::Tensor GptHeadImpl::forward(const torch::Tensor& x) {
-  return torch::matmul(lnf->forward(x), projection().t());  // [B, T, V]
+  // Each tp rank's vocabulary columns contribute a part of dL/dx: the copy all-reduces it in the
+  // backward pass (an identity at tp 1).
+  torch::Tensor h = parallel::copyToTensorParallelRegion(lnf->forward(x), tp_);
+  return torch::matmul(h, projection().t());  // [B, T, Vp/k]
 }
 
 size_t gptLayerCount(const GptOptions& o) { return static_cast<size_t>(o.layers) + 2; }
@@ -151,29 +162,29 @@ torch::Tensor gptStageLoss(const torch::Tensor& logits, const torch::Tensor& tar
 // ---- the stage ----
 
 GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank,
-                   parallel::LayerwiseOptions base)
-    : opts_(o), pp_(std::move(pp)) {
-  validate(opts_);
+                   parallel::LayerwiseOptions base, TpGroup tp)
+    : opts_(o), pp_(std::move(pp)), tp_(parallel::tpSize(tp) > 1 ? std::move(tp) : nullptr) {
+  validate(opts_, parallel::tpSize(tp_));
   if (!pp_) throw InvalidArgument("GptStage: the pipeline group is null");
   const int s = pp_->rank();
   // Stage 0 keeps the model's seed, so a one-stage split drops exactly as Gpt does.
   const uint64_t rngSeed = s == 0 ? opts_.seed : parallel::parameterSeed(opts_.seed, chorus::str("pipeline stage ", s));
-  rng_ = std::make_shared<parallel::TensorParallelRng>(rngSeed, 0, dpRank);
+  rng_ = std::make_shared<parallel::TensorParallelRng>(rngSeed, parallel::tpRank(tp_), dpRank);
 
   const size_t n = gptLayerCount(opts_);
   base.names.clear();
   if (base.partition.empty() && base.layerCosts.empty()) base.layerCosts = gptLayerCosts(opts_);
   auto build = [this, n](size_t i) -> torch::nn::AnyModule {
     if (i == 0) {
-      embedding_ = GptEmbedding(opts_, rng_);
+      embedding_ = GptEmbedding(opts_, rng_, tp_);
       return torch::nn::AnyModule(embedding_);
     }
     if (i + 1 == n) {
       // Built after the embedding on a stage that holds both: one shared table.
-      head_ = GptHead(opts_, embedding_ ? embedding_->wte : nullptr);
+      head_ = GptHead(opts_, embedding_ ? embedding_->wte : nullptr, tp_);
       return torch::nn::AnyModule(head_);
     }
-    return torch::nn::AnyModule(GptBlock(opts_, static_cast<int64_t>(i) - 1, nullptr, rng_));
+    return torch::nn::AnyModule(GptBlock(opts_, static_cast<int64_t>(i) - 1, tp_, rng_));
   };
   stage_ = std::make_unique<parallel::LayerwiseStage>(pp_, n, build, std::move(base));
 
@@ -209,6 +220,15 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
 torch::Tensor GptStage::forward(const torch::Tensor& ids) { return stage_->forward(ids); }
 
 void GptStage::backward(const torch::Tensor& loss) { stage_->backward(loss); }
+
+torch::Tensor GptStage::loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (!head_) throw InvalidArgument("GptStage::loss: only the last stage holds the head and computes the loss");
+  if (!tp_) return gptStageLoss(logits, targets, opts_.vocab);
+  if (logits.dim() != 3 || targets.sizes() != logits.sizes().slice(0, 2))
+    throw InvalidArgument(chorus::str("Gpt loss: targets ", targets.sizes(), " must be [B, T] matching the logits ",
+                                      logits.sizes()));
+  return parallel::vocabParallelCrossEntropy(logits, targets, head_->table()->vocabStart(), opts_.vocab, tp_);
+}
 
 torch::Tensor GptStage::embeddingWeight() const {
   if (embedding_) return embedding_->wte->weight;

@@ -4,8 +4,15 @@
 //   layers 1 .. L   blocks      x ─▶ GptBlock h.<i-1>(x)                                [B, T, E]
 //   layer L + 1     head        x ─▶ logits = lnf(x) · wteᵀ (tied) or lm_head          [B, T, V]
 //
-// Shapes: B batch, T tokens (<= context), E embedding width, V vocabulary, L blocks. The layers
-// are unsplit (tp = 1). The loss is not a layer: the last stage computes it (gptStageLoss).
+// Shapes: B batch, T tokens (<= context), E embedding width, V vocabulary, L blocks. The loss is
+// not a layer: the last stage computes it (GptStage::loss).
+//
+// 3D parallelism: with a tp group of k ranks every layer is split Megatron's way, as Gpt splits
+// it (gpt.h): the embedding and the head by vocabulary rows (the head's logits are this rank's
+// [B, T, Vp/k] columns and the loss is the vocabulary-parallel cross-entropy), each block's
+// attention by heads and its MLP by hidden units. The activations between stages, [B, T, E], are
+// replicated over the tp ranks: tp rank r of stage s sends to tp rank r of stage s + 1 (each
+// (dp, tp) coordinate has its own pp group). Sequence parallelism is not combined with stages.
 //
 // Parameter names are the whole Gpt's (wte.weight, wpe.weight, h.<i>.…, lnf.*, lm_head.weight),
 // and every tensor is drawn as the whole model draws it (initNormal(seed, full name)), so a stage
@@ -43,8 +50,9 @@ namespace chorus::train {
 // Layer 0 of the split GPT: the token and position embeddings and their dropout.
 class GptEmbeddingImpl : public torch::nn::Module {
  public:
-  // wte and wpe drawn as Gpt draws them (tp = 1). rng: the stage's dropout generators.
-  GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng);
+  // wte (split over tp by rows) and wpe drawn as Gpt draws them. rng: the stage's dropout
+  // generators. forward is collective over tp (the lookup's all-reduce).
+  GptEmbeddingImpl(const GptOptions& o, std::shared_ptr<parallel::TensorParallelRng> rng, TpGroup tp = nullptr);
   // ids [B, T] int64 in [0, vocab), T <= context -> x [B, T, E]. InvalidArgument otherwise.
   torch::Tensor forward(const torch::Tensor& ids);
 
@@ -62,11 +70,15 @@ class GptHeadImpl : public torch::nn::Module {
  public:
   // Tied: `wte` is the embedding table to use (the same stage's, shared), or nullptr for a copy
   // of its own drawn as wte is. Untied: lm_head [V, E], drawn as Gpt draws it; `wte` is ignored.
-  GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding wte = nullptr);
-  // x [B, T, E] -> logits [B, T, V].
+  // Both split over tp by rows as Gpt splits them.
+  GptHeadImpl(const GptOptions& o, parallel::VocabParallelEmbedding wte = nullptr, TpGroup tp = nullptr);
+  // x [B, T, E] -> this tp rank's logits [B, T, Vp/k] (all V at tp 1). Its backward all-reduces
+  // the gradient of x over tp (each rank's columns contribute a part).
   torch::Tensor forward(const torch::Tensor& x);
-  // The output projection's weight [V, E] (wte's when tied).
+  // The output projection's weight [Vp/k, E] (wte's when tied).
   torch::Tensor& projection();
+  // The projection's table (wte when tied, else lm_head).
+  parallel::VocabParallelEmbedding& table();
 
   torch::nn::LayerNorm lnf{nullptr};
   parallel::VocabParallelEmbedding wte{nullptr};     // tied only
@@ -74,6 +86,7 @@ class GptHeadImpl : public torch::nn::Module {
 
  private:
   GptOptions opts_;
+  TpGroup tp_;
 };
 TORCH_MODULE(GptHead);
 
@@ -99,11 +112,13 @@ class GptStage {
   // Collective over pp (every stage constructs its own with the same options): builds only this
   // stage's layers (LayerwiseStage's builder form; partition: base.partition, else balanced by
   // base.layerCosts, else by gptLayerCosts) and, when tied and the first and last stage differ, splits a two-rank group
-  // of them from pp. dpRank only varies the dropout masks. base.names is set here. Throws
-  // InvalidArgument for GptOptions Gpt refuses, tp-only options (sequenceParallel), and a
-  // partition LayerwiseStage refuses (more stages than o.layers + 2 layers).
+  // of them from pp. dpRank only varies the dropout masks. base.names is set here. tp (nullptr or
+  // size 1: unsplit) splits every layer over its ranks; every tp rank of the stage builds its own
+  // with the same pp position, and forward, backward and loss are then collective over tp too.
+  // Throws InvalidArgument for GptOptions Gpt refuses (heads % k != 0 among them),
+  // sequenceParallel, and a partition LayerwiseStage refuses (more stages than o.layers + 2 layers).
   GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank = 0,
-           parallel::LayerwiseOptions base = {});
+           parallel::LayerwiseOptions base = {}, TpGroup tp = nullptr);
 
   const GptOptions& options() const { return opts_; }
   parallel::LayerwiseStage& layers() { return *stage_; }
@@ -120,6 +135,11 @@ class GptStage {
   torch::Tensor forward(const torch::Tensor& ids = {});
   // LayerwiseStage::backward: the loss on the last stage, nothing on the others.
   void backward(const torch::Tensor& loss = {});
+  // The last stage: the mean cross-entropy of its logits (forward's output) against targets
+  // [B, T]: gptStageLoss at tp 1, the vocabulary-parallel cross-entropy over tp otherwise (the
+  // same scalar on every tp rank; collective over tp).
+  torch::Tensor loss(const torch::Tensor& logits, const torch::Tensor& targets);
+  const TpGroup& tp() const { return tp_; }
   // Tied and split: sums the gradients of the first and last stage's wte copies (all-reduce over
   // their two-rank group; blocking). Call it on every stage after backward (and after any
   // data-parallel averaging); a no-op on the stages between and when untied or unsplit. A copy
@@ -131,6 +151,7 @@ class GptStage {
  private:
   GptOptions opts_;
   std::shared_ptr<comm::ProcessGroup> pp_;
+  TpGroup tp_;
   std::shared_ptr<comm::ProcessGroup> tied_;  // first and last stage, tied and split only
   std::shared_ptr<parallel::TensorParallelRng> rng_;
   GptEmbedding embedding_{nullptr};

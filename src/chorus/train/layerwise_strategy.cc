@@ -15,6 +15,8 @@
 #include "chorus/parallel/mesh.h"
 #include "chorus/parallel/pipeline/executor.h"
 #include "chorus/parallel/pipeline/profile.h"
+#include "chorus/parallel/tensor/communication.h"
+#include "chorus/parallel/tensor/sharding.h"
 #include "chorus/train/gpt_stages.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/models.h"
@@ -129,11 +131,59 @@ std::optional<OptimKey> parseOptimKey(const std::string& name) {
   return OptimKey{std::stoul(g), std::stoul(p), name.substr(b + 1)};
 }
 
+// The parameter an entry of a stage's checkpoint part belongs to: params/<name>, or
+// optim/<g>/<p>/<field> through the stage's own parameter order; "" for the other entries.
+std::string entryParameter(const std::string& entry, const std::vector<std::string>& local) {
+  if (entry.starts_with("params/")) return entry.substr(7);
+  if (auto k = parseOptimKey(entry)) return k->param < local.size() ? local[k->param] : std::string();
+  return {};
+}
+
+// tp > 1, saving: each entry of a parameter split over tp (its value, and its optimizer state
+// of the parameter's shape) replaced by the full tensor, joined from every tp rank's shard.
+// Collective over tp: every tp rank of the stage holds the same entries in the same order.
+void joinShards(NamedTensors& entries, torch::nn::Module& module, const std::vector<std::string>& local,
+                const TpGroup& tp) {
+  const auto specs = parallel::shardSpecs(module);
+  const auto params = module.named_parameters();
+  torch::NoGradGuard noGrad;
+  for (auto& [name, t] : entries) {
+    const std::string pname = entryParameter(name, local);
+    auto it = specs.find(pname);
+    if (pname.empty() || it == specs.end() || it->second.dim < 0) continue;
+    if (t.sizes() != params[pname].sizes()) continue;  // an optimizer's step count
+    const torch::Tensor rows = parallel::allGatherAlong(t.detach().contiguous().reshape({1, -1}), 0, tp);
+    std::vector<torch::Tensor> shards;
+    for (int64_t r = 0; r < rows.size(0); ++r) shards.push_back(rows[r].view(t.sizes()));
+    t = parallel::unshard(shards, it->second);
+  }
+}
+
+// tp > 1, loading: each entry of a parameter split over tp (a whole-model tensor in the file)
+// cut to this rank's shard with the stage's own ShardSpec (padded as this tp needs).
+void cutShards(NamedTensors& entries, torch::nn::Module& module, const std::vector<std::string>& local, int tpRank,
+               int tpSize) {
+  const auto specs = parallel::shardSpecs(module);
+  std::map<std::string, std::vector<int64_t>> fullShape;
+  for (const auto& [name, t] : entries)
+    if (name.starts_with("params/")) fullShape[name.substr(7)] = t.sizes().vec();
+  for (auto& [name, t] : entries) {
+    const std::string pname = entryParameter(name, local);
+    auto it = specs.find(pname);
+    if (pname.empty() || it == specs.end() || it->second.dim < 0) continue;
+    auto shape = fullShape.find(pname);
+    if (shape == fullShape.end() || t.sizes().vec() != shape->second) continue;  // a step count
+    t = parallel::shardOf(t, it->second, tpRank, tpSize);
+  }
+}
+
 }  // namespace
 
 struct LayerwiseStrategy::Impl {
   Impl(const Config& c, std::shared_ptr<comm::ProcessGroup> w)
-      : cfg(c), world(std::move(w)), mesh(parallel::ProcessMesh::make(world, 1, static_cast<int>(c.parallel.pp))) {}
+      : cfg(c),
+        world(std::move(w)),
+        mesh(parallel::ProcessMesh::make(world, static_cast<int>(c.parallel.tp), static_cast<int>(c.parallel.pp))) {}
 
   const Config& cfg;
   std::shared_ptr<comm::ProcessGroup> world;
@@ -153,7 +203,19 @@ struct LayerwiseStrategy::Impl {
 
   int pp() const { return mesh.size("pp"); }
   int dp() const { return mesh.size("dp"); }
+  int tp() const { return mesh.size("tp"); }
   int ppRank() const { return mesh.coord("pp"); }
+  comm::ProcessGroup* tpGroup() const { return tp() > 1 ? mesh.group("tp").get() : nullptr; }
+
+  // optim.clip_norm: the whole model's norm, over this stage's shards, the tp ranks and the
+  // stages (the last stage's copy of a tied wte not counted twice). After the dp average and
+  // the tied sum.
+  void clip() {
+    if (!(cfg.optim.clipNorm > 0)) return;
+    std::vector<std::string> skip;
+    if (isTiedCopy("wte.weight") && stage->embeddingWeight().defined()) skip.push_back("wte.weight");
+    clipGradientNorm(stage->module(), cfg.optim.clipNorm, tpGroup(), mesh.group("pp").get(), skip);
+  }
 
   // This stage's parameter names, in its optimizer's order.
   std::vector<std::string> localNames() const {
@@ -173,12 +235,12 @@ LayerwiseStrategy::LayerwiseStrategy(const Config& cfg, std::shared_ptr<comm::Pr
   if (par.pp < 2)
     throw ConfigError(str("parallel.pp = ", par.pp, ": the layer-wise strategy splits the model over 2 or more stages; "
                           "use parallel.pp >= 2 (pp = 1 runs the tensor-parallel strategy)"));
-  if (par.tp != 1)
-    throw ConfigError(str("parallel.pp = ", par.pp, " with parallel.tp = ", par.tp,
-                          " is not supported yet; set parallel.tp = 1 or parallel.pp = 1"));
-  if (world->size() % par.pp != 0)
-    throw ConfigError(str("parallel.pp = ", par.pp, " does not divide the ", world->size(), " workers; run a multiple of ",
-                          par.pp, " workers (dp = workers / pp)"));
+  if (par.tp < 1 || world->size() % (par.pp * par.tp) != 0)
+    throw ConfigError(str("parallel.tp x parallel.pp = ", par.tp, " x ", par.pp, " does not divide the ", world->size(),
+                          " workers; run a multiple of ", par.tp * par.pp, " workers (dp = workers / (tp x pp))"));
+  if (par.sequenceParallel)
+    throw ConfigError(str("parallel.sequence_parallel is not combined with parallel.pp = ", par.pp,
+                          "; set sequence_parallel = false"));
   if (cfg.precision != "fp32")
     throw ConfigError(str("precision = \"", cfg.precision, "\" is not supported with parallel.pp = ", par.pp,
                           "; the layer-wise GPT trains in fp32 (set precision = \"fp32\")"));
@@ -215,7 +277,7 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
   } else if (par.balance == "time") {
     base.layerCosts = profiledLayerCosts(m.cfg, m.gpt, *m.world, m.dp());
   }
-  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"), base);
+  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"), base, m.mesh.group("tp"));
   m.bytes = parameterBytes(m.stage->module());
   if (m.cfg.parallel.schedule != "none") {
     // Micro-batches: the executor runs the schedule; the dp average comes after it.
@@ -248,7 +310,7 @@ StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
   const torch::Tensor input = st.isFirst() ? batch.input : torch::Tensor();
   torch::Tensor out = m.ddp ? m.ddp->forward(input) : st.forward(input);
   torch::Tensor loss;
-  if (st.isLast()) loss = gptStageLoss(out, batch.target, m.gpt.vocab);
+  if (st.isLast()) loss = st.loss(out, batch.target);
   st.backward(loss);  // DDP's buckets all-reduce over dp during it
   const Clock::time_point t1 = Clock::now();
   st.syncTiedGradients();
@@ -268,6 +330,7 @@ StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
     st.layers().takeSpans();
     return o;
   }
+  m.clip();
   m.optimizer->step();
   const Clock::time_point t4 = Clock::now();
 
@@ -336,7 +399,7 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
   if (st.isFirst()) p.input = [&](int i) { return inputs[static_cast<size_t>(i)]; };
   if (st.isLast())
     p.loss = [&](const torch::Tensor& out, int i) {
-      return gptStageLoss(out, targets[static_cast<size_t>(i)], m.gpt.vocab) / static_cast<double>(micro);
+      return st.loss(out, targets[static_cast<size_t>(i)]) / static_cast<double>(micro);
     };
   // Asynchronous schedules update the stage's weights inside the run, after each group of
   // micro-batches: the dp average and the optimizer step happen there (a non-finite gradient
@@ -387,7 +450,10 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
       agreeOnDivergence(*m.world, std::isfinite(lossValue), async ? updatesFinite : gradientsFinite(*m.optimizer));
   const Clock::time_point t4 = Clock::now();
   if (o.diverged.any()) return o;
-  if (!async) m.optimizer->step();
+  if (!async) {
+    m.clip();
+    m.optimizer->step();
+  }
   const Clock::time_point t5 = Clock::now();
 
   if (m.dp() > 1) {
@@ -430,7 +496,7 @@ EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
   run.loss = [&](const Batch& b) {
     torch::NoGradGuard noGrad;
     torch::Tensor out = st.forward(st.isFirst() ? b.input : torch::Tensor());
-    double v = st.isLast() ? gptStageLoss(out, b.target, m.gpt.vocab).item<double>() : 0.0;
+    double v = st.isLast() ? st.loss(out, b.target).item<double>() : 0.0;
     broadcastDouble(*m.mesh.group("pp"), &v, m.pp() - 1);
     return torch::tensor(v, torch::kFloat64);
   };
@@ -457,8 +523,13 @@ void LayerwiseStrategy::saveCheckpoint(const std::string& path, const TrainState
   for (size_t i = 0; i < global.size(); ++i) globalIndex[global[i]] = i;
   const std::vector<std::string> local = m.localNames();
 
-  // This stage's parameters and optimizer state, under the whole model's parameter indices.
+  // This stage's parameters and optimizer state, whole (joined over tp on tp rank 0, which
+  // alone goes on), under the whole model's parameter indices.
   NamedTensors mine = checkpointEntries(m.stage->module(), *m.optimizer, state, path);
+  if (m.tp() > 1) {
+    joinShards(mine, m.stage->module(), local, m.mesh.group("tp"));
+    if (m.mesh.coord("tp") != 0) return;
+  }
   NamedTensors part;
   for (auto& [name, t] : mine) {
     if (name.starts_with("params/")) {
@@ -570,6 +641,7 @@ TrainState LayerwiseStrategy::loadCheckpoint(const std::string& path) {
       }
     }
   }
+  if (m.tp() > 1) cutShards(mine, m.stage->module(), local, m.mesh.coord("tp"), m.tp());
   return loadCheckpointEntries(path, encodeTensors(mine), m.stage->module(), *m.optimizer);
 }
 
@@ -586,7 +658,7 @@ void LayerwiseStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s
   DivergenceReport r;
   r.what = d;
   r.loss = s.loss;
-  r.layout = str(" on a ", m.pp(), "-stage layer-wise split (pp ", m.pp(), " x dp ", m.dp(),
+  r.layout = str(" on a ", m.pp(), "-stage layer-wise split (pp ", m.pp(), " x dp ", m.dp(), " x tp ", m.tp(),
                  "; a rank's loss is its replica's)");
   r.gradientChecked = str("on some stage", m.dp() > 1 ? ", after the all-reduce over dp" : "",
                           m.gpt.tieEmbeddings ? ", the tied embedding's two copies summed" : "");
@@ -597,7 +669,7 @@ void LayerwiseStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s
 
 JsonObject LayerwiseStrategy::startRecord(const LoopStatus& s) {
   Impl& m = *impl_;
-  return gptStartRecord(m.cfg, s, *m.world, {1, m.dp(), m.pp()}, parameterCount(m.stage->module()), m.bytes)
+  return gptStartRecord(m.cfg, s, *m.world, {m.tp(), m.dp(), m.pp()}, parameterCount(m.stage->module()), m.bytes)
       .add("pp_partition", listOf(m.stage->layers().partition()));
 }
 
@@ -629,7 +701,7 @@ void LayerwiseStrategy::evalFields(JsonObject& record, const LoopStatus& s) { re
 JsonObject LayerwiseStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) {
   Impl& m = *impl_;
   fillSummaryResult(s, m.cfg.train.batchSize, result);
-  return gptSummaryRecord(m.cfg, s, result, *m.world, {1, m.dp(), m.pp()}, "pp_bytes_per_step",
+  return gptSummaryRecord(m.cfg, s, result, *m.world, {m.tp(), m.dp(), m.pp()}, "pp_bytes_per_step",
                           optimizerStateBytes(*m.optimizer));
 }
 

@@ -1,21 +1,26 @@
 // Layer-wise model parallelism for the GPT (Strategy, strategy.h): parallel.pp > 1 stages per
 // replica, each holding a contiguous range of the GPT's layers (gpt_stages.h: embedding, blocks,
 // head), activations forward and their gradients back by send/recv, one batch at a time (no
-// micro-batches: while one stage computes the others wait, and the trace shows it). The
-// workers left over (dp = world / pp) are data-parallel replicas of the pipeline.
+// micro-batches: while one stage computes the others wait, and the trace shows it; or under a
+// pipeline schedule, parallel/pipeline/executor.h). With parallel.tp = k > 1 every stage's layers
+// are split over k ranks (3D parallelism; gpt_stages.h). The workers left over
+// (dp = world / (tp x pp)) are data-parallel replicas of the pipeline.
 //
-// Mesh: ProcessMesh::make(world, 1, pp): rank = pp_i * dp + dp_i, so stage s of replica d is
-// world rank s * dp + d and world rank 0 (the lead) is stage 0 of replica 0. The stage's
-// ranks of all replicas form its dp group; each replica's stages form a pp group.
+// Mesh: ProcessMesh::make(world, tp, pp): rank = (pp_i * dp + dp_i) * tp + tp_i, so world rank 0
+// (the lead) is tp rank 0 of stage 0 of replica 0. A stage's ranks with the same tp coordinate
+// in all replicas form its dp group; the stages of one (replica, tp rank) form a pp group; the
+// k ranks of one stage of one replica form its tp group.
 //
 // A step, on every rank of a pp group with the same batch (Roles::dataRank = dp coordinate):
 // forward (the first stage feeds the ids), the last stage's loss (plain cross-entropy over the
-// vocabulary), backward; the stage's gradients averaged over its dp group by
+// vocabulary, vocabulary-parallel over tp), backward; the stage's gradients averaged over its dp group by
 // DistributedDataParallel (dp > 1: its buckets all-reduce during the stage's backward); the two
 // copies of a tied embedding summed between the first and last stage (gpt_stages.h); then the
 // divergence check: the loss is broadcast from the last stage over the pp group, and the
 // [loss, gradient] flags are all-reduced over the world, so every rank stops at the same step;
-// the optimizer steps over this stage's parameters. Every rank reports its replica's loss.
+// optim.clip_norm scales the gradients by the whole model's norm (reduced over tp, then pp;
+// strategy_util.h); the optimizer steps over this stage's parameters. Every rank reports its
+// replica's loss.
 //
 // Trace (chorus train --trace): per step the stage's "forward", "backward" (lane "compute"),
 // "wait activation", "wait gradient", "wait send" (lane "pipeline"), "tied embedding
@@ -26,8 +31,10 @@
 // broadcasts the last stage's loss over the pp group, so every rank gets val_loss/val_bpb.
 //
 // Checkpoints: one plain checkpoint (checkpoint.h), the same file a one-process Gpt at tp 1
-// writes: each stage of replica 0 sends its parameters and optimizer state (renumbered to the
-// whole model's parameter order, gptParameterNames) to world rank 0, which writes the file. So
+// writes: at tp > 1 each stage's shards (parameters and their optimizer state) are first joined
+// on its tp rank 0 (an all-gather over tp); then each stage of replica 0 sends its parameters and
+// optimizer state (renumbered to the whole model's parameter order, gptParameterNames) to world
+// rank 0, which writes the file. A load cuts the whole tensors again for this tp rank. So
 // rank 0 holds the whole model's parameters and optimizer state while saving. It loads at any
 // layout: pp (each stage takes its names; the tied copy takes wte.weight), tp
 // (loadShardedCheckpoint treats a plain checkpoint as tp 1) or one process. A tensor-parallel
@@ -41,9 +48,10 @@
 // activations, activation gradients, the tied embedding's gradient sum and the loss broadcast);
 // the summary "pp_bytes_per_step" and "optimizer_bytes" measured from the optimizer's state.
 //
-// Supported: precision fp32, compression none, tp 1, ps.servers 0 (config.cc refuses the rest for
-// pp > 1 where it can; the constructor refuses what it sees). ddp.* (bucket size, algorithm,
-// comm_dtype) applies to the dp all-reduce as in the other strategies.
+// Supported: precision fp32, compression none, any tp without sequence parallelism, ps.servers 0
+// (config.cc refuses the rest for pp > 1 where it can; the constructor refuses what it sees).
+// ddp.* (bucket size, algorithm, comm_dtype) applies to the dp all-reduce as in the other
+// strategies.
 #pragma once
 
 #include <memory>
@@ -59,7 +67,8 @@ class GptStage;
 class LayerwiseStrategy : public Strategy {
  public:
   // Collective over world (splits the mesh). ConfigError for parallel.pp < 2, a world size that
-  // is not a multiple of pp, tp > 1, a precision other than fp32 or gradient compression.
+  // is not a multiple of tp x pp, sequence parallelism, a precision other than fp32 or gradient
+  // compression.
   LayerwiseStrategy(const Config& cfg, std::shared_ptr<comm::ProcessGroup> world);
   ~LayerwiseStrategy() override;
 

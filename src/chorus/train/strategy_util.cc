@@ -1,6 +1,7 @@
 // The parts the all-reduce strategies share (see strategy_util.h).
 #include "chorus/train/strategy_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <thread>
@@ -10,6 +11,7 @@
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/error.h"
 #include "chorus/parallel/data/comm_hook.h"
+#include "chorus/parallel/tensor/sharding.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/trainer.h"
 
@@ -117,6 +119,31 @@ bool scaledOptimizerStep(amp::GradScaler& scaler, torch::optim::Optimizer& optim
     }
   }
   return true;
+}
+
+double clipGradientNorm(torch::nn::Module& model, double maxNorm, comm::ProcessGroup* tp, comm::ProcessGroup* pp,
+                        const std::vector<std::string>& skip) {
+  if (!(maxNorm > 0)) throw InvalidArgument(str("clipGradientNorm: the largest norm ", maxNorm, " must be above 0"));
+  const auto specs = parallel::shardSpecs(model);
+  const bool tpLead = !tp || tp->rank() == 0;
+  double squares = 0;
+  for (const auto& p : model.named_parameters()) {
+    const torch::Tensor& g = p.value().grad();
+    if (!g.defined()) continue;
+    if (std::find(skip.begin(), skip.end(), p.key()) != skip.end()) continue;
+    auto it = specs.find(p.key());
+    const bool sharded = it != specs.end() && it->second.dim >= 0;
+    if (sharded || tpLead) squares += g.to(torch::kDouble).pow(2).sum().item<double>();
+  }
+  if (tp && tp->size() > 1) allreduceInPlace(*tp, &squares, 1, DType::kFloat64, ReduceOp::kSum);
+  if (pp && pp->size() > 1) allreduceInPlace(*pp, &squares, 1, DType::kFloat64, ReduceOp::kSum);
+  const double norm = std::sqrt(squares);
+  if (std::isfinite(norm) && norm > maxNorm) {
+    const double scale = maxNorm / (norm + 1e-6);
+    for (auto& p : model.parameters())
+      if (p.grad().defined()) p.mutable_grad().mul_(scale);
+  }
+  return norm;
 }
 
 bool gradientsFinite(torch::optim::Optimizer& optimizer) {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "chorus/amp/grad_scaler.h"
 #include "chorus/comm/group.h"
@@ -61,6 +62,22 @@ void restoreScalerState(amp::GradScaler& scaler, const TrainState& state, const 
 // kMinLossScale, out.diverged.scale is set and it returns false (the loop stops the run).
 // Collective where the scaler's group is (its overflow decision).
 bool scaledOptimizerStep(amp::GradScaler& scaler, torch::optim::Optimizer& optimizer, StepOutcome& out);
+
+// ---- gradient clipping (optim.clip_norm) ----
+
+// Clips the whole model's gradient to the global L2 norm maxNorm, as
+// torch.nn.utils.clip_grad_norm_ does on the unsplit model, when the model is split over tensor
+// and pipeline ranks: the squares of this rank's gradients are summed (a parameter split over tp,
+// by its ShardSpec, counted on every tp rank; a replicated one on tp rank 0 only; the names in
+// `skip`, such as the last stage's copy of a tied embedding, not at all), then summed over tp and
+// over pp; when the norm exceeds maxNorm every gradient is multiplied by maxNorm / (norm + 1e-6).
+// Gradients must already be averaged over dp (equal on every replica). Parameters without a
+// gradient count as zeros. Returns the norm before clipping, the same on every rank of the
+// groups. Collective over tp, then pp (nullptr or a group of one: nothing to reduce). A
+// non-finite norm leaves the gradients as they are (the divergence check or the GradScaler
+// skips that step).
+double clipGradientNorm(torch::nn::Module& model, double maxNorm, comm::ProcessGroup* tp, comm::ProcessGroup* pp,
+                        const std::vector<std::string>& skip = {});
 
 // ---- divergence (docs/train.md, "Divergence") ----
 

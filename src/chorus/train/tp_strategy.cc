@@ -161,7 +161,14 @@ StepOutcome TensorParallelStrategy::step(const Batch& batch, const StepInfo& inf
   out.diverged = agreeOnDivergence(w, std::isfinite(m.localLoss),
                                    m.prec == amp::Precision::kFp16 || gradientsFinite(*m.optimizer), lossSum);
   out.stats.loss = lossSum / w.size();
-  if (out.diverged.any() || !scaledOptimizerStep(*m.scaler, *m.optimizer, out)) return out;
+  if (out.diverged.any()) return out;
+  // optim.clip_norm: the norm of the whole model, its shards' squares summed over tp (each
+  // replica's gradient is the same after DDP's all-reduce; unscaled first under fp16).
+  if (m.cfg.optim.clipNorm > 0) {
+    m.scaler->unscale(*m.optimizer);
+    clipGradientNorm(*m.model, m.cfg.optim.clipNorm, m.tp.get(), nullptr);
+  }
+  if (!scaledOptimizerStep(*m.scaler, *m.optimizer, out)) return out;
   const Clock::time_point t3 = Clock::now();
 
   // DDP's share of the bytes sent in backward: all of them without tensor parallelism; with it,
