@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "common"))
 from runs import (SOURCE_DIR, fmt, fmt_spread, is_number, jsonl_records, median_spread, page_header, read,  # noqa: E402
                   why_failed, write_page)
 
-SCHEDULES = ("gpipe", "1f1b", "zb-h1")
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1")
+CHUNKS = 2  # the interleaved rows' model chunks per stage (parallel.virtual_stages)
 
 
 def torch_args(config_path):
@@ -40,9 +41,31 @@ def torch_args(config_path):
 def theory(name, p, m):
     if name in ("gpipe", "1f1b"):
         return (p - 1) / (m + p - 1)
+    if name == "interleaved":
+        return (p - 1) / (CHUNKS * m + p - 1)
     if name == "zb-h1":
         return (p - 1) / (3 * m + p - 1)
     raise ValueError(name)
+
+
+def simulate(raw, name, p, m, op_ms):
+    """`chorus pipeline show --costs F,B,W --json` of the schedule with the trace's mean op times
+    (F forward; B the input-gradient half, or the whole backward where it is not split; W the
+    weight-gradient half, or 0): (result dict, None) or (None, why)."""
+    f = op_ms.get("forward")
+    b = op_ms.get("backward input", op_ms.get("backward"))
+    w = op_ms.get("backward weight", 0.0)
+    if not is_number(f) or not is_number(b):
+        return None, f"{name}: the trace has no forward or backward spans"
+    cmd = [os.path.join(raw, "chorus"), "pipeline", "show", "--schedule", name, "--stages", str(p),
+           "--micro-batches", str(m), "--costs", f"{f},{b},{w}", "--json"]
+    if name == "interleaved":
+        cmd += ["--chunks", str(CHUNKS)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout.strip().splitlines()[-1]), None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        return None, f"{name}: chorus pipeline show --costs did not run: {e}"
 
 
 def records(raw, name, event):
@@ -82,20 +105,30 @@ def bubble_sections(raw, machine, problems, quick):
     out = ["## 1. Bubble: measured against theory\n",
            f"The GPT of bench/pipeline/gpt.toml (6 blocks, embed 128, context 128, batch 32 windows, untied head) "
            f"at pp stages with m micro-batches, the stages balanced by measured time (`parallel.balance = \"time\"`), "
-           f"{steps} steps per run, each worker 1 torch thread. **Trace**: each stage's idle share of the step "
+           f"{steps} steps per run, each worker 1 torch thread; interleaved with {CHUNKS} model chunks per stage. "
+           f"**Trace**: each stage's idle share of the step "
            f"(1 − its forward and backward time / the step's span from the first stage's first action to the last "
            f"stage's last), from the `--trace` spans by bench/pipeline/timeline.py, the median over the last "
            f"{last} steps, then the mean over the stages. **Executor**: the step records' `bubble_stage<s>` (each "
            f"stage's time blocked in receives and sends / its pipeline time), mean over the same steps and the "
-           f"stages. **Theory**: (p − 1)/(m + p − 1) for GPipe and 1F1B, (p − 1)/(3m + p − 1) for ZB-H1 (equal "
-           f"stages, backward = 2 forwards, no transfer time).\n"]
+           f"stages. **Theory**: (p − 1)/(m + p − 1) for GPipe and 1F1B, (p − 1)/(vm + p − 1) for interleaved, "
+           f"(p − 1)/(3m + p − 1) for ZB-H1 (equal stages, backward = 2 forwards split into equal B and W halves, "
+           f"no transfer time). **Simulated**: the same schedule simulated by chorus's checker with the op times "
+           f"this run's trace measured (`chorus pipeline show --costs F,B,W`, F, B and W the mean forward, "
+           f"input-gradient and weight-gradient spans over the stages and the measured steps; where the backward "
+           f"is not split, B is the whole backward and W = 0), still with equal stages and free transfers. The "
+           f"formula assumes F = B = W; when the halves differ, the simulation is the bubble the schedule itself "
+           f"implies, and the trace's distance from it is what the implementation adds (transfers, the loss, "
+           f"uneven stages, noise).\n"]
     if 4 in stages:
         out.append("pp = 4 runs 4 workers on this machine's 2 cores: two stages share a core, so a stage also waits "
                    "for the CPU, which the trace counts as busy time stretched, not as bubble. Those rows measure "
                    "the schedule on an oversubscribed machine, not the schedule alone.\n")
-    out.append("| pp | m | schedule | theory | trace (per stage) | executor | trace − theory |")
-    out.append("|---:|---:|---|---:|---|---:|---:|")
+    out.append("| pp | m | schedule | theory | simulated (F, B, W ms) | trace (per stage) | executor | trace − theory "
+               "| trace − simulated |")
+    out.append("|---:|---:|---|---:|---|---|---:|---:|---:|")
     verdict = {}
+    sim_verdict = {}
     mem_rows = []
     for p in stages:
         for m in micros:
@@ -105,7 +138,7 @@ def bubble_sections(raw, machine, problems, quick):
                 steps_recs, why = records(raw, name, "step")
                 if steps_recs is None:
                     problems.append(why)
-                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | no result | | |")
+                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | no result | | | |")
                     continue
                 svg = None
                 if p == 2 and m == 8 and s in ("1f1b", "zb-h1") and not quick:
@@ -113,8 +146,11 @@ def bubble_sections(raw, machine, problems, quick):
                 tb, why = trace_bubble(raw, name, last, svg, f"chorus {s}, pp = {p}, {m} micro-batches: one step")
                 if tb is None:
                     problems.append(why)
-                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {why} | | |")
+                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | {why} | | | |")
                     continue
+                sim, why = simulate(raw, s, p, m, tb.get("op_ms", {}))
+                if sim is None:
+                    problems.append(why)
                 mean_trace = sum(tb["bubble"]) / len(tb["bubble"])
                 ex = []
                 for st in range(p):
@@ -125,16 +161,28 @@ def bubble_sections(raw, machine, problems, quick):
                 diff = 100 * (mean_trace - th)
                 verdict.setdefault(p, []).append(abs(diff))
                 per = ", ".join(f"{100 * b:.0f}" for b in tb["bubble"])
-                out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {100 * mean_trace:.1f}% ({per}) | "
-                           f"{fmt(None if ex_mean is None else 100 * ex_mean, '.1f')}% | {diff:+.1f} |")
+                sim_cell, sim_diff = "—", "—"
+                if sim is not None:
+                    costs = ", ".join(f"{c:.0f}" for c in sim["costs"])
+                    sim_cell = f"{100 * sim['mean_bubble']:.1f}% ({costs})"
+                    d = 100 * (mean_trace - sim["mean_bubble"])
+                    sim_diff = f"{d:+.1f}"
+                    sim_verdict.setdefault(p, []).append(abs(d))
+                out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {sim_cell} | {100 * mean_trace:.1f}% ({per}) | "
+                           f"{fmt(None if ex_mean is None else 100 * ex_mean, '.1f')}% | {diff:+.1f} | {sim_diff} |")
                 peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
-                mem_rows.append((p, m, s, peaks))
+                mem_rows.append((p, m, s, peaks, sim["peak_activations"] if sim else None))
     out.append("")
     for p, diffs in verdict.items():
         worst = max(diffs)
         holds = "holds" if worst <= 5 else "does not hold"
         out.append(f"**pp = {p}: every row within 5 points of theory (largest difference {worst:.1f} points): "
                    f"{holds}.**\n")
+    for p, diffs in sim_verdict.items():
+        worst = max(diffs)
+        holds = "holds" if worst <= 5 else "does not hold"
+        out.append(f"pp = {p}: every row within 5 points of its simulation with the measured op times (largest "
+                   f"difference {worst:.1f} points): {holds}.\n")
     if not quick:
         out.append("One step of 1F1B and of ZB-H1 at pp = 2 with 8 micro-batches, from the trace "
                    "(bench/pipeline/timeline.py):\n")
@@ -144,12 +192,17 @@ def bubble_sections(raw, machine, problems, quick):
     out.append("## 2. Peak stored activations\n")
     out.append("The same runs: each stage's `peak_stored_stage<s>`, the most micro-batches whose forward state it "
                "held at once, measured by the executor. Expected: GPipe m on every stage; 1F1B min(p − r, m) on "
-               "stage r; ZB-H1 keeps a micro-batch's (smaller) state until its W, so up to r + 1 more.\n")
+               "stage r; ZB-H1 keeps a micro-batch's (smaller) state until its W, so up to r + 1 more; interleaved "
+               "counts (chunk, micro-batch) pairs and must equal the checker's simulation of its order "
+               "(`chorus pipeline show --json`, peak_activations).\n")
     out.append("| pp | m | schedule | per stage | expected |")
     out.append("|---:|---:|---|---|---|")
     ok = True
-    for p, m, s, peaks in mem_rows:
-        if s == "gpipe":
+    for p, m, s, peaks, simulated in mem_rows:
+        if s == "interleaved":
+            want = simulated if simulated else ["?"] * p
+            good = simulated is not None and peaks == simulated
+        elif s == "gpipe":
             want = [m] * p
             good = peaks == want
         elif s == "1f1b":
@@ -161,7 +214,8 @@ def bubble_sections(raw, machine, problems, quick):
         ok = ok and good
         out.append(f"| {p} | {m} | {s} | {', '.join(str(v) for v in peaks)} | {', '.join(str(w) for w in want)} |")
     out.append("")
-    out.append(f"**GPipe stores m micro-batches and 1F1B at most p − r: {'holds' if ok else 'does not hold'}.**\n")
+    out.append(f"**GPipe stores m micro-batches, 1F1B at most p − r and interleaved what its order implies: "
+               f"{'holds' if ok else 'does not hold'}.**\n")
     return out
 
 
@@ -175,7 +229,7 @@ def speed_section(raw, repeats, problems):
            "partitions sit on the one \"cpu\" device, and Pipe runs one worker thread per device, so its stages "
            "take turns: it cannot overlap them here, and its 2 torch threads share each matrix multiply instead. Each row ran "
            f"{repeats} time(s), all rows alternating within a repetition; a cell is the median (min–max).\n"]
-    rows = ["none", "gpipe", "1f1b", "zb-h1", "pipedream", "2bw"]
+    rows = ["none", "gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw"]
     vals = {}
     for s in rows:
         v = []
@@ -362,8 +416,7 @@ def report(args):
     if "partition" in args.sections:
         out += partition_section(args.raw, args.repeats, problems)
     out.append("## Not measured here\n")
-    out.append("- The interleaved schedule: `chorus train` does not run it yet (the GPT's stages hold one "
-               "contiguous range each); the checker's simulated bubble for it is in docs/pipeline.md.\n")
+    out.append("- 3D parallelism (tp × pp × dp): `make test` checks it against one process; no benchmark row yet.\n")
     if problems:
         out.append("## Runs without a result, and checks that failed\n")
         for prob in problems:

@@ -2,13 +2,15 @@
 # The pipeline benchmark (issue 13's "Measure" list): `chorus train` on the GPT of
 # bench/pipeline/gpt.toml under each pipeline schedule. Five sections:
 #
-#   bubble     pp = 2 and 4, micro-batches 4, 8 and 16, schedules gpipe, 1f1b and zb-h1, balanced
-#              stages (parallel.balance = "time"), BUBBLE_STEPS steps with --trace: each stage's
-#              bubble measured from the trace (bench/pipeline/timeline.py, median over the last
-#              steps) and by the executor (the step records' bubble_stage<s>), against the formula
+#   bubble     pp = 2 and 4, micro-batches 4, 8 and 16, schedules gpipe, 1f1b, interleaved (2 model
+#              chunks per stage) and zb-h1, balanced stages (parallel.balance = "time"),
+#              BUBBLE_STEPS steps with --trace: each stage's bubble measured from the trace
+#              (bench/pipeline/timeline.py, median over the last steps) and by the executor (the
+#              step records' bubble_stage<s>), against the formula and against the schedule
+#              simulated with the op times the trace measured (chorus pipeline show --costs)
 #   memory     the same runs: each stage's peak stored micro-batches (peak_stored_stage<s>)
 #   speed      pp = 2 with 8 micro-batches, REPEATS times, alternating: the layer-wise split
-#              without micro-batches (schedule none), gpipe, 1f1b, zb-h1, pipedream, 2bw, and
+#              without micro-batches (schedule none), gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw, and
 #              PyTorch's own pipeline (torch.distributed.pipeline.sync.Pipe, GPipe, in
 #              bench/pipeline/pipe_torch.py) on the same model and micro-batches: tokens/s
 #   async      pp = 2, 8 micro-batches, ASYNC_STEPS steps with an evaluation at the end: 1f1b,
@@ -28,7 +30,7 @@
 #   --quick   a smoke run (a couple of minutes): pp = 2 only, m = 4 only, few steps, one
 #             repetition; the page goes to BUILD_DIR/bench-pipeline/pipeline-quick.md
 #   environment: REPEATS=3, SECTIONS="bubble speed async partition" (memory comes with bubble),
-#   BUBBLE_STEPS=6, SPEED_STEPS=12, ASYNC_STEPS=200, CHORUS=path (default BUILD_DIR/chorus, built
+#   BUBBLE_STEPS=10, SPEED_STEPS=12, ASYNC_STEPS=200, CHORUS=path (default BUILD_DIR/chorus, built
 #   here), OUT=file.md
 set -uo pipefail
 
@@ -64,7 +66,7 @@ if [[ $quick -eq 1 ]]; then
 else
   out=${OUT:-$src/bench/results/pipeline.md}
   repeats=${REPEATS:-3}
-  bubble_steps=${BUBBLE_STEPS:-6}
+  bubble_steps=${BUBBLE_STEPS:-10}
   speed_steps=${SPEED_STEPS:-12}
   async_steps=${ASYNC_STEPS:-200}
   stage_counts=(2 4)
@@ -98,10 +100,10 @@ has() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 planned=0
 if has bubble; then
   for p in "${stage_counts[@]}"; do
-    planned=$((planned + 3 * ${#micro_counts[@]} * (5 + bubble_steps * (p == 2 ? 6 : 12) / 10)))
+    planned=$((planned + 4 * ${#micro_counts[@]} * (5 + bubble_steps * (p == 2 ? 6 : 12) / 10)))
   done
 fi
-has speed && planned=$((planned + repeats * 7 * (5 + speed_steps * 6 / 10)))
+has speed && planned=$((planned + repeats * 8 * (5 + speed_steps * 6 / 10)))
 has async && planned=$((planned + 5 * (8 + async_steps * 6 / 10)))
 has partition && planned=$((planned + repeats * 3 * (8 + 8 * 2)))
 planned_text="about $(((planned + 59) / 60)) min ($planned s) on 2 cores"
@@ -143,9 +145,11 @@ chorus_run() {
 if has bubble; then
   for p in "${stage_counts[@]}"; do
     for m in "${micro_counts[@]}"; do
-      for s in gpipe 1f1b zb-h1; do
+      for s in gpipe 1f1b interleaved zb-h1; do
+        chunks=1
+        [[ $s == interleaved ]] && chunks=2
         chorus_run "bubble-$s-p$p-m$m" gpt.toml "$p" --set "parallel.pp=$p" --set "parallel.schedule=$s" \
-          --set "parallel.micro_batches=$m" --set "train.max_steps=$bubble_steps"
+          --set "parallel.virtual_stages=$chunks" --set "parallel.micro_batches=$m" --set "train.max_steps=$bubble_steps"
       done
     done
   done
@@ -157,9 +161,11 @@ if has speed; then
   for ((r = 1; r <= repeats; r++)); do
     chorus_run "speed-none-r$r" gpt.toml 2 --set parallel.schedule=none --set parallel.micro_batches=1 \
       --set "train.max_steps=$speed_steps"
-    for s in gpipe 1f1b zb-h1 pipedream 2bw; do
-      chorus_run "speed-$s-r$r" gpt.toml 2 --set "parallel.schedule=$s" --set parallel.micro_batches=8 \
-        --set "train.max_steps=$speed_steps"
+    for s in gpipe 1f1b interleaved zb-h1 pipedream 2bw; do
+      chunks=1
+      [[ $s == interleaved ]] && chunks=2
+      chorus_run "speed-$s-r$r" gpt.toml 2 --set "parallel.schedule=$s" --set "parallel.virtual_stages=$chunks" \
+        --set parallel.micro_batches=8 --set "train.max_steps=$speed_steps"
     done
     bench_run "speed-torchpipe-r$r" "$py" "$here/pipe_torch.py" "${torch_args[@]}" --chunks 8 --steps "$speed_steps" \
       --split-from "$raw/speed-1f1b-r$r/metrics.jsonl" --json-out "$raw/speed-torchpipe-r$r.json"

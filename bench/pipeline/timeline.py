@@ -12,7 +12,10 @@ step's window = from the earliest span of the step on any stage to the latest en
   {"step": 5, "stages": 2, "window_s": 0.41, "bubble": [0.18, 0.17], "busy_s": [0.33, 0.34]}
 
 With --last K: the same for each of the trace's last K steps, and "bubble" is each stage's
-median over them ("bubble_steps" lists every step's; "steps" the steps measured).
+median over them ("bubble_steps" lists every step's; "steps" the steps measured). "op_ms" is the
+mean duration in milliseconds of each compute action kind (forward, backward, backward input,
+backward weight) over every stage and the steps measured: the costs to simulate the schedule
+with (`chorus pipeline show --costs F,B,W`).
 
 usage: /usr/bin/python3 bench/pipeline/timeline.py TRACE.json [--step N | --last K] [--dp D] [--svg OUT.svg]
   --step N  the global step to draw (default: the last step in the trace)
@@ -132,8 +135,15 @@ def main():
     lo, _, window, stages, busy = measure(spans)
     result = {"step": step, "stages": len(stages), "window_s": window / 1e6,
               "bubble": [round(1 - b / window, 4) for b in busy], "busy_s": [b / 1e6 for b in busy]}
+    chosen = steps[-a.last:] if a.last is not None else [step]
+    durations = {}
+    for st in chosen:
+        for spans_of_stage in step_spans(events, st, a.dp).values():
+            for name, start, end, _ in spans_of_stage:
+                if name in TAG:
+                    durations.setdefault(name, []).append(end - start)
+    result["op_ms"] = {k: round(statistics.mean(v) / 1e3, 3) for k, v in sorted(durations.items())}
     if a.last is not None:
-        chosen = steps[-a.last:]
         per_step = []
         for st in chosen:
             sp = step_spans(events, st, a.dp)

@@ -90,6 +90,22 @@ expect_usage "needs --schedule interleaved" pipeline show --schedule 1f1b --chun
 expect_usage "--stages" pipeline show --stages 0
 expect_usage "the one there is: show" pipeline draw
 expect_usage "chorus pipeline show" pipeline
+expect_usage "'x' is not a cost" pipeline show --costs 1,x,2
+expect_usage "give three costs F,B,W" pipeline show --costs 1,2
+
+# --costs: ZB-H1 at p = 2, m = 4 with F 60, B 70, W 40. Each stage works m (F + B + W) = 680;
+# the fill and drain leave it idle (p - 1)(F + B - W) = 90, so the bubble is 90 / 770; with
+# unit costs it is the formula's 1 / 13. 1F1B's bubble does not depend on the costs' ratio.
+PY=/usr/bin/python3
+json_field() { $PY -c "import json,sys; print(round(json.loads(sys.stdin.read())[sys.argv[1]], 4))" "$1"; }
+got=$("$CHORUS" pipeline show --schedule zb-h1 --stages 2 --micro-batches 4 --costs 60,70,40 --json | json_field mean_bubble)
+[ -n "$got" ] && [ "$got" = "$($PY -c 'print(round(90 / 770, 4))')" ] && pass "zb-h1 with costs 60,70,40: bubble $got" \
+  || fail "zb-h1 with costs 60,70,40: bubble $got, want 90/770"
+got=$("$CHORUS" pipeline show --schedule zb-h1 --stages 2 --micro-batches 4 --json | json_field mean_bubble)
+[ -n "$got" ] && [ "$got" = "$($PY -c 'print(round(1 / 13, 4))')" ] && pass "zb-h1 with unit costs: bubble $got" \
+  || fail "zb-h1 with unit costs: bubble $got, want 1/13"
+got=$("$CHORUS" pipeline show --schedule 1f1b --stages 2 --micro-batches 4 --costs 60,110,0 --json | json_field mean_bubble)
+[ "$got" = "0.2" ] && pass "1f1b with costs 60,110,0: bubble 0.2" || fail "1f1b with costs 60,110,0: bubble $got, want 0.2"
 
 if [ $failures -ne 0 ]; then
   echo "pipeline_cli_test: $failures FAILED"

@@ -269,7 +269,7 @@ TEST(Config, EnumerationsListTheChoices) {
       {"precision", "fp32, bf16, fp16"},
       {"data.dataset", "fashion-mnist, cifar10, fortunes"},
       {"model.name", "mlp, cnn, gpt"},
-      {"parallel.schedule", "none, gpipe, 1f1b, zb-h1, pipedream, 2bw"},
+      {"parallel.schedule", "none, gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw"},
       {"parallel.balance", "params, time"},
       {"schedule.name", "constant, cosine, step"},
       {"ddp.comm_dtype", "fp32, fp16, bf16"},
@@ -632,8 +632,8 @@ TEST(Config, LayerwiseRules) {
   EXPECT_TRUE(parse("", gptWith({"parallel.pp=2", "model.tie_embeddings=true"}), 2).model.tieEmbeddings);
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "ps.servers=1"}), 2), "parallel.pp = 2; set ps.servers = 0");
   EXPECT_CONTAINS(errorOf("", {"parallel.schedule=pipedream-2"}),
-                  "parallel.schedule = \"pipedream-2\" is not allowed; the choices are: none, gpipe, 1f1b, zb-h1, "
-                  "pipedream, 2bw");
+                  "parallel.schedule = \"pipedream-2\" is not allowed; the choices are: none, gpipe, 1f1b, "
+                  "interleaved, zb-h1, pipedream, 2bw");
 }
 
 TEST(Config, PipelineScheduleRules) {
@@ -647,7 +647,25 @@ TEST(Config, PipelineScheduleRules) {
             "pipeline and needs parallel.pp > 1 (now 1 (default)); set parallel.pp or schedule = \"none\"");
   EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.micro_batches=2"}), 2),
             "--set parallel.micro_batches=2: parallel.micro_batches = 2: 2 micro-batches need a pipeline schedule; "
-            "set parallel.schedule = \"gpipe\", \"1f1b\", \"zb-h1\", \"pipedream\" or \"2bw\", or micro_batches = 1");
+            "set parallel.schedule = \"gpipe\", \"1f1b\", \"interleaved\", \"zb-h1\", \"pipedream\" or \"2bw\", or "
+            "micro_batches = 1");
+  // interleaved: v >= 2 chunks per stage, pp x v virtual stages at most the layers (blocks + 2),
+  // and a partition of pp x v counts.
+  EXPECT_EQ(parse("", gptWith({"parallel.pp=2", "parallel.schedule=interleaved", "parallel.virtual_stages=2"}), 2)
+                .parallel.virtualStages,
+            2);
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=interleaved"}), 2),
+                  "needs parallel.virtual_stages >= 2 (now 1); set virtual_stages = 2");
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=1f1b", "parallel.virtual_stages=2"}), 2),
+                  "2 model chunks per stage need schedule = \"interleaved\"");
+  EXPECT_CONTAINS(errorOf("", gptWith({"model.layers=2", "parallel.pp=2", "parallel.schedule=interleaved",
+                                       "parallel.virtual_stages=3"}),
+                          2),
+                  "parallel.pp x virtual_stages = 2 x 3 = 6 virtual stages for model.layers + 2 = 4 layers");
+  EXPECT_CONTAINS(errorOf("", gptWith({"model.layers=2", "parallel.pp=2", "parallel.schedule=interleaved",
+                                       "parallel.virtual_stages=2", "parallel.partition=[2, 2]"}),
+                          2),
+                  "2 stage(s) holding 4 layers; give parallel.pp x virtual_stages = 2 x 2 = 4 counts");
   // Each replica cuts batch_size / dp windows: 16 / 2 = 8 windows do not cut into 3.
   EXPECT_EQ(errorOf("", gptWith({"parallel.pp=2", "parallel.schedule=zb-h1", "parallel.micro_batches=3",
                                  "train.batch_size=16"}),
@@ -831,7 +849,7 @@ TEST(Config, ReferenceListsEveryKey) {
   }
   // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 11 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 94u);
+  EXPECT_EQ(configKeys().size(), 95u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

@@ -421,6 +421,34 @@ INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedLoop,
                            return str(n, "_pp", std::get<1>(i.param));
                          });
 
+// The interleaved schedule in the loop: 2 stages x 2 chunks (layers 0..4 cut into 4 virtual
+// stages, balanced [1, 2, 1, 1]; rank 0 holds virtual stages 0 and 2, rank 1 holds 1 and 3), tied and untied, and at
+// dp 2; also with a given partition and recomputation. The losses, the evaluation (activations
+// round the ranks once per chunk) and the weights equal the whole model's.
+TEST(InterleavedLoop, SameLossesAsTheWholeModel) {
+  for (const bool tied : {true, false}) {
+    const fs::path dir = tempDir(str("interleaved", tied));
+    const Config cfg = gptConfig(dir, 2, 2, tied,
+                                 {"parallel.schedule=interleaved", "parallel.virtual_stages=2", "parallel.micro_batches=4"});
+    const LoopReference ref = trainWholeOnTask(cfg, 4);
+    const auto runs = runLayerwise(cfg, 2);
+    expectSameAsWhole(runs, ref, dir, tied);
+    const auto start = events(dir / "metrics.jsonl", "start");
+    ASSERT_EQ(start.size(), 1u);
+    EXPECT_EQ(field(start[0], "virtual_stages"), 2);
+    EXPECT_NE(start[0].find("\"pp_partition\": \"[1, 2, 1, 1]\""), std::string::npos) << start[0];
+    fs::remove_all(dir);
+  }
+  const fs::path dir = tempDir("interleaved-dp2");
+  const Config cfg = gptConfig(dir, 4, 2, true,
+                               {"parallel.schedule=interleaved", "parallel.virtual_stages=2", "parallel.micro_batches=2",
+                                "parallel.partition=[2, 1, 1, 1]", "parallel.recompute=true"});
+  const LoopReference ref = trainWholeOnTask(cfg, 2);
+  expectSameAsWhole(runLayerwise(cfg, 4), ref, dir, true);
+  EXPECT_NE(events(dir / "metrics.jsonl", "start")[0].find("\"pp_partition\": \"[2, 1, 1, 1]\""), std::string::npos);
+  fs::remove_all(dir);
+}
+
 // parallel.recompute: each stage runs its forward again in the backward; the run is unchanged.
 TEST(PipelinedLoopRecompute, SameLossesAsTheWholeModel) {
   for (const std::string schedule : {"1f1b", "zb-h1"}) {

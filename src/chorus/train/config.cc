@@ -263,11 +263,12 @@ const std::vector<Key>& schema() {
        .meaning = "layer-wise stages per replica: the gpt's blocks in pp contiguous ranges on different workers "
                   "(at most model.layers)"},
       {.name = "parallel.schedule", .field = CHORUS_FIELD(parallel.schedule),
-       .choices = {"none", "gpipe", "1f1b", "zb-h1", "pipedream", "2bw"},
+       .choices = {"none", "gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw"},
        .meaning = "how the stages of pp > 1 run: none, the naive layer-wise split (one batch through the stages in "
                   "turn); gpipe (all forwards, then all backwards), 1f1b (one forward one backward, at most pp "
-                  "micro-batches stored) or zb-h1 (1f1b with the backward split into its input and weight halves) "
-                  "over parallel.micro_batches micro-batches; pipedream (asynchronous 1f1b: each stage updates its "
+                  "micro-batches stored), interleaved (1f1b over parallel.virtual_stages model chunks per stage: a "
+                  "smaller bubble for more transfers) or zb-h1 (1f1b with the backward split into its input and weight "
+                  "halves) over parallel.micro_batches micro-batches; pipedream (asynchronous 1f1b: each stage updates its "
                   "weights after every micro-batch's backward, no flush inside the step) or 2bw (the same, one "
                   "update per parallel.update_every micro-batches); `chorus pipeline show` draws them"},
       {.name = "parallel.weight_stashing", .field = CHORUS_FIELD(parallel.weightStashing),
@@ -283,9 +284,14 @@ const std::vector<Key>& schema() {
       {.name = "parallel.update_every", .field = CHORUS_FIELD(parallel.updateEvery),
        .range = between(0, 4096, false, false),
        .meaning = "2bw: micro-batches whose gradients one weight update applies; 0: parallel.pp"},
+      {.name = "parallel.virtual_stages", .field = CHORUS_FIELD(parallel.virtualStages),
+       .range = between(1, 64, false, false),
+       .meaning = "schedule interleaved: model chunks per stage (v >= 2); the layers are cut into pp x v virtual "
+                  "stages and stage r holds r, r + pp, r + 2 pp, ..."},
       {.name = "parallel.partition", .field = CHORUS_FIELD(parallel.partition), .range = atLeast(1),
-       .meaning = "pp > 1: the gpt's layers on each stage, in order, the embedding and the head counted as layers "
-                  "(model.layers + 2 in all), e.g. [2, 4]; empty: balanced by parallel.balance"},
+       .meaning = "pp > 1: the gpt's layers on each stage (each virtual stage when interleaved), in order, the "
+                  "embedding and the head counted as layers (model.layers + 2 in all), e.g. [2, 4]; empty: balanced "
+                  "by parallel.balance"},
       {.name = "parallel.balance", .field = CHORUS_FIELD(parallel.balance), .choices = {"params", "time"},
        .meaning = "pp > 1 without a partition: split the layers so that the largest stage is smallest by "
                   "parameter count (params) or by forward + backward time measured on worker 0 before training "
@@ -989,9 +995,12 @@ class Builder {
       if (par.pp < 2)
         fail("parallel.partition", str(": a partition splits the layers over parallel.pp > 1 stages (now ", par.pp,
                                        originNote("parallel.pp"), "); set parallel.pp or remove the partition"));
-      if (static_cast<int64_t>(par.partition.size()) != par.pp || sum != layers)
-        fail("parallel.partition", str(": ", par.partition.size(), " stage(s) holding ", sum,
-                                       " layers; give parallel.pp = ", par.pp, originNote("parallel.pp"),
+      const int64_t stages = par.pp * par.virtualStages;
+      if (static_cast<int64_t>(par.partition.size()) != stages || sum != layers)
+        fail("parallel.partition", str(": ", par.partition.size(), " stage(s) holding ", sum, " layers; give ",
+                                       par.virtualStages > 1 ? str("parallel.pp x virtual_stages = ", par.pp, " x ",
+                                                                   par.virtualStages, " = ", stages)
+                                                             : str("parallel.pp = ", par.pp, originNote("parallel.pp")),
                                        " counts that sum to model.layers + 2 = ", layers,
                                        " (the embedding, the blocks and the head)"));
       if (par.balance != "params")
@@ -1002,6 +1011,19 @@ class Builder {
       fail("parallel.schedule", str(": schedule \"", par.schedule, "\" runs the stages of a pipeline and needs "
                                     "parallel.pp > 1 (now ", par.pp, originNote("parallel.pp"),
                                     "); set parallel.pp or schedule = \"none\""));
+    if (par.schedule == "interleaved" && par.virtualStages < 2)
+      fail("parallel.virtual_stages", str(": schedule \"interleaved\" gives each stage several model chunks and "
+                                          "needs parallel.virtual_stages >= 2 (now ", par.virtualStages,
+                                          "); set virtual_stages = 2, or schedule = \"1f1b\" for one chunk"));
+    if (par.virtualStages > 1 && par.schedule != "interleaved")
+      fail("parallel.virtual_stages", str(": ", par.virtualStages, " model chunks per stage need schedule = ",
+                                          "\"interleaved\" (now \"", par.schedule, "\"",
+                                          originNote("parallel.schedule"), "); set virtual_stages = 1 or the schedule"));
+    if (par.virtualStages > 1 && par.pp * par.virtualStages > config_.model.layers + 2)
+      fail("parallel.virtual_stages", str(": parallel.pp x virtual_stages = ", par.pp, " x ", par.virtualStages, " = ",
+                                          par.pp * par.virtualStages, " virtual stages for model.layers + 2 = ",
+                                          config_.model.layers + 2,
+                                          " layers (the embedding, the blocks and the head); use fewer chunks"));
     const bool async = par.schedule == "pipedream" || par.schedule == "2bw";
     if (par.updateEvery != 0 && par.schedule != "2bw")
       fail("parallel.update_every", str(": ", par.updateEvery, " is for schedule \"2bw\" (now \"", par.schedule,
@@ -1026,8 +1048,8 @@ class Builder {
                                      "parallel.schedule (now \"none\"", originNote("parallel.schedule"), ")"));
     if (par.microBatches > 1 && par.schedule == "none")
       fail("parallel.micro_batches", str(": ", par.microBatches, " micro-batches need a pipeline schedule; set "
-                                         "parallel.schedule = \"gpipe\", \"1f1b\", \"zb-h1\", \"pipedream\" or \"2bw\", or "
-                                         "micro_batches = 1"));
+                                         "parallel.schedule = \"gpipe\", \"1f1b\", \"interleaved\", \"zb-h1\", "
+                                         "\"pipedream\" or \"2bw\", or micro_batches = 1"));
     // Each replica cuts its batch_size / dp windows (the whole batch when the world size is not
     // known yet) into micro_batches equal parts.
     const int64_t replicaBatch = worldSize_ > 0 ? t.batchSize / std::max<int64_t>(1, dp) : t.batchSize;

@@ -98,15 +98,17 @@ struct ParallelConfig {
   bool sequenceParallel = false;  // tp > 1: LayerNorm/dropout regions split along the sequence
   int64_t pp = 1;                 // layer-wise stages per replica (gpt blocks in contiguous ranges)
   std::string schedule = "none";  // "none": the naive layer-wise split, one batch through the stages;
-                                  // "gpipe", "1f1b", "zb-h1": micro-batches (parallel/pipeline/schedule.h);
+                                  // "gpipe", "1f1b", "interleaved", "zb-h1": micro-batches
+                                  // (parallel/pipeline/schedule.h);
                                   // "pipedream", "2bw": asynchronous, weights updated inside the step
   int64_t microBatches = 1;       // micro-batches per step and replica, with a pipeline schedule
+  int64_t virtualStages = 1;      // "interleaved": model chunks per stage (v); pp x v virtual stages
   bool weightStashing = true;     // pipedream, 2bw: each backward on its forward's weights
   bool verticalSync = false;      // pipedream, 2bw: every stage on the first stage's version
   int64_t updateEvery = 0;        // 2bw: micro-batches per weight update; 0: pp
   bool recompute = false;         // with a schedule: each stage runs its forward again in the backward
-  std::vector<int64_t> partition = {};  // pp > 1: the GPT's layers per stage (embedding and head
-                                        // counted); empty: balanced by `balance`
+  std::vector<int64_t> partition = {};  // pp > 1: the GPT's layers per (virtual) stage (embedding
+                                        // and head counted); empty: balanced by `balance`
   std::string balance = "params";       // "params": by parameter count; "time": by measured
                                         // forward + backward time per layer (profile.h)
 

@@ -14,6 +14,7 @@
 
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/error.h"
+#include "chorus/parallel/pipeline/weight_grad.h"
 #include "chorus/parallel/tensor/communication.h"
 #include "chorus/parallel/tensor/cross_entropy.h"
 #include "chorus/parallel/tensor/sharding.h"
@@ -109,7 +110,9 @@ torch::Tensor GptHeadImpl::forward(const torch::Tensor& x) {
   // Each tp rank's vocabulary columns contribute a part of dL/dx: the copy all-reduces it in the
   // backward pass (an identity at tp 1).
   torch::Tensor h = parallel::copyToTensorParallelRegion(lnf->forward(x), tp_);
-  return torch::matmul(h, projection().t());  // [B, T, Vp/k]
+  // A linear layer without bias, so that a zero-bubble schedule defers its weight gradient (the
+  // largest on the last stage) to W, as it does the blocks' (weight_grad.h).
+  return parallel::deferrableLinear(h, projection());  // [B, T, Vp/k]
 }
 
 size_t gptLayerCount(const GptOptions& o) { return static_cast<size_t>(o.layers) + 2; }
@@ -162,10 +165,11 @@ torch::Tensor gptStageLoss(const torch::Tensor& logits, const torch::Tensor& tar
 // ---- the stage ----
 
 GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank,
-                   parallel::LayerwiseOptions base, TpGroup tp)
-    : opts_(o), pp_(std::move(pp)), tp_(parallel::tpSize(tp) > 1 ? std::move(tp) : nullptr) {
+                   parallel::LayerwiseOptions base, TpGroup tp, int chunks)
+    : opts_(o), pp_(std::move(pp)), tp_(parallel::tpSize(tp) > 1 ? std::move(tp) : nullptr), chunks_(chunks) {
   validate(opts_, parallel::tpSize(tp_));
   if (!pp_) throw InvalidArgument("GptStage: the pipeline group is null");
+  if (chunks_ < 1) throw InvalidArgument(chorus::str("GptStage: ", chunks_, " chunks per stage; use 1 or more"));
   const int s = pp_->rank();
   // Stage 0 keeps the model's seed, so a one-stage split drops exactly as Gpt does.
   const uint64_t rngSeed = s == 0 ? opts_.seed : parallel::parameterSeed(opts_.seed, chorus::str("pipeline stage ", s));
@@ -186,7 +190,38 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
     }
     return torch::nn::AnyModule(GptBlock(opts_, static_cast<int64_t>(i) - 1, tp_, rng_));
   };
-  stage_ = std::make_unique<parallel::LayerwiseStage>(pp_, n, build, std::move(base));
+  // (global layer index, layer) of every layer this rank holds, in order.
+  std::vector<std::pair<size_t, torch::nn::AnyModule>> held;
+  if (chunks_ == 1) {
+    stage_ = std::make_unique<parallel::LayerwiseStage>(pp_, n, build, base);
+    partition_ = stage_->partition();
+    for (size_t i = stage_->layerBegin(); i < stage_->layerEnd(); ++i)
+      held.emplace_back(i, stage_->layers()[i - stage_->layerBegin()]);
+  } else {
+    const int p = pp_->size(), virtualStages = p * chunks_;
+    if (base.partition.empty()) {
+      if (base.layerCosts.size() != n)
+        throw InvalidArgument(chorus::str("GptStage: ", base.layerCosts.size(), " layer costs for ", n, " layers"));
+      if (static_cast<size_t>(virtualStages) > n)
+        throw InvalidArgument(chorus::str("GptStage: ", p, " stages x ", chunks_, " chunks = ", virtualStages,
+                                          " virtual stages for ", n, " layers (embedding, ", opts_.layers,
+                                          " blocks, head); use fewer chunks or stages, or more layers"));
+      partition_ = parallel::balancedPartition(base.layerCosts, virtualStages);
+    } else {
+      parallel::checkPartition(base.partition, n, virtualStages);
+      partition_ = base.partition;
+    }
+    chunkLayers_.resize(static_cast<size_t>(chunks_));
+    for (int c = 0; c < chunks_; ++c) {
+      const int vs = c * p + s;
+      size_t begin = 0;
+      for (int k = 0; k < vs; ++k) begin += static_cast<size_t>(partition_[static_cast<size_t>(k)]);
+      for (size_t i = begin; i < begin + static_cast<size_t>(partition_[static_cast<size_t>(vs)]); ++i) {
+        chunkLayers_[static_cast<size_t>(c)].push_back(build(i));
+        held.emplace_back(i, chunkLayers_[static_cast<size_t>(c)].back());
+      }
+    }
+  }
 
   auto named = std::make_shared<StageParameters>(chorus::str("GptStage", s));
   if (embedding_) {
@@ -197,9 +232,9 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
   }
   auto blocks = std::make_shared<StageParameters>("h");
   bool anyBlock = false;
-  for (size_t i = stage_->layerBegin(); i < stage_->layerEnd(); ++i) {
+  for (const auto& [i, layer] : held) {
     if (i == 0 || i + 1 == n) continue;
-    blocks->add(std::to_string(i - 1), stage_->layers()[i - stage_->layerBegin()].ptr());
+    blocks->add(std::to_string(i - 1), layer.ptr());
     anyBlock = true;
   }
   if (anyBlock) named->add("h", blocks);
@@ -217,9 +252,55 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
   }
 }
 
-torch::Tensor GptStage::forward(const torch::Tensor& ids) { return stage_->forward(ids); }
+GptStage::~GptStage() = default;
 
-void GptStage::backward(const torch::Tensor& loss) { stage_->backward(loss); }
+parallel::LayerwiseStage& GptStage::layers() {
+  if (!stage_)
+    throw InvalidArgument(chorus::str("GptStage::layers: this stage holds ", chunks_,
+                                      " chunks (interleaved), not one layer range; use runChunk"));
+  return *stage_;
+}
+
+torch::Tensor GptStage::runChunk(int chunk, const torch::Tensor& x) {
+  if (stage_) {
+    if (chunk != 0) throw InvalidArgument(chorus::str("GptStage::runChunk: chunk ", chunk, " of a one-chunk stage"));
+    return stage_->runLayers(x);
+  }
+  if (chunk < 0 || chunk >= chunks_)
+    throw InvalidArgument(chorus::str("GptStage::runChunk: chunk ", chunk, " of ", chunks_));
+  torch::Tensor y = x;
+  for (auto& layer : chunkLayers_[static_cast<size_t>(chunk)]) y = layer.forward(y);
+  return y;
+}
+
+torch::Tensor GptStage::forward(const torch::Tensor& ids) {
+  if (stage_) return stage_->forward(ids);
+  // Interleaved: virtual stage c * p + r on rank r; the activation [B, T, E] (float32) goes
+  // from rank r to r + 1, and from the last rank back to rank 0 for the next chunk. Blocking
+  // sends and receives in chain order cannot deadlock: each rank waits only for its predecessor.
+  if (!ids.defined() || ids.dim() != 2)
+    throw InvalidArgument("GptStage::forward: an interleaved stage needs the ids [B, T] on every stage");
+  constexpr uint32_t kTag = 0x4C574900;  // "LWI"
+  const int p = pp_->size(), r = pp_->rank();
+  const int last = p * chunks_ - 1;
+  torch::Tensor x;
+  for (int c = 0; c < chunks_; ++c) {
+    const int vs = c * p + r;
+    if (vs == 0) {
+      x = ids;
+    } else {
+      x = torch::empty({ids.size(0), ids.size(1), opts_.embed}, torch::kFloat);
+      pp_->recv((r - 1 + p) % p, kTag, x.data_ptr(), static_cast<size_t>(x.numel()) * sizeof(float));
+    }
+    x = runChunk(c, x);
+    if (vs != last) {
+      torch::Tensor out = x.detach().to(torch::kFloat).contiguous();
+      pp_->send((r + 1) % p, kTag, out.data_ptr(), static_cast<size_t>(out.numel()) * sizeof(float));
+    }
+  }
+  return x;
+}
+void GptStage::backward(const torch::Tensor& loss) { layers().backward(loss); }
 
 torch::Tensor GptStage::loss(const torch::Tensor& logits, const torch::Tensor& targets) {
   if (!head_) throw InvalidArgument("GptStage::loss: only the last stage holds the head and computes the loss");

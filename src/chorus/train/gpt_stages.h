@@ -117,13 +117,26 @@ class GptStage {
   // with the same pp position, and forward, backward and loss are then collective over tp too.
   // Throws InvalidArgument for GptOptions Gpt refuses (heads % k != 0 among them),
   // sequenceParallel, and a partition LayerwiseStage refuses (more stages than o.layers + 2 layers).
+  //
+  // chunks = v > 1 (the interleaved schedule): the layers are cut into p * v virtual stages
+  // (base.partition then has p * v counts; the balanced split is over p * v ranges) and this
+  // rank holds virtual stages r, r + p, ..., r + (v - 1) p, as chunks 0 .. v - 1. Rank 0 still
+  // holds the embedding and rank p - 1 the head. Such a stage runs under a PipelineExecutor
+  // (runChunk) and evaluates with forward; it has no single layer range (layers() throws).
   GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, int dpRank = 0,
-           parallel::LayerwiseOptions base = {}, TpGroup tp = nullptr);
+           parallel::LayerwiseOptions base = {}, TpGroup tp = nullptr, int chunks = 1);
+  ~GptStage();
 
   const GptOptions& options() const { return opts_; }
-  parallel::LayerwiseStage& layers() { return *stage_; }
-  bool isFirst() const { return stage_->isFirst(); }
-  bool isLast() const { return stage_->isLast(); }
+  // The contiguous stage (chunks = 1). InvalidArgument for an interleaved stage.
+  parallel::LayerwiseStage& layers();
+  bool isFirst() const { return pp_->rank() == 0; }
+  bool isLast() const { return pp_->rank() == pp_->size() - 1; }
+  int chunks() const { return chunks_; }
+  // Layer counts of the p stages (chunks = 1) or of the p * v virtual stages, in order.
+  const std::vector<int>& partition() const { return partition_; }
+  // Chunk c's layers on x, in order, without communication (a pipeline executor's forward).
+  torch::Tensor runChunk(int chunk, const torch::Tensor& x);
 
   // This stage's parameters under the whole Gpt's names (the module holds the layers'
   // submodules: wte, wpe, h.<i>, lnf, lm_head). For optimizers, DDP, checkpoints, train/eval.
@@ -131,7 +144,10 @@ class GptStage {
   std::shared_ptr<torch::nn::Module> modulePtr() const { return module_; }
 
   // LayerwiseStage::forward: ids [B, T] on the first stage, nothing on the others; returns this
-  // stage's output (logits [B, T, V] on the last).
+  // stage's output (logits [B, T, V] on the last). Interleaved (chunks > 1): ids on every stage
+  // (the others take the activations' shape [B, T, E] from it); the activations go round the
+  // ranks once per chunk, and the last stage returns the logits of its last chunk. Blocking, for
+  // evaluation (no backward follows).
   torch::Tensor forward(const torch::Tensor& ids = {});
   // LayerwiseStage::backward: the loss on the last stage, nothing on the others.
   void backward(const torch::Tensor& loss = {});
@@ -156,7 +172,10 @@ class GptStage {
   std::shared_ptr<parallel::TensorParallelRng> rng_;
   GptEmbedding embedding_{nullptr};
   GptHead head_{nullptr};
-  std::unique_ptr<parallel::LayerwiseStage> stage_;
+  std::unique_ptr<parallel::LayerwiseStage> stage_;      // chunks = 1
+  std::vector<std::vector<torch::nn::AnyModule>> chunkLayers_;  // chunks > 1
+  int chunks_ = 1;
+  std::vector<int> partition_;
   std::shared_ptr<torch::nn::Module> module_;
 };
 

@@ -277,7 +277,8 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
   } else if (par.balance == "time") {
     base.layerCosts = profiledLayerCosts(m.cfg, m.gpt, *m.world, m.dp());
   }
-  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"), base, m.mesh.group("tp"));
+  m.stage = std::make_unique<GptStage>(m.gpt, m.mesh.group("pp"), m.mesh.coord("dp"), base, m.mesh.group("tp"),
+                                       static_cast<int>(par.virtualStages));
   m.bytes = parameterBytes(m.stage->module());
   if (m.cfg.parallel.schedule != "none") {
     // Micro-batches: the executor runs the schedule; the dp average comes after it.
@@ -288,8 +289,8 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
     po.recompute = par.recompute;
     m.exec = std::make_unique<parallel::PipelineExecutor>(
         m.mesh.group("pp"),
-        parallel::makeSchedule(par.schedule, m.pp(), static_cast<int>(par.microBatches), 1,
-                               static_cast<int>(par.updateEvery)),
+        parallel::makeSchedule(par.schedule, m.pp(), static_cast<int>(par.microBatches),
+                               static_cast<int>(par.virtualStages), static_cast<int>(par.updateEvery)),
         po);
   } else if (m.dp() > 1) {
     m.runner = StageRunner(*m.stage);
@@ -395,7 +396,7 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
   const std::vector<torch::Tensor> inputs = st.isFirst() ? batch.input.chunk(micro) : std::vector<torch::Tensor>();
   const std::vector<torch::Tensor> targets = st.isLast() ? batch.target.chunk(micro) : std::vector<torch::Tensor>();
   parallel::PipelineExecutor::Step p;
-  p.forward = [&](int, const torch::Tensor& x) { return st.layers().runLayers(x); };
+  p.forward = [&](int chunk, const torch::Tensor& x) { return st.runChunk(chunk, x); };
   if (st.isFirst()) p.input = [&](int i) { return inputs[static_cast<size_t>(i)]; };
   if (st.isLast())
     p.loss = [&](const torch::Tensor& out, int i) {
@@ -495,7 +496,8 @@ EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
   // the same chunks: the chunk goes through the stages, and the loss comes back from the last.
   run.loss = [&](const Batch& b) {
     torch::NoGradGuard noGrad;
-    torch::Tensor out = st.forward(st.isFirst() ? b.input : torch::Tensor());
+    // An interleaved stage takes the ids everywhere (for the activations' shape).
+    torch::Tensor out = st.forward(st.isFirst() || st.chunks() > 1 ? b.input : torch::Tensor());
     double v = st.isLast() ? st.loss(out, b.target).item<double>() : 0.0;
     broadcastDouble(*m.mesh.group("pp"), &v, m.pp() - 1);
     return torch::tensor(v, torch::kFloat64);
@@ -508,7 +510,7 @@ EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
     throw;
   }
   st.module().train();
-  st.layers().takeSpans();  // evaluation's forwards are not a step's
+  if (st.chunks() == 1) st.layers().takeSpans();  // evaluation's forwards are not a step's
   return r;
 }
 
@@ -670,7 +672,7 @@ void LayerwiseStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s
 JsonObject LayerwiseStrategy::startRecord(const LoopStatus& s) {
   Impl& m = *impl_;
   return gptStartRecord(m.cfg, s, *m.world, {m.tp(), m.dp(), m.pp()}, parameterCount(m.stage->module()), m.bytes)
-      .add("pp_partition", listOf(m.stage->layers().partition()));
+      .add("pp_partition", listOf(m.stage->partition()));
 }
 
 JsonObject LayerwiseStrategy::stepRecord(const LoopStatus& s) {

@@ -298,6 +298,7 @@ JsonObject gptStartRecord(const Config& cfg, const LoopStatus& s, const comm::Pr
       .add("sequence_parallel", cfg.parallel.sequenceParallel)
       .add("schedule", cfg.parallel.schedule)
       .add("micro_batches", cfg.parallel.microBatches)
+      .add("virtual_stages", cfg.parallel.virtualStages)
       .add("param_bytes_sharded", bytes.sharded)
       .add("param_bytes_replicated", bytes.replicated)
       .add("optimizer_bytes", optimizerStateMultiple(cfg.optim) * bytes.total())
