@@ -45,7 +45,8 @@
 // (computed from the optimizer's kind); step records "tokens_per_s", "grad_bytes" (the dp
 // all-reduce: a ring's share of the buckets, an estimate, as it overlaps the stage's sends) and
 // "pp_bytes" (StepStats::modelParallelBytes: what this rank sent for the pipeline in the window:
-// activations, activation gradients, the tied embedding's gradient sum and the loss broadcast);
+// activations, activation gradients, the tied embedding's gradient sum and the loss broadcast;
+// at tp > 1 also the tensor-parallel all-reduces, which share the counter);
 // the summary "pp_bytes_per_step" and "optimizer_bytes" measured from the optimizer's state.
 //
 // Supported: precision fp32, compression none, any tp without sequence parallelism, ps.servers 0
