@@ -97,7 +97,7 @@ def step_field(steps, key):
     return [s[key] for s in steps if is_number(s.get(key))]
 
 
-def bubble_sections(raw, machine, problems, quick):
+def bubble_sections(raw, machine, problems, quick, repeats):
     stages = [int(x) for x in machine.get("stages", "2").split()]
     micros = [int(x) for x in machine.get("micro-batches", "4").split()]
     steps = int(machine.get("bubble steps", "6").strip())
@@ -124,7 +124,10 @@ def bubble_sections(raw, machine, problems, quick):
         out.append("pp = 4 runs 4 workers on this machine's 2 cores: two stages share a core, so a stage also waits "
                    "for the CPU, which the trace counts as busy time stretched, not as bubble. Those rows measure "
                    "the schedule on an oversubscribed machine, not the schedule alone.\n")
-    out.append("| pp | m | schedule | theory | simulated (F, B, W ms) | trace (per stage) | executor | trace − theory "
+    out.append(f"Each configuration ran {repeats} time(s), all of them alternating within a repetition; a cell is "
+               f"the median over the repetitions (min–max), and the differences are between medians. Per stage: "
+               f"each stage's median.\n")
+    out.append("| pp | m | schedule | theory | simulated (op times in ms) | trace | executor | trace − theory "
                "| trace − simulated |")
     out.append("|---:|---:|---|---:|---|---|---:|---:|---:|")
     verdict = {}
@@ -133,45 +136,62 @@ def bubble_sections(raw, machine, problems, quick):
     for p in stages:
         for m in micros:
             for s in SCHEDULES:
-                name = f"bubble-{s}-p{p}-m{m}"
                 th = theory(s, p, m)
-                steps_recs, why = records(raw, name, "step")
-                if steps_recs is None:
-                    problems.append(why)
+                traces, execs, sims, per_stage, costs = [], [], [], [], []
+                for r in range(1, repeats + 1):
+                    name = f"bubble-{s}-p{p}-m{m}-r{r}"
+                    steps_recs, why = records(raw, name, "step")
+                    if steps_recs is None:
+                        problems.append(why)
+                        continue
+                    svg = None
+                    if r == 1 and p == 2 and m == 8 and s in ("1f1b", "zb-h1") and not quick:
+                        svg = os.path.join(SOURCE_DIR, "bench", "results", f"pipeline-{s}.svg")
+                    tb, why = trace_bubble(raw, name, last, svg, f"chorus {s}, pp = {p}, {m} micro-batches: one step")
+                    if tb is None:
+                        problems.append(why)
+                        continue
+                    sim, why = simulate(raw, s, p, m, tb.get("op_ms", {}))
+                    if sim is None:
+                        problems.append(why)
+                    else:
+                        sims.append(sim["mean_bubble"])
+                        costs.append(sim["costs"])
+                    traces.append(sum(tb["bubble"]) / len(tb["bubble"]))
+                    per_stage.append(tb["bubble"])
+                    ex = []
+                    for st in range(p):
+                        vals = step_field(steps_recs[-last:], f"bubble_stage{st}")
+                        if vals:
+                            ex.append(sum(vals) / len(vals))
+                    if len(ex) == p:
+                        execs.append(sum(ex) / len(ex))
+                    peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
+                    mem_rows.append((p, m, s, r, peaks, sim["peak_activations"] if sim else None))
+                if not traces:
                     out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | no result | | | |")
                     continue
-                svg = None
-                if p == 2 and m == 8 and s in ("1f1b", "zb-h1") and not quick:
-                    svg = os.path.join(SOURCE_DIR, "bench", "results", f"pipeline-{s}.svg")
-                tb, why = trace_bubble(raw, name, last, svg, f"chorus {s}, pp = {p}, {m} micro-batches: one step")
-                if tb is None:
-                    problems.append(why)
-                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | {why} | | | |")
-                    continue
-                sim, why = simulate(raw, s, p, m, tb.get("op_ms", {}))
-                if sim is None:
-                    problems.append(why)
-                mean_trace = sum(tb["bubble"]) / len(tb["bubble"])
-                ex = []
-                for st in range(p):
-                    vals = step_field(steps_recs[-last:], f"bubble_stage{st}")
-                    if vals:
-                        ex.append(sum(vals) / len(vals))
-                ex_mean = sum(ex) / len(ex) if len(ex) == p else None
-                diff = 100 * (mean_trace - th)
+                def pct(values):
+                    """"median% (min–max)" of fractions, in percent; the median alone for one value."""
+                    med, lo, hi = median_spread([100 * x for x in values])
+                    if med is None:
+                        return "—"
+                    return f"{med:.1f}%" if len(values) == 1 else f"{med:.1f}% ({lo:.1f}–{hi:.1f})"
+
+                med_trace = median_spread(traces)[0]
+                diff = 100 * (med_trace - th)
                 verdict.setdefault(p, []).append(abs(diff))
-                per = ", ".join(f"{100 * b:.0f}" for b in tb["bubble"])
+                per = ", ".join(f"{100 * median_spread([row[i] for row in per_stage])[0]:.0f}" for i in range(p))
                 sim_cell, sim_diff = "—", "—"
-                if sim is not None:
-                    costs = ", ".join(f"{c:.0f}" for c in sim["costs"])
-                    sim_cell = f"{100 * sim['mean_bubble']:.1f}% ({costs})"
-                    d = 100 * (mean_trace - sim["mean_bubble"])
+                if sims:
+                    med_sim = median_spread(sims)[0]
+                    mid = costs[sims.index(sorted(sims)[(len(sims) - 1) // 2])]
+                    sim_cell = f"{pct(sims)}; F, B, W {', '.join(f'{c:.0f}' for c in mid)}"
+                    d = 100 * (med_trace - med_sim)
                     sim_diff = f"{d:+.1f}"
                     sim_verdict.setdefault(p, []).append(abs(d))
-                out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {sim_cell} | {100 * mean_trace:.1f}% ({per}) | "
-                           f"{fmt(None if ex_mean is None else 100 * ex_mean, '.1f')}% | {diff:+.1f} | {sim_diff} |")
-                peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
-                mem_rows.append((p, m, s, peaks, sim["peak_activations"] if sim else None))
+                out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {sim_cell} | {pct(traces)}; per stage {per} | "
+                           f"{pct(execs)} | {diff:+.1f} | {sim_diff} |")
     out.append("")
     for p, diffs in verdict.items():
         worst = max(diffs)
@@ -194,11 +214,12 @@ def bubble_sections(raw, machine, problems, quick):
                "held at once, measured by the executor. Expected: GPipe m on every stage; 1F1B min(p − r, m) on "
                "stage r; ZB-H1 keeps a micro-batch's (smaller) state until its W, so up to r + 1 more; interleaved "
                "counts (chunk, micro-batch) pairs and must equal the checker's simulation of its order "
-               "(`chorus pipeline show --json`, peak_activations).\n")
+               "(`chorus pipeline show --json`, peak_activations). Every repetition is checked; the table shows "
+               "the first.\n")
     out.append("| pp | m | schedule | per stage | expected |")
     out.append("|---:|---:|---|---|---|")
     ok = True
-    for p, m, s, peaks, simulated in mem_rows:
+    for p, m, s, rep, peaks, simulated in mem_rows:
         if s == "interleaved":
             want = simulated if simulated else ["?"] * p
             good = simulated is not None and peaks == simulated
@@ -212,7 +233,11 @@ def bubble_sections(raw, machine, problems, quick):
             want = [f"{min(p - r, m)}..{min(p - r, m) + r + 1}" for r in range(p)]
             good = all(is_number(v) and min(p - r, m) <= v <= min(p - r, m) + r + 1 for r, v in enumerate(peaks))
         ok = ok and good
-        out.append(f"| {p} | {m} | {s} | {', '.join(str(v) for v in peaks)} | {', '.join(str(w) for w in want)} |")
+        # Every repetition is checked; the table shows the first, and any repetition that differs.
+        if rep == 1 or not good:
+            label = s if rep == 1 else f"{s} (repetition {rep})"
+            out.append(f"| {p} | {m} | {label} | {', '.join(str(v) for v in peaks)} | "
+                       f"{', '.join(str(w) for w in want)} |")
     out.append("")
     out.append(f"**GPipe stores m micro-batches, 1F1B at most p − r and interleaved what its order implies: "
                f"{'holds' if ok else 'does not hold'}.**\n")
@@ -408,7 +433,7 @@ def report(args):
     out.append("```\n")
     machine = {k.strip(): v for k, v in machine.items()}
     if "bubble" in args.sections:
-        out += bubble_sections(args.raw, machine, problems, args.quick)
+        out += bubble_sections(args.raw, machine, problems, args.quick, args.repeats)
     if "speed" in args.sections:
         out += speed_section(args.raw, args.repeats, problems)
     if "async" in args.sections:

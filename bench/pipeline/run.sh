@@ -4,7 +4,7 @@
 #
 #   bubble     pp = 2 and 4, micro-batches 4, 8 and 16, schedules gpipe, 1f1b, interleaved (2 model
 #              chunks per stage) and zb-h1, balanced stages (parallel.balance = "time"),
-#              BUBBLE_STEPS steps with --trace: each stage's bubble measured from the trace
+#              BUBBLE_STEPS steps with --trace, REPEATS times alternating: each stage's bubble measured from the trace
 #              (bench/pipeline/timeline.py, median over the last steps) and by the executor (the
 #              step records' bubble_stage<s>), against the formula and against the schedule
 #              simulated with the op times the trace measured (chorus pipeline show --costs)
@@ -100,7 +100,7 @@ has() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 planned=0
 if has bubble; then
   for p in "${stage_counts[@]}"; do
-    planned=$((planned + 4 * ${#micro_counts[@]} * (5 + bubble_steps * (p == 2 ? 6 : 12) / 10)))
+    planned=$((planned + repeats * 4 * ${#micro_counts[@]} * (5 + bubble_steps * (p == 2 ? 6 : 12) / 10)))
   done
 fi
 has speed && planned=$((planned + repeats * 8 * (5 + speed_steps * 6 / 10)))
@@ -143,13 +143,16 @@ chorus_run() {
 } > "$raw/machine.txt"
 
 if has bubble; then
-  for p in "${stage_counts[@]}"; do
-    for m in "${micro_counts[@]}"; do
-      for s in gpipe 1f1b interleaved zb-h1; do
-        chunks=1
-        [[ $s == interleaved ]] && chunks=2
-        chorus_run "bubble-$s-p$p-m$m" gpt.toml "$p" --set "parallel.pp=$p" --set "parallel.schedule=$s" \
-          --set "parallel.virtual_stages=$chunks" --set "parallel.micro_batches=$m" --set "train.max_steps=$bubble_steps"
+  for ((r = 1; r <= repeats; r++)); do
+    for p in "${stage_counts[@]}"; do
+      for m in "${micro_counts[@]}"; do
+        for s in gpipe 1f1b interleaved zb-h1; do
+          chunks=1
+          [[ $s == interleaved ]] && chunks=2
+          chorus_run "bubble-$s-p$p-m$m-r$r" gpt.toml "$p" --set "parallel.pp=$p" --set "parallel.schedule=$s" \
+            --set "parallel.virtual_stages=$chunks" --set "parallel.micro_batches=$m" \
+            --set "train.max_steps=$bubble_steps"
+        done
       done
     done
   done
