@@ -198,19 +198,8 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
     for (size_t i = stage_->layerBegin(); i < stage_->layerEnd(); ++i)
       held.emplace_back(i, stage_->layers()[i - stage_->layerBegin()]);
   } else {
-    const int p = pp_->size(), virtualStages = p * chunks_;
-    if (base.partition.empty()) {
-      if (base.layerCosts.size() != n)
-        throw InvalidArgument(chorus::str("GptStage: ", base.layerCosts.size(), " layer costs for ", n, " layers"));
-      if (static_cast<size_t>(virtualStages) > n)
-        throw InvalidArgument(chorus::str("GptStage: ", p, " stages x ", chunks_, " chunks = ", virtualStages,
-                                          " virtual stages for ", n, " layers (embedding, ", opts_.layers,
-                                          " blocks, head); use fewer chunks or stages, or more layers"));
-      partition_ = parallel::balancedPartition(base.layerCosts, virtualStages);
-    } else {
-      parallel::checkPartition(base.partition, n, virtualStages);
-      partition_ = base.partition;
-    }
+    const int p = pp_->size();
+    partition_ = parallel::choosePartition(base.partition, [&] { return base.layerCosts; }, n, p * chunks_);
     chunkLayers_.resize(static_cast<size_t>(chunks_));
     for (int c = 0; c < chunks_; ++c) {
       const int vs = c * p + s;
@@ -300,6 +289,7 @@ torch::Tensor GptStage::forward(const torch::Tensor& ids) {
   }
   return x;
 }
+
 void GptStage::backward(const torch::Tensor& loss) { layers().backward(loss); }
 
 torch::Tensor GptStage::loss(const torch::Tensor& logits, const torch::Tensor& targets) {

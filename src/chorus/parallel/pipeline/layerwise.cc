@@ -58,6 +58,21 @@ void checkStageCount(size_t layers, int stages) {
 }
 }  // namespace
 
+std::vector<int> choosePartition(const std::vector<int>& given, const std::function<std::vector<int64_t>()>& costs,
+                                 size_t layers, int stages) {
+  if (!given.empty()) {
+    checkPartition(given, layers, stages);
+    return given;
+  }
+  checkStageCount(layers, stages);
+  const std::vector<int64_t> c = costs();
+  if (c.size() != layers) {
+    throw InvalidArgument(chorus::str("LayerwiseOptions::layerCosts has ", c.size(), " costs for ", layers,
+                                      " layers; give one per layer, or none"));
+  }
+  return balancedPartition(c, stages);
+}
+
 void checkPartition(const std::vector<int>& counts, size_t layers, int stages) {
   checkStageCount(layers, stages);
   if (counts.size() != static_cast<size_t>(stages)) {
@@ -238,18 +253,7 @@ void LayerwiseStage::setup(const std::function<std::vector<int64_t>()>& costs) {
   if (opts_.tag >= TensorP2P::kHeaderTagBit - 1) {
     throw InvalidArgument(chorus::str("LayerwiseOptions::tag ", opts_.tag, " must be below ", TensorP2P::kHeaderTagBit - 1));
   }
-  if (opts_.partition.empty()) {
-    checkStageCount(numLayers_, stages);
-    std::vector<int64_t> c = costs();
-    if (c.size() != numLayers_) {
-      throw InvalidArgument(chorus::str("LayerwiseOptions::layerCosts has ", c.size(), " costs for ", numLayers_,
-                                        " layers; give one per layer, or none"));
-    }
-    partition_ = balancedPartition(c, stages);
-  } else {
-    checkPartition(opts_.partition, numLayers_, stages);
-    partition_ = opts_.partition;
-  }
+  partition_ = choosePartition(opts_.partition, costs, numLayers_, stages);
   begin_ = 0;
   for (int s = 0; s < stage_; ++s) begin_ += static_cast<size_t>(partition_[static_cast<size_t>(s)]);
 }

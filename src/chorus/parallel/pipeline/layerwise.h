@@ -62,6 +62,12 @@ void checkPartition(const std::vector<int>& counts, size_t layers, int stages);
 // have fewer layers.
 // Throws InvalidArgument for more stages than layers or a negative cost.
 std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages);
+// The partition a split uses: `given` checked by checkPartition when it is not empty, else the
+// balancedPartition of costs() (called only then; one cost per layer, InvalidArgument naming
+// the counts otherwise) over `stages`. The stages may be virtual (an interleaved split's
+// stages x chunks).
+std::vector<int> choosePartition(const std::vector<int>& given, const std::function<std::vector<int64_t>()>& costs,
+                                 size_t layers, int stages);
 // The number of parameter elements in each layer.
 std::vector<int64_t> parameterCounts(const std::vector<torch::nn::AnyModule>& layers);
 
