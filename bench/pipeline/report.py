@@ -252,9 +252,13 @@ def speed_section(raw, repeats, problems):
            "**PyTorch Pipe** is torch.distributed.pipeline.sync.Pipe (GPipe) in one process with 2 torch "
            "threads, cut where chorus cut (bench/pipeline/pipe_torch.py). On a CPU-only machine both of its "
            "partitions sit on the one \"cpu\" device, and Pipe runs one worker thread per device, so its stages "
-           "take turns: it cannot overlap them here, and its 2 torch threads share each matrix multiply instead. Each row ran "
+           "take turns: it cannot overlap them here, and its 2 torch threads share each matrix multiply instead. "
+           "**pipedream** and **2bw** run as PipeDream's stream (parallel.async_flush = \"never\": micro-batches in "
+           "flight at a step's end finish in the next step, and the pipeline drains once, at the run's end); "
+           "**pipedream-step** drains it at the end of every step (async_flush = \"step\"), so each step fills and "
+           "drains it as the synchronous schedules do. Each row ran "
            f"{repeats} time(s), all rows alternating within a repetition; a cell is the median (min–max).\n"]
-    rows = ["none", "gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw"]
+    rows = ["none", "gpipe", "1f1b", "interleaved", "zb-h1", "pipedream", "2bw", "pipedream-step"]
     vals = {}
     for s in rows:
         v = []
@@ -314,6 +318,7 @@ def loss_curve(steps, batch):
 def async_section(raw, problems):
     out = ["## 4. Asynchronous schedules: quality and time to a loss\n"]
     names = [("1f1b", "async-1f1b"), ("pipedream", "async-pipedream"),
+             ("pipedream, drained every step", "async-pipedream-step"),
              ("pipedream, no weight stashing", "async-pipedream-nostash"),
              ("pipedream, vertical sync", "async-pipedream-vsync"), ("2bw (update every 2)", "async-2bw")]
     cfg_steps = None
@@ -330,7 +335,9 @@ def async_section(raw, problems):
     batch = 32
     out.append(f"The GPT at pp = 2, 8 micro-batches per step, {cfg_steps} steps (AdamW, lr 1e-3 with warmup and "
                "cosine decay), validation on 256 windows at the end. pipedream and 2bw update each stage's weights "
-               "inside the step (after every micro-batch's backward; 2bw after every 2); 1f1b once per step. At the same "
+               "inside the step (after every micro-batch's backward; 2bw after every 2); 1f1b once per step. pipedream and 2bw "
+               "run as a stream (no flush between steps; drained before the evaluation at the end); \"drained every "
+               "step\" flushes the pipeline at each step's end (parallel.async_flush = \"step\"). At the same "
                "learning rate pipedream therefore applies 8 updates per step, each from one micro-batch of 4 windows, "
                "where 1f1b applies one from the whole batch of 32: the table compares the schedules as a user would "
                "run them, not at equal update counts. "

@@ -10,11 +10,13 @@
 #              simulated with the op times the trace measured (chorus pipeline show --costs)
 #   memory     the same runs: each stage's peak stored micro-batches (peak_stored_stage<s>)
 #   speed      pp = 2 with 8 micro-batches, REPEATS times, alternating: the layer-wise split
-#              without micro-batches (schedule none), gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw, and
+#              without micro-batches (schedule none), gpipe, 1f1b, interleaved, zb-h1, pipedream, 2bw
+#              (both as PipeDream's stream, no flush between steps), pipedream drained every step, and
 #              PyTorch's own pipeline (torch.distributed.pipeline.sync.Pipe, GPipe, in
 #              bench/pipeline/pipe_torch.py) on the same model and micro-batches: tokens/s
 #   async      pp = 2, 8 micro-batches, ASYNC_STEPS steps with an evaluation at the end: 1f1b,
-#              pipedream, pipedream without weight stashing, pipedream with vertical sync, and
+#              pipedream, pipedream drained every step, pipedream without weight stashing, pipedream
+#              with vertical sync, and
 #              2bw: validation bits per byte after equal steps, and the training time until the
 #              loss first reaches 1f1b's final loss
 #   partition  bench/pipeline/heavy.toml (long windows: a position embedding heavy in parameters,
@@ -103,8 +105,8 @@ if has bubble; then
     planned=$((planned + repeats * 4 * ${#micro_counts[@]} * (5 + bubble_steps * (p == 2 ? 6 : 12) / 10)))
   done
 fi
-has speed && planned=$((planned + repeats * 8 * (5 + speed_steps * 6 / 10)))
-has async && planned=$((planned + 5 * (8 + async_steps * 6 / 10)))
+has speed && planned=$((planned + repeats * 9 * (5 + speed_steps * 6 / 10)))
+has async && planned=$((planned + 6 * (8 + async_steps * 6 / 10)))
 has partition && planned=$((planned + repeats * 3 * (8 + 8 * 2)))
 planned_text="about $(((planned + 59) / 60)) min ($planned s) on 2 cores"
 echo "run.sh: planned run time $planned_text: sections ${sections[*]}" >&2
@@ -170,6 +172,8 @@ if has speed; then
       chorus_run "speed-$s-r$r" gpt.toml 2 --set "parallel.schedule=$s" --set "parallel.virtual_stages=$chunks" \
         --set parallel.micro_batches=8 --set "train.max_steps=$speed_steps"
     done
+    chorus_run "speed-pipedream-step-r$r" gpt.toml 2 --set parallel.schedule=pipedream \
+      --set parallel.async_flush=step --set parallel.micro_batches=8 --set "train.max_steps=$speed_steps"
     bench_run "speed-torchpipe-r$r" "$py" "$here/pipe_torch.py" "${torch_args[@]}" --chunks 8 --steps "$speed_steps" \
       --split-from "$raw/speed-1f1b-r$r/metrics.jsonl" --json-out "$raw/speed-torchpipe-r$r.json"
   done
@@ -180,6 +184,8 @@ if has async; then
           --set train.log_every=5)
   chorus_run async-1f1b gpt.toml 2 --set parallel.schedule=1f1b "${common[@]}"
   chorus_run async-pipedream gpt.toml 2 --set parallel.schedule=pipedream "${common[@]}"
+  chorus_run async-pipedream-step gpt.toml 2 --set parallel.schedule=pipedream \
+    --set parallel.async_flush=step "${common[@]}"
   chorus_run async-pipedream-nostash gpt.toml 2 --set parallel.schedule=pipedream \
     --set parallel.weight_stashing=false "${common[@]}"
   chorus_run async-pipedream-vsync gpt.toml 2 --set parallel.schedule=pipedream \

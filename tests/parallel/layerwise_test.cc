@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "chorus/parallel/pipeline/layerwise.h"
+#include "chorus/parallel/pipeline/profile.h"
 #include "util/rank_threads.h"
 
 namespace chorus::parallel {
@@ -223,6 +224,31 @@ TEST(LayerwisePartition, BalancedByCost) {
   EXPECT_EQ(balancedPartition({10, 1, 1, 1, 1, 10}, 2), (std::vector<int>{3, 3}));
   EXPECT_EQ(balancedPartition({1, 1, 1, 1, 30}, 2), (std::vector<int>{4, 1}));
   EXPECT_EQ(balancedPartition({3}, 1), (std::vector<int>{1}));
+}
+
+// profileLayers times each layer on the previous one's output; with lastLoss the last layer's
+// backward starts from the loss, which runs in its timed passes.
+TEST(LayerwisePartition, ProfileTimesEachLayerAndTheLastStagesLoss) {
+  const std::vector<int64_t> widths = {8, 64, 4};
+  auto build = [&](size_t i) {
+    torch::manual_seed(static_cast<uint64_t>(i));
+    return torch::nn::AnyModule(torch::nn::Linear(i == 0 ? 8 : widths[i - 1], widths[i]));
+  };
+  const torch::Tensor sample = torch::randn({16, 8});
+  int lossCalls = 0;
+  const LayerProfile p = profileLayers(widths.size(), build, sample, 3, [&](const torch::Tensor& out) {
+    ++lossCalls;
+    EXPECT_EQ(out.sizes(), (std::vector<int64_t>{16, 4}));
+    return out.pow(2).mean();
+  });
+  ASSERT_EQ(p.seconds.size(), 3u);
+  for (double s : p.seconds) EXPECT_GT(s, 0);
+  EXPECT_EQ(p.outputBytes, (std::vector<int64_t>{16 * 8 * 4, 16 * 64 * 4, 16 * 4 * 4}));
+  EXPECT_EQ(lossCalls, 4) << "one warm-up and three timed passes";
+  EXPECT_EQ(p.costs().size(), 3u);
+  EXPECT_THROW(profileLayers(widths.size(), build, sample, 1, [](const torch::Tensor& out) { return out; }),
+               InvalidArgument);
+  EXPECT_THROW(profileLayers(widths.size(), build, sample, 0), InvalidArgument);
 }
 
 // The message of what fn throws, which must be InvalidArgument.

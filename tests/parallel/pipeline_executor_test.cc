@@ -347,12 +347,16 @@ struct AsyncRankOut {
   std::vector<double> losses;
   std::vector<PipelineRun::WeightUse> uses;
   int peakVersions = 0;
+  std::vector<int64_t> inFlightAfterRun;  // stream mode: segmentsInFlight() after each run, and the flush
+  std::vector<int> usesAfterRun;          // stream mode: backwards completed by the end of each run
 };
 
 // Runs an asynchronous schedule of one chunk per rank, two layers per stage (so that a stale
 // weight of the second layer shows in the first one's gradient), plain SGD (lr kLr) as the
 // update.
-std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, PipelineOptions opts) {
+// segments > 0: stream mode, that many runs of the schedule's m micro-batches (the k-th run
+// feeding micro-batches k m .. k m + m - 1 of d), then a flush.
+std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, PipelineOptions opts, int segments = 0) {
   const int p = schedule.stages;
   const std::vector<int> counts(static_cast<size_t>(p), 2);
   std::vector<AsyncRankOut> outs(p);
@@ -372,9 +376,17 @@ std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, 
     for (const auto& t : params) o.initialParams.push_back(t.detach().clone());
     // The k-th forward on this rank is the k-th F of its action list.
     std::vector<int> forwardOrder;
-    for (const PipeAction& a : schedule.ranks[static_cast<size_t>(r)])
-      if (a.op == PipeOp::kForward) forwardOrder.push_back(a.microBatch);
+    if (segments > 0) {
+      for (int k = 0; k < segments; ++k)
+        for (const PipeAction& a : asyncSegment(schedule, r, k))
+          if (a.op == PipeOp::kForward) forwardOrder.push_back(a.microBatch);
+    } else {
+      for (const PipeAction& a : schedule.ranks[static_cast<size_t>(r)])
+        if (a.op == PipeOp::kForward) forwardOrder.push_back(a.microBatch);
+    }
+    int base = 0;  // the micro-batch the current run's 0 is
     size_t forwards = 0;
+    opts.stream = segments > 0;
     PipelineExecutor exec(group, schedule, opts);
     PipelineExecutor::Step step;
     step.forward = [&](int, const torch::Tensor& x) {
@@ -385,9 +397,9 @@ std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, 
       for (auto& l : layers) h = l->forward(h);
       return h;
     };
-    step.input = [&](int mb) { return d.x.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch); };
+    step.input = [&](int mb) { return d.x.narrow(0, (base + mb) * kRowsPerMicroBatch, kRowsPerMicroBatch); };
     step.loss = [&](const torch::Tensor& out, int mb) {
-      return torch::mse_loss(out, d.y.narrow(0, mb * kRowsPerMicroBatch, kRowsPerMicroBatch));
+      return torch::mse_loss(out, d.y.narrow(0, (base + mb) * kRowsPerMicroBatch, kRowsPerMicroBatch));
     };
     step.parameters = [&](int) { return params; };
     step.update = [&](int) {
@@ -400,10 +412,22 @@ std::vector<AsyncRankOut> runAsync(const PipeSchedule& schedule, const Data& d, 
       }
       o.applied.push_back(grads);
     };
-    PipelineRun run = exec.run(step);
-    o.losses = run.losses;
-    o.uses = run.weightUses;
-    o.peakVersions = run.peakWeightVersions;
+    auto take = [&](const PipelineRun& run) {
+      o.losses.insert(o.losses.end(), run.losses.begin(), run.losses.end());
+      o.uses.insert(o.uses.end(), run.weightUses.begin(), run.weightUses.end());
+      o.peakVersions = std::max(o.peakVersions, run.peakWeightVersions);
+    };
+    if (segments > 0) {
+      for (int k = 0; k < segments; ++k, base += schedule.microBatches) {
+        take(exec.run(step));
+        o.inFlightAfterRun.push_back(exec.segmentsInFlight());
+        o.usesAfterRun.push_back(static_cast<int>(o.uses.size()));
+      }
+      take(exec.flush(step));
+      o.inFlightAfterRun.push_back(exec.segmentsInFlight());
+    } else {
+      take(exec.run(step));
+    }
     for (const auto& t : params) o.finalParams.push_back(t.detach().clone());
   });
   return outs;
@@ -539,6 +563,63 @@ TEST(PipelineExecutor, TwoBufferedWeightsHoldAtMostTwoVersions) {
   }
   EXPECT_GE(outs[0].peakVersions, 2);
   EXPECT_LE(worstStashedError(outs, s, d), 1e-5);
+}
+
+// PipeDream proper: a stream of K runs of m micro-batches without a flush between them does
+// exactly what one run of the schedule for K m micro-batches does (same weights, losses and
+// weight versions), while each run leaves micro-batches in flight for the next.
+TEST(PipelineExecutor, AStreamRunsWithoutAFlushBetweenSteps) {
+  struct Case {
+    const char* name;
+    int p, m;
+    bool verticalSync;
+  };
+  for (const Case& c : {Case{"pipedream", 2, 2, false}, Case{"pipedream", 3, 4, false}, Case{"pipedream", 3, 2, true},
+                        Case{"2bw", 3, 4, false}, Case{"2bw", 2, 3, false}}) {
+    const int segments = 3;
+    const std::string what = std::string(c.name) + " p=" + std::to_string(c.p) + " m=" + std::to_string(c.m) +
+                             (c.verticalSync ? " vertical sync" : "");
+    const Data d = data(segments * c.m);
+    PipelineOptions opts;
+    opts.verticalSync = c.verticalSync;
+    const auto stream = runAsync(makeSchedule(c.name, c.p, c.m), d, opts, segments);
+    const auto whole = runAsync(makeSchedule(c.name, c.p, segments * c.m), d, opts);
+    for (int r = 0; r < c.p; ++r) {
+      const AsyncRankOut &a = stream[r], &b = whole[r];
+      ASSERT_EQ(a.finalParams.size(), b.finalParams.size());
+      for (size_t k = 0; k < a.finalParams.size(); ++k)
+        EXPECT_TRUE(torch::equal(a.finalParams[k], b.finalParams[k])) << what << " rank " << r << " parameter " << k;
+      EXPECT_EQ(a.applied.size(), b.applied.size()) << what << " rank " << r;
+      ASSERT_EQ(a.uses.size(), b.uses.size()) << what << " rank " << r;
+      for (size_t k = 0; k < a.uses.size(); ++k) {
+        EXPECT_EQ(a.uses[k].microBatch, b.uses[k].microBatch) << what;
+        EXPECT_EQ(a.uses[k].forwardVersion, b.uses[k].forwardVersion) << what << " rank " << r;
+        EXPECT_EQ(a.uses[k].backwardVersion, a.uses[k].forwardVersion) << what << " rank " << r;
+      }
+      EXPECT_EQ(a.peakVersions, b.peakVersions) << what << " rank " << r;
+      // No flush between runs: rank r ends each run with its last p - 1 - r forwards still
+      // waiting for their backward (rank 0 with p - 1 of them), and the flush empties it.
+      ASSERT_EQ(static_cast<int>(a.usesAfterRun.size()), segments);
+      for (int k = 0; k < segments; ++k) {
+        EXPECT_EQ(a.usesAfterRun[k], std::max(0, (k + 1) * c.m - (c.p - 1 - r))) << what << " rank " << r << " run " << k;
+        EXPECT_EQ(a.inFlightAfterRun[k], k + 1) << what;
+      }
+      EXPECT_EQ(a.inFlightAfterRun.back(), 0) << what;
+    }
+    ASSERT_EQ(stream[c.p - 1].losses.size(), whole[c.p - 1].losses.size()) << what;
+    for (size_t i = 0; i < stream[c.p - 1].losses.size(); ++i)
+      EXPECT_EQ(stream[c.p - 1].losses[i], whole[c.p - 1].losses[i]) << what << " micro-batch " << i;
+  }
+  // Only asynchronous schedules stream; a flush outside stream mode does nothing.
+  testutil::runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
+    auto group = std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
+    PipelineOptions opts;
+    opts.stream = true;
+    PipelineExecutor exec(group, makeSchedule("1f1b", 2, 4), opts);
+    EXPECT_FALSE(exec.streaming());
+    EXPECT_EQ(exec.segmentsInFlight(), 0);
+    EXPECT_TRUE(exec.flush(PipelineExecutor::Step{}).losses.empty());
+  });
 }
 
 TEST(PipelineExecutor, RefusesAGroupOfAnotherSize) {

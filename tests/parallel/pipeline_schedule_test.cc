@@ -118,6 +118,55 @@ TEST(PipelineSchedule, AsynchronousSchedulesUpdateAfterEachGroupOfBackwards) {
   EXPECT_NEAR(theoreticalBubble("pipedream", 4, 8), 3.0 / 11, 1e-12);
 }
 
+// A stream's segments, then its drain, are the schedule of all its micro-batches, so the
+// checker's proof covers PipeDream without a flush; the steady state has no bubble.
+TEST(PipelineSchedule, StreamSegmentsAndDrainAreTheWholeSchedule) {
+  int checked = 0;
+  for (int p = 1; p <= 6; ++p) {
+    for (int m = 1; m <= 9; ++m) {
+      for (int every : {0, 1, 2, 3, 5}) {
+        const std::string name = every == 0 ? "pipedream" : "2bw";
+        const PipeSchedule step = makeSchedule(name, p, m, 1, every);
+        for (int k = 1; k <= 4; ++k) {
+          SCOPED_TRACE(name + " p=" + std::to_string(p) + " m=" + std::to_string(m) + " every=" +
+                       std::to_string(every) + " segments=" + std::to_string(k));
+          PipeSchedule joined = makeSchedule(name, p, k * m, 1, every);
+          const PipeSchedule whole = joined;
+          for (int r = 0; r < p; ++r) {
+            std::vector<PipeAction> list;
+            for (int seg = 0; seg < k; ++seg) {
+              const auto part = asyncSegment(step, r, seg);
+              // Each segment forwards exactly its own m micro-batches.
+              int forwards = 0;
+              for (const PipeAction& a : part) {
+                if (a.op != PipeOp::kForward) continue;
+                EXPECT_EQ(a.microBatch, seg * m + forwards);
+                ++forwards;
+              }
+              EXPECT_EQ(forwards, m);
+              list.insert(list.end(), part.begin(), part.end());
+            }
+            const auto drain = asyncDrain(step, r, k);
+            list.insert(list.end(), drain.begin(), drain.end());
+            EXPECT_EQ(list, whole.ranks[static_cast<size_t>(r)]) << "rank " << r;
+            joined.ranks[static_cast<size_t>(r)] = list;
+          }
+          EXPECT_NO_THROW(checkSchedule(joined));
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 6 * 9 * 5 * 4);
+  // The pipeline fills once per stream: over K segments the bubble is (p - 1) / (K m + p - 1).
+  const PipeSchedule step = makeSchedule("pipedream", 4, 8);
+  EXPECT_NEAR(checkSchedule(makeSchedule("pipedream", 4, 10 * 8)).meanBubble(), 3.0 / (80 + 3), 1e-9);
+  EXPECT_TRUE(asyncDrain(step, 0, 0).empty());
+  EXPECT_THROW(asyncSegment(makeSchedule("1f1b", 2, 4), 0, 0), InvalidArgument);
+  EXPECT_THROW(asyncSegment(step, 4, 0), InvalidArgument);
+  EXPECT_THROW(asyncSegment(step, 0, int64_t{1} << 40), InvalidArgument);
+}
+
 TEST(PipelineSchedule, RejectsBrokenUpdates) {
   // An update before the backward it applies.
   PipeSchedule early = pipedreamSchedule(2, 3);

@@ -708,6 +708,11 @@ TEST(Config, AsynchronousScheduleRules) {
                   "parallel.schedule (now \"none\" (default))");
   EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=2bw", "parallel.update_every=-1"}), 2),
                   "parallel.update_every = -1 is out of range");
+  EXPECT_EQ(parse("", with({"parallel.schedule=pipedream"}), 2).parallel.asyncFlush, "never");
+  EXPECT_EQ(parse("", with({"parallel.schedule=2bw", "parallel.async_flush=step"}), 2).parallel.asyncFlush, "step");
+  EXPECT_CONTAINS(errorOf("", with({"parallel.schedule=1f1b", "parallel.async_flush=step"}), 2),
+                  "parallel.async_flush = \"step\": \"step\" is for the asynchronous schedules (pipedream, 2bw); "
+                  "schedule \"1f1b\" (set at --set parallel.schedule=1f1b) drains the pipeline at every step anyway");
 }
 
 TEST(Config, PipelinePartitionRules) {
@@ -721,6 +726,17 @@ TEST(Config, PipelinePartitionRules) {
   EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.partition=[2, 4]", "parallel.balance=time"}), 2),
                   "parallel.partition gives one; set one of them");
   EXPECT_EQ(parse("", gptWith({"parallel.pp=2", "parallel.balance=time"}), 2).parallel.balance, "time");
+  // partition = "auto" (the file's spelling, or --set's) is balance = "time" without a list.
+  for (const Config& a : {parse("[parallel]\npp = 2\npartition = \"auto\"\n", gptWith({}), 2),
+                          parse("", gptWith({"parallel.pp=2", "parallel.partition=auto"}), 2)}) {
+    EXPECT_TRUE(a.parallel.partition.empty());
+    EXPECT_EQ(a.parallel.balance, "time");
+  }
+  EXPECT_CONTAINS(errorOf("", gptWith({"parallel.pp=2", "parallel.partition=even"}), 2),
+                  "parallel.partition expects an array of integers (e.g. []) or auto; 'even' is not one");
+  EXPECT_CONTAINS(errorOf("[parallel]\npp = 2\npartition = \"even\"\n", gptWith({}), 2),
+                  "parallel.partition = \"even\" has the wrong type: expected an array of integers (e.g. []) or "
+                  "\"auto\", got a string");
 }
 
 TEST(Config, GptConfigRoundTrips) {
@@ -849,7 +865,7 @@ TEST(Config, ReferenceListsEveryKey) {
   }
   // 72 + compression.residual_decay + output.overwrite + 6 gpt keys of [model] + 11 of [parallel]
   // + data.eval_windows + train.eval_every
-  EXPECT_EQ(configKeys().size(), 95u);
+  EXPECT_EQ(configKeys().size(), 96u);
 }
 
 // docs/train-config.md carries configReference() between two markers. CHORUS_UPDATE_DOCS=1

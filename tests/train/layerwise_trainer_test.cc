@@ -460,14 +460,15 @@ TEST(PipelinedLoopRecompute, SameLossesAsTheWholeModel) {
   }
 }
 
-// The asynchronous schedules. With one micro-batch per step, pipedream's update after the
-// backward is the synchronous step, so the run equals the whole model. With several, each
+// The asynchronous schedules. With one micro-batch per step drained at every step, pipedream's
+// update after the backward is the synchronous step, so the run equals the whole model. With several, each
 // stage updates after every micro-batch while later ones are in flight: the job trains (the
 // loss falls), its losses differ from 1f1b's, and with stashing off they differ again.
 TEST(AsyncPipelinedLoop, PipedreamTrains) {
   {
     const fs::path dir = tempDir("pipedream-m1");
-    const Config cfg = gptConfig(dir, 2, 2, false, {"parallel.schedule=pipedream", "parallel.micro_batches=1"});
+    const Config cfg = gptConfig(dir, 2, 2, false, {"parallel.schedule=pipedream", "parallel.micro_batches=1",
+                                                           "parallel.async_flush=step"});
     const LoopReference ref = trainWholeOnTask(cfg, 4);
     expectSameAsWhole(runLayerwise(cfg, 2), ref, dir, false);
   }
@@ -499,6 +500,43 @@ TEST(AsyncPipelinedLoop, PipedreamTrains) {
   EXPECT_GT(std::abs(a.back() - b.back()), 1e-6) << "pipedream updates inside the step; 1f1b does not";
   EXPECT_GT(std::abs(b.back() - c.back()), 1e-6) << "stashing changes the gradients";
   EXPECT_GT(std::abs(b.back() - d.back()), 1e-6) << "2bw updates half as often";
+}
+
+// PipeDream without a flush (parallel.async_flush = "never", the default): micro-batches in
+// flight at a step's end finish in the next step, so from the second step on the losses differ
+// from a run that drains every step; the stream drains inside the step before a checkpoint, so
+// a run resumed from it continues exactly as the uninterrupted one.
+TEST(AsyncPipelinedLoop, AStreamDrainsOnlyBeforeAPause) {
+  auto losses = [](const fs::path& dir) {
+    std::vector<double> out;
+    for (const auto& line : events(dir / "metrics.jsonl", "step")) out.push_back(field(line, "loss"));
+    return out;
+  };
+  const std::vector<std::string> sets = {"parallel.schedule=pipedream", "parallel.micro_batches=4", "train.max_steps=6",
+                                         "output.checkpoint_every=3", "optim.lr=0.05"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), sets.begin(), sets.end());
+    return extra;
+  };
+  const fs::path stream = tempDir("stream"), flushed = tempDir("stream-flushed"), resumed = tempDir("stream-resumed");
+  runLayerwise(gptConfig(stream, 3, 3, false, with({})), 3);
+  runLayerwise(gptConfig(flushed, 3, 3, false, with({"parallel.async_flush=step"})), 3);
+  const auto a = losses(stream), b = losses(flushed);
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  EXPECT_EQ(a[0], b[0]) << "the first step runs the same actions either way";
+  EXPECT_GT(std::abs(a[1] - b[1]), 1e-7) << "the stream's second step runs on weights that still miss the first "
+                                            "step's last micro-batches";
+  TrainOptions opts;
+  opts.resumeFrom = (stream / "checkpoints" / checkpointName(3)).string();
+  ASSERT_TRUE(fs::exists(opts.resumeFrom));
+  runLayerwise(gptConfig(resumed, 3, 3, false, with({})), 3, opts);
+  const auto c = losses(resumed);
+  ASSERT_EQ(c.size(), 3u);
+  for (size_t k = 0; k < 3; ++k) EXPECT_NEAR(c[k], a[3 + k], 1e-6) << "step " << 4 + k;
+  fs::remove_all(stream);
+  fs::remove_all(flushed);
+  fs::remove_all(resumed);
 }
 
 // parallel.partition places the layers as given; parallel.balance = "time" partitions by the

@@ -269,14 +269,20 @@ const std::vector<Key>& schema() {
                   "micro-batches stored), interleaved (1f1b over parallel.virtual_stages model chunks per stage: a "
                   "smaller bubble for more transfers) or zb-h1 (1f1b with the backward split into its input and weight "
                   "halves) over parallel.micro_batches micro-batches; pipedream (asynchronous 1f1b: each stage updates its "
-                  "weights after every micro-batch's backward, no flush inside the step) or 2bw (the same, one "
-                  "update per parallel.update_every micro-batches); `chorus pipeline show` draws them"},
+                  "weights after every micro-batch's backward, no flush) or 2bw (the same, one "
+                  "update per parallel.update_every micro-batches; with parallel.async_flush = \"never\" the pipeline is not drained "
+                  "between steps); `chorus pipeline show` draws them"},
       {.name = "parallel.weight_stashing", .field = CHORUS_FIELD(parallel.weightStashing),
        .meaning = "pipedream, 2bw: run each micro-batch's backward on the weights its forward used (false: on the "
                   "latest, which gives inconsistent gradients; for comparison)"},
       {.name = "parallel.vertical_sync", .field = CHORUS_FIELD(parallel.verticalSync),
        .meaning = "pipedream, 2bw: every stage runs a micro-batch on the weight version the first stage used for it "
                   "(needs weight_stashing)"},
+      {.name = "parallel.async_flush", .field = CHORUS_FIELD(parallel.asyncFlush), .choices = {"never", "step"},
+       .meaning = "pipedream, 2bw: never (PipeDream's stream: micro-batches still in flight at a step's end finish "
+                  "in the next step, so the pipeline fills once, and drains only before an evaluation, a checkpoint, "
+                  "an epoch's end and the run's end) or step (drained at the end of every step, so each step fills "
+                  "and drains it, as a synchronous schedule does)"},
       {.name = "parallel.recompute", .field = CHORUS_FIELD(parallel.recompute),
        .meaning = "with a pipeline schedule: activation recomputation; a stage keeps only each micro-batch's input "
                   "between its forward and its backward, which runs the forward again first (one more forward per "
@@ -291,7 +297,7 @@ const std::vector<Key>& schema() {
       {.name = "parallel.partition", .field = CHORUS_FIELD(parallel.partition), .range = atLeast(1),
        .meaning = "pp > 1: the gpt's layers on each stage (each virtual stage when interleaved), in order, the "
                   "embedding and the head counted as layers (model.layers + 2 in all), e.g. [2, 4]; empty: balanced "
-                  "by parallel.balance"},
+                  "by parallel.balance; \"auto\": empty, and balance = \"time\""},
       {.name = "parallel.balance", .field = CHORUS_FIELD(parallel.balance), .choices = {"params", "time"},
        .meaning = "pp > 1 without a partition: split the layers so that the largest stage is smallest by "
                   "parameter count (params) or by forward + backward time measured on worker 0 before training "
@@ -945,7 +951,9 @@ class Builder {
     const Key* k = findKey(name);
     if (!k) throw ConfigError(str(where, ": ", unknownKeyMessage(name)));
     std::string valueText = trim(text.substr(eq + 1));
-    bool isString = std::holds_alternative<std::string& (*)(Config&)>(k->field);
+    // parallel.partition also takes the bare word auto.
+    bool isString = std::holds_alternative<std::string& (*)(Config&)>(k->field) ||
+                    (name == "parallel.partition" && valueText == "auto");
     Value v;
     if (isString && (valueText.empty() || (valueText[0] != '"' && valueText[0] != '\''))) {
       v.kind = Value::Kind::kString;
@@ -957,7 +965,8 @@ class Builder {
         // The reader's own words help only past the first character ("unterminated array").
         bool detail = e.msg.rfind("expected a value", 0) != 0;
         throw ConfigError(str(where, ": ", name, " expects ", typeWithArticle(k->field), " (e.g. ",
-                              formatField(*k, Config{}), "); '", valueText, "' is not one",
+                              formatField(*k, Config{}), ")", name == "parallel.partition" ? " or auto" : "", "; '",
+                              valueText, "' is not one",
                               detail ? ": " + e.msg : ""));
       }
     }
@@ -1028,6 +1037,10 @@ class Builder {
     if (par.updateEvery != 0 && par.schedule != "2bw")
       fail("parallel.update_every", str(": ", par.updateEvery, " is for schedule \"2bw\" (now \"", par.schedule,
                                         "\"", originNote("parallel.schedule"), "); remove it or set schedule = \"2bw\""));
+    if (par.asyncFlush != "never" && !async)
+      fail("parallel.async_flush", str(": \"", par.asyncFlush, "\" is for the asynchronous schedules (pipedream, 2bw); ",
+                                       "schedule \"", par.schedule, "\"", originNote("parallel.schedule"),
+                                       " drains the pipeline at every step anyway; remove it"));
     if (par.verticalSync && (!async || !par.weightStashing))
       fail("parallel.vertical_sync", str(": vertical sync chooses which stashed weight version a stage uses, so it "
                                          "needs schedule = \"pipedream\" or \"2bw\" with weight_stashing = true (now \"",
@@ -1191,8 +1204,8 @@ class Builder {
   void store(const Key& key, const Value& v, const std::string& where) {
     auto wrongType = [&] {
       return ConfigError(str(where, ": ", key.name, " = ", v.text, " has the wrong type: expected ",
-                             typeWithArticle(key.field), " (e.g. ", formatField(key, Config{}), "), got ",
-                             kindName(v.kind)));
+                             typeWithArticle(key.field), " (e.g. ", formatField(key, Config{}), ")",
+                             key.name == "parallel.partition" ? " or \"auto\"" : "", ", got ", kindName(v.kind)));
     };
     std::visit(
         [&](auto get) {
@@ -1217,6 +1230,11 @@ class Builder {
               throw ConfigError(str(where, ": ", key.name, " = ", v.text, " is out of range: it must be ",
                                     key.range.describe()));
             field = static_cast<uint64_t>(v.i);
+          } else if (key.name == "parallel.partition" && v.kind == Value::Kind::kString && v.s == "auto") {
+            // The issue's spelling of a partition balanced by measured time.
+            field.clear();
+            config_.parallel.balance = "time";
+            origin_["parallel.balance"] = where;
           } else {
             if (v.kind != Value::Kind::kIntArray) throw wrongType();
             field = v.a;

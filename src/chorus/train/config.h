@@ -106,6 +106,9 @@ struct ParallelConfig {
   bool weightStashing = true;     // pipedream, 2bw: each backward on its forward's weights
   bool verticalSync = false;      // pipedream, 2bw: every stage on the first stage's version
   int64_t updateEvery = 0;        // 2bw: micro-batches per weight update; 0: pp
+  std::string asyncFlush = "never";  // pipedream, 2bw: "never" (a stream across steps, drained only
+                                     // before an evaluation, a checkpoint, an epoch's end and the
+                                     // run's end) or "step" (drained at the end of every step)
   bool recompute = false;         // with a schedule: each stage runs its forward again in the backward
   std::vector<int64_t> partition = {};  // pp > 1: the GPT's layers per (virtual) stage (embedding
                                         // and head counted); empty: balanced by `balance`

@@ -11,6 +11,7 @@
 
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/error.h"
+#include "chorus/common/logging.h"
 #include "chorus/parallel/data/ddp.h"
 #include "chorus/parallel/mesh.h"
 #include "chorus/parallel/pipeline/executor.h"
@@ -94,7 +95,12 @@ std::vector<int64_t> profiledLayerCosts(const Config& cfg, const GptOptions& o, 
     const int64_t rows = std::max<int64_t>(1, cfg.train.batchSize / std::max(1, dp) / cfg.parallel.microBatches);
     auto gen = at::detail::createCPUGenerator(o.seed);
     const torch::Tensor ids = torch::randint(0, o.vocab, {rows, o.context}, gen);
-    const parallel::LayerProfile p = parallel::profileLayers(n, [&](size_t i) { return gptLayer(o, i); }, ids);
+    // The last stage also computes the loss over the vocabulary: the head's cost includes it.
+    const torch::Tensor targets = torch::randint(0, o.vocab, {rows, o.context}, gen);
+    const parallel::LayerProfile p = parallel::profileLayers(
+        n, [&](size_t i) { return gptLayer(o, i); }, ids, 3, [&](const torch::Tensor& logits) {
+          return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+        });
     costs = p.costs();
   }
   if (world.size() > 1) {
@@ -227,6 +233,38 @@ struct LayerwiseStrategy::Impl {
   bool isTiedCopy(const std::string& name) const {
     return gpt.tieEmbeddings && name == "wte.weight" && !stage->isFirst();
   }
+
+  // What every pipeline run needs: the stage's chunks and, for the asynchronous schedules, the
+  // update of each group of micro-batches: the dp average and the optimizer step there (a
+  // non-finite gradient skips its update and clears *finite). The tied embedding is refused
+  // for them (config.cc).
+  parallel::PipelineExecutor::Step pipelineCallbacks(bool* finite) {
+    parallel::PipelineExecutor::Step p;
+    GptStage& st = *stage;
+    p.forward = [&st](int chunk, const torch::Tensor& x) { return st.runChunk(chunk, x); };
+    if (exec->schedule().asynchronous()) {
+      p.parameters = [&st](int) { return st.module().parameters(); };
+      p.update = [this, finite](int) {
+        if (dp() > 1) averageGradients(*mesh.group("dp"), stage->module());
+        if (gradientsFinite(*optimizer)) {
+          optimizer->step();
+        } else {
+          *finite = false;
+        }
+        optimizer->zero_grad();
+      };
+    }
+    return p;
+  }
+
+  // A stream drains inside the step before the loop pauses (StepInfo::pauseAfter); this is the
+  // guard for a pause the step was not told of (every stage of the pipeline reaches it).
+  void drainStream(const char* before) {
+    if (!exec || exec->segmentsInFlight() == 0) return;
+    bool finite = true;
+    exec->flush(pipelineCallbacks(&finite));
+    CHORUS_WARN("the pipeline stream was drained before ", before, " outside a step", finite ? "" : " (a non-finite gradient's update was skipped)");
+  }
 };
 
 LayerwiseStrategy::LayerwiseStrategy(const Config& cfg, std::shared_ptr<comm::ProcessGroup> world) {
@@ -287,6 +325,7 @@ void LayerwiseStrategy::setup(Task& /*task*/) {
     po.weightStashing = par.weightStashing;
     po.verticalSync = par.verticalSync;
     po.recompute = par.recompute;
+    po.stream = par.asyncFlush == "never";
     m.exec = std::make_unique<parallel::PipelineExecutor>(
         m.mesh.group("pp"),
         parallel::makeSchedule(par.schedule, m.pp(), static_cast<int>(par.microBatches),
@@ -386,8 +425,11 @@ StepOutcome LayerwiseStrategy::step(const Batch& batch, const StepInfo& info) {
 StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& info) {
   Impl& m = *impl_;
   GptStage& st = *m.stage;
+  const bool async = m.exec->schedule().asynchronous();
   setLearningRate(*m.optimizer, info.lr);
-  m.optimizer->zero_grad();
+  // An asynchronous schedule's updates clear what they applied; in a stream, the gradients
+  // of a group still in flight carry over into this step.
+  if (!async) m.optimizer->zero_grad();
   const uint64_t sent0 = m.world->bytesSent();
   const int64_t micro = m.cfg.parallel.microBatches;
   if (batch.target.size(0) % micro != 0)
@@ -395,32 +437,23 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
                           " windows cannot be cut into equal micro-batches; use a micro_batches that divides it"));
   const std::vector<torch::Tensor> inputs = st.isFirst() ? batch.input.chunk(micro) : std::vector<torch::Tensor>();
   const std::vector<torch::Tensor> targets = st.isLast() ? batch.target.chunk(micro) : std::vector<torch::Tensor>();
-  parallel::PipelineExecutor::Step p;
-  p.forward = [&](int chunk, const torch::Tensor& x) { return st.runChunk(chunk, x); };
+  bool updatesFinite = true;
+  parallel::PipelineExecutor::Step p = m.pipelineCallbacks(&updatesFinite);
   if (st.isFirst()) p.input = [&](int i) { return inputs[static_cast<size_t>(i)]; };
   if (st.isLast())
     p.loss = [&](const torch::Tensor& out, int i) {
       return st.loss(out, targets[static_cast<size_t>(i)]) / static_cast<double>(micro);
     };
-  // Asynchronous schedules update the stage's weights inside the run, after each group of
-  // micro-batches: the dp average and the optimizer step happen there (a non-finite gradient
-  // skips its update and stops the job at the step's end). The tied embedding is refused for
-  // them (config.cc).
-  const bool async = m.exec->schedule().asynchronous();
-  bool updatesFinite = true;
-  if (async) {
-    p.parameters = [&](int) { return st.module().parameters(); };
-    p.update = [&](int) {
-      if (m.dp() > 1) averageGradients(*m.mesh.group("dp"), st.module());
-      if (gradientsFinite(*m.optimizer)) {
-        m.optimizer->step();
-      } else {
-        updatesFinite = false;
-      }
-      m.optimizer->zero_grad();
-    };
+  parallel::PipelineRun run = m.exec->run(p);
+  if (info.pauseAfter && m.exec->streaming()) {
+    // PipeDream's stream drains only before the loop pauses (an evaluation, a checkpoint, an
+    // epoch's or the run's end), inside the step, so its time and updates count here.
+    parallel::PipelineRun drain = m.exec->flush(p);
+    run.computeSeconds += drain.computeSeconds;
+    run.waitSeconds += drain.waitSeconds;
+    run.peakStored = std::max(run.peakStored, drain.peakStored);
+    run.spans.insert(run.spans.end(), drain.spans.begin(), drain.spans.end());
   }
-  const parallel::PipelineRun run = m.exec->run(p);
   const Clock::time_point t1 = Clock::now();
   if (m.dp() > 1 && !async) averageGradients(*m.mesh.group("dp"), st.module());
   const Clock::time_point t2 = Clock::now();
@@ -488,6 +521,7 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
 
 EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
   Impl& m = *impl_;
+  m.drainStream("an evaluation");
   GptStage& st = *m.stage;
   st.module().eval();
   EvalRunner run;
@@ -514,10 +548,13 @@ EvalMetrics LayerwiseStrategy::evaluate(Task& task) {
   return r;
 }
 
+void LayerwiseStrategy::finish() { impl_->drainStream("the run's end"); }
+
 // ---- checkpoints ----
 
 void LayerwiseStrategy::saveCheckpoint(const std::string& path, const TrainState& state) {
   Impl& m = *impl_;
+  m.drainStream("a checkpoint");
   if (m.mesh.coord("dp") != 0) return;  // the replicas are equal: replica 0 saves
   comm::ProcessGroup& pp = *m.mesh.group("pp");
   const std::vector<std::string> global = gptParameterNames(m.gpt);

@@ -22,6 +22,12 @@
 // strategy_util.h); the optimizer steps over this stage's parameters. Every rank reports its
 // replica's loss.
 //
+// Under a pipeline schedule (parallel.schedule) the executor runs the step's micro-batches;
+// pipedream and 2bw update each stage inside the run and, with parallel.async_flush = "never",
+// run as a stream (executor.h): micro-batches in flight at a step's end finish in the next
+// step, and the stream drains inside the step before the loop pauses (StepInfo::pauseAfter;
+// finish, evaluate and saveCheckpoint drain it too, should a pause come unannounced).
+//
 // Trace (chorus train --trace): per step the stage's "forward", "backward" (lane "compute"),
 // "wait activation", "wait gradient", "wait send" (lane "pipeline"), "tied embedding
 // all-reduce" and the DDP buckets (lane "comm"), and "optimizer".
@@ -81,6 +87,7 @@ class LayerwiseStrategy : public Strategy {
   JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;
   [[noreturn]] void raiseDivergence(const Divergence& d, const LoopStatus& s) override;
   EvalMetrics evaluate(Task& task) override;
+  void finish() override;
   JsonObject startRecord(const LoopStatus& s) override;
   JsonObject stepRecord(const LoopStatus& s) override;
   void evalFields(JsonObject& record, const LoopStatus& s) override;

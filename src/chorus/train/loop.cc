@@ -125,8 +125,8 @@ class Run {
     s_.epoch = epoch;
     s_.stepInEpoch = stepInEpoch;
     s_.lr = schedule_->at(s_.globalStep);
-    StepOutcome o = strategy_.step(
-        batch, {epoch, stepInEpoch, s_.stepsPerEpoch, s_.globalStep, s_.lr, t0, tracer_.get()});
+    StepOutcome o = strategy_.step(batch, {epoch, stepInEpoch, s_.stepsPerEpoch, s_.globalStep, s_.lr, t0,
+                                           tracer_.get(), pausesAfter(stepInEpoch)});
     s_.loss = o.stats.loss;
     if (o.diverged.any()) diverged(o.diverged);
     o.stats.stepSeconds = since(t0);
@@ -163,6 +163,17 @@ class Run {
     if (roles_.checkpoints && every > 0 && s_.globalStep % every == 0 && !lastOfEpoch) {
       save({epoch, stepInEpoch + 1, s_.globalStep, {}, {}});
     }
+  }
+
+  // Whether the step about to be taken is followed by an evaluation, a checkpoint, the end of
+  // an epoch or the end of the run (StepInfo::pauseAfter): the conditions of step() and
+  // endEpoch(), one step ahead.
+  bool pausesAfter(int64_t stepInEpoch) const {
+    const int64_t done = s_.globalStep + 1;
+    if (stepInEpoch + 1 == s_.stepsPerEpoch || done >= s_.totalSteps) return true;
+    if (opts_.stopAfter > 0 && s_.stepsThisRun + 1 >= opts_.stopAfter) return true;
+    if (cfg_.train.eval && cfg_.train.evalEvery > 0 && done % cfg_.train.evalEvery == 0) return true;
+    return roles_.checkpoints && cfg_.output.checkpointEvery > 0 && done % cfg_.output.checkpointEvery == 0;
   }
 
   // The end of an epoch, or of the run inside one: evaluation and the epoch's checkpoint.

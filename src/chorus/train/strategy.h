@@ -67,6 +67,10 @@ struct StepInfo {
   double lr = 0;              // the schedule's learning rate for this step
   std::chrono::steady_clock::time_point start;  // when the loop began the step, before its batch
   Tracer* tracer = nullptr;   // record spans here when tracer->enabled()
+  // The loop pauses after this step: it evaluates, writes a checkpoint, ends an epoch or ends
+  // the run (or this process's part of it). A strategy that keeps work in flight across
+  // steps (a pipeline stream) finishes it within this step.
+  bool pauseAfter = false;
 };
 
 struct StepOutcome {

@@ -7,6 +7,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include "chorus/common/error.h"
@@ -43,37 +44,6 @@ struct PipelineExecutor::Unit {
   bool held = false;  // forward state kept (counts towards peakStored)
   at::Tensor rngState;  // recompute: the CPU generator's state before the forward
 };
-
-struct PipelineExecutor::Impl {
-  Impl(std::shared_ptr<comm::ProcessGroup> g, MetaMode meta) : p2p(std::move(g), P2POptions{meta, Millis{0}}) {}
-  TensorP2P p2p;
-  // Recycled receive buffers, per channel (0 activation / 1 gradient, sending virtual stage).
-  std::map<std::pair<int, int>, std::vector<torch::Tensor>> pools;
-  // Channels between two chunks of this rank.
-  std::map<std::pair<int, int>, std::deque<torch::Tensor>> local;
-  std::vector<TensorWorkPtr> sends;
-};
-
-PipelineExecutor::PipelineExecutor(std::shared_ptr<comm::ProcessGroup> pp, PipeSchedule schedule, PipelineOptions opts)
-    : pp_(std::move(pp)), schedule_(std::move(schedule)), opts_(opts) {
-  if (!pp_) throw InvalidArgument("PipelineExecutor needs the pipeline process group; got nullptr");
-  if (pp_->size() != schedule_.stages)
-    throw InvalidArgument(chorus::str("PipelineExecutor: the pipeline group has ", pp_->size(), " ranks but schedule \"",
-                                      schedule_.name, "\" has ", schedule_.stages,
-                                      " stages; make the schedule for the group's size"));
-  checkSchedule(schedule_);
-  const uint64_t lastTag = static_cast<uint64_t>(opts_.tag) + 2 * static_cast<uint64_t>(schedule_.virtualStages());
-  if (lastTag >= TensorP2P::kHeaderTagBit)
-    throw InvalidArgument(chorus::str("PipelineExecutor: tags ", opts_.tag, " .. ", lastTag, " reach the header bit ",
-                                      TensorP2P::kHeaderTagBit, "; use a smaller PipelineOptions::tag"));
-  if (opts_.verticalSync && (!opts_.weightStashing || !schedule_.asynchronous() || schedule_.chunks != 1))
-    throw InvalidArgument(chorus::str("PipelineExecutor: vertical sync is for an asynchronous schedule (pipedream, 2bw) ",
-                                      "of one chunk per rank with weight stashing on; schedule \"", schedule_.name,
-                                      "\", ", schedule_.chunks, " chunk(s), stashing ", opts_.weightStashing ? "on" : "off"));
-  rank_ = pp_->rank();
-  impl_ = std::make_unique<Impl>(pp_, opts_.meta);
-  versions_.assign(static_cast<size_t>(schedule_.chunks), 0);
-}
 
 namespace {
 
@@ -117,6 +87,54 @@ struct ChunkWeights {
 
 }  // namespace
 
+struct PipelineExecutor::Impl {
+  Impl(std::shared_ptr<comm::ProcessGroup> g, MetaMode meta) : p2p(std::move(g), P2POptions{meta, Millis{0}}) {}
+  TensorP2P p2p;
+  // Recycled receive buffers, per channel (0 activation / 1 gradient, sending virtual stage).
+  std::map<std::pair<int, int>, std::vector<torch::Tensor>> pools;
+  // Channels between two chunks of this rank.
+  std::map<std::pair<int, int>, std::deque<torch::Tensor>> local;
+  std::vector<TensorWorkPtr> sends;
+
+  // What lasts from one call to the next in stream mode (within one call otherwise): the
+  // (chunk, micro-batch) pairs in flight, and under an asynchronous schedule each chunk's
+  // weights, the version each forward in flight used, and (vertical sync) the version the
+  // first stage uses for each micro-batch this rank has not forwarded yet.
+  std::map<std::pair<int, int>, Unit> units;
+  int held = 0;
+  std::vector<ChunkWeights> weights;
+  std::map<std::pair<int, int>, int64_t> forwardVersion;
+  std::map<std::pair<int, int>, PipelineRun::WeightUse> uses;
+  std::map<int, int64_t> firstStageVersion;
+  // Stream mode: the next segment, and how far the first stage's versions are known
+  // (segments of rank 0's actions walked, and its version after them).
+  int64_t segment = 0;
+  int64_t walked = 0;
+  int64_t walkedVersion = 0;
+};
+
+PipelineExecutor::PipelineExecutor(std::shared_ptr<comm::ProcessGroup> pp, PipeSchedule schedule, PipelineOptions opts)
+    : pp_(std::move(pp)), schedule_(std::move(schedule)), opts_(opts) {
+  if (!pp_) throw InvalidArgument("PipelineExecutor needs the pipeline process group; got nullptr");
+  if (pp_->size() != schedule_.stages)
+    throw InvalidArgument(chorus::str("PipelineExecutor: the pipeline group has ", pp_->size(), " ranks but schedule \"",
+                                      schedule_.name, "\" has ", schedule_.stages,
+                                      " stages; make the schedule for the group's size"));
+  checkSchedule(schedule_);
+  const uint64_t lastTag = static_cast<uint64_t>(opts_.tag) + 2 * static_cast<uint64_t>(schedule_.virtualStages());
+  if (lastTag >= TensorP2P::kHeaderTagBit)
+    throw InvalidArgument(chorus::str("PipelineExecutor: tags ", opts_.tag, " .. ", lastTag, " reach the header bit ",
+                                      TensorP2P::kHeaderTagBit, "; use a smaller PipelineOptions::tag"));
+  if (opts_.verticalSync && (!opts_.weightStashing || !schedule_.asynchronous() || schedule_.chunks != 1))
+    throw InvalidArgument(chorus::str("PipelineExecutor: vertical sync is for an asynchronous schedule (pipedream, 2bw) ",
+                                      "of one chunk per rank with weight stashing on; schedule \"", schedule_.name,
+                                      "\", ", schedule_.chunks, " chunk(s), stashing ", opts_.weightStashing ? "on" : "off"));
+  rank_ = pp_->rank();
+  impl_ = std::make_unique<Impl>(pp_, opts_.meta);
+  versions_.assign(static_cast<size_t>(schedule_.chunks), 0);
+}
+
+
 PipelineExecutor::~PipelineExecutor() {
   // Sends still posted (a run that failed) keep their tensors; wait for them briefly.
   if (!impl_) return;
@@ -129,12 +147,34 @@ PipelineExecutor::~PipelineExecutor() {
 }
 
 PipelineRun PipelineExecutor::run(const Step& step) {
+  if (!streaming()) return execute(schedule_.ranks[static_cast<size_t>(rank_)], step, 0, Mode::kWhole);
+  const int64_t k = impl_->segment;
+  PipelineRun out = execute(asyncSegment(schedule_, rank_, k), step, static_cast<int>(k) * schedule_.microBatches,
+                            Mode::kSegment);
+  impl_->segment = k + 1;
+  return out;
+}
+
+PipelineRun PipelineExecutor::flush(const Step& step) {
+  if (!streaming() || impl_->segment == 0) return PipelineRun{};
+  const int64_t k = impl_->segment;
+  PipelineRun out = execute(asyncDrain(schedule_, rank_, k), step, static_cast<int>(k) * schedule_.microBatches,
+                            Mode::kDrain);
+  impl_->segment = 0;
+  return out;
+}
+
+int64_t PipelineExecutor::segmentsInFlight() const { return streaming() ? impl_->segment : 0; }
+
+PipelineRun PipelineExecutor::execute(const std::vector<PipeAction>& actions, const Step& step, int offset, Mode mode) {
   const PipeSchedule& s = schedule_;
   const int m = s.microBatches, last = s.virtualStages() - 1;
-  const std::vector<PipeAction>& actions = s.ranks[static_cast<size_t>(rank_)];
   Impl& im = *impl_;
+  // A whole run and a stream's drain end with nothing in flight; a stream's segment keeps
+  // the micro-batches whose backward comes in a later call.
+  const bool ends = mode != Mode::kSegment;
   if (!step.forward) throw InvalidArgument("PipelineExecutor::run: Step::forward is required");
-  for (int c = 0; c < s.chunks; ++c) {
+  for (int c = 0; c < s.chunks && mode != Mode::kDrain; ++c) {
     const int vs = s.virtualStage(rank_, c);
     if (vs == 0 && !step.input)
       throw InvalidArgument("PipelineExecutor::run: this rank holds the first virtual stage and needs Step::input");
@@ -145,27 +185,26 @@ PipelineRun PipelineExecutor::run(const Step& step) {
   if (async && (!step.parameters || !step.update))
     throw InvalidArgument(chorus::str("PipelineExecutor::run: asynchronous schedule \"", s.name,
                                       "\" needs Step::parameters and Step::update"));
+  using Key = std::pair<int, int>;  // (chunk, micro-batch)
+  auto key = [](const PipeAction& a) { return Key{a.chunk, a.microBatch}; };
   // Which micro-batches' backward this rank splits into B and W.
-  std::vector<bool> split(static_cast<size_t>(s.chunks * m), false);
+  std::set<Key> split;
   for (const PipeAction& a : actions)
-    if (a.op == PipeOp::kBackwardInput) split[static_cast<size_t>(a.chunk * m + a.microBatch)] = true;
-
-  std::vector<Unit> units(static_cast<size_t>(s.chunks * m));
-  auto unit = [&](const PipeAction& a) -> Unit& { return units[static_cast<size_t>(a.chunk * m + a.microBatch)]; };
+    if (a.op == PipeOp::kBackwardInput) split.insert(key(a));
+  auto unit = [&](const PipeAction& a) -> Unit& { return im.units[key(a)]; };
+  // The callbacks number the micro-batches of their call from 0.
+  auto local = [&](int microBatch) { return microBatch - offset; };
   PipelineRun out;
-  for (int c = 0; c < s.chunks; ++c)
+  for (int c = 0; c < s.chunks && mode != Mode::kDrain; ++c)
     if (s.virtualStage(rank_, c) == last) out.losses.assign(static_cast<size_t>(m), 0.0);
-  int held = 0;
+  out.peakStored = im.held;
 
-  // Asynchronous schedules: each chunk's weights, the version each micro-batch's forward used,
-  // and (vertical sync) the version the first stage uses for micro-batch i: its version at the
-  // run's start plus the updates it makes before that forward (every rank starts a run at the
-  // same version: each makes the same number of updates per run).
-  std::vector<ChunkWeights> weights;
-  std::vector<int64_t> forwardVersion(static_cast<size_t>(s.chunks * m), -1);
-  std::vector<int64_t> firstStageVersion;
-  std::vector<bool> forwarded(static_cast<size_t>(s.chunks * m), false);
-  if (async) {
+  // Asynchronous schedules: each chunk's weights (taken at a run's or a stream's start) and,
+  // with vertical sync, the version the first stage uses for each micro-batch: its version at
+  // the start plus the updates it makes before that forward (every rank starts a run, and a
+  // stream, at the same version: each makes the same number of updates in one). A stream
+  // looks far enough ahead to know every version a later forward of this rank will ask for.
+  if (async && im.weights.empty()) {
     for (int c = 0; c < s.chunks; ++c) {
       ChunkWeights w;
       w.params = step.parameters(c);
@@ -173,44 +212,55 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         if (!t.defined()) throw InvalidArgument(chorus::str("PipelineExecutor: Step::parameters(", c, ") returned an undefined tensor"));
         w.latest.push_back(t.variable_data());
       }
-      weights.push_back(std::move(w));
+      im.weights.push_back(std::move(w));
     }
-    if (opts_.verticalSync) {
-      int64_t v = versions_[0];
-      for (const PipeAction& a : s.ranks[0]) {
+  }
+  if (async && opts_.verticalSync) {
+    auto walk = [&](const std::vector<PipeAction>& rank0, int64_t& v) {
+      for (const PipeAction& a : rank0) {
         if (a.op == PipeOp::kWeightUpdate) ++v;
-        if (a.op == PipeOp::kForward) {
-          firstStageVersion.resize(std::max<size_t>(firstStageVersion.size(), static_cast<size_t>(a.microBatch) + 1), -1);
-          firstStageVersion[static_cast<size_t>(a.microBatch)] = v;
-        }
+        if (a.op == PipeOp::kForward) im.firstStageVersion[a.microBatch] = v;
       }
+    };
+    if (mode == Mode::kWhole) {
+      int64_t v = versions_[0];
+      walk(s.ranks[0], v);
+    } else if (mode == Mode::kSegment) {
+      if (im.segment == 0) {
+        im.walked = 0;
+        im.walkedVersion = versions_[0];
+      }
+      while (im.walked * m < static_cast<int64_t>(offset) + m + s.stages) walk(asyncSegment(s, 0, im.walked++), im.walkedVersion);
     }
   }
   auto liveVersions = [&](int c) {
-    const ChunkWeights& w = weights[static_cast<size_t>(c)];
+    const ChunkWeights& w = im.weights[static_cast<size_t>(c)];
     return static_cast<int>(w.stash.size()) + (w.stash.count(versions_[static_cast<size_t>(c)]) ? 0 : 1);
   };
   // Drops the stashed versions of chunk c that no micro-batch in flight, nor (vertical sync)
   // a later forward, will use.
   auto prune = [&](int c) {
-    ChunkWeights& w = weights[static_cast<size_t>(c)];
+    ChunkWeights& w = im.weights[static_cast<size_t>(c)];
     for (auto it = w.stash.begin(); it != w.stash.end();) {
       bool needed = false;
-      for (int i = 0; i < m && !needed; ++i) {
-        const size_t k = static_cast<size_t>(c * m + i);
-        needed = forwardVersion[k] == it->first ||
-                 (opts_.verticalSync && !forwarded[k] && firstStageVersion[static_cast<size_t>(i)] == it->first);
-      }
+      for (const auto& [k, v] : im.forwardVersion) needed = needed || (k.first == c && v == it->first);
+      for (const auto& [mb, v] : im.firstStageVersion) needed = needed || v == it->first;
       it = needed ? std::next(it) : w.stash.erase(it);
     }
   };
-  auto restoreLatest = [&] {
-    for (auto& w : weights) {
+  // The parameters hold the latest weights between calls; a finished run drops the copies.
+  auto restoreLatest = [&](bool drop) {
+    for (auto& w : im.weights) {
       w.use(w.latest);
-      w.stash.clear();
+      if (drop) w.stash.clear();
+    }
+    if (drop) {
+      im.weights.clear();
+      im.forwardVersion.clear();
+      im.uses.clear();
+      im.firstStageVersion.clear();
     }
   };
-
   auto span = [&](PipeSpan::Kind k, int chunk, int mb, Clock::time_point t0) {
     const Clock::time_point t1 = Clock::now();
     const double sec = std::chrono::duration<double>(t1 - t0).count();
@@ -266,16 +316,15 @@ PipelineRun PipelineExecutor::run(const Step& step) {
     if (buf.defined() && buf.storage().use_count() == 1) im.pools[{kind, from}].push_back(buf);
     buf = torch::Tensor();
   };
+  // Frees what the micro-batch kept; its unit is gone afterwards.
   auto release = [&](const PipeAction& a, Unit& u) {
     const int vs = s.virtualStage(rank_, a.chunk);
     u.input = u.output = u.loss = u.gradOut = torch::Tensor();
     u.store.reset();
     recycle(0, vs - 1, u.inputBuffer);
     recycle(1, vs + 1, u.gradBuffer);
-    if (u.held) {
-      u.held = false;
-      --held;
-    }
+    if (u.held) --im.held;
+    im.units.erase(key(a));
   };
   // Recompute: the forward again, with autograd, under the generator state of the first run;
   // the generator then goes back to where this rank's sequence of forwards had left it.
@@ -296,7 +345,7 @@ PipelineRun PipelineExecutor::run(const Step& step) {
       } else {
         y = step.forward(a.chunk, u.input);
       }
-      if (vs == last) u.loss = step.loss(y, a.microBatch).reshape({});
+      if (vs == last) u.loss = step.loss(y, local(a.microBatch)).reshape({});
     } catch (...) {
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_state(now);
@@ -338,9 +387,12 @@ PipelineRun PipelineExecutor::run(const Step& step) {
   // them again; the other stages then fail naming this rank.
   auto abandon = [&](const std::string& why) {
     bool pending = !im.sends.empty();
-    for (const Unit& u : units) pending = pending || u.inputWork || u.gradWork;
+    for (const auto& [k, u] : im.units) pending = pending || u.inputWork || u.gradWork;
     if (pending) pp_->abort(why);
     im.sends.clear();
+    im.units.clear();
+    im.held = 0;
+    restoreLatest(true);
   };
   try {
   postAhead(0);
@@ -384,15 +436,21 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         Unit& u = unit(a);
         const int vs = s.virtualStage(rank_, a.chunk);
         if (vs == 0) {
-          u.input = step.input(a.microBatch);
+          u.input = step.input(local(a.microBatch));
           if (!u.input.defined())
-            throw InvalidArgument(chorus::str("PipelineExecutor: Step::input(", a.microBatch, ") returned no tensor"));
+            throw InvalidArgument(chorus::str("PipelineExecutor: Step::input(", local(a.microBatch), ") returned no tensor"));
         }
         if (async) {
-          ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
+          ChunkWeights& w = im.weights[static_cast<size_t>(a.chunk)];
           const int64_t current = versions_[static_cast<size_t>(a.chunk)];
-          const int64_t v = opts_.verticalSync ? firstStageVersion[static_cast<size_t>(a.microBatch)] : current;
-          const size_t k = static_cast<size_t>(a.chunk * m + a.microBatch);
+          int64_t v = current;
+          if (opts_.verticalSync) {
+            auto first = im.firstStageVersion.find(a.microBatch);
+            CHORUS_CHECK(first != im.firstStageVersion.end(), "the first stage's version of micro-batch ", a.microBatch,
+                         " is unknown");
+            v = first->second;
+            im.firstStageVersion.erase(first);
+          }
           if (opts_.weightStashing) {
             if (v == current) w.keep(v);
             CHORUS_CHECK(w.stash.count(v), "weight version ", v, " of micro-batch ", a.microBatch,
@@ -401,13 +459,12 @@ PipelineRun PipelineExecutor::run(const Step& step) {
           } else {
             w.use(w.latest);
           }
-          forwardVersion[k] = v;
-          forwarded[k] = true;
-          out.weightUses.push_back({a.chunk, a.microBatch, v, -1});
+          im.forwardVersion[key(a)] = v;
+          im.uses[key(a)] = {a.chunk, a.microBatch, v, -1};
           out.peakWeightVersions = std::max(out.peakWeightVersions, liveVersions(a.chunk));
         }
         torch::Tensor y;
-        const bool splits = split[static_cast<size_t>(a.chunk * m + a.microBatch)];
+        const bool splits = split.count(key(a)) > 0;
         if (splits) u.store = std::make_shared<WeightGradStore>();
         if (opts_.recompute) {
           // No graph now: the backward builds it again (recomputeForward).
@@ -429,16 +486,16 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         if (vs == last) {
           std::optional<torch::NoGradGuard> noGrad;
           if (opts_.recompute) noGrad.emplace();
-          torch::Tensor loss = step.loss(y, a.microBatch);
+          torch::Tensor loss = step.loss(y, local(a.microBatch));
           if (!loss.defined() || loss.numel() != 1)
-            throw InvalidArgument(chorus::str("PipelineExecutor: Step::loss for micro-batch ", a.microBatch,
+            throw InvalidArgument(chorus::str("PipelineExecutor: Step::loss for micro-batch ", local(a.microBatch),
                                               " must return a scalar tensor"));
           u.loss = loss.reshape({});
-          out.losses[static_cast<size_t>(a.microBatch)] = u.loss.detach().to(torch::kDouble).item<double>();
+          out.losses[static_cast<size_t>(local(a.microBatch))] = u.loss.detach().to(torch::kDouble).item<double>();
         }
         u.output = y;
         u.held = true;
-        out.peakStored = std::max(out.peakStored, ++held);
+        out.peakStored = std::max(out.peakStored, ++im.held);
         span(PipeSpan::Kind::kForward, a.chunk, a.microBatch, t0);
         break;
       }
@@ -464,7 +521,7 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         }
         // The input is no longer needed once its gradient has gone (a whole backward); a
         // split one keeps it until W.
-        if (!activation && !split[static_cast<size_t>(a.chunk * m + a.microBatch)]) release(a, u);
+        if (!activation && !split.count(key(a))) release(a, u);
         break;
       }
       case PipeOp::kBackward:
@@ -472,14 +529,16 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         postAhead(i + 1);
         Unit& u = unit(a);
         if (async) {
-          ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
-          const size_t k = static_cast<size_t>(a.chunk * m + a.microBatch);
-          const int64_t v = opts_.weightStashing ? forwardVersion[k] : versions_[static_cast<size_t>(a.chunk)];
+          ChunkWeights& w = im.weights[static_cast<size_t>(a.chunk)];
+          const int64_t v = opts_.weightStashing ? im.forwardVersion.at(key(a)) : versions_[static_cast<size_t>(a.chunk)];
           w.use(opts_.weightStashing ? w.stash.at(v) : w.latest);
-          for (auto& use : out.weightUses)
-            if (use.chunk == a.chunk && use.microBatch == a.microBatch) use.backwardVersion = v;
+          auto use = im.uses.find(key(a));
+          CHORUS_CHECK(use != im.uses.end(), "micro-batch ", a.microBatch, " has no forward on record");
+          use->second.backwardVersion = v;
+          out.weightUses.push_back(use->second);
+          im.uses.erase(use);
           backward(a, u, a.op == PipeOp::kBackwardInput);
-          forwardVersion[k] = -1;
+          im.forwardVersion.erase(key(a));
           prune(a.chunk);
         } else {
           backward(a, u, a.op == PipeOp::kBackwardInput);
@@ -500,13 +559,12 @@ PipelineRun PipelineExecutor::run(const Step& step) {
         break;
       }
       case PipeOp::kWeightUpdate: {
-        ChunkWeights& w = weights[static_cast<size_t>(a.chunk)];
+        ChunkWeights& w = im.weights[static_cast<size_t>(a.chunk)];
         int64_t& current = versions_[static_cast<size_t>(a.chunk)];
         // Vertical sync: a later forward may still need the version about to be replaced.
         if (opts_.verticalSync) {
-          for (int i = 0; i < m; ++i)
-            if (!forwarded[static_cast<size_t>(a.chunk * m + i)] && firstStageVersion[static_cast<size_t>(i)] == current)
-              w.keep(current);
+          for (const auto& [mb, v] : im.firstStageVersion)
+            if (v == current) w.keep(current);
         }
         w.update(step.update, a.chunk);
         ++current;
@@ -524,17 +582,22 @@ PipelineRun PipelineExecutor::run(const Step& step) {
       }
     }
   }
-  restoreLatest();
-  const Clock::time_point w0 = Clock::now();
-  for (auto& w : im.sends) w->wait();
-  im.sends.clear();
-  if (opts_.recordSpans && !out.spans.empty()) span(PipeSpan::Kind::kWaitSend, -1, -1, w0);
+  restoreLatest(ends);
+  if (ends) {
+    const Clock::time_point w0 = Clock::now();
+    for (auto& w : im.sends) w->wait();
+    im.sends.clear();
+    if (opts_.recordSpans && !out.spans.empty()) span(PipeSpan::Kind::kWaitSend, -1, -1, w0);
+    CHORUS_CHECK(im.units.empty() && im.held == 0, "micro-batches left in flight at the end of the run");
+  } else {
+    // A stream does not wait for its sends: the last gradients of a segment are received in
+    // the next one. Those finished are dropped, so the list stays short.
+    std::erase_if(im.sends, [](const TensorWorkPtr& w) { return w->test(); });
+  }
   } catch (const std::exception& e) {
-    restoreLatest();
     abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule (", e.what(), ")"));
     throw;
   } catch (...) {
-    restoreLatest();
     abandon(chorus::str("pipeline stage ", rank_, " failed mid-schedule"));
     throw;
   }

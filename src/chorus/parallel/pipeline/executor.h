@@ -44,6 +44,18 @@
 // own store. An integer activation (token ids) has no gradient: both ends of such a channel
 // know its dtype and skip the gradient's transfer.
 //
+// Streams (PipelineOptions::stream, asynchronous schedules). PipeDream never flushes: run()
+// then runs one segment of the stream (schedule.h, asyncSegment): the forwards of the step's m
+// micro-batches and the backwards and updates the order puts between them. The micro-batches
+// a rank forwarded last stay in flight, with their stored activations and stashed weights,
+// and finish their backward in the next call, so the pipeline fills once per stream, not once
+// per step. Step::input and Step::loss number the call's micro-batches 0 .. m-1 as before; the
+// last stage's losses are all in the call that forwards them. A segment does not wait for its
+// sends (its last gradients are received in the next segment); the parameters hold the latest
+// weights between calls. flush() runs the drain. Whatever runs between two calls must not need
+// a neighbour's next segment (a collective over the stages is fine: each segment completes
+// with the ones before it).
+//
 // Communication. Each channel of the schedule is one TensorP2P stream under its own tag
 // (PipelineOptions::tag + 2 vs for the activations leaving virtual stage vs, + 1 for the
 // gradients leaving it), shapes agreed once (MetaMode::kAgreeOnce: every micro-batch of a
@@ -95,6 +107,9 @@ struct PipelineOptions {
   // the CPU generator's state of the first run (the same dropout masks), then back-propagates.
   // Memory per stored micro-batch falls to its input, for one more forward per micro-batch.
   bool recompute = false;
+  // Asynchronous schedules only: run as a stream without a flush (PipeDream proper; see
+  // "Streams" above). Each run() is one segment; flush() drains the stream.
+  bool stream = false;
 };
 
 // What this rank did and when, for the trace's stage lanes.
@@ -156,14 +171,27 @@ class PipelineExecutor {
   PipelineExecutor(const PipelineExecutor&) = delete;
   PipelineExecutor& operator=(const PipelineExecutor&) = delete;
 
-  // Runs this rank's actions for one step. Throws InvalidArgument when a callback this rank
-  // needs is missing or returns an undefined tensor (or a loss that is not a scalar).
+  // Runs this rank's actions for one step (in stream mode: the stream's next segment). Throws
+  // InvalidArgument when a callback this rank needs is missing or returns an undefined tensor
+  // (or a loss that is not a scalar).
   PipelineRun run(const Step& step);
+  // Stream mode: runs the drain, the backwards and updates still in flight, so the parameters
+  // hold weights every micro-batch so far has updated and nothing is in flight (before an
+  // evaluation, a checkpoint, the run's end); every stage of the pipeline calls it at the same
+  // point. Step needs forward, parameters and update. Does nothing (and returns an empty run)
+  // outside stream mode or with nothing in flight.
+  PipelineRun flush(const Step& step);
+  // Stream mode: the segments run since the stream started (0: nothing in flight).
+  int64_t segmentsInFlight() const;
+  bool streaming() const { return opts_.stream && schedule_.asynchronous(); }
 
   const PipeSchedule& schedule() const { return schedule_; }
   int rank() const { return rank_; }
 
  private:
+  enum class Mode { kWhole, kSegment, kDrain };
+  PipelineRun execute(const std::vector<PipeAction>& actions, const Step& step, int offset, Mode mode);
+
   struct Unit;
   struct Impl;
   std::shared_ptr<comm::ProcessGroup> pp_;

@@ -17,7 +17,8 @@ std::vector<int64_t> LayerProfile::costs() const {
 }
 
 LayerProfile profileLayers(size_t numLayers, const std::function<torch::nn::AnyModule(size_t)>& build,
-                           const torch::Tensor& sample, int repeats) {
+                           const torch::Tensor& sample, int repeats,
+                           const std::function<torch::Tensor(const torch::Tensor&)>& lastLoss) {
   if (repeats < 1) throw InvalidArgument(chorus::str("profileLayers: repeats ", repeats, " must be at least 1"));
   if (!sample.defined()) throw InvalidArgument("profileLayers: the sample input is undefined");
   using Clock = std::chrono::steady_clock;
@@ -33,7 +34,14 @@ LayerProfile profileLayers(size_t numLayers, const std::function<torch::nn::AnyM
       const Clock::time_point t0 = Clock::now();
       out = layer.forward(in);
       if (!out.defined()) throw InvalidArgument(chorus::str("profileLayers: layer ", i, " returned no tensor"));
-      if (out.is_floating_point() && out.requires_grad()) out.backward(torch::ones_like(out));
+      if (lastLoss && i + 1 == numLayers) {
+        const torch::Tensor loss = lastLoss(out);
+        if (!loss.defined() || loss.numel() != 1)
+          throw InvalidArgument("profileLayers: lastLoss must return a scalar tensor");
+        if (loss.requires_grad()) loss.backward();
+      } else if (out.is_floating_point() && out.requires_grad()) {
+        out.backward(torch::ones_like(out));
+      }
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       if (r > 0) times.push_back(s);  // the first pass warms up (allocations, lazy init)
     }

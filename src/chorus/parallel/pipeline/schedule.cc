@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <utility>
@@ -34,8 +35,7 @@ PipeSchedule blank(const std::string& name, int stages, int microBatches, int ch
 
 // Appends a compute action of rank r with the receive it needs before and the send it makes
 // after (see the channel rules in schedule.h).
-void emit(PipeSchedule& s, int r, PipeOp op, int mb, int chunk) {
-  std::vector<PipeAction>& out = s.ranks[static_cast<size_t>(r)];
+void emitTo(const PipeSchedule& s, std::vector<PipeAction>& out, int r, PipeOp op, int mb, int chunk) {
   const int vs = s.virtualStage(r, chunk), last = s.virtualStages() - 1;
   switch (op) {
     case PipeOp::kForward:
@@ -55,6 +55,10 @@ void emit(PipeSchedule& s, int r, PipeOp op, int mb, int chunk) {
     default:
       CHORUS_CHECK(false, "emit: ", opName(op), " is not a compute action");
   }
+}
+
+void emit(PipeSchedule& s, int r, PipeOp op, int mb, int chunk) {
+  emitTo(s, s.ranks[static_cast<size_t>(r)], r, op, mb, chunk);
 }
 
 void finish(PipeSchedule& s) {
@@ -170,27 +174,52 @@ PipeSchedule zeroBubbleH1Schedule(int stages, int microBatches) {
 
 namespace {
 
-// 1F1B's order without the flush: an update of the weights after the backward of every
-// `every`-th micro-batch and of the last.
+// 1F1B's order without the flush, on rank r: the backward of micro-batch b, then an update
+// after every `every`-th micro-batch and after the last of a run of `total` (-1: unknown yet,
+// a stream's segment).
+void asyncBackward(const PipeSchedule& s, std::vector<PipeAction>& out, int r, int b, int64_t total) {
+  emitTo(s, out, r, PipeOp::kBackward, b, 0);
+  if ((b + 1) % s.updateEvery == 0 || b == total - 1) out.push_back(act(PipeOp::kWeightUpdate, b, 0));
+}
+
+// The forwards of micro-batches [begin, end), each followed by the backward 1F1B puts after it
+// once rank r's p - r - 1 warm-up forwards are done.
+void asyncForwards(const PipeSchedule& s, std::vector<PipeAction>& out, int r, int begin, int end) {
+  const int warm = s.stages - r - 1;
+  for (int f = begin; f < end; ++f) {
+    emitTo(s, out, r, PipeOp::kForward, f, 0);
+    if (f >= warm) asyncBackward(s, out, r, f - warm, -1);
+  }
+}
+
+// What is left after the forwards of micro-batches [0, total): the backwards still in flight
+// and the update of what they accumulated (on a rank with none in flight, the update the last
+// backward did not make).
+void asyncDrainTo(const PipeSchedule& s, std::vector<PipeAction>& out, int r, int total) {
+  const int warm = std::min(s.stages - r - 1, total);
+  if (warm == 0 && total % s.updateEvery != 0) out.push_back(act(PipeOp::kWeightUpdate, total - 1, 0));
+  for (int b = total - warm; b < total; ++b) asyncBackward(s, out, r, b, total);
+}
+
 PipeSchedule asyncOneFOneB(const std::string& name, int stages, int microBatches, int every) {
   PipeSchedule s = blank(name, stages, microBatches, 1);
   s.updateEvery = every;
   for (int r = 0; r < stages; ++r) {
-    const int warm = std::min(stages - r - 1, microBatches);
-    int f = 0, b = 0;
-    auto backward = [&] {
-      emit(s, r, PipeOp::kBackward, b, 0);
-      if ((b + 1) % every == 0 || b == microBatches - 1) s.ranks[static_cast<size_t>(r)].push_back(act(PipeOp::kWeightUpdate, b, 0));
-      ++b;
-    };
-    while (f < warm) emit(s, r, PipeOp::kForward, f++, 0);
-    while (f < microBatches) {
-      emit(s, r, PipeOp::kForward, f++, 0);
-      backward();
-    }
-    while (b < microBatches) backward();
+    asyncForwards(s, s.ranks[static_cast<size_t>(r)], r, 0, microBatches);
+    asyncDrainTo(s, s.ranks[static_cast<size_t>(r)], r, microBatches);
   }
   return s;
+}
+
+void checkStreamable(const PipeSchedule& s, int rank, int64_t segments, const char* what) {
+  if (!s.asynchronous() || s.chunks != 1)
+    throw InvalidArgument(chorus::str(what, ": schedule \"", s.name, "\" is not an asynchronous one-chunk schedule (pipedream, 2bw); ",
+                                      "only those run as a stream without a flush"));
+  if (rank < 0 || rank >= s.stages)
+    throw InvalidArgument(chorus::str(what, ": rank ", rank, " is not one of the schedule's ", s.stages, " stages"));
+  if (segments < 0 || segments > std::numeric_limits<int32_t>::max() / s.microBatches)
+    throw InvalidArgument(chorus::str(what, ": segment ", segments, " of ", s.microBatches,
+                                      " micro-batches is out of range (micro-batch numbers must fit 31 bits; flush sooner)"));
 }
 
 }  // namespace
@@ -205,6 +234,21 @@ PipeSchedule twoBufferedSchedule(int stages, int microBatches, int updateEvery) 
   if (updateEvery < 1)
     throw InvalidArgument(chorus::str("2bw schedule: updateEvery ", updateEvery, " must be at least 1"));
   return asyncOneFOneB("2bw", stages, microBatches, updateEvery);
+}
+
+std::vector<PipeAction> asyncSegment(const PipeSchedule& s, int rank, int64_t segment) {
+  checkStreamable(s, rank, segment + 1, "asyncSegment");
+  std::vector<PipeAction> out;
+  const int m = s.microBatches, begin = static_cast<int>(segment) * m;
+  asyncForwards(s, out, rank, begin, begin + m);
+  return out;
+}
+
+std::vector<PipeAction> asyncDrain(const PipeSchedule& s, int rank, int64_t segments) {
+  checkStreamable(s, rank, segments, "asyncDrain");
+  std::vector<PipeAction> out;
+  if (segments > 0) asyncDrainTo(s, out, rank, static_cast<int>(segments) * s.microBatches);
+  return out;
 }
 
 PipeSchedule makeSchedule(const std::string& name, int stages, int microBatches, int chunks, int updateEvery) {

@@ -2,7 +2,7 @@
 // in one training step (forward of micro-batch i, backward of i or its input- and weight-
 // gradient halves, the sends and receives between them, the optimizer step). One small
 // function generates each schedule; a checker simulates any schedule without processes and
-// proves it sound before anything runs; the executor (issue 13, next) runs the lists.
+// proves it sound before anything runs; the executor (executor.h) runs the lists.
 //
 //   PipeSchedule s = makeSchedule("1f1b", /*stages=*/4, /*microBatches=*/8);
 //   SimResult r = checkSchedule(s);          // throws InvalidArgument naming the first fault
@@ -120,12 +120,25 @@ PipeSchedule zeroBubbleH1Schedule(int stages, int microBatches);
 // rank r holds up to p - r weight versions. Optionally vertical sync: every stage runs a
 // micro-batch on the version the first stage used (PipelineOptions). Within one run (m
 // micro-batches) the pipeline fills once and drains once: bubble (p - 1) / (m + p - 1) of the
-// run, none in its steady state.
+// run, none in its steady state; a stream of runs (asyncSegment below) fills it only once.
 PipeSchedule pipedreamSchedule(int stages, int microBatches);
 // PipeDream-2BW (Narayanan et al. 2021): the same order, but gradients accumulate over
 // updateEvery micro-batches before an update (the last group may be shorter). With updateEvery
 // >= p at most two weight versions are alive on a rank (the double buffer).
 PipeSchedule twoBufferedSchedule(int stages, int microBatches, int updateEvery);
+// PipeDream without a flush (the executor's stream mode). An asynchronous schedule of m
+// micro-batches per step also runs as a stream of segments, one per training step, with no
+// flush between them: segment k holds rank r's forwards of micro-batches k m .. k m + m - 1
+// (numbered from the stream's start) and the backwards and updates 1F1B's order puts between
+// them, so the micro-batches a rank forwards last in a segment finish their backward in the
+// next one, and the pipeline fills once per stream instead of once per step. The drain after
+// K segments holds the backwards still in flight and the update of what they accumulated.
+// Segments 0 .. K-1 followed by the drain are exactly the schedule of the same name for K m
+// micro-batches (a test checks it), so checkSchedule's proof covers every stream. Both throw
+// InvalidArgument for a synchronous or multi-chunk schedule, a rank outside it, or micro-batch
+// numbers past 31 bits (a stream that long must be flushed sooner).
+std::vector<PipeAction> asyncSegment(const PipeSchedule& s, int rank, int64_t segment);
+std::vector<PipeAction> asyncDrain(const PipeSchedule& s, int rank, int64_t segments);
 // By name: "gpipe", "1f1b", "interleaved" (uses chunks), "zb-h1", "pipedream", "2bw" (updates
 // every `updateEvery` micro-batches; 0 means the stage count). InvalidArgument for another
 // name, stages < 1, microBatches < 1, chunks < 1, chunks > 1 with a schedule other than
