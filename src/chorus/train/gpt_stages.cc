@@ -199,7 +199,8 @@ GptStage::GptStage(const GptOptions& o, std::shared_ptr<comm::ProcessGroup> pp, 
       held.emplace_back(i, stage_->layers()[i - stage_->layerBegin()]);
   } else {
     const int p = pp_->size();
-    partition_ = parallel::choosePartition(base.partition, [&] { return base.layerCosts; }, n, p * chunks_);
+    partition_ = parallel::choosePartition(base.partition, [&] { return base.layerCosts; }, n, p * chunks_,
+                                           base.costTolerance);
     chunkLayers_.resize(static_cast<size_t>(chunks_));
     for (int c = 0; c < chunks_; ++c) {
       const int vs = c * p + s;

@@ -59,7 +59,7 @@ void checkStageCount(size_t layers, int stages) {
 }  // namespace
 
 std::vector<int> choosePartition(const std::vector<int>& given, const std::function<std::vector<int64_t>()>& costs,
-                                 size_t layers, int stages) {
+                                 size_t layers, int stages, double tolerance) {
   if (!given.empty()) {
     checkPartition(given, layers, stages);
     return given;
@@ -70,7 +70,7 @@ std::vector<int> choosePartition(const std::vector<int>& given, const std::funct
     throw InvalidArgument(chorus::str("LayerwiseOptions::layerCosts has ", c.size(), " costs for ", layers,
                                       " layers; give one per layer, or none"));
   }
-  return balancedPartition(c, stages);
+  return balancedPartition(c, stages, tolerance);
 }
 
 void checkPartition(const std::vector<int>& counts, size_t layers, int stages) {
@@ -94,13 +94,14 @@ void checkPartition(const std::vector<int>& counts, size_t layers, int stages) {
 }
 
 // Two dynamic programs over split points (O(S L^2), for L in the hundreds at most): the
-// first finds the smallest possible largest stage cost; the second, among the splits that keep
-// every stage within it, the least sum of squared layer counts (the most even counts, so
+// first finds the smallest possible largest stage cost (widened by the tolerance); the second,
+// among the splits that keep every stage within it, the least sum of squared layer counts (the most even counts, so
 // layers without parameters spread out). The split is read back from the last stage, taking
 // the shortest last stage that reaches the optimum each time.
-std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages) {
+std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages, double tolerance) {
   const size_t L = costs.size();
   checkStageCount(L, stages);
+  if (!(tolerance >= 0)) throw InvalidArgument(chorus::str("balancedPartition: tolerance ", tolerance, " must be >= 0"));
   std::vector<int64_t> prefix(L + 1, 0);
   for (size_t i = 0; i < L; ++i) {
     if (costs[i] < 0) throw InvalidArgument(chorus::str("layer ", i, " has a negative cost ", costs[i]));
@@ -118,7 +119,11 @@ std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages
       for (size_t j = s - 1; j < i; ++j) best[s][i] = std::min(best[s][i], std::max(best[s - 1][j], cost(j, i)));
     }
   }
-  const int64_t cap = best[S][L];
+  int64_t cap = best[S][L];
+  if (tolerance > 0) {
+    const double widened = static_cast<double>(cap) * (1 + tolerance);
+    cap = widened >= static_cast<double>(kInf) ? kInf - 1 : static_cast<int64_t>(widened);
+  }
 
   // squares[s][i]: the least sum of squared counts of s stages over the first i layers, each
   // within cap (kInf: none).
@@ -253,7 +258,8 @@ void LayerwiseStage::setup(const std::function<std::vector<int64_t>()>& costs) {
   if (opts_.tag >= TensorP2P::kHeaderTagBit - 1) {
     throw InvalidArgument(chorus::str("LayerwiseOptions::tag ", opts_.tag, " must be below ", TensorP2P::kHeaderTagBit - 1));
   }
-  partition_ = choosePartition(opts_.partition, costs, numLayers_, stages);
+  partition_ = choosePartition(opts_.partition, costs, numLayers_, stages,
+                               opts_.layerCosts.empty() ? 0.0 : opts_.costTolerance);
   begin_ = 0;
   for (int s = 0; s < stage_; ++s) begin_ += static_cast<size_t>(partition_[static_cast<size_t>(s)]);
 }

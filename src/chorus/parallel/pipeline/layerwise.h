@@ -59,15 +59,17 @@ void checkPartition(const std::vector<int>& counts, size_t layers, int stages);
 // The contiguous split of layers with these costs into `stages` ranges that minimizes the
 // largest range's cost; among those, the one with the most even layer counts (least sum of
 // squared counts, so layers without parameters spread out), then the one whose later stages
-// have fewer layers.
-// Throws InvalidArgument for more stages than layers or a negative cost.
-std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages);
+// have fewer layers. With `tolerance` > 0 the costs are measurements: every split whose largest
+// range is within (1 + tolerance) x the least counts as optimal, so noise in the timings does
+// not buy an uneven split for a gain smaller than the noise.
+// Throws InvalidArgument for more stages than layers, a negative cost or tolerance.
+std::vector<int> balancedPartition(const std::vector<int64_t>& costs, int stages, double tolerance = 0);
 // The partition a split uses: `given` checked by checkPartition when it is not empty, else the
 // balancedPartition of costs() (called only then; one cost per layer, InvalidArgument naming
-// the counts otherwise) over `stages`. The stages may be virtual (an interleaved split's
-// stages x chunks).
+// the counts otherwise) over `stages`, with `tolerance` as there. The stages may be virtual (an
+// interleaved split's stages x chunks).
 std::vector<int> choosePartition(const std::vector<int>& given, const std::function<std::vector<int64_t>()>& costs,
-                                 size_t layers, int stages);
+                                 size_t layers, int stages, double tolerance = 0);
 // The number of parameter elements in each layer.
 std::vector<int64_t> parameterCounts(const std::vector<torch::nn::AnyModule>& layers);
 
@@ -96,6 +98,9 @@ struct LayerwiseOptions {
   // Builder form only: a cost per layer for the default partition. Empty: each layer is built
   // once, counted and dropped (one layer in memory at a time), before this stage's are built.
   std::vector<int64_t> layerCosts;
+  // balancedPartition's tolerance for layerCosts: measured times are noisy, so splits within
+  // this fraction of the best count as equal and the most even of them is taken.
+  double costTolerance = 0;
   // How the stages agree on activation shapes: kEveryMessage (the default) because a batch
   // size may change (the last batch of an epoch); kAgreeOnce when every batch has one shape.
   // Every stage must use the same mode.

@@ -18,7 +18,7 @@
 namespace chorus::parallel {
 
 struct LayerProfile {
-  std::vector<double> seconds;       // per layer: median forward + backward time
+  std::vector<double> seconds;       // per layer: fastest forward + backward time
   std::vector<int64_t> outputBytes;  // per layer: the bytes of its output for the sample (what
                                      // a stage boundary after it sends, and what it keeps)
   // The times in microseconds (each at least 1), as balancedPartition's costs.
@@ -28,13 +28,13 @@ struct LayerProfile {
 // Builds the layers one at a time with build(i) (each dropped before the next is built),
 // feeds each the previous layer's output (the first gets `sample`), and times forward plus
 // backward (from a gradient of ones on a floating-point output) `repeats` times after one
-// warm-up; the median counts. With `lastLoss`, the last layer's time also holds the loss the
+// warm-up; the fastest counts (interference only adds time). With `lastLoss`, the last layer's time also holds the loss the
 // last stage computes from its output, and its backward starts there (the last stage runs
 // both). Layers run in training mode; gradients they accumulate are discarded with them.
 // Throws InvalidArgument for repeats < 1, a layer that returns no tensor, or a lastLoss that
 // is not a scalar.
 LayerProfile profileLayers(size_t numLayers, const std::function<torch::nn::AnyModule(size_t)>& build,
-                           const torch::Tensor& sample, int repeats = 3,
+                           const torch::Tensor& sample, int repeats = 5,
                            const std::function<torch::Tensor(const torch::Tensor&)>& lastLoss = {});
 
 }  // namespace chorus::parallel
