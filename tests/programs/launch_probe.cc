@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   if (mode == "env" && argc == 2) {
     for (const char* name : {"CHORUS_RANK", "CHORUS_WORLD_SIZE", "CHORUS_LOCAL_RANK", "CHORUS_LOCAL_WORLD_SIZE",
                              "CHORUS_STORE_ADDR", "CHORUS_STORE_PORT", "CHORUS_JOB_ID", "CHORUS_TRANSPORT",
-                             "CHORUS_TIMEOUT_MS"}) {
+                             "CHORUS_TIMEOUT_MS", "CHORUS_NODE_RANK", "CHORUS_NNODES"}) {
       const char* v = std::getenv(name);
       std::printf("%s=%s\n", name, v != nullptr ? v : "<unset>");
     }

@@ -262,6 +262,56 @@ test_collectives_across_processes() {
   done
 }
 
+# --nnodes: one launcher per node. Here both "nodes" are this machine (loopback), which
+# exercises the rank numbering, the shared store of node 0 and the shared secret; the
+# cross-host run is tests/tools/hosts_test.sh.
+test_two_nodes_on_loopback() {
+  local port=$((20000 + $$ % 20000)) ok=1 out rc
+  export CHORUS_JOB_SECRET=0123456789abcdef0123456789abcdef
+  for k in 0 1; do
+    timeout 60 "$CHORUS" launch --nnodes 2 --node-rank $k --rdzv-endpoint 127.0.0.1:$port -n 2 --transport tcp \
+      --timeout-ms 20000 "$PROBE" env >"$TMP/node$k.out" 2>&1 &
+  done
+  wait %1 || { ok=0; echo "  node 0 failed"; }
+  wait %2 || { ok=0; echo "  node 1 failed"; }
+  for k in 0 1; do
+    for j in 0 1; do
+      for want in "CHORUS_RANK=$((2 * k + j))" "CHORUS_WORLD_SIZE=4" "CHORUS_LOCAL_RANK=$j" "CHORUS_LOCAL_WORLD_SIZE=2" \
+                  "CHORUS_NODE_RANK=$k" "CHORUS_NNODES=2" "CHORUS_STORE_PORT=$port" "CHORUS_STORE_ADDR=127.0.0.1"; do
+        grep -qx "\[rank $j\] $want" "$TMP/node$k.out" || { ok=0; echo "  node $k rank $j lacks $want"; }
+      done
+    done
+  done
+  [ "$(cat "$TMP"/node?.out | grep -o 'CHORUS_JOB_ID=.*' | sort -u | wc -l)" -eq 1 ] || { ok=0; echo "  nodes disagree on the job id"; }
+  [ $ok -eq 1 ] && pass "--nnodes 2 on loopback: ranks 0 .. 3, local ranks, node ranks, one store and one job id" ||
+    { fail "two nodes (environment)"; cat "$TMP"/node?.out | head -40; }
+  # Real collectives across the two launchers.
+  port=$((port + 1))
+  for k in 0 1; do
+    timeout 120 "$CHORUS" launch --nnodes 2 --node-rank $k --rdzv-endpoint 127.0.0.1:$port -n 2 --transport tcp \
+      --timeout-ms 20000 "$CHECK" >"$TMP/cnode$k.out" 2>&1 &
+  done
+  ok=1
+  wait %1 || ok=0
+  wait %2 || ok=0
+  [ $ok -eq 1 ] && [ "$(cat "$TMP"/cnode?.out | grep -c "collective_check: rank [0-3] of 4 ok (transport tcp)")" -eq 4 ] &&
+    pass "collective_check: 2 launchers x 2 ranks over tcp" || { fail "collective_check across two launchers"; head -30 "$TMP"/cnode?.out; }
+  # Usage errors.
+  ok=1
+  out=$("$CHORUS" launch --nnodes 2 -n 2 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "needs --rdzv-endpoint HOST:PORT" || { ok=0; echo "  no endpoint: rc $rc: $out"; }
+  out=$("$CHORUS" launch --nnodes 2 --node-rank 2 --rdzv-endpoint 127.0.0.1:1 -n 2 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "node-rank 2 is not one of the --nnodes 2 nodes" || { ok=0; echo "  node rank: rc $rc: $out"; }
+  out=$("$CHORUS" launch --nnodes 2 --rdzv-endpoint 127.0.0.1:99999 -n 2 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "is not HOST:PORT" || { ok=0; echo "  bad port: rc $rc: $out"; }
+  out=$(env -u CHORUS_JOB_SECRET "$CHORUS" launch --nnodes 2 --rdzv-endpoint 127.0.0.1:$port -n 2 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "needs the same job secret on every node" || { ok=0; echo "  no secret: rc $rc: $out"; }
+  out=$("$CHORUS" launch --rdzv-endpoint 127.0.0.1:$port -n 2 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "is for multi-node jobs" || { ok=0; echo "  endpoint alone: rc $rc: $out"; }
+  [ $ok -eq 1 ] && pass "--nnodes usage errors name the problem (exit 2)" || fail "--nnodes usage errors"
+  unset CHORUS_JOB_SECRET
+}
+
 test_tags_every_line
 test_lines_never_interleave
 test_environment
@@ -273,6 +323,7 @@ test_sigint_twice_kills_at_once
 test_store_on_every_interface
 test_usage_errors
 test_collectives_across_processes
+test_two_nodes_on_loopback
 
 if [ $failures -ne 0 ]; then
   echo "launch_test: $failures FAILED"

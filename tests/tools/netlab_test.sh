@@ -20,8 +20,9 @@ ip netns del "$PREFIX-probe"
 
 TMP=$(mktemp -d)
 cleanup() {
-  local ns
+  local ns lab
   for ns in $(ip netns list | awk '{ print $1 }' | grep "^$PREFIX-"); do ip netns del "$ns"; done
+  rm -rf /run/netlab/"$PREFIX"-*
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -83,6 +84,16 @@ test_lab() {
   local want="" k
   for ((k = 0; k < n; k++)); do want+="[h$k] $k 10.77.0.$((k + 1)) $k/$n 10.77.0.1;"; done
   [ "$addrs" = "$want" ] && pass "$n hosts: addresses and torchrun-style variables" || fail "$n hosts: got '$addrs', want '$want'"
+  # Each host has its own hostname, and every host resolves every other by name.
+  local names
+  names=$("$NETLAB" exec-all "$lab" -- sh -c "echo \$(hostname) \$(getent hosts $lab-h$((n - 1)) | awk '{ print \$1 }')" |
+    sort | tr '\n' ';')
+  want=""
+  for ((k = 0; k < n; k++)); do want+="[h$k] $lab-h$k 10.77.0.$n;"; done
+  [ "$names" = "$want" ] && pass "$n hosts: hostnames $lab-h0 .. and /etc/hosts naming them" ||
+    fail "$n hosts: hostnames got '$names', want '$want'"
+  [ "$(hostname)" != "$lab-h0" ] || fail "the machine's own hostname changed"
+  ! grep -q "$lab-h0" /etc/hosts || fail "the machine's own /etc/hosts names the lab"
   [ "$n" -ne 2 ] || check_link "$lab"
   timeout 60 "$NETLAB" exec-all "$lab" -- "$CHORUS" bench collectives --op allreduce --transport tcp \
     --min-bytes 4K --max-bytes 4M --step-factor 32 --iters 3 --warmup 1 --timeout-ms 20000 >"$out" 2>&1
@@ -103,7 +114,30 @@ test_lab() {
     fail "$n hosts: 4 MiB all-reduce took '$t4' us, faster than 100 Mbit/s allows ($min_us us): shaping is not applied"
   fi
   "$NETLAB" down "$lab"
-  [ -z "$(leftovers "$lab")" ] && pass "$n hosts: down removes every namespace" || fail "$n hosts: left $(leftovers "$lab")"
+  [ -z "$(leftovers "$lab")" ] && [ ! -e "/run/netlab/$lab" ] && pass "$n hosts: down removes every namespace" ||
+    fail "$n hosts: left $(leftovers "$lab") $(ls -d "/run/netlab/$lab" 2>/dev/null)"
+}
+
+# Several ranks per host (--per-host), and rsh, the way into a host that mpirun's rsh agent uses.
+test_ranks_per_host() {
+  local lab=$PREFIX-r out want k j
+  "$NETLAB" up 2 --rate none --name "$lab" >/dev/null || { fail "up 2 (ranks per host)"; return; }
+  out=$("$NETLAB" exec-all "$lab" --per-host 3 -- sh -c 'echo $RANK/$WORLD_SIZE $LOCAL_RANK/$LOCAL_WORLD_SIZE $GROUP_RANK $(hostname)' |
+    sort | tr '\n' ';')
+  want=""
+  for ((k = 0; k < 2; k++)); do
+    for ((j = 0; j < 3; j++)); do want+="[h$k.$j] $((k * 3 + j))/6 $j/3 $k $lab-h$k;"; done
+  done
+  [ "$out" = "$want" ] && pass "--per-host 3: ranks 0 .. 5, local ranks and node ranks per host" ||
+    fail "--per-host 3: got '$out', want '$want'"
+  out=$("$NETLAB" rsh "$lab-h1" 'echo $(hostname) $HOST_ADDR' 2>&1)
+  [ "$out" = "$lab-h1 10.77.0.2" ] && pass "rsh $lab-h1 runs a shell command inside host 1" || fail "rsh: got '$out'"
+  out=$("$NETLAB" rsh -x "$lab-h0" echo '$(hostname)' 2>&1)
+  [ "$out" = "$lab-h0" ] && pass "rsh skips ssh options and joins the command's words as ssh does" || fail "rsh -x: got '$out'"
+  out=$("$NETLAB" rsh "$lab-h7" true 2>&1)
+  [ $? -ne 0 ] && echo "$out" | grep -q "there is no host 7" && pass "rsh to a missing host names it" || fail "rsh h7: '$out'"
+  "$NETLAB" down "$lab"
+  [ -z "$(leftovers "$lab")" ] || fail "ranks per host: left $(leftovers "$lab")"
 }
 
 test_with_failing_command() {
@@ -154,6 +188,7 @@ test_usage_errors
 test_delay_support
 test_lab 2
 test_lab 4
+test_ranks_per_host
 test_with_failing_command
 test_with_sigterm
 echo "netlab_test: $(($(now_ms) - t0)) ms"

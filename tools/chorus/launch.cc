@@ -29,11 +29,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -641,35 +643,78 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
   std::string program = resolveProgram(argv[0]);
 
   comm::StoreServerOptions storeOpts;
-  // Loopback unless every interface is asked for explicitly.
-  std::string dialAddr = opts.storeAddr.empty() ? "127.0.0.1" : opts.storeAddr;
-  if (opts.storeAddr == "0.0.0.0") {
-    storeOpts.bindAddr = "";
-    storeOpts.anyInterface = true;
-    dialAddr = "127.0.0.1";
+  std::string dialAddr, jobId;
+  int storePort = 0;
+  std::optional<comm::TcpStoreServer> server;
+  const bool multiNode = opts.nnodes > 1;
+  if (multiNode) {
+    if (opts.nodeRank < 0 || opts.nodeRank >= opts.nnodes)
+      throw InvalidArgument(str("node rank ", opts.nodeRank, " is not one of the ", opts.nnodes, " nodes (0 .. ",
+                                opts.nnodes - 1, ")"));
+    if (opts.rdzvHost.empty() || opts.rdzvPort < 1 || opts.rdzvPort > 65535)
+      throw InvalidArgument("a multi-node job needs the rendezvous endpoint HOST:PORT (a port from 1 to 65535)");
+    if (opts.secret.empty())
+      throw InvalidArgument("a multi-node job needs one job secret on every node (CHORUS_JOB_SECRET or --secret-file)");
+    // Node 0 hosts the store where the endpoint says; every node dials it. The job id is the
+    // same on every node: it is derived from the endpoint and the secret (not revealing it).
+    dialAddr = opts.rdzvHost;
+    storePort = opts.rdzvPort;
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (char c : str(opts.rdzvHost, ":", opts.rdzvPort, "/", opts.secret)) {
+      h ^= static_cast<unsigned char>(c);
+      h *= 1099511628211ull;
+    }
+    char id[24];
+    std::snprintf(id, sizeof id, "m%016llx", static_cast<unsigned long long>(h));
+    jobId = id;
+    storeOpts.secret = opts.secret;
+    if (opts.nodeRank == 0) {
+      storeOpts.bindAddr = opts.rdzvHost;
+      storeOpts.port = opts.rdzvPort;
+      try {
+        server.emplace(storeOpts);
+      } catch (const Error& e) {
+        throw Error(str("node 0 cannot host the rendezvous store on ", opts.rdzvHost, ":", opts.rdzvPort, ": ", e.what(),
+                        "; give --rdzv-endpoint an address of this node and a free port"));
+      }
+    }
   } else {
-    storeOpts.bindAddr = dialAddr;
+    // Loopback unless every interface is asked for explicitly.
+    dialAddr = opts.storeAddr.empty() ? "127.0.0.1" : opts.storeAddr;
+    if (opts.storeAddr == "0.0.0.0") {
+      storeOpts.bindAddr = "";
+      storeOpts.anyInterface = true;
+      dialAddr = "127.0.0.1";
+    } else {
+      storeOpts.bindAddr = dialAddr;
+    }
+    storeOpts.port = 0;
+    storeOpts.secret = comm::makeSecret();
+    jobId = str("c", ::getpid(), "-", comm::makeSecret().substr(0, 8));
+    server.emplace(storeOpts);
+    storePort = server->port();
   }
-  storeOpts.port = 0;
-  storeOpts.secret = comm::makeSecret();
-  const std::string jobId = str("c", ::getpid(), "-", comm::makeSecret().substr(0, 8));
-  comm::TcpStoreServer server(storeOpts);
 
   // Every rank's environment, built before the first fork.
   const int n = opts.nproc;
+  const int world = n * opts.nnodes, first = n * opts.nodeRank;
   if (opts.maxRestarts < 0) throw InvalidArgument(str("maxRestarts must be >= 0, got ", opts.maxRestarts));
   const bool restarts = opts.maxRestarts > 0 && opts.restartFrom < n;
   auto varsOf = [&](int k, int restart) {
     std::vector<std::pair<std::string, std::string>> vars = {
-        {"CHORUS_RANK", str(k)},
-        {"CHORUS_WORLD_SIZE", str(n)},
+        {"CHORUS_RANK", str(first + k)},
+        {"CHORUS_WORLD_SIZE", str(world)},
         {"CHORUS_LOCAL_RANK", str(k)},
         {"CHORUS_LOCAL_WORLD_SIZE", str(n)},
         {"CHORUS_STORE_ADDR", dialAddr},
-        {"CHORUS_STORE_PORT", str(server.port())},
+        {"CHORUS_STORE_PORT", str(storePort)},
         {"CHORUS_JOB_ID", jobId},
         {"CHORUS_JOB_SECRET", storeOpts.secret},
     };
+    if (multiNode) {
+      vars.emplace_back("CHORUS_NODE_RANK", str(opts.nodeRank));
+      vars.emplace_back("CHORUS_NNODES", str(opts.nnodes));
+    }
     if (!opts.transport.empty()) vars.emplace_back("CHORUS_TRANSPORT", opts.transport);
     if (opts.timeoutMs > 0) vars.emplace_back("CHORUS_TIMEOUT_MS", str(opts.timeoutMs));
     if (restarts) {
@@ -707,6 +752,12 @@ ArgParser makeLaunchParser() {
              "the workers reconnect (tcp; sets CHORUS_REJOIN)");
   p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
              "3000");
+  p.addValue("--nnodes", "N", "nodes of a multi-node job: one launcher per node, each starting -n ranks", "1");
+  p.addValue("--node-rank", "K", "this node's index (0 .. nnodes-1); node 0 hosts the store", "0");
+  p.addValue("--rdzv-endpoint", "HOST:PORT",
+             "with --nnodes > 1: where node 0 hosts the rendezvous store (an address of node 0 every node reaches)");
+  p.addValue("--secret-file", "FILE",
+             "with --nnodes > 1: the job secret, the same on every node (else CHORUS_JOB_SECRET)");
   p.addSwitch("-h,--help", "show this help");
   return p;
 }
@@ -730,9 +781,19 @@ std::string launchHelp() {
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),
+      "With --nnodes N, one launcher runs on each of N nodes (--node-rank K) and starts -n ranks\n"
+      "there, ranks K*n .. K*n+n-1 of N*n; node 0 hosts the store on --rdzv-endpoint, and every\n"
+      "node needs the same secret (CHORUS_JOB_SECRET or --secret-file). A rank that fails stops\n"
+      "its own node's ranks; the other nodes' ranks then fail naming it and their launchers stop.\n"
       "\n"
-      "example:\n"
-      "  chorus launch -n 4 --transport shm ./train --epochs 3\n");
+      "flags:\n",
+      makeLaunchParser().flagTable(),
+      "\n"
+      "examples:\n"
+      "  chorus launch -n 4 --transport shm ./train --epochs 3\n"
+      "  # on node 0 (10.0.0.1) and node 1, with CHORUS_JOB_SECRET set to one value on both:\n"
+      "  chorus launch --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29400 -n 2 -- ./train\n"
+      "  chorus launch --nnodes 2 --node-rank 1 --rdzv-endpoint 10.0.0.1:29400 -n 2 -- ./train\n");
 }
 
 int launchCommand(const std::vector<std::string>& args) {
@@ -779,6 +840,41 @@ int launchCommand(const std::vector<std::string>& args) {
   if (p.has("--timeout-ms")) opts.timeoutMs = p.getInt("--timeout-ms", 1, int64_t{1} << 40);
   opts.storeAddr = p.get("--store-addr");
   opts.grace = Millis(p.getInt("--grace-ms", 0, int64_t{1} << 31));
+  opts.nnodes = static_cast<int>(p.getInt("--nnodes", 1, 4096));
+  opts.nodeRank = static_cast<int>(p.getInt("--node-rank", 0, 4095));
+  if (opts.nodeRank >= opts.nnodes)
+    throw UsageError(str("chorus launch: --node-rank ", opts.nodeRank, " is not one of the --nnodes ", opts.nnodes,
+                         " nodes (0 .. ", opts.nnodes - 1, ")"));
+  if (opts.nnodes > 1) {
+    if (!p.has("--rdzv-endpoint"))
+      throw UsageError(str("chorus launch: --nnodes ", opts.nnodes, " needs --rdzv-endpoint HOST:PORT, where node 0 ",
+                           "hosts the store (the same on every node)"));
+    const std::string ep = p.get("--rdzv-endpoint");
+    const size_t colon = ep.rfind(':');
+    char* end = nullptr;
+    const long port = colon == std::string::npos ? 0 : std::strtol(ep.c_str() + colon + 1, &end, 10);
+    if (colon == std::string::npos || colon == 0 || end == nullptr || *end != '\0' || port < 1 || port > 65535)
+      throw UsageError(str("chorus launch: --rdzv-endpoint '", ep, "' is not HOST:PORT with a port from 1 to 65535"));
+    opts.rdzvHost = ep.substr(0, colon);
+    opts.rdzvPort = static_cast<int>(port);
+    if (p.has("--secret-file")) {
+      std::ifstream in(p.get("--secret-file"));
+      if (!in) throw UsageError(str("chorus launch: cannot read --secret-file ", p.get("--secret-file")));
+      std::getline(in, opts.secret);
+      while (!opts.secret.empty() && std::isspace(static_cast<unsigned char>(opts.secret.back()))) opts.secret.pop_back();
+    } else if (const char* s = std::getenv("CHORUS_JOB_SECRET")) {
+      opts.secret = s;
+    }
+    if (opts.secret.empty())
+      throw UsageError("chorus launch: a multi-node job needs the same job secret on every node: set "
+                       "CHORUS_JOB_SECRET (e.g. to `openssl rand -hex 16`) or give --secret-file FILE");
+    if (p.has("--servers"))
+      throw UsageError("chorus launch: --servers starts parameter servers on one node; it is not combined with "
+                       "--nnodes yet (run the parameter-server job under mpirun or srun across nodes)");
+  } else if (p.has("--rdzv-endpoint") || p.has("--secret-file")) {
+    throw UsageError(str("chorus launch: ", p.has("--rdzv-endpoint") ? "--rdzv-endpoint" : "--secret-file",
+                         " is for multi-node jobs; give --nnodes N too"));
+  }
   return launchLocal(opts, p.rest());
 }
 

@@ -50,6 +50,16 @@ struct LaunchOptions {
   int maxRestarts = 0;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
+  // Multi-node jobs (torchrun's --nnodes): one launcher per node, each starting nproc ranks;
+  // node K's are ranks K*nproc .. K*nproc + nproc - 1 of nnodes*nproc. Node 0's launcher hosts
+  // the store on rdzvHost:rdzvPort (an address of node 0 that every node reaches), the others
+  // dial it. Every launcher needs the same job secret (`secret`; the caller reads it from
+  // CHORUS_JOB_SECRET or a file). nnodes 1 is the local launcher above.
+  int nnodes = 1;
+  int nodeRank = 0;
+  std::string rdzvHost;
+  int rdzvPort = 0;
+  std::string secret;
 };
 
 // A rank that exits with this status ends the job even where ranks may fail alone

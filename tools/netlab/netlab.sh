@@ -4,7 +4,9 @@
 # jobs (tcp transport, training) can run with a chosen bandwidth and latency. Needs root.
 #
 #   LAB-sw  bridge br0, ports h0 .. h(N-1)
-#   LAB-hK  eth0 = 10.77.0.(K+1)/24, lo; egress shaped: [netem delay] -> tbf rate
+#   LAB-hK  eth0 = 10.77.0.(K+1)/24, lo; egress shaped: [netem delay] -> tbf rate; its own
+#           hostname LAB-hK (a UTS namespace) and /etc/hosts naming every host of the lab (a
+#           mount namespace), held by a keeper process whose pid is in /run/netlab/LAB/hK.pid
 #
 # Only the lab's own namespaces are ever created, changed or removed; the machine's own
 # interfaces and routes are never touched. See docs/netlab.md.
@@ -17,6 +19,7 @@ MAX_HOSTS=250
 DEFAULT_RATE=100mbit
 DEFAULT_DELAY=0ms
 DEFAULT_MASTER_PORT=29500
+STATE=/run/netlab
 
 usage() {
   cat <<EOF
@@ -25,13 +28,16 @@ usage:
       create LAB-h0 .. LAB-h(N-1) (10.77.0.1 .. 10.77.0.N) and the switch LAB-sw
   $PROG run LAB K -- CMD...
       run CMD inside host K
-  $PROG exec-all LAB [--master-port PORT] -- CMD...
-      run CMD on every host at once; if one fails, stop the others
+  $PROG exec-all LAB [--master-port PORT] [--per-host R] -- CMD...
+      run CMD on every host at once (R copies per host); if one fails, stop the others
+  $PROG rsh HOST CMD...
+      run the shell command CMD inside HOST (LAB-hK or its address): an rsh agent for
+      mpirun (--mca plm_rsh_agent "$PROG rsh") and a way into a host for scripts
   $PROG check LAB [--bytes SIZE]
       measure round-trip time and throughput from host 0 to host 1
   $PROG down LAB
       remove the lab (what is already gone is ignored)
-  $PROG with N [--rate RATE] [--delay DELAY] [--name LAB] [--master-port PORT] -- CMD...
+  $PROG with N [--rate RATE] [--delay DELAY] [--name LAB] [--master-port PORT] [--per-host R] -- CMD...
       up, exec-all CMD, then down (always); exits with CMD's status
   $PROG list
       show the labs that exist
@@ -45,13 +51,16 @@ options:
   --name LAB      lab name: letters, digits, '.', '_' and '-', at most 32 (default: netlab;
                   for 'with', netlab-PID)
   --master-port P the port MASTER_PORT names (default: $DEFAULT_MASTER_PORT)
+  --per-host R    copies of CMD on each host, ranks K*R .. K*R+R-1 (default: 1)
   --bytes SIZE    bytes the throughput check sends, with K or M suffix (default: 8M)
 
-exec-all and with give each host's CMD these variables:
+Every host has its own hostname, LAB-hK, and an /etc/hosts that names all the lab's hosts.
+exec-all and with give copy J of CMD on host K these variables:
   NETLAB_HOST=K NETLAB_HOSTS=N NETLAB_ADDR_0=$SUBNET.1 HOST_ADDR=$SUBNET.(K+1)
-  RANK=K WORLD_SIZE=N LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=$SUBNET.1 MASTER_PORT=P
+  RANK=K*R+J WORLD_SIZE=N*R LOCAL_RANK=J LOCAL_WORLD_SIZE=R GROUP_RANK=K
+  MASTER_ADDR=$SUBNET.1 MASTER_PORT=P
   CHORUS_JOB_SECRET (the caller's, else one random value shared by all hosts)
-run gives NETLAB_HOST, NETLAB_HOSTS, NETLAB_ADDR_0 and HOST_ADDR.
+run and rsh give NETLAB_HOST, NETLAB_HOSTS, NETLAB_ADDR_0 and HOST_ADDR.
 EOF
 }
 
@@ -126,13 +135,13 @@ delay_us() {
 
 # Kills what still runs in a namespace: SIGTERM, then SIGKILL after up to a second.
 kill_namespace_processes() {
-  local ns=$1 pids i
-  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  local ns=$1 keep=${2:-} pids i
+  pids=$(ip netns pids "$ns" 2>/dev/null | grep -v -x -F -e "${keep:-none}" || true)
   [ -n "$pids" ] || return 0
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
   for i in $(seq 10); do
-    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    pids=$(ip netns pids "$ns" 2>/dev/null | grep -v -x -F -e "${keep:-none}" || true)
     [ -n "$pids" ] || return 0
     sleep 0.1
   done
@@ -146,8 +155,53 @@ teardown() {
     kill_namespace_processes "$ns"
     ip netns del "$ns" 2>/dev/null || true
   done
-  # Deleting a namespace destroys its veth ends, and a veth pair dies with either end.
+  # Deleting a namespace destroys its veth ends, and a veth pair dies with either end. The
+  # hosts' UTS and mount namespaces went with their keepers, killed above.
+  rm -rf "${STATE:?}/$lab"
   return 0
+}
+
+# Host K's identity: its hostname LAB-hK (a UTS namespace) and an /etc/hosts that names every
+# host of the lab after the machine's own entries (a mount namespace with it bound over
+# /etc/hosts; /sys and every other mount are the machine's, so cgroups stay visible). A keeper
+# process (sleep) lives in the host's network, UTS and mount namespaces and holds them; its pid
+# is in $STATE/LAB/hK.pid, and entering the host is entering the keeper's namespaces (through
+# /proc, which every host sees, so one host can enter another: mpirun's rsh agent does).
+make_identities() {
+  local lab=$1 n=$2 dir=$STATE/$1 k pid i
+  mkdir -p "$dir"
+  {
+    grep -v -E "[[:space:]]$lab-h[0-9]+([[:space:]]|\$)" /etc/hosts 2>/dev/null || true
+    echo "# netlab $lab"
+    for ((k = 0; k < n; k++)); do echo "$SUBNET.$((k + 1)) $lab-h$k"; done
+  } > "$dir/hosts"
+  for ((k = 0; k < n; k++)); do
+    nsenter --net="/run/netns/$lab-h$k" unshare --uts --mount --propagation private \
+      sh -c "hostname '$lab-h$k' && mount --bind '$dir/hosts' /etc/hosts && exec sleep infinity" \
+      </dev/null >/dev/null 2>&1 &
+    pid=$!
+    for i in $(seq 100); do
+      [ "$(nsenter -t "$pid" -u hostname 2>/dev/null)" = "$lab-h$k" ] && break
+      kill -0 "$pid" 2>/dev/null || die "the keeper of $lab-h$k exited at once (unshare --uts --mount failed?)"
+      sleep 0.02
+    done
+    [ "$(nsenter -t "$pid" -u hostname 2>/dev/null)" = "$lab-h$k" ] || die "$lab-h$k did not get its hostname"
+    echo "$pid" > "$dir/h$k.pid"
+  done
+}
+
+# Runs "$@" inside host K of lab LAB: its network, hostname and /etc/hosts, in the caller's
+# working directory. A lab made by an older netlab (no keeper) gets the network only.
+enter_host() {
+  local lab=$1 k=$2 pidfile=$STATE/$1/h$2.pid pid
+  shift 2
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    [ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" = "sleep infinity " ] ||
+      die "the process that holds $lab-h$k's hostname (pid $pid) is gone; recreate the lab ('$PROG down $lab', then up)"
+    exec nsenter -t "$pid" --net --uts --mount --wd="$PWD" -- "$@"
+  fi
+  exec ip netns exec "$lab-h$k" "$@"
 }
 
 # Shapes host K's egress: netem delay as the root with tbf below it, or tbf alone.
@@ -218,8 +272,9 @@ cmd_up() {
     ip -n "$ns" link set eth0 up
     shape_host "$ns" "$rate" "$delay_u"
   done
+  make_identities "$lab" "$n"
   trap - EXIT INT TERM
-  echo "$PROG: lab $lab is up: $n hosts $SUBNET.1 .. $SUBNET.$n, rate $rate, delay $delay per hop"
+  echo "$PROG: lab $lab is up: $n hosts $lab-h0 .. $lab-h$((n - 1)) ($SUBNET.1 .. $SUBNET.$n), rate $rate, delay $delay per hop"
 }
 
 cmd_down() {
@@ -250,7 +305,43 @@ cmd_run() {
   local n
   n=$(host_count "$lab")
   # shellcheck disable=SC2046
-  exec ip netns exec "$lab-h$k" env $(host_env "$k" "$n") "$@"
+  enter_host "$lab" "$k" env $(host_env "$k" "$n") "$@"
+}
+
+# rsh HOST CMD...: ssh's contract (the words of CMD joined by spaces, run by a shell on HOST),
+# for mpirun's plm_rsh_agent. HOST is LAB-hK or a lab address; ssh options (-x, -o ...) that
+# mpirun may pass before it are ignored.
+cmd_rsh() {
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -o | -p | -l) shift 2 ;;
+      -*) shift ;;
+      *) break ;;
+    esac
+  done
+  [ $# -ge 2 ] || usage_error "rsh: usage is '$PROG rsh HOST CMD...'"
+  local host=$1 lab k ns
+  shift
+  require_root
+  if [[ $host =~ ^(.+)-h([0-9]+)$ ]]; then
+    lab=${BASH_REMATCH[1]}
+    k=${BASH_REMATCH[2]}
+  elif [[ $host =~ ^${SUBNET//./\.}\.([0-9]+)$ ]]; then
+    k=$((BASH_REMATCH[1] - 1))
+    # The address names a host in every lab; it must be unambiguous.
+    local -a labs=()
+    while read -r ns; do [ -n "$ns" ] && labs+=("$ns"); done < <(cmd_list)
+    [ ${#labs[@]} -eq 1 ] || die "rsh: address $host is ambiguous or unknown with ${#labs[@]} labs up; name the host LAB-hK"
+    lab=${labs[0]}
+  else
+    die "rsh: '$host' is not a netlab host (LAB-hK or $SUBNET.X)"
+  fi
+  check_name "$lab"
+  check_host "$lab" "$k"
+  local n
+  n=$(host_count "$lab")
+  # shellcheck disable=SC2046
+  enter_host "$lab" "$k" env $(host_env "$k" "$n") /bin/sh -c "$*"
 }
 
 # Prefixes each line with a tag as it arrives.
@@ -259,7 +350,9 @@ tag_lines() { sed -u "s/^/$1 /"; }
 # Stops every host's processes (all that run in the hosts' namespaces).
 stop_hosts() {
   local lab=$1 n=$2 k
-  for ((k = 0; k < n; k++)); do kill_namespace_processes "$lab-h$k" & done
+  for ((k = 0; k < n; k++)); do
+    kill_namespace_processes "$lab-h$k" "$(cat "$STATE/$lab/h$k.pid" 2>/dev/null)" &
+  done
   wait
 }
 
@@ -274,10 +367,11 @@ exec_all_signal() {
 }
 
 cmd_exec_all() {
-  local lab="" port=$DEFAULT_MASTER_PORT
+  local lab="" port=$DEFAULT_MASTER_PORT per=1
   while [ $# -gt 0 ] && [ "$1" != -- ]; do
     case $1 in
       --master-port) [ $# -ge 2 ] || usage_error "--master-port needs a value"; port=$2; shift 2 ;;
+      --per-host) [ $# -ge 2 ] || usage_error "--per-host needs a value"; per=$2; shift 2 ;;
       -*) usage_error "exec-all: unknown option '$1'" ;;
       *) [ -z "$lab" ] || usage_error "exec-all: unexpected argument '$1'"; lab=$1; shift ;;
     esac
@@ -286,6 +380,9 @@ cmd_exec_all() {
   shift
   if ! [[ $port =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
     usage_error "--master-port must be between 1 and 65535, not '$port'"
+  fi
+  if ! [[ $per =~ ^[0-9]+$ ]] || [ "$per" -lt 1 ] || [ "$per" -gt 64 ]; then
+    usage_error "--per-host must be between 1 and 64, not '$per'"
   fi
   check_name "$lab"
   require_root
@@ -300,23 +397,27 @@ cmd_exec_all() {
 
   local -a pids=()
   local -A host_of=()
-  local k
+  local k j tag
   for ((k = 0; k < n; k++)); do
-    # stdout and stderr each go through their own tagger; pipefail makes the group's status
-    # the command's. The subshell's own stderr is muted so that a host stopped by stop_hosts
-    # does not add bash's "Terminated" line.
-    (
-      trap - INT TERM
-      set +e -o pipefail
-      exec 4>&2 2>/dev/null
-      # shellcheck disable=SC2046
-      { ip netns exec "$lab-h$k" env $(host_env "$k" "$n") RANK="$k" WORLD_SIZE="$n" \
-          LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR="$SUBNET.1" MASTER_PORT="$port" \
-          CHORUS_JOB_SECRET="$secret" "$@" 2>&1 1>&3 3>&- 4>&- | tag_lines "[h$k]" >&4; } 3>&1 |
-        tag_lines "[h$k]"
-    ) &
-    pids+=($!)
-    host_of[$!]=$k
+    for ((j = 0; j < per; j++)); do
+      tag="[h$k]"
+      [ "$per" -eq 1 ] || tag="[h$k.$j]"
+      # stdout and stderr each go through their own tagger; pipefail makes the group's status
+      # the command's. The subshell's own stderr is muted so that a host stopped by stop_hosts
+      # does not add bash's "Terminated" line.
+      (
+        trap - INT TERM
+        set +e -o pipefail
+        exec 4>&2 2>/dev/null
+        # shellcheck disable=SC2046
+        { (enter_host "$lab" "$k" env $(host_env "$k" "$n") RANK="$((k * per + j))" WORLD_SIZE="$((n * per))" \
+            LOCAL_RANK="$j" LOCAL_WORLD_SIZE="$per" GROUP_RANK="$k" MASTER_ADDR="$SUBNET.1" MASTER_PORT="$port" \
+            CHORUS_JOB_SECRET="$secret" "$@") 2>&1 1>&3 3>&- 4>&- | tag_lines "$tag" >&4; } 3>&1 |
+          tag_lines "$tag"
+      ) &
+      pids+=($!)
+      host_of[$!]=$k
+    done
   done
 
   local done_pid rc pid
@@ -345,7 +446,7 @@ cmd_with() {
     case $1 in
       --rate | --delay | --name)
         [ $# -ge 2 ] || usage_error "$1 needs a value"; up_args+=("$1" "$2"); shift 2 ;;
-      --master-port)
+      --master-port | --per-host)
         [ $# -ge 2 ] || usage_error "$1 needs a value"; exec_args+=("$1" "$2"); shift 2 ;;
       -*) usage_error "with: unknown option '$1'" ;;
       *) up_args+=("$1"); shift ;;
@@ -418,6 +519,7 @@ main() {
     with) cmd_with "$@" ;;
     check) cmd_check "$@" ;;
     list) cmd_list "$@" ;;
+    rsh) cmd_rsh "$@" ;;
     -h | --help | help) usage ;;
     *) usage_error "unknown command '$cmd'" ;;
   esac
