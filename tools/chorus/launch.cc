@@ -45,6 +45,7 @@
 #include "args.h"
 #include "chorus/common/clock.h"
 #include "chorus/common/error.h"
+#include "chorus/common/hmac.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
 #include "chorus/comm/rendezvous/store.h"
 
@@ -659,14 +660,9 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
     // same on every node: it is derived from the endpoint and the secret (not revealing it).
     dialAddr = opts.rdzvHost;
     storePort = opts.rdzvPort;
-    uint64_t h = 1469598103934665603ull;  // FNV-1a
-    for (char c : str(opts.rdzvHost, ":", opts.rdzvPort, "/", opts.secret)) {
-      h ^= static_cast<unsigned char>(c);
-      h *= 1099511628211ull;
-    }
-    char id[24];
-    std::snprintf(id, sizeof id, "m%016llx", static_cast<unsigned long long>(h));
-    jobId = id;
+    const std::string seed = str(opts.rdzvHost, ":", opts.rdzvPort, "/", opts.secret);
+    const Digest d = sha256(seed.data(), seed.size());
+    jobId = "m" + toHex(d.data(), 8);
     storeOpts.secret = opts.secret;
     if (opts.nodeRank == 0) {
       storeOpts.bindAddr = opts.rdzvHost;

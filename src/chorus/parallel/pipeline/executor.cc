@@ -104,7 +104,6 @@ struct PipelineExecutor::Impl {
   int held = 0;
   std::vector<ChunkWeights> weights;
   std::map<std::pair<int, int>, int64_t> forwardVersion;
-  std::map<std::pair<int, int>, PipelineRun::WeightUse> uses;
   std::map<int, int64_t> firstStageVersion;
   // Stream mode: the next segment, and how far the first stage's versions are known
   // (segments of rank 0's actions walked, and its version after them).
@@ -257,7 +256,6 @@ PipelineRun PipelineExecutor::execute(const std::vector<PipeAction>& actions, co
     if (drop) {
       im.weights.clear();
       im.forwardVersion.clear();
-      im.uses.clear();
       im.firstStageVersion.clear();
     }
   };
@@ -460,7 +458,6 @@ PipelineRun PipelineExecutor::execute(const std::vector<PipeAction>& actions, co
             w.use(w.latest);
           }
           im.forwardVersion[key(a)] = v;
-          im.uses[key(a)] = {a.chunk, a.microBatch, v, -1};
           out.peakWeightVersions = std::max(out.peakWeightVersions, liveVersions(a.chunk));
         }
         torch::Tensor y;
@@ -530,13 +527,10 @@ PipelineRun PipelineExecutor::execute(const std::vector<PipeAction>& actions, co
         Unit& u = unit(a);
         if (async) {
           ChunkWeights& w = im.weights[static_cast<size_t>(a.chunk)];
-          const int64_t v = opts_.weightStashing ? im.forwardVersion.at(key(a)) : versions_[static_cast<size_t>(a.chunk)];
+          const int64_t forwardV = im.forwardVersion.at(key(a));
+          const int64_t v = opts_.weightStashing ? forwardV : versions_[static_cast<size_t>(a.chunk)];
           w.use(opts_.weightStashing ? w.stash.at(v) : w.latest);
-          auto use = im.uses.find(key(a));
-          CHORUS_CHECK(use != im.uses.end(), "micro-batch ", a.microBatch, " has no forward on record");
-          use->second.backwardVersion = v;
-          out.weightUses.push_back(use->second);
-          im.uses.erase(use);
+          out.weightUses.push_back({a.chunk, a.microBatch, forwardV, v});
           backward(a, u, a.op == PipeOp::kBackwardInput);
           im.forwardVersion.erase(key(a));
           prune(a.chunk);

@@ -131,9 +131,10 @@ struct PipelineRun {
   double waitSeconds = 0;      // blocked in receives and in the final wait for sends
   int reusedBuffers = 0;       // receives that went into a buffer recycled from an earlier micro-batch
   std::vector<PipeSpan> spans;
-  // Asynchronous schedules: the weight version each (chunk, micro-batch) ran its forward and
-  // its backward on, in the order of the forwards; and the most versions held at once (the
-  // latest and the stashed ones).
+  // Asynchronous schedules: the weight version each (chunk, micro-batch) whose backward ran in
+  // this call ran its forward and its backward on, in the order of the backwards (which is
+  // the forwards' order: one chunk, 1F1B); and the most versions held at once (the latest and
+  // the stashed ones).
   struct WeightUse {
     int chunk, microBatch;
     int64_t forwardVersion, backwardVersion;
