@@ -312,7 +312,7 @@ void checkPointToPoint(Transport& t) {
     auto t0 = std::chrono::steady_clock::now();
     expectThrow<TimeoutError>(
         __LINE__, [&] { t.waitAll(std::vector<RequestPtr>{t.irecv(next, 600, 1, in.data(), in.size())}, Deadline(Millis(100))); },
-        {str("rank ", gRank), str("peer ", next), "0x258", "CHORUS_TIMEOUT_MS"});
+        {str("rank ", gRank), str("recv from rank ", next, " tag 600"), "the peer has not sent it", "CHORUS_TIMEOUT_MS"});
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     EXPECT(ms >= 99 && ms < 3000, "waited ", ms, " ms for a 100 ms deadline");
   });

@@ -48,18 +48,18 @@ comm::TransportOptions options(comm::Store* store, int rank, bool rejoin) {
   return o;
 }
 
-std::shared_ptr<comm::ProcessGroup> group(std::unique_ptr<comm::tcp::TcpContext> ctx) {
+std::shared_ptr<comm::ProcessGroup> group(std::unique_ptr<comm::tcp::Context> ctx) {
   comm::GroupOptions g;
   g.timeout = kTimeout;
   return comm::ProcessGroup::create(std::shared_ptr<comm::Transport>(std::move(ctx)), g);
 }
 
 // Sets up every rank's transport at once (setup needs them all at the same time).
-std::vector<std::unique_ptr<comm::tcp::TcpContext>> connectWorld(comm::Store* store) {
-  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx(kSize);
+std::vector<std::unique_ptr<comm::tcp::Context>> connectWorld(comm::Store* store) {
+  std::vector<std::unique_ptr<comm::tcp::Context>> ctx(kSize);
   std::vector<std::thread> ts;
   for (int r = 0; r < kSize; ++r) {
-    ts.emplace_back([&, r] { ctx[static_cast<size_t>(r)] = std::make_unique<comm::tcp::TcpContext>(options(store, r, false)); });
+    ts.emplace_back([&, r] { ctx[static_cast<size_t>(r)] = std::make_unique<comm::tcp::Context>(options(store, r, false)); });
   }
   for (auto& t : ts) t.join();
   return ctx;
@@ -105,7 +105,7 @@ Outcome run(Mode mode, const std::string& checkpoint, int steps) {
   so.checkpointEvery = 1;
   Outcome out;
 
-  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx = connectWorld(&store);
+  std::vector<std::unique_ptr<comm::tcp::Context>> ctx = connectWorld(&store);
   comm::Transport* firstServerTransport = ctx[kServerRank].get();
   auto firstServer = std::make_unique<Server>(group(std::move(ctx[kServerRank])), 0, std::vector<int>{0, 1}, plan, so);
 
@@ -153,7 +153,7 @@ Outcome run(Mode mode, const std::string& checkpoint, int steps) {
   // The restarted process: rejoins, then resumes from the checkpoint if there is one.
   so.resume = true;
   std::thread second([&] {
-    auto g = group(std::make_unique<comm::tcp::TcpContext>(options(&store, kServerRank, true)));
+    auto g = group(std::make_unique<comm::tcp::Context>(options(&store, kServerRank, true)));
     Server srv(g, 0, {0, 1}, plan, so);
     restarted.arrive();
     out.second = srv.run();
@@ -231,7 +231,7 @@ TEST(PsReconnect, BspRoundsGoOnAfterTheRestart) {
 TEST(PsReconnect, WithoutReconnectingADeadServerIsAPeerError) {
   comm::MemoryStore store;
   ShardPlan plan = ShardPlan::make({TensorSpec{"w", kNumel}}, 1);
-  std::vector<std::unique_ptr<comm::tcp::TcpContext>> ctx = connectWorld(&store);
+  std::vector<std::unique_ptr<comm::tcp::Context>> ctx = connectWorld(&store);
   ctx[kServerRank].reset();  // the server's process is gone
   ctx[1].reset();
   Client c(group(std::move(ctx[0])), 0, {kServerRank}, plan, Millis(2000));

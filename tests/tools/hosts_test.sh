@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Jobs across hosts, on 2 netlab hosts (each with its own hostname and network) x 2 ranks:
 # - mpirun: OpenMPI's own launcher, entering the second host through `netlab.sh rsh` as its
-#   rsh agent, runs `chorus bench collectives` (exact results) and a short `chorus train` with
-#   chorus's OpenMPI bootstrap (skipped without mpirun or a chorus built with MPI);
+#   rsh agent, runs `chorus bench collectives` (exact results, on the mixed transport with the
+#   hierarchical all-reduce that auto picks there, and the flat ring over tcp), a short
+#   `chorus train` and the parameter-server job with chorus's OpenMPI bootstrap (skipped
+#   without mpirun or a chorus built with MPI);
 # - `chorus launch --nnodes 2`: one launcher per host, node 0 hosting the store, runs the
 #   benchmark; a rank that fails on one node ends both nodes' launchers, naming it.
 # Skipped (exit 77) without root or network namespaces. The lab is removed on every way out.
@@ -71,7 +73,26 @@ test_mpirun() {
     fail "bench under mpirun: exit $rc"
     cat "$TMP/bench.out"
   fi
-  grep -q "4 ranks" "$TMP/bench.out" || { fail "the benchmark did not run 4 ranks"; head -5 "$TMP/bench.out"; }
+  grep -q "4 ranks, transport mixed" "$TMP/bench.out" ||
+    { fail "the benchmark did not run 4 ranks on the mixed transport"; head -5 "$TMP/bench.out"; }
+  # Across hosts with two ranks on each, auto picks the hierarchical all-reduce at every size.
+  if [ -n "$rows" ] && echo "$rows" | awk '$4 != "hier" { bad = 1 } END { exit bad }'; then
+    pass "auto chose the mixed transport (shm inside a host, tcp between) and the hierarchical all-reduce"
+  else
+    fail "auto's choices across hosts: want transport mixed and algo hier in every row"
+    head -8 "$TMP/bench.out"
+  fi
+  # The flat ring over tcp, for comparison, still exact.
+  timeout 180 "$NETLAB" run "$LAB" 0 -- "${MPIRUN[@]}" "$CHORUS" bench collectives --op allreduce --transport tcp \
+    --algo ring --min-bytes 1M --max-bytes 1M --iters 3 --warmup 1 >"$TMP/ring.out" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q "transport tcp" "$TMP/ring.out" &&
+    grep -E '^ *[0-9]+ ' "$TMP/ring.out" | awk '$4 == "ring" && $NF == 0 { ok = 1 } END { exit !ok }'; then
+    pass "--transport tcp --algo ring across the hosts: exact"
+  else
+    fail "flat ring over tcp: exit $rc"
+    cat "$TMP/ring.out"
+  fi
 
   # A short training run: 4 workers over the two hosts, one metrics file with the whole job.
   timeout 300 "$NETLAB" run "$LAB" 0 -- "${MPIRUN[@]}" "$CHORUS" train --set data.limit_train=512 \
@@ -79,8 +100,9 @@ test_mpirun() {
     --set model.hidden=[32] --set output.progress=lines --set "output.dir=$TMP/train" >"$TMP/train.out" 2>&1
   rc=$?
   if [ $rc -eq 0 ] && grep -q '"event": "summary"' "$TMP/train/metrics.jsonl" 2>/dev/null &&
-    grep -q '"event": "start", "world": 4,' "$TMP/train/metrics.jsonl"; then
-    pass "chorus train under mpirun across the hosts: 4 workers ($(grep -o '"transport": "[a-z]*"' "$TMP/train/metrics.jsonl" | head -1)), summary written"
+    grep -q '"event": "start", "world": 4,' "$TMP/train/metrics.jsonl" &&
+    grep -q '"transport": "mixed"' "$TMP/train/metrics.jsonl"; then
+    pass "chorus train under mpirun across the hosts: 4 workers on the mixed transport, summary written"
   else
     fail "train under mpirun: exit $rc"
     tail -20 "$TMP/train.out"

@@ -273,8 +273,8 @@ TEST(Config, EnumerationsListTheChoices) {
       {"parallel.balance", "params, time"},
       {"schedule.name", "constant, cosine, step"},
       {"ddp.comm_dtype", "fp32, fp16, bf16"},
-      {"ddp.algo", "auto, ring, hd, tree, direct, mpi"},
-      {"ddp.transport", "\"\", auto, shm, tcp, mpi"},
+      {"ddp.algo", "auto, ring, hd, tree, direct, hier, mpi"},
+      {"ddp.transport", "\"\", auto, shm, tcp, mpi, mixed"},
       {"output.progress", "auto, bar, lines, none"},
   };
   for (const Case& c : cases) {
@@ -855,7 +855,7 @@ TEST(Config, ReferenceListsEveryKey) {
   EXPECT_CONTAINS(ref, "  hidden = [512, 256]");
   EXPECT_CONTAINS(ref, "array of integers, non-empty, each >= 1\n");
   EXPECT_CONTAINS(ref, "  transport = \"\"");
-  EXPECT_CONTAINS(ref, "one of: \"\", auto, shm, tcp, mpi");
+  EXPECT_CONTAINS(ref, "one of: \"\", auto, shm, tcp, mpi, mixed");
   for (const std::string& key : configKeys()) {
     std::string section = key.find('.') == std::string::npos ? "top level" : "[" + key.substr(0, key.find('.')) + "]";
     std::string leaf = key.substr(key.find('.') + 1);

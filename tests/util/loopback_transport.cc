@@ -165,8 +165,10 @@ class LoopbackTransport : public comm::Transport {
     auto req = std::make_shared<LoopRequest>(Request::Kind::kRecv, rank_, peer, tag, sig, bytes);
     req->dst = data;
     if (reduce != nullptr) {
-      CHORUS_CHECK(bytes % dtypeSize(reduce->dtype) == 0, "reduce-on-receive of ", bytes, " bytes of ",
-                   dtypeName(reduce->dtype));
+      if (bytes % dtypeSize(reduce->dtype) != 0) {
+        throw InvalidArgument(str("loopback rank ", rank_, ": irecv from rank ", peer, " reducing ",
+                                  dtypeName(reduce->dtype), ": ", bytes, " bytes is not a whole number of elements"));
+      }
       req->reduce = true;
       req->rr = *reduce;
     }
@@ -190,18 +192,6 @@ class LoopbackTransport : public comm::Transport {
     return req;
   }
 
-  void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override {
-    waitFor(reqs, deadline, /*any=*/false);
-  }
-
-  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override {
-    if (reqs.empty()) throw InvalidArgument(str("loopback rank ", rank_, ": waitAny on an empty list of requests"));
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      if (!reqs[i]) throw InvalidArgument(str("loopback rank ", rank_, ": waitAny: request ", i, " is null"));
-    }
-    return waitFor(reqs, deadline, /*any=*/true);
-  }
-
   bool test(const RequestPtr& req) override {
     std::lock_guard<std::mutex> lock(fabric_->mu);
     return comm::checkDone(*req);
@@ -214,36 +204,15 @@ class LoopbackTransport : public comm::Transport {
   }
 
  private:
-  // waitAll (any = false: returns reqs.size() once all are done, rethrowing a failure) and
-  // waitAny (the first request done or failed; Error once this rank has closed).
-  size_t waitFor(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any) {
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, comm::WaitMode mode) override {
     std::unique_lock<std::mutex> lock(fabric_->mu);
+    const int64_t start = nowNs();
     for (;;) {
-      if (any) {
-        if (fabric_->closed[static_cast<size_t>(rank_)]) {
-          throw Error(str("loopback rank ", rank_, ": waitAny after close()"));
-        }
-        for (size_t i = 0; i < reqs.size(); ++i) {
-          if (reqs[i]->done || reqs[i]->error) return i;
-        }
-      } else {
-        bool all = true;
-        for (const auto& r : reqs) {
-          if (r->error) std::rethrow_exception(r->error);
-          all = all && r->done;
-        }
-        if (all) return reqs.size();
+      if (mode != comm::WaitMode::kAll && fabric_->closed[static_cast<size_t>(rank_)]) {
+        throw Error(str("loopback rank ", rank_, ": waitAny after close()"));
       }
-      if (deadline.expired()) {
-        std::string pending;
-        for (const auto& r : reqs) {
-          if (r->done) continue;
-          pending += str(pending.empty() ? "" : ", ", r->kind == Request::Kind::kSend ? "send to " : "recv from ",
-                         "rank ", r->peer, " tag 0x", std::hex, r->tag, std::dec, " (", r->bytes, " bytes)");
-        }
-        throw TimeoutError(str("loopback rank ", rank_, ": timed out waiting for ", any ? "any of " : "", pending,
-                               "; the peer may be slow, stuck or in a different call"));
-      }
+      if (const size_t found = waitResult(reqs, mode); found != kPending) return found;
+      if (deadline.expired()) return deadlinePassed(reqs, mode, nowNs() - start);
       const auto slice = std::min<int64_t>(deadline.remainingNs(), 100'000'000);
       fabric_->cv[static_cast<size_t>(rank_)]->wait_for(lock, std::chrono::nanoseconds(slice));
     }

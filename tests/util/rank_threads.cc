@@ -30,9 +30,15 @@ std::vector<std::exception_ptr> runImpl(int n, const RankOptions& opts, const Ra
   comm::MemoryStore store;
 
   std::vector<std::shared_ptr<comm::Transport>> transports(static_cast<size_t>(n));
+  const std::vector<int> hosts = !opts.hosts.empty() || opts.transport != "mixed" ? opts.hosts : defaultHosts(n);
+  CHORUS_CHECK(hosts.empty() || hosts.size() == static_cast<size_t>(n), "RankOptions::hosts has ", hosts.size(),
+               " entries for ", n, " ranks");
   if (opts.transport == "loopback") {
     auto created = createLoopbackTransports(n);
-    for (int r = 0; r < n; ++r) transports[static_cast<size_t>(r)] = std::move(created[static_cast<size_t>(r)]);
+    for (int r = 0; r < n; ++r) {
+      transports[static_cast<size_t>(r)] = std::move(created[static_cast<size_t>(r)]);
+      if (!hosts.empty()) transports[static_cast<size_t>(r)]->setHosts(hosts);
+    }
   }
 
   std::atomic<int> failures{0};
@@ -56,6 +62,7 @@ std::vector<std::exception_ptr> runImpl(int n, const RankOptions& opts, const Ra
           t.jobId = job;
           t.timeout = opts.connectTimeout;
           t.bindAddr = "127.0.0.1";
+          if (!hosts.empty()) t.host = str("host", hosts[static_cast<size_t>(r)]);
           transport = comm::createTransport(opts.transport, t);
         }
         comm::GroupOptions g;
@@ -101,8 +108,14 @@ void runRanks(int n, const std::string& transport, const RankFn& fn) {
   runRanks(n, opts, fn);
 }
 
+std::vector<int> defaultHosts(int n) {
+  std::vector<int> hosts(static_cast<size_t>(n), 0);
+  for (int r = (n + 1) / 2; r < n; ++r) hosts[static_cast<size_t>(r)] = 1;
+  return hosts;
+}
+
 const std::vector<std::string>& testTransports() {
-  static const std::vector<std::string> names = {"loopback", "shm", "tcp"};
+  static const std::vector<std::string> names = {"loopback", "shm", "tcp", "mixed"};
   return names;
 }
 

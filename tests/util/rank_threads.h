@@ -1,6 +1,7 @@
 // Threads-as-ranks: runs one function on N ranks, each a thread of this process with its own
-// transport ("loopback", "shm" or "tcp", connected through a shared MemoryStore) and its own
-// ProcessGroup, then joins them.
+// transport ("loopback", "shm", "tcp" or "mixed", connected through a shared MemoryStore) and
+// its own ProcessGroup, then joins them. Ranks can pretend to be on different hosts
+// (RankOptions::hosts), which the mixed transport and the hierarchical collectives go by.
 //
 // A rank whose function throws closes its transport (unless told not to), so its peers fail
 // at once with PeerError instead of waiting for their timeout.
@@ -18,12 +19,19 @@
 namespace chorus::testutil {
 
 struct RankOptions {
-  std::string transport = "loopback";  // "loopback", "shm" or "tcp"
+  std::string transport = "loopback";  // "loopback", "shm", "tcp" or "mixed"
   Millis timeout{5000};                // the groups' timeout for every call
   comm::AllreduceAlgo algo = comm::AllreduceAlgo::kAuto;  // the groups' default algorithm
   bool closeOnError = true;            // close a failed rank's transport
   Millis connectTimeout{30000};        // for setting up shm/tcp connections
+  // hosts[r]: the host rank r pretends to be on (TransportOptions::host; loopback:
+  // Transport::setHosts). Empty: every rank on this host, except for "mixed", which puts the
+  // first ceil(n/2) ranks on host 0 and the rest on host 1 (defaultHosts).
+  std::vector<int> hosts;
 };
+
+// The host layout "mixed" gets when RankOptions::hosts is empty.
+std::vector<int> defaultHosts(int n);
 
 using RankFn = std::function<void(comm::ProcessGroup&)>;
 

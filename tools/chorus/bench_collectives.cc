@@ -326,7 +326,7 @@ std::string algoLabel(const BenchOptions& o, size_t bytes, const ProcessGroup& p
   if (o.op != "allreduce") return "-";
   if (o.algo != AllreduceAlgo::kAuto) return comm::algoName(o.algo);
   if (pg.defaultAlgo() != AllreduceAlgo::kAuto) return comm::algoName(pg.defaultAlgo());
-  return comm::algoName(comm::chooseAllreduceAlgo(bytes, pg.size(), pg.transportName()));
+  return comm::algoName(comm::chooseAllreduceAlgo(bytes, pg.size(), pg.links()));
 }
 
 BenchRow measure(ProcessGroup& pg, const BenchOptions& o, size_t count) {
@@ -426,8 +426,8 @@ ArgParser makeParser() {
   ArgParser p("chorus bench collectives", ArgParser::Positional::kReject);
   p.addValue("--op", "OP", "allreduce, reduce_scatter, allgather, broadcast or alltoall", "allreduce");
   p.addValue("--ranks", "N", "ranks to start on this host; under a launcher the job's size (must match if given)", "2");
-  p.addValue("--transport", "NAME", "auto, shm, tcp, or mpi (under mpirun)", "auto");
-  p.addValue("--algo", "ALGO", "all-reduce algorithm: auto, ring, hd, tree, direct or mpi", "auto");
+  p.addValue("--transport", "NAME", "auto, shm, tcp, mixed, or mpi (under mpirun)", "auto");
+  p.addValue("--algo", "ALGO", "all-reduce algorithm: auto, ring, hd, tree, direct, hier or mpi", "auto");
   p.addValue("--dtype", "TYPE", "float32, float64, float16, bfloat16, int32, int64 or uint8", "float32");
   p.addValue("--min-bytes", "SIZE", "smallest message (K, M, G suffixes)", "4K");
   p.addValue("--max-bytes", "SIZE", "largest message", "64M");
@@ -479,7 +479,7 @@ int benchCollectivesCommand(const std::vector<std::string>& args) {
   o.op = p.getChoice("--op", benchOps());
   o.ranks = static_cast<int>(p.getInt("--ranks", 1, 1024));
   o.ranksGiven = p.has("--ranks");
-  o.transport = p.getChoice("--transport", {"auto", "shm", "tcp", "mpi"});
+  o.transport = p.getChoice("--transport", {"auto", "shm", "tcp", "mixed", "mpi"});
   try {
     o.algo = comm::parseAlgo(p.get("--algo"));
     o.dtype = parseDType(p.get("--dtype"));

@@ -452,9 +452,9 @@ size_t total(const std::vector<size_t>& counts) {
 // kAuto resolves here, identically on every rank given the same arguments; the algorithm is
 // part of the signature, so ranks that run different ones fail with MismatchError wherever
 // their messages meet (else with TimeoutError).
-Call allreduceCall(AllreduceOptions o, AllreduceAlgo defaultAlgo, int size, const char* transport) {
+Call allreduceCall(AllreduceOptions o, AllreduceAlgo defaultAlgo, int size, const Links& links) {
   if (o.algo == AllreduceAlgo::kAuto) o.algo = defaultAlgo;
-  if (o.algo == AllreduceAlgo::kAuto) o.algo = chooseAllreduceAlgo(o.count * dtypeSize(o.dtype), size, transport);
+  if (o.algo == AllreduceAlgo::kAuto) o.algo = chooseAllreduceAlgo(o.count * dtypeSize(o.dtype), size, links);
   return {CollectiveKind::kAllreduce,
           makeSignature(CollectiveKind::kAllreduce, o.dtype, o.count,
                         detail::signatureExtra(o.op, static_cast<unsigned>(o.algo))),
@@ -537,7 +537,10 @@ ProcessGroup::ProcessGroup(std::shared_ptr<Shared> shared, std::vector<int> rank
       rank_(rank),
       groupId_(groupId),
       timeout_(opts.timeout.count() > 0 ? opts.timeout : defaultTimeout()),
-      defaultAlgo_(opts.defaultAlgo) {}
+      defaultAlgo_(opts.defaultAlgo) {
+  const Comm view(shared_->transport.get(), &ranks_, rank_, groupId_, 0, 0, Deadline(Millis(0)));
+  links_ = linksOf(view);
+}
 
 ProcessGroup::~ProcessGroup() {
   // Queued calls of this group refer to it; let them finish (each is bounded by its deadline).
@@ -635,12 +638,12 @@ WorkPtr ProcessGroup::submit(CollectiveKind kind, uint64_t sig, const Collective
 // ---- Collectives ----
 
 void ProcessGroup::allreduce(const AllreduceOptions& o) {
-  Call call = allreduceCall(o, defaultAlgo_, size(), transportName());
+  Call call = allreduceCall(o, defaultAlgo_, size(), links_);
   submit(call.kind, call.sig, o, std::move(call.fn), false);
 }
 
 WorkPtr ProcessGroup::allreduceAsync(const AllreduceOptions& o) {
-  Call call = allreduceCall(o, defaultAlgo_, size(), transportName());
+  Call call = allreduceCall(o, defaultAlgo_, size(), links_);
   return submit(call.kind, call.sig, o, std::move(call.fn), true);
 }
 

@@ -71,6 +71,9 @@ class ProcessGroup {
   int rank() const { return rank_; }
   int size() const { return static_cast<int>(ranks_.size()); }
   const char* transportName() const;
+  // This group's links: shared memory between every pair, how many hosts it spans and the
+  // most ranks on one (what kAuto and the hierarchical collectives go by).
+  const Links& links() const { return links_; }
   Millis timeout() const { return timeout_; }
   // Payload bytes this rank has posted to the transport for this group and the groups
   // that share its transport (collectives and send/recv), since the job started.
@@ -147,6 +150,7 @@ class ProcessGroup {
   uint16_t groupId_;
   Millis timeout_;
   AllreduceAlgo defaultAlgo_;
+  Links links_;
   uint32_t seq_ = 0;       // calls issued on this group
   uint32_t splits_ = 0;    // splits issued on this group
 };

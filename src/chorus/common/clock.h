@@ -21,6 +21,11 @@ class Deadline {
   // Nanoseconds left, clamped at 0.
   int64_t remainingNs() const;
   Clock::time_point at() const { return at_; }
+  // The earlier of this deadline and `d` from now.
+  Deadline within(Clock::duration d) const {
+    const auto now = Clock::now();
+    return Deadline(at_ - now < d ? at_ : now + d);
+  }
 
  private:
   explicit Deadline(Clock::time_point at) : at_(at) {}

@@ -18,7 +18,9 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_STORE_PORT", "", "Port of the rendezvous store."},
       {"CHORUS_JOB_ID", "", "Identifier of the job; shared-memory segment names include it, so concurrent jobs never collide."},
       {"CHORUS_JOB_SECRET", "", "Random per-job token; every connection must prove it holds it."},
-      {"CHORUS_TRANSPORT", "auto", "Transport between ranks: auto (shm when all ranks share a host, else tcp), shm, tcp or mpi."},
+      {"CHORUS_TRANSPORT", "auto", "Transport between ranks: auto (shm when all ranks share a host, tcp when no two do, else mixed), shm, tcp, mpi or mixed (shm inside a host, tcp between hosts)."},
+      {"CHORUS_HOST_ID", "", "Names this rank's host: ranks with the same value are on one host (shared memory between them, hierarchical collectives). Default: hostname, boot id and network namespace, plus CHORUS_NODE_RANK when set."},
+      {"CHORUS_NODE_RANK", "", "This node's index in a multi-node `chorus launch --nnodes` job (set by the launcher); it is part of the host identity."},
       {"CHORUS_REJOIN", "", "Restarted ranks (tcp only): 'accept' lets a restarted process take any rank's place in the running job; 'join' says this process is such a restart. Set by `chorus launch --restarts`; with either, transport auto means tcp."},
       {"CHORUS_RESTART_COUNT", "0", "How many times this rank has been restarted in the running job (set by `chorus launch --restarts`)."},
       {"CHORUS_BIND_ADDR", "", "Address the tcp transport listens on; default: the local address used to reach the store."},
@@ -29,7 +31,7 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_SHM_CMA_MIN_BYTES", "65536", "Messages at least this large go through cross-memory attach when it is enabled."},
       {"CHORUS_TCP_CHUNK_BYTES", "524288", "Large tcp messages are cut into chunks of this many bytes so sending and receiving overlap."},
       {"CHORUS_COMM_NICE", "-10", "Nice value of a group's background communication thread, so async collectives run while compute threads hold every core (lowering it needs root or CAP_SYS_NICE; without, it stays unchanged)."},
-      {"CHORUS_ALGO", "auto", "Default all-reduce algorithm: auto, ring, hd, tree, direct or mpi."},
+      {"CHORUS_ALGO", "auto", "Default all-reduce algorithm: auto, ring, hd, tree, direct, hier or mpi."},
   };
   return table;
 }

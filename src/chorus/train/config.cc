@@ -316,8 +316,8 @@ const std::vector<Key>& schema() {
       {.name = "ddp.comm_dtype", .field = CHORUS_FIELD(ddp.commDtype), .choices = {"fp32", "fp16", "bf16"},
        .meaning = "dtype of the gradients on the wire"},
       {.name = "ddp.algo", .field = CHORUS_FIELD(ddp.algo),
-       .choices = {"auto", "ring", "hd", "tree", "direct", "mpi"}, .meaning = "allreduce algorithm"},
-      {.name = "ddp.transport", .field = CHORUS_FIELD(ddp.transport), .choices = {"", "auto", "shm", "tcp", "mpi"},
+       .choices = {"auto", "ring", "hd", "tree", "direct", "hier", "mpi"}, .meaning = "allreduce algorithm"},
+      {.name = "ddp.transport", .field = CHORUS_FIELD(ddp.transport), .choices = {"", "auto", "shm", "tcp", "mpi", "mixed"},
        .meaning = "transport between workers; \"\": CHORUS_TRANSPORT, else auto"},
 
       {.name = "compression.method", .field = CHORUS_FIELD(compression.method),

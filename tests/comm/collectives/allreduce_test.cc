@@ -128,25 +128,34 @@ INSTANTIATE_TEST_SUITE_P(All, AllreduceTest,
 
 // kAuto's table: hd for small messages; direct past that on shm, and for medium messages
 // when the world is not a power of two; tree for medium messages on many ranks; ring otherwise.
+const Links kShm{.sharedMemory = true, .hosts = 1, .largestHost = 8};
+const Links kTcp{.sharedMemory = false, .hosts = 1, .largestHost = 8};
+
 TEST(AllreduceChoice, AutoPicksByBytesAndRanks) {
-  EXPECT_EQ(chooseAllreduceAlgo(1 << 20, 1, "shm"), AllreduceAlgo::kRing);
-  EXPECT_EQ(chooseAllreduceAlgo(64, 8, "shm"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(64, 8, "tcp"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 8, "tcp"), AllreduceAlgo::kRing);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 64, "tcp"), AllreduceAlgo::kRing);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{1} << 20, 64, "tcp"), AllreduceAlgo::kTree);
+  EXPECT_EQ(chooseAllreduceAlgo(1 << 20, 1, kShm), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(64, 8, kShm), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(64, 8, kTcp), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 8, kTcp), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 64, kTcp), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{1} << 20, 64, kTcp), AllreduceAlgo::kTree);
   // Halving-doubling reaches further with a power-of-two world; others fold ranks and stop early.
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 4, "shm"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, "tcp"), AllreduceAlgo::kHalvingDoubling);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{16} << 10, 3, "tcp"), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 4, kShm), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 4, kTcp), AllreduceAlgo::kHalvingDoubling);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{16} << 10, 3, kTcp), AllreduceAlgo::kHalvingDoubling);
   // Past hd, ranks sharing memory go direct at every size.
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, "shm"), AllreduceAlgo::kDirect);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "shm"), AllreduceAlgo::kDirect);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, "shm"), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 10, 3, kShm), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, kShm), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 2, kShm), AllreduceAlgo::kDirect);
   // On tcp, direct takes medium messages of non-power-of-two worlds; large ones go ring.
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, "tcp"), AllreduceAlgo::kDirect);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{4} << 20, 3, "tcp"), AllreduceAlgo::kRing);
-  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, "tcp"), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{512} << 10, 3, kTcp), AllreduceAlgo::kDirect);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{4} << 20, 3, kTcp), AllreduceAlgo::kRing);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, kTcp), AllreduceAlgo::kRing);
+  // Across hosts with a shared host: hierarchical at every size; one rank per host: flat.
+  const Links twoByTwo{.sharedMemory = false, .hosts = 2, .largestHost = 2};
+  const Links onePerHost{.sharedMemory = false, .hosts = 4, .largestHost = 1};
+  EXPECT_EQ(chooseAllreduceAlgo(64, 4, twoByTwo), AllreduceAlgo::kHierarchical);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, twoByTwo), AllreduceAlgo::kHierarchical);
+  EXPECT_EQ(chooseAllreduceAlgo(size_t{64} << 20, 4, onePerHost), AllreduceAlgo::kRing);
 }
 
 TEST(AllreduceMpi, NeedsTheMpiTransport) {

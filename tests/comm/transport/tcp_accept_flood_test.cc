@@ -19,7 +19,7 @@
 namespace chorus::comm {
 namespace {
 
-using tcp::TcpContext;
+using TcpContext = tcp::Context;
 
 constexpr Millis kTimeout(20000);
 constexpr int kFlood = 32;

@@ -28,7 +28,7 @@
 namespace chorus::comm {
 namespace {
 
-using tcp::TcpContext;
+using TcpContext = tcp::Context;
 using Ctx = std::unique_ptr<TcpContext>;
 
 constexpr Millis kSetup(5000);  // connecting and rejoining

@@ -79,7 +79,7 @@ void runRanks(int size, const RankFn& fn, MemoryStore* sharedStore = nullptr) {
   }
 }
 
-tcp::TcpContext& tcpOf(Transport& t) { return dynamic_cast<tcp::TcpContext&>(t); }
+tcp::Context& tcpOf(Transport& t) { return dynamic_cast<tcp::Context&>(t); }
 
 void waitOne(Transport& t, const RequestPtr& r, Millis timeout = kTimeout) {
   RequestPtr rs[] = {r};

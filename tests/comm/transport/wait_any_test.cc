@@ -64,6 +64,7 @@ std::vector<std::exception_ptr> runTransports(const std::string& kind, int n, co
           o.secret = "wait-any-secret";
           o.timeout = Millis(30000);
           o.bindAddr = "127.0.0.1";
+          if (kind == "mixed") o.host = str("host", testutil::defaultHosts(n)[static_cast<size_t>(r)]);
           t = createTransport(kind, o);
         }
         fn(*t);

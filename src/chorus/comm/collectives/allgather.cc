@@ -23,6 +23,11 @@
 namespace chorus::comm {
 
 void allgather(Comm& comm, const AllgatherOptions& o) {
+  if (linksOf(comm).hierarchical()) return allgatherHierarchical(comm, o);
+  allgatherFlat(comm, o);
+}
+
+void allgatherFlat(Comm& comm, const AllgatherOptions& o) {
   const int P = comm.size(), r = comm.rank();
   std::vector<size_t> counts = o.counts;
   if (counts.empty()) {

@@ -1,7 +1,9 @@
 // All-reduce dispatch: runs the requested algorithm, or for kAuto the one the table below
-// picks for the message size, world size and transport.
+// picks for the message size, world size and the group's links (shared memory, hosts).
 //
 // The algorithms (each file opens with its steps and its α-β cost):
+//   hier  hierarchical.cc                shm inside hosts, one slice per rank across hosts:
+//                                        every group that spans hosts with a shared host
 //   hd    halving_doubling_allreduce.cc  2·log2(P)·α + 2·(P-1)/P·n·β   few rounds: small n
 //   tree  tree_allreduce.cc              ~2·log2(P)·α + ~2·n·β         medium n, many ranks
 //   ring  ring_allreduce.cc              2·(P-1)·α + 2·(P-1)/P·n·β     large n
@@ -49,12 +51,17 @@ constexpr size_t kAutoDirectMaxBytesNonPow2 = size_t{1} << 20;
 
 }  // namespace
 
-AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& transport) {
+AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const Links& links) {
   if (size <= 1) return AllreduceAlgo::kRing;
+  // Across hosts with several ranks on a host: reduce inside the hosts first, so each host
+  // link carries one slice per rank instead of a flat ring's 2(P-1)/P of the buffer
+  // (hierarchical.cc; bench/results/hosts.md).
+  if (links.hierarchical()) return AllreduceAlgo::kHierarchical;
   const bool pow2 = (size & (size - 1)) == 0;
-  const size_t hdMax = !pow2 ? kAutoHdMaxBytesNonPow2 : transport == "shm" ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
+  const bool shm = links.sharedMemory;
+  const size_t hdMax = !pow2 ? kAutoHdMaxBytesNonPow2 : shm ? kAutoHdMaxBytesShm : kAutoHdMaxBytesTcp;
   if (bytes < hdMax) return AllreduceAlgo::kHalvingDoubling;
-  if (transport == "shm" && size >= kAutoDirectMinRanksShm) return AllreduceAlgo::kDirect;
+  if (shm && size >= kAutoDirectMinRanksShm) return AllreduceAlgo::kDirect;
   if (!pow2 && bytes < kAutoDirectMaxBytesNonPow2) return AllreduceAlgo::kDirect;
   if (size >= kAutoTreeMinRanks && bytes < kAutoTreeMaxBytes) return AllreduceAlgo::kTree;
   return AllreduceAlgo::kRing;
@@ -63,13 +70,14 @@ AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& tra
 void allreduce(Comm& comm, const AllreduceOptions& opts) {
   AllreduceAlgo algo = opts.algo;
   if (algo == AllreduceAlgo::kAuto) {
-    algo = chooseAllreduceAlgo(opts.count * dtypeSize(opts.dtype), comm.size(), comm.transport().name());
+    algo = chooseAllreduceAlgo(opts.count * dtypeSize(opts.dtype), comm.size(), linksOf(comm));
   }
   switch (algo) {
     case AllreduceAlgo::kRing: return allreduceRing(comm, opts);
     case AllreduceAlgo::kHalvingDoubling: return allreduceHalvingDoubling(comm, opts);
     case AllreduceAlgo::kTree: return allreduceTree(comm, opts);
     case AllreduceAlgo::kDirect: return allreduceDirect(comm, opts);
+    case AllreduceAlgo::kHierarchical: return allreduceHierarchical(comm, opts);
     case AllreduceAlgo::kMpi: {
       detail::requireBuffer(opts.data, opts.count, "allreduce data");
       const bool wholeJob = comm.size() == comm.transport().size();

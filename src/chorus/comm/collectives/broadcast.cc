@@ -72,6 +72,11 @@ void chainBroadcast(Comm& comm, void* data, size_t bytes, int root) {
 }  // namespace
 
 void broadcast(Comm& comm, const BroadcastOptions& o) {
+  if (linksOf(comm).hierarchical()) return broadcastHierarchical(comm, o);
+  broadcastFlat(comm, o);
+}
+
+void broadcastFlat(Comm& comm, const BroadcastOptions& o) {
   detail::requireRoot(comm, o.root);
   detail::requireBuffer(o.data, o.count, "broadcast data");
   const size_t bytes = o.count * dtypeSize(o.dtype);

@@ -20,9 +20,20 @@ namespace chorus::comm {
 
 class Comm;
 
-enum class AllreduceAlgo : uint8_t { kAuto = 0, kRing, kHalvingDoubling, kTree, kMpi, kDirect };
-const char* algoName(AllreduceAlgo a);             // "auto", "ring", "hd", "tree", "mpi", "direct"
+enum class AllreduceAlgo : uint8_t { kAuto = 0, kRing, kHalvingDoubling, kTree, kMpi, kDirect, kHierarchical };
+// "auto", "ring", "hd", "tree", "mpi", "direct", "hier"
+const char* algoName(AllreduceAlgo a);
 AllreduceAlgo parseAlgo(const std::string& name);  // throws InvalidArgument listing the names
+
+// What algorithm choice knows of a group's links, from Transport::hostOf and sharedMemoryTo.
+struct Links {
+  bool sharedMemory = false;  // every rank reaches every other through shared memory
+  int hosts = 1;              // how many hosts the group spans
+  int largestHost = 1;        // the most ranks of the group on one host
+  // A group the hierarchical algorithms help: several hosts, and some host with several ranks.
+  bool hierarchical() const { return hosts > 1 && largestHost > 1; }
+};
+Links linksOf(const Comm& comm);
 
 // Fields common to every collective.
 struct CollectiveCommon {
@@ -114,12 +125,21 @@ void allreduceRing(Comm& comm, const AllreduceOptions& opts);
 void allreduceHalvingDoubling(Comm& comm, const AllreduceOptions& opts);
 void allreduceTree(Comm& comm, const AllreduceOptions& opts);
 void allreduceDirect(Comm& comm, const AllreduceOptions& opts);
-// The choice kAuto makes for a message of `bytes` on `size` ranks of `transport`.
-AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const std::string& transport);
+// Reduce-scatter inside each host, all-reduce of each slice across hosts, all-gather inside
+// each host (hierarchical.cc).
+void allreduceHierarchical(Comm& comm, const AllreduceOptions& opts);
+// The choice kAuto makes for a message of `bytes` on `size` ranks with these links.
+AllreduceAlgo chooseAllreduceAlgo(size_t bytes, int size, const Links& links);
 
 void reduceScatter(Comm& comm, const ReduceScatterOptions& opts);
+// All-gather and broadcast take their hierarchical form (hierarchical.cc) when the group's
+// links are hierarchical(), the flat one otherwise.
 void allgather(Comm& comm, const AllgatherOptions& opts);
+void allgatherFlat(Comm& comm, const AllgatherOptions& opts);
+void allgatherHierarchical(Comm& comm, const AllgatherOptions& opts);
 void broadcast(Comm& comm, const BroadcastOptions& opts);
+void broadcastFlat(Comm& comm, const BroadcastOptions& opts);
+void broadcastHierarchical(Comm& comm, const BroadcastOptions& opts);
 void reduce(Comm& comm, const ReduceOptions& opts);
 void gather(Comm& comm, const GatherOptions& opts);
 void scatter(Comm& comm, const ScatterOptions& opts);

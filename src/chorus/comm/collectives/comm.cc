@@ -86,7 +86,7 @@ std::string describeSignature(uint64_t sig) {
   if (kind == CollectiveKind::kAlltoall && variant == 1) return str(s, "(", dtype, ")");
   s += "(";
   if (kind == CollectiveKind::kAllreduce) {
-    s += variant <= static_cast<uint8_t>(AllreduceAlgo::kDirect) ? algoName(static_cast<AllreduceAlgo>(variant))
+    s += variant <= static_cast<uint8_t>(AllreduceAlgo::kHierarchical) ? algoName(static_cast<AllreduceAlgo>(variant))
                                                               : "unknown-algo";
     s += ", ";
   }
@@ -104,6 +104,7 @@ const char* algoName(AllreduceAlgo a) {
     case AllreduceAlgo::kTree: return "tree";
     case AllreduceAlgo::kMpi: return "mpi";
     case AllreduceAlgo::kDirect: return "direct";
+    case AllreduceAlgo::kHierarchical: return "hier";
   }
   return "unknown";
 }
@@ -117,7 +118,8 @@ AllreduceAlgo parseAlgo(const std::string& name) {
   if (name == "tree") return AllreduceAlgo::kTree;
   if (name == "mpi") return AllreduceAlgo::kMpi;
   if (name == "direct") return AllreduceAlgo::kDirect;
-  throw InvalidArgument(str("unknown all-reduce algorithm '", name, "'; use auto, ring, hd, tree, direct or mpi"));
+  if (name == "hier" || name == "hierarchical") return AllreduceAlgo::kHierarchical;
+  throw InvalidArgument(str("unknown all-reduce algorithm '", name, "'; use auto, ring, hd, tree, direct, hier or mpi"));
 }
 
 namespace detail {

@@ -44,9 +44,24 @@ class Comm {
   uint64_t signature() const { return sig_; }
   uint32_t seq() const { return seq_; }
   int globalRank(int groupRank) const { return (*globalRanks_)[groupRank]; }
+  // The host of group rank r (Transport::hostOf) and whether this rank reaches it through
+  // shared memory: the link properties algorithm choice reads.
+  int hostOf(int groupRank) const { return transport_->hostOf(globalRank(groupRank)); }
+  bool sharedMemoryTo(int groupRank) const { return transport_->sharedMemoryTo(globalRank(groupRank)); }
 
   uint64_t tag(uint16_t step) const {
-    return (static_cast<uint64_t>(groupId_) << 48) | (static_cast<uint64_t>(seq_) << 16) | step;
+    return (static_cast<uint64_t>(groupId_) << 48) | (static_cast<uint64_t>(seq_) << 16) |
+           static_cast<uint16_t>(stepBase_ + step);
+  }
+
+  // The same call seen by a subset of its ranks, for algorithms made of phases on subsets
+  // (the hierarchical ones): `globalRanks` are the subset's global ranks (it must outlive the
+  // view), this rank is `rank` in it, and its steps start at `stepBase` (plus this view's), so
+  // its messages never match another phase's. Algorithms use steps below 16.
+  Comm subset(const std::vector<int>* globalRanks, int rank, uint16_t stepBase) const {
+    Comm c(transport_, globalRanks, rank, groupId_, seq_, sig_, deadline_, bytesSent_);
+    c.stepBase_ = static_cast<uint16_t>(stepBase_ + stepBase);
+    return c;
   }
 
   RequestPtr isend(int peer, uint16_t step, const void* data, size_t bytes) {
@@ -76,6 +91,7 @@ class Comm {
   uint64_t sig_;
   Deadline deadline_;
   std::atomic<uint64_t>* bytesSent_;
+  uint16_t stepBase_ = 0;
 };
 
 }  // namespace chorus::comm

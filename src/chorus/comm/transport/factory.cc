@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "chorus/common/env.h"
@@ -10,13 +11,8 @@
 
 namespace chorus::comm {
 
-namespace {
-
-// Hostname, the kernel's boot id and the network namespace: two containers with the same
-// hostname on different machines still differ; processes in different network namespaces of
-// one kernel (netlab's hosts, pods) are treated as different hosts, since they are meant to
-// talk over their own links; processes that can share memory agree.
 std::string hostIdentity() {
+  if (const std::string forced = envString("CHORUS_HOST_ID"); !forced.empty()) return forced;
   char name[256] = {0};
   gethostname(name, sizeof name - 1);
   std::string id = name;
@@ -25,19 +21,28 @@ std::string hostIdentity() {
   if (boot >> bootId) id += "/" + bootId;
   char ns[128] = {0};
   if (readlink("/proc/self/ns/net", ns, sizeof ns - 1) > 0) id += "/" + std::string(ns);
+  if (const std::string node = envString("CHORUS_NODE_RANK"); !node.empty()) id += "/node" + node;
   return id;
 }
 
-bool allOnOneHost(const TransportOptions& opts) {
-  if (opts.size == 1) return true;
-  CHORUS_CHECK(opts.store != nullptr, "transport 'auto' needs a store to compare hosts");
-  const std::string mine = hostIdentity();
+namespace {
+
+// Every rank's host index, numbered in order of each host's lowest rank, from the identities
+// the ranks publish under <prefix>/host/<rank>.
+std::vector<int> exchangeHosts(const TransportOptions& opts) {
+  std::vector<int> hosts(static_cast<size_t>(opts.size), 0);
+  if (opts.size == 1) return hosts;
+  CHORUS_CHECK(opts.store != nullptr, "rank ", opts.rank, ": the transport needs a store to compare hosts");
+  const std::string mine = opts.host.empty() ? hostIdentity() : opts.host;
   opts.store->set(str(opts.prefix, "/host/", opts.rank), toBytes(mine));
+  std::vector<std::string> ids;
   for (int r = 0; r < opts.size; ++r) {
-    if (r == opts.rank) continue;
-    if (toString(opts.store->get(str(opts.prefix, "/host/", r), opts.timeout)) != mine) return false;
+    const std::string id = r == opts.rank ? mine : toString(opts.store->get(str(opts.prefix, "/host/", r), opts.timeout));
+    const auto it = std::find(ids.begin(), ids.end(), id);
+    hosts[static_cast<size_t>(r)] = static_cast<int>(it - ids.begin());
+    if (it == ids.end()) ids.push_back(id);
   }
-  return true;
+  return hosts;
 }
 
 }  // namespace
@@ -52,18 +57,33 @@ std::unique_ptr<Transport> createTransport(const std::string& name, const Transp
   if (opts.rank < 0 || opts.rank >= opts.size) {
     throw InvalidArgument(str("transport: rank ", opts.rank, " is outside a job of ", opts.size, " ranks"));
   }
-  if (name == "shm") return createShmTransport(opts);
-  if (name == "tcp") return createTcpTransport(opts);
-  if (name == "mpi") return createMpiTransport(opts);
-  if (name == "auto") {
-    if (allOnOneHost(opts)) {
-      CHORUS_DEBUG("rank ", opts.rank, ": every rank is on this host; using shm");
-      return createShmTransport(opts);
-    }
-    CHORUS_DEBUG("rank ", opts.rank, ": ranks span several hosts; using tcp");
-    return createTcpTransport(opts);
+  if (name != "auto" && name != "shm" && name != "tcp" && name != "mpi" && name != "mixed") {
+    throw InvalidArgument(str("unknown transport '", name, "'; use auto, shm, tcp, mpi or mixed"));
   }
-  throw InvalidArgument(str("unknown transport '", name, "'; use auto, shm, tcp or mpi"));
+  // mpi ranks may have no store; the others need one anyway.
+  const bool storeless = opts.store == nullptr && opts.size > 1;
+  const std::vector<int> hosts = storeless ? std::vector<int>() : exchangeHosts(opts);
+  int hostCount = 0;
+  bool shared = false;  // some host runs two or more ranks
+  for (size_t r = 0; r < hosts.size(); ++r) {
+    hostCount = std::max(hostCount, hosts[r] + 1);
+    if (std::count(hosts.begin(), hosts.end(), hosts[r]) > 1) shared = true;
+  }
+  std::string kind = name;
+  if (kind == "auto") {
+    kind = storeless ? "tcp" : hostCount <= 1 ? "shm" : shared ? "mixed" : "tcp";
+    CHORUS_DEBUG("rank ", opts.rank, ": ", opts.size, " rank(s) on ", hostCount, " host(s); using ", kind);
+  }
+  std::unique_ptr<Transport> t;
+  if (kind == "shm") t = createShmTransport(opts);
+  if (kind == "tcp") t = createTcpTransport(opts);
+  if (kind == "mpi") t = createMpiTransport(opts);
+  if (kind == "mixed") {
+    if (storeless) throw InvalidArgument(str("rank ", opts.rank, ": the mixed transport needs a store"));
+    t = createMixedTransport(opts, hosts);
+  }
+  if (!hosts.empty()) t->setHosts(hosts);
+  return t;
 }
 
 }  // namespace chorus::comm

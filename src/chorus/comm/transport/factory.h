@@ -1,41 +1,17 @@
 // Creating transports. Each backend's context.cc defines its create function; factory.cc
-// picks one by name and builds the shared-memory/TCP/MPI connections through the store.
+// picks one by name, builds the connections through the store, and tells the transport which
+// host each rank is on (Transport::setHosts) from the identities the ranks publish.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "chorus/common/clock.h"
 #include "chorus/comm/rendezvous/store.h"
 #include "chorus/comm/transport/transport.h"
 
 namespace chorus::comm {
-
-struct TransportOptions {
-  int rank = 0;
-  int size = 1;
-  // Used to exchange addresses/segment names. Keys are written under `prefix`.
-  Store* store = nullptr;
-  std::string prefix = "chorus";
-  // Job secret: tcp connections prove they hold it (HMAC challenge) or are refused.
-  std::string secret;
-  // Job id: shm segment names include it so concurrent jobs never collide.
-  std::string jobId = "job";
-  // Timeout for establishing connections.
-  Millis timeout = Millis(300000);
-  // tcp: address to listen on ("" = the local address of the store connection, else 127.0.0.1).
-  std::string bindAddr;
-  // tcp: keep listening after setup (every rank, the highest included, publishes its address)
-  // and take a restarted process in place of any peer whenever one connects (peerEpoch,
-  // awaitPeer). Other backends ignore it.
-  bool acceptRejoin = false;
-  // tcp: this process restarts rank `rank` of a job that is already running. Instead of the
-  // setup mesh it connects to every other rank at the address that rank published under
-  // `prefix` and says it rejoins; a rank that does not answer (dead, or not accepting
-  // rejoins) within `timeout` gets a failed connection: requests to it fail with PeerError.
-  // Implies acceptRejoin. Other backends refuse it (InvalidArgument naming tcp).
-  bool rejoin = false;
-};
 
 std::unique_ptr<Transport> createShmTransport(const TransportOptions& opts);
 std::unique_ptr<Transport> createTcpTransport(const TransportOptions& opts);
@@ -44,8 +20,20 @@ std::unique_ptr<Transport> createMpiTransport(const TransportOptions& opts);
 
 
 
-// "shm", "tcp", "mpi", or "auto": shm when every rank published the same host identity to
-// the store, else tcp. Throws InvalidArgument for another name.
+// shm to the ranks of this rank's host (hosts[r] == hosts[rank]) and tcp to the others.
+// hosts[r] is rank r's host index; every rank must pass the same vector.
+std::unique_ptr<Transport> createMixedTransport(const TransportOptions& opts, const std::vector<int>& hosts);
+
+// "shm", "tcp", "mpi", "mixed", or "auto": shm when every rank is on one host, tcp when no two
+// ranks share a host, else mixed. Throws InvalidArgument for another name. Every rank
+// publishes its host identity (TransportOptions::host, else hostIdentity()) under
+// `<prefix>/host/<rank>` and the transport gets the resulting host map.
 std::unique_ptr<Transport> createTransport(const std::string& name, const TransportOptions& opts);
+
+// This process's host identity: CHORUS_HOST_ID when set; else hostname, boot id and network
+// namespace (two containers with one hostname on different machines differ; netlab's hosts
+// and pods, in their own network namespaces, differ), plus "/node<K>" when the launcher set
+// CHORUS_NODE_RANK (two `chorus launch --nnodes` nodes are two hosts even on one machine).
+std::string hostIdentity();
 
 }  // namespace chorus::comm

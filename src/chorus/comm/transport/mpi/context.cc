@@ -258,7 +258,7 @@ std::string firstExternalIpv4() {
 
 }  // namespace
 
-MpiContext::MpiContext(const TransportOptions& opts) : rank_(opts.rank), size_(opts.size) {
+mpi::Context::Context(const TransportOptions& opts) : rank_(opts.rank), size_(opts.size) {
   MpiRuntime& rt = MpiRuntime::instance();
   std::unique_lock<std::mutex> lk(rt.mutex());
   const Deadline deadline(opts.timeout);
@@ -299,32 +299,32 @@ MpiContext::MpiContext(const TransportOptions& opts) : rank_(opts.rank), size_(o
   spinNs_ = std::max<int64_t>(0, envInt("CHORUS_SPIN_US")) * 1000;
   pairs_.resize(static_cast<size_t>(size_));
   for (int p = 0; p < size_; ++p) {
-    if (p != rank_) pairs_[p] = std::make_unique<mpi::MpiPair>(rank_, p, comm_, tagUpperBound);
+    if (p != rank_) pairs_[p] = std::make_unique<mpi::Pair>(rank_, p, comm_, tagUpperBound);
   }
 }
 
-MpiContext::~MpiContext() {
+mpi::Context::~Context() {
   close();
   MpiRuntime& rt = MpiRuntime::instance();
   std::lock_guard<std::mutex> lk(rt.mutex());
   if (comm_ != MPI_COMM_NULL) rt.retire(comm_);
 }
 
-void MpiContext::checkOpen(const char* op) const {
+void mpi::Context::checkOpen(const char* op) const {
   if (closed_.load()) {
     throw Error(str("rank ", rank_, ": ", op, " on a closed mpi transport; hint: the transport was closed (by "
                     "close(), a failure or shutdown) before this call"));
   }
 }
 
-void MpiContext::checkPeer(int peer, const char* op) const {
+void mpi::Context::checkPeer(int peer, const char* op) const {
   if (peer < 0 || peer >= size_ || peer == rank_) {
     throw InvalidArgument(str("rank ", rank_, ": ", op, " to peer ", peer, ": the peer must be another rank in [0, ",
                               size_, ")"));
   }
 }
 
-RequestPtr MpiContext::isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) {
+RequestPtr mpi::Context::isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) {
   checkPeer(peer, "isend");
   if (data == nullptr && bytes > 0) throw InvalidArgument(str("rank ", rank_, ": isend of ", bytes, " bytes from null"));
   std::lock_guard<std::mutex> lk(MpiRuntime::instance().mutex());
@@ -336,7 +336,7 @@ RequestPtr MpiContext::isend(int peer, uint64_t tag, uint64_t sig, const void* d
   return req;
 }
 
-RequestPtr MpiContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
+RequestPtr mpi::Context::irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                              const RecvReduce* reduce) {
   checkPeer(peer, "irecv");
   if (data == nullptr && bytes > 0) throw InvalidArgument(str("rank ", rank_, ": irecv of ", bytes, " bytes into null"));
@@ -355,7 +355,7 @@ RequestPtr MpiContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, s
   return req;
 }
 
-bool MpiContext::progressLocked() {
+bool mpi::Context::progressLocked() {
   bool any = false;
   for (auto& pair : pairs_) {
     if (pair) any |= pair->pollHeaders();
@@ -386,7 +386,7 @@ bool MpiContext::progressLocked() {
   return any;
 }
 
-void MpiContext::failSendsToClosedPeers() {
+void mpi::Context::failSendsToClosedPeers() {
   for (size_t i = 0; i < active_.size();) {
     MpiRequest& req = *active_[i];
     if (req.kind != Request::Kind::kSend || !pairs_[req.peer]->peerClosed()) {
@@ -410,74 +410,31 @@ void MpiContext::failSendsToClosedPeers() {
   }
 }
 
-std::string MpiContext::describePending(std::span<const RequestPtr> reqs) const {
-  std::string out;
-  size_t shown = 0;
-  for (const auto& r : reqs) {
-    if (r->done) continue;
-    if (shown == 8) {
-      out += "; ...";
-      break;
-    }
-    if (shown++) out += "; ";
-    auto* m = static_cast<const MpiRequest*>(r.get());
-    if (r->kind == Request::Kind::kSend) {
-      out += str("send to peer ", r->peer, " tag ", hex(r->tag), " (", r->bytes, " bytes, not yet received)");
-    } else if (!m->matched) {
-      out += str("receive from peer ", r->peer, " tag ", hex(r->tag), " (", r->bytes, " bytes, the peer has not sent it)");
-    } else {
-      out += str("receive from peer ", r->peer, " tag ", hex(r->tag), " (", r->bytes, " bytes, in transfer)");
-    }
-  }
-  return out;
+std::string mpi::Context::progressOf(const Request& r) const {
+  auto* m = static_cast<const MpiRequest*>(&r);
+  if (r.kind == Request::Kind::kSend) return str("(", r.bytes, " bytes, not yet received)");
+  return str("(", r.bytes, m->matched ? " bytes, in transfer)" : " bytes, the peer has not sent it)");
 }
 
-void MpiContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  wait(reqs, deadline, /*any=*/false);
-}
-
-size_t MpiContext::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  if (reqs.empty()) throw InvalidArgument(str("rank ", rank_, ": waitAny on an empty list of requests; pass at least one"));
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (!reqs[i]) throw InvalidArgument(str("rank ", rank_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
-  }
-  return wait(reqs, deadline, /*any=*/true);
-}
-
-size_t MpiContext::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any) {
+size_t mpi::Context::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
   auto& mu = MpiRuntime::instance().mutex();
-  const char* op = any ? "waitAny" : "waitAll";
+  const char* op = mode == WaitMode::kAll ? "waitAll" : "waitAny";
   int64_t start = nowNs();
   int64_t lastEvent = start;
   for (;;) {
     bool progressed = false;
     {
       std::lock_guard<std::mutex> lk(mu);
-      if (any) {
+      if (mode != WaitMode::kAll) {
         // A closed transport has failed every request: that is no answer to "which one".
         checkOpen(op);
         progressed = progressLocked();
-        for (size_t i = 0; i < reqs.size(); ++i) {
-          if (reqs[i]->done || reqs[i]->error) return i;
-        }
-      } else {
-        if (!closed_.load()) progressed = progressLocked();
-        bool all = true;
-        for (const auto& r : reqs) {
-          if (r->error) std::rethrow_exception(r->error);
-          all = all && r->done;
-        }
-        if (all) return reqs.size();
-        checkOpen(op);
+      } else if (!closed_.load()) {
+        progressed = progressLocked();
       }
-      if (deadline.expired()) {
-        size_t pending = 0;
-        for (const auto& r : reqs) pending += r->done ? 0 : 1;
-        throw TimeoutError(str("rank ", rank_, ": mpi transport ", op, " timed out after ", (nowNs() - start) / 1000000,
-                               " ms with ", pending, " of ", reqs.size(), " requests pending: ", describePending(reqs),
-                               "; hint: those peers have not posted the matching send or receive; check that every "
-                               "rank runs the same collectives in the same order, or raise CHORUS_TIMEOUT_MS"));
-      }
+      if (const size_t found = waitResult(reqs, mode); found != kPending) return found;
+      checkOpen(op);
+      if (deadline.expired()) return deadlinePassed(reqs, mode, nowNs() - start);
     }
     int64_t now = nowNs();
     if (progressed) lastEvent = now;
@@ -492,7 +449,7 @@ size_t MpiContext::wait(std::span<const RequestPtr> reqs, const Deadline& deadli
   }
 }
 
-bool MpiContext::test(const RequestPtr& req) {
+bool mpi::Context::test(const RequestPtr& req) {
   std::lock_guard<std::mutex> lk(MpiRuntime::instance().mutex());
   if (!closed_.load()) progressLocked();
   if (checkDone(*req)) return true;
@@ -500,7 +457,7 @@ bool MpiContext::test(const RequestPtr& req) {
   return false;
 }
 
-void MpiContext::close() {
+void mpi::Context::close() {
   MpiRuntime& rt = MpiRuntime::instance();
   std::lock_guard<std::mutex> lk(rt.mutex());
   if (closed_.exchange(true)) return;
@@ -544,7 +501,7 @@ void MpiContext::close() {
   active_.clear();
 }
 
-bool MpiContext::nativeAllreduce(void* data, size_t count, DType dtype, ReduceOp op) {
+bool mpi::Context::nativeAllreduce(void* data, size_t count, DType dtype, ReduceOp op) {
   if (data == nullptr && count > 0) throw InvalidArgument(str("rank ", rank_, ": nativeAllreduce of null data"));
   MpiRuntime& rt = MpiRuntime::instance();
   {
@@ -567,7 +524,7 @@ bool MpiContext::nativeAllreduce(void* data, size_t count, DType dtype, ReduceOp
 }
 
 std::unique_ptr<Transport> createMpiTransport(const TransportOptions& opts) {
-  return std::make_unique<MpiContext>(opts);
+  return std::make_unique<mpi::Context>(opts);
 }
 
 void mpiExchangeStoreAddress(BootstrapInfo& info, std::unique_ptr<TcpStoreServer>* server) {

@@ -57,9 +57,8 @@ void mpiExchangeStoreAddress(BootstrapInfo& info, std::unique_ptr<TcpStoreServer
 #ifdef CHORUS_HAVE_MPI
 
 namespace mpi {
-class MpiPair;
+class Pair;
 class MpiRequest;
-}  // namespace mpi
 
 // The Transport over MPI. Construction is collective over every MPI rank and throws
 // TimeoutError if some rank does not join within opts.timeout. opts.size must be the MPI world
@@ -69,10 +68,10 @@ class MpiRequest;
 // A dead peer ends the whole job under mpirun (MPI's own policy); a peer that closes its
 // transport makes our pending and later requests to it fail with PeerError.
 // Thread-safety: as Transport; every call takes the process-wide MPI lock.
-class MpiContext final : public Transport {
+class Context final : public Transport {
  public:
-  explicit MpiContext(const TransportOptions& opts);
-  ~MpiContext() override;
+  explicit Context(const TransportOptions& opts);
+  ~Context() override;
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -81,8 +80,6 @@ class MpiContext final : public Transport {
   RequestPtr isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
-  void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
-  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   void close() override;
 
@@ -96,21 +93,22 @@ class MpiContext final : public Transport {
   // One pass over every peer and pending request, under the MPI lock. True if anything
   // completed or arrived.
   bool progressLocked();
-  // The loop behind waitAll (any = false: returns reqs.size()) and waitAny (the index found).
-  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, bool any);
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
+  std::string progressOf(const Request& r) const override;
   void failSendsToClosedPeers();
   void checkOpen(const char* op) const;
   void checkPeer(int peer, const char* op) const;
-  std::string describePending(std::span<const RequestPtr> reqs) const;
 
   int rank_;
   int size_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int64_t spinNs_;
-  std::vector<std::unique_ptr<mpi::MpiPair>> pairs_;  // by peer rank; null for ourselves
-  std::vector<std::shared_ptr<mpi::MpiRequest>> active_;
+  std::vector<std::unique_ptr<Pair>> pairs_;  // by peer rank; null for ourselves
+  std::vector<std::shared_ptr<MpiRequest>> active_;
   std::atomic<bool> closed_{false};
 };
+
+}  // namespace mpi
 
 #endif  // CHORUS_HAVE_MPI
 

@@ -75,23 +75,23 @@ bool MpiRequest::progress() {
   return true;
 }
 
-MpiPair::MpiPair(int rank, int peer, MPI_Comm comm, int tagUpperBound)
+Pair::Pair(int rank, int peer, MPI_Comm comm, int tagUpperBound)
     : rank_(rank), peer_(peer), comm_(comm), tagUpperBound_(tagUpperBound),
       headerBuf_(sizeof(WireHeader) + kInlineBytes) {
   postHeaderRecv();
 }
 
-int MpiPair::dataTag(uint32_t seq) const {
+int Pair::dataTag(uint32_t seq) const {
   return 1 + static_cast<int>(seq % static_cast<uint32_t>(tagUpperBound_));
 }
 
-void MpiPair::postHeaderRecv() {
+void Pair::postHeaderRecv() {
   checkMpi(MPI_Irecv(headerBuf_.data(), static_cast<int>(headerBuf_.size()), MPI_BYTE, peer_, kHeaderTag, comm_,
                      &headerReq_),
            rank_, peer_, "post header receive");
 }
 
-void MpiPair::postSend(const MpiRequestPtr& req, const void* data) {
+void Pair::postSend(const MpiRequestPtr& req, const void* data) {
   if (peerClosed_) {
     req->fail(std::make_exception_ptr(
         PeerError(str("rank ", rank_, ": send of ", req->bytes, " bytes under tag ", hex(req->tag), " to peer ", peer_,
@@ -127,7 +127,7 @@ void MpiPair::postSend(const MpiRequestPtr& req, const void* data) {
   }
 }
 
-void MpiPair::postRecv(const MpiRequestPtr& req) {
+void Pair::postRecv(const MpiRequestPtr& req) {
   auto it = arrived_.find(req->tag);
   if (it != arrived_.end()) {
     Arrival a = std::move(it->second.front());
@@ -147,7 +147,7 @@ void MpiPair::postRecv(const MpiRequestPtr& req) {
   waiting_[req->tag].push_back(req);
 }
 
-bool MpiPair::pollHeaders() {
+bool Pair::pollHeaders() {
   bool any = false;
   while (headerReq_ != MPI_REQUEST_NULL) {
     int flag = 0;
@@ -192,7 +192,7 @@ bool MpiPair::pollHeaders() {
   return any;
 }
 
-void MpiPair::match(const MpiRequestPtr& req, const WireHeader& h, const uint8_t* inl) {
+void Pair::match(const MpiRequestPtr& req, const WireHeader& h, const uint8_t* inl) {
   req->matched = true;
   bool inlined = (h.flags & kFlagInline) != 0;
   bool mismatch = h.bytes != req->bytes || h.sig != req->sig;
@@ -254,7 +254,7 @@ void MpiPair::match(const MpiRequestPtr& req, const WireHeader& h, const uint8_t
   }
 }
 
-void MpiPair::onPeerClosed() {
+void Pair::onPeerClosed() {
   peerClosed_ = true;
   for (auto& [tag, reqs] : waiting_) {
     for (auto& req : reqs) {
@@ -268,7 +268,7 @@ void MpiPair::onPeerClosed() {
   waiting_.clear();
 }
 
-void MpiPair::close(std::exception_ptr err, std::vector<std::unique_ptr<std::vector<uint8_t>>>* orphans) {
+void Pair::close(std::exception_ptr err, std::vector<std::unique_ptr<std::vector<uint8_t>>>* orphans) {
   if (closed_) return;
   closed_ = true;
   for (auto& [tag, reqs] : waiting_) {

@@ -9,7 +9,7 @@
 // header waits in `waiting`. Both are FIFO per chorus tag, and MPI keeps header messages
 // from one peer in order, so messages of one (peer, tag) match in the order they were sent.
 //
-// Thread-safety: none; MpiContext calls everything here under the MPI lock.
+// Thread-safety: none; mpi::Context calls everything here under the MPI lock.
 #pragma once
 
 #ifdef CHORUS_HAVE_MPI
@@ -84,11 +84,11 @@ struct Arrival {
   std::vector<uint8_t> inlineBytes;
 };
 
-class MpiPair {
+class Pair {
  public:
-  MpiPair(int rank, int peer, MPI_Comm comm, int tagUpperBound);
-  MpiPair(const MpiPair&) = delete;
-  MpiPair& operator=(const MpiPair&) = delete;
+  Pair(int rank, int peer, MPI_Comm comm, int tagUpperBound);
+  Pair(const Pair&) = delete;
+  Pair& operator=(const Pair&) = delete;
 
   int peer() const { return peer_; }
   bool peerClosed() const { return peerClosed_; }

@@ -48,6 +48,8 @@
 #include "chorus/common/env.h"
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"
+#include "chorus/comm/rendezvous/store.h"
+#include "chorus/comm/transport/factory.h"
 #include "chorus/comm/transport/shm/cma.h"
 #include "chorus/comm/transport/shm/futex.h"
 
@@ -119,11 +121,11 @@ void sweepStaleSegments() {
 std::string segKey(const TransportOptions& o, int r) { return str(o.prefix, "/shm/seg/", r); }
 std::string mappedKey(const TransportOptions& o, int r) { return str(o.prefix, "/shm/mapped/", r); }
 
-// The ranks whose key `keyOf(r)` is missing from the store, as "1, 3".
+// The ranks r in `ranks` whose key `keyOf(r)` is missing from the store, as "1, 3".
 template <typename KeyOf>
-std::string missingRanks(Store* store, int size, KeyOf keyOf) {
+std::string missingRanks(Store* store, const std::vector<int>& ranks, KeyOf keyOf) {
   std::string out;
-  for (int r = 0; r < size; ++r) {
+  for (int r : ranks) {
     if (!store->check({keyOf(r)})) out += str(out.empty() ? "" : ", ", r);
   }
   return out.empty() ? "none (they arrived just now)" : out;
@@ -156,8 +158,14 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   if (size_ < 1 || rank_ < 0 || rank_ >= size_) {
     throw InvalidArgument(str("shm transport: rank ", rank_, " is outside a job of ", size_, " rank(s)"));
   }
-  if (size_ > 1 && opts.store == nullptr) {
-    throw InvalidArgument(str(who_, ": the shm transport needs a store to find its ", size_ - 1, " peer(s)"));
+  if (!opts.peers.empty() && opts.peers.size() != static_cast<size_t>(size_)) {
+    throw InvalidArgument(str(who_, ": shm transport: peers lists ", opts.peers.size(), " ranks, the job has ", size_));
+  }
+  peers_ = opts.peers;
+  int members = 1;
+  for (int p = 0; p < size_; ++p) members += connects(p) ? 1 : 0;
+  if (members > 1 && opts.store == nullptr) {
+    throw InvalidArgument(str(who_, ": the shm transport needs a store to find its ", members - 1, " peer(s)"));
   }
   if (shm_.ringBytes < kMinRingBytes) {
     throw ConfigError(str(who_, ": shm ring of ", shm_.ringBytes, " bytes is too small; use at least ",
@@ -170,7 +178,7 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   // waiters must yield (see wait).
   cpu_set_t cpus;
   const int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-  oversubscribed_ = size_ > cores;
+  oversubscribed_ = members > cores;
 
   scratch_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, kScratchBytes)));
   if (!scratch_) throw std::bad_alloc();
@@ -184,7 +192,9 @@ Context::Context(const TransportOptions& opts, const ShmOptions& shm)
   pairs_.resize(static_cast<size_t>(size_));
   cmaTo_.assign(static_cast<size_t>(size_), false);
   sweepStaleSegments();
-  if (size_ > 1) setup(opts);
+  if (members > 1) setup(opts);
+  // One host: a mixed transport that uses this one for its host's ranks sets its own map.
+  setHosts(std::vector<int>(static_cast<size_t>(size_), 0));
 }
 
 void Context::setup(const TransportOptions& opts) {
@@ -214,15 +224,19 @@ void Context::setup(const TransportOptions& opts) {
   self_->magic.store(kSegmentMagic, std::memory_order_release);
   store->set(segKey(opts, rank_), toBytes(str(name, " ", me.pid)));
 
+  std::vector<int> members;  // this rank and the peers it connects to
+  for (int p = 0; p < size_; ++p) {
+    if (p == rank_ || connects(p)) members.push_back(p);
+  }
   peerSegments_.resize(static_cast<size_t>(size_));
   for (int p = 0; p < size_; ++p) {
-    if (p == rank_) continue;
+    if (!connects(p)) continue;
     Bytes value;
     try {
       value = store->get(segKey(opts, p), left());
     } catch (const TimeoutError&) {
       throw TimeoutError(str(who_, ": shm transport setup timed out after ", opts.timeout.count(),
-                             " ms waiting for rank(s) ", missingRanks(store, size_, [&](int r) { return segKey(opts, r); }),
+                             " ms waiting for rank(s) ", missingRanks(store, members, [&](int r) { return segKey(opts, r); }),
                              " to publish their segment under '", opts.prefix,
                              "/shm/'; check that every rank started with the same world size and prefix"));
     }
@@ -254,18 +268,18 @@ void Context::setup(const TransportOptions& opts) {
 
   store->set(mappedKey(opts, rank_), toBytes("1"));
   std::vector<std::string> keys;
-  for (int r = 0; r < size_; ++r) keys.push_back(mappedKey(opts, r));
+  for (int r : members) keys.push_back(mappedKey(opts, r));
   try {
     store->wait(keys, left());
   } catch (const TimeoutError&) {
     throw TimeoutError(str(who_, ": shm transport setup timed out after ", opts.timeout.count(),
-                           " ms waiting for rank(s) ", missingRanks(store, size_, [&](int r) { return mappedKey(opts, r); }),
+                           " ms waiting for rank(s) ", missingRanks(store, members, [&](int r) { return mappedKey(opts, r); }),
                            " to map their peers' segments"));
   }
   own_.unlink();
 
   for (int p = 0; p < size_; ++p) {
-    if (p == rank_) continue;
+    if (!connects(p)) continue;
     void* peerBase = peerSegments_[static_cast<size_t>(p)].base();
     auto* h = static_cast<SegmentHeader*>(peerBase);
     Pair::Endpoints ends{};
@@ -297,6 +311,10 @@ void Context::checkPeer(int peer, const char* op) const {
   if (peer < 0 || peer >= size_ || peer == rank_) {
     throw InvalidArgument(str(who_, ": ", op, " with peer ", peer, ": the peer must be another rank in [0, ", size_,
                               ")"));
+  }
+  if (!connects(peer)) {
+    throw InvalidArgument(str(who_, ": ", op, " with peer ", peer, ": this shm transport does not connect to rank ", peer,
+                              " (it is on another host; TransportOptions::peers)"));
   }
   if (closing_.load(std::memory_order_acquire)) {
     throw Error(str(who_, ": ", op, " with peer ", peer, " on a closed shm transport"));
@@ -363,37 +381,7 @@ void Context::failAllPending() {
   }
 }
 
-void Context::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  wait(reqs, deadline, WaitMode::kAll);
-}
-
-size_t Context::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  if (reqs.empty()) throw InvalidArgument(str(who_, ": waitAny on an empty list of requests; pass at least one"));
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (!reqs[i]) throw InvalidArgument(str(who_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
-  }
-  return wait(reqs, deadline, WaitMode::kAny);
-}
-
 size_t Context::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
-  // kAll: reqs.size() once every request is done (rethrowing the first failure); kAny: the
-  // first request that is done or failed; npos while the wait goes on.
-  constexpr size_t npos = SIZE_MAX;
-  auto finished = [&]() -> size_t {
-    if (mode == WaitMode::kAny) {
-      for (size_t i = 0; i < reqs.size(); ++i) {
-        if (reqs[i]->done || reqs[i]->error) return i;
-      }
-      return npos;
-    }
-    bool allDone = true;
-    for (const auto& r : reqs) {
-      if (r->error) std::rethrow_exception(r->error);
-      if (!r->done) allDone = false;
-    }
-    return allDone ? reqs.size() : npos;
-  };
-
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t start = nowNs();
   // Oversubscribed, a spin yields at every burst, so it costs the peers nothing: spin longer.
@@ -406,19 +394,19 @@ size_t Context::wait(std::span<const RequestPtr> reqs, const Deadline& deadline,
       const bool changed = progressAll();
       if (changed) lastChangeNs_ = nowNs();
       checkLivenessIfDue();
-      if (const size_t found = finished(); found != npos) return found;
-      if (deadline.expired()) throwTimeout(reqs, nowNs() - start, mode);
+      if (const size_t found = waitResult(reqs, mode); found != kPending) return found;
+      if (deadline.expired()) return deadlinePassed(reqs, mode, nowNs() - start);
       if (changed) continue;
     }
     if (closed_) {
-      if (mode == WaitMode::kAny) {
+      if (mode != WaitMode::kAll) {
         throw Error(str(who_, ": waitAny on a closed shm transport (close() was called or the transport was "
                               "destroyed); create a new one"));
       }
       for (const auto& r : reqs) checkDone(*r);
       return reqs.size();
     }
-    if (deadline.expired() || self_ == nullptr) throwTimeout(reqs, nowNs() - start, mode);
+    if (deadline.expired() || self_ == nullptr) return deadlinePassed(reqs, mode, nowNs() - start);
     const int64_t now = nowNs();
     const int64_t left = deadline.remainingNs();  // INT64_MAX for Deadline::never()
     const int64_t end = left > INT64_MAX - now ? INT64_MAX : now + left;
@@ -461,33 +449,10 @@ void Context::close() {
   if (!closed_) failAllPending();
 }
 
-void Context::throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs, WaitMode mode) const {
-  std::string pending;
-  std::string peers;
-  std::vector<bool> listed(static_cast<size_t>(size_), false);
-  int count = 0;
-  for (const auto& r : reqs) {
-    if (r->done) continue;
-    ++count;
-    if (count <= 8) {
-      const auto* s = dynamic_cast<const ShmRequest*>(r.get());
-      const uint64_t moved = s != nullptr ? std::min<uint64_t>(s->moved, s->bytes) : 0;
-      pending += str(count > 1 ? "; " : "",
-                     r->kind == Request::Kind::kSend ? str("send to rank ", r->peer, " tag ", r->tag, " (", r->bytes,
-                                                           " bytes, ", moved, " sent)")
-                                                     : str("recv from rank ", r->peer, " tag ", r->tag, " (", r->bytes,
-                                                           " bytes, ", moved, " received)"));
-    }
-    if (r->peer >= 0 && r->peer < size_ && !listed[static_cast<size_t>(r->peer)]) {
-      listed[static_cast<size_t>(r->peer)] = true;
-      peers += str(peers.empty() ? "" : ", ", r->peer);
-    }
-  }
-  if (count > 8) pending += str("; and ", count - 8, " more");
-  throw TimeoutError(str(who_, ": shm transport timed out after ", waitedNs / 1000000, " ms waiting for ",
-                         mode == WaitMode::kAny ? "any of " : "", count, " request(s) with rank(s) ", peers, ": ", pending,
-                         ". The peer may be slow, stuck, or calling collectives in another order; raise "
-                         "CHORUS_TIMEOUT_MS if it is only slow"));
+std::string Context::progressOf(const Request& r) const {
+  const auto* s = dynamic_cast<const ShmRequest*>(&r);
+  const uint64_t moved = s != nullptr ? std::min<uint64_t>(s->moved, s->bytes) : 0;
+  return str("(", moved, " of ", r.bytes, " bytes)");
 }
 
 }  // namespace shm

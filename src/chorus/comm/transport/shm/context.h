@@ -2,7 +2,8 @@
 // through single-producer/single-consumer rings in POSIX shared memory (ring.h), with large
 // messages copied once, straight from the sender's buffer, by cross-memory attach (cma.h).
 //
-// Setup (the constructor). Each rank creates its segment (/dev/shm/chorus-<job>-...-r<rank>-
+// Setup (the constructor). With TransportOptions::peers only those ranks take part, and the
+// rest of this comment reads "every peer" as "every rank in peers". Each rank creates its segment (/dev/shm/chorus-<job>-...-r<rank>-
 // <pid>-<nonce>, exclusive, mode 0600), publishes its name and pid in the store under
 // `<prefix>/shm/seg/<rank>`, maps every peer's segment, probes whether it can read each peer's
 // memory by CMA, and marks `<prefix>/shm/mapped/<rank>`. Once every rank has mapped, each
@@ -72,30 +73,29 @@ class Context : public Transport {
   RequestPtr isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
-  void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
-  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   void close() override;
+  bool sharedMemoryTo(int peer) const override { return peer >= 0 && peer < size_ && pairs_[static_cast<size_t>(peer)]; }
 
   // Whether messages to `peer` of at least cmaMinBytes go by CMA (for tests and logs).
   bool cmaToPeer(int peer) const;
 
  private:
-  enum class WaitMode : uint8_t { kAll, kAny };
-
   void setup(const TransportOptions& opts);
-  // The loop behind waitAll (returns reqs.size()) and waitAny (returns the index it found).
-  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode);
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
+  std::string progressOf(const Request& r) const override;
+  // Whether this rank connects to `peer` (TransportOptions::peers).
+  bool connects(int peer) const { return peer != rank_ && (peers_.empty() || peers_[static_cast<size_t>(peer)]); }
   void checkPeer(int peer, const char* op) const;
   bool progressAll();
   void checkLivenessIfDue();
   void failAllPending();
-  [[noreturn]] void throwTimeout(std::span<const RequestPtr> reqs, int64_t waitedNs, WaitMode mode) const;
 
   const int rank_;
   const int size_;
   ShmOptions shm_;
   std::string who_;  // "rank R", the start of every message
+  std::vector<bool> peers_;  // TransportOptions::peers: empty = every rank
 
   uint64_t probeWord_ = 0;  // peers read it by CMA to prove they can
   std::unique_ptr<uint8_t, void (*)(void*)> scratch_;

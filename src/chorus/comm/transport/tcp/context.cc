@@ -63,7 +63,7 @@
 namespace chorus::comm {
 
 std::unique_ptr<Transport> createTcpTransport(const TransportOptions& opts) {
-  return std::make_unique<tcp::TcpContext>(opts);
+  return std::make_unique<tcp::Context>(opts);
 }
 
 }  // namespace chorus::comm
@@ -341,7 +341,7 @@ struct AcceptState {
 
 }  // namespace
 
-TcpContext::TcpContext(const TransportOptions& opts) : rank_(opts.rank), size_(opts.size) {
+Context::Context(const TransportOptions& opts) : rank_(opts.rank), size_(opts.size) {
   if (size_ < 1 || rank_ < 0 || rank_ >= size_) {
     throw InvalidArgument(str("tcp transport: rank ", rank_, " is not in a world of size ", size_));
   }
@@ -377,9 +377,9 @@ TcpContext::TcpContext(const TransportOptions& opts) : rank_(opts.rank), size_(o
   if (acceptRejoin_) startRejoinAcceptor();
 }
 
-TcpContext::~TcpContext() { close(); }
+Context::~Context() { close(); }
 
-void TcpContext::startListening(const TransportOptions& opts) {
+void Context::startListening(const TransportOptions& opts) {
   std::string host = opts.bindAddr;
   if (host.empty()) {
     auto* tcpStore = dynamic_cast<TcpStore*>(opts.store);
@@ -392,7 +392,7 @@ void TcpContext::startListening(const TransportOptions& opts) {
   listenAddress_ = net::Endpoint{host, port}.str();
 }
 
-std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
+std::vector<net::Fd> Context::connectMesh(const TransportOptions& opts) {
   const Deadline deadline(opts.timeout);
   std::vector<net::Fd> fds(static_cast<size_t>(size_));
 
@@ -484,7 +484,7 @@ std::vector<net::Fd> TcpContext::connectMesh(const TransportOptions& opts) {
   return fds;
 }
 
-net::Fd TcpContext::connectTo(int peer, const TransportOptions& opts, const Deadline& deadline) {
+net::Fd Context::connectTo(int peer, const TransportOptions& opts, const Deadline& deadline) {
   const std::string key = storeKey(opts.prefix, peer);
   std::string addr;
   net::Fd fd;
@@ -527,7 +527,7 @@ net::Fd TcpContext::connectTo(int peer, const TransportOptions& opts, const Dead
   return fd;
 }
 
-void TcpContext::rejoinMesh(const TransportOptions& opts) {
+void Context::rejoinMesh(const TransportOptions& opts) {
   const Deadline deadline(opts.timeout);
   startListening(opts);
   // Our new address replaces the dead process's, so a later restart of another rank finds us.
@@ -580,7 +580,7 @@ void TcpContext::rejoinMesh(const TransportOptions& opts) {
   }
 }
 
-net::Fd TcpContext::rejoinPeer(int peer, const TransportOptions& opts, const Deadline& deadline) {
+net::Fd Context::rejoinPeer(int peer, const TransportOptions& opts, const Deadline& deadline) {
   const std::string key = storeKey(opts.prefix, peer);
   const std::string addr = toString(opts.store->get(key, Millis(std::max(1, deadline.remainingMs()))));
   // One attempt: a dead rank's port refuses at once, and waiting on it would hold up the rest.
@@ -599,13 +599,13 @@ net::Fd TcpContext::rejoinPeer(int peer, const TransportOptions& opts, const Dea
   return fd;
 }
 
-void TcpContext::startRejoinAcceptor() {
+void Context::startRejoinAcceptor() {
   rjStopFd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!rjStopFd_) throw SystemError(str("rank ", rank_, ": eventfd for the tcp rejoin acceptor"), errno);
   rjThread_ = std::thread([this] { acceptRejoins(); });
 }
 
-void TcpContext::stopRejoinAcceptor() {
+void Context::stopRejoinAcceptor() {
   std::thread t;
   {
     std::lock_guard<std::mutex> lock(rjMu_);
@@ -622,7 +622,7 @@ void TcpContext::stopRejoinAcceptor() {
   listenFd_.reset();  // a late restart is refused at once instead of waiting in the backlog
 }
 
-void TcpContext::acceptRejoins() {
+void Context::acceptRejoins() {
   auto onRefused = [this](const std::string& addr, const std::string& why) {
     {
       std::lock_guard<std::mutex> lock(rjMu_);
@@ -642,7 +642,7 @@ void TcpContext::acceptRejoins() {
   }
 }
 
-void TcpContext::serveRejoin(net::Fd& fd, const std::string& addr, const uint8_t* helloBytes) {
+void Context::serveRejoin(net::Fd& fd, const std::string& addr, const uint8_t* helloBytes) {
   const Hello h = decodeHello(helloBytes, kRejoinMagic);
   if (h.size != size_) throw Error(str("it says the world size is ", h.size, ", ours is ", size_));
   if (h.rank < 0 || h.rank >= size_ || h.rank == rank_) {
@@ -673,7 +673,7 @@ void TcpContext::serveRejoin(net::Fd& fd, const std::string& addr, const uint8_t
   (void)w;  // an eventfd write of 1 cannot fail short of overflow
 }
 
-void TcpContext::adoptRejoins() {
+void Context::adoptRejoins() {
   if (!rjQueued_.load()) return;
   std::vector<Rejoiner> queue;
   {
@@ -699,21 +699,21 @@ void TcpContext::adoptRejoins() {
   }
 }
 
-void TcpContext::checkPeer(int peer, const char* op) const {
+void Context::checkPeer(int peer, const char* op) const {
   if (peer < 0 || peer >= size_ || peer == rank_) {
     throw InvalidArgument(str("rank ", rank_, ": tcp ", op, " with peer ", peer, ": the peer must be another rank in [0, ",
                               size_, ")"));
   }
 }
 
-Pair& TcpContext::pairFor(int peer, const char* op) {
+Pair& Context::pairFor(int peer, const char* op) {
   if (closed_) throw Error(closedMessage());
   checkPeer(peer, op);
   adoptRejoins();  // a request posted after a restarted process connected goes to it
   return *pairs_[peer];
 }
 
-uint64_t TcpContext::peerEpoch(int peer) {
+uint64_t Context::peerEpoch(int peer) {
   std::lock_guard<std::mutex> lock(mu_);
   if (peer == rank_) return 0;
   checkPeer(peer, "peerEpoch");
@@ -721,7 +721,7 @@ uint64_t TcpContext::peerEpoch(int peer) {
   return epochs_[peer];
 }
 
-uint64_t TcpContext::awaitPeer(int peer, uint64_t epoch, const Deadline& deadline) {
+uint64_t Context::awaitPeer(int peer, uint64_t epoch, const Deadline& deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   checkPeer(peer, "awaitPeer");
   if (!acceptRejoin_) {
@@ -751,11 +751,11 @@ uint64_t TcpContext::awaitPeer(int peer, uint64_t epoch, const Deadline& deadlin
   }
 }
 
-std::string TcpContext::closedMessage() const {
+std::string Context::closedMessage() const {
   return str("rank ", rank_, ": the tcp transport is closed; hint: create a new one (or a new group)");
 }
 
-RequestPtr TcpContext::isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) {
+RequestPtr Context::isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   Pair& pair = pairFor(peer, "isend");
   if (data == nullptr && bytes > 0) {
@@ -767,7 +767,7 @@ RequestPtr TcpContext::isend(int peer, uint64_t tag, uint64_t sig, const void* d
   return req;
 }
 
-RequestPtr TcpContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
+RequestPtr Context::irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                              const RecvReduce* reduce) {
   std::lock_guard<std::mutex> lock(mu_);
   Pair& pair = pairFor(peer, "irecv");
@@ -784,7 +784,7 @@ RequestPtr TcpContext::irecv(int peer, uint64_t tag, uint64_t sig, void* data, s
   return req;
 }
 
-void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
+void Context::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
   adoptRejoins();
   if (polling_ == 0) retired_.clear();  // no poll() lists their fds any more
   pollFds_.clear();
@@ -825,72 +825,42 @@ void TcpContext::progress(std::unique_lock<std::mutex>& lock, int timeoutMs) {
   }
 }
 
-void TcpContext::waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  wait(reqs, deadline, WaitMode::kAll);
-}
-
-size_t TcpContext::waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) {
-  if (reqs.empty()) throw InvalidArgument(str("rank ", rank_, ": waitAny on an empty list of requests; pass at least one"));
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    if (!reqs[i]) throw InvalidArgument(str("rank ", rank_, ": waitAny: request ", i, " of ", reqs.size(), " is null"));
-  }
-  return wait(reqs, deadline, WaitMode::kAny);
-}
-
-size_t TcpContext::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
+size_t Context::wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t start = nowNs();
   const int64_t spinUntil = start + spinNs_;
   for (;;) {
-    if (mode == WaitMode::kAny) {
-      // A closed transport has failed every request: that is no answer to "which one".
-      if (closed_) throw Error(closedMessage());
-      for (size_t i = 0; i < reqs.size(); ++i) {
-        if (reqs[i]->done || reqs[i]->error) return i;
-      }
-    } else {
-      bool all = true;
-      for (const auto& r : reqs) {
-        CHORUS_CHECK(r != nullptr, "rank ", rank_, ": waitAll on a null request");
-        if (r->error) std::rethrow_exception(r->error);
-        if (!r->done) all = false;
-      }
-      if (all) return reqs.size();
-      if (closed_) throw Error(closedMessage());
-    }
-    if (deadline.expired()) {
-      std::string pending;
-      int count = 0;
-      for (const auto& r : reqs) {
-        if (r->done) continue;
-        const auto* t = dynamic_cast<const TcpRequest*>(r.get());
-        pending += str(count++ > 0 ? "; " : "", r->kind == Request::Kind::kSend ? "send to" : "recv from", " rank ",
-                       r->peer, " tag ", r->tag, " (", t != nullptr ? t->transferred : 0, " of ", r->bytes, " bytes)");
-      }
-      throw TimeoutError(str("rank ", rank_, ": tcp wait", mode == WaitMode::kAny ? " for any request" : "",
-                             " timed out after ", (nowNs() - start) / 1000000, " ms with ", count,
-                             " request(s) pending: ", pending,
-                             "; hint: those peers may be stuck, slower, or missing the matching call; raise",
-                             " CHORUS_TIMEOUT_MS if they are only slow"));
-    }
-    if (nowNs() < spinUntil) {
+    // A closed transport has failed every request: that is no answer to "which one".
+    if (mode != WaitMode::kAll && closed_) throw Error(closedMessage());
+    if (const size_t found = waitResult(reqs, mode); found != kPending) return found;
+    if (closed_) throw Error(closedMessage());
+    if (deadline.expired()) return deadlinePassed(reqs, mode, nowNs() - start);
+    // Under a millisecond left (a short slice of a mixed wait) poll() cannot block that
+    // briefly: poll without blocking until the deadline.
+    const int leftMs = deadline.remainingMs();
+    if (nowNs() < spinUntil || leftMs == 0) {
       progress(lock, 0);
       // On a host with more ranks than cores the peer we wait for may need this very core.
       sched_yield();
     } else {
-      progress(lock, std::max(1, deadline.remainingMs()));
+      progress(lock, leftMs);
     }
   }
 }
 
-bool TcpContext::test(const RequestPtr& req) {
+std::string Context::progressOf(const Request& r) const {
+  const auto* t = dynamic_cast<const TcpRequest*>(&r);
+  return str("(", t != nullptr ? t->transferred : 0, " of ", r.bytes, " bytes)");
+}
+
+bool Context::test(const RequestPtr& req) {
   std::unique_lock<std::mutex> lock(mu_);
   CHORUS_CHECK(req != nullptr, "rank ", rank_, ": test on a null request");
   if (!req->done && !closed_) progress(lock, 0);
   return checkDone(*req);
 }
 
-void TcpContext::close() {
+void Context::close() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!closed_) {

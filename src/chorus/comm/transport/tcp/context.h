@@ -45,15 +45,15 @@
 
 namespace chorus::comm::tcp {
 
-class TcpContext : public Transport {
+class Context : public Transport {
  public:
   // Connects the full mesh; blocks until every peer is connected or opts.timeout passes
   // (TimeoutError naming the ranks that never connected). opts.store must outlive the call.
   // With opts.rejoin it instead connects to the ranks of a running job in place of
   // opts.rank; it blocks at most about opts.timeout, and a rank that does not answer in that
   // time gets a failed connection (requests to it fail with PeerError) rather than an error.
-  explicit TcpContext(const TransportOptions& opts);
-  ~TcpContext() override;
+  explicit Context(const TransportOptions& opts);
+  ~Context() override;
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -62,8 +62,6 @@ class TcpContext : public Transport {
   RequestPtr isend(int peer, uint64_t tag, uint64_t sig, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
-  void waitAll(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
-  size_t waitAny(std::span<const RequestPtr> reqs, const Deadline& deadline) override;
   bool test(const RequestPtr& req) override;
   // Fails every pending request, wakes any waiter and (with acceptRejoin) stops and joins
   // the rejoin acceptor thread. Idempotent.
@@ -86,10 +84,8 @@ class TcpContext : public Transport {
   size_t chunkBytes() const { return chunk_; }
 
  private:
-  enum class WaitMode : uint8_t { kAll, kAny };
-
-  // The loop behind waitAll (returns reqs.size()) and waitAny (returns the index it found).
-  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode);
+  size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
+  std::string progressOf(const Request& r) const override;
   std::vector<net::Fd> connectMesh(const TransportOptions& opts);
   net::Fd connectTo(int peer, const TransportOptions& opts, const Deadline& deadline);
   // Listens on opts.bindAddr (or the store's interface) and sets listenFd_/listenAddress_.

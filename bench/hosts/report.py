@@ -1,0 +1,152 @@
+"""Assembles bench/results/hosts.md from the raw outputs bench/hosts/run.sh collects: one run per
+(implementation, link rate, size, repeat), each holding one row in the table format of
+`chorus bench collectives` (bytes count dtype algo time_us algbw_GBps busbw_GBps wrong), which
+bench/peers/mpi_allreduce.c prints too. Standard library only.
+
+Everything in the report (tables, ratios, whether each target is met) is computed from those
+files; nothing is typed in by hand.
+
+usage: report.py --raw DIR --rates 1gbit 100mbit --sizes 4K 1M 16M 64M --repeat R --command CMD --out FILE
+"""
+
+import argparse
+import datetime
+import importlib.util
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "common"))
+from runs import revision  # noqa: E402
+
+# The table parsing, formatting and target rules of the single-host page (bench/peers/report.py).
+_spec = importlib.util.spec_from_file_location("peers_report", os.path.join(os.path.dirname(HERE), "peers", "report.py"))
+peers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(peers)
+
+IMPLS = [("hier", "chorus hierarchical (mixed)"), ("ring", "chorus flat ring (tcp)"), ("openmpi", "OpenMPI")]
+LATENCY_BYTES = 4096
+LARGE_BYTES = 1 << 20
+TARGET_BYTES = 64 << 20
+
+
+def load(raw, impl, rate, sizes, repeat):
+    """Per size in bytes: the median row over the repeats (busbw, time_us medians; lo/hi the
+    busbw spread; wrong the most any run saw), and the runs that failed."""
+    runs, failures = {}, []
+    for size in sizes:
+        for r in range(1, repeat + 1):
+            stem = os.path.join(raw, f"{impl}-{rate}-{size}-r{r}")
+            rc = (peers.read(stem + ".rc") or "").strip()
+            if rc != "0":
+                err = (peers.read(stem + ".err") or "").strip().splitlines()
+                failures.append({"run": f"{impl}, {rate}, {size}, repeat {r}", "rc": rc or "not run",
+                                 "cmd": (peers.read(stem + ".cmd") or "").strip(), "err": err[-6:]})
+            for b, row in peers.parse_rows(peers.read(stem + ".out") or "").items():
+                runs.setdefault(b, []).append(row)
+    med = {}
+    for b, rows in runs.items():
+        by_bw = sorted(rows, key=lambda x: x["busbw"])
+        wrongs = [x["wrong"] for x in rows if x["wrong"] is not None]
+        med[b] = {"bytes": b, "busbw": statistics.median(x["busbw"] for x in rows),
+                  "time_us": statistics.median(x["time_us"] for x in rows), "algo": by_bw[(len(by_bw) - 1) // 2]["algo"],
+                  "lo": by_bw[0]["busbw"], "hi": by_bw[-1]["busbw"], "runs": len(rows),
+                  "wrong": max(wrongs) if wrongs else None}
+    return med, failures
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--raw", required=True)
+    p.add_argument("--rates", nargs="+", required=True)
+    p.add_argument("--sizes", nargs="+", required=True)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--command", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--src", default=os.path.dirname(os.path.dirname(HERE)))
+    a = p.parse_args()
+
+    data, failures = {}, []
+    for rate in a.rates:
+        for impl, _ in IMPLS:
+            data[(impl, rate)], f = load(a.raw, impl, rate, a.sizes, a.repeat)
+            failures += f
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = ["# All-reduce across hosts: hierarchical against the flat ring and OpenMPI", "",
+          f"Written by `{a.command}` on {now} at commit {revision(a.src)}. Every number below is computed from the "
+          "raw outputs that run collected; rerun the command to refresh this page instead of editing it.", "",
+          "## Machine", ""]
+    md += peers.machine(a.raw, a.src)
+    busy = peers.busy_note(a.raw)
+    if busy:
+        md += ["", busy]
+    md += ["", "## Method", "",
+           "Two netlab hosts (tools/netlab: network namespaces with their own hostnames, joined by a bridge; each "
+           "host's egress shaped by tc to the rate named) run 2 ranks each, all four processes on this one 2-core "
+           "machine. `mpirun -H h0:2,h1:2` starts every run from host 0, entering host 1 through `netlab.sh rsh`. "
+           "The three sides:", "",
+           "- **chorus hierarchical**: the mixed transport (shared memory between the two ranks of a host, TCP "
+           "between hosts), `--algo hier`: reduce-scatter inside each host, all-reduce of each half across, "
+           "all-gather inside;",
+           "- **chorus flat ring**: the tcp transport between every pair (loopback inside a host), `--algo ring`;",
+           "- **OpenMPI**: `MPI_Allreduce` (bench/peers/mpi_allreduce.c) with btl self,vader,tcp: its shared "
+           "memory inside a host and TCP between, and its own algorithm choice.", "",
+           "float32 sum in place; one size per run. Sizes under 16 MiB time themselves (~0.25 s of calls after a "
+           "warm-up); 16 and 64 MiB run 1 warm-up and 3 timed calls. time_us is the slowest rank's mean per call; "
+           "busbw = bytes / time x 2(n-1)/n with n = 4 ranks (GB = 1e9 B). Every result is checked exactly."
+           + (f" Each size ran {a.repeat} times, the three sides alternating within every repetition; cells show "
+              "the median busbw with the spread (min–max); ratios and targets use the medians." if a.repeat > 1 else ""),
+           "", "## Commands", "", "```", a.command]
+    for impl, _ in IMPLS:
+        cmd = (peers.read(os.path.join(a.raw, f"{impl}-{a.rates[0]}-{a.sizes[-1]}-r1.cmd")) or "").strip()
+        if cmd:
+            md.append(cmd)
+    md += ["```", ""]
+
+    for rate in a.rates:
+        h, r, m = (data[(impl, rate)] for impl, _ in IMPLS)
+        sizes = sorted(set(h) | set(r) | set(m))
+        md += [f"## {rate}: bus bandwidth (GB/s)", "",
+               "| size | hierarchical | flat ring | OpenMPI | hier / ring | hier / OpenMPI |",
+               "|---:|---:|---:|---:|---:|---:|"]
+        for b in sizes:
+            x, y, z = h.get(b), r.get(b), m.get(b)
+            md.append(f"| {peers.human(b)} | {peers.fmt_bw(x)} | {peers.fmt_bw(y)} | {peers.fmt_bw(z)} | "
+                      f"{peers.fmt_ratio(peers.ratio(x, y))} | {peers.fmt_ratio(peers.ratio(x, z))} |")
+        lat = [d.get(LATENCY_BYTES) for d in (h, r, m)]
+        if any(lat):
+            md += ["", f"Latency at {peers.human(LATENCY_BYTES)}, µs per call (median): "
+                   + "; ".join(f"{title} {'n/a' if c is None else format(c['time_us'], '.1f')}"
+                               for (_, title), c in zip(IMPLS, lat))]
+        md.append("")
+
+    md += ["## Targets", "", "Computed from the tables above.", ""]
+    for rate in a.rates:
+        h, r, m = (data[(impl, rate)] for impl, _ in IMPLS)
+        md.append(peers.target_line(f"{rate}: hierarchical >= 1.3x flat ring at 64 MiB", 4, [TARGET_BYTES], h, r, 1.3,
+                                    "busbw"))
+        large = sorted(b for b in set(h) | set(m) if b >= LARGE_BYTES)
+        md.append(peers.target_line(f"{rate}: hierarchical >= OpenMPI at every size >= 1 MiB", 4, large, h, m, 1.0,
+                                    "busbw"))
+    wrong = [(impl, rate, b, row["wrong"]) for (impl, rate), rows in data.items() for b, row in rows.items()
+             if row["wrong"]]
+    md += ["", "## Correctness", ""]
+    md += ([f"- {impl}, {rate}, {peers.human(b)}: {w} wrong elements" for impl, rate, b, w in wrong] if wrong
+           else ["Every checked result was exact (0 wrong elements in every row)."])
+    if failures:
+        md += ["", "## Runs that failed", ""]
+        for f in failures:
+            md.append(f"- {f['run']}: exit {f['rc']}: `{f['cmd']}`")
+            md += [f"    {line}" for line in f["err"]]
+    md.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(md))
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
