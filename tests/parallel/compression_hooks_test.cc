@@ -161,6 +161,52 @@ TEST(PowerSgdHook, RecoversALowRankGradientExactlyAndKeepsTheResidual) {
   });
 }
 
+// scope = inter-host on ranks that pretend to be on two hosts: each host sums densely to its
+// first rank, only those run the codec (PowerSGD) between them, and the result is the average
+// over every rank. Only the first ranks send compressed messages; the others report none.
+TEST(CompressionHooks, InterHostScopeCompressesOnlyBetweenHosts) {
+  torch::set_num_threads(1);
+  for (const std::vector<int>& hosts : {std::vector<int>{0, 0, 1, 1}, std::vector<int>{0, 0, 1}}) {
+    const int world = static_cast<int>(hosts.size());
+    testutil::RankOptions opts;
+    opts.hosts = hosts;
+    runRanks(world, opts, [&](comm::ProcessGroup& g) {
+      ASSERT_TRUE(g.links().hierarchical());
+      const bool first = g.rank() == 0 || hosts[static_cast<size_t>(g.rank())] != hosts[static_cast<size_t>(g.rank() - 1)];
+      // A lossless sparse codec: the average of every rank's sparse gradient, exactly.
+      auto hook = codecHook(std::make_shared<NonzeroCodec>(), 0, 0, CompressionScope::kInterHost);
+      GradBucket b;
+      b.buffer = torch::zeros({100});
+      b.buffer[g.rank() * 7] = static_cast<float>(g.rank() + 1);
+      b.buffer[99] = 2.0f;
+      b.names = {"w"};
+      b.shapes = {{100}};
+      b.offsets = {0};
+      hook->start(g, b)->wait();
+      torch::Tensor want = torch::zeros({100});
+      for (int r = 0; r < world; ++r) want[r * 7] = static_cast<float>(r + 1) / static_cast<float>(world);
+      want[99] = 2.0f;
+      EXPECT_TRUE(torch::allclose(b.buffer, want, 1e-6, 1e-7)) << "rank " << g.rank() << " of " << world;
+      // A host's first rank sends its host's nonzeros (its own and its neighbours', plus index 99).
+      EXPECT_EQ(hook->lastMessageBytes() > 0, first) << "rank " << g.rank();
+
+      // PowerSGD of rank 2 on a rank-1 matrix (every rank u v^T times rank + 1): exact.
+      auto psgd = powerSgdHook(2, /*seed=*/3, 0, CompressionScope::kInterHost);
+      auto gen = at::detail::createCPUGenerator(9);
+      torch::Tensor u = torch::randn({32, 1}, gen), v = torch::randn({1, 24}, gen);
+      GradBucket c;
+      c.buffer = (torch::matmul(u, v) * (g.rank() + 1)).reshape({-1});
+      c.names = {"w"};
+      c.shapes = {{32, 24}};
+      c.offsets = {0};
+      psgd->start(g, c)->wait();
+      const float mean = static_cast<float>(world + 1) / 2.0f;
+      EXPECT_TRUE(torch::allclose(c.buffer.view({32, 24}), torch::matmul(u, v) * mean, 1e-4, 1e-4)) << "rank " << g.rank();
+      EXPECT_EQ(psgd->lastMessageBytes(), first ? static_cast<uint64_t>((32 * 2 + 24 * 2) * 4) : 0u);
+    });
+  }
+  EXPECT_THROW(parseCompressionScope("everywhere"), InvalidArgument);
+}
 
 // The first denseSteps calls per bucket are a plain average; the codec runs after them, and
 // the count lives in the bucket's state (so checkpoints carry it).

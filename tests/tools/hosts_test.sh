@@ -109,6 +109,21 @@ test_mpirun() {
     head -c 600 "$TMP/train/metrics.jsonl" 2>/dev/null
   fi
 
+  # Compression between the hosts only: PowerSGD among each host's first worker, dense sums
+  # and broadcasts inside the hosts. The first ranks of the hosts report the factors they sent;
+  # the others send nothing compressed.
+  timeout 300 "$NETLAB" run "$LAB" 0 -- "${MPIRUN[@]}" "$CHORUS" train --set data.limit_train=512 \
+    --set data.limit_test=256 --set train.epochs=1 --set train.batch_size=64 --set train.threads=1 \
+    --set model.hidden=[32] --set compression.method=powersgd --set compression.rank=2 \
+    --set compression.scope=inter-host --set output.progress=lines --set "output.dir=$TMP/inter" >"$TMP/inter.out" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q '"event": "summary"' "$TMP/inter/metrics.jsonl" 2>/dev/null; then
+    pass "chorus train with compression.scope = inter-host (powersgd) across the hosts: summary written"
+  else
+    fail "train with inter-host compression: exit $rc"
+    tail -20 "$TMP/inter.out"
+  fi
+
   # The parameter-server job: 3 workers and 1 server (the last rank, on host 1).
   timeout 300 "$NETLAB" run "$LAB" 0 -- "${MPIRUN[@]}" "$CHORUS" train --set ps.servers=1 --set data.limit_train=480 \
     --set data.limit_test=256 --set train.epochs=1 --set train.batch_size=48 --set train.threads=1 \

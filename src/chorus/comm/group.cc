@@ -604,6 +604,11 @@ std::shared_ptr<ProcessGroup> ProcessGroup::fromEnvironment(const InitOptions& o
 
 const char* ProcessGroup::transportName() const { return shared_->transport->name(); }
 
+int ProcessGroup::hostOf(int r) const {
+  if (r < 0 || r >= size()) throw InvalidArgument(str("hostOf(", r, "): not a rank of this group of ", size()));
+  return shared_->transport->hostOf(ranks_[static_cast<size_t>(r)]);
+}
+
 uint64_t ProcessGroup::bytesSent() const { return shared_->bytesSent.load(std::memory_order_relaxed); }
 
 WorkPtr ProcessGroup::submit(CollectiveKind kind, uint64_t sig, const CollectiveCommon& common,

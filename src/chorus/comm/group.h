@@ -83,6 +83,9 @@ class ProcessGroup {
   AllreduceAlgo defaultAlgo() const { return defaultAlgo_; }
   // Global rank (in the job) of group rank r.
   int globalRank(int r) const { return ranks_[r]; }
+  // The host of group rank r (Transport::hostOf: hosts numbered in order of their lowest
+  // global rank).
+  int hostOf(int r) const;
 
   // Collective over this group: ranks with the same color form a sub-group, ordered by
   // (key, rank). A negative color joins no sub-group and gets nullptr.

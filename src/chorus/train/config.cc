@@ -355,6 +355,11 @@ const std::vector<Key>& schema() {
                   "not for dgc, whose warm-up is its sparsity schedule"},
       {.name = "compression.seed", .field = CHORUS_FIELD(compression.seed),
        .meaning = "seed of the codecs' randomness (randomk, qsgd, terngrad, sampled top-k)"},
+      {.name = "compression.scope", .field = CHORUS_FIELD(compression.scope), .choices = {"all", "inter-host"},
+       .meaning = "all: every worker's gradient goes through the codec; inter-host: when the workers span hosts with "
+                  "several on a host, each host sums its gradients densely to its first worker, only those run the "
+                  "codec (or powersgd) between hosts, and each broadcasts the result inside its host (elsewhere the "
+                  "same as all)"},
 
       {.name = "ps.servers", .field = CHORUS_FIELD(ps.servers), .range = between(0, kMaxProcesses, false, false),
        .meaning = "parameter-server processes besides the workers; 0: all-reduce DDP",
@@ -1085,6 +1090,10 @@ class Builder {
       fail("compression.dense_steps", str(": a dense warm-up applies to codecs and powersgd, not to compression.method = \"",
                                           c.method, "\"", c.method == "dgc" ? " (DGC warms up by its sparsity schedule, "
                                           "compression.warmup_epochs)" : "", "; set it to 0"));
+    if (c.scope != "all" && (c.method == "none" || c.method == "fp16" || c.method == "bf16"))
+      fail("compression.scope", str(": \"", c.scope, "\" picks where a codec or powersgd runs; compression.method = \"",
+                                    c.method, "\" has none (it all-reduces ", c.method == "none" ? "float32" : c.method,
+                                    " everywhere, hierarchically across hosts anyway); set compression.scope = \"all\""));
     const auto& ps = config_.ps;
     if (ps.servers > 0) {
       if (ps.backup > 0 && ps.mode != "bsp")

@@ -146,6 +146,7 @@ struct CompressionConfig {
   bool layerwise = true;        // topk, topk_sampled, dgc: k per parameter tensor, not per bucket
   int64_t denseSteps = 0;       // steps of plain all-reduce before the codec starts (not dgc)
   uint64_t seed = 0;            // randomness of randomk, qsgd, terngrad, sampled top-k
+  std::string scope = "all";    // all | inter-host: dense inside each host, the codec only between hosts
   bool operator==(const CompressionConfig&) const = default;
 };
 

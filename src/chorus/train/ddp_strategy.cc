@@ -35,7 +35,7 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
   if (c.method == "none" || c.method == "fp16" || c.method == "bf16") return s;  // 16-bit: castHook, below
   if (c.method == "powersgd") {
-    s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps);
+    s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps, parallel::parseCompressionScope(c.scope));
     return s;
   }
   std::shared_ptr<compress::Codec> codec;
@@ -57,7 +57,7 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   } else {
     codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
   }
-  s.hook = parallel::codecHook(codec, seed, c.denseSteps);
+  s.hook = parallel::codecHook(codec, seed, c.denseSteps, parallel::parseCompressionScope(c.scope));
   return s;
 }
 

@@ -136,8 +136,8 @@ bool denseWarmup(compress::CodecState& st, int64_t denseSteps) {
 
 class CodecHook : public StatefulHook {
  public:
-  CodecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps)
-      : codec_(std::move(codec)), seed_(seed), denseSteps_(denseSteps) {
+  CodecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps, CompressionScope scope)
+      : StatefulHook(scope), codec_(std::move(codec)), seed_(seed), denseSteps_(denseSteps) {
     if (!codec_) throw InvalidArgument("codecHook: codec is nullptr");
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
@@ -160,8 +160,11 @@ class CodecHook : public StatefulHook {
       if (denseWarmup(*st, denseSteps_)) {
         allreduceAvg(*g, buffer);
         r.messageBytes = r.denseBytes = static_cast<uint64_t>(buffer.numel()) * 4;
-      } else {
-        r = compress::compressedAllreduce(*g, *codec_, buffer, *st);
+      } else if (!averageAcrossHosts(*g, buffer, [&](comm::ProcessGroup& across, torch::Tensor& b) {
+                   r = compress::compressedAllreduce(across, *codec_, b, *st);
+                 })) {
+        r.messageBytes = 0;  // this host's first rank sent its message across
+        r.denseBytes = static_cast<uint64_t>(buffer.numel()) * 4;
       }
       recordBytes(r.messageBytes, r.denseBytes);
     }));
@@ -177,27 +180,34 @@ class CodecHook : public StatefulHook {
 
 class PowerSgdHook : public StatefulHook {
  public:
-  PowerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps) : rank_(rank), seed_(seed), denseSteps_(denseSteps) {
+  PowerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps, CompressionScope scope)
+      : StatefulHook(scope), rank_(rank), seed_(seed), denseSteps_(denseSteps) {
     if (rank < 1) throw InvalidArgument(str("powerSgdHook: rank must be >= 1, not ", rank));
   }
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
     compress::CodecState* st = &stateOf(bucket.index);
     comm::ProcessGroup* g = &group;
     GradBucket b = bucket;  // tensors are shared; names and shapes copied
-    return std::make_unique<JobWork>(runner_.submit([this, g, b, st] { reduce(*g, b, *st); }));
+    return std::make_unique<JobWork>(runner_.submit([this, g, b, st] {
+      torch::NoGradGuard noGrad;
+      if (denseWarmup(*st, denseSteps_)) {
+        torch::Tensor all = b.buffer;
+        allreduceAvg(*g, all);
+        recordBytes(static_cast<uint64_t>(all.numel()) * 4, static_cast<uint64_t>(all.numel()) * 4);
+        return;
+      }
+      torch::Tensor buf = b.buffer;
+      if (!averageAcrossHosts(*g, buf, [&](comm::ProcessGroup& across, torch::Tensor&) { reduce(across, b, *st); })) {
+        recordBytes(0, static_cast<uint64_t>(buf.numel()) * 4);  // this host's first rank sent the factors
+      }
+    }));
   }
   std::string name() const override { return str("powersgd-", rank_); }
 
  private:
+  // PowerSGD of bucket b over g (the whole group, or the hosts' first ranks).
   void reduce(comm::ProcessGroup& g, const GradBucket& b, compress::CodecState& st) {
-    torch::NoGradGuard noGrad;
     const torch::Tensor& buf = b.buffer;
-    if (denseWarmup(st, denseSteps_)) {
-      torch::Tensor all = buf;
-      allreduceAvg(g, all);
-      recordBytes(static_cast<uint64_t>(buf.numel()) * 4, static_cast<uint64_t>(buf.numel()) * 4);
-      return;
-    }
     struct Mat {
       torch::Tensor view, res, m, p, q;  // view: the gradient as n x m inside the buffer
     };
@@ -304,12 +314,57 @@ uint64_t StatefulHook::lastDenseBytes() const {
   return denseBytes_;
 }
 
-std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps) {
-  return std::make_shared<CodecHook>(std::move(codec), seed, denseSteps);
+bool StatefulHook::averageAcrossHosts(comm::ProcessGroup& g, torch::Tensor& buffer,
+                                      const std::function<void(comm::ProcessGroup&, torch::Tensor&)>& compressed) {
+  if (scope_ == CompressionScope::kAll || !g.links().hierarchical()) {
+    compressed(g, buffer);
+    return true;
+  }
+  auto it = tiers_.find(&g);
+  if (it == tiers_.end()) {
+    const int host = g.hostOf(g.rank());
+    bool first = true;
+    for (int r = 0; r < g.rank(); ++r) first = first && g.hostOf(r) != host;
+    Tiers t;
+    t.host = g.split(host, g.rank());
+    t.leaders = g.split(first ? 0 : -1, g.rank());
+    it = tiers_.emplace(&g, std::move(t)).first;
+  }
+  const Tiers& t = it->second;
+  BufferView v = viewOf(buffer);
+  comm::ReduceOptions sum;
+  sum.data = v.data;
+  sum.count = v.count;
+  sum.dtype = v.dtype;
+  sum.op = ReduceOp::kSum;
+  sum.root = 0;
+  t.host->reduce(sum);
+  if (t.leaders) {
+    compressed(*t.leaders, buffer);  // the hosts' average of their sums
+    buffer.mul_(static_cast<double>(t.leaders->size()) / static_cast<double>(g.size()));
+  }
+  comm::BroadcastOptions out;
+  out.data = v.data;
+  out.count = v.count;
+  out.dtype = v.dtype;
+  out.root = 0;
+  t.host->broadcast(out);
+  return t.leaders != nullptr;
 }
 
-std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps) {
-  return std::make_shared<PowerSgdHook>(rank, seed, denseSteps);
+CompressionScope parseCompressionScope(const std::string& name) {
+  if (name == "all") return CompressionScope::kAll;
+  if (name == "inter-host") return CompressionScope::kInterHost;
+  throw InvalidArgument(str("unknown compression scope '", name, "'; use all or inter-host"));
+}
+
+std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed, int64_t denseSteps,
+                                        CompressionScope scope) {
+  return std::make_shared<CodecHook>(std::move(codec), seed, denseSteps, scope);
+}
+
+std::shared_ptr<StatefulHook> powerSgdHook(int64_t rank, uint64_t seed, int64_t denseSteps, CompressionScope scope) {
+  return std::make_shared<PowerSgdHook>(rank, seed, denseSteps, scope);
 }
 
 }  // namespace chorus::parallel
