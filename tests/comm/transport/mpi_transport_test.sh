@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs tests/programs/mpi_transport_check under `mpirun -n 2` and `-n 3`: the mpi transport's
-# point-to-point semantics, nativeAllreduce for every dtype and op, closing, and the store
-# address exchange; then every collective over the mpi transport at 2, 3 and 4 ranks.
+# Runs tests/programs/mpi_transport_check under `mpirun -n 2` and `-n 3`: the transport
+# conformance suite on the mpi transport (the cases conformance_test runs on the others),
+# nativeAllreduce for every dtype and op, and the store address exchange; then every
+# collective over the mpi transport at 2, 3 and 4 ranks.
 # Usage: bash mpi_transport_test.sh BUILD_DIR SOURCE_DIR
 # Skipped (exit 77, which ctest reports as skipped) only when mpirun is not installed or the
 # build has MPI turned off.

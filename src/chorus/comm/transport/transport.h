@@ -5,8 +5,9 @@
 // Collectives are written against this interface only, so every algorithm runs on every
 // transport.
 //
-// Semantics, which every backend keeps (tests/comm/transport/conformance_test.cc checks them
-// on each):
+// Semantics, which every backend keeps (the conformance suite, tests/util/transport_conformance.h,
+// checks them on each: tests/comm/transport/conformance_test.cc, and for mpi
+// tests/programs/mpi_transport_check.cc under mpirun):
 // - Messages from one peer to another under the same tag are matched in the order they were
 //   posted (FIFO). Messages under different tags may be received in any order: a message that
 //   arrives before its receive is posted is held until it is.
@@ -177,6 +178,9 @@ class Transport {
   void setHosts(std::vector<int> hosts);
   // Whether messages to `peer` go through shared memory (a link between ranks of one host).
   virtual bool sharedMemoryTo(int /*peer*/) const { return false; }
+  // How far a pending request of this transport got, for timeout messages: "(12 of 4096
+  // bytes)"; the base says "(4096 bytes)".
+  virtual std::string progressOf(const Request& r) const;
 
  protected:
   // The loop behind waitAll, waitAny and waitAnyUntil (which check their arguments first):
@@ -193,9 +197,6 @@ class Transport {
   // TimeoutError naming this rank, the backend, the pending peers and, for the first 8 pending
   // requests, what each is and how far it got (progressOf).
   size_t deadlinePassed(std::span<const RequestPtr> reqs, WaitMode mode, int64_t waitedNs) const;
-  // How far a pending request got, for timeout messages: "(12 of 4096 bytes)" by default.
-  virtual std::string progressOf(const Request& r) const;
-
  private:
   std::vector<int> hosts_;  // empty until setHosts
 };

@@ -73,6 +73,8 @@ bool Context::test(const RequestPtr& req) {
   return backend(sideOf(req->peer)).test(req);
 }
 
+std::string Context::progressOf(const Request& r) const { return backend(sideOf(r.peer)).progressOf(r); }
+
 void Context::close() {
   closed_.store(true);
   if (shm_) shm_->close();

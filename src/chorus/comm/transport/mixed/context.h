@@ -45,6 +45,7 @@ class Context : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   bool test(const RequestPtr& req) override;
+  std::string progressOf(const Request& r) const override;
   void close() override;
   bool sharedMemoryTo(int peer) const override { return peer >= 0 && peer < size_ && peer != rank_ && local_[peer]; }
 
@@ -54,7 +55,7 @@ class Context : public Transport {
  private:
   enum Side : int { kShm = 0, kTcp = 1 };
   Side sideOf(int peer) const;
-  Transport& backend(Side s) { return s == kShm ? *shm_ : *tcp_; }
+  Transport& backend(Side s) const { return s == kShm ? *shm_ : *tcp_; }
 
   const int rank_;
   const int size_;

@@ -81,6 +81,7 @@ class Context final : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   bool test(const RequestPtr& req) override;
+  std::string progressOf(const Request& r) const override;
   void close() override;
 
   // MPI_Allreduce in place over every rank. float16/bfloat16 use a user-defined MPI_Op that
@@ -94,7 +95,6 @@ class Context final : public Transport {
   // completed or arrived.
   bool progressLocked();
   size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
-  std::string progressOf(const Request& r) const override;
   void failSendsToClosedPeers();
   void checkOpen(const char* op) const;
   void checkPeer(int peer, const char* op) const;

@@ -74,6 +74,7 @@ class Context : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   bool test(const RequestPtr& req) override;
+  std::string progressOf(const Request& r) const override;
   void close() override;
   bool sharedMemoryTo(int peer) const override { return peer >= 0 && peer < size_ && pairs_[static_cast<size_t>(peer)]; }
 
@@ -83,7 +84,6 @@ class Context : public Transport {
  private:
   void setup(const TransportOptions& opts);
   size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
-  std::string progressOf(const Request& r) const override;
   // Whether this rank connects to `peer` (TransportOptions::peers).
   bool connects(int peer) const { return peer != rank_ && (peers_.empty() || peers_[static_cast<size_t>(peer)]); }
   void checkPeer(int peer, const char* op) const;

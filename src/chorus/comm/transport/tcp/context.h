@@ -63,6 +63,7 @@ class Context : public Transport {
   RequestPtr irecv(int peer, uint64_t tag, uint64_t sig, void* data, size_t bytes,
                    const RecvReduce* reduce = nullptr) override;
   bool test(const RequestPtr& req) override;
+  std::string progressOf(const Request& r) const override;
   // Fails every pending request, wakes any waiter and (with acceptRejoin) stops and joins
   // the rejoin acceptor thread. Idempotent.
   void close() override;
@@ -85,7 +86,6 @@ class Context : public Transport {
 
  private:
   size_t wait(std::span<const RequestPtr> reqs, const Deadline& deadline, WaitMode mode) override;
-  std::string progressOf(const Request& r) const override;
   std::vector<net::Fd> connectMesh(const TransportOptions& opts);
   net::Fd connectTo(int peer, const TransportOptions& opts, const Deadline& deadline);
   // Listens on opts.bindAddr (or the store's interface) and sets listenFd_/listenAddress_.
