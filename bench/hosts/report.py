@@ -135,16 +135,7 @@ def main():
     md += ["", "## Correctness", ""]
     md += ([f"- {impl}, {rate}, {peers.human(b)}: {w} wrong elements" for impl, rate, b, w in wrong] if wrong
            else ["Every checked result was exact (0 wrong elements in every row)."])
-    if failures:
-        md += ["", "## Runs that failed", ""]
-        for f in failures:
-            md.append(f"- {f['run']}: exit {f['rc']}: `{f['cmd']}`")
-            md += [f"    {line}" for line in f["err"]]
-    md.append("")
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(md))
-    print(f"wrote {a.out}", file=sys.stderr)
+    peers.write_page(md, failures, a.out)
     return 0
 
 

@@ -285,18 +285,22 @@ def main():
         md += [f"- {name}, {n} ranks, {human(b)}: {w} wrong elements" for name, n, b, w in wrong]
     else:
         md.append("Every checked result was exact (0 wrong elements in every row).")
+    write_page(md, failures, a.out)
+    return 0
+
+
+def write_page(md, failures, out):
+    """Ends the page with the runs that failed (if any) and writes it to `out`."""
     if failures:
         md += ["", "## Runs that failed", ""]
         for f in failures:
             md.append(f"- {f['run']}: exit {f['rc']}: `{f['cmd']}`")
             md += [f"    {line}" for line in f["err"]]
     md.append("")
-
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w", encoding="utf-8") as fh:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(md))
-    print(f"wrote {a.out}", file=sys.stderr)
-    return 0
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

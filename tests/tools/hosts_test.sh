@@ -16,12 +16,7 @@ NETLAB=$SRC/tools/netlab/netlab.sh
 CHORUS=$(realpath -m "$BUILD/chorus")
 LAB=mpih$$
 
-[ "$(id -u)" -eq 0 ] || { echo "skipped: needs root (network namespaces)"; exit 77; }
-for tool in ip tc nsenter unshare; do
-  command -v $tool >/dev/null || { echo "skipped: $tool is not installed"; exit 77; }
-done
-if ! ip netns add "$LAB-probe" 2>/dev/null; then echo "skipped: ip netns is not available here"; exit 77; fi
-ip netns del "$LAB-probe"
+"$NETLAB" usable || exit 77
 [ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built (build the chorus target)"; exit 1; }
 MPI_SKIP=""
 if ! command -v mpirun >/dev/null; then

@@ -22,12 +22,7 @@ SBATCH_SCRIPT=$SRC/examples/slurm/train.sbatch
 CHORUS=$(realpath -m "$BUILD/chorus")
 LAB=slurm$$
 
-[ "$(id -u)" -eq 0 ] || { echo "skipped: needs root (network namespaces)"; exit 77; }
-for tool in ip tc nsenter unshare; do
-  command -v $tool >/dev/null || { echo "skipped: $tool is not installed"; exit 77; }
-done
-if ! ip netns add "$LAB-probe" 2>/dev/null; then echo "skipped: ip netns is not available here"; exit 77; fi
-ip netns del "$LAB-probe"
+"$NETLAB" usable || exit 77
 for tool in munged mungekey munge slurmctld slurmd srun sbatch sinfo scontrol; do
   command -v $tool >/dev/null || { echo "skipped: $tool is not installed (bash scripts/bootstrap.sh installs slurm-wlm and munge)"; exit 77; }
 done

@@ -41,6 +41,9 @@ usage:
       up, exec-all CMD, then down (always); exits with CMD's status
   $PROG list
       show the labs that exist
+  $PROG usable
+      exit 0 when labs can be made here; else say why on stdout and exit 77 (the status
+      ctest counts as skipped), for the scripts that test on a lab
 
 options:
   --rate RATE     egress rate of every host: INTEGER followed by bit, kbit, mbit or gbit,
@@ -507,6 +510,18 @@ cmd_check() {
   [ $rc -eq 0 ] || die "check: the measurement between $lab-h0 and $lab-h1 failed (status $rc)"
 }
 
+# Whether a lab can be made here: root, the tools, and network namespaces.
+cmd_usable() {
+  [ $# -eq 0 ] || usage_error "usable takes no arguments"
+  local skip="skipped:" probe="netlab-probe-$$"
+  [ "$(id -u)" -eq 0 ] || { echo "$skip needs root (network namespaces)"; exit 77; }
+  for tool in ip tc nsenter unshare; do
+    command -v $tool >/dev/null || { echo "$skip $tool is not installed"; exit 77; }
+  done
+  ip netns add "$probe" 2>/dev/null || { echo "$skip ip netns is not available here"; exit 77; }
+  ip netns del "$probe"
+}
+
 main() {
   [ $# -ge 1 ] || { usage >&2; exit 2; }
   local cmd=$1
@@ -519,6 +534,7 @@ main() {
     with) cmd_with "$@" ;;
     check) cmd_check "$@" ;;
     list) cmd_list "$@" ;;
+    usable) cmd_usable "$@" ;;
     rsh) cmd_rsh "$@" ;;
     -h | --help | help) usage ;;
     *) usage_error "unknown command '$cmd'" ;;

@@ -27,23 +27,34 @@ void allgather(Comm& comm, const AllgatherOptions& o) {
   allgatherFlat(comm, o);
 }
 
-void allgatherFlat(Comm& comm, const AllgatherOptions& o) {
+namespace detail {
+
+GatherLayout allgatherLayout(const Comm& comm, const AllgatherOptions& o) {
   const int P = comm.size(), r = comm.rank();
-  std::vector<size_t> counts = o.counts;
-  if (counts.empty()) {
-    counts.assign(static_cast<size_t>(P), o.count);
+  GatherLayout l;
+  l.counts = o.counts;
+  if (l.counts.empty()) {
+    l.counts.assign(static_cast<size_t>(P), o.count);
   } else {
-    detail::requireCounts(comm, counts, "allgatherv counts");
-    if (counts[static_cast<size_t>(r)] != o.count) {
+    requireCounts(comm, l.counts, "allgatherv counts");
+    if (l.counts[static_cast<size_t>(r)] != o.count) {
       throw InvalidArgument(str("allgatherv: count is ", o.count, " on rank ", r, " but counts[", r, "] is ",
-                                counts[static_cast<size_t>(r)], "; they must agree"));
+                                l.counts[static_cast<size_t>(r)], "; they must agree"));
     }
   }
-  std::vector<size_t> offsets(static_cast<size_t>(P) + 1, 0);
-  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  l.offsets.assign(static_cast<size_t>(P) + 1, 0);
+  std::partial_sum(l.counts.begin(), l.counts.end(), l.offsets.begin() + 1);
+  requireBuffer(o.input, o.count, "allgather input");
+  requireBuffer(o.output, l.offsets[static_cast<size_t>(P)], "allgather output");
+  return l;
+}
+
+}  // namespace detail
+
+void allgatherFlat(Comm& comm, const AllgatherOptions& o) {
+  const int P = comm.size(), r = comm.rank();
+  const auto [counts, offsets] = detail::allgatherLayout(comm, o);
   const size_t esize = dtypeSize(o.dtype);
-  detail::requireBuffer(o.input, o.count, "allgather input");
-  detail::requireBuffer(o.output, offsets[static_cast<size_t>(P)], "allgather output");
 
   auto block = [&](int b) { return detail::advance(o.output, offsets[static_cast<size_t>(b)], esize); };
   auto blockBytes = [&](int b) { return counts[static_cast<size_t>(b)] * esize; };

@@ -51,6 +51,15 @@ bool trivialAllreduce(const Comm& comm, const AllreduceOptions& o);
 
 // Throws InvalidArgument naming `what` when a buffer of count > 0 elements is null.
 void requireBuffer(const void* p, size_t count, const char* what);
+// An all-gather's blocks: counts[r] elements from rank r (opts.counts, or opts.count for every
+// rank), checked against the group and opts.count, and offsets[r] their prefix sums (size + 1
+// entries); checks the buffers too.
+struct GatherLayout {
+  std::vector<size_t> counts;
+  std::vector<size_t> offsets;
+};
+GatherLayout allgatherLayout(const Comm& comm, const AllgatherOptions& opts);
+
 // Throws InvalidArgument when root is not a rank of the group.
 void requireRoot(const Comm& comm, int root);
 // Throws InvalidArgument unless counts has one entry per rank.

@@ -200,23 +200,10 @@ void broadcastHierarchical(Comm& comm, const BroadcastOptions& o) {
 }
 
 void allgatherHierarchical(Comm& comm, const AllgatherOptions& o) {
-  const int P = comm.size(), r = comm.rank();
-  std::vector<size_t> counts = o.counts;
-  if (counts.empty()) {
-    counts.assign(static_cast<size_t>(P), o.count);
-  } else {
-    detail::requireCounts(comm, counts, "allgatherv counts");
-    if (counts[static_cast<size_t>(r)] != o.count) {
-      throw InvalidArgument(str("allgatherv: count is ", o.count, " on rank ", r, " but counts[", r, "] is ",
-                                counts[static_cast<size_t>(r)], "; they must agree"));
-    }
-  }
-  std::vector<size_t> offsets(static_cast<size_t>(P) + 1, 0);
-  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  const int P = comm.size();
+  const auto [counts, offsets] = detail::allgatherLayout(comm, o);
   const size_t esize = dtypeSize(o.dtype);
   const size_t total = offsets[static_cast<size_t>(P)];
-  detail::requireBuffer(o.input, o.count, "allgather input");
-  detail::requireBuffer(o.output, total, "allgather output");
   if (total == 0) return;
   const Layout l = layoutOf(comm);
   const auto& mine = l.hosts[static_cast<size_t>(l.host)];
