@@ -9,7 +9,7 @@
 // parses back to an equal Config, so `chorus train` can save a run's resolved config and
 // reload it.
 //
-// fuzz-sources: src/chorus/train/config.cc src/chorus/common/error.cc
+// fuzz-sources: src/chorus/train/config.cc src/chorus/common/error.cc src/chorus/compress/methods.cc
 // fuzz-max-len: 8192
 #include <cstdint>
 #include <cstdio>

@@ -24,6 +24,14 @@ from runs import revision  # noqa: E402
 _spec = importlib.util.spec_from_file_location("peers_report", os.path.join(os.path.dirname(HERE), "peers", "report.py"))
 peers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(peers)
+# Reading a training run's metrics (bench/compression/report.py).
+_spec = importlib.util.spec_from_file_location("compression_report",
+                                               os.path.join(os.path.dirname(HERE), "compression", "report.py"))
+compression = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compression)
+
+TRAIN_TITLES = {"dense": "dense", "powersgd-all": "PowerSGD, all ranks", "powersgd-inter": "PowerSGD, between hosts",
+                "dgc-all": "DGC, all ranks", "dgc-inter": "DGC, between hosts"}
 
 IMPLS = [("hier", "chorus hierarchical (mixed)"), ("ring", "chorus flat ring (tcp)"), ("openmpi", "OpenMPI")]
 LATENCY_BYTES = 4096
@@ -56,12 +64,67 @@ def load(raw, impl, rate, sizes, repeat):
     return med, failures
 
 
+def training_section(a, failures):
+    """Time to dense accuracy per method: in each round, the target is that round's dense final
+    accuracy, and a method's time is the training time of its first evaluation (one per epoch)
+    at or above it."""
+    runs = {m: [] for m in a.train_methods}  # per method, per round: Run or None
+    for r in range(1, a.train_repeat + 1):
+        for m in a.train_methods:
+            run, err = compression.load_run(a.raw, f"train-{m}-r{r}")
+            if err:
+                failures.append({"run": f"training {m}, round {r}", "rc": "no result", "cmd": "", "err": [err]})
+            runs[m].append(run)
+    md = ["## Training across hosts at 100 Mbit/s: time to dense accuracy", "",
+          f"The CNN of bench/compression (cnn.toml: 5 epochs, one evaluation per epoch) on the first {a.train_limit} "
+          "training samples, 2 hosts x 2 workers, train.threads 1, the transport and algorithms auto picks (mixed, "
+          f"hierarchical). {a.train_repeat} rounds, the methods alternating within each. In each round the target "
+          "is dense's final accuracy in that round; time to it is the training time of the first evaluation at or "
+          "above it (so rounded up to an epoch). Cells: median over the rounds (min–max).", "",
+          "| method | final accuracy | training s | bytes/step (rank 0) | time to dense accuracy (s) | speedup vs dense |",
+          "|---|---:|---:|---:|---:|---:|"]
+
+    def cell(values, f):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        text = f(statistics.median(values))
+        return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+
+    dense = runs.get("dense", [])
+    for m in a.train_methods:
+        acc = [x.acc if x else None for x in runs[m]]
+        secs = [x.train_s if x else None for x in runs[m]]
+        bps = [x.bytes_per_step if x else None for x in runs[m]]
+        tta, speed, reached = [], [], 0
+        for i, x in enumerate(runs[m]):
+            d = dense[i] if i < len(dense) else None
+            if x is None or d is None:
+                continue
+            t, td = x.time_to(d.acc), d.time_to(d.acc)
+            if t is not None:
+                reached += 1
+                tta.append(t)
+                if td:
+                    speed.append(td / t)
+        rounds = sum(1 for x in runs[m] if x is not None)
+        reach = "" if reached == rounds else f" (reached in {reached} of {rounds})"
+        md.append(f"| {TRAIN_TITLES.get(m, m)} | {cell(acc, lambda v: f'{v:.4f}')} | {cell(secs, lambda v: f'{v:.1f}')} | "
+                  f"{cell(bps, compression.fmt_bytes)} | {cell(tta, lambda v: f'{v:.1f}') if tta else 'not reached'}{reach} | "
+                  f"{cell(speed, lambda v: f'{v:.2f}x') if speed else '—'} |")
+    md.append("")
+    return md
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--raw", required=True)
-    p.add_argument("--rates", nargs="+", required=True)
+    p.add_argument("--rates", nargs="*", default=[])
     p.add_argument("--sizes", nargs="+", required=True)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--train-repeat", type=int, default=0)
+    p.add_argument("--train-methods", nargs="*", default=[])
+    p.add_argument("--train-limit", type=int, default=0)
     p.add_argument("--command", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--src", default=os.path.dirname(os.path.dirname(HERE)))
@@ -100,7 +163,11 @@ def main():
               "the median busbw with the spread (min–max); ratios and targets use the medians." if a.repeat > 1 else ""),
            "", "## Commands", "", "```", a.command]
     for impl, _ in IMPLS:
-        cmd = (peers.read(os.path.join(a.raw, f"{impl}-{a.rates[0]}-{a.sizes[-1]}-r1.cmd")) or "").strip()
+        cmd = (peers.read(os.path.join(a.raw, f"{impl}-{a.rates[0]}-{a.sizes[-1]}-r1.cmd")) or "").strip() if a.rates else ""
+        if cmd:
+            md.append(cmd)
+    for m in a.train_methods:
+        cmd = (peers.read(os.path.join(a.raw, f"train-{m}-r1.cmd")) or "").strip() if a.train_repeat else ""
         if cmd:
             md.append(cmd)
     md += ["```", ""]
@@ -121,6 +188,9 @@ def main():
                    + "; ".join(f"{title} {'n/a' if c is None else format(c['time_us'], '.1f')}"
                                for (_, title), c in zip(IMPLS, lat))]
         md.append("")
+
+    if a.train_repeat > 0:
+        md += training_section(a, failures)
 
     md += ["## Targets", "", "Computed from the tables above.", ""]
     for rate in a.rates:

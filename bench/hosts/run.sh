@@ -8,11 +8,17 @@
 #            between)
 # all launched by `mpirun -H h0:2,h1:2` from host 0 with `netlab.sh rsh` as its rsh agent.
 # float32 sum at 4 KiB (latency), 1, 16 and 64 MiB; every run checks its result exactly.
+# Then (section "training") at 100 Mbit/s, TRAIN_REPEAT rounds of the Fashion-MNIST CNN of
+# bench/compression (cnn.toml, the first TRAIN_LIMIT training samples, 5 epochs) on the same
+# 2 x 2 ranks, alternating: dense, PowerSGD among all ranks (scope all) and between hosts only
+# (compression.scope = inter-host), DGC likewise: the time each needs to reach dense's final
+# accuracy.
 # Writes bench/results/hosts.md (through bench/hosts/report.py); raw outputs stay in
 # BUILD_DIR/bench-hosts/. Needs root (network namespaces), mpirun and a chorus built with MPI.
 #
 # usage: bash bench/hosts/run.sh [BUILD_DIR]      (default: build)
 #   RATES="1gbit 100mbit"  REPEAT=3  SIZES="4K 1M 16M 64M"  OUT=bench/results/hosts.md
+#   SECTIONS="allreduce training"  TRAIN_REPEAT=3  TRAIN_LIMIT=12800
 #   Sizes of 16 MiB and more run 3 timed calls after 1 warm-up (at 100 Mbit/s a 64 MiB flat
 #   ring takes ~8 s per call); smaller ones time themselves (about 0.25 s of calls).
 set -uo pipefail
@@ -22,6 +28,10 @@ build=$(cd "$src" && realpath -m "$build_arg")
 rates=(${RATES:-1gbit 100mbit})
 repeat=${REPEAT:-3}
 sizes=(${SIZES:-4K 1M 16M 64M})
+sections=" ${SECTIONS:-allreduce training} "
+train_repeat=${TRAIN_REPEAT:-3}
+train_limit=${TRAIN_LIMIT:-12800}
+train_methods=(dense powersgd-all powersgd-inter dgc-all dgc-inter)
 out=${OUT:-$src/bench/results/hosts.md}
 raw=$build/bench-hosts
 netlab=$src/tools/netlab/netlab.sh
@@ -49,6 +59,7 @@ chorus=$(rel "$build/chorus")
 mpibench=$(rel "$build/mpi_allreduce_bench")
 
 cat /proc/loadavg | awk '{print "before: " $1 " " $2 " " $3}' > "$raw/loadavg.txt"
+[[ $sections == *" allreduce "* ]] || rates=()
 for rate in "${rates[@]}"; do
   "$netlab" up 2 --rate "$rate" --name "$lab" > /dev/null || { echo "run.sh: netlab up failed" >&2; exit 1; }
   mpirun=(tools/netlab/netlab.sh run "$lab" 0 -- mpirun -H "$lab-h0:2,$lab-h1:2" -n 4 -x CHORUS_TIMEOUT_MS=600000)
@@ -66,8 +77,34 @@ for rate in "${rates[@]}"; do
   done
   "$netlab" down "$lab" > /dev/null
 done
+
+# The arguments of one training method.
+method_args() {
+  case $1 in
+    dense) ;;
+    powersgd-*) echo "--set compression.method=powersgd --set compression.rank=4" ;;
+    dgc-*) echo "--set compression.method=dgc --set optim.momentum=0" ;;
+  esac
+  [[ $1 == *-inter ]] && echo "--set compression.scope=inter-host"
+}
+if [[ $sections == *" training "* ]]; then
+  "$netlab" up 2 --rate 100mbit --name "$lab" > /dev/null || { echo "run.sh: netlab up failed" >&2; exit 1; }
+  mpirun=(tools/netlab/netlab.sh run "$lab" 0 -- mpirun -H "$lab-h0:2,$lab-h1:2" -n 4)
+  for r in $(seq 1 "$train_repeat"); do
+    for m in "${train_methods[@]}"; do
+      read -ra margs <<< "$(method_args "$m" | tr '\n' ' ')"
+      bench_run "train-$m-r$r" "${mpirun[@]}" "$chorus" train bench/compression/cnn.toml \
+        --set "data.limit_train=$train_limit" --set train.threads=1 --set output.progress=none \
+        "${margs[@]}" --set "output.dir=$raw/train-$m-r$r"
+    done
+  done
+  "$netlab" down "$lab" > /dev/null
+else
+  train_repeat=0
+fi
 cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"
 python3 "$src/bench/hosts/report.py" --raw "$raw" --rates "${rates[@]}" --sizes "${sizes[@]}" --repeat "$repeat" \
+  --train-repeat "$train_repeat" --train-methods "${train_methods[@]}" --train-limit "$train_limit" \
   --command "bash bench/hosts/run.sh $build_arg" --out "$out"
 echo "wrote $out"
 [[ ${#failed[@]} -eq 0 ]] || { echo "run.sh: failed runs: ${failed[*]}" >&2; exit 1; }

@@ -6,9 +6,11 @@
 
 #include <cstring>
 #include <mutex>
+#include <span>
 
 #include "chorus/compress/compressed_allreduce.h"
-#include "chorus/compress/sparse.h"
+#include "chorus/compress/factory.h"
+#include "chorus/parallel/compress_adapter.h"
 #include "chorus/parallel/data/compression_hooks.h"
 #include "chorus/parallel/data/ddp.h"
 #include "util/rank_threads.h"
@@ -27,24 +29,23 @@ std::shared_ptr<comm::ProcessGroup> borrow(comm::ProcessGroup& g) {
 class DenseCodec : public compress::Codec {
  public:
   std::string name() const override { return "dense"; }
-  compress::Message encode(const torch::Tensor& g, compress::CodecState&) override {
-    compress::Message m(static_cast<size_t>(g.numel()) * 4);
-    std::memcpy(m.data(), g.data_ptr<float>(), m.size());
+  compress::Message encode(std::span<const float> g, compress::CodecState&) override {
+    compress::Message m(g.size() * 4);
+    std::memcpy(m.data(), g.data(), m.size());
     return m;
   }
-  void decodeAdd(const compress::Message& m, torch::Tensor& out) const override {
+  void decodeAdd(const compress::Message& m, std::span<float> out) const override {
     const float* v = reinterpret_cast<const float*>(m.data());
-    float* o = out.data_ptr<float>();
-    for (int64_t i = 0; i < out.numel(); ++i) o[i] += v[i];
+    for (size_t i = 0; i < out.size(); ++i) out[i] += v[i];
   }
 };
 class NonzeroCodec : public compress::Codec {
  public:
   std::string name() const override { return "nonzero"; }
-  compress::Message encode(const torch::Tensor& g, compress::CodecState&) override {
+  compress::Message encode(std::span<const float> g, compress::CodecState&) override {
     compress::Message m;
-    const float* v = g.data_ptr<float>();
-    for (int32_t i = 0; i < g.numel(); ++i) {
+    const float* v = g.data();
+    for (int32_t i = 0; i < static_cast<int32_t>(g.size()); ++i) {
       if (v[i] == 0) continue;
       m.resize(m.size() + 8);
       std::memcpy(m.data() + m.size() - 8, &i, 4);
@@ -52,8 +53,8 @@ class NonzeroCodec : public compress::Codec {
     }
     return m;
   }
-  void decodeAdd(const compress::Message& m, torch::Tensor& out) const override {
-    float* o = out.data_ptr<float>();
+  void decodeAdd(const compress::Message& m, std::span<float> out) const override {
+    float* o = out.data();
     for (size_t p = 0; p < m.size(); p += 8) {
       int32_t i;
       float x;
@@ -81,7 +82,7 @@ TEST(CompressedAllreduce, SparseEqualsDenseOnSparseInputsAndSwitchesToDenseWhenC
         g.allreduce(o);
         NonzeroCodec codec;
         compress::CodecState st;
-        auto r = compress::compressedAllreduce(g, codec, x, st);
+        auto r = compress::compressedAllreduce(g, codec, mutableFloatSpan(x, "test"), st);
         EXPECT_TRUE(torch::allclose(x, dense, 1e-6, 1e-7)) << "world " << world << " nonzeros " << nonzeros;
         EXPECT_EQ(r.wentDense, world > 1 && nonzeros == 900);
         EXPECT_EQ(r.messageBytes, static_cast<uint64_t>(nonzeros) * 8);
@@ -147,13 +148,13 @@ TEST(PowerSgdHook, RecoversALowRankGradientExactlyAndKeepsTheResidual) {
     // A full-rank gradient: approximation + new residual == gradient + old residual.
     auto gen2 = at::detail::createCPUGenerator(20 + g.rank());
     torch::Tensor full = torch::randn({32, 24}, gen2);
-    torch::Tensor before = hook->states()[0].tensors["residual.0"].clone();
+    torch::Tensor before = bufferTensor(hook->states()[0], "residual.0").view({32, 24});
     GradBucket c = b;
     c.buffer = torch::cat({full.reshape({-1}), bias});
     torch::Tensor input = full.clone();
     hook->start(g, c)->wait();
     torch::Tensor approx = c.buffer.narrow(0, 0, 32 * 24).view({32, 24});
-    torch::Tensor after = hook->states()[0].tensors["residual.0"];
+    torch::Tensor after = bufferTensor(hook->states()[0], "residual.0").view({32, 24});
     // Error feedback: what went out (the shared approximation) plus what this rank keeps is
     // exactly this rank's gradient plus its old residual.
     EXPECT_GT(after.abs().sum().item<double>(), 0.0);
@@ -213,7 +214,10 @@ TEST(CompressionHooks, InterHostScopeCompressesOnlyBetweenHosts) {
 TEST(CompressionHooks, DenseWarmupStepsThenCompress) {
   torch::set_num_threads(1);
   runRanks(2, "loopback", [&](comm::ProcessGroup& g) {
-    auto topk = std::shared_ptr<compress::Codec>(compress::makeSparse("topk", 0.1));
+    compress::CodecConfig topkConfig;
+    topkConfig.method = "topk";
+    topkConfig.ratio = 0.1;
+    auto topk = std::shared_ptr<compress::Codec>(compress::makeCodec(topkConfig));
     for (auto hook : {codecHook(topk, 1, /*denseSteps=*/2), powerSgdHook(1, 1, /*denseSteps=*/2)}) {
       SCOPED_TRACE(hook->name());
       for (int call = 1; call <= 3; ++call) {

@@ -127,6 +127,13 @@ TEST(Trainer, ResumeIsBitExactWithDgcMomentum) {
                    "dgc");
 }
 
+// PowerSGD keeps its residuals and Q as the codec state's float32 buffers, viewed as matrices.
+TEST(Trainer, ResumeIsBitExactWithPowerSgdState) {
+  resumeIsBitExact({"model.hidden=[32]", "compression.method=powersgd", "compression.rank=2",
+                    "output.checkpoint_every=3"},
+                   "powersgd");
+}
+
 // optim.clip_norm under DDP: with plain SGD (no momentum, no decay, constant lr) each step moves
 // the weights by lr times the clipped gradient, so with a norm far below the gradient's every
 // step's move has length lr * clip_norm exactly (and without clipping it is far longer).

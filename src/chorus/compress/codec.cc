@@ -9,10 +9,10 @@ uint64_t CodecState::nextRandom() {
   return z ^ (z >> 31);
 }
 
-torch::Tensor& CodecState::residual(const torch::Tensor& grad) {
-  torch::Tensor& r = tensors["residual"];
-  if (!r.defined() || r.numel() != grad.numel()) r = torch::zeros({grad.numel()}, grad.options());
-  return r;
+std::vector<float>& CodecState::buffer(const std::string& name, size_t numel) {
+  std::vector<float>& b = buffers[name];
+  if (b.size() != numel) b.assign(numel, 0.0f);
+  return b;
 }
 
 }  // namespace chorus::compress

@@ -1,5 +1,6 @@
 #include "chorus/compress/compressed_allreduce.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "chorus/common/error.h"
@@ -14,19 +15,16 @@ bool denseIsCheaper(int64_t numel, uint64_t totalMessageBytes, int world) {
   return sparse > dense;
 }
 
-CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, torch::Tensor& grad, CodecState& state) {
-  if (!grad.is_contiguous() || grad.scalar_type() != at::kFloat || !grad.device().is_cpu()) {
-    throw InvalidArgument("compressedAllreduce: the gradient must be a contiguous float32 CPU tensor");
-  }
-  torch::NoGradGuard noGrad;
-  torch::Tensor flat = grad.view({-1});
+CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, std::span<float> flat, CodecState& state) {
+  const auto numel = static_cast<int64_t>(flat.size());
+  auto zero = [&] { std::fill(flat.begin(), flat.end(), 0.0f); };
   CompressedResult r;
-  r.denseBytes = static_cast<uint64_t>(flat.numel()) * 4;
+  r.denseBytes = static_cast<uint64_t>(numel) * 4;
   Message mine = codec.encode(flat, state);
   r.messageBytes = mine.size();
   const int world = group.size();
   if (world == 1) {
-    flat.zero_();
+    zero();
     codec.decodeAdd(mine, flat);
     return r;
   }
@@ -45,13 +43,13 @@ CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, to
     if (meta[2 * k + 1] < 0) sparse = false;
     bytes += static_cast<uint64_t>(meta[2 * k]);
   }
-  if (sparse && denseIsCheaper(flat.numel(), bytes, world)) {
+  if (sparse && denseIsCheaper(numel, bytes, world)) {
     // Every rank saw the same counts, so every rank takes this branch.
-    flat.zero_();
+    zero();
     codec.decodeAdd(mine, flat);
     comm::AllreduceOptions ao;
-    ao.data = flat.data_ptr();
-    ao.count = static_cast<size_t>(flat.numel());
+    ao.data = flat.data();
+    ao.count = flat.size();
     ao.dtype = DType::kFloat32;
     ao.op = ReduceOp::kAvg;
     group.allreduce(ao);
@@ -69,14 +67,15 @@ CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, to
   go.counts = counts;
   go.dtype = DType::kUInt8;
   group.allgather(go);
-  flat.zero_();
+  zero();
   size_t off = 0;
   for (int k = 0; k < world; ++k) {
     Message m(all.begin() + static_cast<std::ptrdiff_t>(off), all.begin() + static_cast<std::ptrdiff_t>(off + counts[k]));
     codec.decodeAdd(m, flat);
     off += counts[k];
   }
-  flat.div_(world);
+  const auto w = static_cast<float>(world);
+  for (float& x : flat) x /= w;  // float32 division, as a tensor's div_ did
   return r;
 }
 

@@ -5,8 +5,7 @@
 #pragma once
 
 #include <cstdint>
-
-#include <torch/torch.h>
+#include <span>
 
 #include "chorus/comm/group.h"
 #include "chorus/compress/codec.h"
@@ -21,7 +20,7 @@ struct CompressedResult {
 
 // grad: this rank's flat float32 gradient in, the average over the group out (in place).
 // Every rank must call it with the same codec kind and numel, in the same order.
-CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, torch::Tensor& grad, CodecState& state);
+CompressedResult compressedAllreduce(comm::ProcessGroup& group, Codec& codec, std::span<float> grad, CodecState& state);
 
 // Dense all-reduce cost in bytes sent per rank (ring: 2 (W-1)/W of the float32 data) against
 // the ring allgather of every rank's message ((W-1)/W of their total): true when dense is cheaper.

@@ -18,17 +18,6 @@
 #include "chorus/common/error.h"
 
 namespace chorus::compress {
-namespace {
-
-// The state tensor `name`, as zeros shaped like the flat gradient on first use.
-torch::Tensor& stateTensor(CodecState& state, const std::string& name, const torch::Tensor& g) {
-  torch::Tensor& t = state.tensors[name];
-  if (!t.defined() || t.numel() != g.numel()) t = torch::zeros({g.numel()}, g.options());
-  return t;
-}
-
-}  // namespace
-
 DgcCodec::DgcCodec(DgcOptions opts) : opts_(std::move(opts)) {
   if (!(opts_.momentum >= 0 && opts_.momentum < 1))
     throw InvalidArgument(str("dgc: momentum must be in [0, 1); got ", opts_.momentum));
@@ -54,34 +43,51 @@ int64_t DgcCodec::epochOf(const CodecState& state) const {
   return it != state.scalars.end() ? static_cast<int64_t>(it->second) : epoch_.load();
 }
 
-torch::Tensor DgcCodec::select(const torch::Tensor& velocity, CodecState& state) {
+std::vector<int64_t> DgcCodec::select(std::span<const float> velocity, CodecState& state) {
   SparseOptions opts;
   opts.ratio = 1.0 - sparsity(epochOf(state));
   opts.sampleRatio = opts_.sampleRatio;
   opts.minSample = opts_.minSample;
-  return selectLayerwise(velocity.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
-                         [&](const torch::Tensor& mag) {
-                           int64_t k = targetCount(opts, mag.numel());
+  return selectLayerwise(magnitudes(velocity), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](std::span<const float> mag) {
+                           int64_t k = targetCount(opts, static_cast<int64_t>(mag.size()));
                            return opts_.sampledTopK ? selectTopKSampled(mag, k, opts, state) : selectTopK(mag, k);
                          });
 }
 
-Message DgcCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  torch::Tensor g = checkedFlatGrad(grad, name());
+Message DgcCodec::encode(std::span<const float> grad, CodecState& state) {
+  checkSparseGrad(grad, name());
+  const size_t n = grad.size();
+  std::vector<float> clipped;  // a copy when clipping: encode() leaves grad untouched
+  std::span<const float> g = grad;
   if (opts_.maxNorm > 0) {
     double limit = opts_.maxNorm / std::sqrt(static_cast<double>(opts_.worldSize));
-    double norm = g.norm().item<double>();
-    if (norm > limit) g = g * (limit / norm);  // a copy: encode() leaves grad untouched
+    double sumSq = 0;
+    for (float x : grad) sumSq += static_cast<double>(x) * x;
+    double norm = std::sqrt(sumSq);
+    if (norm > limit) {
+      const auto scale = static_cast<float>(limit / norm);
+      clipped.resize(n);
+      for (size_t i = 0; i < n; ++i) clipped[i] = grad[i] * scale;
+      g = clipped;
+    }
   }
-  torch::Tensor& u = stateTensor(state, "momentum", g);
-  torch::Tensor& v = stateTensor(state, "velocity", g);
-  u.mul_(opts_.momentum).add_(g);
-  v.add_(u);
-  torch::Tensor idx = select(v, state);
-  torch::Tensor vals = v.index_select(0, idx);
-  v.index_fill_(0, idx, 0.0);
-  u.index_fill_(0, idx, 0.0);
-  return packSparse(kind(), g.numel(), idx, vals);
+  std::vector<float>& u = state.buffer("momentum", n);
+  std::vector<float>& v = state.buffer("velocity", n);
+  const auto m = static_cast<float>(opts_.momentum);
+  for (size_t i = 0; i < n; ++i) {
+    u[i] = u[i] * m + g[i];
+    v[i] += u[i];
+  }
+  std::vector<int64_t> idx = select(v, state);
+  std::vector<float> vals(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) {
+    const auto j = static_cast<size_t>(idx[i]);
+    vals[i] = v[j];
+    v[j] = 0.0f;
+    u[j] = 0.0f;
+  }
+  return packSparse(kind(), static_cast<int64_t>(n), idx, vals);
 }
 
 }  // namespace chorus::compress

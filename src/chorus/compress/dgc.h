@@ -4,12 +4,13 @@
 //
 // Per encode(), for this rank's gradient g of one tensor (flat, n entries):
 //   1. local clipping: when maxNorm > 0, g *= min(1, (maxNorm / sqrt(worldSize)) / ||g||_2)
+//      (the norm summed in float64; g scaled in float32)
 //   2. momentum correction:  u = m * u + g;   v = v + u
 //   3. k = round((1 - sparsity(epoch)) * n), at least 1; idx = top-k of |v| (exact or sampled),
 //      per parameter tensor when layerwise and the state has segments
 //   4. send v[idx] (the sparse wire format of sparse.h, kind kDgc)
 //   5. momentum factor masking: v[idx] = 0 and u[idx] = 0
-// State (per tensor, in CodecState::tensors): "momentum" = u and "velocity" = v. The
+// State (per tensor, in CodecState::buffers): "momentum" = u and "velocity" = v. The
 // velocity is this codec's error-feedback residual; "residual" is not used (not an alias, so a
 // checkpoint restores two independent tensors without losing anything). After encode(),
 // decoded(message) + velocity == velocity_before + u_new, exactly.
@@ -54,7 +55,7 @@ class DgcCodec : public SparseCodec {
   // empty schedule or a sparsity outside [0, 1).
   explicit DgcCodec(DgcOptions opts);
   std::string name() const override { return "dgc"; }
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
 
   // The epoch used by states without a scalars["epoch"] entry.
   void setEpoch(int64_t epoch) { epoch_.store(epoch); }
@@ -65,7 +66,7 @@ class DgcCodec : public SparseCodec {
 
  protected:
   // Top-k of |velocity| for the state's epoch.
-  torch::Tensor select(const torch::Tensor& velocity, CodecState& state) override;
+  std::vector<int64_t> select(std::span<const float> velocity, CodecState& state) override;
   SparseKind kind() const override { return SparseKind::kDgc; }
 
  private:

@@ -9,7 +9,7 @@
 //      the decoder uses (shared through quantize_format.h), so sender and receiver agree
 //      bit for bit;
 //   4. the codes are bit-packed after the header.
-// Decoding is torch-free, in quantize_format.cc; decodeAdd checks the tensor and calls it.
+// Decoding is in quantize_format.cc; decodeAdd calls it.
 // A non-finite parameter (NaN/Inf in the gradient) is sent as NaN, so every value it scales
 // (the whole message, or the chunk) decodes to NaN and the receiver's overflow check trips; residual elements that would be non-finite
 // are reset to 0 so one bad step does not poison every later one.
@@ -34,33 +34,24 @@ static_assert(std::endian::native == std::endian::little, "quantize.cc writes he
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-int64_t checkGrad(const torch::Tensor& grad, const std::string& codec) {
-  if (!grad.defined() || grad.scalar_type() != torch::kFloat32 || !grad.device().is_cpu() ||
-      !grad.is_contiguous())
-    throw InvalidArgument(str(codec, " encode: the gradient must be a defined, contiguous float32 CPU tensor",
-                              grad.defined() ? str(" (got ", grad.toString(), ")") : std::string(" (got undefined)"),
-                              "; flatten and convert it first"));
-  return grad.numel();
-}
-
-// Step 1: the values to encode. With error feedback `acc` is a fresh tensor grad + residual and
-// `residual` points at the state's residual, to be overwritten in step 3.
+// Step 1: the values to encode. With error feedback `acc` holds grad + residual (a fresh
+// buffer) and `residual` points at the state's residual, to be overwritten in step 3; without
+// it `acc` is empty and data() is the gradient itself.
 struct Accumulated {
-  torch::Tensor acc;
+  std::span<const float> grad;
+  std::vector<float> acc;
   float* residual = nullptr;
-  const float* data() const { return acc.data_ptr<float>(); }
+  const float* data() const { return residual ? acc.data() : grad.data(); }
 };
 
-Accumulated accumulate(const torch::Tensor& grad, CodecState& state, bool errorFeedback) {
+Accumulated accumulate(std::span<const float> grad, CodecState& state, bool errorFeedback) {
   Accumulated a;
-  torch::Tensor flat = grad.reshape({-1});
-  if (!errorFeedback) {
-    a.acc = flat;
-    return a;
-  }
-  torch::Tensor& r = state.residual(flat);
-  a.acc = flat + r;
-  a.residual = r.data_ptr<float>();
+  a.grad = grad;
+  if (!errorFeedback) return a;
+  std::vector<float>& r = state.residual(grad.size());
+  a.acc.resize(grad.size());
+  for (size_t i = 0; i < grad.size(); ++i) a.acc[i] = grad[i] + r[i];
+  a.residual = r.data();
   return a;
 }
 
@@ -94,13 +85,6 @@ void writeHeader(Writer& w, QuantKind kind, int64_t numel) {
   w.put(static_cast<uint64_t>(numel));
 }
 
-// The data of `out` after checking that decodeAdd can write it.
-float* checkedOutput(torch::Tensor& out, const std::string& codec) {
-  if (!out.defined() || out.scalar_type() != torch::kFloat32 || !out.device().is_cpu() || !out.is_contiguous())
-    throw InvalidArgument(str(codec, " decode: the output must be a defined, contiguous float32 CPU tensor"));
-  return out.data_ptr<float>();
-}
-
 void packInto(Writer& w, const std::vector<uint8_t>& codes, int bits) { packBits(codes, bits, w.rest()); }
 
 }  // namespace
@@ -111,8 +95,8 @@ Cast16Codec::Cast16Codec(Format format, bool errorFeedback) : format_(format), e
 
 std::string Cast16Codec::name() const { return format_ == Format::kFloat16 ? "fp16" : "bf16"; }
 
-Message Cast16Codec::encode(const torch::Tensor& grad, CodecState& state) {
-  const int64_t n = checkGrad(grad, name());
+Message Cast16Codec::encode(std::span<const float> grad, CodecState& state) {
+  const auto n = static_cast<int64_t>(grad.size());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
   const bool half = format_ == Format::kFloat16;
@@ -127,9 +111,9 @@ Message Cast16Codec::encode(const torch::Tensor& grad, CodecState& state) {
   return msg;
 }
 
-void Cast16Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+void Cast16Codec::decodeAdd(const Message& msg, std::span<float> out) const {
   const QuantKind kind = format_ == Format::kFloat16 ? QuantKind::kFloat16 : QuantKind::kBFloat16;
-  quantizedDecodeAdd(kind, msg, checkedOutput(out, name()), out.numel());
+  quantizedDecodeAdd(kind, msg, out.data(), static_cast<int64_t>(out.size()));
 }
 
 // ---- Chunks of the scaled codecs (QSGD, TernGrad; QuantChunks in quantize_format.h) ----------
@@ -159,8 +143,8 @@ QsgdCodec::QsgdCodec(int64_t levels, bool errorFeedback, int64_t chunk)
 
 std::string QsgdCodec::name() const { return "qsgd"; }
 
-Message QsgdCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  const int64_t n = checkGrad(grad, name());
+Message QsgdCodec::encode(std::span<const float> grad, CodecState& state) {
+  const auto n = static_cast<int64_t>(grad.size());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
   const QuantChunks chunks(n, static_cast<uint32_t>(chunk_));
@@ -199,8 +183,8 @@ Message QsgdCodec::encode(const torch::Tensor& grad, CodecState& state) {
   return msg;
 }
 
-void QsgdCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  quantizedDecodeAdd(QuantKind::kQsgd, msg, checkedOutput(out, name()), out.numel());
+void QsgdCodec::decodeAdd(const Message& msg, std::span<float> out) const {
+  quantizedDecodeAdd(QuantKind::kQsgd, msg, out.data(), static_cast<int64_t>(out.size()));
 }
 
 // ---- TernGrad ------------------------------------------------------------------------------
@@ -211,8 +195,8 @@ TernGradCodec::TernGradCodec(bool errorFeedback, int64_t chunk) : errorFeedback_
 
 std::string TernGradCodec::name() const { return "terngrad"; }
 
-Message TernGradCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  const int64_t n = checkGrad(grad, name());
+Message TernGradCodec::encode(std::span<const float> grad, CodecState& state) {
+  const auto n = static_cast<int64_t>(grad.size());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
   const QuantChunks chunks(n, static_cast<uint32_t>(chunk_));
@@ -247,8 +231,8 @@ Message TernGradCodec::encode(const torch::Tensor& grad, CodecState& state) {
   return msg;
 }
 
-void TernGradCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  quantizedDecodeAdd(QuantKind::kTernGrad, msg, checkedOutput(out, name()), out.numel());
+void TernGradCodec::decodeAdd(const Message& msg, std::span<float> out) const {
+  quantizedDecodeAdd(QuantKind::kTernGrad, msg, out.data(), static_cast<int64_t>(out.size()));
 }
 
 // ---- Sign ----------------------------------------------------------------------------------
@@ -257,8 +241,8 @@ SignCodec::SignCodec(bool errorFeedback) : errorFeedback_(errorFeedback) {}
 
 std::string SignCodec::name() const { return "sign"; }
 
-Message SignCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  const int64_t n = checkGrad(grad, name());
+Message SignCodec::encode(std::span<const float> grad, CodecState& state) {
+  const auto n = static_cast<int64_t>(grad.size());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
   double l1 = 0;
@@ -277,8 +261,8 @@ Message SignCodec::encode(const torch::Tensor& grad, CodecState& state) {
   return msg;
 }
 
-void SignCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  quantizedDecodeAdd(QuantKind::kSign, msg, checkedOutput(out, name()), out.numel());
+void SignCodec::decodeAdd(const Message& msg, std::span<float> out) const {
+  quantizedDecodeAdd(QuantKind::kSign, msg, out.data(), static_cast<int64_t>(out.size()));
 }
 
 // ---- Int8 ----------------------------------------------------------------------------------
@@ -287,8 +271,8 @@ Int8Codec::Int8Codec(bool errorFeedback) : errorFeedback_(errorFeedback) {}
 
 std::string Int8Codec::name() const { return "int8"; }
 
-Message Int8Codec::encode(const torch::Tensor& grad, CodecState& state) {
-  const int64_t n = checkGrad(grad, name());
+Message Int8Codec::encode(std::span<const float> grad, CodecState& state) {
+  const auto n = static_cast<int64_t>(grad.size());
   Accumulated a = accumulate(grad, state, errorFeedback_);
   const float* acc = a.data();
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -324,25 +308,8 @@ Message Int8Codec::encode(const torch::Tensor& grad, CodecState& state) {
   return msg;
 }
 
-void Int8Codec::decodeAdd(const Message& msg, torch::Tensor& out) const {
-  quantizedDecodeAdd(QuantKind::kInt8, msg, checkedOutput(out, name()), out.numel());
-}
-
-// ---- Factory -------------------------------------------------------------------------------
-
-std::unique_ptr<Codec> makeQuantizer(const std::string& method, int64_t levels, std::optional<bool> errorFeedback) {
-  if (method != "qsgd" && levels != 0)
-    throw InvalidArgument(str("makeQuantizer: levels=", levels, " applies to qsgd only, not '", method,
-                              "'; pass 0"));
-  if (method == "fp16") return std::make_unique<Cast16Codec>(Cast16Codec::Format::kFloat16, errorFeedback.value_or(true));
-  if (method == "bf16") return std::make_unique<Cast16Codec>(Cast16Codec::Format::kBFloat16, errorFeedback.value_or(true));
-  if (method == "qsgd")
-    return std::make_unique<QsgdCodec>(levels == 0 ? QsgdCodec::kDefaultLevels : levels, errorFeedback.value_or(false));
-  if (method == "terngrad") return std::make_unique<TernGradCodec>(errorFeedback.value_or(false));
-  if (method == "sign") return std::make_unique<SignCodec>(errorFeedback.value_or(true));
-  if (method == "int8") return std::make_unique<Int8Codec>(errorFeedback.value_or(true));
-  throw InvalidArgument(str("makeQuantizer: unknown method '", method,
-                            "'; use one of fp16, bf16, qsgd, terngrad, sign, int8"));
+void Int8Codec::decodeAdd(const Message& msg, std::span<float> out) const {
+  quantizedDecodeAdd(QuantKind::kInt8, msg, out.data(), static_cast<int64_t>(out.size()));
 }
 
 }  // namespace chorus::compress

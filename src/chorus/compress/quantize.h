@@ -35,7 +35,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "chorus/compress/codec.h"
@@ -51,8 +50,8 @@ class Cast16Codec : public Codec {
   enum class Format { kFloat16, kBFloat16 };
   explicit Cast16Codec(Format format, bool errorFeedback = true);
   std::string name() const override;  // "fp16" or "bf16"
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
 
  private:
   Format format_;
@@ -80,8 +79,8 @@ class QsgdCodec : public Codec {
   int64_t levels() const { return levels_; }
   int64_t chunk() const { return chunk_; }
   int bitsPerElement() const { return bits_; }
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
 
  private:
   int64_t levels_;
@@ -99,8 +98,8 @@ class TernGradCodec : public Codec {
   explicit TernGradCodec(bool errorFeedback = false, int64_t chunk = kDefaultQuantChunk);
   std::string name() const override;  // "terngrad"
   int64_t chunk() const { return chunk_; }
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
 
  private:
   bool errorFeedback_;
@@ -115,8 +114,8 @@ class SignCodec : public Codec {
  public:
   explicit SignCodec(bool errorFeedback = true);
   std::string name() const override;  // "sign"
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
 
  private:
   bool errorFeedback_;
@@ -131,19 +130,11 @@ class Int8Codec : public Codec {
   static constexpr uint32_t kChunk = 256;
   explicit Int8Codec(bool errorFeedback = true);
   std::string name() const override;  // "int8"
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
 
  private:
   bool errorFeedback_;
 };
-
-// Builds a quantizer by name: "fp16", "bf16", "qsgd", "terngrad", "sign", "int8".
-// `levels` is QSGD's s (0 = QsgdCodec::kDefaultLevels; must be 0 for the other methods).
-// `errorFeedback` unset takes the method's default (table above); qsgd and terngrad use
-// kDefaultQuantChunk. Throws InvalidArgument
-// naming the allowed methods for an unknown one, or for levels out of range.
-std::unique_ptr<Codec> makeQuantizer(const std::string& method, int64_t levels = 0,
-                                     std::optional<bool> errorFeedback = std::nullopt);
 
 }  // namespace chorus::compress

@@ -7,7 +7,7 @@
 // bytes) and makes decodeAdd() walk `out` in order.
 //
 // Cost per step for n entries and k sent: one pass for acc += grad and |acc|; then
-//   topk          O(n log k) (torch::topk),
+//   topk          O(n) on average (std::nth_element) + O(k log k) to sort the indices,
 //   topk_sampled  O(s log s) for the s samples + one O(n) compare pass,
 //   randomk       O(k log k) (Floyd's sampling and a sort) + an n-bit mark table (and one
 //                 more pass to decay the residual; none without error feedback, which keeps
@@ -22,29 +22,40 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <tuple>
+#include <numeric>
 #include <vector>
 
 #include "chorus/common/error.h"
 
 namespace chorus::compress {
 
-torch::Tensor checkedFlatGrad(const torch::Tensor& grad, const std::string& codec) {
-  if (!grad.defined() || grad.scalar_type() != torch::kFloat32 || !grad.device().is_cpu() ||
-      !grad.is_contiguous())
-    throw InvalidArgument(str("codec ", codec, ": encode needs a contiguous float32 CPU gradient; got ",
-                              grad.defined() ? grad.toString() : std::string("an undefined tensor"),
-                              " (convert it with .to(torch::kFloat32).contiguous())"));
-  if (grad.numel() > std::numeric_limits<int32_t>::max())
-    throw InvalidArgument(str("codec ", codec, ": gradient of ", grad.numel(),
+void checkSparseGrad(std::span<const float> grad, const std::string& codec) {
+  if (grad.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    throw InvalidArgument(str("codec ", codec, ": gradient of ", grad.size(),
                               " entries exceeds the sparse format's int32 indices; split it into "
                               "smaller buckets"));
-  return grad.reshape({-1});
+}
+
+std::vector<float> magnitudes(std::span<const float> values) {
+  std::vector<float> m(values.size());
+  for (size_t i = 0; i < values.size(); ++i) m[i] = std::fabs(values[i]);
+  return m;
 }
 
 namespace {
 
-torch::Tensor emptyIndices() { return torch::empty({0}, torch::kLong); }
+// a > b for magnitudes, with NaN above every number (a strict weak order, unlike float's >).
+inline bool larger(float a, float b) {
+  const bool na = std::isnan(a), nb = std::isnan(b);
+  if (na || nb) return na && !nb;
+  return a > b;
+}
+
+std::vector<int64_t> allIndices(int64_t n) {
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  return idx;
+}
 
 }  // namespace
 
@@ -53,9 +64,9 @@ SparsePairs unpackSparse(const Message& msg) {
   SparsePairs out;
   out.kind = h.kind;
   out.numel = h.numel;
-  out.indices = torch::empty({h.k}, torch::kLong);
-  out.values = torch::empty({h.k}, torch::kFloat);
-  decodeSparsePairs(msg, h, out.indices.data_ptr<int64_t>(), out.values.data_ptr<float>());
+  out.indices.resize(static_cast<size_t>(h.k));
+  out.values.resize(static_cast<size_t>(h.k));
+  decodeSparsePairs(msg, h, out.indices.data(), out.values.data());
   return out;
 }
 
@@ -65,104 +76,135 @@ int64_t targetCount(const SparseOptions& opts, int64_t numel) {
   return std::clamp<int64_t>(k, 1, numel);
 }
 
-torch::Tensor selectTopK(const torch::Tensor& magnitude, int64_t k) {
-  int64_t n = magnitude.numel();
-  if (k <= 0) return emptyIndices();
-  if (k >= n) return torch::arange(n, torch::kLong);
-  torch::Tensor idx = std::get<1>(torch::topk(magnitude, k, /*dim=*/0, /*largest=*/true, /*sorted=*/false));
-  return std::get<0>(idx.sort());
+std::vector<int64_t> selectTopK(std::span<const float> magnitude, int64_t k) {
+  const auto n = static_cast<int64_t>(magnitude.size());
+  if (k <= 0) return {};
+  if (k >= n) return allIndices(n);
+  std::vector<int64_t> idx = allIndices(n);
+  // Larger magnitude first; equal magnitudes by ascending index.
+  auto before = [&](int64_t a, int64_t b) {
+    const float ma = magnitude[static_cast<size_t>(a)], mb = magnitude[static_cast<size_t>(b)];
+    if (larger(ma, mb)) return true;
+    if (larger(mb, ma)) return false;
+    return a < b;
+  };
+  std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), before);
+  idx.resize(static_cast<size_t>(k));
+  std::sort(idx.begin(), idx.end());
+  return idx;
 }
 
-torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const SparseOptions& opts,
-                                CodecState& state) {
-  int64_t n = magnitude.numel();
-  if (k <= 0) return emptyIndices();
+std::vector<int64_t> selectTopKSampled(std::span<const float> magnitude, int64_t k, const SparseOptions& opts,
+                                       CodecState& state) {
+  const auto n = static_cast<int64_t>(magnitude.size());
+  if (k <= 0) return {};
   int64_t s = std::max<int64_t>(opts.minSample, static_cast<int64_t>(std::ceil(opts.sampleRatio * n)));
   if (s >= n) return selectTopK(magnitude, k);
 
   // Estimate the k-th largest magnitude as the matching quantile of a sample (with replacement).
-  torch::Tensor sampleIdx = torch::empty({s}, torch::kLong);
-  int64_t* p = sampleIdx.data_ptr<int64_t>();
-  for (int64_t i = 0; i < s; ++i) p[i] = static_cast<int64_t>(state.nextRandom() % static_cast<uint64_t>(n));
-  torch::Tensor sample = magnitude.index_select(0, sampleIdx);
+  std::vector<float> sample(static_cast<size_t>(s));
+  for (int64_t i = 0; i < s; ++i)
+    sample[static_cast<size_t>(i)] = magnitude[static_cast<size_t>(state.nextRandom() % static_cast<uint64_t>(n))];
   int64_t ks = std::clamp<int64_t>(std::llround(static_cast<double>(s) * k / n), 1, s);
-  torch::Tensor threshold = std::get<0>(torch::kthvalue(sample, s - ks + 1));
+  // The (s - ks + 1)-th smallest sample (NaN above every number).
+  auto nth = sample.begin() + (s - ks);
+  std::nth_element(sample.begin(), nth, sample.end(), [](float a, float b) { return larger(b, a); });
+  const float threshold = *nth;
 
-  torch::Tensor sel = (magnitude >= threshold).nonzero().reshape({-1});  // ascending
-  if (sel.numel() > 2 * k) {
+  std::vector<int64_t> sel;  // ascending
+  for (int64_t i = 0; i < n; ++i)
+    if (magnitude[static_cast<size_t>(i)] >= threshold) sel.push_back(i);
+  if (static_cast<int64_t>(sel.size()) > 2 * k) {
     // The sample underestimated the threshold: keep the exact top k of the candidates.
-    torch::Tensor sub = selectTopK(magnitude.index_select(0, sel), k);
-    sel = sel.index_select(0, sub);
-  } else if (sel.numel() == 0) {
-    sel = magnitude.argmax().reshape({1});
+    std::vector<float> sub(sel.size());
+    for (size_t i = 0; i < sel.size(); ++i) sub[i] = magnitude[static_cast<size_t>(sel[i])];
+    std::vector<int64_t> top = selectTopK(sub, k);
+    for (auto& t : top) t = sel[static_cast<size_t>(t)];
+    sel = std::move(top);
+  } else if (sel.empty()) {
+    // The largest (the first NaN if any, else the first of the largest).
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; ++i)
+      if (larger(magnitude[static_cast<size_t>(i)], magnitude[static_cast<size_t>(best)])) best = i;
+    sel.push_back(best);
   }
   return sel;
 }
 
-Message packSparse(SparseKind kind, int64_t numel, const torch::Tensor& indices, const torch::Tensor& values) {
-  const int64_t k = indices.numel();
-  CHORUS_CHECK(values.numel() == k, "indices and values differ in length: ", k, " vs ", values.numel());
-  torch::Tensor idx64 = indices.to(torch::kLong).contiguous();
-  torch::Tensor val32 = values.to(torch::kFloat).contiguous();
-  return encodeSparsePairs(kind, numel, idx64.data_ptr<int64_t>(), val32.data_ptr<float>(), k);
+Message packSparse(SparseKind kind, int64_t numel, std::span<const int64_t> indices, std::span<const float> values) {
+  const auto k = static_cast<int64_t>(indices.size());
+  CHORUS_CHECK(values.size() == indices.size(), "indices and values differ in length: ", k, " vs ", values.size());
+  return encodeSparsePairs(kind, numel, indices.data(), values.data(), k);
 }
 
-torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
-                              const std::function<torch::Tensor(const torch::Tensor&)>& pick) {
+std::vector<int64_t> selectLayerwise(std::span<const float> magnitude, const std::vector<int64_t>& ends,
+                                     const std::function<std::vector<int64_t>(std::span<const float>)>& pick) {
   if (ends.empty()) return pick(magnitude);
-  if (ends.back() != magnitude.numel())
-    throw InvalidArgument(str("sparse codec: the segments end at ", ends.back(), ", not at the gradient's ",
-                              magnitude.numel(), " entries"));
-  std::vector<torch::Tensor> parts;
+  const auto n = static_cast<int64_t>(magnitude.size());
+  if (ends.back() != n)
+    throw InvalidArgument(str("sparse codec: the segments end at ", ends.back(), ", not at the gradient's ", n,
+                              " entries"));
+  std::vector<int64_t> all;
   int64_t start = 0;
   for (int64_t end : ends) {
     if (end < start) throw InvalidArgument("sparse codec: segment ends must ascend");
-    if (end > start) parts.push_back(pick(magnitude.narrow(0, start, end - start)).add_(start));
+    if (end > start) {
+      std::vector<int64_t> part = pick(magnitude.subspan(static_cast<size_t>(start), static_cast<size_t>(end - start)));
+      for (int64_t i : part) all.push_back(i + start);
+    }
     start = end;
   }
-  return parts.empty() ? emptyIndices() : torch::cat(parts);
+  return all;
 }
 
-Message SparseCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  torch::Tensor g = checkedFlatGrad(grad, name());
-  torch::Tensor& acc = state.residual(g);
-  acc.add_(g);
-  torch::Tensor idx = select(acc, state);
-  torch::Tensor vals = acc.index_select(0, idx);
-  acc.index_fill_(0, idx, 0.0);
-  return packSparse(kind(), g.numel(), idx, vals);
+namespace {
+
+// Sends acc[idx] and zeroes those entries: no arithmetic touches what is sent.
+Message takeSelected(SparseKind kind, std::vector<float>& acc, const std::vector<int64_t>& idx) {
+  std::vector<float> vals(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) {
+    float& a = acc[static_cast<size_t>(idx[i])];
+    vals[i] = a;
+    a = 0.0f;
+  }
+  return packSparse(kind, static_cast<int64_t>(acc.size()), idx, vals);
 }
 
-void SparseCodec::decodeAdd(const Message& msg, torch::Tensor& out) const {
+}  // namespace
+
+Message SparseCodec::encode(std::span<const float> grad, CodecState& state) {
+  checkSparseGrad(grad, name());
+  std::vector<float>& acc = state.residual(grad.size());
+  for (size_t i = 0; i < grad.size(); ++i) acc[i] += grad[i];
+  return takeSelected(kind(), acc, select(acc, state));
+}
+
+void SparseCodec::decodeAdd(const Message& msg, std::span<float> out) const {
   const SparseHeader h = parseSparseHeader(msg);
-  if (!out.defined() || out.scalar_type() != torch::kFloat32 || !out.device().is_cpu() ||
-      !out.is_contiguous() || out.numel() != h.numel)
-    throw InvalidArgument(str("codec ", name(), ": decodeAdd needs a contiguous float32 CPU tensor of ",
-                              h.numel, " entries (the message's numel); got ",
-                              out.defined() ? out.toString() : std::string("an undefined tensor"),
-                              " with ", out.defined() ? out.numel() : 0, " entries"));
+  if (static_cast<int64_t>(out.size()) != h.numel)
+    throw InvalidArgument(str("codec ", name(), ": decodeAdd needs an output of ", h.numel,
+                              " entries (the message's numel); got ", out.size(), " entries"));
   SparsePairs p = unpackSparse(msg);
-  float* dst = out.data_ptr<float>();
-  const int64_t* idx = p.indices.data_ptr<int64_t>();
-  const float* val = p.values.data_ptr<float>();
-  for (int64_t i = 0; i < h.k; ++i) dst[idx[i]] += val[i];
+  for (int64_t i = 0; i < h.k; ++i) out[static_cast<size_t>(p.indices[static_cast<size_t>(i)])] += p.values[static_cast<size_t>(i)];
 }
 
 int64_t SparseCodec::sparseCount(const Message& msg) const { return parseSparseHeader(msg).k; }
 
 TopKCodec::TopKCodec(SparseOptions opts) : opts_(opts) {}
 
-torch::Tensor TopKCodec::select(const torch::Tensor& acc, CodecState& state) {
-  return selectLayerwise(acc.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
-                         [&](const torch::Tensor& m) { return selectTopK(m, targetCount(opts_, m.numel())); });
+std::vector<int64_t> TopKCodec::select(std::span<const float> acc, CodecState& state) {
+  return selectLayerwise(magnitudes(acc), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](std::span<const float> m) {
+                           return selectTopK(m, targetCount(opts_, static_cast<int64_t>(m.size())));
+                         });
 }
 
 TopKSampledCodec::TopKSampledCodec(SparseOptions opts) : opts_(opts) {}
 
-torch::Tensor TopKSampledCodec::select(const torch::Tensor& acc, CodecState& state) {
-  return selectLayerwise(acc.abs(), opts_.layerwise ? state.segments : std::vector<int64_t>{},
-                         [&](const torch::Tensor& m) {
-                           return selectTopKSampled(m, targetCount(opts_, m.numel()), opts_, state);
+std::vector<int64_t> TopKSampledCodec::select(std::span<const float> acc, CodecState& state) {
+  return selectLayerwise(magnitudes(acc), opts_.layerwise ? state.segments : std::vector<int64_t>{},
+                         [&](std::span<const float> m) {
+                           return selectTopKSampled(m, targetCount(opts_, static_cast<int64_t>(m.size())), opts_, state);
                          });
 }
 
@@ -178,26 +220,29 @@ RandomKCodec::RandomKCodec(SparseOptions opts, RandomKOptions rk) : opts_(opts),
 // the residual's norm was 13x the gradient's after 20 steps and 21x after 40; then the two grew
 // together, and the run diverged at step 297 (docs/compression.md, "Random-k"). Decaying the
 // residual by d a step bounds an entry's backlog to 1 / (1 - d) steps of its gradient.
-Message RandomKCodec::encode(const torch::Tensor& grad, CodecState& state) {
-  torch::Tensor g = checkedFlatGrad(grad, name());
+Message RandomKCodec::encode(std::span<const float> grad, CodecState& state) {
+  checkSparseGrad(grad, name());
   if (!rk_.errorFeedback) {
-    torch::Tensor idx = select(g, state);
-    torch::Tensor vals = g.index_select(0, idx);
-    if (idx.numel() > 0) vals.mul_(static_cast<double>(g.numel()) / static_cast<double>(idx.numel()));
-    return packSparse(kind(), g.numel(), idx, vals);
+    std::vector<int64_t> idx = select(grad, state);
+    std::vector<float> vals(idx.size());
+    // float32 arithmetic, as the scale was applied before (a float tensor times a scalar).
+    const float scale = idx.empty() ? 1.0f
+                                    : static_cast<float>(static_cast<double>(grad.size()) / static_cast<double>(idx.size()));
+    for (size_t i = 0; i < idx.size(); ++i) vals[i] = grad[static_cast<size_t>(idx[i])] * scale;
+    return packSparse(kind(), static_cast<int64_t>(grad.size()), idx, vals);
   }
-  torch::Tensor& acc = state.residual(g);
-  if (rk_.residualDecay != 1.0) acc.mul_(rk_.residualDecay);
-  acc.add_(g);
-  torch::Tensor idx = select(acc, state);
-  torch::Tensor vals = acc.index_select(0, idx);
-  acc.index_fill_(0, idx, 0.0);
-  return packSparse(kind(), g.numel(), idx, vals);
+  std::vector<float>& acc = state.residual(grad.size());
+  if (rk_.residualDecay != 1.0) {
+    const auto decay = static_cast<float>(rk_.residualDecay);
+    for (float& a : acc) a *= decay;
+  }
+  for (size_t i = 0; i < grad.size(); ++i) acc[i] += grad[i];
+  return takeSelected(kind(), acc, select(acc, state));
 }
 
-torch::Tensor RandomKCodec::select(const torch::Tensor& acc, CodecState& state) {
+std::vector<int64_t> RandomKCodec::select(std::span<const float> acc, CodecState& state) {
   // Floyd's algorithm: k draws give k distinct indices, uniformly among all k-subsets.
-  int64_t n = acc.numel();
+  const auto n = static_cast<int64_t>(acc.size());
   int64_t k = targetCount(opts_, n);
   std::vector<bool> chosen(static_cast<size_t>(n), false);
   std::vector<int64_t> picked;
@@ -209,7 +254,7 @@ torch::Tensor RandomKCodec::select(const torch::Tensor& acc, CodecState& state) 
     picked.push_back(t);
   }
   std::sort(picked.begin(), picked.end());
-  return torch::tensor(picked, torch::kLong);
+  return picked;
 }
 
 ThresholdCodec::ThresholdCodec(double tau) : tau_(tau) {
@@ -217,31 +262,12 @@ ThresholdCodec::ThresholdCodec(double tau) : tau_(tau) {
     throw InvalidArgument(str("threshold codec: tau must be finite and >= 0; got ", tau));
 }
 
-torch::Tensor ThresholdCodec::select(const torch::Tensor& acc, CodecState&) {
-  return (acc.abs() >= tau_).nonzero().reshape({-1});
-}
-
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise, RandomKOptions randomk) {
-  if (method == "threshold") {
-    if (!(ratioOrTau >= 0) || !std::isfinite(ratioOrTau))
-      throw ConfigError(str("compression: threshold tau must be finite and >= 0; got ", ratioOrTau));
-    return std::make_unique<ThresholdCodec>(ratioOrTau);
-  }
-  if (method != "topk" && method != "topk_sampled" && method != "randomk")
-    throw ConfigError(str("compression: unknown sparse method '", method,
-                          "'; use one of topk, topk_sampled, randomk, threshold"));
-  if (!(ratioOrTau > 0 && ratioOrTau <= 1))
-    throw ConfigError(str("compression: ", method, " ratio must be in (0, 1] (the fraction of entries "
-                          "sent); got ", ratioOrTau));
-  SparseOptions opts;
-  opts.ratio = ratioOrTau;
-  opts.layerwise = layerwise;
-  if (method == "topk") return std::make_unique<TopKCodec>(opts);
-  if (method == "topk_sampled") return std::make_unique<TopKSampledCodec>(opts);
-  if (!(randomk.residualDecay >= 0 && randomk.residualDecay <= 1))
-    throw ConfigError(str("compression: randomk residual decay must be in [0, 1] (1: plain error feedback); got ",
-                          randomk.residualDecay));
-  return std::make_unique<RandomKCodec>(opts, randomk);
+std::vector<int64_t> ThresholdCodec::select(std::span<const float> acc, CodecState&) {
+  const auto tau = static_cast<float>(tau_);  // compared in float32, as before
+  std::vector<int64_t> idx;
+  for (size_t i = 0; i < acc.size(); ++i)
+    if (std::fabs(acc[i]) >= tau) idx.push_back(static_cast<int64_t>(i));
+  return idx;
 }
 
 }  // namespace chorus::compress

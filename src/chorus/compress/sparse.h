@@ -2,7 +2,7 @@
 // value) pairs and keep the rest as the residual for later steps (error feedback). Random-k's
 // residual decays each step (RandomKOptions below).
 //
-//   acc      = grad + residual              (computed in place in state.tensors["residual"])
+//   acc      = grad + residual              (computed in place in state.buffers["residual"])
 //   idx      = select(acc)                  (top-k, sampled top-k, random-k or threshold)
 //   message  = header | indices (Elias-Fano) | acc[idx][k] (float32)
 //   residual = acc with acc[idx] set to 0   (so decoded(message) + residual == acc, bit for bit)
@@ -33,7 +33,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "chorus/compress/codec.h"
 #include "chorus/compress/sparse_format.h"  // kSparseMagic, SparseKind, sparseMessageBytes
@@ -56,53 +58,57 @@ struct SparseOptions {
 // clamped to [1, numel]; 0 when numel is 0.
 int64_t targetCount(const SparseOptions& opts, int64_t numel);
 
-// A flat view of `grad` after checking that it is a defined, contiguous float32 CPU tensor of
-// fewer than 2^31 entries; throws InvalidArgument naming `codec` otherwise.
-torch::Tensor checkedFlatGrad(const torch::Tensor& grad, const std::string& codec);
+// Throws InvalidArgument naming `codec` unless `grad` has fewer than 2^31 entries.
+void checkSparseGrad(std::span<const float> grad, const std::string& codec);
+
+// |x| of every entry, the input of the selection helpers.
+std::vector<float> magnitudes(std::span<const float> values);
 
 // Selection helpers, shared with DGC. `magnitude` is flat float32 (|acc|); each returns the
-// chosen indices as a sorted, duplicate-free int64 tensor.
-// The k entries of largest magnitude (ties broken by torch::topk).
-torch::Tensor selectTopK(const torch::Tensor& magnitude, int64_t k);
+// chosen indices sorted and duplicate-free.
+// The k entries of largest magnitude, by std::nth_element. NaN counts as larger than any
+// number (as in torch::topk); ties go to the lower index, so the selection is deterministic.
+std::vector<int64_t> selectTopK(std::span<const float> magnitude, int64_t k);
 // About k entries: those at or above a threshold estimated from a random sample of
 // max(minSample, sampleRatio * numel) magnitudes drawn with state's RNG. If more than 2k pass,
 // the exact top k of those; if none pass (NaNs), the single largest. Exact top-k when the
 // sample would cover the whole tensor.
-torch::Tensor selectTopKSampled(const torch::Tensor& magnitude, int64_t k, const SparseOptions& opts,
-                                CodecState& state);
+std::vector<int64_t> selectTopKSampled(std::span<const float> magnitude, int64_t k, const SparseOptions& opts,
+                                       CodecState& state);
 
 // Calls pick(slice) for each range of `ends` (see CodecState::segments) on flat `magnitude`,
 // and returns the picked indices shifted to the whole tensor, sorted. With `ends` empty, pick
-// sees the whole tensor. Throws InvalidArgument unless ends ascend to magnitude.numel().
-torch::Tensor selectLayerwise(const torch::Tensor& magnitude, const std::vector<int64_t>& ends,
-                              const std::function<torch::Tensor(const torch::Tensor&)>& pick);
+// sees the whole tensor. Throws InvalidArgument unless ends ascend to magnitude.size().
+std::vector<int64_t> selectLayerwise(std::span<const float> magnitude, const std::vector<int64_t>& ends,
+                                     const std::function<std::vector<int64_t>(std::span<const float>)>& pick);
 
-// A sparse message decoded: indices (int64, ascending), values (float32), the dense numel.
+// A sparse message decoded: indices (ascending), values, the dense numel.
 struct SparsePairs {
   SparseKind kind{};
   int64_t numel = 0;
-  torch::Tensor indices, values;
+  std::vector<int64_t> indices;
+  std::vector<float> values;
 };
 // Throws InvalidArgument on a malformed message (size, magic, kind, or indices that are out of
 // range or not ascending).
 SparsePairs unpackSparse(const Message& msg);
 
-// Packs a sparse message; `indices` (int64, distinct, in [0, numel)) and `values` (float32)
-// have the same length; indices ascending.
-Message packSparse(SparseKind kind, int64_t numel, const torch::Tensor& indices, const torch::Tensor& values);
+// Packs a sparse message; `indices` (distinct, in [0, numel), ascending) and `values` have
+// the same length.
+Message packSparse(SparseKind kind, int64_t numel, std::span<const int64_t> indices, std::span<const float> values);
 
 // What every sparse codec shares: the error-feedback step around select(), and decoding.
 class SparseCodec : public Codec {
  public:
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
   // out[idx] += val for every pair; throws InvalidArgument on a malformed message or an `out`
-  // whose numel differs from the message's.
-  void decodeAdd(const Message& msg, torch::Tensor& out) const override;
+  // whose size differs from the message's numel.
+  void decodeAdd(const Message& msg, std::span<float> out) const override;
   int64_t sparseCount(const Message& msg) const override;
 
  protected:
-  // The entries of `acc` (flat float32) to send, as sorted distinct int64 indices.
-  virtual torch::Tensor select(const torch::Tensor& acc, CodecState& state) = 0;
+  // The entries of `acc` to send, as sorted distinct indices.
+  virtual std::vector<int64_t> select(std::span<const float> acc, CodecState& state) = 0;
   virtual SparseKind kind() const = 0;
 };
 
@@ -113,7 +119,7 @@ class TopKCodec : public SparseCodec {
   std::string name() const override { return "topk"; }
 
  protected:
-  torch::Tensor select(const torch::Tensor& acc, CodecState& state) override;
+  std::vector<int64_t> select(std::span<const float> acc, CodecState& state) override;
   SparseKind kind() const override { return SparseKind::kTopK; }
 
  private:
@@ -128,7 +134,7 @@ class TopKSampledCodec : public SparseCodec {
   std::string name() const override { return "topk_sampled"; }
 
  protected:
-  torch::Tensor select(const torch::Tensor& acc, CodecState& state) override;
+  std::vector<int64_t> select(std::span<const float> acc, CodecState& state) override;
   SparseKind kind() const override { return SparseKind::kTopKSampled; }
 
  private:
@@ -157,11 +163,11 @@ class RandomKCodec : public SparseCodec {
  public:
   explicit RandomKCodec(SparseOptions opts, RandomKOptions rk = {});
   std::string name() const override { return "randomk"; }
-  Message encode(const torch::Tensor& grad, CodecState& state) override;
+  Message encode(std::span<const float> grad, CodecState& state) override;
   const RandomKOptions& options() const { return rk_; }
 
  protected:
-  torch::Tensor select(const torch::Tensor& acc, CodecState& state) override;
+  std::vector<int64_t> select(std::span<const float> acc, CodecState& state) override;
   SparseKind kind() const override { return SparseKind::kRandomK; }
 
  private:
@@ -176,19 +182,12 @@ class ThresholdCodec : public SparseCodec {
   std::string name() const override { return "threshold"; }
 
  protected:
-  torch::Tensor select(const torch::Tensor& acc, CodecState& state) override;
+  std::vector<int64_t> select(std::span<const float> acc, CodecState& state) override;
   SparseKind kind() const override { return SparseKind::kThreshold; }
 
  private:
   double tau_;
 };
 
-// The codec for a config's method name: "topk", "topk_sampled", "randomk" (ratioOrTau is the
-// fraction of entries to send, in (0, 1]) or "threshold" (ratioOrTau is tau >= 0). Throws
-// ConfigError for an unknown method or a value out of range.
-// `layerwise` sets SparseOptions::layerwise for top-k and sampled top-k; `randomk` is for
-// random-k (its decay is checked here too: ConfigError outside [0, 1]).
-std::unique_ptr<Codec> makeSparse(const std::string& method, double ratioOrTau, bool layerwise = true,
-                                  RandomKOptions randomk = {});
 
 }  // namespace chorus::compress

@@ -32,6 +32,7 @@
 #include <variant>
 
 #include "chorus/common/error.h"
+#include "chorus/compress/factory.h"
 
 namespace chorus::train {
 namespace {
@@ -321,8 +322,7 @@ const std::vector<Key>& schema() {
        .meaning = "transport between workers; \"\": CHORUS_TRANSPORT, else auto"},
 
       {.name = "compression.method", .field = CHORUS_FIELD(compression.method),
-       .choices = {"none", "fp16", "bf16", "topk", "topk_sampled", "randomk", "threshold", "qsgd", "terngrad", "sign",
-                   "int8", "dgc", "powersgd"},
+       .choices = compress::compressionMethods(),
        .meaning = "how gradients are compressed; none: dense all-reduce"},
       {.name = "compression.ratio", .field = CHORUS_FIELD(compression.ratio), .range = between(0, 1, true, false),
        .meaning = "topk, topk_sampled, randomk: fraction of the entries sent each step"},

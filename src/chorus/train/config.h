@@ -131,8 +131,7 @@ struct DdpConfig {
 
 // Gradient compression through a DDP communication hook (docs/compression.md).
 struct CompressionConfig {
-  std::string method = "none";  // none | fp16 | bf16 | topk | topk_sampled | randomk | threshold |
-                                // qsgd | terngrad | sign | int8 | dgc | powersgd
+  std::string method = "none";  // compress::compressionMethods(): none, the codecs, powersgd
   double ratio = 0.01;          // topk, topk_sampled, randomk: fraction of the entries sent
   double residualDecay = 0.9;   // randomk: the residual is multiplied by this each step (1: plain error feedback)
   double threshold = 1e-3;      // threshold: send entries with |g| >= this

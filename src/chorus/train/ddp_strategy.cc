@@ -9,8 +9,8 @@
 #include "chorus/amp/grad_scaler.h"
 #include "chorus/common/error.h"
 #include "chorus/compress/dgc.h"
-#include "chorus/compress/quantize.h"
-#include "chorus/compress/sparse.h"
+#include "chorus/compress/factory.h"
+#include "chorus/parallel/compress_adapter.h"
 #include "chorus/parallel/data/compression_hooks.h"
 #include "chorus/parallel/data/ddp.h"
 #include "chorus/train/loop.h"
@@ -30,6 +30,24 @@ struct CompressionSetup {
   std::shared_ptr<compress::DgcCodec> dgc;
 };
 
+// The codec settings of a config's [compression] table (every field the codecs read).
+compress::CodecConfig codecConfig(const CompressionConfig& c, int world) {
+  compress::CodecConfig k;
+  k.method = c.method;
+  k.ratio = c.ratio;
+  k.residualDecay = c.residualDecay;
+  k.threshold = c.threshold;
+  k.levels = c.method == "qsgd" ? c.levels : 0;
+  k.errorFeedback = c.errorFeedback;
+  k.layerwise = c.layerwise;
+  k.sparsity = c.sparsity;
+  k.warmupEpochs = c.warmupEpochs;
+  k.momentum = c.momentum;
+  k.clipNorm = c.clipNorm;
+  k.worldSize = world;
+  return k;
+}
+
 CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   CompressionSetup s;
   const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
@@ -38,37 +56,20 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
     s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps, parallel::parseCompressionScope(c.scope));
     return s;
   }
-  std::shared_ptr<compress::Codec> codec;
-  if (c.method == "dgc") {
-    compress::DgcOptions o;
-    o.momentum = c.momentum;
-    o.maxNorm = c.clipNorm;
-    o.worldSize = world;
-    o.layerwise = c.layerwise;
-    o.sparsitySchedule.clear();
-    for (int64_t e = 0; e < c.warmupEpochs; ++e) o.sparsitySchedule.push_back(std::min(c.sparsity, 1 - std::pow(0.25, e + 1)));
-    o.sparsitySchedule.push_back(c.sparsity);
-    s.dgc = std::make_shared<compress::DgcCodec>(o);
-    codec = s.dgc;
-  } else if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
-    codec = compress::makeSparse(c.method, c.ratio, c.layerwise, {c.errorFeedback, c.residualDecay});
-  } else if (c.method == "threshold") {
-    codec = compress::makeSparse(c.method, c.threshold);
-  } else {
-    codec = compress::makeQuantizer(c.method, c.method == "qsgd" ? c.levels : 0, c.errorFeedback);
-  }
+  std::shared_ptr<compress::Codec> codec = compress::makeCodec(codecConfig(c, world));
+  s.dgc = std::dynamic_pointer_cast<compress::DgcCodec>(codec);
   s.hook = parallel::codecHook(codec, seed, c.denseSteps, parallel::parseCompressionScope(c.scope));
   return s;
 }
 
 // Codec state (residuals, momentum, Q, RNG) differs per rank: each rank encodes its own as a
 // tensor table (data only, like the checkpoint around it), and rank 0's checkpoint keeps them
-// all as "codec.rank<r>" byte tensors. Entries: b<bucket>_t_<name> (tensors), b<bucket>_s_<name>
-// (a float64 [1]), b<bucket>_rng (an int64 [1]).
+// all as "codec.rank<r>" byte tensors. Entries: b<bucket>_t_<name> (CodecState::buffers, flat
+// float32), b<bucket>_s_<name> (a float64 [1]), b<bucket>_rng (an int64 [1]).
 std::string serializeCodecState(parallel::StatefulHook& hook) {
   std::vector<std::pair<std::string, torch::Tensor>> entries;
   for (auto& [bucket, cs] : hook.states()) {
-    for (auto& [name, t] : cs.tensors) entries.emplace_back(str("b", bucket, "_t_", name), t);
+    for (auto& [name, b] : cs.buffers) entries.emplace_back(str("b", bucket, "_t_", name), parallel::bufferTensor(cs, name));
     for (auto& [name, v] : cs.scalars) entries.emplace_back(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
     entries.emplace_back(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
   }
@@ -100,7 +101,7 @@ void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob, co
     if (rest == "rng") {
       cs.rngState = static_cast<uint64_t>(t.item<int64_t>());
     } else if (rest.starts_with("t_")) {
-      cs.tensors[rest.substr(2)] = t;
+      parallel::setBuffer(cs, rest.substr(2), t);  // older checkpoints hold PowerSGD's as matrices
     } else {
       cs.scalars[rest.substr(2)] = t.item<double>();
     }

@@ -9,6 +9,7 @@
 
 #include "chorus/amp/autocast.h"
 #include "chorus/comm/collectives/collectives.h"
+#include "chorus/compress/factory.h"
 #include "chorus/common/error.h"
 #include "chorus/parallel/data/comm_hook.h"
 #include "chorus/parallel/tensor/sharding.h"
@@ -43,7 +44,7 @@ void whatToChange(std::ostream& m, const Config& cfg, double lr) {
   if (cfg.schedule.warmupSteps > 0) m << "; or a longer schedule.warmup_steps, now " << cfg.schedule.warmupSteps;
   m << ")";
   const auto& c = cfg.compression;
-  if (c.method == "topk" || c.method == "topk_sampled" || c.method == "randomk") {
+  if (compress::usesRatio(c.method)) {
     m << "; a larger compression.ratio (now " << c.ratio << ")";
     if (c.method == "randomk" && c.errorFeedback && c.residualDecay > 0)
       m << "; a lower compression.residual_decay (now " << c.residualDecay << ")";

@@ -7,6 +7,7 @@
 
 #include "chorus/common/error.h"
 #include "chorus/compress/compressed_allreduce.h"
+#include "chorus/parallel/compress_adapter.h"
 #include "chorus/parallel/tensor_view.h"
 
 namespace chorus::parallel {
@@ -161,7 +162,7 @@ class CodecHook : public StatefulHook {
         allreduceAvg(*g, buffer);
         r.messageBytes = r.denseBytes = static_cast<uint64_t>(buffer.numel()) * 4;
       } else if (!averageAcrossHosts(*g, buffer, [&](comm::ProcessGroup& across, torch::Tensor& b) {
-                   r = compress::compressedAllreduce(across, *codec_, b, *st);
+                   r = compress::compressedAllreduce(across, *codec_, mutableFloatSpan(b, "codecHook"), *st);
                  })) {
         r.messageBytes = 0;  // this host's first rank sent its message across
         r.denseBytes = static_cast<uint64_t>(buffer.numel()) * 4;
@@ -226,14 +227,17 @@ class PowerSgdHook : public StatefulHook {
       }
       Mat mat;
       mat.view = flat.view({n, m});
-      torch::Tensor& res = st.tensors[str("residual.", i)];
-      if (!res.defined()) res = torch::zeros({n, m}, buf.options());
-      torch::Tensor& q = st.tensors[str("q.", i)];
-      if (!q.defined()) {
+      // The state's float32 buffers, viewed as matrices (the views share their storage).
+      torch::Tensor res = bufferOf(st, str("residual.", i), {n, m});
+      const std::string qName = str("q.", i);
+      auto qIt = st.buffers.find(qName);
+      const bool haveQ = qIt != st.buffers.end() && qIt->second.size() == static_cast<size_t>(m * rank_);
+      torch::Tensor q = bufferOf(st, qName, {m, rank_});
+      if (!haveQ) {
         auto gen = at::detail::createCPUGenerator(mix(seed_, mix(b.index, i)));
-        q = torch::randn({m, rank_}, gen, buf.options());  // the same on every rank
+        q.copy_(torch::randn({m, rank_}, gen, buf.options()));  // the same on every rank
       }
-      mat.res = res;  // handles share the state's storage
+      mat.res = res;
       mat.m = mat.view + res;
       mat.q = q;
       mats.push_back(mat);
