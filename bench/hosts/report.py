@@ -80,7 +80,9 @@ def training_section(a, failures):
           "training samples, 2 hosts x 2 workers, train.threads 1, the transport and algorithms auto picks (mixed, "
           f"hierarchical). {a.train_repeat} rounds, the methods alternating within each. In each round the target "
           "is dense's final accuracy in that round; time to it is the training time of the first evaluation at or "
-          "above it (so rounded up to an epoch). Cells: median over the rounds (min–max).", "",
+          "above it (so rounded up to an epoch). Cells: median over the rounds (min–max). bytes/step is everything "
+          "rank 0 sends per step: with compression between hosts only, that includes its dense broadcast inside its "
+          "host (shared memory), not only what crosses the host link.", "",
           "| method | final accuracy | training s | bytes/step (rank 0) | time to dense accuracy (s) | speedup vs dense |",
           "|---|---:|---:|---:|---:|---:|"]
 
