@@ -31,7 +31,7 @@ namespace {
 
 bool sameFields(const Header& a, const Header& b) {
   // lr compared by its bits: a NaN must survive as the same NaN.
-  return a.op == b.op && a.worker == b.worker && a.server == b.server && a.fingerprint == b.fingerprint &&
+  return a.op == b.op && a.flags == b.flags && a.codec == b.codec && a.worker == b.worker && a.server == b.server && a.fingerprint == b.fingerprint &&
          a.version == b.version && a.clock == b.clock &&
          std::bit_cast<uint64_t>(a.lr) == std::bit_cast<uint64_t>(b.lr) && a.payloadBytes == b.payloadBytes &&
          a.firstSlice == b.firstSlice;

@@ -7,6 +7,8 @@ Everything in the report (tables, ratios, whether each target is met) is compute
 files; nothing is typed in by hand.
 
 usage: report.py --raw DIR --rates 1gbit 100mbit --sizes 4K 1M 16M 64M --repeat R --command CMD --out FILE
+       [--train-repeat N --train-methods ... --train-limit L] [--ps-repeat N --ps-methods ... --ps-limit L
+        --ps-epochs E]
 """
 
 import argparse
@@ -30,6 +32,7 @@ _spec = importlib.util.spec_from_file_location("compression_report",
 compression = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compression)
 
+PS_TITLES = {"dense": "dense float32", "fp16": "fp16 codec", "topk": "top-k 1%", "dgc": "DGC"}
 TRAIN_TITLES = {"dense": "dense", "powersgd-all": "PowerSGD, all ranks", "powersgd-inter": "PowerSGD, between hosts",
                 "dgc-all": "DGC, all ranks", "dgc-inter": "DGC, between hosts"}
 
@@ -118,6 +121,75 @@ def training_section(a, failures):
     return md
 
 
+def ps_run(raw, name):
+    """(record, None) or (None, reason): worker 0's summary of a parameter-server run, with the
+    last evaluation's test accuracy from the run's metrics.jsonl."""
+    import json
+    base = os.path.join(raw, name)
+    try:
+        with open(os.path.join(base, "ps", "worker0.jsonl")) as f:
+            lines = [json.loads(x) for x in f if x.strip()]
+    except (OSError, ValueError) as e:
+        return None, f"{name}: no worker 0 record ({e})"
+    summary = next((x for x in reversed(lines) if x.get("event") == "summary"), None)
+    if not summary:
+        return None, f"{name}: worker 0 wrote no summary (the run stopped early?)"
+    need = ["samples_per_s", "workers", "steps", "push_s", "pull_s", "bytes_pushed", "train_s"]
+    bad = [k for k in need if not compression.is_number(summary.get(k))]
+    if bad or summary["steps"] <= 0:
+        return None, f"{name}: worker 0's summary lacks {', '.join(bad) or 'steps'}"
+    events, err = compression.jsonl_records(raw, name)
+    evals = [e for e in (events or []) if e.get("event") == "eval" and compression.is_number(e.get("test_acc"))]
+    if err or not evals:
+        return None, f"{name}: no evaluation in metrics.jsonl ({err or 'train.eval must be true'})"
+    steps = summary["steps"]
+    return {"throughput": summary["samples_per_s"] * summary["workers"], "push": summary["push_s"] / steps,
+            "pull": summary["pull_s"] / steps, "bytes": summary["bytes_pushed"] / steps, "acc": evals[-1]["test_acc"],
+            "compression": summary.get("compression")}, None
+
+
+def ps_section(a, failures):
+    """Parameter-server throughput per push method, each round's against that round's dense."""
+    runs = {m: [] for m in a.ps_methods}
+    for r in range(1, a.ps_repeat + 1):
+        for m in a.ps_methods:
+            run, err = ps_run(a.raw, f"ps-{m}-r{r}")
+            if err:
+                failures.append({"run": f"parameter server {m}, round {r}", "rc": "no result", "cmd": "", "err": [err]})
+            runs[m].append(run)
+    md = ["## Parameter server across hosts at 100 Mbit/s: compressed pushes", "",
+          f"The same CNN (cnn.toml, global batch 128) on the first {a.ps_limit} training samples for {a.ps_epochs} "
+          "epochs, with `ps.servers = 2` (bsp): ranks 0 and 1 are the workers, on host 0; ranks 2 and 3 the servers, "
+          "on host 1, so every push and every pull crosses the 100 Mbit/s host link (tcp). Pushes go dense or as "
+          "the workers' codec messages (fp16; top-k at 1% with error feedback, layer-wise per slice; DGC with "
+          "optim.momentum = 0); pulls stay dense float32 in every case. "
+          f"{a.ps_repeat} rounds, the methods alternating within each. Throughput is samples per second of "
+          "training time over both workers (worker 0's rate times 2); push and pull are worker 0's seconds per "
+          "step; bytes/push is worker 0's payload per step. Cells: median (min–max).", "",
+          "| pushes | samples/s | vs dense | push s/step | pull s/step | bytes/push | final accuracy |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(values, f):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        text = f(statistics.median(values))
+        return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+
+    dense = runs.get("dense", [])
+    for m in a.ps_methods:
+        rs = runs[m]
+        ratio = [x["throughput"] / d["throughput"] for x, d in zip(rs, dense) if x and d and d["throughput"] > 0]
+        md.append(f"| {PS_TITLES.get(m, m)} | {cell([x and x['throughput'] for x in rs], lambda v: f'{v:.0f}')} | "
+                  f"{cell(ratio, lambda v: f'{v:.2f}x') if m != 'dense' else '1'} | "
+                  f"{cell([x and x['push'] for x in rs], lambda v: f'{v:.3f}')} | "
+                  f"{cell([x and x['pull'] for x in rs], lambda v: f'{v:.3f}')} | "
+                  f"{cell([x and x['bytes'] for x in rs], compression.fmt_bytes)} | "
+                  f"{cell([x and x['acc'] for x in rs], lambda v: f'{v:.4f}')} |")
+    md.append("")
+    return md
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--raw", required=True)
@@ -127,6 +199,10 @@ def main():
     p.add_argument("--train-repeat", type=int, default=0)
     p.add_argument("--train-methods", nargs="*", default=[])
     p.add_argument("--train-limit", type=int, default=0)
+    p.add_argument("--ps-repeat", type=int, default=0)
+    p.add_argument("--ps-methods", nargs="*", default=[])
+    p.add_argument("--ps-limit", type=int, default=0)
+    p.add_argument("--ps-epochs", type=int, default=0)
     p.add_argument("--command", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--src", default=os.path.dirname(os.path.dirname(HERE)))
@@ -172,6 +248,10 @@ def main():
         cmd = (peers.read(os.path.join(a.raw, f"train-{m}-r1.cmd")) or "").strip() if a.train_repeat else ""
         if cmd:
             md.append(cmd)
+    for m in a.ps_methods:
+        cmd = (peers.read(os.path.join(a.raw, f"ps-{m}-r1.cmd")) or "").strip() if a.ps_repeat else ""
+        if cmd:
+            md.append(cmd)
     md += ["```", ""]
 
     for rate in a.rates:
@@ -193,6 +273,8 @@ def main():
 
     if a.train_repeat > 0:
         md += training_section(a, failures)
+    if a.ps_repeat > 0:
+        md += ps_section(a, failures)
 
     md += ["## Targets", "", "Computed from the tables above.", ""]
     for rate in a.rates:

@@ -13,12 +13,17 @@
 # 2 x 2 ranks, alternating: dense, PowerSGD among all ranks (scope all) and between hosts only
 # (compression.scope = inter-host), DGC likewise: the time each needs to reach dense's final
 # accuracy.
+# Then (section "ps") at 100 Mbit/s, PS_REPEAT rounds of the parameter-server job on the same
+# CNN: 2 workers on host 0 and 2 servers on host 1 (ps.servers = 2, bsp), so every push and
+# pull crosses the host link; the first PS_LIMIT samples, PS_EPOCHS epochs; pushes dense, then
+# compressed by the workers (fp16, top-k 1%, DGC), alternating: throughput against dense.
 # Writes bench/results/hosts.md (through bench/hosts/report.py); raw outputs stay in
 # BUILD_DIR/bench-hosts/. Needs root (network namespaces), mpirun and a chorus built with MPI.
 #
 # usage: bash bench/hosts/run.sh [BUILD_DIR]      (default: build)
 #   RATES="1gbit 100mbit"  REPEAT=3  SIZES="4K 1M 16M 64M"  OUT=bench/results/hosts.md
-#   SECTIONS="allreduce training"  TRAIN_REPEAT=3  TRAIN_LIMIT=12800
+#   SECTIONS="allreduce training ps"  TRAIN_REPEAT=3  TRAIN_LIMIT=12800
+#   PS_REPEAT=3  PS_LIMIT=6400  PS_EPOCHS=2
 #   Sizes of 16 MiB and more run 3 timed calls after 1 warm-up (at 100 Mbit/s a 64 MiB flat
 #   ring takes ~8 s per call); smaller ones time themselves (about 0.25 s of calls).
 set -uo pipefail
@@ -28,10 +33,14 @@ build=$(cd "$src" && realpath -m "$build_arg")
 rates=(${RATES:-1gbit 100mbit})
 repeat=${REPEAT:-3}
 sizes=(${SIZES:-4K 1M 16M 64M})
-sections=" ${SECTIONS:-allreduce training} "
+sections=" ${SECTIONS:-allreduce training ps} "
 train_repeat=${TRAIN_REPEAT:-3}
 train_limit=${TRAIN_LIMIT:-12800}
 train_methods=(dense powersgd-all powersgd-inter dgc-all dgc-inter)
+ps_repeat=${PS_REPEAT:-3}
+ps_limit=${PS_LIMIT:-6400}
+ps_epochs=${PS_EPOCHS:-2}
+ps_methods=(dense fp16 topk dgc)
 out=${OUT:-$src/bench/results/hosts.md}
 raw=$build/bench-hosts
 netlab=$src/tools/netlab/netlab.sh
@@ -102,9 +111,34 @@ if [[ $sections == *" training "* ]]; then
 else
   train_repeat=0
 fi
+# The settings of one parameter-server push method.
+ps_args() {
+  case $1 in
+    dense) ;;
+    fp16) echo "--set compression.method=fp16" ;;
+    topk) echo "--set compression.method=topk --set compression.ratio=0.01" ;;
+    dgc) echo "--set compression.method=dgc --set optim.momentum=0" ;;
+  esac
+}
+if [[ $sections == *" ps "* ]]; then
+  "$netlab" up 2 --rate 100mbit --name "$lab" > /dev/null || { echo "run.sh: netlab up failed" >&2; exit 1; }
+  mpirun=(tools/netlab/netlab.sh run "$lab" 0 -- mpirun -H "$lab-h0:2,$lab-h1:2" -n 4)
+  for r in $(seq 1 "$ps_repeat"); do
+    for m in "${ps_methods[@]}"; do
+      read -ra margs <<< "$(ps_args "$m" | tr '\n' ' ')"
+      bench_run "ps-$m-r$r" "${mpirun[@]}" "$chorus" train bench/compression/cnn.toml --set ps.servers=2 \
+        --set "data.limit_train=$ps_limit" --set "train.epochs=$ps_epochs" --set train.threads=1 \
+        --set output.progress=none "${margs[@]}" --set "output.dir=$raw/ps-$m-r$r"
+    done
+  done
+  "$netlab" down "$lab" > /dev/null
+else
+  ps_repeat=0
+fi
 cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"
 python3 "$src/bench/hosts/report.py" --raw "$raw" --rates "${rates[@]}" --sizes "${sizes[@]}" --repeat "$repeat" \
   --train-repeat "$train_repeat" --train-methods "${train_methods[@]}" --train-limit "$train_limit" \
+  --ps-repeat "$ps_repeat" --ps-methods "${ps_methods[@]}" --ps-limit "$ps_limit" --ps-epochs "$ps_epochs" \
   --command "bash bench/hosts/run.sh $build_arg" --out "$out"
 echo "wrote $out"
 [[ ${#failed[@]} -eq 0 ]] || { echo "run.sh: failed runs: ${failed[*]}" >&2; exit 1; }

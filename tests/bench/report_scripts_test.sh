@@ -162,5 +162,33 @@ expect "$page" "| PyTorch eager (1 process x 2 thread(s)) | 5 | 2.5200 | 3.6300 
 expect "$page" "largest difference 0.0300): does not hold" "model-parallel: the 0.02 verdict"
 expect "$page" "at commit $(git -C "$SRC" rev-parse --short HEAD 2> /dev/null || echo unknown)" "model-parallel: the page names the commit"
 
+# --- bench/hosts/report.py, the parameter-server section: 3 rounds of dense and top-k pushes;
+# top-k's third round stopped before worker 0's summary.
+raw=$TMP/hosts
+# ps_run NAME SAMPLES_PER_S PUSH_S ACC: worker 0's summary (2 workers, 10 steps) and one eval.
+ps_run() {
+  mkdir -p "$raw/$1/ps"
+  echo 0 > "$raw/$1.rc"
+  printf '{"event":"start"}\n{"event":"eval","test_acc":%s,"train_s":1,"bytes_sent":0}\n{"event":"summary"}\n' "$4" \
+    > "$raw/$1/metrics.jsonl"
+  printf '{"event":"summary","workers":2,"steps":10,"samples_per_s":%s,"push_s":%s,"pull_s":2,"bytes_pushed":1000000,"train_s":5}\n' \
+    "$2" "$3" > "$raw/$1/ps/worker0.jsonl"
+}
+ps_run ps-dense-r1 100 2 0.80
+ps_run ps-dense-r2 120 2 0.81
+ps_run ps-dense-r3 110 2 0.82
+ps_run ps-topk-r1 150 0.1 0.79
+ps_run ps-topk-r2 180 0.1 0.80
+mkdir -p "$raw/ps-topk-r3/ps"
+echo 1 > "$raw/ps-topk-r3.rc"
+python3 "$SRC/bench/hosts/report.py" --raw "$raw" --sizes 4K --ps-repeat 3 --ps-methods dense topk --ps-limit 640 \
+  --ps-epochs 1 --src "$SRC" --command "bash bench/hosts/run.sh build" --out "$TMP/hosts.md" 2> "$TMP/hosts.err"
+page=$TMP/hosts.md
+# throughput = 2 workers x worker 0's rate; vs dense = per-round ratios 300/200 and 360/240
+expect "$page" "| dense float32 | 220 (200–240) | 1 | 0.200 (0.200–0.200) | 0.200 (0.200–0.200) | 100.00 kB (100.00 kB–100.00 kB) | 0.8100 (0.8000–0.8200) |" \
+  "hosts: the dense row, medians and spreads"
+expect "$page" "| top-k 1% | 330 (300–360) | 1.50x (1.50x–1.50x) | 0.010 (0.010–0.010) |" "hosts: top-k against the same round's dense"
+expect "$page" "ps-topk-r3: no worker 0 record" "hosts: the failed round is named"
+
 echo "$failures failed"
 [[ $failures -eq 0 ]]

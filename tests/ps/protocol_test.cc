@@ -50,7 +50,15 @@ TEST(ProtocolTest, RoundTripsEveryField) {
     EXPECT_EQ(d.lr, h.lr);
     EXPECT_EQ(d.payloadBytes, h.payloadBytes);
     EXPECT_EQ(d.firstSlice, h.firstSlice);
+    EXPECT_EQ(d.flags, 0);
+    EXPECT_EQ(d.codec, 0);
   }
+  Header coded = sample();
+  coded.flags = kFlagCodec;
+  coded.codec = 0xfffe;
+  const Header c = decodeHeader(encodeHeader(coded));
+  EXPECT_EQ(c.flags, kFlagCodec);
+  EXPECT_EQ(c.codec, 0xfffe);
   Header extremes;
   extremes.worker = INT32_MIN;
   extremes.server = INT32_MAX;
@@ -81,8 +89,15 @@ TEST(ProtocolTest, LittleEndianLayout) {
   EXPECT_EQ(b[3], 0x43);
   EXPECT_EQ(b[4], 2);  // kPush
   EXPECT_EQ(b[5], 0);  // flags
-  EXPECT_EQ(b[6], 0);  // reserved
+  EXPECT_EQ(b[6], 0);  // codec
   EXPECT_EQ(b[7], 0);
+  Header coded = sample();
+  coded.flags = kFlagCodec;
+  coded.codec = 0x0203;
+  const auto c = encodeHeader(coded);
+  EXPECT_EQ(c[5], 1);
+  EXPECT_EQ(c[6], 0x03);  // codec, little-endian
+  EXPECT_EQ(c[7], 0x02);
   EXPECT_EQ(b[8], 0x04);  // worker 0x01020304
   EXPECT_EQ(b[11], 0x01);
   EXPECT_EQ(b[12], 0xfe);  // server -2
@@ -121,14 +136,22 @@ TEST(ProtocolTest, RejectsBadMagicAndUnknownOp) {
 
 // Found by fuzz/ps_protocol_fuzz.cc: a header with flags or reserved bytes set decoded as if
 // they were 0, so one header had many encodings and a peer's unknown flag went unnoticed.
-TEST(ProtocolTest, RejectsNonzeroFlagsAndReservedBytes) {
+// Since the codec field took the reserved bytes: unknown flags, a codec without kFlagCodec
+// and kFlagCodec without a codec are all refused.
+TEST(ProtocolTest, RejectsUnknownFlagsAndCodecWithoutFlag) {
   for (size_t at : {5, 6, 7}) {
     auto b = encodeHeader(sample());
     b[at] = 0xff;
     const std::string msg = errorOf([&] { decodeHeader(b); });
-    EXPECT_NE(msg.find("reserved bytes"), std::string::npos) << "byte " << at << ": " << msg;
+    EXPECT_NE(msg.find("expected flags 0 and codec 0"), std::string::npos) << "byte " << at << ": " << msg;
     EXPECT_NE(msg.find("0xff"), std::string::npos) << "byte " << at << ": " << msg;
   }
+  auto b = encodeHeader(sample());
+  b[5] = kFlagCodec;  // the flag, no codec
+  EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x1 with codec 0x0"), std::string::npos);
+  b[5] = kFlagCodec | 2;  // an unknown flag beside it
+  b[6] = 1;
+  EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x3 with codec 0x1"), std::string::npos);
 }
 
 TEST(ProtocolTest, OpNames) {

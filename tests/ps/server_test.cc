@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "chorus/compress/factory.h"
 #include "chorus/ps/client.h"
 #include "chorus/ps/protocol.h"
 #include "chorus/ps/server.h"
@@ -143,6 +144,7 @@ struct Job {
   ServerOptions server;
   RankOptions ranks;
   std::function<void(Client&, int)> work;
+  std::function<void(Client&, int)> prepare;  // if set: on each worker's client before init
 
   std::vector<ServerReport> reports;
   std::vector<std::vector<float>> serverValues;
@@ -180,6 +182,7 @@ struct Job {
       }
       const auto t0 = std::chrono::steady_clock::now();
       Client c(borrow(g), r, serverRanks(), plan);
+      if (prepare) prepare(c, r);
       if (r == 0) c.init(cspans(initialParams(plan)));
       work(c, r);
       c.bye();
@@ -599,7 +602,144 @@ TEST(PsServer, IdleLimitEndsRunWithTimeoutError) {
   });
 }
 
-// ---- 7. a worker that dies ----
+// ---- 7. compressed pushes ----
+
+std::unique_ptr<compress::Codec> codecOf(const std::string& method, double ratio = 0.01) {
+  compress::CodecConfig c;
+  c.method = method;
+  c.ratio = ratio;
+  return compress::makeCodec(c);
+}
+
+// Top-k of every entry loses nothing, so bsp with codec pushes lands exactly where dense
+// pushes do; the servers decoded every push.
+TEST(PsServer, LosslessCodecPushesMatchDenseReference) {
+  Job job;
+  job.server.optimizer.name = "sgd";
+  job.server.optimizer.momentum = 0.9;
+  job.prepare = [](Client& c, int w) { c.compressPushes(codecOf("topk", 1.0), 7 + static_cast<uint64_t>(w)); };
+  job.work = trainLoop(job, 5, 0.1);
+  job.runOk();
+  const auto want = bspReference(job.plan, job.server.optimizer, job.workers, 5, 0.1);
+  expectNear(job.allServerValues(), want, "server values");
+  for (const auto& r : job.reports) {
+    EXPECT_EQ(r.version, 5);
+    EXPECT_EQ(r.pushes, 5 * job.workers);
+    EXPECT_EQ(r.codecPushes, 5 * job.workers);
+    EXPECT_EQ(r.errorsSent, 0);
+  }
+}
+
+// Top-k at a quarter, one worker, plain sgd: each server moves by lr times what it decoded, the
+// decoded gradient plus the residual the client kept is the gradient pushed (error feedback),
+// each slice sends its own share (layer-wise, segments = slices), and fewer bytes go out.
+TEST(PsServer, SparsePushesKeepTheirResidualPerServer) {
+  Job job;
+  job.workers = 1;
+  job.server.optimizer.name = "sgd";
+  const double lr = 0.5;
+  std::vector<std::vector<float>> residuals(2);
+  uint64_t pushed = 0;
+  job.prepare = [](Client& c, int) { c.compressPushes(codecOf("topk", 0.25), 1); };
+  job.work = [&](Client& c, int) {
+    auto p = initialParams(job.plan);
+    c.push(cspans(gradient(p, 0)), lr);
+    for (int s = 0; s < 2; ++s) residuals[static_cast<size_t>(s)] = c.codecState(s).buffers.at("residual");
+    pushed = c.bytesPushed();
+  };
+  job.runOk();
+  const auto p0 = flat(initialParams(job.plan));
+  const auto g = flat(gradient(initialParams(job.plan), 0));
+  size_t at = 0;
+  int64_t sent = 0;
+  for (int s = 0; s < 2; ++s) {
+    const auto& values = job.serverValues[static_cast<size_t>(s)];
+    const auto& res = residuals[static_cast<size_t>(s)];
+    ASSERT_EQ(values.size(), res.size());
+    for (size_t i = 0; i < values.size(); ++i, ++at) {
+      const double decoded = (p0[at] - values[i]) / lr;
+      if (decoded != 0) ++sent;
+      EXPECT_NEAR(decoded + res[i], g[at], 1e-5) << "server " << s << " element " << i;
+      EXPECT_TRUE(decoded == 0 || res[i] == 0) << "an entry both sent and kept, element " << at;
+    }
+    EXPECT_EQ(job.reports[static_cast<size_t>(s)].codecPushes, 1);
+  }
+  // Slices of 7, 2, 1 | 10 entries: ceil(0.25 n) each at least 1 -> 2 + 1 + 1 + 3.
+  EXPECT_EQ(sent, 7);
+  EXPECT_LT(pushed, 4u * 20);
+}
+
+// Codec pushes that are wrong are refused by name, and the server goes on serving.
+TEST(PsServer, MalformedCodecPushesAreRefused) {
+  Job job;
+  job.workers = 1;
+  job.servers = 1;
+  job.plan = ShardPlan::make(modelSpecs(), 1);
+  job.server.consistency.mode = Mode::kAsp;
+  job.server.consistency.workers = 1;
+  const int server = 1;
+  const uint64_t topk = 1 + static_cast<uint64_t>(std::find(compress::codecNames().begin(),
+                                                            compress::codecNames().end(), "topk") -
+                                                  compress::codecNames().begin());
+  auto outcome = testutil::runRanksCollect(2, job.ranks, [&](comm::ProcessGroup& g) {
+    if (g.rank() == server) {
+      Server srv(borrow(g), 0, {0}, job.plan, job.server);
+      job.reports.assign(1, srv.run());
+      return;
+    }
+    Client c(borrow(g), 0, {server}, job.plan);
+    auto p = initialParams(job.plan);
+    c.init(cspans(p));
+    c.pull(spans(p));
+    Header h;
+    h.op = Op::kPush;
+    h.flags = kFlagCodec;
+    h.codec = static_cast<uint16_t>(topk);
+    h.fingerprint = job.plan.fingerprint();
+    h.lr = 0.1;
+    h.payloadBytes = 24;
+    auto expectError = [&](Header bad, const std::string& words) {
+      const auto [op, msg] = rawRequest(g, server, bad, bad.payloadBytes);
+      EXPECT_EQ(op, Op::kError) << words;
+      EXPECT_NE(msg.find(words), std::string::npos) << msg;
+    };
+    expectError(h, "does not decode into this server's 20 floats");  // 24 zero bytes: no topk message
+    Header bad = h;
+    bad.codec = 999;
+    expectError(bad, "field codec = 999");
+    bad = h;
+    bad.payloadBytes = maxCodecPayload(20) + 1;
+    expectError(bad, "field payloadBytes");
+    bad = h;
+    bad.op = Op::kInit;
+    expectError(bad, "only a push may carry a codec message");
+    // A codec the server would not know is refused by the client.
+    struct Foreign : compress::Codec {
+      std::string name() const override { return "mine"; }
+      compress::Message encode(std::span<const float>, compress::CodecState&) override { return {}; }
+      void decodeAdd(const compress::Message&, std::span<float>) const override {}
+    };
+    try {
+      c.compressPushes(std::make_unique<Foreign>(), 1);
+      ADD_FAILURE() << "a foreign codec was accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("'mine' is not one the servers can decode"), std::string::npos) << e.what();
+    }
+    // Still served: a good codec push is applied.
+    c.compressPushes(codecOf("topk", 0.5), 3);
+    c.push(cspans(gradient(p, 0)), 0.1);
+    c.pull(spans(p));
+    c.bye();
+  });
+  for (size_t r = 0; r < outcome.size(); ++r) {
+    ASSERT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+  }
+  EXPECT_EQ(job.reports[0].errorsSent, 4);
+  EXPECT_EQ(job.reports[0].codecPushes, 1);
+  EXPECT_EQ(job.reports[0].version, 1);
+}
+
+// ---- 8. a worker that dies ----
 
 class DeathTest : public ::testing::TestWithParam<std::string> {};
 

@@ -150,12 +150,44 @@ TEST(PsTrainer, AspAndSspWithAStragglerReportStaleness) {
   }
 }
 
+// Compressed pushes: top-k workers train the MLP, each server decoded every push after the
+// dense warm-up, and the workers pushed far fewer bytes than dense ones (their reports).
+TEST(PsTrainer, CompressedPushesTrain) {
+  torch::set_num_threads(1);
+  fs::path dir = tempDir("topk"), denseDir = tempDir("dense");
+  const std::vector<std::string> common = {"ps.servers=2", "ps.mode=bsp", "optim.lr=0.05"};
+  auto sets = common;
+  sets.insert(sets.end(), {"compression.method=topk", "compression.ratio=0.05", "compression.dense_steps=2"});
+  runJob(smallConfig(sets, dir), 4);
+  runJob(smallConfig(common, denseDir), 4);
+  for (int s = 0; s < 2; ++s) {
+    auto server = fields(dir / "ps" / str("server", s, ".json"));
+    EXPECT_EQ(server["version"], 20.0);
+    EXPECT_EQ(server["codec_pushes"], 2.0 * 18) << "server " << s << ": 2 workers x (20 - 2 dense) steps";
+    EXPECT_EQ(fields(denseDir / "ps" / str("server", s, ".json"))["codec_pushes"], 0.0);
+  }
+  const double sparse = column(dir / "ps" / "worker0.jsonl", "summary", "bytes_pushed").at(0);
+  const double dense = column(denseDir / "ps" / "worker0.jsonl", "summary", "bytes_pushed").at(0);
+  EXPECT_LT(sparse, 0.3 * dense) << "top-k 5% after 2 dense steps of 20";
+  auto acc = column(dir / "metrics.jsonl", "eval", "test_acc");
+  ASSERT_EQ(acc.size(), 2u);
+  EXPECT_GT(acc[1], 0.3) << "training on 640 samples beats chance (0.1)";
+  fs::remove_all(dir);
+  fs::remove_all(denseDir);
+}
+
 // Config rules of the parameter server.
 TEST(PsTrainer, ConfigRules) {
   EXPECT_THROW(defaultConfig({"ps.servers=1", "ps.mode=asp", "ps.backup=1"}, 2), ConfigError);
   EXPECT_THROW(defaultConfig({"ps.servers=1", "ps.backup=2"}, 2), ConfigError);
   EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "ps.backup=1"}, 2));
-  EXPECT_THROW(defaultConfig({"ps.servers=1", "compression.method=topk"}, 2), ConfigError);
+  // Workers compress their pushes with any codec; PowerSGD needs an all-reduce among them, and
+  // inter-host compression is an all-reduce's too.
+  EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "compression.method=topk"}, 2));
+  EXPECT_NO_THROW(defaultConfig({"ps.servers=1", "compression.method=dgc", "optim.momentum=0"}, 2));
+  EXPECT_THROW(defaultConfig({"ps.servers=1", "compression.method=powersgd"}, 2), ConfigError);
+  EXPECT_THROW(defaultConfig({"ps.servers=1", "compression.method=topk", "compression.scope=inter-host"}, 2),
+               ConfigError);
   EXPECT_THROW(defaultConfig({"train.straggler_workers=[2]"}, 2), ConfigError);
   // A restarted server reconnects over tcp only.
   EXPECT_THROW(defaultConfig({"ps.servers=1", "ps.restarts=1", "ddp.transport=shm"}, 2), ConfigError);

@@ -9,6 +9,7 @@
 #include <exception>
 
 #include "chorus/common/logging.h"
+#include "chorus/compress/factory.h"
 #include "chorus/ps/protocol.h"
 
 namespace chorus::ps {
@@ -18,6 +19,14 @@ class BadAnswer : public PeerError {
  public:
   using PeerError::PeerError;
 };
+
+// One server's payload as bytes (floats or a codec message).
+using Bytes = std::span<const uint8_t>;
+
+template <typename T>
+Bytes bytesOf(const std::vector<T>& v) {
+  return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(T)};
+}
 
 struct Client::Impl {
   std::shared_ptr<comm::ProcessGroup> group;
@@ -35,6 +44,9 @@ struct Client::Impl {
   std::vector<uint64_t> epochs;                 // per server, the restarts seen (peerEpoch)
   std::vector<std::vector<float>> lastPulled;   // per server, its values as last pulled or sent
   int64_t reconnects = 0;
+  std::unique_ptr<compress::Codec> codec;  // compressPushes: pushes are its messages
+  uint16_t codecId = 0;                    // 1 + its index in compress::codecNames()
+  std::vector<compress::CodecState> codecStates;  // per server
   int uncaught = std::uncaught_exceptions();  // at construction: a destructor run by unwinding sees more
 
   int servers() const { return plan.servers(); }
@@ -83,8 +95,9 @@ struct Client::Impl {
   // failed (only when reconnecting; otherwise their PeerError is thrown), or whose error answer
   // came from a process that replaced them during the call. Throws ServerError with the first
   // other kError message, after every answer has been read, so the streams stay in step.
-  std::vector<int> exchange(const std::vector<int>& targets, Op op, const std::vector<std::vector<float>>& payloads,
-                            double lr, std::vector<std::vector<float>>* got) {
+  // payloads[s] are bytes of floats, or of a codec message when `codec` (an id) is not 0.
+  std::vector<int> exchange(const std::vector<int>& targets, Op op, const std::vector<Bytes>& payloads, double lr,
+                            std::vector<std::vector<float>>* got, uint16_t codecId = 0) {
     const size_t n = targets.size();
     std::vector<std::array<uint8_t, kHeaderBytes>> out(n), in(n);
     std::vector<comm::WorkPtr> recvs;
@@ -110,7 +123,11 @@ struct Client::Impl {
       h.version = versions[static_cast<size_t>(s)];
       h.clock = op == Op::kPush ? clock + 1 : clock;  // a push carries the step it makes
       h.lr = lr;
-      h.payloadBytes = payloads.empty() ? 0 : payloads[static_cast<size_t>(s)].size() * sizeof(float);
+      h.payloadBytes = payloads.empty() ? 0 : payloads[static_cast<size_t>(s)].size();
+      if (codecId != 0) {
+        h.flags = kFlagCodec;
+        h.codec = codecId;
+      }
       h.firstSlice = plan.firstSlice(s);
       out[i] = encodeHeader(h);
       const int rank = serverRanks[static_cast<size_t>(s)];
@@ -196,15 +213,15 @@ struct Client::Impl {
     CHORUS_WARN(who(), ": server ", s, " (rank ", rank, ") was restarted (restart ", epoch,
                 " seen here); resynchronizing with it");
     if (!lastPulled[static_cast<size_t>(s)].empty()) {  // else: nothing to offer; the pull waits for another's init
-      std::vector<std::vector<float>> payloads(static_cast<size_t>(servers()));
-      payloads[static_cast<size_t>(s)] = lastPulled[static_cast<size_t>(s)];
+      std::vector<Bytes> payloads(static_cast<size_t>(servers()));
+      payloads[static_cast<size_t>(s)] = bytesOf(lastPulled[static_cast<size_t>(s)]);
       if (!exchange({s}, Op::kInit, payloads, 0.0, nullptr).empty()) return false;
     }
     return exchange({s}, Op::kPull, {}, 0.0, &lastPulled).empty();
   }
 
   // One call on every server, reconnecting to restarted ones (client.h).
-  void call(Op op, const std::vector<std::vector<float>>& payloads, double lr) {
+  void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0) {
     std::vector<int> targets(static_cast<size_t>(servers()));
     for (int s = 0; s < servers(); ++s) targets[static_cast<size_t>(s)] = s;
     std::vector<int> redo;
@@ -218,7 +235,7 @@ struct Client::Impl {
       }
       targets = std::move(now);
     }
-    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled);
+    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled, codecId);
     redo.insert(redo.end(), lost.begin(), lost.end());
     for (int attempt = 0; !redo.empty(); ++attempt) {
       if (attempt == Client::kMaxReconnects) {
@@ -230,7 +247,8 @@ struct Client::Impl {
       std::vector<int> again;
       for (int s : redo) {
         // A pull's answer is the resync's pull; every other op is sent again.
-        if (!resync(s) || (op != Op::kPull && !exchange({s}, op, payloads, lr, &lastPulled).empty())) again.push_back(s);
+        if (!resync(s) || (op != Op::kPull && !exchange({s}, op, payloads, lr, &lastPulled, codecId).empty()))
+          again.push_back(s);
       }
       redo = std::move(again);
     }
@@ -283,22 +301,67 @@ Client::~Client() {
 void Client::init(const std::vector<std::span<const float>>& params) {
   Impl& c = *impl_;
   c.checkTensors(params, "init");
-  std::vector<std::vector<float>> payloads;
-  for (int s = 0; s < c.servers(); ++s) payloads.push_back(c.gather(params, s));
-  if (c.reconnectTimeout.count() > 0) c.lastPulled = payloads;
+  std::vector<std::vector<float>> values;
+  for (int s = 0; s < c.servers(); ++s) values.push_back(c.gather(params, s));
+  std::vector<Bytes> payloads;
+  for (const auto& v : values) payloads.push_back(bytesOf(v));
+  if (c.reconnectTimeout.count() > 0) c.lastPulled = values;
   c.call(Op::kInit, payloads, 0.0);
 }
 
 void Client::push(const std::vector<std::span<const float>>& grads, double lr) {
   Impl& c = *impl_;
   c.checkTensors(grads, "push");
-  std::vector<std::vector<float>> payloads;
+  std::vector<std::vector<float>> dense;
+  std::vector<compress::Message> coded;
+  std::vector<Bytes> payloads;
   for (int s = 0; s < c.servers(); ++s) {
-    payloads.push_back(c.gather(grads, s));
-    c.bytesPushed += payloads.back().size() * sizeof(float);
+    dense.push_back(c.gather(grads, s));
+    if (c.codec) {
+      coded.push_back(c.codec->encode(dense.back(), c.codecStates[static_cast<size_t>(s)]));
+      dense.back() = {};
+    }
   }
-  c.call(Op::kPush, payloads, lr);
+  for (int s = 0; s < c.servers(); ++s) {
+    payloads.push_back(c.codec ? bytesOf(coded[static_cast<size_t>(s)]) : bytesOf(dense[static_cast<size_t>(s)]));
+    c.bytesPushed += payloads.back().size();
+  }
+  c.call(Op::kPush, payloads, lr, c.codec ? c.codecId : 0);
   ++c.clock;
+}
+
+void Client::compressPushes(std::unique_ptr<compress::Codec> codec, uint64_t seed) {
+  Impl& c = *impl_;
+  if (!codec) throw InvalidArgument(str(c.who(), ": compressPushes was given no codec"));
+  const auto& names = compress::codecNames();
+  const auto it = std::find(names.begin(), names.end(), codec->name());
+  if (it == names.end()) {
+    throw InvalidArgument(str(c.who(), ": codec '", codec->name(), "' is not one the servers can decode; use a codec "
+                              "of compress::makeCodec"));
+  }
+  c.codecId = static_cast<uint16_t>(it - names.begin() + 1);
+  c.codec = std::move(codec);
+  c.codecStates.assign(static_cast<size_t>(c.servers()), {});
+  for (int s = 0; s < c.servers(); ++s) {
+    compress::CodecState& st = c.codecStates[static_cast<size_t>(s)];
+    st.rngState = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(s) + 1;
+    // Each slice is a segment of the server's flat buffer (layer-wise codecs pick per slice).
+    int64_t end = 0;
+    const int first = c.plan.firstSlice(s);
+    for (int k = first; k < first + c.plan.sliceCount(s); ++k) {
+      end += c.plan.slices()[static_cast<size_t>(k)].numel;
+      st.segments.push_back(end);
+    }
+  }
+}
+
+compress::CodecState& Client::codecState(int server) {
+  Impl& c = *impl_;
+  if (server < 0 || server >= static_cast<int>(c.codecStates.size())) {
+    throw InvalidArgument(str(c.who(), ": no codec state for server ", server, " (", c.codecStates.size(),
+                              " states; call compressPushes first)"));
+  }
+  return c.codecStates[static_cast<size_t>(server)];
 }
 
 void Client::pull(const std::vector<std::span<float>>& params) {

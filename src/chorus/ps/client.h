@@ -20,6 +20,15 @@
 //      stale by what the restarted server lost, as an asp push may be); a pull returns the
 //      values of step 2; a goodbye is said again.
 // A server that fails again during this is retried, kMaxReconnects times per call.
+//
+// Compressed pushes (compressPushes): each server's part of a pushed gradient is gathered
+// into one flat buffer (its slices in order, each slice a segment for layer-wise codecs) and
+// encoded by the codec with a state of its own per server, so error-feedback residuals stay
+// with the entries they belong to. The server decodes the message into a dense gradient and
+// goes on as for a dense push (protocol.h, kFlagCodec). Inits and pulls stay dense float32.
+// A push sent again to a restarted server sends the same message (its residual was already
+// taken). The codec states live in this process only: a restarted worker starts from empty
+// residuals.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +39,7 @@
 #include "chorus/common/clock.h"
 #include "chorus/common/error.h"
 #include "chorus/comm/group.h"
+#include "chorus/compress/codec.h"
 #include "chorus/ps/sharding.h"
 
 namespace chorus::ps {
@@ -65,10 +75,17 @@ class Client {
   // closes (as if its process had died), rather than a clean goodbye.
   void bye();
 
+  // From now on, pushes go out as messages of `codec` (see above), one state per server,
+  // seeded from `seed` (server s's rng from seed and s). Throws InvalidArgument for a codec
+  // whose name() is not one of compress::codecNames() (a server could not decode it).
+  void compressPushes(std::unique_ptr<compress::Codec> codec, uint64_t seed);
+  // Server s's codec state (residual, momentum, rng); empty before compressPushes.
+  compress::CodecState& codecState(int server);
+
   int64_t clock() const;                       // pushes made
   const std::vector<int64_t>& versions() const;  // per server, the version of the last pull
   double pullWaitSeconds() const;              // total time spent in pull()
-  uint64_t bytesPushed() const;
+  uint64_t bytesPushed() const;               // payload bytes of the pushes (codec messages when compressing)
   int64_t reconnects() const;                  // restarted servers this client resynchronized with
 
  private:

@@ -36,9 +36,11 @@ const char* opName(Op op) {
 }
 
 std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h) {
-  std::array<uint8_t, kHeaderBytes> b{};  // flags, reserved and padding stay 0
+  std::array<uint8_t, kHeaderBytes> b{};
   put(b, 0, kMagic, 4);
   b[4] = static_cast<uint8_t>(h.op);
+  b[5] = h.flags;
+  put(b, 6, h.codec, 2);
   put(b, 8, static_cast<uint32_t>(h.worker), 4);
   put(b, 12, static_cast<uint32_t>(h.server), 4);
   put(b, 16, h.fingerprint, 8);
@@ -62,15 +64,19 @@ Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& b) {
     throw InvalidArgument(str("parameter-server message: unknown op ", int{b[4]},
                               " (expected 1-4 or 16-18); the peer speaks another protocol version"));
   }
-  // Flags and reserved bytes must be 0: a peer that sets them means something this version
-  // does not know, and accepting them would give one header many encodings.
-  if (b[5] != 0 || b[6] != 0 || b[7] != 0) {
-    throw InvalidArgument(str("parameter-server message: flags 0x", std::hex, int{b[5]}, " and reserved bytes 0x",
-                              int{b[6]}, " 0x", int{b[7]}, std::dec, " (expected 0); the peer speaks another "
-                              "protocol version or the stream is out of step"));
+  // Unknown flags mean something this version does not know; a codec goes with kFlagCodec
+  // and only with it, so one header has one encoding.
+  const uint8_t flags = b[5];
+  const auto codec = static_cast<uint16_t>(get(b, 6, 2));
+  if ((flags & ~kFlagCodec) != 0 || (flags == kFlagCodec) != (codec != 0)) {
+    throw InvalidArgument(str("parameter-server message: flags 0x", std::hex, int{flags}, " with codec 0x", codec,
+                              std::dec, " (expected flags 0 and codec 0, or flags 1 and a codec); the peer speaks "
+                              "another protocol version or the stream is out of step"));
   }
   Header h;
   h.op = op;
+  h.flags = flags;
+  h.codec = codec;
   h.worker = static_cast<int32_t>(get(b, 8, 4));
   h.server = static_cast<int32_t>(get(b, 12, 4));
   h.fingerprint = get(b, 16, 8);

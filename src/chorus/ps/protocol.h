@@ -9,6 +9,8 @@
 //                       (in slice order)                         counts; later ones are acked
 //                                                                 and ignored)
 //   kPush       worker  float32 gradient of the server's slices  kAck, or kError
+//                       or, with flag kFlagCodec, one codec message
+//                       (compress/codec.h) of that gradient
 //   kPull       worker  none                                     kParams when consistency
 //                                                                 allows, or kError
 //   kBye        worker  none                                     kAck
@@ -17,7 +19,7 @@
 //   kError      server  UTF-8 message (what was wrong, what to do)
 //
 // Header fields, all little-endian:
-//   0  uint32 magic kMagic       4  uint8 op      5  uint8 flags (0)   6  uint16 reserved (0)
+//   0  uint32 magic kMagic       4  uint8 op      5  uint8 flags       6  uint16 codec
 //   8  int32  worker index       12 int32 server index
 //   16 uint64 plan fingerprint (ShardPlan::fingerprint: both sides must agree)
 //   24 int64  version: push: basedOn (the version pulled); params: the version sent
@@ -25,6 +27,12 @@
 //   40 double lr: push: the learning rate to apply with (the worker's schedule)
 //   48 uint64 payloadBytes
 //   56 int64  first slice index of the payload (pushes and inits: the server's first slice)
+//
+// flags is 0 or kFlagCodec, which only a push may set: its payload is then one message of the
+// codec whose 1-based index in compress::codecNames() is `codec` (0 otherwise), encoding the
+// gradient of the server's slices in slice order, at most kMaxCodecPayload(load) bytes. Codec
+// messages describe themselves (compress/codec.h), so the server decodes any of them with a
+// default-configured codec of that name and needs no compression settings of its own.
 //
 // A server checks every header (magic, op, worker and server index, fingerprint, version, first
 // slice, payload size == 4 x its load) before it touches any parameter. A bad message is
@@ -44,12 +52,18 @@ inline constexpr uint32_t kHeaderTag = 0x5053;
 inline constexpr uint32_t kPayloadTag = 0x5054;
 inline constexpr size_t kHeaderBytes = 64;
 inline constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;  // 16 GiB
+inline constexpr uint8_t kFlagCodec = 1;  // the push payload is a codec message (see above)
+// The largest codec message a server of `load` floats accepts: a sparse message of every
+// entry (a 4-byte index and a 4-byte value each) plus a small header, with room to spare.
+inline constexpr uint64_t maxCodecPayload(int64_t load) { return 16 * static_cast<uint64_t>(load) + 4096; }
 
 enum class Op : uint8_t { kInit = 1, kPush = 2, kPull = 3, kBye = 4, kAck = 16, kParams = 17, kError = 18 };
 const char* opName(Op op);
 
 struct Header {
   Op op = Op::kAck;
+  uint8_t flags = 0;    // 0 or kFlagCodec
+  uint16_t codec = 0;   // with kFlagCodec: 1 + the codec's index in compress::codecNames()
   int32_t worker = 0;
   int32_t server = 0;
   uint64_t fingerprint = 0;
@@ -61,8 +75,8 @@ struct Header {
 };
 
 std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h);
-// Throws InvalidArgument on a bad magic, an unknown op, or nonzero flags or reserved bytes
-// (naming the bytes found).
+// Throws InvalidArgument on a bad magic, an unknown op, an unknown flag, or a codec without
+// kFlagCodec or kFlagCodec without one (naming the bytes found).
 Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& bytes);
 
 }  // namespace chorus::ps

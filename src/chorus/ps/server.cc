@@ -6,7 +6,9 @@
 // payload (exact size, from the header) is received right after it, on the same thread, since
 // the worker sends both back to back. Then:
 //   init  the first one fills the shard (a resumed server keeps what it loaded); kAck.
-//   push  Consistency decides. asp/ssp: kAck at once and the update goes to the apply pool
+//   push  a codec push (protocol.h, kFlagCodec) is first decoded into a dense gradient of the
+//         shard, with a default-configured codec of the header's name, kept per codec.
+//         Consistency decides. asp/ssp: kAck at once and the update goes to the apply pool
 //         (the comm thread moves on). bsp: the gradient is added to the round's sum; the push
 //         that closes the round applies the average on the pool, slice-parallel, and the comm
 //         thread waits for it, because the next round must not start before it is in.
@@ -36,11 +38,13 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <new>
 #include <thread>
 
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"
+#include "chorus/compress/factory.h"
 #include "chorus/ps/protocol.h"
 
 namespace chorus::ps {
@@ -260,6 +264,7 @@ struct Server::Impl {
   int roundCount = 0;
   int64_t lastCheckpoint = 0;
   std::list<Outgoing> outbox;  // a list: posted sends point into its elements, which must not move
+  std::map<uint16_t, std::unique_ptr<compress::Codec>> decoders;  // by the header's codec id
   ServerReport report;
 
   int64_t version() {
@@ -275,6 +280,7 @@ struct Server::Impl {
   void receivePayload(int w, void* data, uint64_t bytes);
   void fail(int w, const std::string& why);
   void onInit(const std::vector<float>& payload);
+  std::string decodePush(const Header& h, const std::vector<uint8_t>& message, std::vector<float>& grad);
   void onPush(int w, const Header& h, std::vector<float> grad);
   void closeRound(bool partial);
   void answerPulls();
@@ -442,7 +448,22 @@ std::string Server::Impl::validate(int w, const Header& h) {
   if (carriesValues && h.firstSlice != firstSlice) {
     return str("field firstSlice = ", h.firstSlice, ", expected ", firstSlice, " (this server's first slice)");
   }
-  if (carriesValues && h.payloadBytes != expected) {
+  if (h.flags == kFlagCodec) {
+    const auto& names = compress::codecNames();
+    if (h.op != Op::kPush) {
+      return str("field flags = ", int{h.flags}, " on a ", opName(h.op), ": only a push may carry a codec message");
+    }
+    if (h.codec < 1 || h.codec > names.size()) {
+      std::string known;
+      for (size_t i = 0; i < names.size(); ++i) known += str(i ? ", " : "", i + 1, " ", names[i]);
+      return str("field codec = ", h.codec, ": this server knows codecs 1 to ", names.size(), " (", known,
+                 "); the worker runs another chorus version");
+    }
+    if (h.payloadBytes == 0 || h.payloadBytes > maxCodecPayload(load)) {
+      return str("field payloadBytes = ", h.payloadBytes, " for a ", names[h.codec - 1u], " message: expected 1 to ",
+                 maxCodecPayload(load), " bytes for this server's load of ", load, " floats");
+    }
+  } else if (carriesValues && h.payloadBytes != expected) {
     return str("field payloadBytes = ", h.payloadBytes, ", expected ", expected, " (4 x this server's load of ", load,
                " floats)");
   }
@@ -505,14 +526,26 @@ void Server::Impl::handle(int w) {
   }
 
   std::vector<float> payload;
+  std::vector<uint8_t> message;  // a codec push's payload
   try {
-    if (h.payloadBytes > 0) {
+    if (h.flags == kFlagCodec) {
+      message.resize(h.payloadBytes);
+      receivePayload(w, message.data(), h.payloadBytes);
+    } else if (h.payloadBytes > 0) {
       payload.resize(static_cast<size_t>(load));
       receivePayload(w, payload.data(), h.payloadBytes);
     }
   } catch (const Error& e) {
     fail(w, e.what());
     return;
+  }
+  if (h.flags == kFlagCodec) {
+    const std::string why = decodePush(h, message, payload);
+    if (!why.empty()) {
+      postHeader(w);
+      sendError(w, why);
+      return;
+    }
   }
 
   switch (h.op) {
@@ -562,6 +595,26 @@ void Server::Impl::onInit(const std::vector<float>& payload) {
               values.begin() + sliceStart[static_cast<size_t>(k)]);
   }
   initialized = true;
+}
+
+// The dense gradient of a codec push, or "" and why it is not a valid message for this shard.
+std::string Server::Impl::decodePush(const Header& h, const std::vector<uint8_t>& message, std::vector<float>& grad) {
+  const std::string& name = compress::codecNames()[h.codec - 1u];
+  auto& codec = decoders[h.codec];
+  if (!codec) {
+    compress::CodecConfig c;
+    c.method = name;
+    codec = compress::makeCodec(c);
+  }
+  grad.assign(static_cast<size_t>(load), 0.0f);
+  try {
+    codec->decodeAdd(message, grad);
+  } catch (const InvalidArgument& e) {
+    return str("the push's ", name, " message (", message.size(), " bytes) does not decode into this server's ", load,
+               " floats: ", e.what());
+  }
+  ++report.codecPushes;
+  return "";
 }
 
 // One optimizer step per slice, each under its slice's lock.

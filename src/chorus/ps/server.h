@@ -62,6 +62,7 @@ struct ServerReport {
   int server = 0;
   int64_t version = 0;        // updates applied
   int64_t pushes = 0, pulls = 0, errorsSent = 0, bspPartialRounds = 0;
+  int64_t codecPushes = 0;    // pushes that came as codec messages (protocol.h) and were decoded
   uint64_t bytesReceived = 0, bytesSent = 0;
   double busySeconds = 0;     // time spent applying updates and copying pulls
   double wallSeconds = 0;

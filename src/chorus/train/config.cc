@@ -1102,9 +1102,16 @@ class Builder {
       if (worldSize_ > 0 && ps.backup >= worldSize_)
         fail("ps.backup", str(": ", ps.backup, " backup workers of ", worldSize_,
                               " would leave no push to wait for; use at most ", worldSize_ - 1));
-      if (c.method != "none")
-        fail("compression.method", str(": the parameter server sends dense float32 gradients; set "
-                                       "compression.method = \"none\" with ps.servers > 0"));
+      if (c.method == "powersgd")
+        fail("compression.method", str(": PowerSGD needs an all-reduce among the workers, which the parameter server "
+                                       "replaces; with ps.servers > 0 use a codec (", [] {
+                                         std::string m;
+                                         for (const auto& n : compress::codecNames()) m += (m.empty() ? "" : ", ") + n;
+                                         return m;
+                                       }(), ") or none"));
+      if (c.scope != "all")
+        fail("compression.scope", str(": \"", c.scope, "\" compresses between hosts of an all-reduce; a parameter-"
+                                      "server worker compresses its own pushes; set compression.scope = \"all\""));
       if (config_.precision == "fp16")
         fail("precision", ": the parameter server runs fp32 or bf16 compute (no fp16 loss scaling); "
                           "use precision = \"bf16\" or \"fp32\"");
@@ -1387,5 +1394,24 @@ std::vector<std::string> configKeys() {
   for (const Key& k : schema()) out.push_back(k.name);
   return out;
 }
+
+compress::CodecConfig codecConfig(const CompressionConfig& c, int64_t workers) {
+  compress::CodecConfig k;
+  k.method = c.method;
+  k.ratio = c.ratio;
+  k.residualDecay = c.residualDecay;
+  k.threshold = c.threshold;
+  k.levels = c.method == "qsgd" ? c.levels : 0;
+  k.errorFeedback = c.errorFeedback;
+  k.layerwise = c.layerwise;
+  k.sparsity = c.sparsity;
+  k.warmupEpochs = c.warmupEpochs;
+  k.momentum = c.momentum;
+  k.clipNorm = c.clipNorm;
+  k.worldSize = workers;
+  return k;
+}
+
+uint64_t codecSeed(const CompressionConfig& c) { return c.seed * 0x9E3779B97F4A7C15ull + 1; }
 
 }  // namespace chorus::train

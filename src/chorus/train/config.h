@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "chorus/compress/factory.h"
+
 namespace chorus::train {
 
 struct DataConfig {
@@ -148,6 +150,14 @@ struct CompressionConfig {
   std::string scope = "all";    // all | inter-host: dense inside each host, the codec only between hosts
   bool operator==(const CompressionConfig&) const = default;
 };
+
+// The one codec settings struct (compress::CodecConfig) of a [compression] table, for the codec
+// methods: what DDP's codec hook and the parameter-server workers' pushes are built from, by
+// compress::makeCodec. `workers` is the number of ranks whose gradients are averaged (DGC's
+// clipping threshold).
+compress::CodecConfig codecConfig(const CompressionConfig& c, int64_t workers);
+// The codecs' seed for their randomness, from compression.seed (never 0).
+uint64_t codecSeed(const CompressionConfig& c);
 
 // The parameter server (docs/parameter-server.md): servers > 0 replaces the all-reduce of
 // [ddp] by S server processes next to the workers.

@@ -30,27 +30,9 @@ struct CompressionSetup {
   std::shared_ptr<compress::DgcCodec> dgc;
 };
 
-// The codec settings of a config's [compression] table (every field the codecs read).
-compress::CodecConfig codecConfig(const CompressionConfig& c, int world) {
-  compress::CodecConfig k;
-  k.method = c.method;
-  k.ratio = c.ratio;
-  k.residualDecay = c.residualDecay;
-  k.threshold = c.threshold;
-  k.levels = c.method == "qsgd" ? c.levels : 0;
-  k.errorFeedback = c.errorFeedback;
-  k.layerwise = c.layerwise;
-  k.sparsity = c.sparsity;
-  k.warmupEpochs = c.warmupEpochs;
-  k.momentum = c.momentum;
-  k.clipNorm = c.clipNorm;
-  k.worldSize = world;
-  return k;
-}
-
 CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   CompressionSetup s;
-  const uint64_t seed = c.seed * 0x9E3779B97F4A7C15ull + 1;
+  const uint64_t seed = codecSeed(c);
   if (c.method == "none" || c.method == "fp16" || c.method == "bf16") return s;  // 16-bit: castHook, below
   if (c.method == "powersgd") {
     s.hook = parallel::powerSgdHook(c.rank, seed, c.denseSteps, parallel::parseCompressionScope(c.scope));

@@ -11,6 +11,8 @@
 #include "chorus/amp/autocast.h"
 #include "chorus/common/env.h"
 #include "chorus/common/error.h"
+#include "chorus/compress/dgc.h"
+#include "chorus/compress/factory.h"
 #include "chorus/ps/client.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/models.h"
@@ -89,6 +91,9 @@ struct PsWorkerStrategy::Impl {
   torch::nn::Sequential model{nullptr};
   std::vector<torch::Tensor> params;  // the model's, in the plan's order
   std::unique_ptr<ps::Client> client;
+  // compression.method, a codec: pushes become its messages from step compression.dense_steps on.
+  std::unique_ptr<compress::Codec> pendingCodec;
+  compress::DgcCodec* dgc = nullptr;  // the client's codec when it is DGC (its epoch)
   int64_t localBatch() const { return cfg.train.batchSize / workers; }
 };
 
@@ -121,6 +126,9 @@ void PsWorkerStrategy::setup(Task& task) {
   const Millis reconnect = envString("CHORUS_REJOIN").empty() ? Millis(0) : m.group->timeout();
   m.client = std::make_unique<ps::Client>(m.group, m.worker, serverRanks, shardPlanFor(*m.model, m.servers), Millis(0),
                                           reconnect);
+  if (compress::isCodecMethod(m.cfg.compression.method)) {
+    m.pendingCodec = compress::makeCodec(codecConfig(m.cfg.compression, m.workers));
+  }
   torch::NoGradGuard ng;
   if (m.worker == 0) m.client->init(constSpansOf(m.params));
   m.client->pull(spansOf(m.params));  // every worker starts from the servers' model
@@ -157,6 +165,13 @@ StepOutcome PsWorkerStrategy::step(const Batch& batch, const StepInfo& info) {
   out.diverged.loss = !std::isfinite(out.stats.loss);
   out.diverged.gradient = !allFinite(grads);
   if (out.diverged.any()) return out;
+  if (m.pendingCodec && info.globalStep >= m.cfg.compression.denseSteps) {
+    m.dgc = dynamic_cast<compress::DgcCodec*>(m.pendingCodec.get());
+    // Each worker's randomness of its own (random-k, stochastic rounding).
+    const uint64_t seed = codecSeed(m.cfg.compression) + 0x632BE59BD9B4E019ull * static_cast<uint64_t>(m.worker + 1);
+    m.client->compressPushes(std::move(m.pendingCodec), seed);
+  }
+  if (m.dgc) m.dgc->setEpoch(info.epoch);
   const Clock::time_point t1 = Clock::now();
   m.client->push(constSpansOf(grads), info.lr);
   const Clock::time_point t2 = Clock::now();
@@ -249,7 +264,8 @@ JsonObject PsWorkerStrategy::summaryRecord(const LoopStatus& s, TrainResult& res
   o.add("samples_per_s", result.samplesPerSec).add("compute_s", t.computeSeconds).add("straggler_sleep_s", t.sleptSeconds);
   o.add("push_s", t.pushSeconds).add("pull_s", t.pullSeconds).add("bytes_sent", s.bytesSinceStart);
   o.add("test_acc", result.testAccuracy).add("test_loss", result.testLoss).add("peak_rss_mb", s.peakRssMaxMb);
-  o.add("reconnects", m.client->reconnects());
+  o.add("reconnects", m.client->reconnects()).add("bytes_pushed", m.client->bytesPushed());
+  o.add("compression", m.cfg.compression.method);
   return o;
 }
 

@@ -69,6 +69,7 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   JsonObject o;
   o.add("server", r.server).add("version", r.version).add("pushes", r.pushes).add("pulls", r.pulls);
   o.add("errors_sent", r.errorsSent).add("bsp_partial_rounds", r.bspPartialRounds);
+  o.add("codec_pushes", r.codecPushes);
   o.add("bytes_received", r.bytesReceived).add("bytes_sent", r.bytesSent);
   o.add("busy_s", r.busySeconds).add("wall_s", r.wallSeconds).add("load", plan.load(serverIndex));
   o.add("resumed", r.resumedFromCheckpoint).add("failed_workers", static_cast<int64_t>(r.failedWorkers.size()));
