@@ -15,6 +15,7 @@
 #include "chorus/common/error.h"
 #include "chorus/comm/group.h"
 #include "util/reserved_port.h"
+#include "util/torchrun_env.h"
 
 namespace chorus::comm {
 namespace {
@@ -29,12 +30,7 @@ constexpr int kTimeoutMs = 20000;
 enum : int { kOk = 0, kOkOther = 1, kWrongError = 10, kNoError = 11, kTooSlow = 12, kSetupFailed = 13 };
 
 [[noreturn]] void runRank(int rank, int port, const std::string& transport) {
-  setenv("RANK", std::to_string(rank).c_str(), 1);
-  setenv("WORLD_SIZE", std::to_string(kWorld).c_str(), 1);
-  setenv("MASTER_ADDR", "127.0.0.1", 1);
-  setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-  setenv("CHORUS_JOB_SECRET", "peer-death-test-secret", 1);
-  setenv("CHORUS_TIMEOUT_MS", std::to_string(kTimeoutMs).c_str(), 1);
+  test::setTorchrunEnvironment(rank, kWorld, port, "peer-death-test-secret", kTimeoutMs);
   std::shared_ptr<ProcessGroup> pg;
   try {
     InitOptions init;

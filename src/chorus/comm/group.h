@@ -10,11 +10,13 @@
 // its Work completes.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/comm/collectives/comm.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
+#include "chorus/comm/rendezvous/store.h"
 #include "chorus/comm/transport/transport.h"
 
 namespace chorus::comm {
@@ -55,6 +58,25 @@ struct GroupOptions {
 struct InitOptions {
   std::string transport;  // "" : CHORUS_TRANSPORT
   GroupOptions group;
+  // The store keys this join publishes under ("": "chorus/<n>" for this process's n-th join,
+  // which the n-th joins of the other ranks meet). An elastic job's later generations join
+  // under "chorus/elastic/g<generation>" (docs/fault-tolerance.md).
+  std::string prefix;
+};
+
+// One process's part in forming a group through a store (ProcessGroup::join).
+struct JoinOptions {
+  int rank = 0;
+  int size = 1;
+  // The store keys of this join: every member passes the same, and no other join of the job
+  // uses it (a generation number in it keeps re-formed groups apart).
+  std::string prefix;
+  std::string transport = "auto";  // createTransport's names: auto, shm, tcp, mixed, mpi
+  std::string secret;              // the job's secret and id (TransportOptions)
+  std::string jobId;
+  std::string bindAddr;            // tcp: the address to listen on ("": CHORUS_BIND_ADDR's rule)
+  std::string host;                // the host identity ("": hostIdentity())
+  GroupOptions group;              // group.timeout also bounds connecting (0: CHORUS_TIMEOUT_MS)
 };
 
 class ProcessGroup {
@@ -66,6 +88,11 @@ class ProcessGroup {
   // `keepAlive` holds anything the transport needs alive (the store, a store server).
   static std::shared_ptr<ProcessGroup> create(std::shared_ptr<Transport> transport, GroupOptions opts = {},
                                               std::shared_ptr<void> keepAlive = nullptr);
+  // Forms a group of o.size processes, this one at o.rank, through `store`: each member
+  // publishes its addresses under o.prefix and connects to the others over o.transport.
+  // Blocks until every member has joined, or throws TimeoutError naming the missing ones'
+  // step. `store` must outlive the group unless `keepAlive` holds it.
+  static std::shared_ptr<ProcessGroup> join(Store& store, const JoinOptions& o, std::shared_ptr<void> keepAlive = nullptr);
   ~ProcessGroup();
 
   int rank() const { return rank_; }
@@ -138,7 +165,30 @@ class ProcessGroup {
   // again, and every later call fails. For a caller that must abandon transfers it posted (a
   // pipeline stage whose own code failed mid-schedule) before freeing their buffers; the
   // peers then fail with PeerError naming this rank. Logs `why`. Idempotent; any thread.
+  // This is the cancellation contract: once abort() returns, every buffer of a pending call
+  // (a posted receive included) is the caller's again and may be freed.
   void abort(const std::string& why);
+
+  // Re-forming after a failure (docs/fault-tolerance.md): aborts this group (as abort(why):
+  // pending calls fail and release their buffers; this group and every group split from it
+  // are done) and joins a new group of `size` processes, this one at `rank`, through the store
+  // this group joined with, under `prefix` (unique per re-forming, the same on every member),
+  // with the same transport choice, secret, job id and timeouts. The members may be some of
+  // this group's (the survivors) and new processes that join() with the same prefix. The
+  // new group shares no connection, sequence number or group id with this one. Throws
+  // InvalidArgument on a group that was not made by join() or fromEnvironment() (it knows no
+  // store), and what join() throws.
+  std::shared_ptr<ProcessGroup> reform(int rank, int size, const std::string& prefix, const std::string& why);
+  // How many collective calls this group has issued, and a description of the last one
+  // ("allreduce(ring, count=..., float32, sum)"): ranks that run the same program issue the
+  // same calls, so a rank whose count lags behind the others' is the one they wait for (an
+  // elastic job's heartbeat reports it). Any thread.
+  uint64_t callsIssued() const { return issued_.load(std::memory_order_relaxed); }
+  std::string lastCall() const;
+
+  // The store this group joined through (join(), fromEnvironment()); nullptr for a group made
+  // by create(). Valid while this group or one re-formed from it lives.
+  Store* store() const;
 
  private:
   struct Shared;
@@ -154,7 +204,10 @@ class ProcessGroup {
   Millis timeout_;
   AllreduceAlgo defaultAlgo_;
   Links links_;
+  mutable std::mutex lastCallMu_;
+  std::string lastCall_;
   uint32_t seq_ = 0;       // calls issued on this group
+  std::atomic<uint64_t> issued_{0};  // the same, readable from any thread (callsIssued)
   uint32_t splits_ = 0;    // splits issued on this group
 };
 
