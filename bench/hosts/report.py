@@ -67,6 +67,15 @@ def load(raw, impl, rate, sizes, repeat):
     return med, failures
 
 
+def cell(values, f):
+    """The median of the values that exist, formatted by f, with their spread; "n/a" for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    text = f(statistics.median(values))
+    return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+
+
 def training_section(a, failures):
     """Time to dense accuracy per method: in each round, the target is that round's dense final
     accuracy, and a method's time is the training time of its first evaluation (one per epoch)
@@ -88,13 +97,6 @@ def training_section(a, failures):
           "host (shared memory), not only what crosses the host link.", "",
           "| method | final accuracy | training s | bytes/step (rank 0) | time to dense accuracy (s) | speedup vs dense |",
           "|---|---:|---:|---:|---:|---:|"]
-
-    def cell(values, f):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "n/a"
-        text = f(statistics.median(values))
-        return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
 
     dense = runs.get("dense", [])
     for m in a.train_methods:
@@ -168,13 +170,6 @@ def ps_section(a, failures):
           "step; bytes/push is worker 0's payload per step. Cells: median (min–max).", "",
           "| pushes | samples/s | vs dense | push s/step | pull s/step | bytes/push | final accuracy |",
           "|---|---:|---:|---:|---:|---:|---:|"]
-
-    def cell(values, f):
-        values = [v for v in values if v is not None]
-        if not values:
-            return "n/a"
-        text = f(statistics.median(values))
-        return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
 
     dense = runs.get("dense", [])
     for m in a.ps_methods:

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <string>
 #include <thread>
@@ -577,6 +579,74 @@ TEST(PsServer, ResumeFromCheckpointContinuesTraining) {
     }
   });
   for (int s = 0; s < 2; ++s) std::remove(pathOf(s).c_str());
+}
+
+// A shard checkpoint carries a SHA-256 of its body, checked before any field is read: one
+// flipped byte and the server refuses the file, naming it and the checksum, instead of loading
+// wrong values. A file of the older format (CPSCKPT1, the same body without the digest) still
+// loads, unverified.
+TEST(PsServer, CheckpointChecksumRefusesAFlippedByte) {
+  const std::string path = tempPath("checksum");
+  std::remove(path.c_str());
+  Job job;
+  job.workers = 1;
+  job.servers = 1;
+  job.plan = ShardPlan::make(modelSpecs(), 1);
+  job.server.optimizer.momentum = 0.9;  // optimizer buffers in the file too
+  job.server.checkpointPath = path;
+  job.work = trainLoop(job, 3, 0.1);
+  job.runOk();
+  auto readAll = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  auto writeAll = [](const std::string& p, const std::string& bytes) {
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  const std::string good = readAll(path);
+  ASSERT_GT(good.size(), 40u);
+  ASSERT_EQ(good.substr(0, 8), "CPSCKPT2");
+
+  // Loads the file at `p` into a fresh server; returns its values, or the error's message.
+  auto resumeFrom = [&](const std::string& p, std::vector<float>* values) {
+    std::string message;
+    testutil::runRanks(2, RankOptions{}, [&](comm::ProcessGroup& g) {
+      if (g.rank() != 1) return;
+      ServerOptions o = job.server;
+      o.consistency.workers = 1;
+      o.checkpointPath = p;
+      o.resume = true;
+      try {
+        Server srv(borrow(g), 0, {0}, job.plan, o);
+        *values = srv.values();
+      } catch (const Error& e) {
+        message = e.what();
+      }
+    });
+    return message;
+  };
+  std::vector<float> loaded;
+  EXPECT_EQ(resumeFrom(path, &loaded), "");
+  EXPECT_EQ(loaded, job.serverValues[0]);
+
+  for (size_t at : {good.size() / 2, size_t{8}, good.size() - 1}) {  // the values, the digest, the last buffer
+    std::string bad = good;
+    bad[at] = static_cast<char>(bad[at] ^ 0x01);
+    writeAll(path, bad);
+    std::vector<float> none;
+    const std::string m = resumeFrom(path, &none);
+    EXPECT_NE(m.find(path), std::string::npos) << "byte " << at << ": " << m;
+    EXPECT_NE(m.find("checksum does not match"), std::string::npos) << "byte " << at << ": " << m;
+    EXPECT_NE(m.find("delete it"), std::string::npos) << "byte " << at << ": " << m;
+    EXPECT_TRUE(none.empty()) << "byte " << at << ": a corrupt checkpoint was loaded";
+  }
+
+  // The older format: the same body without the digest.
+  writeAll(path, "CPSCKPT1" + good.substr(40));
+  std::vector<float> old;
+  EXPECT_EQ(resumeFrom(path, &old), "");
+  EXPECT_EQ(old, job.serverValues[0]);
+  std::remove(path.c_str());
 }
 
 // ---- idle limit ----

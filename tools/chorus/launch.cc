@@ -40,10 +40,12 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <map>
 #include <set>
 
 #include "args.h"
 #include "chorus/common/clock.h"
+#include "chorus/common/env.h"
 #include "chorus/common/error.h"
 #include "chorus/common/hmac.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
@@ -180,7 +182,8 @@ struct LineStream {
 };
 
 struct RankProc {
-  int rank = 0;
+  int rank = 0;  // the process slot (the launch rank)
+  int id = 0;    // elastic jobs: the worker id of the process in this slot (else = rank)
   pid_t pid = -1;
   bool running = false;
   int status = 0;
@@ -363,6 +366,21 @@ class LocalJob {
   // Ranks that may be restarted get their environment from here: (rank, restart number).
   void setRestartEnvironment(std::function<CStrings(int, int)> envFor) { restartEnv_ = std::move(envFor); }
 
+  // Elastic jobs (LaunchOptions::minWorkers): how a generation's members are published, and a
+  // replacement's environment (id, generation, rank, world).
+  struct ElasticHooks {
+    std::function<void(int, const std::vector<int>&)> publish;
+    std::function<CStrings(int, int, int, int)> env;
+    std::function<std::string(int)> heartbeat;  // a worker's heartbeat value ("" before its first)
+    Millis heartbeatTimeout{10000}, stallWarn{10000}, stallTimeout{300000};
+  };
+  void setElastic(ElasticHooks hooks) {
+    elastic_ = std::move(hooks);
+    members_.clear();
+    for (int k = 0; k < opts_.nproc; ++k) members_.push_back(k);
+    nextId_ = opts_.nproc;
+  }
+
   // Watches the ranks until all have exited and their output is drained. Returns the
   // launcher's exit status (see launchLocal).
   int watch() {
@@ -370,6 +388,7 @@ class LocalJob {
       signals_.drain();
       forwardInterrupts();
       reap();
+      watchHeartbeats();
       escalate();
       if (!pollOutput()) break;
     }
@@ -392,6 +411,11 @@ class LocalJob {
       return exitCodeOf(failedStatus_);
     }
     if (interruptSignal_ != 0) return 128 + interruptSignal_;
+    if (lostWorkers_ > 0) {
+      message(str("the job ended; ", plural(lostWorkers_, "worker"), " failed along the way and ",
+                  plural(static_cast<size_t>(elasticRestartsUsed_), "replacement"), " joined; generation ", generation_, " finished with ",
+                  plural(members_.size(), "worker")));
+    }
     if (toleratedRank_) {
       message(str("the job ended; rank ", *toleratedRank_, " had ", describeStatus(toleratedStatus_)));
       return exitCodeOf(toleratedStatus_);
@@ -441,9 +465,10 @@ class LocalJob {
     ++running_;
   }
 
-  void spawn(int k, char* const* envp) {
+  void spawn(int k, char* const* envp, int label = -1) {
     RankProc& r = ranks_[static_cast<size_t>(k)];
     r.rank = k;
+    r.id = label < 0 ? k : label;
     int outPipe[2] = {-1, -1}, errPipe[2] = {-1, -1}, execPipe[2] = {-1, -1};
     auto closeAll = [&]() {
       for (int* fd : {&outPipe[0], &outPipe[1], &errPipe[0], &errPipe[1], &execPipe[0], &execPipe[1]}) closeFd(*fd);
@@ -487,8 +512,8 @@ class LocalJob {
     closeFd(errPipe[1]);
     closeFd(execPipe[1]);
     execPipes_.push_back(execPipe[0]);
-    r.out = LineStream{outPipe[0], 1, str("[rank ", k, "] "), "", &stdoutOk_};
-    r.err = LineStream{errPipe[0], 2, str("[rank ", k, "] "), "", &stderrOk_};
+    r.out = LineStream{outPipe[0], 1, str("[rank ", r.id, "] "), "", &stdoutOk_};
+    r.err = LineStream{errPipe[0], 2, str("[rank ", r.id, "] "), "", &stderrOk_};
   }
 
   void message(const std::string& text) {
@@ -526,6 +551,7 @@ class LocalJob {
   }
 
   void reap() {
+    std::vector<int> lost;  // elastic: slots whose worker failed in this pass
     for (auto& r : ranks_) {
       if (!r.running) continue;
       int st = 0;
@@ -541,6 +567,9 @@ class LocalJob {
       if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
           interruptSignal_ == 0 && !failedRank_ && restartEnv_) {
         restart(r);
+      } else if (failed && elastic_.publish && interruptSignal_ == 0 && !failedRank_ &&
+                 !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus)) {
+        lost.push_back(r.rank);
       } else if (tolerated) {
         message(str("rank ", r.rank, " ", describeStatus(st), "; the job goes on without it"));
         if (!toleratedRank_) {
@@ -554,12 +583,153 @@ class LocalJob {
         stoppedOthers_ = signalRunning(SIGTERM, r.rank);
       }
     }
+    if (!lost.empty()) regenerate(lost);
     if (running_ == 0 && !drainUntil_) {
       drainUntil_ = Clock::now() + kDrainAfterExit;
       if (failedRank_ || interruptSignal_ != 0) {
         for (auto& r : ranks_) ::kill(-r.pid, SIGKILL);  // leftovers in the ranks' groups
       }
     }
+  }
+
+  // Elastic: the workers in `lost` (slots) failed. The next generation is the workers still
+  // running, in their rank order, then a replacement per failed worker while replacements
+  // remain and the members stay within maxWorkers; fewer than minWorkers left stops the job.
+  void regenerate(const std::vector<int>& lost) {
+    std::vector<int> members;
+    for (int id : members_) {
+      for (const auto& r : ranks_) {
+        if (r.running && r.id == id) members.push_back(id);
+      }
+    }
+    lostWorkers_ += lost.size();
+    const RankProc& first = ranks_[static_cast<size_t>(lost.front())];
+    std::string what;
+    for (int slot : lost) {
+      const RankProc& r = ranks_[static_cast<size_t>(slot)];
+      what += str(what.empty() ? "" : "; ", "worker ", r.id, " ", describeStatus(r.status));
+    }
+    const size_t maxWorkers = static_cast<size_t>(opts_.maxWorkers > 0 ? opts_.maxWorkers : opts_.nproc);
+    std::vector<std::pair<int, int>> starts;  // (slot, new id)
+    for (int slot : lost) {
+      if (elasticRestartsUsed_ >= opts_.elasticRestarts || members.size() + starts.size() >= maxWorkers) break;
+      starts.emplace_back(slot, nextId_++);
+      ++elasticRestartsUsed_;
+    }
+    if (members.size() + starts.size() < static_cast<size_t>(opts_.minWorkers)) {
+      failedRank_ = first.id;
+      failedStatus_ = first.status;
+      message(str(what, "; ", plural(members.size(), "worker"), " left, fewer than --min ", opts_.minWorkers,
+                  ", and no replacement left to start; stopping the job"));
+      stoppedOthers_ = signalRunning(SIGTERM, -1);
+      return;
+    }
+    for (const auto& [slot, id] : starts) members.push_back(id);
+    ++generation_;
+    elastic_.publish(generation_, members);
+    members_ = members;
+    std::string ids;
+    for (int id : members) ids += str(ids.empty() ? "" : ",", id);
+    message(str(what, "; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", ids, ")",
+                starts.empty() ? std::string() : str(", ", plural(starts.size(), "replacement"), " starting")));
+    for (const auto& [slot, id] : starts) {
+      RankProc& r = ranks_[static_cast<size_t>(slot)];
+      retired_.push_back(std::make_unique<LineStream>(std::move(r.out)));
+      retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
+      r.out.fd = r.err.fd = -1;
+      const int rank = static_cast<int>(std::find(members.begin(), members.end(), id) - members.begin());
+      CStrings env = elastic_.env(id, generation_, rank, static_cast<int>(members.size()));
+      spawn(slot, env.get(), id);
+      const int fd = execPipes_.back();
+      execPipes_.pop_back();
+      try {
+        checkExec(slot, fd);
+      } catch (...) {
+        ::close(fd);
+        throw;
+      }
+      ::close(fd);
+      ++running_;
+    }
+  }
+
+  // Elastic: the workers' heartbeats (train/elastic.h), read twice a second. A worker whose
+  // beat stops for heartbeatTimeout is hung (stopped, frozen); one whose collective calls lag
+  // behind the others' gets a stall report after stallWarn and is hung after stallTimeout. A
+  // hung worker is named and killed, and the next generation goes on without it (regenerate).
+  void watchHeartbeats() {
+    if (!elastic_.heartbeat || failedRank_ || interruptSignal_ != 0) return;
+    const auto now = Clock::now();
+    if (now < nextBeatCheck_) return;
+    nextBeatCheck_ = now + Millis(500);
+    struct Seen {
+      RankProc* r;
+      int64_t generation;
+      uint64_t calls;
+      std::string last;
+    };
+    std::vector<Seen> seen;
+    for (auto& r : ranks_) {
+      if (!r.running) continue;
+      const std::string v = elastic_.heartbeat(r.id);
+      Beat& b = beats_[r.id];
+      if (v.empty()) continue;  // not joined yet
+      if (v != b.value) {
+        b.value = v;
+        b.changed = now;
+      }
+      // "<generation>,<beat>,<calls>,<last call>"
+      const size_t c1 = v.find(','), c2 = v.find(',', c1 + 1), c3 = v.find(',', c2 + 1);
+      if (c1 == std::string::npos || c2 == std::string::npos || c3 == std::string::npos) continue;
+      const int64_t generation = std::strtoll(v.c_str(), nullptr, 10);
+      const uint64_t calls = std::strtoull(v.c_str() + c2 + 1, nullptr, 10);
+      if (generation != b.generation || calls != b.calls) {
+        b.generation = generation;
+        b.calls = calls;
+        b.callsChanged = now;
+        b.warned = false;
+      }
+      if (now - b.changed > elastic_.heartbeatTimeout) {
+        exclude(r, str("sent no heartbeat for ", std::chrono::duration_cast<Millis>(now - b.changed).count(),
+                       " ms (stopped, or its process is frozen)"));
+        continue;
+      }
+      seen.push_back({&r, generation, calls, v.substr(c3 + 1)});
+    }
+    // Stalls: within the current generation, the workers whose calls lag behind the most.
+    uint64_t most = 0;
+    for (const Seen& x : seen) {
+      if (x.generation == generation_) most = std::max(most, x.calls);
+    }
+    for (const Seen& x : seen) {
+      if (x.generation != generation_ || x.calls >= most) continue;
+      Beat& b = beats_[x.r->id];
+      const auto behind = now - b.callsChanged;
+      if (behind > elastic_.stallTimeout) {
+        exclude(*x.r, str("has issued ", x.calls, " collective calls of generation ", generation_, " and no more for ",
+                          std::chrono::duration_cast<Millis>(behind).count(), " ms while the others wait in call ",
+                          most, " (its own code does not return)"));
+      } else if (behind > elastic_.stallWarn && !b.warned) {
+        b.warned = true;
+        std::string waiting, waitingIn;
+        for (const Seen& y : seen) {
+          if (y.generation != generation_ || y.calls != most) continue;
+          waiting += str(waiting.empty() ? "" : ",", y.r->id);
+          waitingIn = y.last;
+        }
+        message(str("stall: worker ", x.r->id, " (pid ", x.r->pid, ") has issued ", x.calls,
+                    " collective calls of generation ", generation_, " and no more for ",
+                    std::chrono::duration_cast<Millis>(behind).count() / 1000, " s; workers ", waiting, " have issued ",
+                    most, " and wait in the last, ", waitingIn, "; it is excluded after ",
+                    elastic_.stallTimeout.count() / 1000, " s"));
+      }
+    }
+  }
+
+  void exclude(RankProc& r, const std::string& why) {
+    message(str("worker ", r.id, " (pid ", r.pid, ") ", why, "; excluding it (SIGKILL)"));
+    signalGroup(r, SIGKILL);
+    beats_.erase(r.id);
   }
 
   // SIGKILL for ranks that outlive the grace period.
@@ -593,7 +763,7 @@ class LocalJob {
     }
     const auto now = Clock::now();
     if (running_ == 0 && (streams.empty() || now >= *drainUntil_)) return false;
-    int timeoutMs = 1000;  // a bound in case a wake-up is ever lost
+    int timeoutMs = elastic_.heartbeat ? 500 : 1000;  // a bound in case a wake-up is ever lost; heartbeats
     auto until = [&](Clock::time_point t) {
       int64_t ms = std::chrono::duration_cast<Millis>(t - now).count() + 1;
       timeoutMs = static_cast<int>(std::clamp<int64_t>(ms, 0, timeoutMs));
@@ -620,6 +790,21 @@ class LocalJob {
   std::vector<int> execPipes_;
   std::vector<int> restarts_ = std::vector<int>(ranks_.size(), 0);  // per rank
   std::function<CStrings(int, int)> restartEnv_;
+  ElasticHooks elastic_;
+  std::vector<int> members_;  // elastic: the current generation's worker ids, in rank order
+  int generation_ = 0;
+  int nextId_ = 0;
+  int elasticRestartsUsed_ = 0;
+  size_t lostWorkers_ = 0;
+  struct Beat {
+    std::string value;
+    Clock::time_point changed, callsChanged;
+    int64_t generation = -1;
+    uint64_t calls = 0;
+    bool warned = false;
+  };
+  std::map<int, Beat> beats_;  // by worker id
+  Clock::time_point nextBeatCheck_{};
   std::vector<std::unique_ptr<LineStream>> retired_;  // output of restarted ranks' earlier processes
   size_t running_ = 0;
   bool stdoutOk_ = true;
@@ -696,12 +881,23 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
   const int world = n * opts.nnodes, first = n * opts.nodeRank;
   if (opts.maxRestarts < 0) throw InvalidArgument(str("maxRestarts must be >= 0, got ", opts.maxRestarts));
   const bool restarts = opts.maxRestarts > 0 && opts.restartFrom < n;
-  auto varsOf = [&](int k, int restart) {
+  const bool elastic = opts.minWorkers > 0;
+  if (elastic) {
+    if (multiNode || restarts || opts.tolerateBelow > 0)
+      throw InvalidArgument("an elastic job (--min) runs on one node without parameter servers");
+    const int maxWorkers = opts.maxWorkers > 0 ? opts.maxWorkers : n;
+    if (opts.minWorkers > n || n > maxWorkers)
+      throw InvalidArgument(str("elastic limits: need --min <= -n <= --max, got ", opts.minWorkers, " <= ", n, " <= ",
+                                maxWorkers));
+  }
+  // Local rank k of this node's `localSize`, rank first + k of `size`; an elastic worker's id
+  // and generation.
+  auto varsOfWorker = [&](int k, int localSize, int size, int restart, int id, int generation) {
     std::vector<std::pair<std::string, std::string>> vars = {
         {"CHORUS_RANK", str(first + k)},
-        {"CHORUS_WORLD_SIZE", str(world)},
+        {"CHORUS_WORLD_SIZE", str(size)},
         {"CHORUS_LOCAL_RANK", str(k)},
-        {"CHORUS_LOCAL_WORLD_SIZE", str(n)},
+        {"CHORUS_LOCAL_WORLD_SIZE", str(localSize)},
         {"CHORUS_STORE_ADDR", dialAddr},
         {"CHORUS_STORE_PORT", str(storePort)},
         {"CHORUS_JOB_ID", jobId},
@@ -717,9 +913,15 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
       vars.emplace_back("CHORUS_REJOIN", restart > 0 ? "join" : "accept");
       vars.emplace_back("CHORUS_RESTART_COUNT", str(restart));
     }
+    if (elastic) {
+      vars.emplace_back("CHORUS_ELASTIC", "1");
+      vars.emplace_back("CHORUS_ELASTIC_ID", str(id));
+      vars.emplace_back("CHORUS_ELASTIC_GEN", str(generation));
+    }
     for (const auto& kv : opts.extraEnv) vars.push_back(kv);
     return rankEnvironment(vars);
   };
+  auto varsOf = [&](int k, int restart) { return varsOfWorker(k, n, world, restart, k, 0); };
   std::vector<CStrings> envs;
   envs.reserve(static_cast<size_t>(n));
   for (int k = 0; k < n; ++k) envs.emplace_back(varsOf(k, 0));
@@ -727,6 +929,35 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
   SignalGuard signals;
   LocalJob job(opts, std::move(program), argv, signals);
   if (restarts) job.setRestartEnvironment([varsOf](int k, int restart) { return CStrings(varsOf(k, restart)); });
+  std::unique_ptr<comm::TcpStore> elasticStore;
+  if (elastic) {
+    // The launcher's own connection to its store: where it publishes each generation.
+    elasticStore = std::make_unique<comm::TcpStore>(dialAddr, storePort, storeOpts.secret, Millis(30000));
+    auto publish = [store = elasticStore.get()](int generation, const std::vector<int>& members) {
+      std::string ids;
+      for (int id : members) ids += str(ids.empty() ? "" : ",", id);
+      store->set(str("chorus/elastic/members/", generation), comm::toBytes(ids));
+    };
+    publish(0, [n] {
+      std::vector<int> v;
+      for (int k = 0; k < n; ++k) v.push_back(k);
+      return v;
+    }());
+    LocalJob::ElasticHooks hooks;
+    hooks.publish = publish;
+    hooks.env = [varsOfWorker](int id, int generation, int rank, int size) {
+      return CStrings(varsOfWorker(rank, size, size, 0, id, generation));
+    };
+    hooks.heartbeat = [store = elasticStore.get()](int id) {
+      const std::string key = str("chorus/elastic/hb/", id);
+      if (!store->check({key})) return std::string();
+      return comm::toString(store->get(key, Millis(5000)));
+    };
+    hooks.heartbeatTimeout = Millis(envInt("CHORUS_HEARTBEAT_TIMEOUT_MS"));
+    hooks.stallWarn = Millis(static_cast<int64_t>(envDouble("CHORUS_STALL_WARN_S") * 1000));
+    hooks.stallTimeout = opts.timeoutMs > 0 ? Millis(opts.timeoutMs) : defaultTimeout();
+    job.setElastic(std::move(hooks));
+  }
   job.start(envs);
   return job.watch();
 }
@@ -745,7 +976,12 @@ ArgParser makeLaunchParser() {
               "status 3 (training diverged)");
   p.addValue("--restarts", "R",
              "with --servers: restart a failed server up to R times while the job runs; it reloads its shard and "
-             "the workers reconnect (tcp; sets CHORUS_REJOIN)");
+             "the workers reconnect (tcp; sets CHORUS_REJOIN). With --min: start up to R replacement workers in all, "
+             "which join the job at its next generation");
+  p.addValue("--min", "M",
+             "elastic: a worker that fails does not stop the job; the others re-form without it (chorus train), "
+             "as long as M workers remain");
+  p.addValue("--max", "X", "elastic: at most X workers, replacements included (default: -n)");
   p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
              "3000");
   p.addValue("--nnodes", "N", "nodes of a multi-node job: one launcher per node, each starting -n ranks", "1");
@@ -774,6 +1010,9 @@ std::string launchHelp() {
       "With --servers S, ranks N..N+S-1 are parameter servers and the N workers come first\n"
       "(chorus train reads CHORUS_PS_SERVERS); --keep-going lets workers fail alone, and\n"
       "--restarts R starts a failed server again (it reloads its shard; the workers reconnect).\n"
+      "With --min M the job is elastic: a worker that fails does not stop the others, which\n"
+      "re-form without it in their own processes (chorus train; docs/fault-tolerance.md);\n"
+      "--restarts R starts up to R replacements, --max X caps the workers; below M it stops.\n"
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),
@@ -816,6 +1055,18 @@ int launchCommand(const std::vector<std::string>& args) {
     }
     opts.nproc += servers;
     opts.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(servers)});
+  } else if (p.has("--min")) {
+    opts.minWorkers = static_cast<int>(p.getInt("--min", 1, 4096));
+    opts.maxWorkers = p.has("--max") ? static_cast<int>(p.getInt("--max", 1, 4096)) : opts.nproc;
+    if (p.has("--restarts")) opts.elasticRestarts = static_cast<int>(p.getInt("--restarts", 0, 100000));
+    if (opts.minWorkers > opts.nproc || opts.nproc > opts.maxWorkers)
+      throw UsageError(str("chorus launch: need --min <= -n <= --max; got ", opts.minWorkers, ", ", opts.nproc, ", ",
+                           opts.maxWorkers));
+    if (p.has("--keep-going"))
+      throw UsageError("chorus launch: --keep-going is for parameter-server workers; an elastic job (--min) "
+                       "already goes on without a failed worker");
+  } else if (p.has("--max")) {
+    throw UsageError("chorus launch: --max bounds an elastic job; give --min M too");
   } else if (p.has("--keep-going") || p.has("--restarts")) {
     throw UsageError(str("chorus launch: ", p.has("--keep-going") ? "--keep-going" : "--restarts",
                          " applies to parameter-server jobs; give --servers S too"));
@@ -867,6 +1118,7 @@ int launchCommand(const std::vector<std::string>& args) {
     if (p.has("--servers"))
       throw UsageError("chorus launch: --servers starts parameter servers on one node; it is not combined with "
                        "--nnodes yet (run the parameter-server job under mpirun or srun across nodes)");
+    if (p.has("--min")) throw UsageError("chorus launch: an elastic job (--min) runs on one node; --nnodes is not yet supported with it");
   } else if (p.has("--rdzv-endpoint") || p.has("--secret-file")) {
     throw UsageError(str("chorus launch: ", p.has("--rdzv-endpoint") ? "--rdzv-endpoint" : "--secret-file",
                          " is for multi-node jobs; give --nnodes N too"));

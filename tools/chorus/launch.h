@@ -48,6 +48,18 @@ struct LaunchOptions {
   // restarted one CHORUS_REJOIN=join and its restart number, and the ranks run over tcp.
   int restartFrom = 0;
   int maxRestarts = 0;
+  // Elastic membership (docs/fault-tolerance.md): minWorkers > 0 makes the job elastic. A
+  // rank that fails does not stop the others: the launcher writes the next generation's
+  // members (the ranks still running, then replacements) to the store under
+  // "chorus/elastic/members/<g>", and the workers re-form their group in their own processes
+  // (train/elastic.h). It starts a replacement for each failed rank while replacements remain
+  // (elasticRestarts in all) and the members stay within maxWorkers; when fewer than minWorkers
+  // remain it stops the job. Every rank gets CHORUS_ELASTIC=1, CHORUS_ELASTIC_ID (its worker
+  // id: its rank at launch, then new ids for replacements) and CHORUS_ELASTIC_GEN. A rank that
+  // exits with kFatalExitStatus still ends the job. Single node, no parameter servers.
+  int minWorkers = 0;
+  int maxWorkers = 0;  // 0: nproc
+  int elasticRestarts = 0;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
   // Multi-node jobs (torchrun's --nnodes): one launcher per node, each starting nproc ranks;

@@ -13,6 +13,7 @@
 #include "chorus/train/checkpoint.h"
 #include "chorus/train/config.h"
 #include "chorus/train/datasets.h"
+#include "chorus/train/elastic.h"
 #include "chorus/train/text.h"
 #include "chorus/train/trainer.h"
 #include "launch.h"
@@ -30,6 +31,11 @@ const char* kTrainHelp =
     "  -n, --nproc N       launch N local workers, plus ps.servers parameter servers when\n"
     "                      set (otherwise join the job chorus launch, torchrun variables,\n"
     "                      mpirun or srun describe; alone: 1 worker)\n"
+    "  --min M             elastic (with --nproc): a worker that dies does not stop the job;\n"
+    "                      the others re-form without it in their own processes and go on\n"
+    "                      from the last completed step, as long as M remain\n"
+    "  --max X             elastic: at most X workers, replacements included (default N)\n"
+    "  --restarts R        elastic: start up to R replacement workers in all\n"
     "  --resume            continue from the newest checkpoint in <output.dir>/checkpoints\n"
     "  --resume-from FILE  continue from this checkpoint\n"
     "  --trace FILE        write a Chrome trace (Perfetto, chrome://tracing) of every rank\n"
@@ -44,6 +50,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   int nproc = 0;
+  int minWorkers = 0, maxWorkers = 0, restarts = 0;  // elastic (--min, --max, --restarts)
   bool resume = false, check = false;
   std::string resumeFrom, trace;
 };
@@ -71,6 +78,18 @@ TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
       }
       if (n < 1 || n > 1024) throw UsageError(str("chorus train: --nproc must be a whole number in [1, 1024], not '", v, "'"));
       t.nproc = static_cast<int>(n);
+    } else if (is(a, "--min") || is(a, "--max") || is(a, "--restarts")) {
+      const std::string flag = a.substr(0, a.find('='));
+      const std::string v = value(i, flag);
+      int64_t n = -1;
+      try {
+        n = parseInt(v);
+      } catch (const InvalidArgument&) {
+      }
+      if (n < (flag == "--restarts" ? 0 : 1) || n > 100000)
+        throw UsageError(str("chorus train: ", flag, " must be a whole number", flag == "--restarts" ? " >= 0" : " >= 1",
+                             ", not '", v, "'"));
+      (flag == "--min" ? t.minWorkers : flag == "--max" ? t.maxWorkers : t.restarts) = static_cast<int>(n);
     } else if (a == "--resume") {
       t.resume = true;
     } else if (is(a, "--resume-from")) {
@@ -81,7 +100,7 @@ TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
       t.check = true;
     } else if (!a.empty() && a[0] == '-') {
       throw UsageError(str("chorus train: unknown flag '", a,
-                           "'; the flags are: --set, --nproc (-n), --resume, --resume-from, --trace, --check, "
+                           "'; the flags are: --set, --nproc (-n), --min, --max, --restarts, --resume, --resume-from, --trace, --check, "
                            "--help-config. Run `chorus train --help`."));
     } else if (t.config.empty()) {
       t.config = a;
@@ -181,7 +200,21 @@ int trainCommand(const std::vector<std::string>& args) {
                                   "/checkpoints; run without --resume to start fresh"));
       }
     }
+    if ((t.maxWorkers > 0 || t.restarts > 0) && t.minWorkers == 0)
+      throw UsageError("chorus train: --max and --restarts make the job elastic together with --min M; give --min too");
+    if (t.minWorkers > 0) {
+      if (cfg.ps.servers > 0 || cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
+        throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; this config uses "
+                         "parameter servers or tensor/pipeline parallelism");
+      const int maxWorkers = t.maxWorkers > 0 ? t.maxWorkers : t.nproc;
+      if (t.minWorkers > t.nproc || t.nproc > maxWorkers)
+        throw UsageError(str("chorus train: need --min <= --nproc <= --max; got ", t.minWorkers, ", ", t.nproc, ", ",
+                             maxWorkers));
+    }
     LaunchOptions lo;
+    lo.minWorkers = t.minWorkers;
+    lo.maxWorkers = t.maxWorkers;
+    lo.elasticRestarts = t.restarts;
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
@@ -212,13 +245,16 @@ int trainCommand(const std::vector<std::string>& args) {
   }
   comm::InitOptions io;
   io.transport = cfg.ddp.transport;
+  const train::ElasticOptions elastic = train::elasticFromEnvironment();
+  // A replacement worker of an elastic job joins the generation it was started for.
+  if (elastic.enabled && elastic.generation > 0) io.prefix = train::elasticPrefix(elastic.generation);
   auto group = comm::ProcessGroup::fromEnvironment(io);
   train::TrainOptions opts;
   opts.resume = t.resume;
   opts.resumeFrom = t.resumeFrom;
   opts.tracePath = t.trace;
   opts.localWorldSize = info.localWorldSize;
-  train::TrainResult r = train::train(cfg, group, opts);
+  train::TrainResult r = elastic.enabled ? train::trainElastic(cfg, group, opts, elastic) : train::train(cfg, group, opts);
   if (group->rank() == 0) {
     std::cout << std::fixed << std::setprecision(4);
     if (r.testAccuracy >= 0) std::cout << "final test accuracy: " << r.testAccuracy << " (loss " << r.testLoss << ")\n";

@@ -19,9 +19,16 @@
 // Answers go out with sendAsync; their buffers stay in `outbox` until the sends complete.
 //
 // Checkpoint file (little-endian, written to a temp file, fsynced, renamed over the path):
-//   "CPSCKPT1"  u32 server  u64 fingerprint  i64 version  i64 load  u32 slices
-//   f32[load] values
-//   per slice: i64 steps  u32 buffers  (u32 name length, name, i64 count, f32[count]) ...
+//   "CPSCKPT2"  u8[32] SHA-256 of the body (everything after it)
+//   body: u32 server  u64 fingerprint  i64 version  i64 load  u32 slices
+//         f32[load] values
+//         per slice: i64 steps  u32 buffers  (u32 name length, name, i64 count, f32[count]) ...
+// The body is built in memory (a copy of the shard and its optimizer state) so that its digest
+// can go in front of it. Loading reads the file whole, after checking that it is a regular file
+// no larger than a checkpoint of this shard can be, and verifies the digest before it reads a
+// field: a damaged file is refused as a whole, naming the checksum, instead of being parsed.
+// "CPSCKPT1" (the same body without the digest, written by chorus before the checksum) still
+// loads, unverified, with a warning; the server's next checkpoint is written as CPSCKPT2.
 #include "chorus/ps/server.h"
 
 #include <fcntl.h>
@@ -43,6 +50,7 @@
 #include <thread>
 
 #include "chorus/common/error.h"
+#include "chorus/common/hmac.h"
 #include "chorus/common/logging.h"
 #include "chorus/compress/factory.h"
 #include "chorus/ps/protocol.h"
@@ -175,26 +183,68 @@ class FileWriter {
   int fd_ = -1;
 };
 
-class FileReader {
+// A checkpoint's body, built in memory so that its SHA-256 can be written in front of it.
+class BodyWriter {
  public:
-  explicit FileReader(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) throw SystemError(str("server checkpoint: cannot open ", path), errno);
+  void bytes(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    body_.insert(body_.end(), p, p + n);
   }
-  ~FileReader() { ::close(fd_); }
+  template <typename T>
+  void value(T v) {
+    bytes(&v, sizeof v);
+  }
+  const std::vector<uint8_t>& body() const { return body_; }
+
+ private:
+  std::vector<uint8_t> body_;
+};
+
+// A checkpoint file's bytes, all of them: refused (naming `who` and the path) when it is not a
+// regular file or is larger than `limit`, before anything is read.
+std::vector<uint8_t> readWholeFile(const std::string& path, uint64_t limit, const std::string& who) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw SystemError(str("server checkpoint: cannot open ", path), errno);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw SystemError(str("server checkpoint: fstat of ", path), errno);
+  if (!S_ISREG(st.st_mode)) {
+    throw Error(str(who, ": checkpoint ", path, " is not a regular file; point checkpointPath (output.dir) at a file "
+                         "this server writes"));
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size > limit) {
+    throw Error(str(who, ": checkpoint ", path, " is ", size, " bytes, more than a checkpoint of this shard can be (",
+                    limit, "); it is not this server's checkpoint. Delete it to start this shard from scratch"));
+  }
+  std::vector<uint8_t> data(static_cast<size_t>(size));
+  size_t got = 0;
+  while (got < data.size()) {
+    const ssize_t r = ::read(fd, data.data() + got, data.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw SystemError(str("server checkpoint: reading ", path), errno);
+    if (r == 0) break;  // shrank while read: the field reads below say it ends early
+    got += static_cast<size_t>(r);
+  }
+  data.resize(got);
+  return data;
+}
+
+// Reads a checkpoint's fields in order from its bytes in memory.
+class BodyReader {
+ public:
+  BodyReader(const uint8_t* data, size_t size, std::string path) : p_(data), left_(size), path_(std::move(path)) {}
   void bytes(void* data, size_t n) {
-    auto* p = static_cast<uint8_t*>(data);
-    while (n > 0) {
-      const ssize_t r = ::read(fd_, p, n);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) throw SystemError(str("server checkpoint: reading ", path_), errno);
-      if (r == 0) {
-        throw Error(str("server checkpoint ", path_, " ends early: it is truncated or not a checkpoint; delete it "
-                        "to start from scratch"));
-      }
-      p += r;
-      n -= static_cast<size_t>(r);
+    if (n > left_) {
+      throw Error(str("server checkpoint ", path_, " ends early: it is truncated or not a checkpoint; delete it "
+                      "to start from scratch"));
     }
+    if (n > 0) std::memcpy(data, p_, n);
+    p_ += n;
+    left_ -= n;
   }
   template <typename T>
   T value() {
@@ -202,13 +252,16 @@ class FileReader {
     bytes(&v, sizeof v);
     return v;
   }
+  size_t left() const { return left_; }
 
  private:
+  const uint8_t* p_;
+  size_t left_;
   std::string path_;
-  int fd_ = -1;
 };
 
-constexpr char kCheckpointMagic[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '1'};
+constexpr char kCheckpointMagic[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '2'};
+constexpr char kCheckpointMagicV1[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '1'};  // no checksum
 // Sanity bound on a name or buffer count read from a file, so a corrupt file cannot make us
 // allocate without limit.
 constexpr uint32_t kMaxCheckpointBuffers = 64;
@@ -830,32 +883,38 @@ void Server::Impl::maybeCheckpoint(bool force) {
 }
 
 void Server::Impl::saveCheckpoint() {
+  BodyWriter body;
+  body.value<uint32_t>(static_cast<uint32_t>(index));
+  body.value<uint64_t>(fingerprint);
+  body.value<int64_t>(version());
+  body.value<int64_t>(load);
+  body.value<uint32_t>(static_cast<uint32_t>(sliceCount));
+  {
+    const std::vector<float> snapshot = copyValues();
+    body.bytes(snapshot.data(), snapshot.size() * sizeof(float));
+  }
+  for (int k = 0; k < sliceCount; ++k) {
+    ServerOptimizer::State st;
+    {
+      std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
+      st = optimizers[static_cast<size_t>(k)]->save();
+    }
+    body.value<int64_t>(st.steps);
+    body.value<uint32_t>(static_cast<uint32_t>(st.buffers.size()));
+    for (size_t b = 0; b < st.buffers.size(); ++b) {
+      body.value<uint32_t>(static_cast<uint32_t>(st.names[b].size()));
+      body.bytes(st.names[b].data(), st.names[b].size());
+      body.value<int64_t>(static_cast<int64_t>(st.buffers[b].size()));
+      body.bytes(st.buffers[b].data(), st.buffers[b].size() * sizeof(float));
+    }
+  }
+  const Digest digest = sha256(body.body().data(), body.body().size());
   const std::string tmp = str(opts.checkpointPath, ".tmp.", ::getpid());
   {
     FileWriter f(tmp);
     f.bytes(kCheckpointMagic, sizeof kCheckpointMagic);
-    f.value<uint32_t>(static_cast<uint32_t>(index));
-    f.value<uint64_t>(fingerprint);
-    f.value<int64_t>(version());
-    f.value<int64_t>(load);
-    f.value<uint32_t>(static_cast<uint32_t>(sliceCount));
-    const std::vector<float> snapshot = copyValues();
-    f.bytes(snapshot.data(), snapshot.size() * sizeof(float));
-    for (int k = 0; k < sliceCount; ++k) {
-      ServerOptimizer::State st;
-      {
-        std::lock_guard<std::mutex> lock(sliceMu[static_cast<size_t>(k)]);
-        st = optimizers[static_cast<size_t>(k)]->save();
-      }
-      f.value<int64_t>(st.steps);
-      f.value<uint32_t>(static_cast<uint32_t>(st.buffers.size()));
-      for (size_t b = 0; b < st.buffers.size(); ++b) {
-        f.value<uint32_t>(static_cast<uint32_t>(st.names[b].size()));
-        f.bytes(st.names[b].data(), st.names[b].size());
-        f.value<int64_t>(static_cast<int64_t>(st.buffers[b].size()));
-        f.bytes(st.buffers[b].data(), st.buffers[b].size() * sizeof(float));
-      }
-    }
+    f.bytes(digest.data(), digest.size());
+    f.bytes(body.body().data(), body.body().size());
     f.finish();
   }
   if (::rename(tmp.c_str(), opts.checkpointPath.c_str()) != 0) {
@@ -867,13 +926,39 @@ void Server::Impl::saveCheckpoint() {
 
 void Server::Impl::loadCheckpoint() {
   const std::string& path = opts.checkpointPath;
-  FileReader f(path);
-  char magic[sizeof kCheckpointMagic];
-  f.bytes(magic, sizeof magic);
-  if (std::memcmp(magic, kCheckpointMagic, sizeof magic) != 0) {
+  // The most a checkpoint of this shard can hold: magic, digest, the fixed fields, the values,
+  // and per slice its step count and at most kMaxCheckpointBuffers named buffers of the slice's
+  // size (so at most kMaxCheckpointBuffers times the values in all).
+  const auto values64 = static_cast<uint64_t>(load) * sizeof(float);
+  const uint64_t limit = sizeof kCheckpointMagic + sizeof(Digest) + 32 + values64 * (1 + kMaxCheckpointBuffers) +
+                         static_cast<uint64_t>(sliceCount) * (12 + kMaxCheckpointBuffers * (12 + kMaxNameBytes));
+  const std::vector<uint8_t> file = readWholeFile(path, limit, str("ps server ", index));
+  size_t at = sizeof kCheckpointMagic;
+  if (file.size() >= sizeof kCheckpointMagic && std::memcmp(file.data(), kCheckpointMagic, sizeof kCheckpointMagic) == 0) {
+    // Verified before any field is read: a damaged file is never half-parsed.
+    if (file.size() < at + sizeof(Digest)) {
+      throw Error(str("server checkpoint ", path, " ends early: it is truncated or not a checkpoint; delete it "
+                      "to start from scratch"));
+    }
+    Digest stored{};
+    std::memcpy(stored.data(), file.data() + at, stored.size());
+    at += stored.size();
+    const Digest actual = sha256(file.data() + at, file.size() - at);
+    if (!constantTimeEqual(stored.data(), actual.data(), stored.size())) {
+      throw Error(str("ps server ", index, ": checkpoint ", path, " is corrupt: its SHA-256 checksum does not match "
+                      "its contents (stored ", toHex(stored.data(), 8), "..., computed ", toHex(actual.data(), 8),
+                      "...), so the file changed after it was written. Nothing was loaded; restore the file from a "
+                      "copy, or delete it to start this shard from scratch"));
+    }
+  } else if (file.size() >= sizeof kCheckpointMagicV1 &&
+             std::memcmp(file.data(), kCheckpointMagicV1, sizeof kCheckpointMagicV1) == 0) {
+    CHORUS_WARN(who(), ": checkpoint ", path, " is in the older format CPSCKPT1, which has no checksum; loading it "
+                "unverified. This server's next checkpoint is written as CPSCKPT2, with one");
+  } else {
     throw Error(str("ps server ", index, ": ", path, " is not a parameter-server checkpoint (bad magic); delete it or "
                     "point checkpointPath elsewhere"));
   }
+  BodyReader f(file.data() + at, file.size() - at, path);
   const auto server = f.value<uint32_t>();
   const auto fp = f.value<uint64_t>();
   const auto version = f.value<int64_t>();
@@ -891,9 +976,12 @@ void Server::Impl::loadCheckpoint() {
                           sliceCount, " slices); give each server its own checkpoint path"));
   }
   if (version < 0) throw Error(str("ps server ", index, ": checkpoint ", path, " holds a negative version"));
-  f.bytes(values.data(), values.size() * sizeof(float));
+  // Everything is read and checked before the shard changes, so a refused file leaves it as it was.
+  std::vector<float> loaded(values.size());
+  f.bytes(loaded.data(), loaded.size() * sizeof(float));
+  std::vector<ServerOptimizer::State> states(static_cast<size_t>(sliceCount));
   for (int k = 0; k < sliceCount; ++k) {
-    ServerOptimizer::State st;
+    ServerOptimizer::State& st = states[static_cast<size_t>(k)];
     st.steps = f.value<int64_t>();
     const auto nbuf = f.value<uint32_t>();
     if (nbuf > kMaxCheckpointBuffers) throw Error(str("ps server ", index, ": checkpoint ", path, " is corrupt"));
@@ -913,13 +1001,20 @@ void Server::Impl::loadCheckpoint() {
       st.names.push_back(std::move(name));
       st.buffers.push_back(std::move(buf));
     }
+  }
+  if (f.left() != 0) {
+    throw Error(str("ps server ", index, ": checkpoint ", path, " has ", f.left(),
+                    " bytes after its last slice; it is corrupt. Delete it to start this shard from scratch"));
+  }
+  for (int k = 0; k < sliceCount; ++k) {
     try {
-      optimizers[static_cast<size_t>(k)]->restore(st);
+      optimizers[static_cast<size_t>(k)]->restore(states[static_cast<size_t>(k)]);
     } catch (const InvalidArgument& e) {
       throw ConfigError(str("ps server ", index, ": checkpoint ", path, " holds optimizer state that does not fit ",
                             "this server's optimizer (", opts.optimizer.name, "): ", e.what()));
     }
   }
+  std::copy(loaded.begin(), loaded.end(), values.begin());
   versionBase = version;
 }
 

@@ -26,11 +26,11 @@
 // in the report says how often). A malformed message gets a kError answer and changes nothing.
 //
 // Checkpoints. With checkpointPath set the shard (values, optimizer state, version, the plan's
-// fingerprint) is written atomically (temp file, fsync, rename) every checkpointEvery updates
-// and when run() returns; with resume, a server that finds the file loads it in its
-// constructor, and answers workers' kInit with kAck without overwriting what it loaded. The
-// version goes on from the saved one. The file holds one server's shard: give every server its
-// own path.
+// fingerprint) is written atomically (temp file, fsync, rename), with a SHA-256 of its body
+// that loading checks before it reads anything, every checkpointEvery updates and when run()
+// returns; with resume, a server that finds the file loads it in its constructor, and answers
+// workers' kInit with kAck without overwriting what it loaded. The version goes on from the
+// saved one. The file holds one server's shard: give every server its own path.
 #pragma once
 
 #include <cstdint>
@@ -76,7 +76,8 @@ class Server {
   // group: the whole job; workerRanks[i] is worker i's rank in it (as many as
   // opts.consistency.workers). Throws InvalidArgument for serverIndex outside
   // [0, plan.servers()) or bad options; with resume, ConfigError for a checkpoint of another
-  // plan (fingerprint), server or optimizer, Error for a corrupt one.
+  // plan (fingerprint), server or optimizer, Error for a corrupt one (a checksum that does not
+  // match, naming the path).
   Server(std::shared_ptr<comm::ProcessGroup> group, int serverIndex, std::vector<int> workerRanks, ShardPlan plan,
          ServerOptions opts);
   ~Server();

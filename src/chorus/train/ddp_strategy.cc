@@ -1,7 +1,6 @@
 // Data parallelism by all-reduce (see ddp_strategy.h).
 #include "chorus/train/ddp_strategy.h"
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -10,9 +9,9 @@
 #include "chorus/common/error.h"
 #include "chorus/compress/dgc.h"
 #include "chorus/compress/factory.h"
-#include "chorus/parallel/compress_adapter.h"
 #include "chorus/parallel/data/compression_hooks.h"
 #include "chorus/parallel/data/ddp.h"
+#include "chorus/train/codec_state.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/models.h"
 #include "chorus/train/optim.h"
@@ -44,50 +43,42 @@ CompressionSetup makeCompression(const CompressionConfig& c, int world) {
   return s;
 }
 
-// Codec state (residuals, momentum, Q, RNG) differs per rank: each rank encodes its own as a
-// tensor table (data only, like the checkpoint around it), and rank 0's checkpoint keeps them
-// all as "codec.rank<r>" byte tensors. Entries: b<bucket>_t_<name> (CodecState::buffers, flat
-// float32), b<bucket>_s_<name> (a float64 [1]), b<bucket>_rng (an int64 [1]).
-std::string serializeCodecState(parallel::StatefulHook& hook) {
-  std::vector<std::pair<std::string, torch::Tensor>> entries;
-  for (auto& [bucket, cs] : hook.states()) {
-    for (auto& [name, b] : cs.buffers) entries.emplace_back(str("b", bucket, "_t_", name), parallel::bufferTensor(cs, name));
-    for (auto& [name, v] : cs.scalars) entries.emplace_back(str("b", bucket, "_s_", name), torch::tensor({v}, torch::kDouble));
-    entries.emplace_back(str("b", bucket, "_rng"), torch::tensor({static_cast<int64_t>(cs.rngState)}, torch::kLong));
-  }
-  return encodeTensors(entries);
+// The number of workers that wrote a checkpoint: its "world" scalar. Checkpoints older than that
+// scalar tell it by their per-rank codec states ("codec.rank<r>" for r < W), and without those
+// it does not matter (nothing else in a DDP checkpoint depends on the world): this run's own.
+int savedWorld(const TrainState& state, const std::string& path, int current) {
+  int64_t codecRanks = 0;
+  while (state.tensors.count(str("codec.rank", codecRanks))) ++codecRanks;
+  auto it = state.scalars.find("world");
+  if (it == state.scalars.end()) return codecRanks > 0 ? static_cast<int>(codecRanks) : current;
+  const double w = it->second;
+  if (!(w >= 1 && w <= (1 << 20) && w == std::floor(w)))
+    throw Error(str("checkpoint ", path, ": scalar 'world' is ", w, ", not a worker count; the file is corrupt"));
+  if (codecRanks > 0 && codecRanks != static_cast<int64_t>(w))
+    throw Error(str("checkpoint ", path, " was written by ", static_cast<int64_t>(w), " workers but holds the compression state of ",
+                    codecRanks, "; the file is corrupt"));
+  return static_cast<int>(w);
 }
 
-// `source` names the checkpoint and entry for errors; nothing is changed unless all of it reads.
-void restoreCodecState(parallel::StatefulHook& hook, const std::string& blob, const std::string& source) {
-  struct Item {
-    size_t bucket;
-    std::string rest;
-    torch::Tensor value;
-  };
-  std::vector<Item> items;
-  for (auto& [key, t] : decodeTensors(blob.data(), blob.size(), source)) {
-    const size_t u = key.find('_');
-    const std::string digits = key.substr(1, u == std::string::npos ? std::string::npos : u - 1);
-    const std::string rest = u == std::string::npos ? std::string() : key.substr(u + 1);
-    const bool scalar = rest == "rng" || rest.starts_with("s_");
-    if (key[0] != 'b' || digits.empty() || digits.size() > 9 ||
-        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-        !(scalar || rest.starts_with("t_")) ||
-        (scalar && (t.numel() != 1 || t.scalar_type() != (rest == "rng" ? torch::kLong : torch::kDouble))))
-      throw Error(str(source, ": compression state entry '", key, "' is not one chorus writes; the file is corrupt"));
-    items.push_back({std::stoul(digits), rest, t});
-  }
-  for (auto& [bucket, rest, t] : items) {
-    auto& cs = hook.states()[bucket];
-    if (rest == "rng") {
-      cs.rngState = static_cast<uint64_t>(t.item<int64_t>());
-    } else if (rest.starts_with("t_")) {
-      parallel::setBuffer(cs, rest.substr(2), t);  // older checkpoints hold PowerSGD's as matrices
-    } else {
-      cs.scalars[rest.substr(2)] = t.item<double>();
+// Every rank's codec states that a checkpoint of `world` workers holds (codec_state.h).
+std::vector<CodecStates> savedCodecStates(const TrainState& state, const std::string& path, int world,
+                                          const std::string& method) {
+  std::vector<CodecStates> saved;
+  for (int r = 0; r < world; ++r) {
+    const std::string key = str("codec.rank", r);
+    auto it = state.tensors.find(key);
+    if (it == state.tensors.end()) {
+      throw InvalidArgument(str(path, " holds no compression state, and this run has compression.method = \"", method,
+                                "\"; resume with the compression.method the checkpoint was written with (its run's "
+                                "config.toml names it), or start fresh"));
     }
+    torch::Tensor blob = it->second.contiguous();
+    if (blob.scalar_type() != torch::kUInt8 || blob.dim() != 1)
+      throw Error(str("checkpoint ", path, ": entry 'tensors/", key, "' is not a byte string; the file is corrupt"));
+    saved.push_back(decodeCodecStates(std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()),
+                                      str("checkpoint ", path, ", entry 'tensors/", key, "'")));
   }
+  return saved;
 }
 
 torch::Tensor bytesTensor(const std::string& s) {
@@ -110,6 +101,7 @@ struct DdpStrategy::Impl {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<amp::GradScaler> scaler;
   CompressionSetup compression;
+  int resumedWorld = 0;    // the workers that wrote the checkpoint resumed from (0: a fresh start)
   double lastCompute = 0;  // the last step's compute time, for the straggler's delay
 };
 
@@ -147,17 +139,14 @@ TrainState DdpStrategy::loadCheckpoint(const std::string& path) {
   Impl& m = *impl_;
   TrainState state = train::loadCheckpoint(path, *m.model, *m.optimizer);
   restoreScalerState(*m.scaler, state, m.cfg);
+  // Model, optimizer and loss scale are the same on every rank, and the data position is a
+  // global step, so only the codec state depends on the world that wrote the checkpoint
+  // (docs/train.md, "Resuming at another world size").
+  m.resumedWorld = savedWorld(state, path, m.world);
   if (m.compression.hook) {
-    auto it = state.tensors.find(str("codec.rank", m.rank));
-    if (it == state.tensors.end()) {
-      throw InvalidArgument(str(path, " holds no compression state for rank ", m.rank,
-                                "; resume with the same compression.method and worker count it was written with"));
-    }
-    torch::Tensor blob = it->second.contiguous();
-    if (blob.scalar_type() != torch::kUInt8 || blob.dim() != 1)
-      throw Error(str("checkpoint ", path, ": entry 'tensors/", it->first, "' is not a byte string; the file is corrupt"));
-    restoreCodecState(*m.compression.hook, std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()),
-                      str("checkpoint ", path, ", entry 'tensors/", it->first, "'"));
+    const std::vector<CodecStates> saved = savedCodecStates(state, path, m.resumedWorld, m.cfg.compression.method);
+    m.compression.hook->states() = carryCodecStates(saved, m.rank, m.world, codecSeed(m.cfg.compression),
+                                                    str("checkpoint ", path));
   }
   return state;
 }
@@ -165,12 +154,30 @@ TrainState DdpStrategy::loadCheckpoint(const std::string& path) {
 void DdpStrategy::saveCheckpoint(const std::string& path, const TrainState& state) {
   Impl& m = *impl_;
   std::vector<std::string> codecBlobs;
-  if (m.compression.hook) codecBlobs = allgatherBytes(*m.group, serializeCodecState(*m.compression.hook));
+  if (m.compression.hook) codecBlobs = allgatherBytes(*m.group, encodeCodecStates(m.compression.hook->states()));
   if (m.rank != 0) return;
   TrainState st = state;
   saveScalerState(*m.scaler, st);
+  st.scalars["world"] = m.world;
   for (size_t r = 0; r < codecBlobs.size(); ++r) st.tensors[str("codec.rank", r)] = bytesTensor(codecBlobs[r]);
   train::saveCheckpoint(path, *m.model, *m.optimizer, st);
+}
+
+// The checkpoint's entries, encoded in memory. Codec state (residuals, momentum, PowerSGD's Q)
+// is left out: it is per rank and the ranks change at a re-forming, so the re-formed job
+// starts it afresh (docs/fault-tolerance.md).
+std::string DdpStrategy::snapshot(const TrainState& state) {
+  Impl& m = *impl_;
+  TrainState st = state;
+  saveScalerState(*m.scaler, st);
+  return encodeTensors(checkpointEntries(*m.model, *m.optimizer, st, "in-memory snapshot"));
+}
+
+TrainState DdpStrategy::restoreSnapshot(const std::string& payload) {
+  Impl& m = *impl_;
+  TrainState state = loadCheckpointEntries("in-memory snapshot", payload, *m.model, *m.optimizer);
+  restoreScalerState(*m.scaler, state, m.cfg);
+  return state;
 }
 
 void DdpStrategy::beginEpoch(int64_t epoch) {
@@ -271,7 +278,8 @@ JsonObject DdpStrategy::startRecord(const LoopStatus& s) {
       .add("steps_per_epoch", s.stepsPerEpoch)
       .add("total_steps", s.totalSteps)
       .add("resumed_from", s.resumedFrom)
-      .add("resumed_step", s.resumedStep);
+      .add("resumed_step", s.resumedStep)
+      .add("resumed_world", impl_->resumedWorld);
 }
 
 JsonObject DdpStrategy::stepRecord(const LoopStatus& s) {

@@ -4,6 +4,11 @@
 // quantized, DGC, PowerSGD; per-rank codec state kept in checkpoints) or a 16-bit wire dtype
 // (compression.method fp16/bf16 or ddp.comm_dtype), mixed precision with the fp16 GradScaler,
 // and a divergence check all ranks agree on by one all-reduce.
+//
+// Checkpoints record the worker count that wrote them (the scalar "world") and resume at any
+// worker count that divides train.batch_size: model, optimizer and loss scale are the same on
+// every rank, the data position is a global step (the sampler's order does not depend on the
+// world), and the per-rank codec states are merged or spread by codec_state.h's rule.
 #pragma once
 
 #include <memory>
@@ -24,6 +29,8 @@ class DdpStrategy : public Strategy {
   void setup(Task& task) override;
   TrainState loadCheckpoint(const std::string& path) override;
   void saveCheckpoint(const std::string& path, const TrainState& state) override;
+  std::string snapshot(const TrainState& state) override;
+  TrainState restoreSnapshot(const std::string& payload) override;
   void beginEpoch(int64_t epoch) override;
   StepOutcome step(const Batch& batch, const StepInfo& info) override;
   JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;

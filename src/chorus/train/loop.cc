@@ -12,6 +12,7 @@
 
 #include "chorus/common/error.h"
 #include "chorus/train/checkpoint.h"
+#include "chorus/train/elastic.h"
 #include "chorus/train/image_task.h"
 #include "chorus/train/metrics.h"
 #include "chorus/train/optim.h"
@@ -121,6 +122,7 @@ class Run {
   // checkpoint every output.checkpoint_every steps.
   void step(int64_t epoch, int64_t stepInEpoch) {
     const Clock::time_point t0 = Clock::now();
+    injectFault(s_.globalStep);  // CHORUS_FAULT (elastic.h): tests and the chaos benchmark
     const Batch batch = task_->batch(stepInEpoch);
     s_.epoch = epoch;
     s_.stepInEpoch = stepInEpoch;
@@ -134,6 +136,12 @@ class Run {
     ++s_.stepsThisRun;
     s_.window += o.stats;
     s_.total += o.stats;
+    if (opts_.snapshot) {  // elastic: what a re-formed job resumes from, should a later step fail
+      const bool epochDone = stepInEpoch + 1 == s_.stepsPerEpoch;
+      opts_.snapshot->payload = strategy_.snapshot(epochDone ? TrainState{epoch + 1, 0, s_.globalStep, {}, {}}
+                                                             : TrainState{epoch, stepInEpoch + 1, s_.globalStep, {}, {}});
+      opts_.snapshot->globalStep = s_.globalStep;
+    }
 
     const bool lastOfEpoch = stepInEpoch + 1 == s_.stepsPerEpoch || s_.globalStep >= s_.totalSteps;
     if (s_.window.steps >= cfg_.train.logEvery || lastOfEpoch) {
@@ -244,6 +252,14 @@ class Run {
   // follows), and restores the strategy's state from the checkpoint.
   void resume(const fs::path& ckptDir) {
     result_.checkpointDir = s_.checkpointDir = ckptDir.string();
+    if (opts_.snapshot && opts_.snapshot->globalStep >= 0) {
+      // A re-formed elastic job: the checkpoints in the folder are this job's own.
+      history_ = CheckpointHistory(listCheckpoints(ckptDir.string()));
+      start_ = strategy_.restoreSnapshot(opts_.snapshot->payload);
+      s_.resumedFrom = opts_.snapshot->source;
+      s_.resumedStep = start_.globalStep;
+      return;
+    }
     std::string resumePath = opts_.resumeFrom;
     if (opts_.resume && resumePath.empty()) {
       resumePath = latestCheckpoint(ckptDir.string());

@@ -136,6 +136,14 @@ class Strategy {
   // with model, optimizer, `state` and the strategy's own state. Roles::checkpoints only.
   virtual void saveCheckpoint(const std::string& path, const TrainState& state) = 0;
 
+  // In-process recovery (elastic.h). snapshot: this rank's state at the end of a completed
+  // step, in memory and without any collective (model, optimizer, the strategy's own state
+  // such as the loss scale, and `state`, the loop's position). restoreSnapshot: loads one taken
+  // by any rank of the job into this rank's freshly set-up strategy and returns the position.
+  // A strategy that cannot recover in process throws InvalidArgument (the defaults).
+  virtual std::string snapshot(const TrainState& state);
+  virtual TrainState restoreSnapshot(const std::string& payload);
+
   virtual void beginEpoch(int64_t /*epoch*/) {}
 
   // One optimizer step on batch: forward, backward, the gradient exchange and the update,

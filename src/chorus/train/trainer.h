@@ -21,6 +21,14 @@
 
 namespace chorus::train {
 
+// A rank's state at the end of its last completed step, kept in memory by an elastic run
+// (elastic.h): Strategy::snapshot's payload.
+struct Snapshot {
+  std::string payload;
+  int64_t globalStep = -1;  // the steps it holds; -1: none
+  std::string source;       // where it came from, for messages
+};
+
 struct TrainOptions {
   bool resume = false;        // continue from the newest checkpoint in <output.dir>/checkpoints
   std::string resumeFrom;     // or from this checkpoint file
@@ -29,6 +37,10 @@ struct TrainOptions {
   int64_t stopAfter = 0;      // > 0: stop after this many steps of this run, as an interrupted job
                               // would, leaving the schedule untouched (tests, time-boxed runs)
   std::ostream* out = nullptr;  // rank 0's progress and summary (nullptr: std::cout)
+  // In-process recovery (elastic.h): when set, the loop keeps the state at the end of every
+  // completed step here, and a run that starts with one (globalStep >= 0) resumes from it
+  // instead of a checkpoint file.
+  Snapshot* snapshot = nullptr;
 };
 
 struct TrainResult {

@@ -144,7 +144,7 @@ class CodecHook : public StatefulHook {
   std::unique_ptr<HookWork> start(comm::ProcessGroup& group, GradBucket& bucket) override {
     bool fresh = false;
     compress::CodecState* st = &stateOf(bucket.index, &fresh);
-    if (fresh) st->rngState = mix(mix(seed_, bucket.index), static_cast<uint64_t>(group.rank()));
+    if (fresh) st->rngState = codecRngSeed(seed_, bucket.index, group.rank());
     // Where each parameter ends in the bucket, for the layer-wise codecs. The bucket's previous
     // job has finished: DDP waits for every bucket before the next backward starts.
     st->segments.clear();
@@ -354,6 +354,10 @@ bool StatefulHook::averageAcrossHosts(comm::ProcessGroup& g, torch::Tensor& buff
   out.root = 0;
   t.host->broadcast(out);
   return t.leaders != nullptr;
+}
+
+uint64_t codecRngSeed(uint64_t seed, size_t bucket, int rank) {
+  return mix(mix(seed, bucket), static_cast<uint64_t>(rank));
 }
 
 CompressionScope parseCompressionScope(const std::string& name) {

@@ -72,6 +72,11 @@ class StatefulHook : public CommHook {
 std::shared_ptr<StatefulHook> codecHook(std::shared_ptr<compress::Codec> codec, uint64_t seed = 0,
                                         int64_t denseSteps = 0, CompressionScope scope = CompressionScope::kAll);
 
+// The RNG state codecHook gives bucket `bucket`'s state on rank `rank` when it creates it. A
+// state restored from a checkpoint keeps the RNG it saved; a DDP run resumed at a larger world
+// seeds the ranks the old world lacked with this (train/codec_state.h).
+uint64_t codecRngSeed(uint64_t seed, size_t bucket, int rank);
+
 // PowerSGD (Vogels et al., 2019): each matrix-shaped gradient M (n x m, from its first
 // dimension and the rest) plus its residual is approximated by P Q^T of rank `rank`:
 // P = M Q, all-reduce P, orthonormalize P, Q = M^T P, all-reduce Q. The residual keeps

@@ -2,6 +2,13 @@
 // shard (padded by wrapping around to the start of the order, or, with dropLast, cut to a
 // multiple of the world size), and the order is reshuffled each epoch from (seed, epoch) the
 // same way on every rank, so shards never overlap. Torch-free.
+//
+// Rank r takes positions r, r+W, r+2W, ... of the epoch's order (positions past the dataset
+// wrap around to its start). So when each step takes the next B/W samples of every rank's
+// shard, step i takes positions [iB, (i+1)B) at any world size W that divides B: the first k
+// steps of an epoch consume the same samples at W = 2, 3 or 4, and a run that checkpoints at
+// one world size continues at another on exactly the samples the first would have taken next
+// (only the wrapped-around padding of an epoch's last, partial step depends on W).
 #pragma once
 
 #include <cstdint>

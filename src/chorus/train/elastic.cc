@@ -1,0 +1,273 @@
+// Elastic all-reduce training (see elastic.h).
+#include "chorus/train/elastic.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <thread>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+#include "chorus/common/env.h"
+#include "chorus/common/error.h"
+#include "chorus/common/logging.h"
+#include "chorus/comm/rendezvous/bootstrap.h"
+#include "chorus/comm/rendezvous/store.h"
+#include "chorus/train/loop.h"
+#include "chorus/train/strategy.h"
+
+namespace chorus::train {
+namespace {
+
+std::vector<int64_t> parseIds(const std::string& text, const std::string& key) {
+  std::vector<int64_t> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      ids.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw Error(str("elastic: store key ", key, " holds '", text, "', not a list of worker ids; the launcher and "
+                      "this worker are different chorus versions?"));
+    }
+  }
+  return ids;
+}
+
+// Whether an error means a peer failed (died, hung, or closed its transport after its own
+// failure): only then does the job re-form. Anything else is this worker's own problem and
+// ends it, which the launcher sees as a death.
+bool peerFailure(const std::exception& e) {
+  return dynamic_cast<const PeerError*>(&e) != nullptr || dynamic_cast<const TimeoutError*>(&e) != nullptr;
+}
+
+// Generation g's members, waiting for the launcher to write them.
+std::vector<int64_t> membersOf(comm::Store& store, int64_t generation, Millis timeout) {
+  const std::string key = str("chorus/elastic/members/", generation);
+  const comm::Bytes value = store.get(key, timeout);
+  return parseIds(std::string(value.begin(), value.end()), key);
+}
+
+// The members agree on the most advanced snapshot: the highest step any holds, from the lowest
+// rank that holds it, broadcast to all. Returns where it came from.
+void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) {
+  int64_t best = snap.globalStep;
+  allreduceInPlace(g, &best, 1, DType::kInt64, ReduceOp::kMax);
+  int64_t root = snap.globalStep == best ? g.rank() : g.size();
+  allreduceInPlace(g, &root, 1, DType::kInt64, ReduceOp::kMin);
+  if (best < 0) {  // no member completed a step: start afresh
+    snap = Snapshot{};
+    return;
+  }
+  uint64_t bytes = g.rank() == root ? snap.payload.size() : 0;
+  comm::BroadcastOptions b;
+  b.data = &bytes;
+  b.count = 1;
+  b.dtype = DType::kInt64;
+  b.root = static_cast<int>(root);
+  g.broadcast(b);
+  if (g.rank() != root) snap.payload.assign(bytes, '\0');
+  b.data = snap.payload.data();
+  b.count = bytes;
+  b.dtype = DType::kUInt8;
+  g.broadcast(b);
+  snap.globalStep = best;
+  snap.source = str("the state of step ", best, " (rank ", root, " of generation ", generation, ", in memory)");
+}
+
+// The worker's heartbeat (elastic.h): a thread with its own store connection that writes
+// "chorus/elastic/hb/<id>" = "<generation>,<beat>,<calls>,<last call>" every kHeartbeatEvery,
+// where calls counts the collectives of the current generation's group. It stops with the
+// process (SIGSTOP, a crash), so the launcher can tell a hung worker from a slow one.
+class Heartbeat {
+ public:
+  static constexpr Millis kEvery{500};
+
+  explicit Heartbeat(int64_t id) : id_(id) {
+    const comm::BootstrapInfo info = comm::detectBootstrap();
+    if (info.storeAddr.empty() || info.storePort == 0) return;  // not under a launcher: nothing to tell
+    store_ = std::make_unique<comm::TcpStore>(info.storeAddr, info.storePort, info.secret, Millis(30000));
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  // The group whose calls are counted from now on (the generation just formed).
+  void follow(std::shared_ptr<comm::ProcessGroup> group, int64_t generation) {
+    std::lock_guard<std::mutex> lock(mu_);
+    group_ = std::move(group);
+    generation_ = generation;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (uint64_t beat = 1; !stop_; ++beat) {
+      const std::string value = group_ ? str(generation_, ",", beat, ",", group_->callsIssued(), ",", group_->lastCall())
+                                       : str(generation_, ",", beat, ",0,");
+      lock.unlock();
+      try {
+        store_->set(str("chorus/elastic/hb/", id_), comm::toBytes(value));
+      } catch (const std::exception& e) {
+        CHORUS_DEBUG("worker ", id_, ": heartbeat failed: ", e.what());  // the launcher is gone; the job ends anyway
+      }
+      lock.lock();
+      cv_.wait_for(lock, kEvery, [&] { return stop_; });
+    }
+  }
+
+  const int64_t id_;
+  std::unique_ptr<comm::TcpStore> store_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::shared_ptr<comm::ProcessGroup> group_;
+  int64_t generation_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace
+
+namespace {
+
+[[noreturn]] void notElastic() {
+  throw InvalidArgument("elastic training (chorus train --min) recovers data-parallel all-reduce jobs only; this "
+                        "strategy (tensor or pipeline parallel, parameter server) cannot; run it without --min");
+}
+
+}  // namespace
+
+std::string Strategy::snapshot(const TrainState&) { notElastic(); }
+TrainState Strategy::restoreSnapshot(const std::string&) { notElastic(); }
+
+ElasticOptions elasticFromEnvironment() {
+  ElasticOptions e;
+  e.enabled = envString("CHORUS_ELASTIC") == "1";
+  if (!e.enabled) return e;
+  e.workerId = envInt("CHORUS_ELASTIC_ID");
+  e.generation = envInt("CHORUS_ELASTIC_GEN");
+  return e;
+}
+
+std::string elasticPrefix(int64_t generation) { return str("chorus/elastic/g", generation); }
+
+TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>& group, TrainOptions opts,
+                         const ElasticOptions& e) {
+  Snapshot snap;
+  opts.snapshot = &snap;
+  int64_t generation = e.generation;
+  Heartbeat heartbeat(e.workerId);
+  heartbeat.follow(group, generation);
+  const Millis wait = group->timeout();
+  std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): generation ", generation, ", rank ",
+                   group->rank(), " of ", group->size(), "\n");
+  if (generation > 0) agreeOnSnapshot(*group, snap, generation);  // a replacement: receive the state
+  for (;;) {
+    try {
+      return train(cfg, group, opts);
+    } catch (const std::exception& err) {
+      if (!peerFailure(err)) throw;
+      CHORUS_WARN("worker ", e.workerId, ": a peer failed (", err.what(), "); waiting for the next generation");
+      std::string lastError = err.what();
+      comm::Store* store = group->store();
+      if (!store) throw;
+      // A member that fails while the group re-forms makes the join fail: try the next one.
+      for (;;) {
+        ++generation;
+        std::vector<int64_t> members;
+        try {
+          members = membersOf(*store, generation, wait);
+        } catch (const TimeoutError&) {
+          throw Error(str("worker ", e.workerId, ": a peer failed (", lastError, ") and no generation ", generation,
+                          " came within ", wait.count(), " ms; the launcher is gone or not elastic (start the job ",
+                          "with chorus launch --min or chorus train --min)"));
+        }
+        const auto me = std::find(members.begin(), members.end(), e.workerId);
+        if (me == members.end()) {
+          throw Error(str("worker ", e.workerId, " is not a member of generation ", generation,
+                          " (the launcher counted it as failed); it stops"));
+        }
+        const int rank = static_cast<int>(me - members.begin());
+        try {
+          group = group->reform(rank, static_cast<int>(members.size()), elasticPrefix(generation),
+                                str("re-forming as generation ", generation));
+          heartbeat.follow(group, generation);
+          agreeOnSnapshot(*group, snap, generation);
+        } catch (const std::exception& again) {
+          if (!peerFailure(again)) throw;
+          lastError = again.what();
+          CHORUS_WARN("worker ", e.workerId, ": generation ", generation, " failed while forming (", again.what(),
+                      "); waiting for the next");
+          continue;
+        }
+        break;
+      }
+      std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): generation ", generation,
+                       ", rank ", group->rank(), " of ", group->size(), "; resuming at step ",
+                       std::max<int64_t>(snap.globalStep, 0), "\n");
+      opts.resume = false;
+      opts.resumeFrom.clear();
+    }
+  }
+}
+
+void injectFault(int64_t globalStep) {
+  struct Fault {
+    int signal;
+    int64_t id, step;
+  };
+  static std::once_flag once;
+  static std::vector<Fault> faults;
+  static int64_t self = 0;
+  std::call_once(once, [] {
+    const std::string spec = envString("CHORUS_FAULT");
+    if (spec.empty()) return;
+    self = envGet("CHORUS_ELASTIC_ID") ? envInt("CHORUS_ELASTIC_ID") : envGet("CHORUS_RANK") ? std::stoll(*envGet("CHORUS_RANK")) : 0;
+    std::stringstream in(spec);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      const size_t a = item.find(':'), b = item.find(':', a == std::string::npos ? a : a + 1);
+      const std::string kind = item.substr(0, a);
+      if (a == std::string::npos || b == std::string::npos || (kind != "kill" && kind != "stop" && kind != "loop")) {
+        throw ConfigError(str("CHORUS_FAULT: '", item, "' is not kill:ID:STEP, stop:ID:STEP or loop:ID:STEP"));
+      }
+      try {
+        faults.push_back({kind == "kill" ? SIGKILL : kind == "stop" ? SIGSTOP : 0, std::stoll(item.substr(a + 1, b - a - 1)),
+                          std::stoll(item.substr(b + 1))});
+      } catch (const std::exception&) {
+        throw ConfigError(str("CHORUS_FAULT: '", item, "': ID and STEP must be whole numbers"));
+      }
+    }
+  });
+  for (const Fault& f : faults) {
+    if (f.id == self && f.step == globalStep) {
+      std::cerr << str("chorus train: worker ", self, " (pid ", ::getpid(), "): CHORUS_FAULT ",
+                       f.signal == SIGKILL ? "kills" : f.signal == SIGSTOP ? "stops" : "loops", " it at step ",
+                       globalStep, "\n");
+      std::cerr.flush();
+      if (f.signal == 0) {
+        // An endless loop in "user code": the process stays alive (its heartbeat goes on) but
+        // never reaches the step's collective.
+        volatile uint64_t spin = 0;
+        for (;;) {
+          const uint64_t next = spin + 1;
+          spin = next;
+        }
+      }
+      ::raise(f.signal);
+    }
+  }
+}
+
+}  // namespace chorus::train

@@ -1,0 +1,70 @@
+// Elastic all-reduce training: a worker that dies does not end the job. The survivors keep
+// their processes, re-form their process group with the launcher's next generation of members
+// (`chorus launch --min M` / `chorus train --nproc N --min M`), agree on the state at the end
+// of the last step any of them completed, and go on from there (docs/fault-tolerance.md).
+//
+// The generation protocol, through the job's store (the launcher writes, workers read):
+//   chorus/elastic/members/<g>   the worker ids of generation g, in rank order ("0,1,3,4")
+// Generation 0 is the launch (ids 0..n-1, ranks as launched). When a worker dies, the launcher
+// writes generation g+1: the workers still running, in their rank order, then any replacement
+// it starts (a new id, CHORUS_ELASTIC_GEN=g+1). Fewer than --min left ends the job.
+//
+// A worker (trainElastic):
+//   1. trains, keeping the state at the end of every completed step in memory (TrainOptions::
+//      snapshot: model, optimizer, loss scale, loop position; no collective, one copy);
+//   2. when a step fails with PeerError or TimeoutError, it waits for generation g+1 (up to the
+//      group's timeout), finds its rank in it (a worker left out ends with an error), and
+//      re-forms the group under "chorus/elastic/g<g+1>" (ProcessGroup::reform); a member that
+//      fails during this makes it wait for the generation after;
+//   3. the members agree on the most advanced snapshot (the highest step; the lowest rank
+//      holding it), which that rank broadcasts; every member loads it into a fresh setup at
+//      the new world size (the data re-divided: with a global batch divisible by the world,
+//      step k of an epoch covers the same samples at any world size) and training goes on.
+// Nothing is read from disk and the survivors are not restarted; at most the step in flight
+// is lost. Per-rank compression state starts afresh after a re-forming.
+//
+// Hung workers. Each worker's heartbeat thread writes "chorus/elastic/hb/<id>" =
+// "<generation>,<beat>,<calls>,<last call>" twice a second (calls: the collectives its group
+// has issued). The launcher excludes (SIGKILL, then as above) a worker whose beat stops for
+// CHORUS_HEARTBEAT_TIMEOUT_MS (a stopped or frozen process), prints a stall report naming the
+// workers whose calls lag behind the others' for CHORUS_STALL_WARN_S, and excludes one that
+// still lags when the collective timeout (CHORUS_TIMEOUT_MS) has passed (user code that never
+// returns).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "chorus/comm/group.h"
+#include "chorus/train/config.h"
+#include "chorus/train/trainer.h"
+
+namespace chorus::train {
+
+struct ElasticOptions {
+  bool enabled = false;    // CHORUS_ELASTIC=1 (the launcher sets it)
+  int64_t workerId = 0;    // CHORUS_ELASTIC_ID: stable across generations
+  int64_t generation = 0;  // CHORUS_ELASTIC_GEN: the generation this process joined
+};
+
+// From the launcher's variables; disabled when CHORUS_ELASTIC is unset.
+ElasticOptions elasticFromEnvironment();
+
+// The store prefix generation g's group joins under (g > 0; generation 0 joins as usual).
+std::string elasticPrefix(int64_t generation);
+
+// train() that survives the death of other workers (see above). `group` is this process's
+// group of generation `e.generation`; on return, the group of the generation that finished. Throws what train() throws for anything but a failed
+// peer, and Error when this worker is left out of a generation or none comes in time.
+TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>& group, TrainOptions opts,
+                         const ElasticOptions& e);
+
+// Fault injection for tests and the chaos benchmark: CHORUS_FAULT="kill:<id>:<step>,..." makes
+// the worker with that id (CHORUS_ELASTIC_ID, else its rank CHORUS_RANK) kill itself with
+// SIGKILL as it starts global step <step>; "stop:<id>:<step>" stops it with SIGSTOP;
+// "loop:<id>:<step>" spins forever there (user code that never returns). Called by the loop
+// before every step; does nothing when the variable is unset.
+void injectFault(int64_t globalStep);
+
+}  // namespace chorus::train
