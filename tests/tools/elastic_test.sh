@@ -10,7 +10,9 @@
 #   4. a worker stopped with SIGSTOP is named by the launcher when its heartbeat stops, excluded,
 #      and the job ends as in 1;
 #   5. a worker whose own code never returns (it spins) gets a stall report naming it and the
-#      call the others wait in, and is excluded when the collective timeout has passed.
+#      call the others wait in, and is excluded when the collective timeout has passed;
+#   6. a run killed with SIGKILL while it writes a checkpoint leaves the previous one loadable,
+#      and --resume removes the unfinished temporary and goes on from it.
 # usage: bash elastic_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: elastic_test.sh BUILD_DIR [SOURCE_DIR]}
@@ -26,7 +28,7 @@ pass() { echo "ok: $*"; }
 COMMON=(--set data.limit_train=480 --set train.batch_size=48 --set train.epochs=2 --set train.eval=false
         --set model.hidden=[32] --set train.threads=1 --set output.progress=none --set optim.momentum=0.9
         --set output.checkpoint_epoch=true --set train.log_every=5)
-last_ckpt() { find "$1/checkpoints" -name 'ckpt-*' | sort | tail -n 1; }
+last_ckpt() { find "$1/checkpoints" -name 'ckpt-*.pt' | sort | tail -n 1; }
 
 # --- 1. a worker dies; the survivors go on in their processes
 CHORUS_FAULT=kill:2:5 "$CHORUS" train --nproc 4 --min 2 "${COMMON[@]}" --set "output.dir=$TMP/el" \
@@ -109,6 +111,47 @@ grep -q "stall: worker 1 (pid [0-9]*) has issued [0-9]* collective calls of gene
   || { fail "no stall report for worker 1"; grep -i stall "$TMP/loop.err" | head -3; }
 grep -q "worker 1 (pid [0-9]*) has issued [0-9]* collective calls of generation 0 and no more for [0-9]* ms while the others wait in call" "$TMP/loop.err" \
   && pass "the spinning worker was excluded" || fail "the spinning worker was not excluded"
+
+# --- 6. killed during a checkpoint write: a large model (two 2048-wide layers, ~20 MB with
+# momentum) checkpointed every step; SIGKILL lands while a temporary exists (retried until it
+# does: the write is a window of a few tens of ms).
+landed=""
+for attempt in 1 2 3 4 5 6 7 8; do
+  rm -rf "$TMP/ck"
+  "$CHORUS" train --set data.limit_train=4800 --set train.batch_size=48 --set train.epochs=1 --set train.eval=false \
+    --set model.hidden=[2048,2048] --set train.threads=1 --set output.progress=none --set output.checkpoint_every=1 \
+    --set output.keep=2 --set "output.dir=$TMP/ck" > "$TMP/ck.out" 2>&1 &
+  pid=$!
+  for i in $(seq 1 3000); do
+    if [ "$(find "$TMP/ck/checkpoints" -name 'ckpt-*.pt' 2> /dev/null | wc -l)" -ge 1 ] &&
+       find "$TMP/ck/checkpoints" -name '*.tmp.*' 2> /dev/null | grep -q .; then
+      kill -9 $pid
+      break
+    fi
+    kill -0 $pid 2> /dev/null || break
+    sleep 0.005
+  done
+  wait $pid 2> /dev/null
+  if find "$TMP/ck/checkpoints" -name '*.tmp.*' 2> /dev/null | grep -q .; then
+    landed=$attempt
+    break
+  fi
+done
+if [ -z "$landed" ]; then
+  fail "no SIGKILL landed inside a checkpoint write in 8 attempts"
+else
+  pass "SIGKILL landed while a checkpoint was being written (attempt $landed)"
+  prev=$(last_ckpt "$TMP/ck")
+  "$CHORUS" checkpoint diff "$prev" "$prev" > /dev/null 2>&1 && pass "the previous checkpoint ($(basename "$prev")) still loads" \
+    || fail "the previous checkpoint $prev does not load"
+  "$CHORUS" train --resume --set data.limit_train=4800 --set train.batch_size=48 --set train.epochs=1 \
+    --set train.eval=false --set model.hidden=[2048,2048] --set train.threads=1 --set output.progress=none \
+    --set train.max_steps=$(( $(basename "$prev" | tr -dc 0-9 | sed 's/^0*//') + 2 )) --set output.keep=2 \
+    --set "output.dir=$TMP/ck" > "$TMP/ck2.out" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] && grep -q "an unfinished checkpoint of a writer that is gone" "$TMP/ck2.out" \
+    && pass "--resume removed the unfinished temporary and went on" || { fail "resume after the kill: exit $rc"; tail -5 "$TMP/ck2.out"; }
+fi
 
 echo "$failures failed"
 [ $failures -eq 0 ]

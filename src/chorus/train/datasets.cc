@@ -13,6 +13,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "chorus/common/error.h"
@@ -166,10 +169,42 @@ void checkDatasetFiles(const std::string& name, const std::string& dir, bool wit
   }
 }
 
-Dataset loadDataset(const std::string& name, const std::string& dir, bool train, int64_t limit) {
+namespace {
+
+struct LoadedDatasets {
+  std::mutex mu;
+  bool keep = false;
+  std::map<std::tuple<std::string, std::string, bool, int64_t>, Dataset> loaded;
+};
+
+LoadedDatasets& loadedDatasets() {
+  static LoadedDatasets d;
+  return d;
+}
+
+Dataset load(const std::string& name, const std::string& dir, bool train, int64_t limit) {
   if (name == "fashion-mnist") return loadFashionMnist(dir, train, limit);
   if (name == "cifar10") return loadCifar10(dir, train, limit);
   throw InvalidArgument(str("unknown dataset '", name, "'; the datasets are: fashion-mnist, cifar10"));
+}
+
+}  // namespace
+
+Dataset loadDataset(const std::string& name, const std::string& dir, bool train, int64_t limit) {
+  LoadedDatasets& d = loadedDatasets();
+  std::lock_guard<std::mutex> lock(d.mu);
+  if (!d.keep) return load(name, dir, train, limit);
+  const auto key = std::make_tuple(name, dir, train, limit);
+  auto it = d.loaded.find(key);
+  if (it == d.loaded.end()) it = d.loaded.emplace(key, load(name, dir, train, limit)).first;
+  return it->second;
+}
+
+void keepDatasetsLoaded(bool keep) {
+  LoadedDatasets& d = loadedDatasets();
+  std::lock_guard<std::mutex> lock(d.mu);
+  d.keep = keep;
+  if (!keep) d.loaded.clear();
 }
 
 }  // namespace chorus::train

@@ -33,6 +33,10 @@ Dataset loadCifar10(const std::string& dir, bool train, int64_t limit = 0);
 void checkDatasetFiles(const std::string& name, const std::string& dir, bool withTest);
 
 // By name: "fashion-mnist" or "cifar10" (anything else is InvalidArgument listing the names).
+// With keepDatasetsLoaded(true), a load is kept in memory and the same load later returns it
+// (its tensors shared, which the tasks only read): an elastic worker re-forming its job sets up
+// its training again without reading and decoding the files again.
 Dataset loadDataset(const std::string& name, const std::string& dir, bool train, int64_t limit = 0);
+void keepDatasetsLoaded(bool keep);
 
 }  // namespace chorus::train

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <iomanip>
 #include <condition_variable>
 #include <thread>
 #include <iostream>
@@ -17,6 +19,7 @@
 #include "chorus/common/logging.h"
 #include "chorus/comm/rendezvous/bootstrap.h"
 #include "chorus/comm/rendezvous/store.h"
+#include "chorus/train/datasets.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/strategy.h"
 
@@ -168,6 +171,7 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
   opts.snapshot = &snap;
   int64_t generation = e.generation;
   Heartbeat heartbeat(e.workerId);
+  keepDatasetsLoaded(true);  // a re-formed generation sets up again without reading the files
   heartbeat.follow(group, generation);
   const Millis wait = group->timeout();
   std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): generation ", generation, ", rank ",
@@ -213,9 +217,11 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
         }
         break;
       }
+      const double unix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
       std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): generation ", generation,
                        ", rank ", group->rank(), " of ", group->size(), "; resuming at step ",
-                       std::max<int64_t>(snap.globalStep, 0), "\n");
+                       std::max<int64_t>(snap.globalStep, 0), " (unix time ", std::fixed, std::setprecision(3), unix,
+                       ")\n");
       opts.resume = false;
       opts.resumeFrom.clear();
     }
@@ -252,9 +258,10 @@ void injectFault(int64_t globalStep) {
   });
   for (const Fault& f : faults) {
     if (f.id == self && f.step == globalStep) {
+      const double unix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
       std::cerr << str("chorus train: worker ", self, " (pid ", ::getpid(), "): CHORUS_FAULT ",
                        f.signal == SIGKILL ? "kills" : f.signal == SIGSTOP ? "stops" : "loops", " it at step ",
-                       globalStep, "\n");
+                       globalStep, " (unix time ", std::fixed, std::setprecision(3), unix, ")\n");
       std::cerr.flush();
       if (f.signal == 0) {
         // An endless loop in "user code": the process stays alive (its heartbeat goes on) but

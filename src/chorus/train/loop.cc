@@ -153,6 +153,9 @@ class Run {
       bytesAtWindow_ += s_.windowBytes;
       JsonObject record = strategy_.stepRecord(s_);
       task_->stepFields(record, s_.window.meanLoss());
+      // Wall-clock time the window ended: puts the records of ranks, runs and re-formed
+      // elastic generations on one axis (bench/chaos measures recoveries with it).
+      record.add("unix_s", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
       perRankRecord(record);
       s_.window = StepStats{};
     }

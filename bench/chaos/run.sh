@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Fault tolerance under failures (issue 15): what a failure costs and whether jobs survive many.
+# The job: the MLP of bench/ddp (784-512-256-10, SGD momentum 0.9) on the first 42000
+# Fashion-MNIST samples, global batch 840 (divisible by every world size 1 to 8), 50 steps
+# (one epoch), train.threads 1, all workers on this 2-core machine (shm).
+#
+# Sections (SECTIONS, all by default):
+#   lost    time lost per failure: worker 2 of 4 kills itself (SIGKILL, CHORUS_FAULT) as it
+#           starts step 25; time lost = from the kill until step 26 completes (the step in
+#           flight, done again). LOST_REPEAT rounds, alternating:
+#             elastic          chorus train --nproc 4 --min 2 (the 3 survivors go on)
+#             elastic-replace  the same with --restarts 1 (a new worker joins: 4 again)
+#             chorus-restart   chorus without --min: the job stops, this script starts it
+#                              again with --resume from its checkpoint (every 10 steps)
+#             torch-restart    torchrun's strategy with PyTorch DDP (gloo): stop all, start
+#                              all, resume the checkpoint (every 10 steps) (torch_restart.py)
+#   worlds  recovery time against world size: chorus elastic at 2, 4, 6 and 8 workers (6 and 8
+#           oversubscribe the 2 cores), worker 1 killed at step 25, --min 1; WORLDS_REPEAT each.
+#   chaos   CHAOS_RUNS runs of chorus train --nproc 4 --min 2 --restarts 4 with eval on, each
+#           with 4 faults at random steps (a random live worker, kill -9 or SIGSTOP), seeds
+#           1..CHAOS_RUNS; plus undisturbed runs: jobs finished, clear errors, hangs (no exit
+#           within CHAOS_TIMEOUT s), unreadable final checkpoints, steps in the final
+#           trajectory against the plan, accuracy against undisturbed.
+# Writes bench/results/chaos.md (bench/chaos/report.py); raw outputs in BUILD_DIR/bench-chaos/.
+#
+# usage: bash bench/chaos/run.sh [BUILD_DIR]      (default: build)
+#   SECTIONS="lost worlds chaos"  LOST_REPEAT=3  WORLDS_REPEAT=3  CHAOS_RUNS=25  CHAOS_TIMEOUT=300
+set -uo pipefail
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build_arg=${1:-build}
+build=$(cd "$src" && realpath -m "$build_arg")
+sections=" ${SECTIONS:-lost worlds chaos} "
+lost_repeat=${LOST_REPEAT:-3}
+worlds_repeat=${WORLDS_REPEAT:-3}
+chaos_runs=${CHAOS_RUNS:-25}
+chaos_timeout=${CHAOS_TIMEOUT:-300}
+out=${OUT:-$src/bench/results/chaos.md}
+raw=$build/bench-chaos
+export BENCH_TIMEOUT=${BENCH_TIMEOUT:-600}
+export CHORUS_HEARTBEAT_TIMEOUT_MS=${CHORUS_HEARTBEAT_TIMEOUT_MS:-3000}
+export CHORUS_TIMEOUT_MS=${CHORUS_TIMEOUT_MS:-30000}
+
+cmake --build "$build" --target chorus || exit 2
+py=/usr/bin/python3  # Debian's, with python3-torch (not a python3 earlier on PATH)
+"$py" -c "import torch.distributed" 2> /dev/null || { echo "run.sh: $py cannot import torch.distributed (install python3-torch)" >&2; exit 2; }
+rm -rf "$raw" && mkdir -p "$raw"
+failed=()
+source "$src/bench/common/run_lib.sh"
+rel() { echo "${1#"$src"/}"; }
+chorus=$(rel "$build/chorus")
+job=(--set data.limit_train=42000 --set train.batch_size=840 --set train.epochs=1 --set model.hidden=[512,256]
+     --set optim.momentum=0.9 --set schedule.name=constant --set train.threads=1 --set train.log_every=1
+     --set output.progress=none --set train.eval=false)
+cat /proc/loadavg | awk '{print "before: " $1 " " $2 " " $3}' > "$raw/loadavg.txt"
+
+if [[ $sections == *" lost "* ]]; then
+  for r in $(seq 1 "$lost_repeat"); do
+    CHORUS_FAULT=kill:2:25 bench_run "lost-elastic-r$r" "$chorus" train --nproc 4 --min 2 "${job[@]}" \
+      --set "output.dir=$raw/lost-elastic-r$r"
+    CHORUS_FAULT=kill:2:25 bench_run "lost-elastic-replace-r$r" "$chorus" train --nproc 4 --min 2 --restarts 1 \
+      "${job[@]}" --set "output.dir=$raw/lost-elastic-replace-r$r"
+    # chorus's own restart-all: the first run fails (expected), the second resumes.
+    CHORUS_FAULT=kill:2:25 bench_run "lost-chorus-restart-r$r-a" "$chorus" train --nproc 4 "${job[@]}" \
+      --set output.checkpoint_every=10 --set output.keep=10 --set "output.dir=$raw/lost-chorus-restart-r$r"
+    bench_run "lost-chorus-restart-r$r-b" "$chorus" train --nproc 4 --resume "${job[@]}" \
+      --set output.checkpoint_every=10 --set output.keep=10 --set "output.dir=$raw/lost-chorus-restart-r$r"
+    bench_run "lost-torch-restart-r$r" "$py" bench/chaos/torch_restart.py --world 4 --steps 50 \
+      --checkpoint-every 10 --kill-rank 2 --kill-step 25 --out "$raw/lost-torch-restart-r$r"
+  done
+fi
+
+if [[ $sections == *" worlds "* ]]; then
+  for r in $(seq 1 "$worlds_repeat"); do
+    for w in 2 4 6 8; do
+      CHORUS_FAULT=kill:1:25 bench_run "worlds-$w-r$r" "$chorus" train --nproc "$w" --min 1 "${job[@]}" \
+        --set "output.dir=$raw/worlds-$w-r$r"
+    done
+  done
+fi
+
+if [[ $sections == *" chaos "* ]]; then
+  chaos_job=(--set data.limit_train=42000 --set train.batch_size=840 --set train.epochs=2 --set model.hidden=[512,256]
+             --set optim.momentum=0.9 --set train.threads=1 --set train.log_every=1 --set output.progress=none
+             --set train.eval=true --set output.checkpoint_epoch=true)
+  for r in 1 2 3; do
+    bench_run "chaos-clean-r$r" "$chorus" train --nproc 4 "${chaos_job[@]}" --set "output.dir=$raw/chaos-clean-r$r"
+  done
+  for s in $(seq 1 "$chaos_runs"); do
+    # The plan: 4 faults at steps 8..92 at least 12 apart; each hits a worker alive then (every
+    # failure brings in a replacement with the next id).
+    plan=$(python3 - "$s" << 'EOF'
+import random, sys
+rng = random.Random(int(sys.argv[1]))
+alive, nxt, steps, faults = [0, 1, 2, 3], 4, sorted(rng.sample(range(8, 93, 12), 4)), []
+for st in steps:
+    victim = rng.choice(alive)
+    faults.append(f"{rng.choice(['kill', 'kill', 'stop'])}:{victim}:{st}")
+    alive.remove(victim)
+    alive.append(nxt)
+    nxt += 1
+print(",".join(faults))
+EOF
+)
+    echo "$plan" > "$raw/chaos-$s.plan"
+    CHORUS_FAULT=$plan BENCH_TIMEOUT=$chaos_timeout bench_run "chaos-$s" "$chorus" train --nproc 4 --min 2 --restarts 4 \
+      "${chaos_job[@]}" --set "output.dir=$raw/chaos-$s"
+    last=$(find "$raw/chaos-$s/checkpoints" -name 'ckpt-*.pt' 2> /dev/null | sort | tail -n 1)
+    if [[ -n $last ]] && "$build/chorus" checkpoint diff "$last" "$last" > /dev/null 2>&1; then
+      echo ok > "$raw/chaos-$s.ckpt"
+    else
+      echo "unreadable: ${last:-none}" > "$raw/chaos-$s.ckpt"
+    fi
+  done
+else
+  chaos_runs=0
+fi
+cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"
+python3 "$src/bench/chaos/report.py" --raw "$raw" --lost-repeat "$lost_repeat" --worlds-repeat "$worlds_repeat" \
+  --chaos-runs "$chaos_runs" --chaos-timeout "$chaos_timeout" --sections $sections \
+  --command "bash bench/chaos/run.sh $build_arg" --out "$out"
+echo "wrote $out"
