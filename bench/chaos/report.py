@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "common"))
-from runs import revision  # noqa: E402
+from runs import revision, spread_with  # noqa: E402
 
 KILL = re.compile(r"CHORUS_FAULT (kills|stops|loops) it at step (\d+) \(unix time ([0-9.]+)\)")
 LOST_METHODS = [("elastic", "chorus elastic (--min 2): 3 survivors go on"),
@@ -44,11 +44,8 @@ def records(path):
 
 
 def cell(values, f):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    text = f(statistics.median(values))
-    return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+    """The median of the values that exist, formatted by f, with their spread; "n/a" for none."""
+    return spread_with(values, f, "n/a")
 
 
 def chorus_lost(raw, name, err_name=None):

@@ -90,14 +90,19 @@ def median_spread(values):
     return statistics.median(vals), min(vals), max(vals)
 
 
-def fmt_spread(values, spec, missing="—"):
-    """"median (min–max)" of values, "median" alone for one value, or missing."""
+def spread_with(values, f, missing="—"):
+    """"median (min–max)" of values, each formatted by f; "median" alone for one value, or missing."""
     med, lo, hi = median_spread(values)
     if med is None:
         return missing
     if len([v for v in values if v is not None]) == 1:
-        return format(med, spec)
-    return f"{format(med, spec)} ({format(lo, spec)}–{format(hi, spec)})"
+        return f(med)
+    return f"{f(med)} ({f(lo)}–{f(hi)})"
+
+
+def fmt_spread(values, spec, missing="—"):
+    """spread_with, formatting with a format spec."""
+    return spread_with(values, lambda v: format(v, spec), missing)
 
 
 def page_header(title, command, raw):

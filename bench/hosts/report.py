@@ -20,7 +20,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "common"))
-from runs import revision  # noqa: E402
+from runs import revision, spread_with  # noqa: E402
 
 # The table parsing, formatting and target rules of the single-host page (bench/peers/report.py).
 _spec = importlib.util.spec_from_file_location("peers_report", os.path.join(os.path.dirname(HERE), "peers", "report.py"))
@@ -69,11 +69,7 @@ def load(raw, impl, rate, sizes, repeat):
 
 def cell(values, f):
     """The median of the values that exist, formatted by f, with their spread; "n/a" for none."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    text = f(statistics.median(values))
-    return text + (f" ({f(min(values))}–{f(max(values))})" if len(values) > 1 else "")
+    return spread_with(values, f, "n/a")
 
 
 def training_section(a, failures):

@@ -190,5 +190,38 @@ expect "$page" "| dense float32 | 220 (200–240) | 1 | 0.200 (0.200–0.200) | 
 expect "$page" "| top-k 1% | 330 (300–360) | 1.50x (1.50x–1.50x) | 0.010 (0.010–0.010) |" "hosts: top-k against the same round's dense"
 expect "$page" "ps-topk-r3: no worker 0 record" "hosts: the failed round is named"
 
+# --- bench/chaos/report.py: time lost from the fault's timestamp to the step after it, the
+# PyTorch driver's JSON, the ratio and the 10x target; a chaos run that hung is counted.
+raw=$TMP/chaos
+mkdir -p "$raw"
+# chaos_lost NAME KILL_UNIX STEP26_UNIX: a chorus run whose worker was killed at step 25.
+chaos_lost() {
+  mkdir -p "$raw/$1"
+  echo "[rank 2] chorus train: worker 2 (pid 9): CHORUS_FAULT kills it at step 25 (unix time $2)" > "$raw/$1.err"
+  printf '{"event":"step","step":26,"unix_s":%s}\n{"event":"step","step":26,"unix_s":%s}\n' "$(($2 - 5))" "$3" \
+    > "$raw/$1/metrics.jsonl"
+}
+for r in 1 2 3; do
+  chaos_lost "lost-elastic-r$r" 1000 "100$r"            # 1, 2, 3 s
+  chaos_lost "lost-elastic-replace-r$r" 1000 1004
+  chaos_lost "lost-chorus-restart-r$r" 1000 1006
+  cp "$raw/lost-chorus-restart-r$r.err" "$raw/lost-chorus-restart-r$r-a.err"
+  echo "{\"impl\": \"torch-restart-all\", \"lost_s\": $((20 + r))}" > "$raw/lost-torch-restart-r$r.out"
+done
+mkdir -p "$raw/chaos-1" "$raw/chaos-2"
+echo 0 > "$raw/chaos-1.rc"; echo ok > "$raw/chaos-1.ckpt"
+echo 124 > "$raw/chaos-2.rc"; echo "unreadable: none" > "$raw/chaos-2.ckpt"
+python3 "$SRC/bench/chaos/report.py" --raw "$raw" --lost-repeat 3 --sections lost chaos --chaos-runs 2 --src "$SRC" \
+  --command "bash bench/chaos/run.sh build" --out "$TMP/chaos.md" 2> "$TMP/chaos.err"
+page=$TMP/chaos.md
+expect "$page" "| chorus elastic (--min 2): 3 survivors go on | 2.00 (1.00–3.00) | 1.0x |" "chaos: elastic's time lost, median and spread"
+expect "$page" "| PyTorch DDP, torchrun's restart-all (torch_restart.py) | 22.00 (21.00–23.00) | 11.0x |" \
+  "chaos: the driver's lost_s and the ratio to elastic"
+expect "$page" "restart-all (elastic): **met** (PyTorch restart-all / chorus elastic = 11.0x)" "chaos: the 10x target met"
+expect "$page" "restart-all (elastic-replace): **not met** (PyTorch restart-all / chorus elastic-replace = 5.5x)" \
+  "chaos: the 10x target not met"
+expect "$page" "| hangs (no exit within 300 s) | 1 |" "chaos: a run that timed out is a hang"
+expect "$page" "| jobs finished | 1 of 2 |" "chaos: finished jobs"
+
 echo "$failures failed"
 [[ $failures -eq 0 ]]
