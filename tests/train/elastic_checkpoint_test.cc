@@ -23,6 +23,7 @@
 #include "chorus/train/optim.h"
 #include "chorus/train/trainer.h"
 #include "util/rank_threads.h"
+#include "util/scratch_dir.h"
 
 namespace chorus::train {
 namespace {
@@ -33,11 +34,7 @@ std::shared_ptr<comm::ProcessGroup> borrow(comm::ProcessGroup& g) {
   return std::shared_ptr<comm::ProcessGroup>(&g, [](comm::ProcessGroup*) {});
 }
 
-fs::path tempDir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / str("chorus-elastic-test-", getpid(), "-", name);
-  fs::remove_all(d);
-  return d;
-}
+fs::path tempDir(const std::string& name) { return test::scratchDir("chorus-elastic-test", name); }
 
 // 480 samples, global batch 48 (divisible by 2, 3 and 4): 10 steps per epoch at each of those
 // world sizes, 2 epochs.
