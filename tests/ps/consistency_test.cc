@@ -211,6 +211,85 @@ TEST(ConsistencyTest, LeftWorkersHoldNobodyBack) {
   EXPECT_FALSE(closed.onLeave(2, false));
 }
 
+// A failed worker taken over by a restarted process: live again, and its clock raised to the
+// slowest live worker's so that ssp does not hold the others back by the steps it missed.
+TEST(ConsistencyTest, RejoinRaisesTheClockToTheSlowestLiveWorker) {
+  Consistency c(options(Mode::kSsp, 3, 1));
+  for (int s = 0; s < 2; ++s) c.onPush(1, c.version());  // worker 1: clock 2, then it dies
+  c.onLeave(1, true);
+  for (int s = 0; s < 6; ++s) {
+    c.onPush(0, c.version());
+    c.onPush(2, c.version());
+  }
+  EXPECT_EQ(c.liveWorkers(), 2);
+  EXPECT_EQ(c.onRejoin(1), 6);  // min(6, 6), not its own 2
+  EXPECT_EQ(c.liveWorkers(), 3);
+  EXPECT_TRUE(c.canPull(0));    // 6 - 6 <= 1: nobody waits for it
+  EXPECT_EQ(c.stats()[1].rejoins, 1);
+  EXPECT_FALSE(c.stats()[1].left);
+  c.onPush(1, c.version());
+  EXPECT_EQ(c.stats()[1].clock, 7);
+  // A worker ahead of the others keeps its own clock.
+  Consistency d(options(Mode::kSsp, 2, 3));
+  for (int s = 0; s < 3; ++s) d.onPush(0, d.version());
+  d.onLeave(0, true);
+  d.onPush(1, d.version());
+  EXPECT_EQ(d.onRejoin(0), 3);
+  // Only a failed worker can be taken over.
+  EXPECT_NE(errorOf([&] { d.onRejoin(0); }).find("is live"), std::string::npos);
+  d.onLeave(1, false);
+  EXPECT_NE(errorOf([&] { d.onRejoin(1); }).find("said goodbye"), std::string::npos);
+}
+
+// bsp after a rejoin: the worker counts again from the round it pulls.
+TEST(ConsistencyTest, BspRejoinCountsInTheNextRound) {
+  Consistency c(options(Mode::kBsp, 2));
+  c.onPush(0, 0);
+  EXPECT_TRUE(c.onLeave(1, true));  // worker 1 dies: round 0 closes with worker 0's push
+  c.onApplied();
+  EXPECT_EQ(c.roundNeeds(), 1);
+  c.onRejoin(1);
+  EXPECT_EQ(c.roundNeeds(), 2);
+  EXPECT_TRUE(c.canPull(1));
+  EXPECT_EQ(c.onPush(1, c.version()).verdict, Verdict::kAggregate);
+  EXPECT_FALSE(c.canPull(1));
+  EXPECT_TRUE(c.onPush(0, c.version()).closesRound);
+}
+
+// A follower (backup agreement): counted pushes wait for the coordinator's decision, which
+// drops the pushes outside it, admits a member's late arrival and refuses a non-member's.
+TEST(ConsistencyTest, FollowedRoundsCloseOnTheDecision) {
+  ConsistencyOptions o = options(Mode::kBsp, 3, 0, 1);
+  o.followRounds = true;
+  Consistency c(o);
+  EXPECT_FALSE(c.onPush(1, 0).closesRound);
+  EXPECT_FALSE(c.onPush(2, 0).closesRound);  // 2 = N - b pushes, but a follower does not close
+  EXPECT_FALSE(c.roundReady());
+  EXPECT_EQ(c.decideRound({1, 0, 1}), std::vector<int>{1});  // server 0 had workers 0 and 2
+  EXPECT_EQ(c.stats()[1].dropped, 1);
+  EXPECT_EQ(c.stats()[1].applied, 0);
+  EXPECT_FALSE(c.roundReady());                               // worker 0's push is still on its way
+  EXPECT_EQ(c.onPush(0, 0).verdict, Verdict::kAggregate);
+  EXPECT_TRUE(c.roundReady());
+  EXPECT_EQ(c.roundMembers(), (std::vector<uint8_t>{1, 0, 1}));
+  EXPECT_NE(errorOf([&] { c.decideRound({1, 1, 0}); }).find("already decided"), std::string::npos);
+  c.onApplied();
+  EXPECT_EQ(c.version(), 1);
+  EXPECT_TRUE(c.canPull(1));  // dropped: it gets the new parameters at once
+  // A member that dies before its push arrives: the round is ready without it.
+  c.onPush(1, 1);
+  c.decideRound({1, 1, 0});
+  EXPECT_FALSE(c.roundReady());
+  EXPECT_FALSE(c.onLeave(0, true));
+  EXPECT_TRUE(c.roundReady());
+  // A push to the decided round by a worker outside it is dropped.
+  EXPECT_EQ(c.onPush(2, 1).verdict, Verdict::kDrop);
+  c.onApplied();
+  // Without followRounds there is no decision to take.
+  Consistency plain(options(Mode::kBsp, 3, 0, 1));
+  EXPECT_NE(errorOf([&] { plain.decideRound({1, 1, 0}); }).find("followRounds"), std::string::npos);
+}
+
 TEST(ConsistencyTest, Errors) {
   Consistency c(options(Mode::kBsp, 2));
   EXPECT_NE(errorOf([&] { c.onPush(2, 0); }).find("worker 2 out of range [0, 2)"), std::string::npos);

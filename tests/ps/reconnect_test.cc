@@ -3,7 +3,9 @@
 // notice, wait for the new process, resynchronize with it (client.h) and finish. Checked: with
 // a checkpoint the new server resumes from it and every later push lands on it; without one it
 // starts from the values a worker last pulled, not from scratch; a client that may not
-// reconnect fails with PeerError as before; bsp rounds go on after the restart.
+// reconnect fails with PeerError as before; bsp rounds go on after the restart. And a worker
+// that dies and is restarted: the new process rejoins (Client::rejoin) at the step the server
+// counted for it, under bsp, asp and ssp.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -227,6 +229,128 @@ TEST(PsReconnect, BspRoundsGoOnAfterTheRestart) {
   for (float v : o.finalValues) EXPECT_FLOAT_EQ(v, kStart - static_cast<float>(2 * steps));
   std::remove(ckpt.c_str());
 }
+
+// ---- a worker that dies and is restarted (ServerOptions::workerRestarts) ----
+
+struct WorkerRestart {
+  ServerReport report;
+  std::vector<float> finalValues;
+  int64_t resumedAt = -1;             // what Client::rejoin returned to the new worker 1
+  int64_t secondPushes = 0;           // the new worker 1's pushes
+  std::vector<std::string> errors = std::vector<std::string>(kWorkers);
+};
+
+// Worker 1 pushes `before` times, dies (its transport closes, as when its process is killed)
+// and a new process takes rank 1 (a tcp context with rejoin): it calls rejoin() and pushes
+// until its clock reaches `steps`. Worker 0 pushes `steps` times, the second half after the
+// death. Gradient 1, lr 1, one server with workerRestarts = 1.
+WorkerRestart runWorkerRestart(Mode mode, int steps, int before) {
+  comm::MemoryStore store;
+  ShardPlan plan = ShardPlan::make({TensorSpec{"w", kNumel}}, 1);
+  ServerOptions so;
+  so.consistency.mode = mode;
+  so.consistency.workers = kWorkers;
+  so.consistency.staleness = 1;
+  so.workerRestarts = 1;
+  WorkerRestart out;
+  std::vector<std::unique_ptr<comm::tcp::Context>> ctx = connectWorld(&store);
+  Gate died;
+  std::thread server([&, g = group(std::move(ctx[kServerRank]))] {
+    Server srv(g, 0, {0, 1}, plan, so);
+    out.report = srv.run();
+    out.finalValues = srv.values();
+  });
+  const std::vector<float> grad(kNumel, 1.0f);
+  std::thread w0([&, g = group(std::move(ctx[0]))] {
+    try {
+      Client c(g, 0, {kServerRank}, plan, kTimeout);
+      std::vector<float> p(kNumel, kStart);
+      c.init({std::span<const float>(p)});
+      c.pull({std::span<float>(p)});
+      for (int s = 0; s < steps; ++s) {
+        if (s == steps / 2) died.waitFor(1);
+        c.push({std::span<const float>(grad)}, 1.0);
+        c.pull({std::span<float>(p)});
+      }
+      c.bye();
+    } catch (const std::exception& e) {
+      out.errors[0] = e.what();
+    }
+  });
+  std::thread w1([&, first = std::move(ctx[1])]() mutable {
+    try {
+      comm::Transport* t = first.get();
+      auto g = group(std::move(first));
+      {
+        Client c(g, 1, {kServerRank}, plan, kTimeout);
+        std::vector<float> p(kNumel, kStart);
+        c.pull({std::span<float>(p)});
+        for (int s = 0; s < before; ++s) {
+          c.push({std::span<const float>(grad)}, 1.0);
+          c.pull({std::span<float>(p)});
+        }
+        t->close();  // the process dies: the server sees the connection fail
+      }
+      g.reset();
+      died.arrive();
+      // The restarted process.
+      auto g2 = group(std::make_unique<comm::tcp::Context>(options(&store, 1, true)));
+      Client c(g2, 1, {kServerRank}, plan, kTimeout);
+      std::vector<float> p(kNumel, 0.0f);
+      out.resumedAt = c.rejoin({std::span<float>(p)});
+      for (int64_t s = out.resumedAt; s < steps; ++s) {
+        c.push({std::span<const float>(grad)}, 1.0);
+        c.pull({std::span<float>(p)});
+        ++out.secondPushes;
+      }
+      c.bye();
+    } catch (const std::exception& e) {
+      out.errors[1] = e.what();
+      died.arrive();
+    }
+  });
+  w0.join();
+  w1.join();
+  server.join();
+  return out;
+}
+
+class WorkerRestartTest : public ::testing::TestWithParam<Mode> {};
+
+TEST_P(WorkerRestartTest, ARestartedWorkerRejoinsWhereTheServerCountedIt) {
+  const Mode mode = GetParam();
+  const int steps = 8, before = 3;
+  WorkerRestart o = runWorkerRestart(mode, steps, before);
+  for (int w = 0; w < kWorkers; ++w) ASSERT_EQ(o.errors[static_cast<size_t>(w)], "") << "worker " << w;
+  const ServerReport& r = o.report;
+  EXPECT_EQ(r.failedWorkers, std::vector<int>{1});
+  EXPECT_EQ(r.rejoinedWorkers, std::vector<int>{1});
+  EXPECT_EQ(r.workers[1].rejoins, 1);
+  EXPECT_FALSE(r.workers[1].left && r.workers[1].failed);
+  // It resumes at its own count, or at worker 0's if that is further (it went on while worker
+  // 1 was away): never behind what it pushed, never past the end.
+  EXPECT_GE(o.resumedAt, before);
+  EXPECT_LE(o.resumedAt, steps);
+  EXPECT_EQ(r.workers[1].pushes, before + o.secondPushes);
+  EXPECT_EQ(r.workers[1].clock, steps);
+  EXPECT_EQ(r.workers[0].pushes, steps);
+  ASSERT_EQ(o.finalValues.size(), static_cast<size_t>(kNumel));
+  if (mode == Mode::kBsp) {
+    // Every round averages gradients of 1 at lr 1: -1 per round, partial rounds included.
+    EXPECT_GE(r.version, steps);
+    for (float v : o.finalValues) EXPECT_FLOAT_EQ(v, kStart - static_cast<float>(r.version));
+  } else {
+    // Every push is applied once, as 1/N of a step.
+    EXPECT_EQ(r.version, r.pushes);
+    for (float v : o.finalValues) EXPECT_FLOAT_EQ(v, kStart - 0.5f * static_cast<float>(r.pushes));
+  }
+  if (mode == Mode::kSsp) {
+    EXPECT_LE(r.workers[0].maxClockGap, 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, WorkerRestartTest, ::testing::Values(Mode::kBsp, Mode::kAsp, Mode::kSsp),
+                         [](const ::testing::TestParamInfo<Mode>& i) { return std::string(modeName(i.param)); });
 
 TEST(PsReconnect, WithoutReconnectingADeadServerIsAPeerError) {
   comm::MemoryStore store;

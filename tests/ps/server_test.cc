@@ -168,6 +168,7 @@ struct Job {
   // Runs the ranks; returns each rank's outcome.
   std::vector<std::exception_ptr> run() {
     server.consistency.workers = workers;
+    server.serverRanks = serverRanks();
     reports.assign(static_cast<size_t>(servers), {});
     serverValues.assign(static_cast<size_t>(servers), {});
     workerParams.assign(static_cast<size_t>(workers), {});
@@ -349,6 +350,156 @@ TEST(PsServer, BackupWorkerDropsLatePushes) {
   for (int w = 0; w < kSlow; ++w) {
     EXPECT_LT(job.workerSeconds[static_cast<size_t>(w)], 0.5 * job.workerSeconds[kSlow]) << "worker " << w;
   }
+}
+
+// ---- 4b. backup workers: every server applies the same pushes ----
+
+// Sends a raw header and its payload to `server`; returns the answer's op and payload bytes.
+std::pair<Op, std::string> rawCall(comm::ProcessGroup& g, int server, const Header& h, const void* payload) {
+  const auto bytes = encodeHeader(h);
+  g.send(server, kHeaderTag, bytes.data(), bytes.size());
+  if (h.payloadBytes > 0) g.send(server, kPayloadTag, payload, h.payloadBytes);
+  std::array<uint8_t, kHeaderBytes> in{};
+  g.recv(server, kHeaderTag, in.data(), in.size());
+  const Header a = decodeHeader(in);
+  std::string msg(a.payloadBytes, '\0');
+  if (!msg.empty()) g.recv(server, kPayloadTag, msg.data(), msg.size());
+  return {a.op, msg};
+}
+
+// Server s's part of a whole-model vector: its slices in order.
+std::vector<float> shardOf(const ShardPlan& plan, int s, const std::vector<float>& whole) {
+  std::vector<float> out;
+  for (int k = plan.firstSlice(s); k < plan.firstSlice(s) + plan.sliceCount(s); ++k) {
+    const Slice& sl = plan.slices()[static_cast<size_t>(k)];
+    out.insert(out.end(), whole.begin() + sl.key, whole.begin() + sl.key + sl.numel);
+  }
+  return out;
+}
+
+// Three workers, one backup, two servers, one round, with raw messages so that the servers see
+// the pushes in different orders: server 0 gets workers 0 and 2 first, server 1 gets 1 and 2.
+// Deciding alone, server 1 would apply workers 1 and 2 while server 0 applies 0 and 2: one
+// model, two different updates. With the agreement both apply 0 and 2 and drop 1.
+TEST(PsServer, BackupWorkersTheServersAgreeOnEachRound) {
+  constexpr int kWorkers = 3, kServers = 2;
+  const ShardPlan plan = ShardPlan::make(modelSpecs(), kServers);
+  ServerOptions so;
+  so.consistency.workers = kWorkers;
+  so.consistency.backup = 1;
+  so.serverRanks = {kWorkers, kWorkers + 1};
+  constexpr double kLr = 0.1;
+  const std::vector<float> init = flat(initialParams(plan));
+  std::vector<ServerReport> reports(kServers);
+  std::vector<std::vector<float>> values(kServers);
+  std::vector<std::vector<float>> pulled(kWorkers * kServers);
+  std::atomic<int> phase{0};
+  auto waitPhase = [&](int p) {
+    while (phase.load() < p) sleepMs(2);
+  };
+  auto outcome = testutil::runRanksCollect(kWorkers + kServers, RankOptions{}, [&](comm::ProcessGroup& g) {
+    const int r = g.rank();
+    if (r >= kWorkers) {
+      Server srv(borrow(g), r - kWorkers, {0, 1, 2}, plan, so);
+      reports[static_cast<size_t>(r - kWorkers)] = srv.run();
+      values[static_cast<size_t>(r - kWorkers)] = srv.values();
+      return;
+    }
+    const std::vector<float> grad = flat(gradient(initialParams(plan), r));
+    auto request = [&](int s, Op op) {
+      Header h;
+      h.op = op;
+      h.worker = r;
+      h.server = s;
+      h.fingerprint = plan.fingerprint();
+      h.lr = kLr;
+      h.firstSlice = plan.firstSlice(s);
+      return h;
+    };
+    auto push = [&](int s) {
+      Header h = request(s, Op::kPush);
+      const std::vector<float> part = shardOf(plan, s, grad);
+      h.payloadBytes = part.size() * sizeof(float);
+      const auto [op, msg] = rawCall(g, kWorkers + s, h, part.data());
+      EXPECT_EQ(op, Op::kAck) << "worker " << r << " server " << s << ": " << msg;
+    };
+    if (r == 0) {
+      for (int s = 0; s < kServers; ++s) {
+        Header h = request(s, Op::kInit);
+        const std::vector<float> part = shardOf(plan, s, init);
+        h.payloadBytes = part.size() * sizeof(float);
+        EXPECT_EQ(rawCall(g, kWorkers + s, h, part.data()).first, Op::kAck);
+      }
+      phase = 1;
+      waitPhase(2);
+      push(0);
+      phase = 3;
+      waitPhase(4);
+      push(1);  // the member server 1 waits for
+    } else if (r == 1) {
+      waitPhase(1);
+      push(1);
+      phase = 2;
+      waitPhase(4);
+      push(0);  // late on server 0, whose round has closed
+    } else {
+      waitPhase(3);
+      push(0);  // server 0's second push: it closes the round with workers 0 and 2
+      push(1);
+      phase = 4;
+    }
+    for (int s = 0; s < kServers; ++s) {
+      const auto [op, msg] = rawCall(g, kWorkers + s, request(s, Op::kPull), nullptr);
+      EXPECT_EQ(op, Op::kParams);
+      pulled[static_cast<size_t>(r * kServers + s)].assign(reinterpret_cast<const float*>(msg.data()),
+                                                           reinterpret_cast<const float*>(msg.data()) + msg.size() / 4);
+      EXPECT_EQ(rawCall(g, kWorkers + s, request(s, Op::kBye), nullptr).first, Op::kAck);
+    }
+  });
+  for (size_t r = 0; r < outcome.size(); ++r) {
+    ASSERT_EQ(outcome[r], nullptr) << "rank " << r << ": " << testutil::messageOf(outcome[r]);
+  }
+  // sgd without momentum: one step on the average of workers 0 and 2.
+  const std::vector<float> g0 = flat(gradient(initialParams(plan), 0)), g2 = flat(gradient(initialParams(plan), 2));
+  std::vector<float> want = init;
+  for (size_t i = 0; i < want.size(); ++i) {
+    want[i] = static_cast<float>(init[i] - kLr * ((static_cast<double>(g0[i]) + g2[i]) / 2));
+  }
+  for (int s = 0; s < kServers; ++s) {
+    const ServerReport& rep = reports[static_cast<size_t>(s)];
+    SCOPED_TRACE(str("server ", s));
+    EXPECT_EQ(rep.version, 1);
+    EXPECT_EQ(rep.decisions, 1);
+    EXPECT_EQ(rep.workers[0].applied, 1);
+    EXPECT_EQ(rep.workers[1].applied, 0);
+    EXPECT_EQ(rep.workers[1].dropped, 1);
+    EXPECT_EQ(rep.workers[2].applied, 1);
+    expectNear(values[static_cast<size_t>(s)], shardOf(plan, s, want), "shard");
+    for (int w = 0; w < kWorkers; ++w) expectNear(pulled[static_cast<size_t>(w * kServers + s)], values[static_cast<size_t>(s)], "pull");
+  }
+}
+
+// Many rounds with a slow worker: whatever the arrival order, every server applies and drops
+// the same pushes, worker by worker.
+TEST(PsServer, BackupWorkersAgreeOverManyRounds) {
+  Job job;
+  job.workers = 4;
+  job.servers = 3;
+  job.plan = ShardPlan::make(modelSpecs(), 3);
+  job.server.consistency.backup = 1;
+  job.work = trainLoop(job, 12, 0.05, [](int w, int s) {
+    if (w == 3 || (w + s) % 3 == 0) sleepMs(3 * (1 + (w + s) % 4));
+  });
+  job.runOk();
+  for (size_t s = 1; s < job.reports.size(); ++s) {
+    for (int w = 0; w < job.workers; ++w) {
+      EXPECT_EQ(job.reports[s].workers[static_cast<size_t>(w)].applied, job.reports[0].workers[static_cast<size_t>(w)].applied)
+          << "server " << s << " worker " << w;
+    }
+    EXPECT_EQ(job.reports[s].version, job.reports[0].version);
+    EXPECT_EQ(job.reports[s].decisions, job.reports[0].decisions);
+  }
+  EXPECT_EQ(job.reports[0].decisions, job.reports[0].version);
 }
 
 // ---- 5. malformed messages ----

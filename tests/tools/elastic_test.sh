@@ -12,7 +12,9 @@
 #   5. a worker whose own code never returns (it spins) gets a stall report naming it and the
 #      call the others wait in, and is excluded when the collective timeout has passed;
 #   6. a run killed with SIGKILL while it writes a checkpoint leaves the previous one loadable,
-#      and --resume removes the unfinished temporary and goes on from it.
+#      and --resume removes the unfinished temporary and goes on from it;
+#   7. with top-k compression, worker 2 killed at step 5: the survivors carry the compression
+#      state of the 3 surviving ranks of 4 (rank 0 logs it) and the run finishes.
 # usage: bash elastic_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: elastic_test.sh BUILD_DIR [SOURCE_DIR]}
@@ -152,6 +154,16 @@ else
   [ $rc -eq 0 ] && grep -q "an unfinished checkpoint of a writer that is gone" "$TMP/ck2.out" \
     && pass "--resume removed the unfinished temporary and went on" || { fail "resume after the kill: exit $rc"; tail -5 "$TMP/ck2.out"; }
 fi
+
+# --- 7. compression state survives a re-forming: the residuals of 3 of 4 ranks are carried
+CHORUS_FAULT=kill:2:5 CHORUS_LOG_LEVEL=info "$CHORUS" train --nproc 4 --min 2 "${COMMON[@]}" \
+  --set compression.method=topk --set compression.ratio=0.05 --set "output.dir=$TMP/topk" \
+  > "$TMP/topk.out" 2> "$TMP/topk.err"
+rc=$?
+[ $rc -eq 0 ] && pass "a top-k run finished after a worker was killed" || { fail "top-k elastic run exit $rc"; tail -20 "$TMP/topk.err"; }
+grep -q "compression state of step 5 carried from 3 of 4 ranks to 3 (the missing ranks' residuals are lost)" "$TMP/topk.err" \
+  && pass "the survivors carried the compression state of 3 of 4 ranks" \
+  || { fail "no 'carried from 3 of 4 ranks' line"; grep -i "compression state\|resuming" "$TMP/topk.err" | head -5; }
 
 echo "$failures failed"
 [ $failures -eq 0 ]

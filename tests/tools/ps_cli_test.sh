@@ -3,7 +3,9 @@
 # starts N workers and S servers that write their reports; `chorus launch --servers` does the
 # same; in asp a worker killed mid-run does not stop the job (the servers report it, the other
 # workers finish); with --resume the servers reload their checkpointed shards; with ps.restarts a
-# server killed mid-run is started again, reloads its shard, and the workers reconnect to it;
+# server killed mid-run is started again, reloads its shard, and the workers reconnect to it; a
+# worker killed mid-run is started again and rejoins where the servers counted it (bsp, asp,
+# ssp); with backup workers both servers apply the same pushes;
 # under asp a worker that diverges still ends the whole job (exit status 3).
 # usage: bash ps_cli_test.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -59,17 +61,23 @@ out=$("$CHORUS" launch -n 2 --keep-going -- true 2>&1)
 # --restarts: the server rank (1) fails twice and is started again each time, with the rejoin
 # variables; the worker (0) is never restarted.
 out=$("$CHORUS" launch -n 1 --servers 1 --restarts 2 -- sh -c \
-  'echo "$CHORUS_RANK $CHORUS_REJOIN $CHORUS_RESTART_COUNT"; [ "$CHORUS_RANK" = 0 ] || [ "$CHORUS_RESTART_COUNT" = 2 ] || exit 3' 2>&1)
+  'echo "$CHORUS_RANK $CHORUS_REJOIN $CHORUS_RESTART_COUNT"; [ "$CHORUS_RANK" = 0 ] || [ "$CHORUS_RESTART_COUNT" = 2 ] || exit 4' 2>&1)
 rc=$?
-[ $rc -eq 0 ] && grep -q "rank 1 exited with status 3; restarting it (restart 2 of 2)" <<<"$out" \
+[ $rc -eq 0 ] && grep -q "rank 1 exited with status 4; restarting it (restart 2 of 2)" <<<"$out" \
   && grep -q "^\[rank 1\] 1 join 2$" <<<"$out" && grep -q "^\[rank 0\] 0 accept 0$" <<<"$out" \
   && pass "launch --restarts starts a failed server again with CHORUS_REJOIN=join" || fail "launch --restarts: rc $rc: $out"
 # The worker (rank 0) sleeps, so it is certainly still running when the server gives up: the
 # launcher must stop it (a worker that exits at once races the server's second failure).
-out=$("$CHORUS" launch -n 1 --servers 1 --restarts 1 -- sh -c '[ "$CHORUS_RANK" = 0 ] && exec sleep 60; exit 3' 2>&1)
+out=$("$CHORUS" launch -n 1 --servers 1 --restarts 1 -- sh -c '[ "$CHORUS_RANK" = 0 ] && exec sleep 60; exit 4' 2>&1)
 rc=$?
-[ $rc -eq 3 ] && [ "$(grep -c "restarting it" <<<"$out")" = 1 ] && grep -q "rank 1 exited with status 3; stopped the other 1 rank" <<<"$out" \
+[ $rc -eq 4 ] && [ "$(grep -c "restarting it" <<<"$out")" = 1 ] && grep -q "rank 1 exited with status 4; stopped the other 1 rank" <<<"$out" \
   && pass "launch --restarts gives up after R restarts" || fail "launch --restarts limit: rc $rc: $out"
+
+# Exit status 3 (a diverged rank, kFatalExitStatus) is never restarted: the job ends.
+out=$("$CHORUS" launch -n 1 --servers 1 --restarts 2 -- sh -c '[ "$CHORUS_RANK" = 0 ] && exec sleep 60; exit 3' 2>&1)
+rc=$?
+[ $rc -eq 3 ] && ! grep -q "restarting it" <<<"$out" && pass "launch --restarts does not restart a rank that exits with status 3" \
+  || fail "launch --restarts status 3: rc $rc: $out"
 
 # 3. asp: kill worker 1 mid-run; the servers go on, worker 0 finishes, the exit status tells.
 "$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set train.epochs=4 --set ps.servers=1 \
@@ -146,6 +154,42 @@ for mode in asp bsp; do
   $PY -c "import sys; sys.exit(0 if float('$acc') > 0.5 else 1)" && pass "$mode: trains on after the restart (accuracy $acc)" \
     || fail "$mode: accuracy $acc after the restart"
 done
+# 5b. A worker dies in a running job (ps.restarts = 1): the launcher starts it again, the new
+# process rejoins at the step the servers counted for it (its own pushes, or the slowest live
+# worker's count if further), and every worker ends with its pushes counted once.
+for mode in bsp asp ssp; do
+  out=$(CHORUS_FAULT=kill:1:12 timeout 120 "$CHORUS" train --nproc 2 "${SETS[@]}" --set train.epochs=2 --set ps.servers=2 \
+    --set ps.mode=$mode --set ps.staleness=2 --set ps.restarts=1 --set output.dir="$TMP/wrestart-$mode" 2>&1)
+  rc=$?
+  at=$(sed -n 's/.*worker 1 (restart 1) rejoined the job at step \([0-9]*\).*/\1/p' <<<"$out")
+  if [ $rc -ne 0 ] || [ -z "$at" ] || ! grep -q "rank 1 was killed by signal 9 (SIGKILL); restarting it (restart 1 of 1)" <<<"$out"; then
+    fail "$mode worker restart: rc $rc: $out"
+    continue
+  fi
+  pass "$mode: the killed worker was restarted and rejoined at step $at"
+  # The new process's steps plus where it resumed make the run's 40; each server counted
+  # worker 1's 12 pushes before the kill plus the new process's, and the rejoin.
+  after=$(json "$TMP/wrestart-$mode/ps/worker1.jsonl" '[e["steps"] for e in ls if e["event"]=="summary"][-1]')
+  for s in 0 1; do
+    got=$(json "$TMP/wrestart-$mode/ps/server$s.json" '(j["w1_rejoins"], j["w1_pushes"] - 12 - '"$after"', j["rejoined_workers"])')
+    [ "$((at + after))" = 40 ] && [ "$got" = "(1, 0, 1)" ] && [ "$at" -ge 12 ] \
+      && pass "$mode: server $s counted the rejoin and worker 1's pushes once (resumed at $at, $after steps after)" \
+      || fail "$mode server$s: at $at after $after: $got: $(cat "$TMP/wrestart-$mode/ps/server$s.json")"
+  done
+done
+
+# 5c. Backup workers on two servers: both apply the same pushes in every round.
+out=$(timeout 120 "$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set ps.servers=2 --set ps.mode=bsp \
+  --set ps.backup=1 --set train.straggler_workers=[2] --set train.straggler_delay_ms=15 --set output.dir="$TMP/backup" 2>&1)
+rc=$?
+agree=$(json "$TMP/backup/ps/server0.json" 'j["decisions"] == j["version"] > 0' 2>&1)
+for w in 0 1 2; do
+  a0=$(json "$TMP/backup/ps/server0.json" "j['w${w}_applied'], j['w${w}_dropped']" 2>&1)
+  a1=$(json "$TMP/backup/ps/server1.json" "j['w${w}_applied'], j['w${w}_dropped']" 2>&1)
+  [ "$a0" = "$a1" ] || agree="worker $w: $a0 vs $a1"
+done
+[ $rc -eq 0 ] && [ "$agree" = True ] && pass "backup workers: both servers applied and dropped the same pushes" \
+  || fail "backup agreement: rc $rc: $agree: $out"
 out=$("$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=1 --set ps.restarts=1 --set ddp.transport=shm 2>&1)
 [ $? -ne 0 ] && grep -q "reconnects over tcp only" <<<"$out" && pass "ps.restarts with shm is refused" || fail "restarts+shm: $out"
 

@@ -565,7 +565,7 @@ class LocalJob {
       const bool tolerated = failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0 && !failedRank_ &&
                              !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus);
       if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
-          interruptSignal_ == 0 && !failedRank_ && restartEnv_) {
+          interruptSignal_ == 0 && !failedRank_ && restartEnv_ && !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus)) {
         restart(r);
       } else if (failed && elastic_.publish && interruptSignal_ == 0 && !failedRank_ &&
                  !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus)) {

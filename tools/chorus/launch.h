@@ -44,7 +44,8 @@ struct LaunchOptions {
   int tolerateBelow = 0;
   // Ranks [restartFrom, nproc) that fail while the job runs are started again, each up to
   // maxRestarts times (parameter servers: the new process reloads its shard and the workers
-  // reconnect to it). Then every rank gets CHORUS_REJOIN=accept and CHORUS_RESTART_COUNT=0, a
+  // reconnect to it; parameter-server workers under chorus train: the new process rejoins at
+  // the step the servers count for it), unless they exit with kFatalExitStatus. Then every rank gets CHORUS_REJOIN=accept and CHORUS_RESTART_COUNT=0, a
   // restarted one CHORUS_REJOIN=join and its restart number, and the ranks run over tcp.
   int restartFrom = 0;
   int maxRestarts = 0;

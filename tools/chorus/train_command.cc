@@ -221,7 +221,7 @@ int trainCommand(const std::vector<std::string>& args) {
       // asp and ssp go on without a failed worker, but not without one that diverged: main exits
       // with status 3 then, which the launcher never tolerates (launch.h, kFatalExitStatus).
       if (cfg.ps.mode != "bsp") lo.tolerateBelow = t.nproc;
-      lo.restartFrom = t.nproc;  // the servers
+      lo.restartFrom = 0;  // workers and servers
       lo.maxRestarts = static_cast<int>(cfg.ps.restarts);
     }
     lo.transport = cfg.ddp.transport;

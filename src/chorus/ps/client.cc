@@ -36,6 +36,7 @@ struct Client::Impl {
   Millis timeout;
   uint64_t fingerprint;
   std::vector<int64_t> versions;
+  std::vector<int64_t> serverClocks;  // per server, this worker's pushes it counts (last pull's answer)
   int64_t clock = 0;
   double pullWait = 0;
   uint64_t bytesPushed = 0;
@@ -181,6 +182,7 @@ struct Client::Impl {
           buf.resize(static_cast<size_t>(plan.load(s)));
           group->recvAsync(rank, kPayloadTag, buf.data(), bytes, timeout)->wait();
           versions[static_cast<size_t>(s)] = a.version;
+          serverClocks[static_cast<size_t>(s)] = a.clock;
         }
       } catch (const BadAnswer&) {
         throw;  // a live server that breaks the protocol: no restart fixes that
@@ -279,6 +281,7 @@ Client::Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::
   c.timeout = timeout;
   c.fingerprint = c.plan.fingerprint();
   c.versions.assign(static_cast<size_t>(c.plan.servers()), 0);
+  c.serverClocks.assign(static_cast<size_t>(c.plan.servers()), 0);
   c.reconnectTimeout = reconnectTimeout;
   c.lastPulled.resize(static_cast<size_t>(c.plan.servers()));
   c.epochs.resize(static_cast<size_t>(c.plan.servers()));
@@ -376,6 +379,13 @@ void Client::pull(const std::vector<std::span<float>>& params) {
   }
   for (int s = 0; s < c.servers(); ++s) c.scatter(c.lastPulled[static_cast<size_t>(s)], params, s);
   c.pullWait += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+int64_t Client::rejoin(const std::vector<std::span<float>>& params) {
+  Impl& c = *impl_;
+  pull(params);
+  c.clock = *std::max_element(c.serverClocks.begin(), c.serverClocks.end());
+  return c.clock;
 }
 
 void Client::bye() {

@@ -70,6 +70,13 @@ class Client {
   void push(const std::vector<std::span<const float>>& grads, double lr);
   // Fetches every server's parameters into params; blocks while consistency holds it back.
   void pull(const std::vector<std::span<float>>& params);
+  // A process restarted in place of this worker after it failed (the servers run with
+  // ServerOptions::workerRestarts) calls this instead of init: it pulls the servers'
+  // parameters and returns the step to resume at, the most pushes any server counts for this
+  // worker (a server raises that to the slowest live worker's count when the worker rejoins,
+  // server.h); clock() goes on from there. A server that has not yet seen the restart holds
+  // the pull until it has (it polls for restarted workers).
+  int64_t rejoin(const std::vector<std::span<float>>& params);
   // Tells every server this worker is done. The destructor does it if not done, except while
   // an exception unwinds the stack: then the servers see the worker fail when its transport
   // closes (as if its process had died), rather than a clean goodbye.

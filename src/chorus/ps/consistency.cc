@@ -46,7 +46,11 @@ Consistency::Consistency(ConsistencyOptions opts) : opts_(opts) {
     throw InvalidArgument(str("consistency: backup workers (", opts_.backup, ") only apply to bsp, not ",
                               modeName(opts_.mode), "; set backup to 0"));
   }
+  if (opts_.followRounds && opts_.mode != Mode::kBsp) {
+    throw InvalidArgument(str("consistency: followRounds applies to bsp, not ", modeName(opts_.mode)));
+  }
   lastRound_.assign(opts_.workers, -1);
+  inRound_.assign(opts_.workers, 0);
   stats_.resize(opts_.workers);
 }
 
@@ -85,7 +89,8 @@ Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn) {
   }
   d.round = basedOn;
   lastRound_[worker] = basedOn;
-  const bool closed = roundPushes_ > 0 && roundPushes_ >= roundNeeds();
+  const bool closed = opts_.followRounds ? decided_ && members_[worker] == 0
+                                         : roundPushes_ > 0 && roundPushes_ >= roundNeeds();
   if (basedOn < version_ || closed) {
     d.verdict = Verdict::kDrop;
     ++st.dropped;
@@ -94,17 +99,72 @@ Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn) {
   d.verdict = Verdict::kAggregate;
   ++st.applied;
   ++roundPushes_;
-  d.closesRound = roundPushes_ >= roundNeeds();
+  inRound_[worker] = 1;
+  d.closesRound = !opts_.followRounds && roundPushes_ >= roundNeeds();
   return d;
 }
 
 void Consistency::onApplied() {
-  if (opts_.mode == Mode::kBsp) {
+  if (opts_.followRounds) {
+    CHORUS_CHECK(roundReady(), "bsp onApplied() with round ", version_, " not ready (decided: ", decided_, ")");
+    decided_ = false;
+    members_.clear();
+  } else if (opts_.mode == Mode::kBsp) {
     CHORUS_CHECK(roundPushes_ > 0 && roundPushes_ >= roundNeeds(), "bsp onApplied() with round ",
                  version_, " open (", roundPushes_, " of ", roundNeeds(), " pushes)");
-    roundPushes_ = 0;
   }
+  roundPushes_ = 0;
+  std::fill(inRound_.begin(), inRound_.end(), uint8_t{0});
   ++version_;
+}
+
+std::vector<uint8_t> Consistency::roundMembers() const { return inRound_; }
+
+std::vector<int> Consistency::decideRound(const std::vector<uint8_t>& members) {
+  if (!opts_.followRounds) throw InvalidArgument("consistency: decideRound() needs followRounds (bsp)");
+  if (decided_) throw InvalidArgument(str("consistency: round ", version_, " is already decided"));
+  if (members.size() != static_cast<size_t>(opts_.workers)) {
+    throw InvalidArgument(str("consistency: a decision for ", members.size(), " workers, this server has ", opts_.workers));
+  }
+  decided_ = true;
+  members_ = members;
+  std::vector<int> dropped;
+  for (int w = 0; w < opts_.workers; ++w) {
+    if (inRound_[w] != 0 && members_[w] == 0) {
+      inRound_[w] = 0;
+      --roundPushes_;
+      --stats_[w].applied;
+      ++stats_[w].dropped;
+      dropped.push_back(w);
+    }
+  }
+  return dropped;
+}
+
+bool Consistency::roundReady() const {
+  if (!decided_) return false;
+  for (int w = 0; w < opts_.workers; ++w) {
+    if (members_[w] != 0 && inRound_[w] == 0 && !stats_[w].left) return false;
+  }
+  return true;
+}
+
+int64_t Consistency::onRejoin(int worker) {
+  checkWorker(worker, opts_.workers, "rejoin");
+  WorkerStats& st = stats_[worker];
+  if (!st.left || !st.failed) {
+    throw InvalidArgument(str("consistency rejoin: worker ", worker, st.left ? " said goodbye" : " is live",
+                              "; only a worker that failed can be taken over by a restarted process"));
+  }
+  int64_t lo = INT64_MAX;
+  for (int w = 0; w < opts_.workers; ++w) {
+    if (w != worker && !stats_[w].left) lo = std::min(lo, stats_[w].clock);
+  }
+  if (lo != INT64_MAX) st.clock = std::max(st.clock, lo);
+  st.left = false;
+  st.failed = false;
+  ++st.rejoins;
+  return st.clock;
 }
 
 bool Consistency::canPull(int worker) const {
@@ -130,7 +190,8 @@ bool Consistency::onLeave(int worker, bool failed) {
   const bool wasOpen = roundPushes_ < roundNeeds();
   st.left = true;
   st.failed = failed;
-  return opts_.mode == Mode::kBsp && wasOpen && roundPushes_ > 0 && roundPushes_ >= roundNeeds();
+  return opts_.mode == Mode::kBsp && !opts_.followRounds && wasOpen && roundPushes_ > 0 &&
+         roundPushes_ >= roundNeeds();
 }
 
 int Consistency::liveWorkers() const {

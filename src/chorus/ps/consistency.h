@@ -25,6 +25,17 @@
 // there is nothing to wait for. A push basedOn > version is malformed (a version that does
 // not exist yet) and is refused.
 //
+// A worker that died can come back (a restarted process, onRejoin): it is live again, and its
+// clock moves up to the lowest clock of the other live workers, so that it resumes with them
+// instead of holding ssp's bound back by the steps it missed.
+//
+// Following rounds (followRounds, bsp with backup workers on every server but the
+// coordinator): the round does not close on a count. Pushes basedOn == version are held as
+// counted until decideRound(members) says which pushes form it (the coordinator's choice,
+// protocol.h); the others are then dropped, and so is any later push to the round by a worker
+// outside it. roundReady() says when every member's push is in (or the member left); the
+// caller applies the members' average and calls onApplied().
+//
 // Instrumentation (stats()): per worker, pushes, applied and dropped pushes, staleness
 // (max and sum, in updates, asp/ssp), and the largest clock gap clock(w) - min seen when one
 // of its pulls was granted (ssp keeps it <= s; the tests check that).
@@ -47,6 +58,7 @@ struct ConsistencyOptions {
   int workers = 1;    // N >= 1
   int staleness = 0;  // ssp: s >= 0
   int backup = 0;     // bsp: b in [0, N); a round closes after N - b pushes
+  bool followRounds = false;  // bsp: rounds close by decideRound() only (see above)
 };
 
 struct WorkerStats {
@@ -54,6 +66,7 @@ struct WorkerStats {
   int64_t maxStaleness = 0, sumStaleness = 0;  // in updates, over applied asp/ssp pushes
   int64_t maxClockGap = 0;                     // at granted pulls
   int64_t clock = 0;
+  int64_t rejoins = 0;                         // times a restarted process took its place
   bool left = false, failed = false;
 };
 
@@ -86,6 +99,24 @@ class Consistency {
   // least one was counted): the caller applies what it has, then calls onApplied(). A second
   // leave by the same worker changes nothing and returns false.
   bool onLeave(int worker, bool failed);
+  // A restarted process took the place of `worker`, which failed: it is live again, its clock
+  // is raised to the lowest clock of the other live workers (if higher), and that clock is
+  // returned (the worker resumes at that step). Throws InvalidArgument for a worker that did
+  // not fail or is live.
+  int64_t onRejoin(int worker);
+
+  // bsp: the workers whose pushes count in the open round so far (the coordinator's decision).
+  std::vector<uint8_t> roundMembers() const;
+  // followRounds: the coordinator's decision for the open round. Returns the workers whose
+  // counted pushes it drops. Throws InvalidArgument outside followRounds, on a second decision
+  // for the same round, or a members list of the wrong size.
+  std::vector<int> decideRound(const std::vector<uint8_t>& members);
+  // followRounds: the open round is decided and every member's push is in or the member left.
+  bool roundReady() const;
+  bool roundDecided() const { return decided_; }
+  const std::vector<uint8_t>& decidedMembers() const { return members_; }
+  // followRounds: whether worker's push is counted in the open round.
+  bool inRound(int worker) const { return inRound_[static_cast<size_t>(worker)] != 0; }
 
   int64_t version() const { return version_; }
   int liveWorkers() const;
@@ -102,6 +133,9 @@ class Consistency {
   int64_t version_ = 0;
   int roundPushes_ = 0;
   std::vector<int64_t> lastRound_;  // bsp: round each worker last pushed to; -1 before any
+  std::vector<uint8_t> inRound_;    // bsp: counted in the open round
+  std::vector<uint8_t> members_;    // followRounds: the decided round's members
+  bool decided_ = false;            // followRounds: the open round is decided
   std::vector<WorkerStats> stats_;
 };
 

@@ -88,4 +88,40 @@ Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& b) {
   return h;
 }
 
+std::vector<uint8_t> encodeDecision(const Decision& d) {
+  std::vector<uint8_t> b(decisionBytes(static_cast<int>(d.members.size())));
+  auto put = [&](size_t at, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) b[at + static_cast<size_t>(i)] = static_cast<uint8_t>(v >> (8 * i));
+  };
+  put(0, kDecisionMagic, 4);
+  put(4, d.members.size(), 4);
+  put(8, static_cast<uint64_t>(d.round), 8);
+  for (size_t w = 0; w < d.members.size(); ++w) b[16 + w] = d.members[w] != 0 ? 1 : 0;
+  return b;
+}
+
+Decision decodeDecision(const std::vector<uint8_t>& b, int workers) {
+  if (b.size() != decisionBytes(workers)) {
+    throw InvalidArgument(str("ps decision: ", b.size(), " bytes, expected ", decisionBytes(workers), " for ", workers,
+                              " workers"));
+  }
+  auto get = [&](size_t at, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; ++i) v |= uint64_t{b[at + static_cast<size_t>(i)]} << (8 * i);
+    return v;
+  };
+  if (get(0, 4) != kDecisionMagic) throw InvalidArgument(str("ps decision: bad magic 0x", std::hex, get(0, 4)));
+  if (get(4, 4) != static_cast<uint64_t>(workers)) {
+    throw InvalidArgument(str("ps decision: for ", get(4, 4), " workers, this server has ", workers,
+                              "; every server must be started with the same workers"));
+  }
+  Decision d;
+  d.round = static_cast<int64_t>(get(8, 8));
+  d.members.assign(b.begin() + 16, b.end());
+  for (size_t w = 0; w < d.members.size(); ++w) {
+    if (d.members[w] > 1) throw InvalidArgument(str("ps decision: member byte ", int{d.members[w]}, " for worker ", w));
+  }
+  return d;
+}
+
 }  // namespace chorus::ps

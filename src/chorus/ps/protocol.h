@@ -39,11 +39,19 @@
 // answered with kError naming the field, the value and the expected one; the server keeps
 // running and the payload, if any, is received and dropped (up to kMaxPayloadBytes; a larger
 // claimed payload ends the connection to that worker, since it cannot be drained safely).
+//
+// Between servers (bsp with backup workers and more than one server): the round's decision.
+// Server 0 coordinates: when its round closes it sends every other server, under
+// kDecisionTag, which workers' pushes form the round; they apply exactly those (server.h).
+// A decision is decisionBytes(N) bytes: u32 magic kDecisionMagic, u32 N (workers), i64 round
+// (the coordinator's version; -1: the coordinator is done, nothing follows), then one byte
+// per worker, 1 when its push is in the round.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace chorus::ps {
 
@@ -56,6 +64,10 @@ inline constexpr uint8_t kFlagCodec = 1;  // the push payload is a codec message
 // The largest codec message a server of `load` floats accepts: a sparse message of every
 // entry (a 4-byte index and a 4-byte value each) plus a small header, with room to spare.
 inline constexpr uint64_t maxCodecPayload(int64_t load) { return 16 * static_cast<uint64_t>(load) + 4096; }
+
+inline constexpr uint32_t kDecisionTag = 0x5055;
+inline constexpr uint32_t kDecisionMagic = 0x43505344;  // "CPSD"
+inline constexpr size_t decisionBytes(int workers) { return 16 + static_cast<size_t>(workers); }
 
 enum class Op : uint8_t { kInit = 1, kPush = 2, kPull = 3, kBye = 4, kAck = 16, kParams = 17, kError = 18 };
 const char* opName(Op op);
@@ -78,5 +90,14 @@ std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h);
 // Throws InvalidArgument on a bad magic, an unknown op, an unknown flag, or a codec without
 // kFlagCodec or kFlagCodec without one (naming the bytes found).
 Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& bytes);
+
+struct Decision {
+  int64_t round = 0;               // -1: the coordinator is done
+  std::vector<uint8_t> members;    // per worker: 1 when its push is in the round
+};
+std::vector<uint8_t> encodeDecision(const Decision& d);
+// Throws InvalidArgument on a size other than decisionBytes(workers), a bad magic, another
+// worker count, or a member byte other than 0 and 1 (naming what was found).
+Decision decodeDecision(const std::vector<uint8_t>& bytes, int workers);
 
 }  // namespace chorus::ps

@@ -18,6 +18,12 @@
 //   bye   the worker leaves; kAck.
 // Answers go out with sendAsync; their buffers stay in `outbox` until the sends complete.
 //
+// Backup agreement (server.h): server 0 sends each round's members from closeRound() before it
+// applies; a follower keeps one decision receive posted on server 0, holds each counted push's
+// gradient apart (roundGrads) and closes the round in closeFollowed() once it is decided and
+// every member's push is in or the member left. Restarted workers: revive() polls the peer
+// epochs of failed workers that may come back, and re-admits them.
+//
 // Checkpoint file (little-endian, written to a temp file, fsynced, renamed over the path):
 //   "CPSCKPT2"  u8[32] SHA-256 of the body (everything after it)
 //   body: u32 server  u64 fingerprint  i64 version  i64 load  u32 slices
@@ -61,6 +67,8 @@ namespace {
 // Header receives stay posted while a worker computes; with no idle limit they must not
 // expire (an expired request fails the transport), so they get a deadline far away.
 constexpr Millis kForever{int64_t{1000} * 3600 * 24 * 365};
+// How often the loop looks for restarted workers (or a restarted coordinator) while one may come.
+constexpr Millis kRejoinPoll{100};
 
 double secondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -278,6 +286,7 @@ struct Server::Impl {
     std::array<uint8_t, kHeaderBytes> header;
     std::vector<float> values;  // kParams
     std::string text;           // kError
+    std::vector<uint8_t> raw;   // a decision (to other servers)
     std::vector<comm::WorkPtr> works;
   };
 
@@ -306,8 +315,8 @@ struct Server::Impl {
   std::atomic<int64_t> busyNs{0};
 
   // The comm thread's state.
-  // Receive buffers stay put (posted receives point into them) and are given up, not freed,
-  // when run() fails with receives still posted (abandon()).
+  // Receive buffers stay put while receives into them are posted; a failing run() aborts the
+  // group first, which cancels those receives.
   std::vector<std::unique_ptr<std::array<uint8_t, kHeaderBytes>>> headerBuf;
   std::vector<comm::WorkPtr> headerWork;
   std::vector<bool> live;
@@ -315,6 +324,17 @@ struct Server::Impl {
   std::vector<double> roundSum;  // bsp: the open round's gradient sum
   double roundLr = 0;
   int roundCount = 0;
+  // Backup agreement (server.h).
+  bool coordinator = false, follower = false;
+  std::vector<std::vector<float>> roundGrads;  // follower: each counted push's gradient
+  std::vector<uint8_t> decisionBuf;
+  comm::WorkPtr decisionWork;                   // follower: the posted decision receive
+  bool coordinatorDone = false, coordinatorDown = false;
+  uint64_t coordinatorEpoch = 0;
+  // Restarted workers: the peer epoch last seen per worker, and rejoins so far.
+  std::vector<uint64_t> epochSeen;
+  std::vector<int> rejoinCount;
+  Clock::time_point lastMessage = Clock::now();
   int64_t lastCheckpoint = 0;
   std::list<Outgoing> outbox;  // a list: posted sends point into its elements, which must not move
   std::map<uint16_t, std::unique_ptr<compress::Codec>> decoders;  // by the header's codec id
@@ -328,6 +348,13 @@ struct Server::Impl {
 
   void postHeader(int w);
   void serve();
+  bool mayRejoin();
+  void revive();
+  void waitForRejoin();
+  void postDecision();
+  void onDecision();
+  void sendDecisions(int64_t round, const std::vector<uint8_t>& members);
+  void closeFollowed();
   void handle(int w);
   std::string validate(int w, const Header& h);
   void receivePayload(int w, void* data, uint64_t bytes);
@@ -343,7 +370,6 @@ struct Server::Impl {
   void post(int w, Outgoing& out);
   void sendError(int w, const std::string& msg);
   void pruneOutbox(bool block);
-  void abandon();
   void maybeCheckpoint(bool force);
   void saveCheckpoint();
   void loadCheckpoint();
@@ -405,7 +431,34 @@ Server::Impl::Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::
   headerWork.resize(static_cast<size_t>(workers));
   live.assign(static_cast<size_t>(workers), true);
   pullQueued.assign(static_cast<size_t>(workers), false);
+  epochSeen.assign(static_cast<size_t>(workers), 0);
+  rejoinCount.assign(static_cast<size_t>(workers), 0);
   report.server = index;
+  if (opts.workerRestarts < 0) {
+    throw InvalidArgument(str("ps server ", index, ": workerRestarts = ", opts.workerRestarts, "; must be >= 0"));
+  }
+  if (opts.consistency.mode == Mode::kBsp && opts.consistency.backup > 0 && plan.servers() > 1) {
+    if (static_cast<int>(opts.serverRanks.size()) != plan.servers()) {
+      throw InvalidArgument(str("ps server ", index, ": backup workers on ", plan.servers(), " servers need every ",
+                                "server's rank (ServerOptions::serverRanks, ", opts.serverRanks.size(),
+                                " given), so that they agree on each round's pushes"));
+    }
+    if (opts.serverRanks[static_cast<size_t>(index)] != group->rank()) {
+      throw InvalidArgument(str("ps server ", index, ": serverRanks[", index, "] = ", opts.serverRanks[static_cast<size_t>(index)],
+                                " but this process is rank ", group->rank()));
+    }
+    coordinator = index == 0;
+    follower = !coordinator;
+    if (follower) {
+      cons = Consistency([&] {
+        ConsistencyOptions c = opts.consistency;
+        c.followRounds = true;
+        return c;
+      }());
+      roundGrads.resize(static_cast<size_t>(workers));
+      decisionBuf.resize(decisionBytes(workers));
+    }
+  }
 
   if (opts.resume && !opts.checkpointPath.empty() && ::access(opts.checkpointPath.c_str(), F_OK) == 0) {
     loadCheckpoint();
@@ -428,9 +481,12 @@ void Server::Impl::postHeader(int w) {
 
 void Server::Impl::serve() {
   for (int w = 0; w < workers; ++w) postHeader(w);
+  if (follower) postDecision();
   std::vector<comm::WorkPtr> works;
-  std::vector<int> owner;
+  std::vector<int> owner;  // the worker of each work; -1: the decision receive
+  lastMessage = Clock::now();
   for (;;) {
+    if (mayRejoin() || coordinatorDown) revive();
     works.clear();
     owner.clear();
     for (int w = 0; w < workers; ++w) {
@@ -438,16 +494,38 @@ void Server::Impl::serve() {
       works.push_back(headerWork[static_cast<size_t>(w)]);
       owner.push_back(w);
     }
-    if (works.empty()) return;
+    if (works.empty()) {
+      if (mayRejoin()) {
+        waitForRejoin();
+        continue;
+      }
+      // A follower waits for the coordinator's last word, so its decision receive completes.
+      if (!decisionWork) return;
+      works.push_back(decisionWork);
+      owner.push_back(-1);
+    } else if (decisionWork) {
+      works.push_back(decisionWork);
+      owner.push_back(-1);
+    }
     pruneOutbox(false);
+    const bool polling = mayRejoin() || coordinatorDown;
+    Millis wait = opts.idle.count() > 0 ? opts.idle : kForever;
+    if (polling) wait = std::min(wait, kRejoinPoll);
     size_t i = 0;
     try {
-      i = group->waitAny(works, opts.idle.count() > 0 ? opts.idle : kForever);
+      i = group->waitAny(works, wait);
     } catch (const TimeoutError& e) {
+      const auto quiet = std::chrono::duration_cast<Millis>(Clock::now() - lastMessage);
+      if (polling && (opts.idle.count() == 0 || quiet < opts.idle)) continue;
       throw TimeoutError(str(who(), ": no message from any of the ", works.size(), " live workers for ",
-                             opts.idle.count(), " ms (ServerOptions::idle); they are stuck or gone: ", e.what()));
+                             quiet.count(), " ms (ServerOptions::idle); they are stuck or gone: ", e.what()));
     }
+    lastMessage = Clock::now();
     const int w = owner[i];
+    if (w < 0) {
+      onDecision();
+      continue;
+    }
     try {
       works[i]->test();
     } catch (const Error& e) {
@@ -457,6 +535,156 @@ void Server::Impl::serve() {
     report.bytesReceived += kHeaderBytes;
     handle(w);
   }
+}
+
+// A failed worker may still come back while its restarts last; so may a dead coordinator.
+bool Server::Impl::mayRejoin() {
+  std::lock_guard<std::mutex> lock(consMu);
+  for (int w = 0; w < workers; ++w) {
+    if (!live[static_cast<size_t>(w)] && rejoinCount[static_cast<size_t>(w)] < opts.workerRestarts &&
+        cons.stats()[static_cast<size_t>(w)].failed) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Re-admits every failed worker whose place a restarted process has taken, and re-posts the
+// decision receive on a restarted coordinator.
+void Server::Impl::revive() {
+  for (int w = 0; w < workers; ++w) {
+    const auto k = static_cast<size_t>(w);
+    if (live[k] || rejoinCount[k] >= opts.workerRestarts) continue;
+    int64_t clock = 0;
+    {
+      std::lock_guard<std::mutex> lock(consMu);
+      if (!cons.stats()[k].failed) continue;
+    }
+    const uint64_t epoch = group->peerEpoch(workerRanks[k]);
+    if (epoch <= epochSeen[k]) continue;
+    epochSeen[k] = epoch;
+    ++rejoinCount[k];
+    {
+      std::lock_guard<std::mutex> lock(consMu);
+      clock = cons.onRejoin(w);
+    }
+    live[k] = true;
+    pullQueued[k] = false;
+    report.rejoinedWorkers.push_back(w);
+    postHeader(w);
+    CHORUS_INFO(who(), ": a restarted process took the place of worker ", w, " (rank ", workerRanks[k],
+                "; restart ", rejoinCount[k], " of ", opts.workerRestarts, "); it resumes at step ", clock);
+  }
+  if (follower && coordinatorDown) {
+    const uint64_t epoch = group->peerEpoch(opts.serverRanks[0]);
+    if (epoch > coordinatorEpoch) {
+      coordinatorEpoch = epoch;
+      coordinatorDown = false;
+      CHORUS_INFO(who(), ": a restarted server 0 is back; following its decisions again");
+      postDecision();
+    }
+  }
+}
+
+// No live worker, but a failed one may come back: polls for it up to the group's timeout,
+// then gives up on every worker still away.
+void Server::Impl::waitForRejoin() {
+  const auto deadline = Clock::now() + group->timeout();
+  while (Clock::now() < deadline) {
+    revive();
+    if (std::find(live.begin(), live.end(), true) != live.end()) return;
+    std::this_thread::sleep_for(kRejoinPoll);
+  }
+  CHORUS_WARN(who(), ": no restarted process took the place of the failed workers within ", group->timeout().count(),
+              " ms; ending without them");
+  for (int w = 0; w < workers; ++w) rejoinCount[static_cast<size_t>(w)] = opts.workerRestarts;
+}
+
+void Server::Impl::postDecision() {
+  if (coordinatorDone) return;
+  decisionWork = group->recvAsync(opts.serverRanks[0], kDecisionTag, decisionBuf.data(), decisionBuf.size(), kForever);
+}
+
+// A follower's decision receive completed: the coordinator's round, its end, or its death.
+void Server::Impl::onDecision() {
+  comm::WorkPtr work = std::move(decisionWork);
+  decisionWork.reset();
+  try {
+    work->test();
+  } catch (const Error& e) {
+    coordinatorDown = true;
+    coordinatorEpoch = group->peerEpoch(opts.serverRanks[0]);
+    CHORUS_WARN(who(), ": lost server 0, which decides the rounds of backup workers: ", e.what(),
+                "; rounds wait for a restarted server 0");
+    return;
+  }
+  Decision d;
+  try {
+    d = decodeDecision(decisionBuf, workers);
+  } catch (const InvalidArgument& e) {
+    throw Error(str(who(), ": a malformed decision from server 0: ", e.what(), "; are the servers the same chorus version?"));
+  }
+  if (d.round < 0) {
+    coordinatorDone = true;
+    return;
+  }
+  ++report.decisions;
+  std::vector<int> dropped;
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    dropped = cons.decideRound(d.members);
+  }
+  for (int w : dropped) roundGrads[static_cast<size_t>(w)].clear();
+  closeFollowed();
+}
+
+// Server 0: the round's members to every other server, before it applies them.
+void Server::Impl::sendDecisions(int64_t round, const std::vector<uint8_t>& members) {
+  const std::vector<uint8_t> bytes = encodeDecision(Decision{round, members});
+  for (int s = 1; s < plan.servers(); ++s) {
+    Outgoing& out = outbox.emplace_back();
+    out.raw = bytes;
+    out.works.push_back(group->sendAsync(opts.serverRanks[static_cast<size_t>(s)], kDecisionTag, out.raw.data(), out.raw.size()));
+  }
+  if (round >= 0) ++report.decisions;
+}
+
+// A follower: once the open round is decided and every member's push is in (or the member
+// left), applies the members' average.
+void Server::Impl::closeFollowed() {
+  std::vector<uint8_t> members;
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    if (!cons.roundReady()) return;
+    members = cons.roundMembers();
+  }
+  int count = 0;
+  std::vector<double> sum(static_cast<size_t>(load), 0.0);
+  for (int w = 0; w < workers; ++w) {
+    auto& g = roundGrads[static_cast<size_t>(w)];
+    if (members[static_cast<size_t>(w)] == 0 || g.empty()) continue;
+    for (size_t i = 0; i < g.size(); ++i) sum[i] += g[i];
+    ++count;
+    g.clear();
+    g.shrink_to_fit();
+  }
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    CHORUS_CHECK(count == cons.roundPushes(), "followed round: ", count, " gradients for ", cons.roundPushes(), " pushes");
+    const std::vector<uint8_t>& decided = cons.decidedMembers();
+    for (int w = 0; w < workers; ++w) {
+      if (decided[static_cast<size_t>(w)] != 0 && members[static_cast<size_t>(w)] == 0) {
+        CHORUS_WARN(who(), ": worker ", w, "'s push is in round ", versionBase + cons.version(),
+                    " on server 0, but the worker failed before it reached this server; this shard's update goes "
+                    "without it");
+      }
+    }
+  }
+  roundSum = std::move(sum);
+  roundCount = count;
+  closeRound(false);
+  postDecision();
+  answerPulls();
 }
 
 void Server::Impl::fail(int w, const std::string& why) {
@@ -471,6 +699,7 @@ void Server::Impl::fail(int w, const std::string& why) {
     closes = cons.onLeave(w, true);
   }
   if (closes) closeRound(true);
+  if (follower) closeFollowed();
   answerPulls();
 }
 
@@ -630,6 +859,7 @@ void Server::Impl::handle(int w) {
         closes = cons.onLeave(w, false);
       }
       if (closes) closeRound(true);
+      if (follower) closeFollowed();
       send(w, Op::kAck);
       answerPulls();
       break;
@@ -707,6 +937,10 @@ void Server::Impl::onPush(int w, const Header& h, std::vector<float> grad) {
       }
       busyNs += static_cast<int64_t>(secondsSince(t0) * 1e9);
     });
+  } else if (d.verdict == Consistency::Verdict::kAggregate && follower) {
+    roundGrads[static_cast<size_t>(w)] = std::move(grad);
+    roundLr = h.lr;
+    closeFollowed();
   } else if (d.verdict == Consistency::Verdict::kAggregate) {
     if (roundSum.empty()) roundSum.assign(static_cast<size_t>(load), 0.0);
     for (size_t i = 0; i < grad.size(); ++i) roundSum[i] += grad[i];
@@ -720,6 +954,16 @@ void Server::Impl::onPush(int w, const Header& h, std::vector<float> grad) {
 // bsp: applies the average of the round's pushes, slice-parallel on the pool, and waits for it
 // so the next round starts from the updated parameters.
 void Server::Impl::closeRound(bool partial) {
+  if (coordinator) {
+    std::vector<uint8_t> members;
+    int64_t round;
+    {
+      std::lock_guard<std::mutex> lock(consMu);
+      members = cons.roundMembers();
+      round = versionBase + cons.version();
+    }
+    sendDecisions(round, members);
+  }
   const auto t0 = Clock::now();
   if (roundCount > 0) {
     auto avg = std::make_shared<std::vector<float>>(static_cast<size_t>(load));
@@ -843,32 +1087,6 @@ void Server::Impl::pruneOutbox(bool block) {
     }
     return done;
   });
-}
-
-// run() is failing: the header receives of live workers stay posted and answers may still be
-// in flight, and the group has no way to cancel them, so their buffers must outlive this
-// server. They move to a heap object that is never freed (64 bytes per worker plus the unsent
-// answers), which is safe where freeing is not.
-void Server::Impl::abandon() {
-  struct Abandoned {
-    std::vector<std::unique_ptr<std::array<uint8_t, kHeaderBytes>>> headers;
-    std::list<Outgoing> outbox;
-  };
-  // Reachable from a static (so leak checkers stay quiet) and never destroyed.
-  static std::mutex mu;
-  static auto* graveyard = new std::vector<std::unique_ptr<Abandoned>>;
-  auto* kept = new Abandoned;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    graveyard->emplace_back(kept);
-  }
-  for (int w = 0; w < workers; ++w) {
-    if (live[static_cast<size_t>(w)]) kept->headers.push_back(std::move(headerBuf[static_cast<size_t>(w)]));
-  }
-  pruneOutbox(false);
-  kept->outbox.splice(kept->outbox.end(), outbox);
-  CHORUS_DEBUG(who(), ": keeping ", kept->headers.size(), " posted receive buffers and ", kept->outbox.size(),
-               " answers in flight alive after a failure");
 }
 
 // ---- checkpoints ----
@@ -1033,8 +1251,14 @@ ServerReport Server::run() {
   s.report.resumedFromCheckpoint = s.resumed;
   try {
     s.serve();
+    if (s.coordinator) s.sendDecisions(-1, std::vector<uint8_t>(static_cast<size_t>(s.workers), 0));
+  } catch (const std::exception& e) {
+    // The receives this server posted (a header per live worker, a decision) and its answers
+    // in flight point into buffers that die with it: abort() cancels them first.
+    s.group->abort(str(s.who(), " failed: ", e.what()));
+    throw;
   } catch (...) {
-    s.abandon();
+    s.group->abort(str(s.who(), " failed"));
     throw;
   }
   s.pool->waitAll();

@@ -25,6 +25,26 @@
 // with the pushes it has when the live workers cannot fill it (the bsp_partial_rounds count
 // in the report says how often). A malformed message gets a kError answer and changes nothing.
 //
+// Restarted workers (workerRestarts > 0; the transport must take restarted peers: tcp with
+// CHORUS_REJOIN). While a failed worker may still come back, the loop also polls the
+// transport's peer epochs (every kRejoinPoll); when a restarted process has taken the failed
+// worker's place it rejoins (Consistency::onRejoin): live again, its header receive posted,
+// and its clock raised to the slowest live worker's, which the answers' clock field tells the
+// new process (Client::rejoin), so it resumes at that step. In bsp it counts again from the
+// round it pulls. With no live worker left, the server waits for a rejoin up to the group's
+// timeout, then ends.
+//
+// Backup workers on several servers (bsp, backup > 0, more than one server; serverRanks
+// given). Every server must apply the same pushes in a round, or one worker's gradient lands
+// on one shard and not on another. Server 0 coordinates: its round closes on its own count
+// (the first N - b pushes to reach it) and it sends the members to every other server
+// (protocol.h, kDecisionTag) before it applies them. The others follow
+// (ConsistencyOptions::followRounds): they keep each counted push apart until the decision,
+// then apply the members' average, waiting for a member's push that has not arrived yet, and
+// drop the rest. A member that dies before its push reached a follower is left out there (the
+// only way the shards can differ, logged). When the last worker leaves, server 0 tells the
+// others it is done, so no receive is left posted.
+//
 // Checkpoints. With checkpointPath set the shard (values, optimizer state, version, the plan's
 // fingerprint) is written atomically (temp file, fsync, rename), with a SHA-256 of its body
 // that loading checks before it reads anything, every checkpointEvery updates and when run()
@@ -49,6 +69,12 @@ namespace chorus::ps {
 
 struct ServerOptions {
   ConsistencyOptions consistency;
+  // Every server's rank in the group, by server index: needed with backup workers in bsp on
+  // more than one server (the round's decision travels between them); otherwise unused.
+  std::vector<int> serverRanks;
+  // How many times each worker may be replaced by a restarted process (see above); 0: a
+  // failed worker is gone for good.
+  int workerRestarts = 0;
   OptimizerOptions optimizer;
   int applyThreads = 2;            // >= 1
   std::string checkpointPath;      // "" : no checkpoints
@@ -68,6 +94,9 @@ struct ServerReport {
   double wallSeconds = 0;
   std::vector<WorkerStats> workers;
   std::vector<int> failedWorkers;
+  std::vector<int> rejoinedWorkers;  // in the order restarted processes took their places
+  int64_t decisions = 0;              // backup agreement: rounds decided (sent by server 0,
+                                      // followed by the others)
   bool resumedFromCheckpoint = false;
 };
 
@@ -83,8 +112,9 @@ class Server {
   ~Server();
   // Serves until every worker has said goodbye or left; returns the statistics. Call once.
   // Throws TimeoutError past opts.idle, an Error from the transport or a checkpoint write;
-  // then the receives it had posted stay posted, and their buffers are kept alive for the
-  // life of the process (a few bytes per worker) rather than freed under them.
+  // then it first aborts the group (ProcessGroup::abort: this process's transport closes, the
+  // receives it had posted are cancelled and their buffers freed), since a failed server's
+  // process is done.
   ServerReport run();
   // This server's parameter values, its slices in order (for tests and checkpoints). Safe to
   // call from any thread; during run() each slice is copied under its own lock.

@@ -52,11 +52,11 @@ CodecStates carryCodecStates(const std::vector<CodecStates>& saved, int rank, in
   if (world < 1 || rank < 0 || rank >= world)
     throw InvalidArgument(str("carryCodecStates: rank ", rank, " is not in a world of ", world));
   const int old = static_cast<int>(saved.size());
-  if (old == world) return saved[static_cast<size_t>(rank)];
+  if (old == world && !saved[static_cast<size_t>(rank)].empty()) return saved[static_cast<size_t>(rank)];
 
   // Old rank 0 is the reference for what is equal on every rank (Q, scalars); a bucket it lacks
-  // (never in a checkpoint chorus writes: every rank runs every bucket) falls back to the
-  // lowest old rank that has it.
+  // (its state lost at an in-process recovery; never in a checkpoint chorus writes: every rank
+  // runs every bucket) falls back to the lowest old rank that has it.
   std::map<size_t, const compress::CodecState*> reference;
   for (const CodecStates& states : saved)
     for (const auto& [bucket, cs] : states) reference.try_emplace(bucket, &cs);

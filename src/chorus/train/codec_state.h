@@ -2,7 +2,9 @@
 // rank's per-bucket codec state (error-feedback residuals, DGC's momentum and velocity,
 // PowerSGD's residuals and Q, the dense warm-up's call count, the RNG) as bytes, and the rule
 // that carries the states a world of W ranks saved to a world of W' ranks, so that a
-// checkpoint resumes at another worker count (docs/train.md, "Resuming at another world size").
+// checkpoint resumes at another worker count (docs/train.md, "Resuming at another world size"),
+// and an elastic job that re-forms in process carries its survivors' states to the new world
+// (docs/fault-tolerance.md).
 //
 // Why the merge keeps sums: DDP applies the average over the ranks of what they send, so what
 // a rank holds back in a residual (or in DGC's velocity) reaches the weights later divided by
@@ -11,7 +13,9 @@
 // (1/W) * sum u. Giving new rank r' the old ranks r with r mod W' == r', scaled by W'/W, keeps
 // both exactly: (1/W') * sum' == (1/W) * sum. When W' divides W this is the plain average of the
 // W/W' ranks each new rank takes over; when W' > W the ranks the old world lacked start at
-// zero.
+// zero. A rank whose state is lost (a failed worker) adds nothing: (1/W') * sum' is then
+// (1/W) * the sum over the ranks that survived, and the lost rank's share, (1/W) * its buffers,
+// is gone.
 //
 // Thread-safety: plain functions over values; no shared state.
 #pragma once
@@ -40,10 +44,15 @@ std::string encodeCodecStates(const CodecStates& states);
 CodecStates decodeCodecStates(const std::string& blob, const std::string& source);
 
 // Rank `rank`'s states in a world of `world` ranks, made from `saved`, the states the ranks of
-// the world that wrote the checkpoint saved (saved[r]: old rank r's; W = saved.size()).
-// The same world: saved[rank], unchanged (a resume at the same world stays bit-exact).
+// the world that wrote the checkpoint saved (saved[r]: old rank r's; W = saved.size()). An
+// empty saved[r] is a rank whose state is lost (a worker that died before an elastic job
+// re-formed in process, elastic.h): it counts as zeros in the sums below and is never the
+// reference, so only the gradient that rank held back is lost.
+// The same world: saved[rank], unchanged (a resume at the same world stays bit-exact), unless
+// it is empty: then the rule below (zeros, the warm-up count of the others, a fresh RNG).
 // Another world, per bucket:
-//   - buffers named "q.<i>" (PowerSGD's Q, equal on every rank after each step): old rank 0's;
+//   - buffers named "q.<i>" (PowerSGD's Q, equal on every rank after each step): old rank 0's
+//     (here and for the scalars: the lowest old rank that has the bucket);
 //   - every other buffer (the residuals "residual" and "residual.<i>", DGC's "velocity" and
 //     "momentum"): merged, (W'/W) * the sum of old ranks r with r mod W' == rank (zeros when
 //     there are none); the sum is taken in double, then rounded to float32 once;

@@ -379,8 +379,9 @@ const std::vector<Key>& schema() {
        .meaning = "asp/ssp with sgd momentum: round advances the servers' momentum once per N pushes (as bsp "
                   "does per step); push applies torch's momentum on every push"},
       {.name = "ps.restarts", .field = CHORUS_FIELD(ps.restarts), .range = atLeast(0),
-       .meaning = "times chorus train --nproc restarts a failed server while the job runs; it reloads its "
-                  "shard and the workers reconnect (tcp)"},
+       .meaning = "times chorus train --nproc restarts each failed process while the job runs: a server "
+                  "reloads its shard and the workers reconnect; a worker rejoins at the step the servers count "
+                  "for it (tcp)"},
 
       {.name = "amp.init_scale", .field = CHORUS_FIELD(amp.initScale), .range = above(0),
        .meaning = "fp16: initial loss scale"},
@@ -1116,7 +1117,7 @@ class Builder {
         fail("precision", ": the parameter server runs fp32 or bf16 compute (no fp16 loss scaling); "
                           "use precision = \"bf16\" or \"fp32\"");
       if (ps.restarts > 0 && (config_.ddp.transport == "shm" || config_.ddp.transport == "mpi"))
-        fail("ps.restarts", str(": a restarted server reconnects over tcp only; ddp.transport = \"",
+        fail("ps.restarts", str(": a restarted process reconnects over tcp only; ddp.transport = \"",
                                 config_.ddp.transport, "\" cannot take it; set ddp.transport = \"tcp\" (or \"auto\")"));
     }
     for (int64_t w : config_.train.stragglerWorkers)

@@ -7,6 +7,7 @@
 #include "chorus/amp/autocast.h"
 #include "chorus/amp/grad_scaler.h"
 #include "chorus/common/error.h"
+#include "chorus/common/logging.h"
 #include "chorus/compress/dgc.h"
 #include "chorus/compress/factory.h"
 #include "chorus/parallel/data/compression_hooks.h"
@@ -163,20 +164,45 @@ void DdpStrategy::saveCheckpoint(const std::string& path, const TrainState& stat
   train::saveCheckpoint(path, *m.model, *m.optimizer, st);
 }
 
-// The checkpoint's entries, encoded in memory. Codec state (residuals, momentum, PowerSGD's Q)
-// is left out: it is per rank and the ranks change at a re-forming, so the re-formed job
-// starts it afresh (docs/fault-tolerance.md).
+// The checkpoint's entries, encoded in memory, as the snapshot's shared part; this rank's codec
+// state (residuals, DGC's momentum and velocity, PowerSGD's residuals and Q, the warm-up count,
+// the RNG) as its own part, under its rank in this world. No collective: each rank keeps its own.
 std::string DdpStrategy::snapshot(const TrainState& state) {
   Impl& m = *impl_;
   TrainState st = state;
   saveScalerState(*m.scaler, st);
-  return encodeTensors(checkpointEntries(*m.model, *m.optimizer, st, "in-memory snapshot"));
+  SnapshotParts parts;
+  parts.shared = encodeTensors(checkpointEntries(*m.model, *m.optimizer, st, "in-memory snapshot"));
+  parts.world = m.world;
+  if (m.compression.hook) parts.own[m.rank] = encodeCodecStates(m.compression.hook->states());
+  return packSnapshot(parts);
 }
 
+// After a re-forming the payload holds the codec states of the members that held the agreed
+// step, by their ranks in the world that took it (elastic.cc); the failed ranks' are missing.
+// They are carried to this rank as a checkpoint of that world would be (codec_state.h): the
+// missing ranks count as zeros, so the gradient they held back is lost and the rest is kept,
+// (W'/W) * the sum of the present old ranks r with r mod W' == this rank.
 TrainState DdpStrategy::restoreSnapshot(const std::string& payload) {
   Impl& m = *impl_;
-  TrainState state = loadCheckpointEntries("in-memory snapshot", payload, *m.model, *m.optimizer);
+  const SnapshotParts parts = unpackSnapshot(payload);
+  TrainState state = loadCheckpointEntries("in-memory snapshot", parts.shared, *m.model, *m.optimizer);
   restoreScalerState(*m.scaler, state, m.cfg);
+  if (m.compression.hook) {
+    if (parts.world < 1 || parts.own.empty())
+      throw Error(str("rank ", m.rank, ": the in-memory snapshot of step ", state.globalStep, " holds no compression ",
+                      "state, and this run has compression.method = \"", m.cfg.compression.method,
+                      "\"; the job's members disagree on the config"));
+    std::vector<CodecStates> saved(static_cast<size_t>(parts.world));  // empty: a rank whose state is lost
+    for (const auto& [r, blob] : parts.own)
+      saved[static_cast<size_t>(r)] = decodeCodecStates(blob, str("in-memory snapshot, rank ", r, " of ", parts.world));
+    m.compression.hook->states() = carryCodecStates(saved, m.rank, m.world, codecSeed(m.cfg.compression),
+                                                    str("in-memory snapshot of step ", state.globalStep));
+    if (m.rank == 0)
+      CHORUS_INFO("compression state of step ", state.globalStep, " carried from ", parts.own.size(), " of ",
+                  parts.world, " ranks to ", m.world, parts.own.size() < static_cast<size_t>(parts.world)
+                                                      ? " (the missing ranks' residuals are lost)" : "");
+  }
   return state;
 }
 

@@ -8,7 +8,9 @@
 // Checkpoints record the worker count that wrote them (the scalar "world") and resume at any
 // worker count that divides train.batch_size: model, optimizer and loss scale are the same on
 // every rank, the data position is a global step (the sampler's order does not depend on the
-// world), and the per-rank codec states are merged or spread by codec_state.h's rule.
+// world), and the per-rank codec states are merged or spread by codec_state.h's rule. An elastic
+// job's in-memory snapshots (strategy.h) keep each rank's codec state the same way, and a
+// re-formed job carries the states of the ranks that survived by that rule.
 #pragma once
 
 #include <memory>

@@ -58,7 +58,12 @@ std::vector<int64_t> membersOf(comm::Store& store, int64_t generation, Millis ti
 }
 
 // The members agree on the most advanced snapshot: the highest step any holds, from the lowest
-// rank that holds it, broadcast to all. Returns where it came from.
+// rank that holds it, broadcast to all. Per-rank state travels too: every member that holds
+// exactly that step contributes its snapshot's own parts (SnapshotParts::own, keyed by rank in
+// the generation that took it), a member a step behind or a replacement contributes nothing,
+// and every member's payload becomes the root's shared part with the union of those parts;
+// restoreSnapshot carries them to the new world (DDP: codec_state.h's rule). Returns where the
+// state came from.
 void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) {
   int64_t best = snap.globalStep;
   allreduceInPlace(g, &best, 1, DType::kInt64, ReduceOp::kMax);
@@ -68,6 +73,13 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
     snap = Snapshot{};
     return;
   }
+  std::string mine;  // this member's own parts, without the shared state every member receives
+  if (snap.globalStep == best) {
+    SnapshotParts own = unpackSnapshot(snap.payload);
+    own.shared.clear();
+    mine = packSnapshot(own);
+  }
+  const std::vector<std::string> held = allgatherBytes(g, mine);
   uint64_t bytes = g.rank() == root ? snap.payload.size() : 0;
   comm::BroadcastOptions b;
   b.data = &bytes;
@@ -80,6 +92,23 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
   b.count = bytes;
   b.dtype = DType::kUInt8;
   g.broadcast(b);
+  // A snapshot restored and not yet replaced by a step of the new generation holds the parts of
+  // the generation that took it, so members of later generations may contribute the same ranks:
+  // the first wins (they are equal). Parts of another world cannot hold the same step (a
+  // generation resumes at the step its members agreed on), and are left out should they.
+  SnapshotParts agreed = unpackSnapshot(snap.payload);
+  agreed.own.clear();
+  for (size_t r = 0; r < held.size(); ++r) {
+    if (held[r].empty()) continue;
+    SnapshotParts theirs = unpackSnapshot(held[r]);
+    if (theirs.world != agreed.world) {
+      CHORUS_WARN("elastic: rank ", r, " holds step ", best, " taken at world ", theirs.world, ", not ", agreed.world,
+                  " as rank ", root, "'s; its per-rank state is left out");
+      continue;
+    }
+    agreed.own.merge(theirs.own);
+  }
+  snap.payload = packSnapshot(agreed);
   snap.globalStep = best;
   snap.source = str("the state of step ", best, " (rank ", root, " of generation ", generation, ", in memory)");
 }
@@ -153,6 +182,83 @@ namespace {
 
 std::string Strategy::snapshot(const TrainState&) { notElastic(); }
 TrainState Strategy::restoreSnapshot(const std::string&) { notElastic(); }
+
+// The payload's bytes, all integers little-endian:
+//   "CHSNAP01"  u64 n  shared[n]  i64 world  u64 parts  { i64 rank  u64 n  own[n] } * parts
+// In memory and on the wire between the job's own processes only; never on disk.
+namespace {
+
+constexpr char kSnapshotMagic[] = "CHSNAP01";
+constexpr size_t kSnapshotMagicSize = sizeof(kSnapshotMagic) - 1;
+
+void putU64(std::string& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+struct SnapshotReader {
+  const std::string& in;
+  size_t at = 0;
+
+  [[noreturn]] void corrupt(const std::string& what) const {
+    throw Error(str("in-memory snapshot: ", what, " at byte ", at, " of ", in.size(),
+                    "; the bytes are not a snapshot this chorus took (another version, or damaged)"));
+  }
+  uint64_t u64() {
+    if (in.size() - at < 8) corrupt("truncated");
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(in[at + i])) << (8 * i);
+    at += 8;
+    return v;
+  }
+  std::string bytes() {
+    const uint64_t n = u64();
+    if (n > in.size() - at) corrupt(str("a part of ", n, " bytes"));
+    std::string s = in.substr(at, n);
+    at += n;
+    return s;
+  }
+};
+
+}  // namespace
+
+std::string packSnapshot(const SnapshotParts& parts) {
+  size_t size = kSnapshotMagicSize + 32 + parts.shared.size();
+  for (const auto& [rank, own] : parts.own) size += 16 + own.size();
+  std::string out;
+  out.reserve(size);
+  out.append(kSnapshotMagic, kSnapshotMagicSize);
+  putU64(out, parts.shared.size());
+  out += parts.shared;
+  putU64(out, static_cast<uint64_t>(static_cast<int64_t>(parts.world)));
+  putU64(out, parts.own.size());
+  for (const auto& [rank, own] : parts.own) {
+    putU64(out, static_cast<uint64_t>(static_cast<int64_t>(rank)));
+    putU64(out, own.size());
+    out += own;
+  }
+  return out;
+}
+
+SnapshotParts unpackSnapshot(const std::string& payload) {
+  SnapshotReader in{payload, 0};
+  if (payload.compare(0, kSnapshotMagicSize, kSnapshotMagic) != 0) in.corrupt("no snapshot header");
+  in.at = kSnapshotMagicSize;
+  SnapshotParts parts;
+  parts.shared = in.bytes();
+  const auto world = static_cast<int64_t>(in.u64());
+  if (world < 0 || world > (1 << 20)) in.corrupt(str("a world of ", world));
+  parts.world = static_cast<int>(world);
+  const uint64_t count = in.u64();
+  if (count > static_cast<uint64_t>(world)) in.corrupt(str(count, " per-rank parts for a world of ", world));
+  for (uint64_t i = 0; i < count; ++i) {
+    const auto rank = static_cast<int64_t>(in.u64());
+    if (rank < 0 || rank >= world || parts.own.count(static_cast<int>(rank)))
+      in.corrupt(str("rank ", rank, "'s part in a world of ", world));
+    parts.own[static_cast<int>(rank)] = in.bytes();
+  }
+  if (in.at != payload.size()) in.corrupt("trailing bytes");
+  return parts;
+}
 
 ElasticOptions elasticFromEnvironment() {
   ElasticOptions e;
@@ -256,8 +362,15 @@ void injectFault(int64_t globalStep) {
       }
     }
   });
+  // A process restarted in place of a failed one (CHORUS_RESTART_COUNT = k, parameter-server
+  // jobs) has the same id: it takes the faults of its id after the first k, so the fault
+  // that killed its predecessor does not kill it again at the step it resumes at.
+  static const int64_t restart = envGet("CHORUS_RESTART_COUNT") ? envInt("CHORUS_RESTART_COUNT") : 0;
+  int64_t earlier = 0;  // faults of this id listed before f
   for (const Fault& f : faults) {
-    if (f.id == self && f.step == globalStep) {
+    if (f.id != self) continue;
+    if (earlier++ < restart) continue;
+    if (f.step == globalStep) {
       const double unix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
       std::cerr << str("chorus train: worker ", self, " (pid ", ::getpid(), "): CHORUS_FAULT ",
                        f.signal == SIGKILL ? "kills" : f.signal == SIGSTOP ? "stops" : "loops", " it at step ",

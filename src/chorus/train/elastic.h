@@ -11,17 +11,21 @@
 //
 // A worker (trainElastic):
 //   1. trains, keeping the state at the end of every completed step in memory (TrainOptions::
-//      snapshot: model, optimizer, loss scale, loop position; no collective, one copy);
+//      snapshot: model, optimizer, loss scale, loop position, and its own compression state;
+//      no collective, one copy);
 //   2. when a step fails with PeerError or TimeoutError, it waits for generation g+1 (up to the
 //      group's timeout), finds its rank in it (a worker left out ends with an error), and
 //      re-forms the group under "chorus/elastic/g<g+1>" (ProcessGroup::reform); a member that
 //      fails during this makes it wait for the generation after;
 //   3. the members agree on the most advanced snapshot (the highest step; the lowest rank
-//      holding it), which that rank broadcasts; every member loads it into a fresh setup at
-//      the new world size (the data re-divided: with a global batch divisible by the world,
-//      step k of an epoch covers the same samples at any world size) and training goes on.
+//      holding it), which that rank broadcasts; the members holding that same step also
+//      share their own compression states, which every member merges for the new world as a
+//      checkpoint resume does (codec_state.h; the dead ranks' residuals are lost); every
+//      member loads it into a fresh setup at the new world size (the data re-divided: with a
+//      global batch divisible by the world, step k of an epoch covers the same samples at any
+//      world size) and training goes on.
 // Nothing is read from disk and the survivors are not restarted; at most the step in flight
-// is lost. Per-rank compression state starts afresh after a re-forming.
+// is lost.
 //
 // Hung workers. Each worker's heartbeat thread writes "chorus/elastic/hb/<id>" =
 // "<generation>,<beat>,<calls>,<last call>" twice a second (calls: the collectives its group
@@ -63,8 +67,9 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
 // Fault injection for tests and the chaos benchmark: CHORUS_FAULT="kill:<id>:<step>,..." makes
 // the worker with that id (CHORUS_ELASTIC_ID, else its rank CHORUS_RANK) kill itself with
 // SIGKILL as it starts global step <step>; "stop:<id>:<step>" stops it with SIGSTOP;
-// "loop:<id>:<step>" spins forever there (user code that never returns). Called by the loop
-// before every step; does nothing when the variable is unset.
+// "loop:<id>:<step>" spins forever there (user code that never returns). A process restarted
+// in place of a failed one (CHORUS_RESTART_COUNT = k) skips the first k faults of its id.
+// Called by the loop before every step; does nothing when the variable is unset.
 void injectFault(int64_t globalStep);
 
 }  // namespace chorus::train

@@ -91,7 +91,13 @@ class Run {
     schedule_ = std::make_unique<LrSchedule>(cfg.schedule, cfg.optim.lr, s_.totalSteps, s_.stepsPerEpoch);
     const fs::path dir = cfg.output.dir;
     result_.metricsPath = (dir / "metrics.jsonl").string();
-    if (roles_.checkpoints) resume(dir / "checkpoints");
+    if (roles_.checkpoints) {
+      resume(dir / "checkpoints");
+    } else if (const int64_t at = strategy_.joinedAtStep(); at >= 0) {
+      start_ = TrainState{at / s_.stepsPerEpoch, at % s_.stepsPerEpoch, at, {}, {}};
+      s_.resumedFrom = str("the running job (this process restarted in place of a failed one)");
+      s_.resumedStep = at;
+    }
     if (roles_.lead) {
       fs::create_directories(dir);
       std::ofstream(dir / "config.toml") << toToml(cfg);
@@ -99,7 +105,8 @@ class Run {
       metrics_->write(strategy_.startRecord(s_));
       if (!s_.resumedFrom.empty()) out_ << "resuming from " << s_.resumedFrom << " at step " << s_.resumedStep << "\n";
     }
-    if (!roles_.rankLog.empty()) rankLog_ = std::make_unique<MetricsLog>((dir / roles_.rankLog).string());
+    if (!roles_.rankLog.empty())
+      rankLog_ = std::make_unique<MetricsLog>((dir / roles_.rankLog).string(), /*append=*/!s_.resumedFrom.empty());
     bar_ = std::make_unique<ProgressBar>(
         out_, roles_.lead ? progressModeFor(cfg.output.progress, STDOUT_FILENO) : ProgressMode::kNone, cfg.train.epochs,
         s_.stepsPerEpoch, cfg.train.logEvery);

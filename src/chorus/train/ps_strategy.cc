@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <iostream>
 #include <span>
 #include <sstream>
 
@@ -94,6 +95,7 @@ struct PsWorkerStrategy::Impl {
   // compression.method, a codec: pushes become its messages from step compression.dense_steps on.
   std::unique_ptr<compress::Codec> pendingCodec;
   compress::DgcCodec* dgc = nullptr;  // the client's codec when it is DGC (its epoch)
+  int64_t joinedAt = -1;  // a restarted worker: the step the servers' counts say it resumes at
   int64_t localBatch() const { return cfg.train.batchSize / workers; }
 };
 
@@ -130,9 +132,19 @@ void PsWorkerStrategy::setup(Task& task) {
     m.pendingCodec = compress::makeCodec(codecConfig(m.cfg.compression, m.workers));
   }
   torch::NoGradGuard ng;
+  if (envString("CHORUS_REJOIN") == "join") {
+    // This process takes the place of a worker that failed (ps.restarts): the servers hold the
+    // model, and their count of its pushes says where it resumes.
+    m.joinedAt = m.client->rejoin(spansOf(m.params));
+    std::cerr << str("chorus train: worker ", m.worker, " (restart ", envInt("CHORUS_RESTART_COUNT"),
+                     ") rejoined the job at step ", m.joinedAt, ", where the servers' count of its pushes stands\n");
+    return;
+  }
   if (m.worker == 0) m.client->init(constSpansOf(m.params));
   m.client->pull(spansOf(m.params));  // every worker starts from the servers' model
 }
+
+int64_t PsWorkerStrategy::joinedAtStep() { return impl_->joinedAt; }
 
 TrainState PsWorkerStrategy::loadCheckpoint(const std::string& path) {
   throw InvalidArgument(str("a parameter-server worker keeps no checkpoint (", path,

@@ -35,6 +35,8 @@ class PsWorkerStrategy : public Strategy {
   void setup(Task& task) override;
   // Workers keep no checkpoints (Roles::checkpoints is false; the servers keep their shards).
   TrainState loadCheckpoint(const std::string& path) override;
+  // A restarted worker (CHORUS_REJOIN=join): the step the servers' counts of its pushes give.
+  int64_t joinedAtStep() override;
   void saveCheckpoint(const std::string& path, const TrainState& state) override;
   StepOutcome step(const Batch& batch, const StepInfo& info) override;
   JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;

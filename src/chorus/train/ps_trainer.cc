@@ -47,6 +47,8 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   so.consistency.workers = workers;
   so.consistency.staleness = static_cast<int>(cfg.ps.staleness);
   so.consistency.backup = static_cast<int>(cfg.ps.backup);
+  for (int s = 0; s < static_cast<int>(cfg.ps.servers); ++s) so.serverRanks.push_back(workers + s);
+  so.workerRestarts = static_cast<int>(cfg.ps.restarts);
   so.optimizer = serverOptimizer(cfg.optim);
   so.optimizer.roundMomentum = cfg.ps.asyncMomentum == "round";
   so.applyThreads = static_cast<int>(cfg.ps.applyThreads);
@@ -73,6 +75,7 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
   o.add("bytes_received", r.bytesReceived).add("bytes_sent", r.bytesSent);
   o.add("busy_s", r.busySeconds).add("wall_s", r.wallSeconds).add("load", plan.load(serverIndex));
   o.add("resumed", r.resumedFromCheckpoint).add("failed_workers", static_cast<int64_t>(r.failedWorkers.size()));
+  o.add("rejoined_workers", static_cast<int64_t>(r.rejoinedWorkers.size())).add("decisions", r.decisions);
   o.add("restart", envInt("CHORUS_RESTART_COUNT"));
   for (size_t w = 0; w < r.workers.size(); ++w) {
     const ps::WorkerStats& s = r.workers[w];
@@ -80,7 +83,7 @@ TrainResult runServer(const Config& cfg, std::shared_ptr<comm::ProcessGroup> gro
     o.add(p + "pushes", s.pushes).add(p + "applied", s.applied).add(p + "dropped", s.dropped);
     o.add(p + "max_staleness", s.maxStaleness)
         .add(p + "mean_staleness", s.applied > 0 ? static_cast<double>(s.sumStaleness) / static_cast<double>(s.applied) : 0.0);
-    o.add(p + "max_clock_gap", s.maxClockGap).add(p + "failed", s.failed);
+    o.add(p + "max_clock_gap", s.maxClockGap).add(p + "failed", s.failed).add(p + "rejoins", s.rejoins);
   }
   std::ofstream(dir / str("server", serverIndex, ".json")) << o.str() << "\n";
   return {};

@@ -8,7 +8,8 @@
 // strategies without a parameter server share (wire dtype, GradScaler, the divergence check and
 // report, the GPT runs' records).
 //
-// The loop calls, on every rank that runs it: roles(); setup(); loadCheckpoint() when resuming;
+// The loop calls, on every rank that runs it: roles(); setup(); loadCheckpoint() when resuming
+// (joinedAtStep() on ranks that keep no checkpoint);
 // startRecord() (lead); then per epoch beginEpoch(), per step step() (and on divergence
 // divergedRecord() and raiseDivergence()), stepRecord() per logged window (lead and rank log),
 // evaluate() and evalFields() (lead), saveCheckpoint(); finally finish() and summaryRecord().
@@ -17,6 +18,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "chorus/comm/group.h"
@@ -118,6 +120,18 @@ struct LoopStatus {
   EvalMetrics lastEval;        // empty before the first evaluation
 };
 
+// A snapshot's payload (Strategy::snapshot) in its two parts. elastic.cc holds no strategy when
+// the job re-forms, so the split is in the bytes: it gathers the `own` parts of the members that
+// hold the agreed step into the one payload every member restores.
+struct SnapshotParts {
+  std::string shared;               // the same on every rank: model, optimizer, loss scale, position
+  int world = 0;                    // the size of the generation that took the snapshot
+  std::map<int, std::string> own;   // rank in that generation -> its own state (none: empty)
+};
+// The payload and back (elastic.cc); unpackSnapshot throws Error for bytes packSnapshot did not write.
+std::string packSnapshot(const SnapshotParts& parts);
+SnapshotParts unpackSnapshot(const std::string& payload);
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
@@ -138,11 +152,22 @@ class Strategy {
 
   // In-process recovery (elastic.h). snapshot: this rank's state at the end of a completed
   // step, in memory and without any collective (model, optimizer, the strategy's own state
-  // such as the loss scale, and `state`, the loop's position). restoreSnapshot: loads one taken
-  // by any rank of the job into this rank's freshly set-up strategy and returns the position.
+  // such as the loss scale, and `state`, the loop's position), as packSnapshot's bytes (above):
+  // what every rank restores alike in `shared`, and this rank's own state, if it keeps any
+  // (DDP's codec residuals), in `own`. restoreSnapshot: loads the agreed one into this rank's
+  // freshly set-up strategy and returns the position; after a re-forming its `shared` is one
+  // rank's and its `own` holds the parts of every member that held the agreed step, by their
+  // ranks in the generation that took it (a failed rank's part is missing), for the strategy
+  // to carry to this rank's place in the new world as a checkpoint resume would.
   // A strategy that cannot recover in process throws InvalidArgument (the defaults).
   virtual std::string snapshot(const TrainState& state);
   virtual TrainState restoreSnapshot(const std::string& payload);
+
+  // A process restarted in a running job in place of one that failed (a parameter-server
+  // worker, ps.restarts) starts at the step the job's state says, not at 0: the global step to
+  // start at, or -1 (the default) to start fresh or from a checkpoint. Called after setup()
+  // on ranks without Roles::checkpoints.
+  virtual int64_t joinedAtStep() { return -1; }
 
   virtual void beginEpoch(int64_t /*epoch*/) {}
 
