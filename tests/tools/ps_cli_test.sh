@@ -178,6 +178,15 @@ for mode in bsp asp ssp; do
   done
 done
 
+# 5b'. A stopped worker (SIGSTOP) of such a job: its heartbeat stops, the launcher kills it
+# after CHORUS_HEARTBEAT_TIMEOUT_MS and restarts it, and it rejoins; bsp rounds go on.
+out=$(CHORUS_HEARTBEAT_TIMEOUT_MS=3000 CHORUS_FAULT=stop:1:10 timeout 120 "$CHORUS" train --nproc 2 "${SETS[@]}" \
+  --set train.epochs=2 --set ps.servers=2 --set ps.mode=bsp --set ps.restarts=1 --set output.dir="$TMP/wstop" 2>&1)
+rc=$?
+[ $rc -eq 0 ] && grep -q "rank 1 (pid [0-9]*) sent no heartbeat for [0-9]* ms (stopped, or its process is frozen); excluding it" <<<"$out" \
+  && grep -q "worker 1 (restart 1) rejoined the job at step 10," <<<"$out" \
+  && pass "bsp: a stopped worker is found by its heartbeat, killed, restarted and rejoins" || fail "stopped worker: rc $rc: $out"
+
 # 5c. Backup workers on two servers: both apply the same pushes in every round.
 out=$(timeout 120 "$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set ps.servers=2 --set ps.mode=bsp \
   --set ps.backup=1 --set train.straggler_workers=[2] --set train.straggler_delay_ms=15 --set output.dir="$TMP/backup" 2>&1)

@@ -452,6 +452,7 @@ class LocalJob {
     retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
     r.out.fd = r.err.fd = -1;
     CStrings env = restartEnv_(k, count);
+    beats_.erase(r.id);  // the new process gets heartbeatTimeout to send its first beat
     spawn(k, env.get());
     const int fd = execPipes_.back();
     execPipes_.pop_back();
@@ -656,7 +657,8 @@ class LocalJob {
   // Elastic: the workers' heartbeats (train/elastic.h), read twice a second. A worker whose
   // beat stops for heartbeatTimeout is hung (stopped, frozen); one whose collective calls lag
   // behind the others' gets a stall report after stallWarn and is hung after stallTimeout. A
-  // hung worker is named and killed, and the next generation goes on without it (regenerate).
+  // hung worker is named and killed, and the next generation goes on without it (regenerate);
+  // a restartable rank (LaunchOptions::maxRestarts) is then restarted like one that died.
   void watchHeartbeats() {
     if (!elastic_.heartbeat || failedRank_ || interruptSignal_ != 0) return;
     const auto now = Clock::now();
@@ -727,7 +729,7 @@ class LocalJob {
   }
 
   void exclude(RankProc& r, const std::string& why) {
-    message(str("worker ", r.id, " (pid ", r.pid, ") ", why, "; excluding it (SIGKILL)"));
+    message(str(elastic_.publish ? "worker " : "rank ", r.id, " (pid ", r.pid, ") ", why, "; excluding it (SIGKILL)"));
     signalGroup(r, SIGKILL);
     beats_.erase(r.id);
   }
@@ -956,6 +958,20 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
     hooks.heartbeatTimeout = Millis(envInt("CHORUS_HEARTBEAT_TIMEOUT_MS"));
     hooks.stallWarn = Millis(static_cast<int64_t>(envDouble("CHORUS_STALL_WARN_S") * 1000));
     hooks.stallTimeout = opts.timeoutMs > 0 ? Millis(opts.timeoutMs) : defaultTimeout();
+    job.setElastic(std::move(hooks));
+  } else if (restarts) {
+    // Restartable ranks (parameter-server jobs) beat too: one whose beat stops (stopped,
+    // frozen) is killed, and so restarted like one that died. No generations, no stall reports
+    // (their ranks run no collectives).
+    elasticStore = std::make_unique<comm::TcpStore>(dialAddr, storePort, storeOpts.secret, Millis(30000));
+    LocalJob::ElasticHooks hooks;
+    hooks.heartbeat = [store = elasticStore.get()](int id) {
+      const std::string key = str("chorus/elastic/hb/", id);
+      if (!store->check({key})) return std::string();
+      return comm::toString(store->get(key, Millis(5000)));
+    };
+    hooks.heartbeatTimeout = Millis(envInt("CHORUS_HEARTBEAT_TIMEOUT_MS"));
+    hooks.stallWarn = hooks.stallTimeout = Millis(int64_t{1} << 40);  // never (and no overflow in ns)
     job.setElastic(std::move(hooks));
   }
   job.start(envs);

@@ -113,6 +113,8 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
   snap.source = str("the state of step ", best, " (rank ", root, " of generation ", generation, ", in memory)");
 }
 
+}  // namespace
+
 // The worker's heartbeat (elastic.h): a thread with its own store connection that writes
 // "chorus/elastic/hb/<id>" = "<generation>,<beat>,<calls>,<last call>" every kHeartbeatEvery,
 // where calls counts the collectives of the current generation's group. It stops with the
@@ -169,7 +171,12 @@ class Heartbeat {
   std::thread thread_;
 };
 
-}  // namespace
+void HeartbeatStop::operator()(Heartbeat* h) const { delete h; }
+
+std::unique_ptr<Heartbeat, HeartbeatStop> startHeartbeat(int64_t id) {
+  return std::unique_ptr<Heartbeat, HeartbeatStop>(new Heartbeat(id));
+}
+
 
 namespace {
 

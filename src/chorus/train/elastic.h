@@ -72,4 +72,14 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
 // Called by the loop before every step; does nothing when the variable is unset.
 void injectFault(int64_t globalStep);
 
+// The heartbeat thread above, for processes outside trainElastic that the launcher watches the
+// same way (parameter-server workers and servers of a job with ps.restarts: one whose beat stops
+// is killed and restarted). Beats under "chorus/elastic/hb/<id>" until the handle is dropped;
+// does nothing when the process was not started by a launcher.
+class Heartbeat;
+struct HeartbeatStop {
+  void operator()(Heartbeat* h) const;
+};
+std::unique_ptr<Heartbeat, HeartbeatStop> startHeartbeat(int64_t id);
+
 }  // namespace chorus::train

@@ -10,6 +10,7 @@
 #include "chorus/common/logging.h"
 #include "chorus/ps/server.h"
 #include "chorus/train/datasets.h"
+#include "chorus/train/elastic.h"
 #include "chorus/train/loop.h"
 #include "chorus/train/metrics.h"
 #include "chorus/train/models.h"
@@ -97,6 +98,10 @@ TrainResult trainWithServers(const Config& cfg, std::shared_ptr<comm::ProcessGro
   if (workers < 1)
     throw ConfigError(str("ps.servers = ", servers, " leaves no worker in a job of ", group->size(),
                           " processes; start more processes (chorus train --nproc N starts N workers plus the servers)"));
+  // With restartable ranks (ps.restarts: CHORUS_REJOIN set) the launcher watches a heartbeat
+  // from each: a stopped or frozen process is killed and restarted like one that died.
+  std::unique_ptr<Heartbeat, HeartbeatStop> heartbeat;
+  if (!envString("CHORUS_REJOIN").empty()) heartbeat = startHeartbeat(group->rank());
   if (group->rank() >= workers) return runServer(cfg, group, opts, workers, group->rank() - workers);
   PsWorkerStrategy worker(cfg, group, workers);
   return runLoop(cfg, *group, worker, opts);
