@@ -191,7 +191,9 @@ expect "$page" "| top-k 1% | 330 (300–360) | 1.50x (1.50x–1.50x) | 0.010 (0.
 expect "$page" "ps-topk-r3: no worker 0 record" "hosts: the failed round is named"
 
 # --- bench/chaos/report.py: time lost from the fault's timestamp to the step after it, the
-# PyTorch driver's JSON, the ratio and the 10x target; a chaos run that hung is counted.
+# PyTorch driver's JSON, the ratio and the 10x target; a chaos run that hung is counted; the
+# injected checkpoint kills of the main job; the parameter-server runs (faults per mode, hangs,
+# shard checksums verified, ckpt kills, steps lost per failure and done twice, accuracy).
 raw=$TMP/chaos
 mkdir -p "$raw"
 # chaos_lost NAME KILL_UNIX STEP26_UNIX: a chorus run whose worker was killed at step 25.
@@ -211,8 +213,57 @@ done
 mkdir -p "$raw/chaos-1" "$raw/chaos-2"
 echo 0 > "$raw/chaos-1.rc"; echo ok > "$raw/chaos-1.ckpt"
 echo 124 > "$raw/chaos-2.rc"; echo "unreadable: none" > "$raw/chaos-2.ckpt"
-python3 "$SRC/bench/chaos/report.py" --raw "$raw" --lost-repeat 3 --sections lost chaos --chaos-runs 2 --src "$SRC" \
-  --command "bash bench/chaos/run.sh build" --out "$TMP/chaos.md" 2> "$TMP/chaos.err"
+# chaos-1 is a ckpt run: inject.py killed rank 0 inside its write; the checkpoint kept aside loads.
+echo '{"faults": [{"kind": "ckpt", "rank": 0, "signal": "SIGKILL", "landed": true, "tmp": "x/checkpoints/ckpt-00000010.pt.tmp.42"}]}' \
+  > "$raw/chaos-1.inject.json"
+echo "ok chaos-1.prev-1.pt" > "$raw/chaos-1.prev"
+# Parameter-server runs: undisturbed runs per mode; ps-1 (bsp) finished, 4 faults, one a ckpt
+# kill of server 0 that landed, server 1 never restarted (it counts worker 0 90 of 100 pushes
+# after 2 failures: 5 lost per failure; worker 1 97 after 1: 3); ps-2 (asp) finished, both
+# servers restarted, worker 2 (2 failures) logged steps 1-37 then 8-100 again: 30 done twice,
+# none lost (from its log); ps-3 (ssp) timed out after 2 faults, one of its shards damaged.
+shard() {  # shard FILE [broken]: a CPSCKPT2 file (magic, SHA-256 of the body, body)
+  python3 -c "import hashlib,sys; b=bytes(range(256))*40; d=hashlib.sha256(b).digest()
+if len(sys.argv) > 2: b = b[:100] + bytes([b[100] ^ 1]) + b[101:]
+open(sys.argv[1], 'wb').write(b'CPSCKPT2' + d + b)" "$@"
+}
+ps_server() {  # ps_server RUN S RESTART RESUMED W0 W1 W2: the server's report
+  echo "{\"version\": 100, \"restart\": $3, \"resumed\": $4, \"w0_pushes\": $5, \"w1_pushes\": $6, \"w2_pushes\": $7}" \
+    > "$raw/$1/ps/server$2.json"
+}
+ps_steps() {  # ps_steps RUN W FIRST LAST: step records FIRST..LAST appended to worker W's log
+  for i in $(seq "$3" "$4"); do echo "{\"event\": \"step\", \"step\": $i}"; done >> "$raw/$1/ps/worker$2.jsonl"
+}
+ps_acc() {  # ps_acc RUN ACC: worker 0's start and final eval records
+  printf '{"event": "start", "total_steps": 100, "steps_per_epoch": 50}\n{"event": "eval", "epoch": 1, "test_acc": %s}\n' \
+    "$2" > "$raw/$1/metrics.jsonl"
+}
+for m in bsp:0.8200 asp:0.8100 ssp:0.8150; do
+  mkdir -p "$raw/ps-clean-${m%%:*}-r1"; echo 0 > "$raw/ps-clean-${m%%:*}-r1.rc"; ps_acc "ps-clean-${m%%:*}-r1" "${m#*:}"
+done
+for s in 1 2 3; do mkdir -p "$raw/ps-$s/ps"; done
+echo bsp > "$raw/ps-1.mode"; echo asp > "$raw/ps-2.mode"; echo ssp > "$raw/ps-3.mode"
+echo 0 > "$raw/ps-1.rc"; echo 0 > "$raw/ps-2.rc"; echo 124 > "$raw/ps-3.rc"
+ps_acc ps-1 0.8180; ps_acc ps-2 0.8000
+shard "$raw/ps-1/ps/server0.ckpt"; shard "$raw/ps-1/ps/server1.ckpt"; shard "$raw/ps-1.prev-3.ckpt"
+shard "$raw/ps-2/ps/server0.ckpt"; shard "$raw/ps-2/ps/server1.ckpt"
+shard "$raw/ps-3/ps/server0.ckpt"; shard "$raw/ps-3/ps/server1.ckpt" broken
+ps_server ps-1 0 1 true 60 60 60; ps_server ps-1 1 0 false 90 97 100
+ps_server ps-2 0 1 true 50 50 70; ps_server ps-2 1 1 true 40 40 60
+for w in 0 1 2; do ps_steps ps-1 $w 1 100; done
+ps_steps ps-2 0 1 100; ps_steps ps-2 1 1 100; ps_steps ps-2 2 1 37; ps_steps ps-2 2 8 100
+cat > "$raw/ps-1.inject.json" << EOF
+{"faults": [{"kind": "kill", "rank": 0, "signal": "SIGKILL"}, {"kind": "stop", "rank": 1, "signal": "SIGSTOP"},
+ {"kind": "ckpt", "rank": 3, "signal": "SIGKILL", "landed": true, "tmp": "$raw/ps-1/ps/server0.ckpt.tmp.77",
+  "prev": "$raw/ps-1/ps/server0.ckpt", "prev_copy": "$raw/ps-1.prev-3.ckpt", "prev_in_place": true},
+ {"kind": "stop", "rank": 0, "signal": "SIGSTOP"}]}
+EOF
+echo '{"faults": [{"kind": "kill", "rank": 3, "signal": "SIGKILL"}, {"kind": "kill", "rank": 4, "signal": "SIGKILL"},
+ {"kind": "kill", "rank": 2, "signal": "SIGKILL"}, {"kind": "stop", "rank": 2, "signal": "SIGSTOP"}]}' > "$raw/ps-2.inject.json"
+echo '{"faults": [{"kind": "kill", "rank": 1, "signal": "SIGKILL"}, {"kind": "stop", "rank": 4, "signal": "SIGSTOP"}]}' \
+  > "$raw/ps-3.inject.json"
+python3 "$SRC/bench/chaos/report.py" --raw "$raw" --lost-repeat 3 --sections lost chaos ps --chaos-runs 2 --ps-runs 3 \
+  --ps-clean 1 --src "$SRC" --command "bash bench/chaos/run.sh build" --out "$TMP/chaos.md" 2> "$TMP/chaos.err"
 page=$TMP/chaos.md
 expect "$page" "| chorus elastic (--min 2): 3 survivors go on | 2.00 (1.00–3.00) | 1.0x |" "chaos: elastic's time lost, median and spread"
 expect "$page" "| PyTorch DDP, torchrun's restart-all (torch_restart.py) | 22.00 (21.00–23.00) | 11.0x |" \
@@ -222,6 +273,29 @@ expect "$page" "restart-all (elastic-replace): **not met** (PyTorch restart-all 
   "chaos: the 10x target not met"
 expect "$page" "| hangs (no exit within 300 s) | 1 |" "chaos: a run that timed out is a hang"
 expect "$page" "| jobs finished | 1 of 2 |" "chaos: finished jobs"
+expect "$page" "| kills of rank 0 while it wrote a checkpoint (injected) | 1 in 1 runs |" "chaos: the injected checkpoint kill"
+expect "$page" "| checkpoint in place at such a kill that still loads | 1 of 1 |" "chaos: the checkpoint kept aside loads"
+expect "$page" "| bsp | 1 | 4 (1 / 2 / 1) | 1 | 0 | 0 |" "chaos ps: the bsp run's faults and outcome"
+expect "$page" "| ssp | 1 | 2 (1 / 1 / 0) | 0 | 0 | 1 |" "chaos ps: a run that timed out is a hang"
+expect "$page" "| unreadable final shard checkpoints (CPSCKPT2 magic and SHA-256 checked here) | 1 of 6 |" \
+  "chaos ps: a shard whose SHA-256 does not match is unreadable"
+expect "$page" "ps-3/ps/server1.ckpt: unreadable: its SHA-256 does not match its body" "chaos ps: the damaged shard is named"
+expect "$page" "| of those, landed inside the write (temporary left behind) | 1 |" "chaos ps: the ckpt kill landed"
+expect "$page" "| shard in place at the kill still whole (magic, SHA-256) | 1 of 1 |" "chaos ps: the kept shard verifies"
+expect "$page" "| killed server restarted and reloaded its shard (\`resumed\`) | 1 of 1 |" "chaos ps: the killed server reloaded"
+expect "$page" "| steps lost per worker failure, median (min–max) | 3.0 (0.0–5.0) |" \
+  "chaos ps: steps lost per failure from the never-restarted server, else the worker's log"
+expect "$page" "| of the worker failures, measured from the worker's log (both servers restarted) | 2 |" \
+  "chaos ps: failures measured from the log"
+expect "$page" "| steps done twice by a worker (its log, its servers' counts) | 30 |" "chaos ps: repeated steps counted"
+expect "$page" "ps-2 (asp): worker 2 did 30 step(s) twice (steps 8-37 in ps/worker2.jsonl)" "chaos ps: the repeats are named"
+expect "$page" "| bsp | 0.8200 | -0.20 | -0.20–-0.20 |" "chaos ps: accuracy against the mode's undisturbed run"
+expect "$page" "within 0.5 point of undisturbed (mean per mode): **not met** (largest mean difference 1.00 point; single runs below −0.5: asp -1.00)" \
+  "chaos ps: the accuracy target, not met"
+expect "$page" "- Target: no hangs: **not met** (1)." "chaos ps: the hang target"
+expect "$page" "ps-3: 2 of 4 faults delivered" "chaos ps: a run with fewer faults is named"
+expect "$page" "Failures injected in all: 11 (1 in the data-parallel runs, 10 in the parameter-server runs)" \
+  "chaos: faults counted over both kinds of job"
 
 echo "$failures failed"
 [[ $failures -eq 0 ]]

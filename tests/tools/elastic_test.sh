@@ -14,7 +14,9 @@
 #   6. a run killed with SIGKILL while it writes a checkpoint leaves the previous one loadable,
 #      and --resume removes the unfinished temporary and goes on from it;
 #   7. with top-k compression, worker 2 killed at step 5: the survivors carry the compression
-#      state of the 3 surviving ranks of 4 (rank 0 logs it) and the run finishes.
+#      state of the 3 surviving ranks of 4 (rank 0 logs it) and the run finishes;
+#   8. with --spares 1 a standby worker, started with the job and loaded, takes worker 1's
+#      place and the job ends where an undisturbed run does; an unused spare exits with the job.
 # usage: bash elastic_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: elastic_test.sh BUILD_DIR [SOURCE_DIR]}
@@ -164,6 +166,28 @@ rc=$?
 grep -q "compression state of step 5 carried from 3 of 4 ranks to 3 (the missing ranks' residuals are lost)" "$TMP/topk.err" \
   && pass "the survivors carried the compression state of 3 of 4 ranks" \
   || { fail "no 'carried from 3 of 4 ranks' line"; grep -i "compression state\|resuming" "$TMP/topk.err" | head -5; }
+
+# --- 8. a spare (--spares 1) takes the failed worker's place; an unused spare exits with the job
+CHORUS_FAULT=kill:1:3 "$CHORUS" train --nproc 4 --min 2 --restarts 1 --spares 1 "${COMMON[@]}" \
+  --set "output.dir=$TMP/spare" > "$TMP/spare.out" 2> "$TMP/spare.err"
+rc=$?
+[ $rc -eq 0 ] && grep -q "worker 4 (pid [0-9]*): a spare, loaded and waiting" "$TMP/spare.err" \
+  && grep -q "generation 1: 4 workers (ids 0,2,3,4), 1 spare joining" "$TMP/spare.err" \
+  && grep -q "worker 4 (pid [0-9]*): generation 1, rank 3 of 4" "$TMP/spare.err" \
+  && pass "the waiting spare joined generation 1 as rank 3 of 4" || { fail "spare run exit $rc"; tail -20 "$TMP/spare.err"; }
+if "$CHORUS" checkpoint diff "$(last_ckpt "$TMP/spare")" "$(last_ckpt "$TMP/plain")" --atol 1e-5 > "$TMP/diff8.out"; then
+  pass "with the spare, the job ends where an undisturbed run does ($(tail -1 "$TMP/diff8.out"))"
+else
+  fail "the spare run's final checkpoint differs from the undisturbed one:"; cat "$TMP/diff8.out"
+fi
+start=$(date +%s)
+timeout 120 "$CHORUS" train --nproc 2 --min 1 --restarts 1 --spares 1 "${COMMON[@]}" --set "output.dir=$TMP/idle" \
+  > "$TMP/idle.out" 2> "$TMP/idle.err"
+rc=$?
+[ $rc -eq 0 ] && [ $(( $(date +%s) - start )) -lt 60 ] && ! grep -q "spare worker" "$TMP/idle.err" \
+  && pass "an unused spare exits when the job is done" || { fail "unused spare: exit $rc"; tail -5 "$TMP/idle.err"; }
+out=$("$CHORUS" train --nproc 2 --min 1 --restarts 1 --spares 2 "${COMMON[@]}" 2>&1)
+[ $? -ne 0 ] && grep -q "more than --restarts" <<<"$out" && pass "--spares above --restarts is refused" || fail "spares > restarts: $out"
 
 echo "$failures failed"
 [ $failures -eq 0 ]

@@ -184,6 +184,7 @@ struct LineStream {
 struct RankProc {
   int rank = 0;  // the process slot (the launch rank)
   int id = 0;    // elastic jobs: the worker id of the process in this slot (else = rank)
+  bool spare = false;  // elastic: a standby worker not yet called into a generation
   pid_t pid = -1;
   bool running = false;
   int status = 0;
@@ -325,7 +326,7 @@ class LocalJob {
   LocalJob(const LaunchOptions& opts, std::string program, const std::vector<std::string>& argv,
            const SignalGuard& signals)
       : opts_(opts), program_(std::move(program)), argv_(argv), signals_(signals),
-        ranks_(static_cast<size_t>(opts.nproc)) {
+        ranks_(static_cast<size_t>(opts.nproc + opts.spares)) {
     devNull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devNull_ < 0) throw SystemError("open /dev/null for the ranks' stdin", errno);
     const int childSignals[kChildSignals] = {SIGINT, SIGTERM, SIGCHLD, SIGPIPE};
@@ -357,7 +358,10 @@ class LocalJob {
   // Forks every rank (envs[k] is rank k's environment) and waits until each has exec'd.
   // Throws when a fork or an exec fails.
   void start(std::vector<CStrings>& envs) {
-    for (int k = 0; k < opts_.nproc; ++k) spawn(k, envs[static_cast<size_t>(k)].get());
+    for (int k = 0; k < static_cast<int>(ranks_.size()); ++k) {
+      spawn(k, envs[static_cast<size_t>(k)].get());
+      ranks_[static_cast<size_t>(k)].spare = k >= opts_.nproc;
+    }
     running_ = ranks_.size();
     for (size_t k = 0; k < execPipes_.size(); ++k) checkExec(static_cast<int>(k), execPipes_[k]);
     for (int& fd : execPipes_) closeFd(fd);
@@ -372,13 +376,15 @@ class LocalJob {
     std::function<void(int, const std::vector<int>&)> publish;
     std::function<CStrings(int, int, int, int)> env;
     std::function<std::string(int)> heartbeat;  // a worker's heartbeat value ("" before its first)
+    std::function<void(int, int)> callSpare;    // (id, generation): a spare joins it; generation -1: exit
+    std::function<CStrings(int)> spareEnv;      // a new spare's environment (its id)
     Millis heartbeatTimeout{10000}, stallWarn{10000}, stallTimeout{300000};
   };
   void setElastic(ElasticHooks hooks) {
     elastic_ = std::move(hooks);
     members_.clear();
     for (int k = 0; k < opts_.nproc; ++k) members_.push_back(k);
-    nextId_ = opts_.nproc;
+    nextId_ = opts_.nproc + opts_.spares;
   }
 
   // Watches the ranks until all have exited and their output is drained. Returns the
@@ -448,22 +454,8 @@ class LocalJob {
     const int count = ++restarts_[static_cast<size_t>(k)];
     message(str("rank ", k, " ", describeStatus(r.status), "; restarting it (restart ", count, " of ",
                 opts_.maxRestarts, ")"));
-    retired_.push_back(std::make_unique<LineStream>(std::move(r.out)));
-    retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
-    r.out.fd = r.err.fd = -1;
-    CStrings env = restartEnv_(k, count);
     beats_.erase(r.id);  // the new process gets heartbeatTimeout to send its first beat
-    spawn(k, env.get());
-    const int fd = execPipes_.back();
-    execPipes_.pop_back();
-    try {
-      checkExec(k, fd);
-    } catch (...) {
-      ::close(fd);
-      throw;
-    }
-    ::close(fd);
-    ++running_;
+    respawn(k, restartEnv_(k, count), k);
   }
 
   void spawn(int k, char* const* envp, int label = -1) {
@@ -565,6 +557,11 @@ class LocalJob {
       // stopped because the job is ending are not "tolerated" failures.
       const bool tolerated = failed && r.rank < opts_.tolerateBelow && interruptSignal_ == 0 && !failedRank_ &&
                              !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus);
+      if (r.spare) {  // a standby worker that was never called in: the members go on
+        r.spare = false;
+        if (failed && interruptSignal_ == 0 && !failedRank_) message(str("spare worker ", r.id, " ", describeStatus(st), "; the job goes on without it"));
+        continue;
+      }
       if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
           interruptSignal_ == 0 && !failedRank_ && restartEnv_ && !(WIFEXITED(st) && WEXITSTATUS(st) == kFatalExitStatus)) {
         restart(r);
@@ -585,11 +582,24 @@ class LocalJob {
       }
     }
     if (!lost.empty()) regenerate(lost);
+    releaseSpares();
     if (running_ == 0 && !drainUntil_) {
       drainUntil_ = Clock::now() + kDrainAfterExit;
       if (failedRank_ || interruptSignal_ != 0) {
         for (auto& r : ranks_) ::kill(-r.pid, SIGKILL);  // leftovers in the ranks' groups
       }
+    }
+  }
+
+  // Elastic: once no member runs, the spares still waiting are told to exit.
+  void releaseSpares() {
+    if (!elastic_.callSpare || sparesReleased_) return;
+    for (const auto& r : ranks_) {
+      if (r.running && !r.spare) return;
+    }
+    sparesReleased_ = true;
+    for (const auto& r : ranks_) {
+      if (r.running && r.spare) elastic_.callSpare(r.id, -1);
     }
   }
 
@@ -612,12 +622,24 @@ class LocalJob {
     }
     const size_t maxWorkers = static_cast<size_t>(opts_.maxWorkers > 0 ? opts_.maxWorkers : opts_.nproc);
     std::vector<std::pair<int, int>> starts;  // (slot, new id)
-    for (int slot : lost) {
-      if (elasticRestartsUsed_ >= opts_.elasticRestarts || members.size() + starts.size() >= maxWorkers) break;
-      starts.emplace_back(slot, nextId_++);
+    std::vector<RankProc*> called;             // spares that join instead
+    for (size_t i = 0; i < lost.size(); ++i) {
+      if (elasticRestartsUsed_ >= opts_.elasticRestarts || members.size() + starts.size() + called.size() >= maxWorkers) break;
+      RankProc* spare = nullptr;
+      for (auto& r : ranks_) {
+        if (r.running && r.spare && std::find(called.begin(), called.end(), &r) == called.end()) {
+          spare = &r;
+          break;
+        }
+      }
+      if (spare) {
+        called.push_back(spare);
+      } else {
+        starts.emplace_back(lost[i], nextId_++);
+      }
       ++elasticRestartsUsed_;
     }
-    if (members.size() + starts.size() < static_cast<size_t>(opts_.minWorkers)) {
+    if (members.size() + starts.size() + called.size() < static_cast<size_t>(opts_.minWorkers)) {
       failedRank_ = first.id;
       failedStatus_ = first.status;
       message(str(what, "; ", plural(members.size(), "worker"), " left, fewer than --min ", opts_.minWorkers,
@@ -625,33 +647,59 @@ class LocalJob {
       stoppedOthers_ = signalRunning(SIGTERM, -1);
       return;
     }
+    for (RankProc* r : called) members.push_back(r->id);
     for (const auto& [slot, id] : starts) members.push_back(id);
     ++generation_;
     elastic_.publish(generation_, members);
     members_ = members;
+    for (RankProc* r : called) {
+      r->spare = false;
+      elastic_.callSpare(r->id, generation_);
+    }
     std::string ids;
     for (int id : members) ids += str(ids.empty() ? "" : ",", id);
     message(str(what, "; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", ids, ")",
+                called.empty() ? std::string() : str(", ", plural(called.size(), "spare"), " joining"),
                 starts.empty() ? std::string() : str(", ", plural(starts.size(), "replacement"), " starting")));
-    for (const auto& [slot, id] : starts) {
-      RankProc& r = ranks_[static_cast<size_t>(slot)];
-      retired_.push_back(std::make_unique<LineStream>(std::move(r.out)));
-      retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
-      r.out.fd = r.err.fd = -1;
-      const int rank = static_cast<int>(std::find(members.begin(), members.end(), id) - members.begin());
-      CStrings env = elastic_.env(id, generation_, rank, static_cast<int>(members.size()));
-      spawn(slot, env.get(), id);
-      const int fd = execPipes_.back();
-      execPipes_.pop_back();
-      try {
-        checkExec(slot, fd);
-      } catch (...) {
-        ::close(fd);
-        throw;
-      }
-      ::close(fd);
-      ++running_;
+    std::vector<int> freeSlots;  // lost slots no replacement took
+    for (int slot : lost) {
+      if (std::none_of(starts.begin(), starts.end(), [&](const auto& st) { return st.first == slot; })) freeSlots.push_back(slot);
     }
+    for (const auto& [slot, id] : starts) {
+      const int rank = static_cast<int>(std::find(members.begin(), members.end(), id) - members.begin());
+      respawn(slot, elastic_.env(id, generation_, rank, static_cast<int>(members.size())), id);
+    }
+    // Spares that joined leave their places to new ones, while replacements remain for them.
+    size_t idle = 0;
+    for (const auto& r : ranks_) idle += r.running && r.spare ? 1 : 0;
+    for (int slot : freeSlots) {
+      if (called.empty() || !elastic_.spareEnv) break;
+      if (static_cast<int>(idle) >= opts_.elasticRestarts - elasticRestartsUsed_) break;
+      const int id = nextId_++;
+      respawn(slot, elastic_.spareEnv(id), id);
+      ranks_[static_cast<size_t>(slot)].spare = true;
+      ++idle;
+    }
+  }
+
+  // Starts a new process in a slot whose process has exited, keeping the old one's output pipes
+  // until they reach their end.
+  void respawn(int slot, CStrings env, int id) {
+    RankProc& r = ranks_[static_cast<size_t>(slot)];
+    retired_.push_back(std::make_unique<LineStream>(std::move(r.out)));
+    retired_.push_back(std::make_unique<LineStream>(std::move(r.err)));
+    r.out.fd = r.err.fd = -1;
+    spawn(slot, env.get(), id);
+    const int fd = execPipes_.back();
+    execPipes_.pop_back();
+    try {
+      checkExec(slot, fd);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);
+    ++running_;
   }
 
   // Elastic: the workers' heartbeats (train/elastic.h), read twice a second. A worker whose
@@ -696,7 +744,7 @@ class LocalJob {
                        " ms (stopped, or its process is frozen)"));
         continue;
       }
-      seen.push_back({&r, generation, calls, v.substr(c3 + 1)});
+      if (!r.spare) seen.push_back({&r, generation, calls, v.substr(c3 + 1)});  // a spare runs no collective
     }
     // Stalls: within the current generation, the workers whose calls lag behind the most.
     uint64_t most = 0;
@@ -796,6 +844,7 @@ class LocalJob {
   std::vector<int> members_;  // elastic: the current generation's worker ids, in rank order
   int generation_ = 0;
   int nextId_ = 0;
+  bool sparesReleased_ = false;
   int elasticRestartsUsed_ = 0;
   size_t lostWorkers_ = 0;
   struct Beat {
@@ -892,9 +941,11 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
       throw InvalidArgument(str("elastic limits: need --min <= -n <= --max, got ", opts.minWorkers, " <= ", n, " <= ",
                                 maxWorkers));
   }
+  if (opts.spares < 0 || (opts.spares > 0 && !elastic))
+    throw InvalidArgument(str("spares = ", opts.spares, ": standby workers (--spares) need an elastic job (--min)"));
   // Local rank k of this node's `localSize`, rank first + k of `size`; an elastic worker's id
   // and generation.
-  auto varsOfWorker = [&](int k, int localSize, int size, int restart, int id, int generation) {
+  auto varsOfWorker = [&](int k, int localSize, int size, int restart, int id, int generation, bool spare = false) {
     std::vector<std::pair<std::string, std::string>> vars = {
         {"CHORUS_RANK", str(first + k)},
         {"CHORUS_WORLD_SIZE", str(size)},
@@ -919,6 +970,7 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
       vars.emplace_back("CHORUS_ELASTIC", "1");
       vars.emplace_back("CHORUS_ELASTIC_ID", str(id));
       vars.emplace_back("CHORUS_ELASTIC_GEN", str(generation));
+      if (spare) vars.emplace_back("CHORUS_ELASTIC_SPARE", "1");
     }
     for (const auto& kv : opts.extraEnv) vars.push_back(kv);
     return rankEnvironment(vars);
@@ -927,6 +979,9 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
   std::vector<CStrings> envs;
   envs.reserve(static_cast<size_t>(n));
   for (int k = 0; k < n; ++k) envs.emplace_back(varsOf(k, 0));
+  // Spares: a placeholder rank (the last) until the generation that calls them in says theirs.
+  auto spareVars = [varsOfWorker, n, world](int id) { return varsOfWorker(n - 1, n, world, 0, id, 0, true); };
+  for (int i = 0; i < opts.spares; ++i) envs.emplace_back(spareVars(n + i));
 
   SignalGuard signals;
   LocalJob job(opts, std::move(program), argv, signals);
@@ -955,6 +1010,10 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
       if (!store->check({key})) return std::string();
       return comm::toString(store->get(key, Millis(5000)));
     };
+    hooks.callSpare = [store = elasticStore.get()](int id, int generation) {
+      store->set(str("chorus/elastic/spare/", id), comm::toBytes(str(generation)));
+    };
+    hooks.spareEnv = [spareVars](int id) { return CStrings(spareVars(id)); };
     hooks.heartbeatTimeout = Millis(envInt("CHORUS_HEARTBEAT_TIMEOUT_MS"));
     hooks.stallWarn = Millis(static_cast<int64_t>(envDouble("CHORUS_STALL_WARN_S") * 1000));
     hooks.stallTimeout = opts.timeoutMs > 0 ? Millis(opts.timeoutMs) : defaultTimeout();

@@ -61,6 +61,12 @@ struct LaunchOptions {
   int minWorkers = 0;
   int maxWorkers = 0;  // 0: nproc
   int elasticRestarts = 0;
+  // Elastic: standby workers started with the job (ids nproc .. nproc + spares - 1, variable
+  // CHORUS_ELASTIC_SPARE=1): each loads what a worker loads and waits. A failed worker is
+  // replaced by a spare when one is ready (it counts as a replacement), else by a new process;
+  // while replacements remain, the slot of a spare that joined starts a new one. Spares still
+  // waiting when the members are done are told to exit. Needs minWorkers > 0.
+  int spares = 0;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
   // Multi-node jobs (torchrun's --nnodes): one launcher per node, each starting nproc ranks;

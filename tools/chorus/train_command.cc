@@ -36,6 +36,7 @@ const char* kTrainHelp =
     "                      from the last completed step, as long as M remain\n"
     "  --max X             elastic: at most X workers, replacements included (default N)\n"
     "  --restarts R        elastic: start up to R replacement workers in all\n"
+    "  --spares S          elastic: keep S of those replacements started, loaded and waiting\n"
     "  --resume            continue from the newest checkpoint in <output.dir>/checkpoints\n"
     "  --resume-from FILE  continue from this checkpoint\n"
     "  --trace FILE        write a Chrome trace (Perfetto, chrome://tracing) of every rank\n"
@@ -50,7 +51,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   int nproc = 0;
-  int minWorkers = 0, maxWorkers = 0, restarts = 0;  // elastic (--min, --max, --restarts)
+  int minWorkers = 0, maxWorkers = 0, restarts = 0, spares = 0;  // elastic (--min, --max, --restarts, --spares)
   bool resume = false, check = false;
   std::string resumeFrom, trace;
 };
@@ -78,7 +79,7 @@ TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
       }
       if (n < 1 || n > 1024) throw UsageError(str("chorus train: --nproc must be a whole number in [1, 1024], not '", v, "'"));
       t.nproc = static_cast<int>(n);
-    } else if (is(a, "--min") || is(a, "--max") || is(a, "--restarts")) {
+    } else if (is(a, "--min") || is(a, "--max") || is(a, "--restarts") || is(a, "--spares")) {
       const std::string flag = a.substr(0, a.find('='));
       const std::string v = value(i, flag);
       int64_t n = -1;
@@ -89,7 +90,8 @@ TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
       if (n < (flag == "--restarts" ? 0 : 1) || n > 100000)
         throw UsageError(str("chorus train: ", flag, " must be a whole number", flag == "--restarts" ? " >= 0" : " >= 1",
                              ", not '", v, "'"));
-      (flag == "--min" ? t.minWorkers : flag == "--max" ? t.maxWorkers : t.restarts) = static_cast<int>(n);
+      (flag == "--min" ? t.minWorkers : flag == "--max" ? t.maxWorkers : flag == "--spares" ? t.spares : t.restarts) =
+          static_cast<int>(n);
     } else if (a == "--resume") {
       t.resume = true;
     } else if (is(a, "--resume-from")) {
@@ -100,7 +102,7 @@ TrainArgs parseTrainArgs(const std::vector<std::string>& args) {
       t.check = true;
     } else if (!a.empty() && a[0] == '-') {
       throw UsageError(str("chorus train: unknown flag '", a,
-                           "'; the flags are: --set, --nproc (-n), --min, --max, --restarts, --resume, --resume-from, --trace, --check, "
+                           "'; the flags are: --set, --nproc (-n), --min, --max, --restarts, --spares, --resume, --resume-from, --trace, --check, "
                            "--help-config. Run `chorus train --help`."));
     } else if (t.config.empty()) {
       t.config = a;
@@ -200,8 +202,11 @@ int trainCommand(const std::vector<std::string>& args) {
                                   "/checkpoints; run without --resume to start fresh"));
       }
     }
-    if ((t.maxWorkers > 0 || t.restarts > 0) && t.minWorkers == 0)
-      throw UsageError("chorus train: --max and --restarts make the job elastic together with --min M; give --min too");
+    if ((t.maxWorkers > 0 || t.restarts > 0 || t.spares > 0) && t.minWorkers == 0)
+      throw UsageError("chorus train: --max, --restarts and --spares make the job elastic together with --min M; give --min too");
+    if (t.spares > t.restarts)
+      throw UsageError(str("chorus train: --spares ", t.spares, " is more than --restarts ", t.restarts,
+                           ": a spare joins as a replacement, so give --restarts at least as many"));
     if (t.minWorkers > 0) {
       if (cfg.ps.servers > 0 || cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
         throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; this config uses "
@@ -215,6 +220,7 @@ int trainCommand(const std::vector<std::string>& args) {
     lo.minWorkers = t.minWorkers;
     lo.maxWorkers = t.maxWorkers;
     lo.elasticRestarts = t.restarts;
+    lo.spares = t.spares;
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});
@@ -245,7 +251,13 @@ int trainCommand(const std::vector<std::string>& args) {
   }
   comm::InitOptions io;
   io.transport = cfg.ddp.transport;
-  const train::ElasticOptions elastic = train::elasticFromEnvironment();
+  train::ElasticOptions elastic = train::elasticFromEnvironment();
+  if (elastic.enabled && elastic.spare) {
+    // A standby worker (--spares): ready before it is needed; it joins the generation the
+    // launcher calls it into, or ends with the job.
+    elastic.generation = train::waitAsSpare(cfg, elastic, io.rank, io.size);
+    if (elastic.generation < 0) return 0;
+  }
   // A replacement worker of an elastic job joins the generation it was started for.
   if (elastic.enabled && elastic.generation > 0) io.prefix = train::elasticPrefix(elastic.generation);
   auto group = comm::ProcessGroup::fromEnvironment(io);

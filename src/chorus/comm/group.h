@@ -62,6 +62,10 @@ struct InitOptions {
   // which the n-th joins of the other ranks meet). An elastic job's later generations join
   // under "chorus/elastic/g<generation>" (docs/fault-tolerance.md).
   std::string prefix;
+  // This process's rank and the group's size, when they are not the environment's (a standby
+  // worker of an elastic job learns them from the store); -1: CHORUS_RANK, CHORUS_WORLD_SIZE.
+  int rank = -1;
+  int size = -1;
 };
 
 // One process's part in forming a group through a store (ProcessGroup::join).

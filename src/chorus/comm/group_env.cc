@@ -90,6 +90,8 @@ std::shared_ptr<ProcessGroup> ProcessGroup::fromEnvironment(const InitOptions& o
   auto res = std::make_shared<EnvironmentResources>();
   if (info.needsStoreFromMpi) mpiExchangeStoreAddress(info, &res->mpiServer);
   res->store = connectStore(info, timeout, &res->server);
+  if (opts.rank >= 0) info.rank = opts.rank;
+  if (opts.size > 0) info.worldSize = opts.size;
 
   GroupOptions g = opts.group;
   g.timeout = timeout;

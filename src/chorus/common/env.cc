@@ -26,6 +26,7 @@ const std::vector<EnvParam>& envParams() {
       {"CHORUS_ELASTIC", "", "1: this worker belongs to an elastic job (set by `chorus launch --min`): it survives other workers' deaths by re-forming its group."},
       {"CHORUS_ELASTIC_ID", "", "This worker's id in an elastic job, stable across generations (set by the launcher)."},
       {"CHORUS_ELASTIC_GEN", "0", "The generation of an elastic job this process joins (set by the launcher; > 0 for a replacement worker)."},
+      {"CHORUS_ELASTIC_SPARE", "", "1 for a standby worker of an elastic job (chorus train --spares): it loads what a worker loads and waits until the launcher calls it into a generation (set by the launcher)."},
       {"CHORUS_HEARTBEAT_TIMEOUT_MS", "10000", "Elastic jobs: the launcher excludes a worker whose heartbeat (twice a second, through the store) stops for this long: a stopped or frozen process."},
       {"CHORUS_STALL_WARN_S", "10", "Elastic jobs: after this many seconds in which a worker's collective calls lag behind the others' (they wait for it), the launcher prints a stall report naming it and the call; it excludes the worker once CHORUS_TIMEOUT_MS has passed."},
       {"CHORUS_FAULT", "", "Fault injection for tests and the chaos benchmark: 'kill:ID:STEP', 'stop:ID:STEP' or 'loop:ID:STEP' (comma-separated) makes the worker with that id (elastic id, else rank) kill itself (SIGKILL), stop itself (SIGSTOP) or spin forever as it starts that global step."},

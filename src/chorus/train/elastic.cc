@@ -273,7 +273,40 @@ ElasticOptions elasticFromEnvironment() {
   if (!e.enabled) return e;
   e.workerId = envInt("CHORUS_ELASTIC_ID");
   e.generation = envInt("CHORUS_ELASTIC_GEN");
+  e.spare = envString("CHORUS_ELASTIC_SPARE") == "1";
   return e;
+}
+
+int64_t waitAsSpare(const Config& cfg, const ElasticOptions& e, int& rank, int& size) {
+  auto beat = startHeartbeat(e.workerId);
+  keepDatasetsLoaded(true);
+  {
+    Roles roles;
+    roles.evaluates = true;
+    makeTask(cfg, roles);  // loads the datasets into the cache the worker's task reads
+  }
+  const comm::BootstrapInfo info = comm::detectBootstrap();
+  comm::TcpStore store(info.storeAddr, info.storePort, info.secret, Millis(30000));
+  const std::string key = str("chorus/elastic/spare/", e.workerId);
+  std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): a spare, loaded and waiting\n");
+  int64_t generation = -1;
+  for (;;) {
+    try {
+      const std::string v = comm::toString(store.get(key, Millis(2000)));
+      generation = std::stoll(v);
+      break;
+    } catch (const TimeoutError&) {
+    }
+  }
+  if (generation < 0) return -1;
+  const std::vector<int64_t> members = membersOf(store, generation, Millis(30000));
+  const auto me = std::find(members.begin(), members.end(), e.workerId);
+  if (me == members.end()) {
+    throw Error(str("worker ", e.workerId, ": a spare called into generation ", generation, ", which does not list it"));
+  }
+  rank = static_cast<int>(me - members.begin());
+  size = static_cast<int>(members.size());
+  return generation;
 }
 
 std::string elasticPrefix(int64_t generation) { return str("chorus/elastic/g", generation); }

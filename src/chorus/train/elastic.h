@@ -50,10 +50,18 @@ struct ElasticOptions {
   bool enabled = false;    // CHORUS_ELASTIC=1 (the launcher sets it)
   int64_t workerId = 0;    // CHORUS_ELASTIC_ID: stable across generations
   int64_t generation = 0;  // CHORUS_ELASTIC_GEN: the generation this process joined
+  bool spare = false;      // CHORUS_ELASTIC_SPARE=1: a standby worker (waitAsSpare)
 };
 
 // From the launcher's variables; disabled when CHORUS_ELASTIC is unset.
 ElasticOptions elasticFromEnvironment();
+
+// A standby worker (chorus train --spares): loads what a worker loads (the datasets, kept in
+// memory), beats, and waits until the launcher puts it into a generation, instead of a
+// replacement that would start from nothing ("chorus/elastic/spare/<id>" = that generation,
+// or -1 when the job ended without needing it). Returns the generation, with this worker's
+// rank and the generation's size, or -1.
+int64_t waitAsSpare(const Config& cfg, const ElasticOptions& e, int& rank, int& size);
 
 // The store prefix generation g's group joins under (g > 0; generation 0 joins as usual).
 std::string elasticPrefix(int64_t generation);
