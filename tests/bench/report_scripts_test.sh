@@ -206,6 +206,7 @@ chaos_lost() {
 for r in 1 2 3; do
   chaos_lost "lost-elastic-r$r" 1000 "100$r"            # 1, 2, 3 s
   chaos_lost "lost-elastic-replace-r$r" 1000 1004
+  chaos_lost "lost-elastic-spare-r$r" 1000 1002
   chaos_lost "lost-chorus-restart-r$r" 1000 1006
   cp "$raw/lost-chorus-restart-r$r.err" "$raw/lost-chorus-restart-r$r-a.err"
   echo "{\"impl\": \"torch-restart-all\", \"lost_s\": $((20 + r))}" > "$raw/lost-torch-restart-r$r.out"
@@ -271,13 +272,15 @@ expect "$page" "| PyTorch DDP, torchrun's restart-all (torch_restart.py) | 22.00
 expect "$page" "restart-all (elastic): **met** (PyTorch restart-all / chorus elastic = 11.0x)" "chaos: the 10x target met"
 expect "$page" "restart-all (elastic-replace): **not met** (PyTorch restart-all / chorus elastic-replace = 5.5x)" \
   "chaos: the 10x target not met"
+expect "$page" "restart-all (elastic-spare): **met** (PyTorch restart-all / chorus elastic-spare = 11.0x)" \
+  "chaos: the spare's row and its target"
 expect "$page" "| hangs (no exit within 300 s) | 1 |" "chaos: a run that timed out is a hang"
 expect "$page" "| jobs finished | 1 of 2 |" "chaos: finished jobs"
 expect "$page" "| kills of rank 0 while it wrote a checkpoint (injected) | 1 in 1 runs |" "chaos: the injected checkpoint kill"
 expect "$page" "| checkpoint in place at such a kill that still loads | 1 of 1 |" "chaos: the checkpoint kept aside loads"
 expect "$page" "| bsp | 1 | 4 (1 / 2 / 1) | 1 | 0 | 0 |" "chaos ps: the bsp run's faults and outcome"
 expect "$page" "| ssp | 1 | 2 (1 / 1 / 0) | 0 | 0 | 1 |" "chaos ps: a run that timed out is a hang"
-expect "$page" "| unreadable final shard checkpoints (CPSCKPT2 magic and SHA-256 checked here) | 1 of 6 |" \
+expect "$page" "| unreadable final shard checkpoints (CPSCKPT magic and SHA-256 checked here) | 1 of 6 |" \
   "chaos ps: a shard whose SHA-256 does not match is unreadable"
 expect "$page" "ps-3/ps/server1.ckpt: unreadable: its SHA-256 does not match its body" "chaos ps: the damaged shard is named"
 expect "$page" "| of those, landed inside the write (temporary left behind) | 1 |" "chaos ps: the ckpt kill landed"

@@ -235,10 +235,31 @@ TEST(ConsistencyTest, RejoinRaisesTheClockToTheSlowestLiveWorker) {
   d.onLeave(0, true);
   d.onPush(1, d.version());
   EXPECT_EQ(d.onRejoin(0), 3);
+  // asp waits for nobody: the worker resumes at its own count.
+  Consistency a(options(Mode::kAsp, 2));
+  a.onPush(0, 0);
+  a.onLeave(0, true);
+  for (int s = 0; s < 5; ++s) a.onPush(1, a.version());
+  EXPECT_EQ(a.onRejoin(0), 1);
   // Only a failed worker can be taken over.
   EXPECT_NE(errorOf([&] { d.onRejoin(0); }).find("is live"), std::string::npos);
   d.onLeave(1, false);
   EXPECT_NE(errorOf([&] { d.onRejoin(1); }).find("said goodbye"), std::string::npos);
+}
+
+// A push carries the worker's own count: a server that lost its counts (restarted) takes it,
+// and a restored checkpoint's counts go on.
+TEST(ConsistencyTest, PushesCarryTheWorkersOwnClock) {
+  Consistency c(options(Mode::kAsp, 2));
+  c.onPush(0, 0, 41);  // a worker at its 41st push meets a server that restarted
+  EXPECT_EQ(c.stats()[0].clock, 41);
+  c.onPush(0, c.version(), -1);
+  EXPECT_EQ(c.stats()[0].clock, 42);
+  c.onPush(0, c.version(), 5);  // a lower count never moves it back
+  EXPECT_EQ(c.stats()[0].clock, 43);
+  c.restoreClocks({10, 20});
+  EXPECT_EQ(c.stats()[1].clock, 20);
+  EXPECT_NE(errorOf([&] { c.restoreClocks({1}); }).find("1 clocks for 2 workers"), std::string::npos);
 }
 
 // bsp after a rejoin: the worker counts again from the round it pulls.

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "chorus/common/hmac.h"
 #include "chorus/compress/factory.h"
 #include "chorus/ps/client.h"
 #include "chorus/ps/protocol.h"
@@ -354,11 +355,13 @@ TEST(PsServer, BackupWorkerDropsLatePushes) {
 
 // ---- 4b. backup workers: every server applies the same pushes ----
 
-// Sends a raw header and its payload to `server`; returns the answer's op and payload bytes.
-std::pair<Op, std::string> rawCall(comm::ProcessGroup& g, int server, const Header& h, const void* payload) {
+// Sends a raw header and `payloadBytes` of payload (whatever the header claims) to `server`;
+// returns the answer's op and payload bytes.
+std::pair<Op, std::string> rawCall(comm::ProcessGroup& g, int server, const Header& h, const void* payload,
+                                   size_t payloadBytes) {
   const auto bytes = encodeHeader(h);
   g.send(server, kHeaderTag, bytes.data(), bytes.size());
-  if (h.payloadBytes > 0) g.send(server, kPayloadTag, payload, h.payloadBytes);
+  if (payloadBytes > 0) g.send(server, kPayloadTag, payload, payloadBytes);
   std::array<uint8_t, kHeaderBytes> in{};
   g.recv(server, kHeaderTag, in.data(), in.size());
   const Header a = decodeHeader(in);
@@ -420,7 +423,7 @@ TEST(PsServer, BackupWorkersTheServersAgreeOnEachRound) {
       Header h = request(s, Op::kPush);
       const std::vector<float> part = shardOf(plan, s, grad);
       h.payloadBytes = part.size() * sizeof(float);
-      const auto [op, msg] = rawCall(g, kWorkers + s, h, part.data());
+      const auto [op, msg] = rawCall(g, kWorkers + s, h, part.data(), h.payloadBytes);
       EXPECT_EQ(op, Op::kAck) << "worker " << r << " server " << s << ": " << msg;
     };
     if (r == 0) {
@@ -428,7 +431,7 @@ TEST(PsServer, BackupWorkersTheServersAgreeOnEachRound) {
         Header h = request(s, Op::kInit);
         const std::vector<float> part = shardOf(plan, s, init);
         h.payloadBytes = part.size() * sizeof(float);
-        EXPECT_EQ(rawCall(g, kWorkers + s, h, part.data()).first, Op::kAck);
+        EXPECT_EQ(rawCall(g, kWorkers + s, h, part.data(), h.payloadBytes).first, Op::kAck);
       }
       phase = 1;
       waitPhase(2);
@@ -449,11 +452,11 @@ TEST(PsServer, BackupWorkersTheServersAgreeOnEachRound) {
       phase = 4;
     }
     for (int s = 0; s < kServers; ++s) {
-      const auto [op, msg] = rawCall(g, kWorkers + s, request(s, Op::kPull), nullptr);
+      const auto [op, msg] = rawCall(g, kWorkers + s, request(s, Op::kPull), nullptr, 0);
       EXPECT_EQ(op, Op::kParams);
       pulled[static_cast<size_t>(r * kServers + s)].assign(reinterpret_cast<const float*>(msg.data()),
                                                            reinterpret_cast<const float*>(msg.data()) + msg.size() / 4);
-      EXPECT_EQ(rawCall(g, kWorkers + s, request(s, Op::kBye), nullptr).first, Op::kAck);
+      EXPECT_EQ(rawCall(g, kWorkers + s, request(s, Op::kBye), nullptr, 0).first, Op::kAck);
     }
   });
   for (size_t r = 0; r < outcome.size(); ++r) {
@@ -507,16 +510,8 @@ TEST(PsServer, BackupWorkersAgreeOverManyRounds) {
 // Sends a raw header (and `payloadBytes` of zeros) to `server` and returns the answer's op and
 // message.
 std::pair<Op, std::string> rawRequest(comm::ProcessGroup& g, int server, const Header& h, size_t payloadBytes) {
-  const auto bytes = encodeHeader(h);
-  g.send(server, kHeaderTag, bytes.data(), bytes.size());
-  std::vector<uint8_t> payload(payloadBytes, 0);
-  if (payloadBytes > 0) g.send(server, kPayloadTag, payload.data(), payload.size());
-  std::array<uint8_t, kHeaderBytes> in{};
-  g.recv(server, kHeaderTag, in.data(), in.size());
-  const Header a = decodeHeader(in);
-  std::string msg(a.payloadBytes, '\0');
-  if (!msg.empty()) g.recv(server, kPayloadTag, msg.data(), msg.size());
-  return {a.op, msg};
+  const std::vector<uint8_t> zeros(payloadBytes, 0);
+  return rawCall(g, server, h, zeros.data(), payloadBytes);
 }
 
 TEST(PsServer, MalformedMessagesAreRefusedAndServingGoesOn) {
@@ -710,6 +705,8 @@ TEST(PsServer, ResumeFromCheckpointContinuesTraining) {
     EXPECT_EQ(loaded[static_cast<size_t>(s)], saved[static_cast<size_t>(s)]) << "server " << s;
     EXPECT_TRUE(second.reports[static_cast<size_t>(s)].resumedFromCheckpoint);
     EXPECT_EQ(second.reports[static_cast<size_t>(s)].version, 6);
+    // The worker's count of pushes goes on from the checkpoint's 3 (a fresh client says 1..3).
+    EXPECT_EQ(second.reports[static_cast<size_t>(s)].workers[0].clock, 6);
     savedFlat.insert(savedFlat.end(), saved[static_cast<size_t>(s)].begin(), saved[static_cast<size_t>(s)].end());
   }
   EXPECT_EQ(firstPull, savedFlat);
@@ -756,7 +753,7 @@ TEST(PsServer, CheckpointChecksumRefusesAFlippedByte) {
   };
   const std::string good = readAll(path);
   ASSERT_GT(good.size(), 40u);
-  ASSERT_EQ(good.substr(0, 8), "CPSCKPT2");
+  ASSERT_EQ(good.substr(0, 8), "CPSCKPT3");
 
   // Loads the file at `p` into a fresh server; returns its values, or the error's message.
   auto resumeFrom = [&](const std::string& p, std::vector<float>* values) {
@@ -792,8 +789,15 @@ TEST(PsServer, CheckpointChecksumRefusesAFlippedByte) {
     EXPECT_TRUE(none.empty()) << "byte " << at << ": a corrupt checkpoint was loaded";
   }
 
-  // The older format: the same body without the digest.
-  writeAll(path, "CPSCKPT1" + good.substr(40));
+  // The older formats: CPSCKPT2, the body without the workers' clocks (a u32 count and one i64
+  // per worker at its end), and CPSCKPT1, without the digest too.
+  const std::string body2 = good.substr(40, good.size() - 40 - (4 + 8));
+  const Digest digest = sha256(reinterpret_cast<const uint8_t*>(body2.data()), body2.size());
+  writeAll(path, "CPSCKPT2" + std::string(reinterpret_cast<const char*>(digest.data()), digest.size()) + body2);
+  std::vector<float> v2;
+  EXPECT_EQ(resumeFrom(path, &v2), "");
+  EXPECT_EQ(v2, job.serverValues[0]);
+  writeAll(path, "CPSCKPT1" + body2);
   std::vector<float> old;
   EXPECT_EQ(resumeFrom(path, &old), "");
   EXPECT_EQ(old, job.serverValues[0]);

@@ -73,7 +73,7 @@ class Client {
   // A process restarted in place of this worker after it failed (the servers run with
   // ServerOptions::workerRestarts) calls this instead of init: it pulls the servers'
   // parameters and returns the step to resume at, the most pushes any server counts for this
-  // worker (a server raises that to the slowest live worker's count when the worker rejoins,
+  // worker (in bsp and ssp a server raises that to the slowest live worker's count when it rejoins,
   // server.h); clock() goes on from there. A server that has not yet seen the restart holds
   // the pull until it has (it polls for restarted workers).
   int64_t rejoin(const std::vector<std::span<float>>& params);

@@ -60,7 +60,7 @@ static void checkWorker(int worker, int workers, const char* what) {
   }
 }
 
-Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn) {
+Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn, int64_t workerClock) {
   checkWorker(worker, opts_.workers, "push");
   WorkerStats& st = stats_[worker];
   if (st.left) {
@@ -77,7 +77,7 @@ Consistency::PushDecision Consistency::onPush(int worker, int64_t basedOn) {
                               "; pull the round's parameters before pushing again"));
   }
   ++st.pushes;
-  ++st.clock;
+  st.clock = std::max(st.clock + 1, workerClock);
 
   PushDecision d{Verdict::kApply};
   if (opts_.mode != Mode::kBsp) {
@@ -120,6 +120,16 @@ void Consistency::onApplied() {
 
 std::vector<uint8_t> Consistency::roundMembers() const { return inRound_; }
 
+void Consistency::restoreClocks(const std::vector<int64_t>& clocks) {
+  if (clocks.size() != static_cast<size_t>(opts_.workers)) {
+    throw InvalidArgument(str("consistency: ", clocks.size(), " clocks for ", opts_.workers, " workers"));
+  }
+  for (size_t w = 0; w < clocks.size(); ++w) {
+    if (clocks[w] < 0) throw InvalidArgument(str("consistency: worker ", w, " has a negative clock ", clocks[w]));
+    stats_[w].clock = clocks[w];
+  }
+}
+
 std::vector<int> Consistency::decideRound(const std::vector<uint8_t>& members) {
   if (!opts_.followRounds) throw InvalidArgument("consistency: decideRound() needs followRounds (bsp)");
   if (decided_) throw InvalidArgument(str("consistency: round ", version_, " is already decided"));
@@ -160,7 +170,7 @@ int64_t Consistency::onRejoin(int worker) {
   for (int w = 0; w < opts_.workers; ++w) {
     if (w != worker && !stats_[w].left) lo = std::min(lo, stats_[w].clock);
   }
-  if (lo != INT64_MAX) st.clock = std::max(st.clock, lo);
+  if (opts_.mode != Mode::kAsp && lo != INT64_MAX) st.clock = std::max(st.clock, lo);
   st.left = false;
   st.failed = false;
   ++st.rejoins;

@@ -25,9 +25,10 @@
 // there is nothing to wait for. A push basedOn > version is malformed (a version that does
 // not exist yet) and is refused.
 //
-// A worker that died can come back (a restarted process, onRejoin): it is live again, and its
-// clock moves up to the lowest clock of the other live workers, so that it resumes with them
-// instead of holding ssp's bound back by the steps it missed.
+// A worker that died can come back (a restarted process, onRejoin): it is live again. In bsp
+// and ssp its clock moves up to the lowest clock of the other live workers, so that it resumes
+// with them instead of holding bsp's rounds or ssp's bound back by the steps it missed; in asp
+// nothing waits for it, so it resumes at its own count and skips nothing.
 //
 // Following rounds (followRounds, bsp with backup workers on every server but the
 // coordinator): the round does not close on a count. Pushes basedOn == version are held as
@@ -86,7 +87,10 @@ class Consistency {
   // Records a push by `worker` (clock + 1). Throws InvalidArgument for a worker out of range,
   // one that has left, basedOn outside [0, version()], or (bsp) a second push to the round w
   // already pushed to (the server answers with the message; a refused push changes nothing).
-  PushDecision onPush(int worker, int64_t basedOn);
+  // workerClock: the worker's own count of its pushes including this one (the header's clock;
+  // -1: unknown); clock(w) becomes the larger of it and clock + 1, so a server that restarted
+  // learns the workers' real counts from their next pushes.
+  PushDecision onPush(int worker, int64_t basedOn, int64_t workerClock = -1);
   // The update (asp/ssp: one push; bsp: the round) is in the parameters: version + 1.
   // bsp: only after the round closed (closesRound or onLeave returned true); checked.
   void onApplied();
@@ -100,10 +104,13 @@ class Consistency {
   // leave by the same worker changes nothing and returns false.
   bool onLeave(int worker, bool failed);
   // A restarted process took the place of `worker`, which failed: it is live again, its clock
-  // is raised to the lowest clock of the other live workers (if higher), and that clock is
-  // returned (the worker resumes at that step). Throws InvalidArgument for a worker that did
+  // is raised to the lowest clock of the other live workers if higher (bsp, ssp), and that
+  // clock is returned (the worker resumes at that step). Throws InvalidArgument for a worker that did
   // not fail or is live.
   int64_t onRejoin(int worker);
+  // Every worker's clock, as saved in a checkpoint (a restarted server resumes the counts).
+  // Throws InvalidArgument for a list of the wrong size or a negative clock.
+  void restoreClocks(const std::vector<int64_t>& clocks);
 
   // bsp: the workers whose pushes count in the open round so far (the coordinator's decision).
   std::vector<uint8_t> roundMembers() const;

@@ -25,16 +25,19 @@
 // epochs of failed workers that may come back, and re-admits them.
 //
 // Checkpoint file (little-endian, written to a temp file, fsynced, renamed over the path):
-//   "CPSCKPT2"  u8[32] SHA-256 of the body (everything after it)
+//   "CPSCKPT3"  u8[32] SHA-256 of the body (everything after it)
 //   body: u32 server  u64 fingerprint  i64 version  i64 load  u32 slices
 //         f32[load] values
 //         per slice: i64 steps  u32 buffers  (u32 name length, name, i64 count, f32[count]) ...
+//         u32 workers  i64 clock per worker (its pushes as counted: a restarted server goes on
+//         counting from there, and a restarted worker rejoins where the servers' counts say)
 // The body is built in memory (a copy of the shard and its optimizer state) so that its digest
 // can go in front of it. Loading reads the file whole, after checking that it is a regular file
 // no larger than a checkpoint of this shard can be, and verifies the digest before it reads a
 // field: a damaged file is refused as a whole, naming the checksum, instead of being parsed.
-// "CPSCKPT1" (the same body without the digest, written by chorus before the checksum) still
-// loads, unverified, with a warning; the server's next checkpoint is written as CPSCKPT2.
+// "CPSCKPT2" (the same without the clocks) still loads, its clocks from 0 until the workers'
+// next pushes say theirs; "CPSCKPT1" (neither digest nor clocks, written by chorus before the
+// checksum) loads unverified, with a warning. The server's next checkpoint is a CPSCKPT3.
 #include "chorus/ps/server.h"
 
 #include <fcntl.h>
@@ -268,7 +271,8 @@ class BodyReader {
   std::string path_;
 };
 
-constexpr char kCheckpointMagic[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '2'};
+constexpr char kCheckpointMagic[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '3'};
+constexpr char kCheckpointMagicV2[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '2'};  // no worker clocks
 constexpr char kCheckpointMagicV1[8] = {'C', 'P', 'S', 'C', 'K', 'P', 'T', '1'};  // no checksum
 // Sanity bound on a name or buffer count read from a file, so a corrupt file cannot make us
 // allocate without limit.
@@ -916,7 +920,7 @@ void Server::Impl::onPush(int w, const Header& h, std::vector<float> grad) {
   Consistency::PushDecision d;
   try {
     std::lock_guard<std::mutex> lock(consMu);
-    d = cons.onPush(w, h.version - versionBase);
+    d = cons.onPush(w, h.version - versionBase, h.clock);
   } catch (const InvalidArgument& e) {
     sendError(w, e.what());
     return;
@@ -1126,6 +1130,11 @@ void Server::Impl::saveCheckpoint() {
       body.bytes(st.buffers[b].data(), st.buffers[b].size() * sizeof(float));
     }
   }
+  {
+    std::lock_guard<std::mutex> lock(consMu);
+    body.value<uint32_t>(static_cast<uint32_t>(workers));
+    for (const WorkerStats& ws : cons.stats()) body.value<int64_t>(ws.clock);
+  }
   const Digest digest = sha256(body.body().data(), body.body().size());
   const std::string tmp = str(opts.checkpointPath, ".tmp.", ::getpid());
   {
@@ -1145,14 +1154,18 @@ void Server::Impl::saveCheckpoint() {
 void Server::Impl::loadCheckpoint() {
   const std::string& path = opts.checkpointPath;
   // The most a checkpoint of this shard can hold: magic, digest, the fixed fields, the values,
-  // and per slice its step count and at most kMaxCheckpointBuffers named buffers of the slice's
-  // size (so at most kMaxCheckpointBuffers times the values in all).
+  // per slice its step count and at most kMaxCheckpointBuffers named buffers of the slice's
+  // size (so at most kMaxCheckpointBuffers times the values in all), and the workers' clocks.
   const auto values64 = static_cast<uint64_t>(load) * sizeof(float);
   const uint64_t limit = sizeof kCheckpointMagic + sizeof(Digest) + 32 + values64 * (1 + kMaxCheckpointBuffers) +
+                         4 + 8 * static_cast<uint64_t>(workers) +
                          static_cast<uint64_t>(sliceCount) * (12 + kMaxCheckpointBuffers * (12 + kMaxNameBytes));
   const std::vector<uint8_t> file = readWholeFile(path, limit, str("ps server ", index));
   size_t at = sizeof kCheckpointMagic;
-  if (file.size() >= sizeof kCheckpointMagic && std::memcmp(file.data(), kCheckpointMagic, sizeof kCheckpointMagic) == 0) {
+  const bool v3 = file.size() >= sizeof kCheckpointMagic && std::memcmp(file.data(), kCheckpointMagic, sizeof kCheckpointMagic) == 0;
+  const bool v2 = file.size() >= sizeof kCheckpointMagicV2 &&
+                  std::memcmp(file.data(), kCheckpointMagicV2, sizeof kCheckpointMagicV2) == 0;
+  if (v3 || v2) {
     // Verified before any field is read: a damaged file is never half-parsed.
     if (file.size() < at + sizeof(Digest)) {
       throw Error(str("server checkpoint ", path, " ends early: it is truncated or not a checkpoint; delete it "
@@ -1171,7 +1184,7 @@ void Server::Impl::loadCheckpoint() {
   } else if (file.size() >= sizeof kCheckpointMagicV1 &&
              std::memcmp(file.data(), kCheckpointMagicV1, sizeof kCheckpointMagicV1) == 0) {
     CHORUS_WARN(who(), ": checkpoint ", path, " is in the older format CPSCKPT1, which has no checksum; loading it "
-                "unverified. This server's next checkpoint is written as CPSCKPT2, with one");
+                "unverified. This server's next checkpoint is written as CPSCKPT3, with one");
   } else {
     throw Error(str("ps server ", index, ": ", path, " is not a parameter-server checkpoint (bad magic); delete it or "
                     "point checkpointPath elsewhere"));
@@ -1220,6 +1233,18 @@ void Server::Impl::loadCheckpoint() {
       st.buffers.push_back(std::move(buf));
     }
   }
+  std::vector<int64_t> clocks;  // CPSCKPT3: each worker's pushes as counted then
+  if (v3) {
+    const auto n = f.value<uint32_t>();
+    if (static_cast<int>(n) != workers) {
+      throw ConfigError(str("ps server ", index, ": checkpoint ", path, " was written for ", n, " workers, this job has ",
+                            workers, "; resume with the same workers, or delete it to start this shard from scratch"));
+    }
+    for (uint32_t w = 0; w < n; ++w) {
+      clocks.push_back(f.value<int64_t>());
+      if (clocks.back() < 0) throw Error(str("ps server ", index, ": checkpoint ", path, " is corrupt (a negative clock)"));
+    }
+  }
   if (f.left() != 0) {
     throw Error(str("ps server ", index, ": checkpoint ", path, " has ", f.left(),
                     " bytes after its last slice; it is corrupt. Delete it to start this shard from scratch"));
@@ -1234,6 +1259,7 @@ void Server::Impl::loadCheckpoint() {
   }
   std::copy(loaded.begin(), loaded.end(), values.begin());
   versionBase = version;
+  if (!clocks.empty()) cons.restoreClocks(clocks);
 }
 
 // ---- Server ----

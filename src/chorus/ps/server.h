@@ -29,7 +29,7 @@
 // CHORUS_REJOIN). While a failed worker may still come back, the loop also polls the
 // transport's peer epochs (every kRejoinPoll); when a restarted process has taken the failed
 // worker's place it rejoins (Consistency::onRejoin): live again, its header receive posted,
-// and its clock raised to the slowest live worker's, which the answers' clock field tells the
+// and (bsp, ssp) its clock raised to the slowest live worker's, which the answers' clock field tells the
 // new process (Client::rejoin), so it resumes at that step. In bsp it counts again from the
 // round it pulls. With no live worker left, the server waits for a rejoin up to the group's
 // timeout, then ends.
