@@ -378,11 +378,10 @@ def ps_section(a, problems):
            "was never restarted in that run (a restarted server counts from its restart), or, when both were, "
            "minus the distinct steps in the worker's log, divided by that worker's failures in the run. Steps "
            "done twice: step records in `ps/worker<w>.jsonl` (a restarted worker appends to it) minus distinct "
-           "steps, or a server counting more pushes of a worker than its planned steps. A restarted worker rejoins at the step the servers counted for it; "
-           "in bsp and ssp that is raised to the slowest live worker's, so a worker that comes back late skips the "
-           "steps the others made without it (its shard of those steps is not trained on): a failure there loses "
-           "the steps made while the launcher noticed it (3 s for a SIGSTOP) and restarted it. In asp it resumes "
-           "at its own count and loses nothing.",
+           "steps, or a server counting more pushes of a worker than its planned steps. A restarted worker rejoins at the step the servers counted for it "
+           "(its own pushes: each push carries the worker's count and shard checkpoints keep them), so it skips "
+           "none of its steps; a failure loses only the step in flight. Behind the others, it finishes its last "
+           "steps after them (bsp, asp), or holds them back until it is within s (ssp).",
            "", "| mode | undisturbed final accuracy | finished runs' accuracy − undisturbed (points), mean | min–max |",
            "|---|---:|---:|---:|"]
     verdicts = []

@@ -114,6 +114,13 @@ struct Client::Impl {
       }
       lost[static_cast<size_t>(s)] = true;
     };
+    // A header came from the process a restart has replaced since: its payload never will, and
+    // a receive posted now would wait on the new process. Checked before every payload receive.
+    auto replaced = [&](int s) {
+      if (!reconnect || group->peerEpoch(serverRanks[static_cast<size_t>(s)]) == epochs[static_cast<size_t>(s)]) return false;
+      lost[static_cast<size_t>(s)] = true;
+      return true;
+    };
     for (size_t i = 0; i < n; ++i) {
       const int s = targets[i];
       Header h;
@@ -160,14 +167,10 @@ struct Client::Impl {
           if (a.payloadBytes > kMaxPayloadBytes) {
             throw BadAnswer(str(who(), ": server ", s, " sent an error of ", a.payloadBytes, " bytes"), rank);
           }
+          if (replaced(s)) continue;
           std::string msg(a.payloadBytes, '\0');
           if (!msg.empty()) group->recvAsync(rank, kPayloadTag, msg.data(), msg.size(), timeout)->wait();
-          if (reconnect && group->peerEpoch(rank) != epochs[static_cast<size_t>(s)]) {
-            // A restarted process answered a request meant for the one before it.
-            lost[static_cast<size_t>(s)] = true;
-          } else if (error.empty()) {
-            error = str(who(), ": ", opName(op), " refused by ", msg);
-          }
+          if (error.empty()) error = str(who(), ": ", opName(op), " refused by ", msg);
           continue;
         }
         const Op expected = op == Op::kPull ? Op::kParams : Op::kAck;
@@ -178,6 +181,7 @@ struct Client::Impl {
                           rank);
         }
         if (op == Op::kPull) {
+          if (replaced(s)) continue;
           auto& buf = (*got)[static_cast<size_t>(s)];
           buf.resize(static_cast<size_t>(plan.load(s)));
           group->recvAsync(rank, kPayloadTag, buf.data(), bytes, timeout)->wait();

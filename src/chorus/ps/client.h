@@ -73,8 +73,8 @@ class Client {
   // A process restarted in place of this worker after it failed (the servers run with
   // ServerOptions::workerRestarts) calls this instead of init: it pulls the servers'
   // parameters and returns the step to resume at, the most pushes any server counts for this
-  // worker (in bsp and ssp a server raises that to the slowest live worker's count when it rejoins,
-  // server.h); clock() goes on from there. A server that has not yet seen the restart holds
+  // worker (each push carries the worker's own count, and shard checkpoints keep them, so a
+  // restarted server knows it too); clock() goes on from there. A server that has not yet seen the restart holds
   // the pull until it has (it polls for restarted workers).
   int64_t rejoin(const std::vector<std::span<float>>& params);
   // Tells every server this worker is done. The destructor does it if not done, except while

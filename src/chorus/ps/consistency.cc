@@ -166,11 +166,6 @@ int64_t Consistency::onRejoin(int worker) {
     throw InvalidArgument(str("consistency rejoin: worker ", worker, st.left ? " said goodbye" : " is live",
                               "; only a worker that failed can be taken over by a restarted process"));
   }
-  int64_t lo = INT64_MAX;
-  for (int w = 0; w < opts_.workers; ++w) {
-    if (w != worker && !stats_[w].left) lo = std::min(lo, stats_[w].clock);
-  }
-  if (opts_.mode != Mode::kAsp && lo != INT64_MAX) st.clock = std::max(st.clock, lo);
   st.left = false;
   st.failed = false;
   ++st.rejoins;

@@ -25,10 +25,10 @@
 // there is nothing to wait for. A push basedOn > version is malformed (a version that does
 // not exist yet) and is refused.
 //
-// A worker that died can come back (a restarted process, onRejoin): it is live again. In bsp
-// and ssp its clock moves up to the lowest clock of the other live workers, so that it resumes
-// with them instead of holding bsp's rounds or ssp's bound back by the steps it missed; in asp
-// nothing waits for it, so it resumes at its own count and skips nothing.
+// A worker that died can come back (a restarted process, onRejoin): it is live again, at its
+// own clock, so it skips none of its steps. Behind the others, it counts in bsp rounds from the
+// one it pulls (finishing its last steps alone), and in ssp the others wait for it to come
+// within s of them, as for any slow worker.
 //
 // Following rounds (followRounds, bsp with backup workers on every server but the
 // coordinator): the round does not close on a count. Pushes basedOn == version are held as
@@ -103,8 +103,7 @@ class Consistency {
   // least one was counted): the caller applies what it has, then calls onApplied(). A second
   // leave by the same worker changes nothing and returns false.
   bool onLeave(int worker, bool failed);
-  // A restarted process took the place of `worker`, which failed: it is live again, its clock
-  // is raised to the lowest clock of the other live workers if higher (bsp, ssp), and that
+  // A restarted process took the place of `worker`, which failed: it is live again, and its
   // clock is returned (the worker resumes at that step). Throws InvalidArgument for a worker that did
   // not fail or is live.
   int64_t onRejoin(int worker);

@@ -28,10 +28,10 @@
 // Restarted workers (workerRestarts > 0; the transport must take restarted peers: tcp with
 // CHORUS_REJOIN). While a failed worker may still come back, the loop also polls the
 // transport's peer epochs (every kRejoinPoll); when a restarted process has taken the failed
-// worker's place it rejoins (Consistency::onRejoin): live again, its header receive posted,
-// and (bsp, ssp) its clock raised to the slowest live worker's, which the answers' clock field tells the
-// new process (Client::rejoin), so it resumes at that step. In bsp it counts again from the
-// round it pulls. With no live worker left, the server waits for a rejoin up to the group's
+// worker's place it rejoins (Consistency::onRejoin): live again, its header receive posted;
+// the answers' clock field tells the new process its count of pushes (Client::rejoin), so it
+// resumes at that step, skipping none of its own. In bsp it counts again from the round it
+// pulls; in ssp the others wait for it to come within s. With no live worker left, the server waits for a rejoin up to the group's
 // timeout, then ends.
 //
 // Backup workers on several servers (bsp, backup > 0, more than one server; serverRanks
