@@ -298,7 +298,9 @@ def ps_section(a, problems):
             else:
                 problems.append(f"{name}: the server killed in its checkpoint write did not report a reload "
                                 f"({'no report' if rep is None else 'resumed ' + str(rep.get('resumed'))})")
-            if f.get("prev_copy"):
+            # A kill that came after the write finished (not landed) found the new shard in place,
+            # which the final-shard check covers; only a cut write must have left the old one whole.
+            if f.get("prev_copy") and f.get("landed"):
                 prev_checked += 1
                 why = shard_ok(f["prev_copy"])
                 if why is None and f.get("prev_in_place", True):

@@ -261,8 +261,13 @@ cat > "$raw/ps-1.inject.json" << EOF
 EOF
 echo '{"faults": [{"kind": "kill", "rank": 3, "signal": "SIGKILL"}, {"kind": "kill", "rank": 4, "signal": "SIGKILL"},
  {"kind": "kill", "rank": 2, "signal": "SIGKILL"}, {"kind": "stop", "rank": 2, "signal": "SIGSTOP"}]}' > "$raw/ps-2.inject.json"
-echo '{"faults": [{"kind": "kill", "rank": 1, "signal": "SIGKILL"}, {"kind": "stop", "rank": 4, "signal": "SIGSTOP"}]}' \
-  > "$raw/ps-3.inject.json"
+# ps-3's ckpt kill came after the write had finished (not landed): the new shard replaced the
+# kept one, which is no fault of the old shard's (the final-shard check covers the new one).
+cat > "$raw/ps-3.inject.json" << EOF
+{"faults": [{"kind": "kill", "rank": 1, "signal": "SIGKILL"}, {"kind": "stop", "rank": 4, "signal": "SIGSTOP"},
+ {"kind": "ckpt", "rank": 3, "signal": "SIGKILL", "landed": false, "tmp": "$raw/ps-3/ps/server0.ckpt.tmp.78",
+  "prev": "$raw/ps-3/ps/server0.ckpt", "prev_copy": "$raw/ps-3.prev-3.ckpt", "prev_in_place": false}]}
+EOF
 python3 "$SRC/bench/chaos/report.py" --raw "$raw" --lost-repeat 3 --sections lost chaos ps --chaos-runs 2 --ps-runs 3 \
   --ps-clean 1 --src "$SRC" --command "bash bench/chaos/run.sh build" --out "$TMP/chaos.md" 2> "$TMP/chaos.err"
 page=$TMP/chaos.md
@@ -279,13 +284,15 @@ expect "$page" "| jobs finished | 1 of 2 |" "chaos: finished jobs"
 expect "$page" "| kills of rank 0 while it wrote a checkpoint (injected) | 1 in 1 runs |" "chaos: the injected checkpoint kill"
 expect "$page" "| checkpoint in place at such a kill that still loads | 1 of 1 |" "chaos: the checkpoint kept aside loads"
 expect "$page" "| bsp | 1 | 4 (1 / 2 / 1) | 1 | 0 | 0 |" "chaos ps: the bsp run's faults and outcome"
-expect "$page" "| ssp | 1 | 2 (1 / 1 / 0) | 0 | 0 | 1 |" "chaos ps: a run that timed out is a hang"
+expect "$page" "| ssp | 1 | 3 (1 / 1 / 1) | 0 | 0 | 1 |" "chaos ps: a run that timed out is a hang"
 expect "$page" "| unreadable final shard checkpoints (CPSCKPT magic and SHA-256 checked here) | 1 of 6 |" \
   "chaos ps: a shard whose SHA-256 does not match is unreadable"
 expect "$page" "ps-3/ps/server1.ckpt: unreadable: its SHA-256 does not match its body" "chaos ps: the damaged shard is named"
 expect "$page" "| of those, landed inside the write (temporary left behind) | 1 |" "chaos ps: the ckpt kill landed"
 expect "$page" "| shard in place at the kill still whole (magic, SHA-256) | 1 of 1 |" "chaos ps: the kept shard verifies"
-expect "$page" "| killed server restarted and reloaded its shard (\`resumed\`) | 1 of 1 |" "chaos ps: the killed server reloaded"
+expect "$page" "| killed server restarted and reloaded its shard (\`resumed\`) | 1 of 2 |" "chaos ps: the killed server reloaded"
+! grep -q "replaced while the writer" "$page" && pass "chaos ps: a kill after the write finished is not a damaged shard" \
+  || fail "chaos ps: a finished write counted as damage: $(grep "replaced while" "$page")"
 expect "$page" "| steps lost per worker failure, median (min–max) | 3.0 (0.0–5.0) |" \
   "chaos ps: steps lost per failure from the never-restarted server, else the worker's log"
 expect "$page" "| of the worker failures, measured from the worker's log (both servers restarted) | 2 |" \
@@ -296,8 +303,8 @@ expect "$page" "| bsp | 0.8200 | -0.20 | -0.20–-0.20 |" "chaos ps: accuracy ag
 expect "$page" "within 0.5 point of undisturbed (mean per mode): **not met** (largest mean difference 1.00 point; single runs below −0.5: asp -1.00)" \
   "chaos ps: the accuracy target, not met"
 expect "$page" "- Target: no hangs: **not met** (1)." "chaos ps: the hang target"
-expect "$page" "ps-3: 2 of 4 faults delivered" "chaos ps: a run with fewer faults is named"
-expect "$page" "Failures injected in all: 11 (1 in the data-parallel runs, 10 in the parameter-server runs)" \
+expect "$page" "ps-3: 3 of 4 faults delivered" "chaos ps: a run with fewer faults is named"
+expect "$page" "Failures injected in all: 12 (1 in the data-parallel runs, 11 in the parameter-server runs)" \
   "chaos: faults counted over both kinds of job"
 
 echo "$failures failed"
