@@ -187,6 +187,15 @@ rc=$?
   && grep -q "worker 1 (restart 1) rejoined the job at step 10," <<<"$out" \
   && pass "bsp: a stopped worker is found by its heartbeat, killed, restarted and rejoins" || fail "stopped worker: rc $rc: $out"
 
+# 5b''. A worker killed after it finished its steps (the fault at the run's last step fires once
+# it has said goodbye) is not restarted: the job is done with it, and ends with status 0.
+out=$(CHORUS_FAULT=kill:1:20 timeout 120 "$CHORUS" train --nproc 2 "${SETS[@]}" --set ps.servers=1 --set ps.mode=bsp \
+  --set ps.restarts=1 --set output.dir="$TMP/wdone" 2>&1)
+rc=$?
+[ $rc -eq 0 ] && grep -q "rank 1 was killed by signal 9 (SIGKILL) after it had finished its work; not restarting it" <<<"$out" \
+  && ! grep -q "rank 1 .*restarting it (restart" <<<"$out" \
+  && pass "a worker killed after its last step is not restarted" || fail "killed after finishing: rc $rc: $out"
+
 # 5c. Backup workers on two servers: both apply the same pushes in every round.
 out=$(timeout 120 "$CHORUS" train --nproc 3 "${SETS[@]}" --set train.batch_size=60 --set ps.servers=2 --set ps.mode=bsp \
   --set ps.backup=1 --set train.straggler_workers=[2] --set train.straggler_delay_ms=15 --set output.dir="$TMP/backup" 2>&1)

@@ -378,6 +378,7 @@ class LocalJob {
     std::function<std::string(int)> heartbeat;  // a worker's heartbeat value ("" before its first)
     std::function<void(int, int)> callSpare;    // (id, generation): a spare joins it; generation -1: exit
     std::function<CStrings(int)> spareEnv;      // a new spare's environment (its id)
+    std::function<bool(int)> finished;          // whether rank k said it finished its work
     Millis heartbeatTimeout{10000}, stallWarn{10000}, stallTimeout{300000};
   };
   void setElastic(ElasticHooks hooks) {
@@ -560,6 +561,11 @@ class LocalJob {
       if (r.spare) {  // a standby worker that was never called in: the members go on
         r.spare = false;
         if (failed && interruptSignal_ == 0 && !failedRank_) message(str("spare worker ", r.id, " ", describeStatus(st), "; the job goes on without it"));
+        continue;
+      }
+      if (failed && r.rank >= opts_.restartFrom && elastic_.finished && elastic_.finished(r.rank)) {
+        // It had done its work (chorus/done/<rank>) and died on its way out: nothing to redo.
+        message(str("rank ", r.rank, " ", describeStatus(st), " after it had finished its work; not restarting it"));
         continue;
       }
       if (failed && r.rank >= opts_.restartFrom && restarts_[static_cast<size_t>(r.rank)] < opts_.maxRestarts &&
@@ -1029,6 +1035,7 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
       if (!store->check({key})) return std::string();
       return comm::toString(store->get(key, Millis(5000)));
     };
+    hooks.finished = [store = elasticStore.get()](int rank) { return store->check({str("chorus/done/", rank)}); };
     hooks.heartbeatTimeout = Millis(envInt("CHORUS_HEARTBEAT_TIMEOUT_MS"));
     hooks.stallWarn = hooks.stallTimeout = Millis(int64_t{1} << 40);  // never (and no overflow in ns)
     job.setElastic(std::move(hooks));

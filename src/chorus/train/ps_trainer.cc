@@ -8,6 +8,7 @@
 #include "chorus/common/env.h"
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"
+#include "chorus/comm/rendezvous/store.h"
 #include "chorus/ps/server.h"
 #include "chorus/train/datasets.h"
 #include "chorus/train/elastic.h"
@@ -101,10 +102,20 @@ TrainResult trainWithServers(const Config& cfg, std::shared_ptr<comm::ProcessGro
   // With restartable ranks (ps.restarts: CHORUS_REJOIN set) the launcher watches a heartbeat
   // from each: a stopped or frozen process is killed and restarted like one that died.
   std::unique_ptr<Heartbeat, HeartbeatStop> heartbeat;
-  if (!envString("CHORUS_REJOIN").empty()) heartbeat = startHeartbeat(group->rank());
-  if (group->rank() >= workers) return runServer(cfg, group, opts, workers, group->rank() - workers);
-  PsWorkerStrategy worker(cfg, group, workers);
-  return runLoop(cfg, *group, worker, opts);
+  const bool restartable = !envString("CHORUS_REJOIN").empty();
+  if (restartable) heartbeat = startHeartbeat(group->rank());
+  TrainResult result;
+  if (group->rank() >= workers) {
+    result = runServer(cfg, group, opts, workers, group->rank() - workers);
+  } else {
+    PsWorkerStrategy worker(cfg, group, workers);
+    result = runLoop(cfg, *group, worker, opts);
+  }
+  // Done: the launcher must not restart this rank if it dies from here on (a restarted process
+  // would find the job over). A fault planned at the run's last step fires here (tests).
+  if (restartable && group->store()) group->store()->set(str("chorus/done/", group->rank()), comm::toBytes("1"));
+  if (group->rank() < workers) injectFault(result.globalStep);
+  return result;
 }
 
 }  // namespace chorus::train
