@@ -119,10 +119,8 @@ class Consistency {
   std::vector<int> decideRound(const std::vector<uint8_t>& members);
   // followRounds: the open round is decided and every member's push is in or the member left.
   bool roundReady() const;
-  bool roundDecided() const { return decided_; }
+  // followRounds: the decided round's members (empty before the decision).
   const std::vector<uint8_t>& decidedMembers() const { return members_; }
-  // followRounds: whether worker's push is counted in the open round.
-  bool inRound(int worker) const { return inRound_[static_cast<size_t>(worker)] != 0; }
 
   int64_t version() const { return version_; }
   int liveWorkers() const;
