@@ -240,6 +240,11 @@ TEST(ConsistencyTest, RejoinKeepsTheWorkersOwnClock) {
   EXPECT_NE(errorOf([&] { d.onRejoin(0); }).find("is live"), std::string::npos);
   d.onLeave(1, false);
   EXPECT_NE(errorOf([&] { d.onRejoin(1); }).find("said goodbye"), std::string::npos);
+  // Unless it said goodbye to wait for the final model and died waiting.
+  d.onLostAfterLeave(1);
+  EXPECT_TRUE(d.stats()[1].failed);
+  EXPECT_EQ(d.onRejoin(1), 0);
+  EXPECT_NE(errorOf([&] { d.onLostAfterLeave(1); }).find("is live"), std::string::npos);
 }
 
 // A push carries the worker's own count: a server that lost its counts (restarted) takes it,

@@ -143,15 +143,19 @@ TEST(ProtocolTest, RejectsUnknownFlagsAndCodecWithoutFlag) {
     auto b = encodeHeader(sample());
     b[at] = 0xff;
     const std::string msg = errorOf([&] { decodeHeader(b); });
-    EXPECT_NE(msg.find("expected flags 0 and codec 0"), std::string::npos) << "byte " << at << ": " << msg;
+    EXPECT_NE(msg.find("expected flags 0 or 2 and codec 0"), std::string::npos) << "byte " << at << ": " << msg;
     EXPECT_NE(msg.find("0xff"), std::string::npos) << "byte " << at << ": " << msg;
   }
   auto b = encodeHeader(sample());
   b[5] = kFlagCodec;  // the flag, no codec
   EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x1 with codec 0x0"), std::string::npos);
-  b[5] = kFlagCodec | 2;  // an unknown flag beside it
+  b[5] = kFlagCodec | kFlagFinal;  // two flags at once
   b[6] = 1;
   EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x3 with codec 0x1"), std::string::npos);
+  b[5] = kFlagFinal;  // the final flag with a codec
+  EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x2 with codec 0x1"), std::string::npos);
+  b[6] = 0;
+  EXPECT_EQ(decodeHeader(b).flags, kFlagFinal);
 }
 
 TEST(ProtocolTest, OpNames) {

@@ -332,6 +332,71 @@ TEST(PsServer, AspRecordsStaleness) {
   EXPECT_NE(job.allServerValues(), flat(initialParams(job.plan)));
 }
 
+// ---- 3b. the final pull: the evaluating worker gets the model every worker's steps went into ----
+
+class FinalPullTest : public ::testing::TestWithParam<std::string> {};
+
+// Worker 0 ends long before the others (asp) and asks for the final model. Its wait outlasts
+// the group's timeout several times over, so only the servers' keepalives keep it going; the
+// answer is the servers' model after every push, which its own last pull was not.
+TEST_P(FinalPullTest, WaitsForTheOtherWorkersLastPushes) {
+  Job job;
+  job.ranks.transport = GetParam();
+  job.ranks.timeout = Millis(500);
+  job.server.consistency.mode = Mode::kAsp;
+  constexpr int kSlowSteps = 14;
+  std::vector<float> ownPull, finalModel;
+  double finalSeconds = 0;
+  job.work = [&](Client& c, int w) {
+    auto p = initialParams(job.plan);
+    const int steps = w == 0 ? 3 : kSlowSteps;
+    for (int s = 0; s < steps; ++s) {
+      c.pull(spans(p));
+      const auto g = gradient(p, w);
+      if (w != 0) sleepMs(100);
+      c.push(cspans(g), 0.05);
+    }
+    c.pull(spans(p));
+    if (w != 0) return;
+    ownPull = flat(p);
+    const auto t0 = std::chrono::steady_clock::now();
+    c.finalPull(spans(p));
+    finalSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    finalModel = flat(p);
+    EXPECT_THROW(c.finalPull(spans(p)), InvalidArgument);  // said goodbye already
+  };
+  job.runOk();
+  for (const ServerReport& r : job.reports) {
+    EXPECT_EQ(r.version, 3 + 2 * kSlowSteps) << "server " << r.server;
+    EXPECT_TRUE(r.failedWorkers.empty()) << "server " << r.server;
+  }
+  EXPECT_EQ(finalModel, job.allServerValues());
+  EXPECT_NE(ownPull, finalModel);
+  EXPECT_GT(finalSeconds, 2 * 0.5);  // longer than two timeouts: kept alive
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, FinalPullTest, ::testing::Values("loopback", "tcp"));
+
+// A final pull from a worker that is the last one: answered at once, after its own pushes.
+TEST(PsServer, FinalPullOfTheLastWorkerIsImmediate) {
+  Job job;
+  job.workers = 1;
+  job.server.consistency.mode = Mode::kBsp;
+  std::vector<float> finalModel;
+  job.work = [&](Client& c, int) {
+    auto p = initialParams(job.plan);
+    for (int s = 0; s < 4; ++s) {
+      c.pull(spans(p));
+      c.push(cspans(gradient(p, 0)), 0.05);
+    }
+    c.finalPull(spans(p));
+    finalModel = flat(p);
+  };
+  job.runOk();
+  EXPECT_EQ(finalModel, job.allServerValues());
+  EXPECT_EQ(job.reports[0].version, 4);
+}
+
 // ---- 4. bsp with a backup worker drops the straggler's late pushes ----
 
 TEST(PsServer, BackupWorkerDropsLatePushes) {
@@ -595,6 +660,9 @@ TEST(PsServer, MalformedMessagesAreRefusedAndServingGoesOn) {
     bad.op = Op::kParams;
     bad.payloadBytes = 0;
     expectError(bad, 0, "field op");
+    bad = h;
+    bad.flags = kFlagFinal;  // only a goodbye asks for the final model
+    expectError(bad, bad.payloadBytes, "only a goodbye may ask for the final model");
     // A wrong magic: nothing in the header can be trusted, so no payload is sent.
     auto raw = encodeHeader(h);
     raw[0] ^= 0xff;
@@ -621,7 +689,7 @@ TEST(PsServer, MalformedMessagesAreRefusedAndServingGoesOn) {
   EXPECT_NE(messages[0].find("fingerprint"), std::string::npos) << messages[0];
   const ServerReport& r = job.reports[0];
   EXPECT_EQ(r.version, 2);  // the two good pushes
-  EXPECT_EQ(r.errorsSent, 10);  // fingerprint push, its destructor's bye, six raw, the magic, the huge one
+  EXPECT_EQ(r.errorsSent, 11);  // fingerprint push, its destructor's bye, seven raw, the magic, the huge one
   EXPECT_EQ(r.failedWorkers, std::vector<int>{2});
 }
 

@@ -176,6 +176,10 @@ for mode in bsp asp ssp; do
       && pass "$mode: server $s counted the rejoin and worker 1's pushes once (resumed at $at, $after steps after)" \
       || fail "$mode server$s: at $at after $after: $got: $(cat "$TMP/wrestart-$mode/ps/server$s.json")"
   done
+  # The last evaluation is of the servers' final model, after the restarted worker's last push.
+  final=$(json "$TMP/wrestart-$mode/metrics.jsonl" '[e for e in ls if e["event"]=="eval"][-1].get("final_model")')
+  [ "$final" = True ] && pass "$mode: worker 0 evaluated the servers' final model" \
+    || fail "$mode final model: $(tail -n 3 "$TMP/wrestart-$mode/metrics.jsonl")"
 done
 
 # 5b'. A stopped worker (SIGSTOP) of such a job: its heartbeat stops, the launcher kills it

@@ -97,8 +97,12 @@ struct Client::Impl {
   // came from a process that replaced them during the call. Throws ServerError with the first
   // other kError message, after every answer has been read, so the streams stay in step.
   // payloads[s] are bytes of floats, or of a codec message when `codec` (an id) is not 0.
+  // flags kFlagFinal (a goodbye only): the final pull; keepalives are read past, and the
+  // answer is kParams like a pull's.
   std::vector<int> exchange(const std::vector<int>& targets, Op op, const std::vector<Bytes>& payloads, double lr,
-                            std::vector<std::vector<float>>* got, uint16_t codecId = 0) {
+                            std::vector<std::vector<float>>* got, uint16_t codecId = 0, uint8_t flags = 0) {
+    const bool final = flags == kFlagFinal;
+    const bool params = op == Op::kPull || final;
     const size_t n = targets.size();
     std::vector<std::array<uint8_t, kHeaderBytes>> out(n), in(n);
     std::vector<comm::WorkPtr> recvs;
@@ -136,6 +140,7 @@ struct Client::Impl {
         h.flags = kFlagCodec;
         h.codec = codecId;
       }
+      if (final) h.flags = kFlagFinal;
       h.firstSlice = plan.firstSlice(s);
       out[i] = encodeHeader(h);
       const int rank = serverRanks[static_cast<size_t>(s)];
@@ -155,7 +160,13 @@ struct Client::Impl {
       const int rank = serverRanks[static_cast<size_t>(s)];
       try {
         recvs[i]->wait();
-        const Header a = decodeHeader(in[i]);
+        Header a = decodeHeader(in[i]);
+        // The final pull: the server is alive and waiting for the other workers.
+        while (final && a.op == Op::kAck && a.flags == kFlagFinal && a.payloadBytes == 0 && a.server == s &&
+               a.worker == worker) {
+          group->recvAsync(rank, kHeaderTag, in[i].data(), kHeaderBytes, timeout)->wait();
+          a = decodeHeader(in[i]);
+        }
         // An error may be about the fingerprint itself, so only other answers must carry ours.
         if (a.server != s || a.worker != worker || (a.op != Op::kError && a.fingerprint != fingerprint)) {
           throw BadAnswer(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with a header for ",
@@ -173,14 +184,14 @@ struct Client::Impl {
           if (error.empty()) error = str(who(), ": ", opName(op), " refused by ", msg);
           continue;
         }
-        const Op expected = op == Op::kPull ? Op::kParams : Op::kAck;
-        const uint64_t bytes = op == Op::kPull ? 4 * static_cast<uint64_t>(plan.load(s)) : 0;
+        const Op expected = params ? Op::kParams : Op::kAck;
+        const uint64_t bytes = params ? 4 * static_cast<uint64_t>(plan.load(s)) : 0;
         if (a.op != expected || a.payloadBytes != bytes) {
           throw BadAnswer(str(who(), ": server ", s, " (rank ", rank, ") answered ", opName(op), " with ", opName(a.op),
                               " and ", a.payloadBytes, " payload bytes; expected ", opName(expected), " and ", bytes),
                           rank);
         }
-        if (op == Op::kPull) {
+        if (params) {
           if (replaced(s)) continue;
           auto& buf = (*got)[static_cast<size_t>(s)];
           buf.resize(static_cast<size_t>(plan.load(s)));
@@ -227,7 +238,7 @@ struct Client::Impl {
   }
 
   // One call on every server, reconnecting to restarted ones (client.h).
-  void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0) {
+  void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0, uint8_t flags = 0) {
     std::vector<int> targets(static_cast<size_t>(servers()));
     for (int s = 0; s < servers(); ++s) targets[static_cast<size_t>(s)] = s;
     std::vector<int> redo;
@@ -241,7 +252,7 @@ struct Client::Impl {
       }
       targets = std::move(now);
     }
-    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled, codecId);
+    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled, codecId, flags);
     redo.insert(redo.end(), lost.begin(), lost.end());
     for (int attempt = 0; !redo.empty(); ++attempt) {
       if (attempt == Client::kMaxReconnects) {
@@ -253,7 +264,7 @@ struct Client::Impl {
       std::vector<int> again;
       for (int s : redo) {
         // A pull's answer is the resync's pull; every other op is sent again.
-        if (!resync(s) || (op != Op::kPull && !exchange({s}, op, payloads, lr, &lastPulled, codecId).empty()))
+        if (!resync(s) || (op != Op::kPull && !exchange({s}, op, payloads, lr, &lastPulled, codecId, flags).empty()))
           again.push_back(s);
       }
       redo = std::move(again);
@@ -390,6 +401,17 @@ int64_t Client::rejoin(const std::vector<std::span<float>>& params) {
   pull(params);
   c.clock = *std::max_element(c.serverClocks.begin(), c.serverClocks.end());
   return c.clock;
+}
+
+void Client::finalPull(const std::vector<std::span<float>>& params) {
+  Impl& c = *impl_;
+  c.checkTensors(params, "final pull");
+  if (c.saidBye) throw InvalidArgument(str(c.who(), ": a final pull after this worker said goodbye"));
+  const auto t0 = Clock::now();
+  c.call(Op::kBye, {}, 0.0, 0, kFlagFinal);
+  for (int s = 0; s < c.servers(); ++s) c.scatter(c.lastPulled[static_cast<size_t>(s)], params, s);
+  c.pullWait += std::chrono::duration<double>(Clock::now() - t0).count();
+  bye();  // the closing goodbye: the servers stop watching this worker
 }
 
 void Client::bye() {

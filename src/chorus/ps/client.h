@@ -77,6 +77,14 @@ class Client {
   // restarted server knows it too); clock() goes on from there. A server that has not yet seen the restart holds
   // the pull until it has (it polls for restarted workers).
   int64_t rejoin(const std::vector<std::span<float>>& params);
+  // Says goodbye and fetches the servers' final parameters into params: each server answers
+  // once no worker is left working and none may come back (a failed worker with restarts
+  // left), and every push is applied. The evaluating worker calls it at the end of the run,
+  // so that it evaluates the model every worker's steps went into (in asp a worker may end
+  // well before the others). While it waits, each server sends a keepalive every quarter of
+  // its timeout, so the wait lasts as long as the others work, not one call's timeout. Then
+  // it says the plain goodbye (bye()). Throws InvalidArgument after bye().
+  void finalPull(const std::vector<std::span<float>>& params);
   // Tells every server this worker is done. The destructor does it if not done, except while
   // an exception unwinds the stack: then the servers see the worker fail when its transport
   // closes (as if its process had died), rather than a clean goodbye.

@@ -199,6 +199,16 @@ bool Consistency::onLeave(int worker, bool failed) {
          roundPushes_ >= roundNeeds();
 }
 
+void Consistency::onLostAfterLeave(int worker) {
+  checkWorker(worker, opts_.workers, "lost after leave");
+  WorkerStats& st = stats_[worker];
+  if (!st.left) {
+    throw InvalidArgument(str("consistency: worker ", worker, " is live; only a worker that said goodbye can be lost "
+                              "after it"));
+  }
+  st.failed = true;
+}
+
 int Consistency::liveWorkers() const {
   return static_cast<int>(std::count_if(stats_.begin(), stats_.end(), [](const WorkerStats& s) { return !s.left; }));
 }

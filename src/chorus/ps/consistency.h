@@ -103,6 +103,10 @@ class Consistency {
   // least one was counted): the caller applies what it has, then calls onApplied(). A second
   // leave by the same worker changes nothing and returns false.
   bool onLeave(int worker, bool failed);
+  // A worker that said goodbye but stayed connected for the final model (Server, the final
+  // pull) died before the model came: from now on it counts as failed, so a restarted process
+  // may take its place (onRejoin). Throws InvalidArgument for a worker that has not left.
+  void onLostAfterLeave(int worker);
   // A restarted process took the place of `worker`, which failed: it is live again, and its
   // clock is returned (the worker resumes at that step). Throws InvalidArgument for a worker that did
   // not fail or is live.

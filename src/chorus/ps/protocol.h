@@ -14,6 +14,11 @@
 //   kPull       worker  none                                     kParams when consistency
 //                                                                 allows, or kError
 //   kBye        worker  none                                     kAck
+//   kBye with   worker  none (the final pull: this worker is     kParams with kFlagFinal once
+//   kFlagFinal          done and wants the servers' final model) every worker has left and
+//                                                                 every push is applied; until
+//                                                                 then kAck with kFlagFinal
+//                                                                 every keepalive interval
 //   kAck        server  none
 //   kParams     server  float32 values of the server's slices
 //   kError      server  UTF-8 message (what was wrong, what to do)
@@ -28,7 +33,8 @@
 //   48 uint64 payloadBytes
 //   56 int64  first slice index of the payload (pushes and inits: the server's first slice)
 //
-// flags is 0 or kFlagCodec, which only a push may set: its payload is then one message of the
+// flags is 0, kFlagFinal (a final pull's goodbye and its answers: see above; the worker
+// stays watched, and says a plain goodbye after the kParams) or kFlagCodec, which only a push may set: its payload is then one message of the
 // codec whose 1-based index in compress::codecNames() is `codec` (0 otherwise), encoding the
 // gradient of the server's slices in slice order, at most kMaxCodecPayload(load) bytes. Codec
 // messages describe themselves (compress/codec.h), so the server decodes any of them with a
@@ -61,6 +67,7 @@ inline constexpr uint32_t kPayloadTag = 0x5054;
 inline constexpr size_t kHeaderBytes = 64;
 inline constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;  // 16 GiB
 inline constexpr uint8_t kFlagCodec = 1;  // the push payload is a codec message (see above)
+inline constexpr uint8_t kFlagFinal = 2;  // a final pull's goodbye, its keepalives and its answer
 // The largest codec message a server of `load` floats accepts: a sparse message of every
 // entry (a 4-byte index and a 4-byte value each) plus a small header, with room to spare.
 inline constexpr uint64_t maxCodecPayload(int64_t load) { return 16 * static_cast<uint64_t>(load) + 4096; }
@@ -74,7 +81,7 @@ const char* opName(Op op);
 
 struct Header {
   Op op = Op::kAck;
-  uint8_t flags = 0;    // 0 or kFlagCodec
+  uint8_t flags = 0;    // 0, kFlagCodec or kFlagFinal
   uint16_t codec = 0;   // with kFlagCodec: 1 + the codec's index in compress::codecNames()
   int32_t worker = 0;
   int32_t server = 0;
@@ -87,8 +94,8 @@ struct Header {
 };
 
 std::array<uint8_t, kHeaderBytes> encodeHeader(const Header& h);
-// Throws InvalidArgument on a bad magic, an unknown op, an unknown flag, or a codec without
-// kFlagCodec or kFlagCodec without one (naming the bytes found).
+// Throws InvalidArgument on a bad magic, an unknown op, an unknown flag or two flags at once,
+// or a codec without kFlagCodec or kFlagCodec without one (naming the bytes found).
 Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& bytes);
 
 struct Decision {

@@ -15,7 +15,14 @@
 //   pull  answered when Consistency allows and the worker's own pushes are applied (so a
 //         worker always reads its own writes); otherwise queued, and the queue is re-checked
 //         after every push, round and leave (the only events that change the answer).
-//   bye   the worker leaves; kAck.
+//   bye   the worker leaves; kAck. A final pull (the goodbye with kFlagFinal) leaves too, but
+//         the worker stays watched (its header receive stays posted) and gets no kAck: once no
+//         worker is left working and none may come back, and every push is applied (a
+//         follower's last round decided), it gets the final model as kParams with kFlagFinal,
+//         then says a plain goodbye. Until then it gets a keepalive (kAck with kFlagFinal) every
+//         quarter of the group's timeout, so its wait is bounded by the others' progress, not
+//         by one receive's timeout. If it dies before its answer it counts as failed, and a
+//         restarted process may take its place.
 // Answers go out with sendAsync; their buffers stay in `outbox` until the sends complete.
 //
 // Backup agreement (server.h): server 0 sends each round's members from closeRound() before it
@@ -56,6 +63,7 @@
 #include <list>
 #include <map>
 #include <new>
+#include <optional>
 #include <thread>
 
 #include "chorus/common/error.h"
@@ -325,6 +333,13 @@ struct Server::Impl {
   std::vector<comm::WorkPtr> headerWork;
   std::vector<bool> live;
   std::vector<bool> pullQueued;
+  // The final pull: workers waiting for the final model, and workers sent it that have not
+  // said their closing goodbye yet; both are live (watched) but no longer working.
+  std::vector<bool> finalWait, finalSent;
+  Clock::time_point lastKeepalive = Clock::now();
+  // When the last working worker left while failed ones may still come back (the give-up
+  // clock of a rejoin); unset while someone works or none may come back.
+  std::optional<Clock::time_point> awaySince;
   std::vector<double> roundSum;  // bsp: the open round's gradient sum
   double roundLr = 0;
   int roundCount = 0;
@@ -354,7 +369,12 @@ struct Server::Impl {
   void serve();
   bool mayRejoin();
   void revive();
-  void waitForRejoin();
+  void giveUpOnAway();
+  bool working() const;
+  bool finalDue();
+  void answerFinals();
+  void sendKeepalives();
+  Millis keepaliveEvery() const { return std::max(Millis(50), group->timeout() / 4); }
   void postDecision();
   void onDecision();
   void sendDecisions(int64_t round, const std::vector<uint8_t>& members);
@@ -435,6 +455,8 @@ Server::Impl::Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::
   headerWork.resize(static_cast<size_t>(workers));
   live.assign(static_cast<size_t>(workers), true);
   pullQueued.assign(static_cast<size_t>(workers), false);
+  finalWait.assign(static_cast<size_t>(workers), false);
+  finalSent.assign(static_cast<size_t>(workers), false);
   epochSeen.assign(static_cast<size_t>(workers), 0);
   rejoinCount.assign(static_cast<size_t>(workers), 0);
   report.server = index;
@@ -491,6 +513,10 @@ void Server::Impl::serve() {
   lastMessage = Clock::now();
   for (;;) {
     if (mayRejoin() || coordinatorDown) revive();
+    giveUpOnAway();
+    if (finalDue()) answerFinals();
+    const bool waiters = std::find(finalWait.begin(), finalWait.end(), true) != finalWait.end();
+    if (waiters) sendKeepalives();
     works.clear();
     owner.clear();
     for (int w = 0; w < workers; ++w) {
@@ -500,7 +526,7 @@ void Server::Impl::serve() {
     }
     if (works.empty()) {
       if (mayRejoin()) {
-        waitForRejoin();
+        std::this_thread::sleep_for(kRejoinPoll);
         continue;
       }
       // A follower waits for the coordinator's last word, so its decision receive completes.
@@ -512,9 +538,9 @@ void Server::Impl::serve() {
       owner.push_back(-1);
     }
     pruneOutbox(false);
-    const bool polling = mayRejoin() || coordinatorDown;
+    const bool polling = mayRejoin() || coordinatorDown || waiters;
     Millis wait = opts.idle.count() > 0 ? opts.idle : kForever;
-    if (polling) wait = std::min(wait, kRejoinPoll);
+    if (polling) wait = std::min(wait, waiters ? std::min(kRejoinPoll, keepaliveEvery()) : kRejoinPoll);
     size_t i = 0;
     try {
       i = group->waitAny(works, wait);
@@ -574,6 +600,7 @@ void Server::Impl::revive() {
     }
     live[k] = true;
     pullQueued[k] = false;
+    finalWait[k] = finalSent[k] = false;
     report.rejoinedWorkers.push_back(w);
     postHeader(w);
     CHORUS_INFO(who(), ": a restarted process took the place of worker ", w, " (rank ", workerRanks[k],
@@ -590,18 +617,69 @@ void Server::Impl::revive() {
   }
 }
 
-// No live worker, but a failed one may come back: polls for it up to the group's timeout,
-// then gives up on every worker still away.
-void Server::Impl::waitForRejoin() {
-  const auto deadline = Clock::now() + group->timeout();
-  while (Clock::now() < deadline) {
-    revive();
-    if (std::find(live.begin(), live.end(), true) != live.end()) return;
-    std::this_thread::sleep_for(kRejoinPoll);
+// No worker is working, but a failed one may come back: after the group's timeout without
+// one, gives up on every worker still away.
+void Server::Impl::giveUpOnAway() {
+  if (working() || !mayRejoin()) {
+    awaySince.reset();
+    return;
   }
+  if (!awaySince) {
+    awaySince = Clock::now();
+    return;
+  }
+  if (Clock::now() - *awaySince < group->timeout()) return;
   CHORUS_WARN(who(), ": no restarted process took the place of the failed workers within ", group->timeout().count(),
               " ms; ending without them");
   for (int w = 0; w < workers; ++w) rejoinCount[static_cast<size_t>(w)] = opts.workerRestarts;
+  awaySince.reset();
+}
+
+// A live worker that has not asked for the final model: it may still push.
+bool Server::Impl::working() const {
+  for (int w = 0; w < workers; ++w) {
+    const auto k = static_cast<size_t>(w);
+    if (live[k] && !finalWait[k] && !finalSent[k]) return true;
+  }
+  return false;
+}
+
+// The final model is due: someone waits for it, nobody works or may come back, and no counted
+// push waits for its round (a follower's last round is decided and applied).
+bool Server::Impl::finalDue() {
+  if (std::find(finalWait.begin(), finalWait.end(), true) == finalWait.end()) return false;
+  if (working() || mayRejoin()) return false;
+  std::lock_guard<std::mutex> lock(consMu);
+  return cons.roundPushes() == 0;
+}
+
+// Every push applied, the model goes to each waiter; their closing goodbyes end the loop.
+void Server::Impl::answerFinals() {
+  pool->waitAll();
+  const int64_t v = version();
+  std::vector<float> model = copyValues();
+  for (int w = 0; w < workers; ++w) {
+    const auto k = static_cast<size_t>(w);
+    if (!finalWait[k]) continue;
+    finalWait[k] = false;
+    finalSent[k] = true;
+    Outgoing& out = queueAnswer(w, Op::kParams, v);
+    out.head.flags = kFlagFinal;
+    out.values = model;
+    post(w, out);
+    CHORUS_INFO(who(), ": every worker is done; sent worker ", w, " the final model (version ", v, ")");
+  }
+}
+
+void Server::Impl::sendKeepalives() {
+  if (Clock::now() - lastKeepalive < keepaliveEvery()) return;
+  lastKeepalive = Clock::now();
+  for (int w = 0; w < workers; ++w) {
+    if (!finalWait[static_cast<size_t>(w)]) continue;
+    Outgoing& out = queueAnswer(w, Op::kAck, version());
+    out.head.flags = kFlagFinal;
+    post(w, out);
+  }
 }
 
 void Server::Impl::postDecision() {
@@ -694,14 +772,19 @@ void Server::Impl::closeFollowed() {
 void Server::Impl::fail(int w, const std::string& why) {
   CHORUS_WARN(who(), ": worker ", w, " (rank ", workerRanks[static_cast<size_t>(w)],
               ") failed and leaves the job: ", why);
-  live[static_cast<size_t>(w)] = false;
-  pullQueued[static_cast<size_t>(w)] = false;
+  const auto k = static_cast<size_t>(w);
+  live[k] = false;
+  pullQueued[k] = false;
   report.failedWorkers.push_back(w);
   bool closes;
   {
     std::lock_guard<std::mutex> lock(consMu);
     closes = cons.onLeave(w, true);
+    // A final pull's waiter that died before its answer may be restarted; one that had it
+    // has done its work.
+    if (finalWait[k]) cons.onLostAfterLeave(w);
   }
+  finalWait[k] = finalSent[k] = false;
   if (closes) closeRound(true);
   if (follower) closeFollowed();
   answerPulls();
@@ -733,6 +816,9 @@ std::string Server::Impl::validate(int w, const Header& h) {
   const bool carriesValues = h.op == Op::kInit || h.op == Op::kPush;
   if (carriesValues && h.firstSlice != firstSlice) {
     return str("field firstSlice = ", h.firstSlice, ", expected ", firstSlice, " (this server's first slice)");
+  }
+  if (h.flags == kFlagFinal && h.op != Op::kBye) {
+    return str("field flags = ", int{h.flags}, " on a ", opName(h.op), ": only a goodbye may ask for the final model");
   }
   if (h.flags == kFlagCodec) {
     const auto& names = compress::codecNames();
@@ -856,7 +942,16 @@ void Server::Impl::handle(int w) {
       answerPulls();
       break;
     case Op::kBye: {
-      live[static_cast<size_t>(w)] = false;
+      // A final pull leaves but stays watched, unanswered until the final model is due.
+      const bool final = h.flags == kFlagFinal;
+      const auto k = static_cast<size_t>(w);
+      if (final) {
+        postHeader(w);
+        finalWait[k] = true;
+      } else {
+        live[k] = false;
+        finalSent[k] = false;
+      }
       bool closes;
       {
         std::lock_guard<std::mutex> lock(consMu);
@@ -864,7 +959,7 @@ void Server::Impl::handle(int w) {
       }
       if (closes) closeRound(true);
       if (follower) closeFollowed();
-      send(w, Op::kAck);
+      if (!final) send(w, Op::kAck);
       answerPulls();
       break;
     }

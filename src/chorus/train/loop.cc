@@ -97,6 +97,7 @@ class Run {
       start_ = TrainState{at / s_.stepsPerEpoch, at % s_.stepsPerEpoch, at, {}, {}};
       s_.resumedFrom = str("the running job (this process restarted in place of a failed one)");
       s_.resumedStep = at;
+      joined_ = true;
     }
     if (roles_.lead) {
       fs::create_directories(dir);
@@ -200,6 +201,7 @@ class Run {
     const bool epochComplete = doneInEpoch == s_.stepsPerEpoch;
     const bool reachedEnd = finished();
     if (cfg_.train.eval && (epochComplete || reachedEnd)) {
+      if (reachedEnd) strategy_.prepareFinalEvaluation();
       evaluate(epoch, str("epoch ", epoch + 1, "/", cfg_.train.epochs, ": "));
     } else if (roles_.lead) {
       bar_->endEpoch(str("epoch ", epoch + 1, "/", cfg_.train.epochs, " done"));
@@ -212,6 +214,14 @@ class Run {
                          : TrainState{epoch, doneInEpoch, s_.globalStep, {}, {}});
     }
     return reachedEnd;
+  }
+
+  // A process restarted in place of one that had done every step (it died waiting for the
+  // final model) owes the run its final evaluation.
+  void evaluateIfJoinedAtEnd() {
+    if (!joined_ || !finished() || !cfg_.train.eval) return;
+    strategy_.prepareFinalEvaluation();
+    evaluate(cfg_.train.epochs - 1, "final: ");
   }
 
   // An evaluation (every rank), its "eval" record and its progress line `prefix` + the
@@ -345,6 +355,7 @@ class Run {
   std::unique_ptr<Task> task_;
   std::unique_ptr<LrSchedule> schedule_;
   TrainState start_;          // where this run starts (a resumed checkpoint's position)
+  bool joined_ = false;       // restarted in place of a failed process (Strategy::joinedAtStep)
   LoopStatus s_;
   TrainResult result_;
   CheckpointHistory history_;
@@ -393,6 +404,7 @@ TrainResult runLoop(const Config& cfg, comm::ProcessGroup& world, Strategy& stra
   Run run(cfg, world, strategy, opts, makeTaskFor);
   const TrainState& start = run.start();
   bool done = run.finished();
+  run.evaluateIfJoinedAtEnd();
   for (int64_t epoch = start.epoch; epoch < cfg.train.epochs && !done; ++epoch) {
     run.task().setEpoch(epoch);
     strategy.beginEpoch(epoch);

@@ -96,6 +96,9 @@ struct PsWorkerStrategy::Impl {
   std::unique_ptr<compress::Codec> pendingCodec;
   compress::DgcCodec* dgc = nullptr;  // the client's codec when it is DGC (its epoch)
   int64_t joinedAt = -1;  // a restarted worker: the step the servers' counts say it resumes at
+  // Worker 0 at the end: it evaluates the servers' final model, waited for this long.
+  bool finalModel = false;
+  double finalWaitSeconds = 0;
   int64_t localBatch() const { return cfg.train.batchSize / workers; }
 };
 
@@ -211,6 +214,16 @@ void PsWorkerStrategy::raiseDivergence(const Divergence& d, const LoopStatus& s)
                          !d.gradient, s.lr);
 }
 
+void PsWorkerStrategy::prepareFinalEvaluation() {
+  Impl& m = *impl_;
+  if (m.worker != 0) return;
+  const Clock::time_point t0 = Clock::now();
+  torch::NoGradGuard ng;
+  m.client->finalPull(spansOf(m.params));
+  m.finalModel = true;
+  m.finalWaitSeconds = since(t0);
+}
+
 EvalMetrics PsWorkerStrategy::evaluate(Task& task) {
   Impl& m = *impl_;
   if (m.worker != 0) return {};
@@ -262,7 +275,12 @@ JsonObject PsWorkerStrategy::stepRecord(const LoopStatus& s) {
   return o;
 }
 
-void PsWorkerStrategy::evalFields(JsonObject& record, const LoopStatus& s) { record.add("elapsed_s", s.elapsedSeconds); }
+void PsWorkerStrategy::evalFields(JsonObject& record, const LoopStatus& s) {
+  record.add("elapsed_s", s.elapsedSeconds);
+  // The last evaluation is of the servers' final model; final_wait_s is how long worker 0
+  // waited for the other workers' last pushes.
+  if (impl_->finalModel) record.add("final_model", true).add("final_wait_s", impl_->finalWaitSeconds);
+}
 
 JsonObject PsWorkerStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) {
   const Impl& m = *impl_;
@@ -278,6 +296,7 @@ JsonObject PsWorkerStrategy::summaryRecord(const LoopStatus& s, TrainResult& res
   o.add("test_acc", result.testAccuracy).add("test_loss", result.testLoss).add("peak_rss_mb", s.peakRssMaxMb);
   o.add("reconnects", m.client->reconnects()).add("bytes_pushed", m.client->bytesPushed());
   o.add("compression", m.cfg.compression.method);
+  if (m.finalModel) o.add("final_wait_s", m.finalWaitSeconds);
   return o;
 }
 

@@ -41,6 +41,9 @@ class PsWorkerStrategy : public Strategy {
   StepOutcome step(const Batch& batch, const StepInfo& info) override;
   JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;
   [[noreturn]] void raiseDivergence(const Divergence& d, const LoopStatus& s) override;
+  // Worker 0 evaluates the servers' final model, after every worker's last push
+  // (Client::finalPull); the others have nothing to do.
+  void prepareFinalEvaluation() override;
   EvalMetrics evaluate(Task& task) override;
   void finish() override;  // a clean goodbye to the servers
   JsonObject startRecord(const LoopStatus& s) override;

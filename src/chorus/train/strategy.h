@@ -181,6 +181,12 @@ class Strategy {
   virtual JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) = 0;
   [[noreturn]] virtual void raiseDivergence(const Divergence& d, const LoopStatus& s) = 0;
 
+  // The run has reached its end and its last evaluation follows: a strategy whose model may
+  // still change elsewhere brings it to its final state first (a parameter-server worker that
+  // evaluates waits for the other workers' last pushes, Client::finalPull, and says its
+  // goodbye). Called on every rank, only when the run evaluates.
+  virtual void prepareFinalEvaluation() {}
+
   // Evaluates the model with task.evaluate (eval mode for the pass). Every rank calls it; a
   // rank without Roles::evaluates returns empty metrics; the lead's are recorded.
   virtual EvalMetrics evaluate(Task& task) = 0;
