@@ -16,7 +16,10 @@
 #   7. with top-k compression, worker 2 killed at step 5: the survivors carry the compression
 #      state of the 3 surviving ranks of 4 (rank 0 logs it) and the run finishes;
 #   8. with --spares 1 a standby worker, started with the job and loaded, takes worker 1's
-#      place and the job ends where an undisturbed run does; an unused spare exits with the job.
+#      place and the job ends where an undisturbed run does; an unused spare exits with the job;
+#   9. a healthy job grows: SIGUSR1 to `chorus train --nproc 2 --max 3 --spares 1` brings the
+#      waiting spare in as rank 2 of 3, the two workers go on in their own processes, and the
+#      job ends where an undisturbed run does; at --max a second SIGUSR1 is refused.
 # usage: bash elastic_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: elastic_test.sh BUILD_DIR [SOURCE_DIR]}
@@ -188,6 +191,39 @@ rc=$?
   && pass "an unused spare exits when the job is done" || { fail "unused spare: exit $rc"; tail -5 "$TMP/idle.err"; }
 out=$("$CHORUS" train --nproc 2 --min 1 --restarts 1 --spares 2 "${COMMON[@]}" 2>&1)
 [ $? -ne 0 ] && grep -q "more than --restarts" <<<"$out" && pass "--spares above --restarts is refused" || fail "spares > restarts: $out"
+
+# --- 9. a healthy job grows by a spare (SIGUSR1 to the launcher). Rank 0 sleeps 250 ms a step
+# (the same arithmetic, a slower job), so the signal comes while it trains.
+"$CHORUS" train --nproc 2 --min 1 --max 3 --restarts 1 --spares 1 "${COMMON[@]}" --set train.straggler_workers=[0] \
+  --set train.straggler_delay_ms=250 --set "output.dir=$TMP/grow" > "$TMP/grow.out" 2> "$TMP/grow.err" &
+job=$!
+for _ in $(seq 1 300); do
+  grep -q "a spare, loaded and waiting" "$TMP/grow.err" && grep -q '"event": "step"' "$TMP/grow/metrics.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+kill -USR1 $job
+sleep 1.5
+kill -USR1 $job  # at --max 3 now: refused
+wait $job
+rc=$?
+pids_before=$(sed -n 's/.*worker \([01]\) (pid \([0-9]*\)): generation 0,.*/\1:\2/p' "$TMP/grow.err" | sort | tr '\n' ' ')
+pids_after=$(sed -n 's/.*worker \([01]\) (pid \([0-9]*\)): generation 1,.*/\1:\2/p' "$TMP/grow.err" | sort | tr '\n' ' ')
+[ $rc -eq 0 ] && grep -q "received SIGUSR1; generation 1: 3 workers (ids 0,1,2), 1 spare joining" "$TMP/grow.err" \
+  && grep -q "worker 2 (pid [0-9]*): generation 1, rank 2 of 3" "$TMP/grow.err" \
+  && [ -n "$pids_before" ] && [ "$pids_before" = "$pids_after" ] \
+  && pass "SIGUSR1 grew the job: the spare joined as rank 2 of 3, workers 0 and 1 kept their pids ($pids_after)" \
+  || { fail "grow run: exit $rc, pids '$pids_before' then '$pids_after'"; tail -20 "$TMP/grow.err"; }
+grep -q "received SIGUSR1, but the job has 3 workers, the most --max 3 allows; not growing" "$TMP/grow.err" \
+  && pass "at --max, SIGUSR1 is refused with a message" || fail "no refusal at --max: $(grep SIGUSR1 "$TMP/grow.err")"
+# The reference ends at world 3 too (the checkpoint records the world); the samples of each
+# step are the same at any world size.
+"$CHORUS" train --nproc 3 "${COMMON[@]}" --set "output.dir=$TMP/plain3" > "$TMP/plain3.out" 2>&1 \
+  || fail "undisturbed 3-worker run failed: $(tail -3 "$TMP/plain3.out")"
+if "$CHORUS" checkpoint diff "$(last_ckpt "$TMP/grow")" "$(last_ckpt "$TMP/plain3")" --atol 1e-5 > "$TMP/diff9.out"; then
+  pass "grown from 2 to 3 workers, the job ends where an undisturbed run does ($(tail -1 "$TMP/diff9.out"))"
+else
+  fail "the grown run's final checkpoint differs from the undisturbed one:"; cat "$TMP/diff9.out"
+fi
 
 echo "$failures failed"
 [ $failures -eq 0 ]

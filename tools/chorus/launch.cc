@@ -67,6 +67,7 @@ int gWakeWrite = -1;
 pid_t gLauncherPid = 0;
 volatile sig_atomic_t gInterrupts = 0;    // SIGINT/SIGTERM received so far
 volatile sig_atomic_t gLastInterrupt = 0;  // which one came last
+volatile sig_atomic_t gGrows = 0;          // SIGUSR1 received so far: grow an elastic job
 
 extern "C" void onLauncherSignal(int sig) {
   // A rank between fork and exec still runs this handler: it must not act as the launcher.
@@ -76,6 +77,7 @@ extern "C" void onLauncherSignal(int sig) {
     gLastInterrupt = sig;
     gInterrupts = gInterrupts + 1;
   }
+  if (sig == SIGUSR1) gGrows = gGrows + 1;
   char b = 0;
   // Non-blocking: when the pipe is full a wake-up is already pending.
   ssize_t ignored = write(gWakeWrite, &b, 1);
@@ -202,11 +204,12 @@ class SignalGuard {
     gLauncherPid = ::getpid();
     gInterrupts = 0;
     gLastInterrupt = 0;
+    gGrows = 0;
     struct sigaction sa {};
     sa.sa_handler = onLauncherSignal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) {
+    for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE, SIGUSR1}) {
       struct sigaction old {};
       ::sigaction(sig, nullptr, &old);
       saved_.push_back({sig, old});
@@ -329,7 +332,7 @@ class LocalJob {
         ranks_(static_cast<size_t>(opts.nproc + opts.spares)) {
     devNull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devNull_ < 0) throw SystemError("open /dev/null for the ranks' stdin", errno);
-    const int childSignals[kChildSignals] = {SIGINT, SIGTERM, SIGCHLD, SIGPIPE};
+    const int childSignals[kChildSignals] = {SIGINT, SIGTERM, SIGCHLD, SIGPIPE, SIGUSR1};
     for (int i = 0; i < kChildSignals; ++i) {
       childSignal_[i] = childSignals[i];
       childAction_[i] = {};
@@ -396,6 +399,7 @@ class LocalJob {
       forwardInterrupts();
       reap();
       watchHeartbeats();
+      grow();
       escalate();
       if (!pollOutput()) break;
     }
@@ -418,10 +422,10 @@ class LocalJob {
       return exitCodeOf(failedStatus_);
     }
     if (interruptSignal_ != 0) return 128 + interruptSignal_;
-    if (lostWorkers_ > 0) {
-      message(str("the job ended; ", plural(lostWorkers_, "worker"), " failed along the way and ",
-                  plural(static_cast<size_t>(elasticRestartsUsed_), "replacement"), " joined; generation ", generation_, " finished with ",
-                  plural(members_.size(), "worker")));
+    if (lostWorkers_ > 0 || grown_ > 0) {
+      message(str("the job ended; ", plural(lostWorkers_, "worker"), " failed along the way, ",
+                  plural(static_cast<size_t>(elasticRestartsUsed_), "replacement"), " and ", plural(grown_, "added worker"),
+                  " joined; generation ", generation_, " finished with ", plural(members_.size(), "worker")));
     }
     if (toleratedRank_) {
       message(str("the job ended; rank ", *toleratedRank_, " had ", describeStatus(toleratedStatus_)));
@@ -431,7 +435,7 @@ class LocalJob {
   }
 
  private:
-  static constexpr int kChildSignals = 4;
+  static constexpr int kChildSignals = 5;
 
   // An exec failure arrives as an errno on the close-on-exec pipe; success closes it empty.
   void checkExec(int k, int fd) {
@@ -606,6 +610,65 @@ class LocalJob {
     sparesReleased_ = true;
     for (const auto& r : ranks_) {
       if (r.running && r.spare) elastic_.callSpare(r.id, -1);
+    }
+  }
+
+  // SIGUSR1 to the launcher grows an elastic job by one worker per signal: a waiting spare
+  // joins the next generation, up to maxWorkers. The members see the generation in the store
+  // (their heartbeat thread), leave the step in flight and re-form with it, as after a
+  // failure; the spare receives the state by broadcast. A spare that joins so is not counted
+  // as a replacement, and its slot is not refilled.
+  void grow() {
+    const sig_atomic_t seen = gGrows;
+    if (seen == growsSeen_) return;
+    const int asked = static_cast<int>(seen - growsSeen_);
+    growsSeen_ = seen;
+    if (failedRank_ || interruptSignal_ != 0) return;
+    if (!elastic_.callSpare) {
+      message("received SIGUSR1, which grows an elastic job by a waiting spare (chorus train --min with --spares); "
+              "ignored");
+      return;
+    }
+    const size_t maxWorkers = static_cast<size_t>(opts_.maxWorkers > 0 ? opts_.maxWorkers : opts_.nproc);
+    for (int n = 0; n < asked; ++n) {
+      std::vector<int> members;
+      for (int id : members_) {
+        for (const auto& r : ranks_) {
+          if (r.running && !r.spare && r.id == id) members.push_back(id);
+        }
+      }
+      if (members.size() != members_.size()) {  // a failure is being handled, or the job ends
+        message("received SIGUSR1 while a worker is leaving the job; not growing (send it again)");
+        return;
+      }
+      if (members.size() >= maxWorkers) {
+        message(str("received SIGUSR1, but the job has ", plural(members.size(), "worker"), ", the most --max ",
+                    maxWorkers, " allows; not growing"));
+        return;
+      }
+      RankProc* spare = nullptr;
+      for (auto& r : ranks_) {
+        if (r.running && r.spare) {
+          spare = &r;
+          break;
+        }
+      }
+      if (!spare) {
+        message("received SIGUSR1, but no spare is waiting (--spares S starts them with the job; each joins once); "
+                "not growing");
+        return;
+      }
+      members.push_back(spare->id);
+      ++generation_;
+      elastic_.publish(generation_, members);
+      members_ = members;
+      spare->spare = false;
+      elastic_.callSpare(spare->id, generation_);
+      ++grown_;
+      std::string ids;
+      for (int id : members) ids += str(ids.empty() ? "" : ",", id);
+      message(str("received SIGUSR1; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", ids,
+                  "), 1 spare joining"));
     }
   }
 
@@ -874,11 +937,15 @@ class LocalJob {
   size_t stoppedOthers_ = 0;
   int interruptSignal_ = 0;
   sig_atomic_t interruptsSeen_ = 0;
+  sig_atomic_t growsSeen_ = 0;
+  size_t grown_ = 0;  // spares that joined a healthy job (SIGUSR1)
   std::optional<Clock::time_point> killAt_;     // when ranks still running get SIGKILL
   std::optional<Clock::time_point> drainUntil_;  // output wait after the last exit
 };
 
 }  // namespace
+
+int lastLaunchInterrupt() { return gLastInterrupt; }
 
 int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv) {
   if (opts.nproc < 1) throw InvalidArgument(str("the number of ranks must be at least 1, got ", opts.nproc));
@@ -1095,6 +1162,8 @@ std::string launchHelp() {
       "With --min M the job is elastic: a worker that fails does not stop the others, which\n"
       "re-form without it in their own processes (chorus train; docs/fault-tolerance.md);\n"
       "--restarts R starts up to R replacements, --max X caps the workers; below M it stops.\n"
+      "(chorus train --spares S also starts S replacements with the job, waiting; SIGUSR1 to\n"
+      "its launcher brings one into the running job, up to --max.)\n"
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),

@@ -97,6 +97,10 @@ inline constexpr int kFatalExitStatus = 3;
 // running then).
 int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv);
 
+// The signal (SIGINT or SIGTERM) the last launchLocal received and forwarded, or 0: tells a
+// job the user stopped from one whose rank failed (both return 128+signal).
+int lastLaunchInterrupt();
+
 // Resolves a program name the way execvp would: a name with a '/' is taken as is, other
 // names are searched on PATH. Throws InvalidArgument naming the program when it is not an
 // executable file.

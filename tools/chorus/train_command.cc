@@ -35,8 +35,13 @@ const char* kTrainHelp =
     "                      the others re-form without it in their own processes and go on\n"
     "                      from the last completed step, as long as M remain\n"
     "  --max X             elastic: at most X workers, replacements included (default N)\n"
-    "  --restarts R        elastic: start up to R replacement workers in all\n"
-    "  --spares S          elastic: keep S of those replacements started, loaded and waiting\n"
+    "  --restarts R        elastic: start up to R replacement workers in all. Without --min:\n"
+    "                      when a worker fails, stop every worker and start the job again\n"
+    "                      from its newest checkpoint, up to R times (torchrun's\n"
+    "                      --max-restarts; tensor- and pipeline-parallel jobs recover so)\n"
+    "  --spares S          elastic: keep S of those replacements started, loaded and waiting;\n"
+    "                      SIGUSR1 to this process brings one into the running job\n"
+    "                      (one more worker, up to --max)\n"
     "  --resume            continue from the newest checkpoint in <output.dir>/checkpoints\n"
     "  --resume-from FILE  continue from this checkpoint\n"
     "  --trace FILE        write a Chrome trace (Perfetto, chrome://tracing) of every rank\n"
@@ -156,6 +161,48 @@ void checkDataFiles(const train::Config& cfg) {
   train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
 }
 
+// --restarts R without --min (torchrun's strategy): when the job fails, every worker is
+// stopped (the launcher does that) and the job starts again from its newest checkpoint, up to R
+// times. Not after a divergence (kFatalExitStatus), an interrupt, or a clean end. Restart k
+// runs with CHORUS_RESTART_COUNT = k, so a planned CHORUS_FAULT fires once.
+int restartWholeJob(const LaunchOptions& lo, const std::vector<std::string>& argv, const train::Config& cfg,
+                    int restarts) {
+  for (int attempt = 0;; ++attempt) {
+    LaunchOptions run = lo;
+    run.extraEnv.push_back({"CHORUS_RESTART_COUNT", std::to_string(attempt)});
+    std::vector<std::string> a;
+    std::string from;
+    if (attempt == 0) {
+      a = argv;
+    } else {
+      // The first run's own --resume/--resume-from are replaced by the newest checkpoint.
+      for (size_t i = 0; i < argv.size(); ++i) {
+        if (argv[i] == "--resume") continue;
+        if (argv[i] == "--resume-from") {
+          ++i;
+          continue;
+        }
+        a.push_back(argv[i]);
+      }
+      from = train::latestCheckpoint(cfg.output.dir + "/checkpoints");
+      if (!from.empty()) a.insert(a.end(), {"--resume-from", from});
+    }
+    const int rc = launchLocal(run, a);
+    if (rc == 0 || rc == kFatalExitStatus || lastLaunchInterrupt() != 0) return rc;
+    if (attempt == restarts) {
+      std::cerr << "chorus train: the job failed (exit status " << rc << ") and all " << restarts
+                << " restart(s) are spent; the checkpoints in " << cfg.output.dir << "/checkpoints stay valid, and "
+                << "--resume continues from the newest\n";
+      return rc;
+    }
+    const std::string next = train::latestCheckpoint(cfg.output.dir + "/checkpoints");
+    std::cerr << "chorus train: the job failed (exit status " << rc << "); restarting every worker "
+              << (next.empty() ? std::string("from the start (no checkpoint yet; set output.checkpoint_every)")
+                               : "from " + next)
+              << " (restart " << attempt + 1 << " of " << restarts << ")\n";
+  }
+}
+
 bool insideJob() {
   for (const char* v : {"CHORUS_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"}) {
     if (getenv(v) != nullptr) return true;
@@ -202,15 +249,23 @@ int trainCommand(const std::vector<std::string>& args) {
                                   "/checkpoints; run without --resume to start fresh"));
       }
     }
-    if ((t.maxWorkers > 0 || t.restarts > 0 || t.spares > 0) && t.minWorkers == 0)
-      throw UsageError("chorus train: --max, --restarts and --spares make the job elastic together with --min M; give --min too");
+    if ((t.maxWorkers > 0 || t.spares > 0) && t.minWorkers == 0)
+      throw UsageError("chorus train: --max and --spares make the job elastic together with --min M; give --min too");
+    const bool restartAll = t.restarts > 0 && t.minWorkers == 0;
+    if (restartAll && cfg.ps.servers > 0)
+      throw UsageError("chorus train: --restarts without --min restarts a whole all-reduce job; a parameter-server job "
+                       "restarts its failed workers and servers in place with ps.restarts = R (--set ps.restarts=R)");
     if (t.spares > t.restarts)
       throw UsageError(str("chorus train: --spares ", t.spares, " is more than --restarts ", t.restarts,
                            ": a spare joins as a replacement, so give --restarts at least as many"));
     if (t.minWorkers > 0) {
-      if (cfg.ps.servers > 0 || cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
-        throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; this config uses "
-                         "parameter servers or tensor/pipeline parallelism");
+      if (cfg.ps.servers > 0)
+        throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; a parameter-server job "
+                         "restarts its failed workers and servers in place with ps.restarts = R");
+      if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
+        throw UsageError("chorus train: --min (elastic) re-forms data-parallel jobs in process; tensor- and "
+                         "pipeline-parallel jobs cannot yet. Give --restarts R without --min: when a worker fails, "
+                         "every worker is restarted from the newest checkpoint (set output.checkpoint_every)");
       const int maxWorkers = t.maxWorkers > 0 ? t.maxWorkers : t.nproc;
       if (t.minWorkers > t.nproc || t.nproc > maxWorkers)
         throw UsageError(str("chorus train: need --min <= --nproc <= --max; got ", t.minWorkers, ", ", t.nproc, ", ",
@@ -219,7 +274,7 @@ int trainCommand(const std::vector<std::string>& args) {
     LaunchOptions lo;
     lo.minWorkers = t.minWorkers;
     lo.maxWorkers = t.maxWorkers;
-    lo.elasticRestarts = t.restarts;
+    lo.elasticRestarts = restartAll ? 0 : t.restarts;
     lo.spares = t.spares;
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
@@ -239,6 +294,7 @@ int trainCommand(const std::vector<std::string>& args) {
     if (t.resume) argv.push_back("--resume");
     if (!t.resumeFrom.empty()) argv.insert(argv.end(), {"--resume-from", t.resumeFrom});
     if (!t.trace.empty()) argv.insert(argv.end(), {"--trace", t.trace});
+    if (restartAll) return restartWholeJob(lo, argv, cfg, t.restarts);
     return launchLocal(lo, argv);
   }
 

@@ -118,7 +118,11 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
 // The worker's heartbeat (elastic.h): a thread with its own store connection that writes
 // "chorus/elastic/hb/<id>" = "<generation>,<beat>,<calls>,<last call>" every kHeartbeatEvery,
 // where calls counts the collectives of the current generation's group. It stops with the
-// process (SIGSTOP, a crash), so the launcher can tell a hung worker from a slow one.
+// process (SIGSTOP, a crash), so the launcher can tell a hung worker from a slow one. Each beat
+// also looks for the next generation's members in the store: when the launcher publishes them
+// while this generation is healthy (it grows the job: a spare joins), the thread aborts the
+// group, so the step in flight fails here and at the others as a failure would, and the
+// members re-form with the newcomer (movedOn() tells that abort from a failure).
 class Heartbeat {
  public:
   static constexpr Millis kEvery{500};
@@ -142,6 +146,12 @@ class Heartbeat {
     std::lock_guard<std::mutex> lock(mu_);
     group_ = std::move(group);
     generation_ = generation;
+    movedOn_ = false;
+  }
+  // The launcher published the next generation and this thread aborted the group for it.
+  bool movedOn() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return movedOn_;
   }
 
  private:
@@ -150,13 +160,24 @@ class Heartbeat {
     for (uint64_t beat = 1; !stop_; ++beat) {
       const std::string value = group_ ? str(generation_, ",", beat, ",", group_->callsIssued(), ",", group_->lastCall())
                                        : str(generation_, ",", beat, ",0,");
+      const std::shared_ptr<comm::ProcessGroup> group = movedOn_ ? nullptr : group_;
+      const int64_t generation = generation_;
       lock.unlock();
+      bool next = false;
       try {
         store_->set(str("chorus/elastic/hb/", id_), comm::toBytes(value));
+        next = group && store_->check({str("chorus/elastic/members/", generation + 1)});
       } catch (const std::exception& e) {
         CHORUS_DEBUG("worker ", id_, ": heartbeat failed: ", e.what());  // the launcher is gone; the job ends anyway
       }
       lock.lock();
+      if (next && group == group_ && !movedOn_) {
+        movedOn_ = true;
+        lock.unlock();
+        group->abort(str("worker ", id_, ": the launcher published generation ", generation + 1,
+                         "; leaving generation ", generation, " to re-form with it"));
+        lock.lock();
+      }
       cv_.wait_for(lock, kEvery, [&] { return stop_; });
     }
   }
@@ -166,6 +187,7 @@ class Heartbeat {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
+  bool movedOn_ = false;
   std::shared_ptr<comm::ProcessGroup> group_;
   int64_t generation_ = 0;
   std::thread thread_;
@@ -327,8 +349,9 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
     try {
       return train(cfg, group, opts);
     } catch (const std::exception& err) {
-      if (!peerFailure(err)) throw;
-      CHORUS_WARN("worker ", e.workerId, ": a peer failed (", err.what(), "); waiting for the next generation");
+      if (!peerFailure(err) && !heartbeat.movedOn()) throw;
+      CHORUS_WARN("worker ", e.workerId, ": ", heartbeat.movedOn() ? "the job grows" : "a peer failed", " (", err.what(),
+                  "); waiting for the next generation");
       std::string lastError = err.what();
       comm::Store* store = group->store();
       if (!store) throw;
