@@ -384,11 +384,12 @@ def ps_section(a, problems):
            "(its own pushes: each push carries the worker's count and shard checkpoints keep them), so it skips "
            "none of its steps; a failure loses only the step in flight. Behind the others, it finishes its last "
            "steps after them (bsp, asp), or holds them back until it is within s (ssp).",
-           "", "| mode | undisturbed final accuracy | finished runs' accuracy − undisturbed (points), mean | min–max |",
+           "", "| mode | undisturbed final accuracy, mean (min–max) | finished runs' accuracy − undisturbed (points), mean | min–max |",
            "|---|---:|---:|---:|"]
     verdicts = []
     for m, r in rows.items():
-        base = f"{statistics.mean(clean[m]):.4f}" if clean.get(m) else "n/a"
+        base = (f"{statistics.mean(clean[m]):.4f} ({min(clean[m]):.4f}–{max(clean[m]):.4f}, {len(clean[m])} runs)"
+                if clean.get(m) else "n/a")
         mean = f"{statistics.mean(r['diffs']):+.2f}" if r["diffs"] else "n/a"
         span = f"{min(r['diffs']):+.2f}–{max(r['diffs']):+.2f}" if r["diffs"] else "n/a"
         md.append(f"| {m} | {base} | {mean} | {span} |")

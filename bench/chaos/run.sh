@@ -41,7 +41,7 @@
 #
 # usage: bash bench/chaos/run.sh [BUILD_DIR]      (default: build)
 #   SECTIONS="lost worlds chaos ps"  LOST_REPEAT=3  WORLDS_REPEAT=3  CHAOS_RUNS=25  CHAOS_TIMEOUT=300
-#   PS_RUNS=15  PS_CLEAN=2  PS_TIMEOUT=180
+#   PS_RUNS=15  PS_CLEAN=4  PS_TIMEOUT=180
 set -uo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build_arg=${1:-build}
@@ -52,7 +52,7 @@ worlds_repeat=${WORLDS_REPEAT:-3}
 chaos_runs=${CHAOS_RUNS:-25}
 chaos_timeout=${CHAOS_TIMEOUT:-300}
 ps_runs=${PS_RUNS:-15}
-ps_clean=${PS_CLEAN:-2}
+ps_clean=${PS_CLEAN:-4}
 ps_timeout=${PS_TIMEOUT:-180}
 out=${OUT:-$src/bench/results/chaos.md}
 raw=$build/bench-chaos
