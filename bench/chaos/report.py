@@ -388,7 +388,7 @@ def ps_section(a, problems):
            "|---|---:|---:|---:|"]
     verdicts = []
     for m, r in rows.items():
-        base = (f"{statistics.mean(clean[m]):.4f} ({min(clean[m]):.4f}–{max(clean[m]):.4f}, {len(clean[m])} runs)"
+        base = (f"{statistics.mean(clean[m]):.4f} ({min(clean[m]):.4f}–{max(clean[m]):.4f}, {len(clean[m])} run{'' if len(clean[m]) == 1 else 's'})"
                 if clean.get(m) else "n/a")
         mean = f"{statistics.mean(r['diffs']):+.2f}" if r["diffs"] else "n/a"
         span = f"{min(r['diffs']):+.2f}–{max(r['diffs']):+.2f}" if r["diffs"] else "n/a"

@@ -299,7 +299,7 @@ expect "$page" "| of the worker failures, measured from the worker's log (both s
   "chaos ps: failures measured from the log"
 expect "$page" "| steps done twice by a worker (its log, its servers' counts) | 30 |" "chaos ps: repeated steps counted"
 expect "$page" "ps-2 (asp): worker 2 did 30 step(s) twice (steps 8-37 in ps/worker2.jsonl)" "chaos ps: the repeats are named"
-expect "$page" "| bsp | 0.8200 | -0.20 | -0.20–-0.20 |" "chaos ps: accuracy against the mode's undisturbed run"
+expect "$page" "| bsp | 0.8200 (0.8200–0.8200, 1 run) | -0.20 | -0.20–-0.20 |" "chaos ps: accuracy against the mode's undisturbed run"
 expect "$page" "within 0.5 point of undisturbed (mean per mode): **not met** (largest mean difference 1.00 point; single runs below −0.5: asp -1.00)" \
   "chaos ps: the accuracy target, not met"
 expect "$page" "- Target: no hangs: **not met** (1)." "chaos ps: the hang target"
