@@ -12,21 +12,13 @@ SOURCE=${2:?usage: restart_all_test.sh BUILD_DIR SOURCE_DIR}
 CHORUS=$BUILD/chorus
 [ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
 PY=/usr/bin/python3
-CORPUS=/usr/share/games/fortunes
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 
-if [ ! -d "$CORPUS" ]; then
-  CORPUS=$TMP/corpus
-  mkdir -p "$CORPUS"
-  for i in 0 1 2 3 4 5 6 7 8 9; do
-    for j in $(seq 1 200); do echo "A fortune, number $j of file $i, says that the test is running."; done \
-      > "$CORPUS/f$i"
-  done
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/fortunes_corpus.sh"
 
 TINY=(--set model.layers=2 --set model.embed=16 --set model.heads=2 --set model.context=16
       --set train.max_steps=12 --set train.batch_size=4 --set data.eval_windows=4 --set train.log_every=2
