@@ -19,7 +19,8 @@
 #      place and the job ends where an undisturbed run does; an unused spare exits with the job;
 #   9. a healthy job grows: SIGUSR1 to `chorus train --nproc 2 --max 3 --spares 1` brings the
 #      waiting spare in as rank 2 of 3, the two workers go on in their own processes, and the
-#      job ends where an undisturbed run does; at --max a second SIGUSR1 is refused.
+#      job ends where an undisturbed run does; at --max a second SIGUSR1 is refused, and so is
+#      growth to a world the global batch does not divide over.
 # usage: bash elastic_test.sh BUILD_DIR [SOURCE_DIR]
 set -u
 BUILD=${1:?usage: elastic_test.sh BUILD_DIR [SOURCE_DIR]}
@@ -224,6 +225,22 @@ if "$CHORUS" checkpoint diff "$(last_ckpt "$TMP/grow")" "$(last_ckpt "$TMP/plain
 else
   fail "the grown run's final checkpoint differs from the undisturbed one:"; cat "$TMP/diff9.out"
 fi
+
+# A world the global batch does not divide over is declined (40 samples over 3 workers).
+"$CHORUS" train --nproc 2 --min 1 --max 3 --restarts 1 --spares 1 "${COMMON[@]}" --set train.batch_size=40 \
+  --set train.straggler_workers=[0] --set train.straggler_delay_ms=100 --set "output.dir=$TMP/nogrow" \
+  > "$TMP/nogrow.out" 2> "$TMP/nogrow.err" &
+job=$!
+for _ in $(seq 1 300); do
+  grep -q "a spare, loaded and waiting" "$TMP/nogrow.err" && break
+  sleep 0.1
+done
+kill -USR1 $job
+wait $job
+rc=$?
+[ $rc -eq 0 ] && grep -q "received SIGUSR1, but the job cannot run with 3 workers: train.batch_size = 40 does not divide over 3 workers; not growing" \
+  "$TMP/nogrow.err" && pass "growth to a world the batch does not divide over is declined" \
+  || { fail "nogrow run: exit $rc"; tail -5 "$TMP/nogrow.err"; }
 
 echo "$failures failed"
 [ $failures -eq 0 ]

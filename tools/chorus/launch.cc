@@ -646,6 +646,14 @@ class LocalJob {
                     maxWorkers, " allows; not growing"));
         return;
       }
+      if (opts_.elasticWorldCheck) {
+        const std::string why = opts_.elasticWorldCheck(static_cast<int>(members.size()) + 1);
+        if (!why.empty()) {
+          message(str("received SIGUSR1, but the job cannot run with ", members.size() + 1, " workers: ", why,
+                      "; not growing"));
+          return;
+        }
+      }
       RankProc* spare = nullptr;
       for (auto& r : ranks_) {
         if (r.running && r.spare) {

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,6 +68,10 @@ struct LaunchOptions {
   // while replacements remain, the slot of a spare that joined starts a new one. Spares still
   // waiting when the members are done are told to exit. Needs minWorkers > 0.
   int spares = 0;
+  // Elastic: why the job cannot run with this many workers, or "" when it can. A SIGUSR1
+  // (growth by a spare) to a world it refuses is declined with that reason (chorus train: the
+  // global batch must divide over the workers). Unset: every world is fine.
+  std::function<std::string(int)> elasticWorldCheck;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
   // Multi-node jobs (torchrun's --nnodes): one launcher per node, each starting nproc ranks;

@@ -275,6 +275,11 @@ int trainCommand(const std::vector<std::string>& args) {
     lo.minWorkers = t.minWorkers;
     lo.maxWorkers = t.maxWorkers;
     lo.elasticRestarts = restartAll ? 0 : t.restarts;
+    // Growth keeps the global batch: the new world must divide it (train-config.md).
+    lo.elasticWorldCheck = [batch = cfg.train.batchSize](int workers) -> std::string {
+      if (batch % workers == 0) return "";
+      return str("train.batch_size = ", batch, " does not divide over ", workers, " workers");
+    };
     lo.spares = t.spares;
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
