@@ -85,6 +85,13 @@ extern "C" void onLauncherSignal(int sig) {
   errno = saved;
 }
 
+// Worker ids as "0,1,3" (the store's members value and the launcher's messages).
+std::string idList(const std::vector<int>& ids) {
+  std::string out;
+  for (int id : ids) out += str(out.empty() ? "" : ",", id);
+  return out;
+}
+
 std::string signalName(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   return abbrev != nullptr ? str("SIG", abbrev) : str("signal ", sig);
@@ -613,6 +620,17 @@ class LocalJob {
     }
   }
 
+  // Elastic: the current generation's members still running, in their rank order.
+  std::vector<int> runningMembers() const {
+    std::vector<int> members;
+    for (int id : members_) {
+      for (const auto& r : ranks_) {
+        if (r.running && r.id == id) members.push_back(id);
+      }
+    }
+    return members;
+  }
+
   // SIGUSR1 to the launcher grows an elastic job by one worker per signal: a waiting spare
   // joins the next generation, up to maxWorkers. The members see the generation in the store
   // (their heartbeat thread), leave the step in flight and re-form with it, as after a
@@ -631,12 +649,7 @@ class LocalJob {
     }
     const size_t maxWorkers = static_cast<size_t>(opts_.maxWorkers > 0 ? opts_.maxWorkers : opts_.nproc);
     for (int n = 0; n < asked; ++n) {
-      std::vector<int> members;
-      for (int id : members_) {
-        for (const auto& r : ranks_) {
-          if (r.running && !r.spare && r.id == id) members.push_back(id);
-        }
-      }
+      std::vector<int> members = runningMembers();
       if (members.size() != members_.size()) {  // a failure is being handled, or the job ends
         message("received SIGUSR1 while a worker is leaving the job; not growing (send it again)");
         return;
@@ -673,9 +686,7 @@ class LocalJob {
       spare->spare = false;
       elastic_.callSpare(spare->id, generation_);
       ++grown_;
-      std::string ids;
-      for (int id : members) ids += str(ids.empty() ? "" : ",", id);
-      message(str("received SIGUSR1; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", ids,
+      message(str("received SIGUSR1; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", idList(members),
                   "), 1 spare joining"));
     }
   }
@@ -684,12 +695,7 @@ class LocalJob {
   // running, in their rank order, then a replacement per failed worker while replacements
   // remain and the members stay within maxWorkers; fewer than minWorkers left stops the job.
   void regenerate(const std::vector<int>& lost) {
-    std::vector<int> members;
-    for (int id : members_) {
-      for (const auto& r : ranks_) {
-        if (r.running && r.id == id) members.push_back(id);
-      }
-    }
+    std::vector<int> members = runningMembers();
     lostWorkers_ += lost.size();
     const RankProc& first = ranks_[static_cast<size_t>(lost.front())];
     std::string what;
@@ -733,9 +739,7 @@ class LocalJob {
       r->spare = false;
       elastic_.callSpare(r->id, generation_);
     }
-    std::string ids;
-    for (int id : members) ids += str(ids.empty() ? "" : ",", id);
-    message(str(what, "; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", ids, ")",
+    message(str(what, "; generation ", generation_, ": ", plural(members.size(), "worker"), " (ids ", idList(members), ")",
                 called.empty() ? std::string() : str(", ", plural(called.size(), "spare"), " joining"),
                 starts.empty() ? std::string() : str(", ", plural(starts.size(), "replacement"), " starting")));
     std::vector<int> freeSlots;  // lost slots no replacement took
@@ -1072,9 +1076,7 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
     // The launcher's own connection to its store: where it publishes each generation.
     elasticStore = std::make_unique<comm::TcpStore>(dialAddr, storePort, storeOpts.secret, Millis(30000));
     auto publish = [store = elasticStore.get()](int generation, const std::vector<int>& members) {
-      std::string ids;
-      for (int id : members) ids += str(ids.empty() ? "" : ",", id);
-      store->set(str("chorus/elastic/members/", generation), comm::toBytes(ids));
+      store->set(str("chorus/elastic/members/", generation), comm::toBytes(idList(members)));
     };
     publish(0, [n] {
       std::vector<int> v;
