@@ -3,7 +3,7 @@ computed from those files (the runs' stderr, metrics.jsonl, the PyTorch driver's
 nothing is typed in by hand. Standard library only.
 
 usage: report.py --raw DIR --lost-repeat N --worlds-repeat N --chaos-runs N --chaos-timeout S
-                 --ps-runs N --ps-clean N --ps-timeout S --sections lost worlds chaos ps
+                 --ps-runs N --ps-clean N --ps-timeout S --mp-repeat N --sections lost worlds chaos ps mp
                  --command CMD --out FILE
 """
 
@@ -110,6 +110,39 @@ def lost_section(a, problems):
             r = statistics.median(torch_vals) / statistics.median(vals)
             md.append(f"- Target: at least 10x less time lost than restart-all ({m}): "
                       f"**{'met' if r >= 10 else 'not met'}** (PyTorch restart-all / chorus {m} = {r:.1f}x)")
+    md.append("")
+    return md
+
+
+MP_LAYOUTS = [("tp", "tp 2 x dp 2"), ("pp", "pp 2 (1F1B, 4 micro-batches) x dp 2")]
+MP_METHODS = [("replace", "chorus elastic in place, --min 4 --restarts 1: a new process takes the place"),
+              ("spare", "chorus elastic in place, --spares 1: a waiting spare takes the place"),
+              ("restart", "chorus restart-all, --restarts 1 without --min (torchrun's strategy)")]
+
+
+def mp_section(a, problems):
+    md = ["## Time lost per failure: tensor- and pipeline-parallel jobs", "",
+          "The GPT of configs/gpt.toml (4 layers, embed 128, 0.84 M parameters, AdamW) on the fortunes text, global "
+          "batch 16 windows of 128 bytes, 40 steps, eval off, train.threads 1, on 4 workers (shared memory); worker 1 "
+          "kills itself (SIGKILL) as it starts step 25; time lost = from the kill until step 26 completes, as above. "
+          "In place, worker 1's replacement receives its shard from its data-parallel replica (rank 3) and the other "
+          "3 workers keep their processes; restart-all resumes the checkpoint of step 20 (written every 10 steps), "
+          f"so it also redoes steps 21 to 25. {a.mp_repeat} rounds, the six runs of a round alternating; median "
+          "(min–max).", "",
+          "| layout | strategy | time lost (s) | restart-all ÷ this |", "|---|---|---:|---:|"]
+    for lay, lay_title in MP_LAYOUTS:
+        data = {m: [] for m, _ in MP_METHODS}
+        for r in range(1, a.mp_repeat + 1):
+            for m, _ in MP_METHODS:
+                v, err = chorus_lost(a.raw, f"mp-{lay}-{m}-r{r}")
+                if err:
+                    problems.append(err)
+                data[m].append(v)
+        restart = [v for v in data["restart"] if v is not None]
+        for m, title in MP_METHODS:
+            vals = [v for v in data[m] if v is not None]
+            ratio = f"{statistics.median(restart) / statistics.median(vals):.1f}x" if vals and restart else "n/a"
+            md.append(f"| {lay_title} | {title} | {cell(data[m], lambda v: f'{v:.2f}')} | {ratio} |")
     md.append("")
     return md
 
@@ -423,24 +456,31 @@ def main():
     p.add_argument("--ps-runs", type=int, default=0)
     p.add_argument("--ps-clean", type=int, default=1)
     p.add_argument("--ps-timeout", type=int, default=180)
+    p.add_argument("--mp-repeat", type=int, default=3)
     p.add_argument("--sections", nargs="*", default=["lost", "worlds", "chaos", "ps"])
     p.add_argument("--command", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--src", default=os.path.dirname(os.path.dirname(HERE)))
     a = p.parse_args()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = ["# Fault tolerance: time lost per failure, recovery against world size, chaos", "",
+    mlp = any(x in a.sections for x in ("lost", "worlds", "chaos", "ps"))
+    md = ["# Fault tolerance: time lost per failure, recovery against world size, chaos" if mlp else
+          "# Fault tolerance of tensor- and pipeline-parallel jobs: time lost per failure", "",
           f"Written by `{a.command}` on {now} at commit {revision(a.src)}. Every number below is computed from the "
-          "raw outputs that run collected; rerun the command to refresh this page instead of editing it.", "",
-          "The job: the MLP of bench/ddp (784-512-256-10, SGD momentum 0.9) on the first 42000 Fashion-MNIST "
-          "samples, global batch 840, train.threads 1, every worker a process on this 2-core machine (shared "
-          "memory); chorus's elastic runs use `CHORUS_HEARTBEAT_TIMEOUT_MS` 3000 and `CHORUS_TIMEOUT_MS` 30000.",
-          "", f"loadavg: {' / '.join((read(os.path.join(a.raw, 'loadavg.txt')) or '').split(chr(10)))}", ""]
+          "raw outputs that run collected; rerun the command to refresh this page instead of editing it.", ""]
+    if mlp:
+        md += ["The job: the MLP of bench/ddp (784-512-256-10, SGD momentum 0.9) on the first 42000 Fashion-MNIST "
+               "samples, global batch 840, train.threads 1, every worker a process on this 2-core machine (shared "
+               "memory); chorus's elastic runs use `CHORUS_HEARTBEAT_TIMEOUT_MS` 3000 and `CHORUS_TIMEOUT_MS` "
+               "30000.", ""]
+    md += [f"loadavg: {' / '.join((read(os.path.join(a.raw, 'loadavg.txt')) or '').split(chr(10)))}", ""]
     problems = []
     if "lost" in a.sections:
         md += lost_section(a, problems)
     if "worlds" in a.sections:
         md += worlds_section(a, problems)
+    if "mp" in a.sections:
+        md += mp_section(a, problems)
     total = []
     if "chaos" in a.sections and a.chaos_runs > 0:
         part, n = chaos_section(a, problems)

@@ -37,11 +37,22 @@
 #           that SIGKILLs a server while its shard temporary (ps/server<s>.ckpt.tmp.<pid>)
 #           exists. Plus PS_CLEAN undisturbed runs per mode. report.py verifies every final
 #           shard (CPSCKPT magic, SHA-256) and the shards the ckpt kills left in place.
+#   mp      time lost per failure in tensor- and pipeline-parallel jobs (not in the default
+#           SECTIONS; its page is bench/results/chaos-mp.md): the GPT of configs/gpt.toml (0.84 M
+#           parameters, global batch 16 windows of 128 bytes, 40 steps, eval off) on 4 workers as
+#           tp 2 x dp 2, and as pp 2 x dp 2 (1F1B, 4 micro-batches); worker 1 kills itself as it
+#           starts step 25; time lost as in `lost`. MP_REPEAT rounds, alternating:
+#             replace   --min 4 --restarts 1: a new process takes worker 1's place and receives
+#                       its shard from a data-parallel replica
+#             spare     the same with --spares 1 (a spare started with the job takes the place)
+#             restart   --restarts 1 without --min: every worker is stopped and the job starts
+#                       again from its checkpoint (every 10 steps), torchrun's strategy
 # Writes bench/results/chaos.md (bench/chaos/report.py); raw outputs in BUILD_DIR/bench-chaos/.
 #
 # usage: bash bench/chaos/run.sh [BUILD_DIR]      (default: build)
 #   SECTIONS="lost worlds chaos ps"  LOST_REPEAT=3  WORLDS_REPEAT=3  CHAOS_RUNS=25  CHAOS_TIMEOUT=300
-#   PS_RUNS=15  PS_CLEAN=4  PS_TIMEOUT=180
+#   PS_RUNS=15  PS_CLEAN=4  PS_TIMEOUT=180  MP_REPEAT=3
+#   the mp page: SECTIONS=mp OUT=bench/results/chaos-mp.md bash bench/chaos/run.sh build
 set -uo pipefail
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build_arg=${1:-build}
@@ -54,6 +65,7 @@ chaos_timeout=${CHAOS_TIMEOUT:-300}
 ps_runs=${PS_RUNS:-15}
 ps_clean=${PS_CLEAN:-4}
 ps_timeout=${PS_TIMEOUT:-180}
+mp_repeat=${MP_REPEAT:-3}
 out=${OUT:-$src/bench/results/chaos.md}
 raw=$build/bench-chaos
 export BENCH_TIMEOUT=${BENCH_TIMEOUT:-600}
@@ -195,9 +207,26 @@ if [[ $sections == *" ps "* ]]; then
 else
   ps_runs=0
 fi
+if [[ $sections == *" mp "* ]]; then
+  gpt=("$src/configs/gpt.toml" --nproc 4 --set train.max_steps=40 --set train.eval=false --set train.log_every=1
+       --set output.progress=none --set train.threads=1)
+  declare -A layout=([tp]="--set parallel.tp=2"
+                     [pp]="--set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=4")
+  for r in $(seq 1 "$mp_repeat"); do
+    for l in tp pp; do
+      read -r -a sets <<< "${layout[$l]}"
+      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-replace-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min 4 --restarts 1 \
+        --set "output.dir=$raw/mp-$l-replace-r$r"
+      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-spare-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min 4 --restarts 1 \
+        --spares 1 --set "output.dir=$raw/mp-$l-spare-r$r"
+      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-restart-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --restarts 1 \
+        --set output.checkpoint_every=10 --set output.keep=10 --set "output.dir=$raw/mp-$l-restart-r$r"
+    done
+  done
+fi
 cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"
 python3 "$src/bench/chaos/report.py" --raw "$raw" --lost-repeat "$lost_repeat" --worlds-repeat "$worlds_repeat" \
   --chaos-runs "$chaos_runs" --chaos-timeout "$chaos_timeout" --ps-runs "$ps_runs" --ps-clean "$ps_clean" \
-  --ps-timeout "$ps_timeout" --sections $sections \
+  --ps-timeout "$ps_timeout" --mp-repeat "$mp_repeat" --sections $sections \
   --command "bash bench/chaos/run.sh $build_arg" --out "$out"
 echo "wrote $out"

@@ -307,5 +307,32 @@ expect "$page" "ps-3: 3 of 4 faults delivered" "chaos ps: a run with fewer fault
 expect "$page" "Failures injected in all: 12 (1 in the data-parallel runs, 11 in the parameter-server runs)" \
   "chaos: faults counted over both kinds of job"
 
+# The mp page: tensor- and pipeline-parallel time lost, in place against restart-all, per layout;
+# a run without its step 26 is named.
+raw=$TMP/chaos-mp
+mkdir -p "$raw"
+for r in 1 2 3; do
+  chaos_lost "mp-tp-replace-r$r" 1000 "100$r"   # 1, 2, 3 s
+  chaos_lost "mp-tp-spare-r$r" 1000 1001
+  chaos_lost "mp-tp-restart-r$r" 1000 1010
+  chaos_lost "mp-pp-replace-r$r" 1000 1002
+  chaos_lost "mp-pp-spare-r$r" 1000 "100$((2 * r - 1))"   # 1, 3, (5: its metrics are emptied below)
+  chaos_lost "mp-pp-restart-r$r" 1000 "101$r"   # 11, 12, 13 s
+done
+: > "$raw/mp-pp-spare-r3/metrics.jsonl"
+python3 "$SRC/bench/chaos/report.py" --raw "$raw" --mp-repeat 3 --sections mp --src "$SRC" \
+  --command "SECTIONS=mp bash bench/chaos/run.sh build" --out "$TMP/chaos-mp.md" 2> "$TMP/chaos-mp.err"
+page=$TMP/chaos-mp.md
+expect "$page" "# Fault tolerance of tensor- and pipeline-parallel jobs: time lost per failure" "chaos mp: its own title"
+expect "$page" "| tp 2 x dp 2 | chorus elastic in place, --min 4 --restarts 1: a new process takes the place | 2.00 (1.00–3.00) | 5.0x |" \
+  "chaos mp: tp in place, median, spread and the ratio to restart-all"
+expect "$page" "| pp 2 (1F1B, 4 micro-batches) x dp 2 | chorus restart-all, --restarts 1 without --min (torchrun's strategy) | 12.00 (11.00–13.00) | 1.0x |" \
+  "chaos mp: pp restart-all"
+expect "$page" "| pp 2 (1F1B, 4 micro-batches) x dp 2 | chorus elastic in place, --spares 1: a waiting spare takes the place | 2.00 (1.00–3.00) | 6.0x |" \
+  "chaos mp: a run without a result is left out of the median"
+expect "$page" "mp-pp-spare-r3: no step 26 completed after the kill" "chaos mp: the run without a result is named"
+! grep -q "Fashion-MNIST" "$page" && pass "chaos mp: no MLP job description on the mp page" \
+  || fail "chaos mp: the MLP paragraph is on the mp page"
+
 echo "$failures failed"
 [[ $failures -eq 0 ]]

@@ -62,7 +62,7 @@ rc=$?
 # Refused before any worker starts, with what to do instead.
 out=$("$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 2 "${TINY[@]}" --set parallel.tp=2 --min 1 --restarts 1 \
   --set output.dir="$TMP/never" 2>&1)
-[ $? -ne 0 ] && grep -qF "Give --restarts R without --min" <<<"$out" && [ ! -e "$TMP/never" ] \
+[ $? -ne 0 ] && grep -qF -- "--restarts R without --min" <<<"$out" && [ ! -e "$TMP/never" ] \
   && pass "--min on a tensor-parallel job is refused, pointing to --restarts" || fail "--min with tp: $out"
 out=$("$CHORUS" train --nproc 2 --set ps.servers=1 --restarts 1 --set output.dir="$TMP/never" 2>&1)
 [ $? -ne 0 ] && grep -qF "ps.restarts" <<<"$out" && [ ! -e "$TMP/never" ] \

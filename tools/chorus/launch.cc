@@ -654,6 +654,11 @@ class LocalJob {
         message("received SIGUSR1 while a worker is leaving the job; not growing (send it again)");
         return;
       }
+      if (opts_.elasticKeepPositions) {
+        message("received SIGUSR1, but this job's workers hold different shards (tensor or pipeline parallel) and "
+                "its world keeps its size; not growing");
+        return;
+      }
       if (members.size() >= maxWorkers) {
         message(str("received SIGUSR1, but the job has ", plural(members.size(), "worker"), ", the most --max ",
                     maxWorkers, " allows; not growing"));
@@ -706,6 +711,7 @@ class LocalJob {
     const size_t maxWorkers = static_cast<size_t>(opts_.maxWorkers > 0 ? opts_.maxWorkers : opts_.nproc);
     std::vector<std::pair<int, int>> starts;  // (slot, new id)
     std::vector<RankProc*> called;             // spares that join instead
+    std::vector<int> replacing;                // the ids that replace lost[0], lost[1], ...
     for (size_t i = 0; i < lost.size(); ++i) {
       if (elasticRestartsUsed_ >= opts_.elasticRestarts || members.size() + starts.size() + called.size() >= maxWorkers) break;
       RankProc* spare = nullptr;
@@ -717,10 +723,21 @@ class LocalJob {
       }
       if (spare) {
         called.push_back(spare);
+        replacing.push_back(spare->id);
       } else {
         starts.emplace_back(lost[i], nextId_++);
+        replacing.push_back(starts.back().second);
       }
       ++elasticRestartsUsed_;
+    }
+    if (opts_.elasticKeepPositions && replacing.size() < lost.size()) {
+      failedRank_ = first.id;
+      failedStatus_ = first.status;
+      message(str(what, "; this job's workers hold different shards (tensor or pipeline parallel), so every one of ",
+                  "its ", members_.size(), " places needs a worker, and no replacement is left (--restarts ",
+                  opts_.elasticRestarts, ", all used); stopping the job"));
+      stoppedOthers_ = signalRunning(SIGTERM, -1);
+      return;
     }
     if (members.size() + starts.size() + called.size() < static_cast<size_t>(opts_.minWorkers)) {
       failedRank_ = first.id;
@@ -730,8 +747,17 @@ class LocalJob {
       stoppedOthers_ = signalRunning(SIGTERM, -1);
       return;
     }
-    for (RankProc* r : called) members.push_back(r->id);
-    for (const auto& [slot, id] : starts) members.push_back(id);
+    if (opts_.elasticKeepPositions) {
+      // Each replacement takes the place of the worker it replaces.
+      members = members_;
+      for (size_t i = 0; i < lost.size(); ++i) {
+        const auto at = std::find(members.begin(), members.end(), ranks_[static_cast<size_t>(lost[i])].id);
+        if (at != members.end()) *at = replacing[i];
+      }
+    } else {
+      for (RankProc* r : called) members.push_back(r->id);
+      for (const auto& [slot, id] : starts) members.push_back(id);
+    }
     ++generation_;
     elastic_.publish(generation_, members);
     members_ = members;
@@ -1141,6 +1167,9 @@ ArgParser makeLaunchParser() {
              "elastic: a worker that fails does not stop the job; the others re-form without it (chorus train), "
              "as long as M workers remain");
   p.addValue("--max", "X", "elastic: at most X workers, replacements included (default: -n)");
+  p.addSwitch("--keep-positions",
+              "elastic: a replacement takes the failed worker's rank and the world keeps its size (tensor- and "
+              "pipeline-parallel jobs; chorus train --min sets it for them)");
   p.addValue("--grace-ms", "MS", "how long ranks get to exit after SIGTERM (a rank failed, or the launcher was interrupted) before SIGKILL",
              "3000");
   p.addValue("--nnodes", "N", "nodes of a multi-node job: one launcher per node, each starting -n ranks", "1");
@@ -1226,8 +1255,10 @@ int launchCommand(const std::vector<std::string>& args) {
     if (p.has("--keep-going"))
       throw UsageError("chorus launch: --keep-going is for parameter-server workers; an elastic job (--min) "
                        "already goes on without a failed worker");
-  } else if (p.has("--max")) {
-    throw UsageError("chorus launch: --max bounds an elastic job; give --min M too");
+    opts.elasticKeepPositions = p.has("--keep-positions");
+  } else if (p.has("--max") || p.has("--keep-positions")) {
+    throw UsageError(str("chorus launch: ", p.has("--max") ? "--max bounds" : "--keep-positions shapes",
+                         " an elastic job; give --min M too"));
   } else if (p.has("--keep-going") || p.has("--restarts")) {
     throw UsageError(str("chorus launch: ", p.has("--keep-going") ? "--keep-going" : "--restarts",
                          " applies to parameter-server jobs; give --servers S too"));

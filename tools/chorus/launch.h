@@ -72,6 +72,11 @@ struct LaunchOptions {
   // (growth by a spare) to a world it refuses is declined with that reason (chorus train: the
   // global batch must divide over the workers). Unset: every world is fine.
   std::function<std::string(int)> elasticWorldCheck;
+  // Elastic: every worker keeps its rank and the world its size (tensor- and pipeline-parallel
+  // jobs, whose ranks hold different shards: train/elastic.h). A failed worker's replacement,
+  // a spare or a new process, takes its place in the next generation; when no replacement is
+  // left the job stops, and SIGUSR1 does not grow it.
+  bool elasticKeepPositions = false;
   // Prefix of the launcher's own messages.
   std::string messagePrefix = "chorus launch";
   // Multi-node jobs (torchrun's --nnodes): one launcher per node, each starting nproc ranks;

@@ -33,12 +33,14 @@ const char* kTrainHelp =
     "                      mpirun or srun describe; alone: 1 worker)\n"
     "  --min M             elastic (with --nproc): a worker that dies does not stop the job;\n"
     "                      the others re-form without it in their own processes and go on\n"
-    "                      from the last completed step, as long as M remain\n"
+    "                      from the last completed step, as long as M remain. Tensor- and\n"
+    "                      pipeline-parallel jobs (dp >= 2): M = N, and a replacement takes\n"
+    "                      the failed worker's place and its shard from a replica\n"
     "  --max X             elastic: at most X workers, replacements included (default N)\n"
     "  --restarts R        elastic: start up to R replacement workers in all. Without --min:\n"
     "                      when a worker fails, stop every worker and start the job again\n"
     "                      from its newest checkpoint, up to R times (torchrun's\n"
-    "                      --max-restarts; tensor- and pipeline-parallel jobs recover so)\n"
+    "                      --max-restarts; what tp/pp jobs at dp = 1 can do)\n"
     "  --spares S          elastic: keep S of those replacements started, loaded and waiting;\n"
     "                      SIGUSR1 to this process brings one into the running job\n"
     "                      (one more worker, up to --max)\n"
@@ -161,6 +163,35 @@ void checkDataFiles(const train::Config& cfg) {
   train::checkDatasetFiles(cfg.data.dataset, cfg.data.path, cfg.train.eval);
 }
 
+// --min on a tensor- or pipeline-parallel job (train/elastic.h): the world keeps its size and
+// every worker its place, a replacement takes a failed worker's place and receives its shard from
+// a data-parallel replica, so there must be replicas, replacements, and a layout that stays put.
+void checkElasticModelParallel(const train::Config& cfg, const TrainArgs& t) {
+  const train::ParallelConfig& par = cfg.parallel;
+  const int64_t shards = par.tp * par.pp;
+  const std::string fallback = "; or give --restarts R without --min, which restarts every worker from the newest "
+                               "checkpoint (set output.checkpoint_every)";
+  if (t.nproc / shards < 2)
+    throw UsageError(str("chorus train: --min on a tensor- or pipeline-parallel job recovers a failed worker's shard from ",
+                         "a data-parallel replica of it, and with --nproc ", t.nproc, " = tp ", par.tp, " x pp ", par.pp,
+                         " there is none (dp = 1): run with --nproc ", 2 * shards, " or more", fallback));
+  if (t.minWorkers != t.nproc || (t.maxWorkers > 0 && t.maxWorkers != t.nproc))
+    throw UsageError(str("chorus train: a tensor- or pipeline-parallel job keeps its world size (each worker holds its ",
+                         "own shard; a replacement takes a failed worker's place): give --min ", t.nproc,
+                         " (= --nproc) and no other --max"));
+  if (t.restarts < 1)
+    throw UsageError(str("chorus train: a tensor- or pipeline-parallel job needs a replacement for each failed worker: ",
+                         "give --restarts R (and --spares S to keep some of them started and waiting)"));
+  if (par.schedule == "pipedream" || par.schedule == "2bw")
+    throw UsageError(str("chorus train: --min recovers synchronous pipeline schedules; parallel.schedule = \"",
+                         par.schedule, "\" keeps micro-batches and weight versions across steps, which a step's ",
+                         "snapshot does not hold: use gpipe, 1f1b, interleaved or zb-h1", fallback));
+  if (par.pp > 1 && par.partition.empty() && par.balance == "time")
+    throw UsageError(str("chorus train: --min with parallel.balance = \"time\" would profile the stages again when the ",
+                         "job re-forms and could cut them elsewhere; give the cut as parallel.partition (the start ",
+                         "record's pp_partition) or use balance = \"params\""));
+}
+
 // --restarts R without --min (torchrun's strategy): when the job fails, every worker is
 // stopped (the launcher does that) and the job starts again from its newest checkpoint, up to R
 // times. Not after a divergence (kFatalExitStatus), an interrupt, or a clean end. Restart k
@@ -262,10 +293,7 @@ int trainCommand(const std::vector<std::string>& args) {
       if (cfg.ps.servers > 0)
         throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; a parameter-server job "
                          "restarts its failed workers and servers in place with ps.restarts = R");
-      if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1)
-        throw UsageError("chorus train: --min (elastic) re-forms data-parallel jobs in process; tensor- and "
-                         "pipeline-parallel jobs cannot yet. Give --restarts R without --min: when a worker fails, "
-                         "every worker is restarted from the newest checkpoint (set output.checkpoint_every)");
+      if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1) checkElasticModelParallel(cfg, t);
       const int maxWorkers = t.maxWorkers > 0 ? t.maxWorkers : t.nproc;
       if (t.minWorkers > t.nproc || t.nproc > maxWorkers)
         throw UsageError(str("chorus train: need --min <= --nproc <= --max; got ", t.minWorkers, ", ", t.nproc, ", ",
@@ -281,6 +309,7 @@ int trainCommand(const std::vector<std::string>& args) {
       return str("train.batch_size = ", batch, " does not divide over ", workers, " workers");
     };
     lo.spares = t.spares;
+    lo.elasticKeepPositions = cfg.parallel.tp * cfg.parallel.pp > 1;
     lo.nproc = t.nproc + static_cast<int>(cfg.ps.servers);
     if (cfg.ps.servers > 0) {
       lo.extraEnv.push_back({"CHORUS_PS_SERVERS", std::to_string(cfg.ps.servers)});

@@ -1,6 +1,8 @@
 // The executor and point-to-point tracking (executor.h).
 #include "chorus/comm/executor.h"
 
+#include <typeinfo>
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -28,12 +30,36 @@ void raiseCommThreadPriority() {
 
 }  // namespace
 
+[[noreturn]] void rethrowAfterClose(Transport& transport, const std::string& context) {
+  try {
+    throw;
+  } catch (const Error& e) {
+    const std::exception_ptr cause = transport.closeCause();
+    // Only a plain Error can be "the transport is closed"; anything more specific stands.
+    if (typeid(e) != typeid(Error) || !cause) rethrowWithContext(context);
+    const std::string why = str(context, e.what(), "; this process closed the ", transport.name(),
+                                " transport when an earlier call failed: ");
+    try {
+      std::rethrow_exception(cause);
+    } catch (const PeerError& first) {
+      throw PeerError(why + first.what(), first.peer());
+    } catch (const TimeoutError& first) {
+      throw TimeoutError(why + first.what());
+    } catch (...) {
+    }
+    rethrowWithContext(context);
+  } catch (...) {
+    rethrowWithContext(context);
+  }
+}
+
 [[noreturn]] void failCall(Transport& transport, const std::string& context) {
   try {
     throw;
   } catch (const InvalidArgument&) {
     rethrowWithContext(context);
   } catch (...) {
+    if (!transport.noteCloseCause(std::current_exception())) rethrowAfterClose(transport, context);
     CHORUS_WARN(context, "failed; closing the ", transport.name(),
                 " transport, so this process's groups cannot run further calls (create new ones)");
     transport.close();
@@ -73,7 +99,7 @@ void PointToPoint::progress(Transport& transport, bool block) {
     // calls (a parameter server goes on serving the workers that are alive). Otherwise (the
     // deadline, a transport error) the request may still be posted: failCall closes.
     if (requestFailedOnItsOwn(transport, r)) {
-      finishWithCurrentError();
+      finishWithCurrentError(transport);
       return;
     }
     try {
@@ -110,7 +136,7 @@ size_t waitAnyPointToPoint(Transport& transport, const std::vector<std::shared_p
     try {
       std::rethrow_exception(reqs[k]->error);
     } catch (...) {
-      p.finishWithCurrentError();
+      p.finishWithCurrentError(transport);
     }
   } else {
     p.finish(nullptr);

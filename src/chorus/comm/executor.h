@@ -46,6 +46,10 @@ inline constexpr Millis kWaitGrace{10000};
 // Gloo do after an error). Argument errors are thrown before anything is posted and leave
 // the transport open. Call inside a catch block; rethrows with the call's context.
 [[noreturn]] void failCall(Transport& transport, const std::string& context);
+// Rethrows the exception in flight with `context`; when it is a plain Error (the transport is
+// closed) and a failed call closed the transport before (Transport::closeCause) with a
+// PeerError or TimeoutError, as that kind, naming both.
+[[noreturn]] void rethrowAfterClose(Transport& transport, const std::string& context);
 
 // Whether `r` has failed, asked through the transport so that the read is ordered with the
 // backend's writes (the loopback transport completes requests from other threads).
@@ -121,9 +125,9 @@ struct PointToPoint {
   }
   // Call inside a catch block: ends this call with the exception being handled, its message
   // prefixed with the call's context.
-  void finishWithCurrentError() {
+  void finishWithCurrentError(Transport& transport) {
     try {
-      rethrowWithContext(context);
+      rethrowAfterClose(transport, context);
     } catch (...) {
       finish(std::current_exception());
     }

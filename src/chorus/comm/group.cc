@@ -215,7 +215,8 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
         } catch (...) {
           // As for an async send/recv: a request that failed on its own (a dead peer) leaves
           // nothing posted, so the transport stays open for the other peers.
-          if (req && detail::requestFailedOnItsOwn(*shared.transport, req)) rethrowWithContext(context);
+          if (req && detail::requestFailedOnItsOwn(*shared.transport, req))
+            detail::rethrowAfterClose(*shared.transport, context);
           detail::failCall(*shared.transport, context);
         }
       };
@@ -225,14 +226,14 @@ WorkPtr ProcessGroup::Shared::pointToPoint(ProcessGroup& g, bool isSend, int pee
   auto p = std::make_shared<PointToPoint>(context, deadline);
   shared.executor->addPending(p);
   shared.executor->submit(task, true, [&] {
-    task->run = [p, post] {
+    task->run = [p, post, transport = shared.transport.get()] {
       try {
         RequestPtr req = post();
         std::lock_guard<std::mutex> lock(p->mu);
         p->req = std::move(req);
       } catch (...) {
         try {
-          rethrowWithContext(p->context);
+          detail::rethrowAfterClose(*transport, p->context);
         } catch (...) {
           p->finish(std::current_exception());
         }

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <thread>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <vector>
@@ -113,7 +114,122 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
   snap.source = str("the state of step ", best, " (rank ", root, " of generation ", generation, ", in memory)");
 }
 
+// The positional agreement (elastic.h, planShardRecovery): every rank learns every rank's
+// snapshot steps, computes the same plan, and a rank that does not hold the agreed step receives
+// it from its source (a replica of its shard) by send/recv; nobody else moves bytes.
+void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, int tp, int pp) {
+  const int n = g.size();
+  std::vector<int64_t> steps(2 * static_cast<size_t>(n), 0);
+  steps[2 * static_cast<size_t>(g.rank())] = snap.globalStep;
+  steps[2 * static_cast<size_t>(g.rank()) + 1] = snap.previousStep;
+  allreduceInPlace(g, steps.data(), steps.size(), DType::kInt64, ReduceOp::kSum);
+  std::vector<int64_t> newest(static_cast<size_t>(n)), previous(static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    newest[static_cast<size_t>(r)] = steps[2 * static_cast<size_t>(r)];
+    previous[static_cast<size_t>(r)] = steps[2 * static_cast<size_t>(r) + 1];
+  }
+  const ShardRecoveryPlan plan = planShardRecovery(newest, previous, meshShards(n, tp, pp));
+  if (plan.step < 0) {
+    snap.payload.clear();
+    snap.previous.clear();
+    snap.globalStep = snap.previousStep = -1;
+    return;
+  }
+  const std::string* mine = snap.globalStep == plan.step ? &snap.payload : snap.previousStep == plan.step ? &snap.previous : nullptr;
+  constexpr uint32_t kSizeTag = 0x5a50, kBytesTag = 0x5a51;
+  std::string received;
+  for (int r = 0; r < n; ++r) {
+    const int from = plan.source[static_cast<size_t>(r)];
+    if (from == r) continue;
+    if (g.rank() == from) {
+      if (!mine) throw Error(str("elastic: rank ", from, " is to send step ", plan.step, " and does not hold it"));
+      const uint64_t size = mine->size();
+      g.send(r, kSizeTag, &size, sizeof(size));
+      g.send(r, kBytesTag, mine->data(), mine->size());
+    } else if (g.rank() == r) {
+      uint64_t size = 0;
+      g.recv(from, kSizeTag, &size, sizeof(size));
+      received.assign(size, '\0');
+      g.recv(from, kBytesTag, received.data(), received.size());
+    }
+  }
+  const int source = plan.source[static_cast<size_t>(g.rank())];
+  if (source != g.rank()) {
+    std::cerr << str("chorus train: rank ", g.rank(), " of generation ", generation, ": received its shard's state of step ",
+                     plan.step, " (", received.size(), " bytes) from rank ", source, "\n");
+    snap.payload = std::move(received);
+  } else if (mine != &snap.payload) {
+    snap.payload = std::move(snap.previous);
+  }
+  snap.previous.clear();
+  snap.previousStep = -1;
+  snap.globalStep = plan.step;
+  snap.source = source == g.rank()
+                    ? str("its own state of step ", plan.step, " (generation ", generation, ", in memory)")
+                    : str("the state of step ", plan.step, " of its shard, from rank ", source, " (generation ",
+                          generation, ", in memory)");
+}
+
 }  // namespace
+
+std::vector<int> meshShards(int world, int tp, int pp) {
+  if (tp < 1 || pp < 1 || world % (tp * pp) != 0)
+    throw InvalidArgument(str("meshShards: a world of ", world, " is not a multiple of tp ", tp, " x pp ", pp));
+  const int dp = world / (tp * pp);
+  std::vector<int> shard(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) shard[static_cast<size_t>(r)] = (r / (dp * tp)) * tp + r % tp;
+  return shard;
+}
+
+ShardRecoveryPlan planShardRecovery(const std::vector<int64_t>& newest, const std::vector<int64_t>& previous,
+                                    const std::vector<int>& shardOf) {
+  const size_t n = newest.size();
+  if (previous.size() != n || shardOf.size() != n)
+    throw InvalidArgument("planShardRecovery: newest, previous and shardOf differ in length");
+  std::map<int, int64_t> best;  // shard -> the newest step any of its ranks holds
+  int64_t most = -1;
+  for (size_t r = 0; r < n; ++r) {
+    auto [it, fresh] = best.emplace(shardOf[r], newest[r]);
+    if (!fresh) it->second = std::max(it->second, newest[r]);
+    most = std::max(most, newest[r]);
+  }
+  ShardRecoveryPlan plan;
+  plan.source.resize(n);
+  for (size_t r = 0; r < n; ++r) plan.source[r] = static_cast<int>(r);
+  plan.step = most;
+  for (const auto& [shard, step] : best) plan.step = std::min(plan.step, step);
+  auto holds = [&](size_t r) { return newest[r] == plan.step || previous[r] == plan.step; };
+  if (plan.step < 0) {
+    if (most >= 0) {
+      std::vector<int> lost;
+      for (const auto& [shard, step] : best)
+        if (step < 0) lost.push_back(shard);
+      throw Error(str("elastic: no member holds any state of shard", lost.size() > 1 ? "s " : " ", [&] {
+                        std::string s;
+                        for (int x : lost) s += str(s.empty() ? "" : ", ", x);
+                        return s;
+                      }(), " (every rank that held it failed: all its data-parallel replicas, or dp = 1), while ",
+                      "the others are at step ", most, "; the job cannot go on in memory. Restart it from its newest ",
+                      "checkpoint (chorus train --resume, or --restarts R without --min), and run with more ",
+                      "data-parallel replicas to survive this"));
+    }
+    plan.step = -1;
+    return plan;
+  }
+  for (size_t r = 0; r < n; ++r) {
+    if (holds(r)) continue;
+    size_t from = n;
+    for (size_t s = 0; s < n && from == n; ++s)
+      if (shardOf[s] == shardOf[r] && holds(s)) from = s;
+    if (from == n)
+      throw Error(str("elastic: the members of shard ", shardOf[r], " hold step ", best.at(shardOf[r]),
+                      " and not step ", plan.step, ", which another shard's members hold at most; the ranks are more ",
+                      "than one step apart, which the per-step agreement should prevent (a chorus bug: report it); ",
+                      "restart from the newest checkpoint"));
+    plan.source[r] = static_cast<int>(from);
+  }
+  return plan;
+}
 
 // The worker's heartbeat (elastic.h): a thread with its own store connection that writes
 // "chorus/elastic/hb/<id>" = "<generation>,<beat>,<calls>,<last call>" every kHeartbeatEvery,
@@ -203,8 +319,9 @@ std::unique_ptr<Heartbeat, HeartbeatStop> startHeartbeat(int64_t id) {
 namespace {
 
 [[noreturn]] void notElastic() {
-  throw InvalidArgument("elastic training (chorus train --min) recovers data-parallel all-reduce jobs only; this "
-                        "strategy (tensor or pipeline parallel, parameter server) cannot; run it without --min");
+  throw InvalidArgument("elastic training (chorus train --min) recovers all-reduce jobs (data, tensor and pipeline "
+                        "parallel); this strategy cannot; a parameter-server job restarts its failed workers and "
+                        "servers in place with ps.restarts = R");
 }
 
 }  // namespace
@@ -337,6 +454,17 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
                          const ElasticOptions& e) {
   Snapshot snap;
   opts.snapshot = &snap;
+  // Tensor and pipeline parallelism: every rank keeps its place and its shard (elastic.h).
+  const int tp = static_cast<int>(cfg.parallel.tp), pp = static_cast<int>(cfg.parallel.pp);
+  const bool positional = tp * pp > 1;
+  snap.keepPrevious = positional;
+  auto agree = [&](comm::ProcessGroup& g, int64_t gen) {
+    if (positional) {
+      agreeOnShards(g, snap, gen, tp, pp);
+    } else {
+      agreeOnSnapshot(g, snap, gen);
+    }
+  };
   int64_t generation = e.generation;
   Heartbeat heartbeat(e.workerId);
   keepDatasetsLoaded(true);  // a re-formed generation sets up again without reading the files
@@ -344,7 +472,7 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
   const Millis wait = group->timeout();
   std::cerr << str("chorus train: worker ", e.workerId, " (pid ", ::getpid(), "): generation ", generation, ", rank ",
                    group->rank(), " of ", group->size(), "\n");
-  if (generation > 0) agreeOnSnapshot(*group, snap, generation);  // a replacement: receive the state
+  if (generation > 0) agree(*group, generation);  // a replacement: receive the state
   for (;;) {
     try {
       return train(cfg, group, opts);
@@ -372,11 +500,17 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
                           " (the launcher counted it as failed); it stops"));
         }
         const int rank = static_cast<int>(me - members.begin());
+        if (positional && (rank != group->rank() || static_cast<int>(members.size()) != group->size())) {
+          throw Error(str("worker ", e.workerId, ": generation ", generation, " puts it at rank ", rank, " of ",
+                          members.size(), ", but a tensor- or pipeline-parallel job keeps every rank in its place (rank ",
+                          group->rank(), " of ", group->size(), "); start it with chorus train --min, or with chorus launch --min ",
+                          "--keep-positions"));
+        }
         try {
           group = group->reform(rank, static_cast<int>(members.size()), elasticPrefix(generation),
                                 str("re-forming as generation ", generation));
           heartbeat.follow(group, generation);
-          agreeOnSnapshot(*group, snap, generation);
+          agree(*group, generation);
         } catch (const std::exception& again) {
           if (!peerFailure(again)) throw;
           lastError = again.what();
@@ -391,8 +525,8 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
                        ", rank ", group->rank(), " of ", group->size(), "; resuming at step ",
                        std::max<int64_t>(snap.globalStep, 0), " (unix time ", std::fixed, std::setprecision(3), unix,
                        ")\n");
-      opts.resume = false;
-      opts.resumeFrom.clear();
+      // Without a snapshot (a failure during the first setup) the run starts again as it was
+      // asked to: afresh, or from the checkpoint it was to resume from.
     }
   }
 }

@@ -25,7 +25,8 @@
 //      global batch divisible by the world, step k of an epoch covers the same samples at any
 //      world size) and training goes on.
 // Nothing is read from disk and the survivors are not restarted; at most the step in flight
-// is lost.
+// is lost. Tensor- and pipeline-parallel jobs keep their world and every rank its place, and
+// step 3 is the per-shard agreement below (planShardRecovery).
 //
 // Hung workers. Each worker's heartbeat thread writes "chorus/elastic/hb/<id>" =
 // "<generation>,<beat>,<calls>,<last call>" twice a second (calls: the collectives its group
@@ -39,6 +40,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "chorus/comm/group.h"
 #include "chorus/train/config.h"
@@ -71,6 +73,29 @@ std::string elasticPrefix(int64_t generation);
 // peer, and Error when this worker is left out of a generation or none comes in time.
 TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>& group, TrainOptions opts,
                          const ElasticOptions& e);
+
+// Tensor- and pipeline-parallel jobs (parallel.tp x parallel.pp > 1) recover by position: a
+// rank's model is its own shard, which only its data-parallel replicas (the ranks with the same
+// tp and pp coordinates) also hold, so the world keeps its size and every rank its place, and a
+// replacement takes the failed rank's (the launcher's LaunchOptions::elasticKeepPositions).
+// Each rank keeps its snapshots of the last two completed steps (every step all-reduces its
+// divergence flags over the world, so no rank is more than one step ahead of another). The
+// ranks agree on the newest step whose snapshot every shard still has on some rank: each rank
+// restores its own snapshot of that step if it holds one, else receives it from the lowest rank
+// of its shard that does (planShardRecovery). A shard whose every holder failed (all its
+// replicas at once, or dp = 1) cannot be recovered in memory: Error, with what to do instead.
+struct ShardRecoveryPlan {
+  int64_t step = -1;        // the step every rank restores; -1: every rank starts afresh
+  std::vector<int> source;  // per rank: the rank whose snapshot of `step` it restores (itself, or a replica)
+};
+// newest[r] and previous[r]: rank r's snapshots' steps (-1: none); shardOf[r]: the index of the
+// shard it holds (ranks with the same index hold the same state). The plan starts afresh only when
+// no rank holds a snapshot (the loop takes one as it starts, so: a failure during setup).
+ShardRecoveryPlan planShardRecovery(const std::vector<int64_t>& newest, const std::vector<int64_t>& previous,
+                                    const std::vector<int>& shardOf);
+// The shard index of each rank of a world under ProcessMesh::make(world, tp, pp)'s layout
+// (rank = (pp_i * dp + dp_i) * tp + tp_i): pp_i * tp + tp_i.
+std::vector<int> meshShards(int world, int tp, int pp);
 
 // Fault injection for tests and the chaos benchmark: CHORUS_FAULT="kill:<id>:<step>,..." makes
 // the worker with that id (CHORUS_ELASTIC_ID, else its rank CHORUS_RANK) kill itself with

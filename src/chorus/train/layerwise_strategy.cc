@@ -629,6 +629,24 @@ void LayerwiseStrategy::saveCheckpoint(const std::string& path, const TrainState
   writeCheckpointEntries(path, entries);
 }
 
+// This stage's parameters (its tp shards) and their optimizer state, as a checkpoint of the
+// stage module holds them. An asynchronous schedule's stream keeps micro-batches and stashed
+// weight versions across steps, which a snapshot at a step's end does not hold: refused.
+std::string LayerwiseStrategy::snapshot(const TrainState& state) {
+  Impl& m = *impl_;
+  if (m.exec && m.exec->schedule().asynchronous())
+    throw InvalidArgument(str("elastic training (chorus train --min) recovers synchronous pipeline schedules; ",
+                              "parallel.schedule = \"", m.cfg.parallel.schedule, "\" updates inside the pipeline and ",
+                              "keeps weight versions across steps; use gpipe, 1f1b, interleaved or zb-h1, or recover ",
+                              "with --restarts R without --min"));
+  return moduleSnapshot(m.stage->module(), *m.optimizer, state, m.world->size());
+}
+
+TrainState LayerwiseStrategy::restoreSnapshot(const std::string& payload) {
+  Impl& m = *impl_;
+  return restoreModuleSnapshot(payload, m.stage->module(), *m.optimizer);
+}
+
 TrainState LayerwiseStrategy::loadCheckpoint(const std::string& path) {
   Impl& m = *impl_;
   const std::vector<std::string> global = gptParameterNames(m.gpt);

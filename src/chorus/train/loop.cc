@@ -99,6 +99,15 @@ class Run {
       s_.resumedStep = at;
       joined_ = true;
     }
+    if (opts_.snapshot && !fromSnapshot_) {
+      // Elastic: the state this run starts from, so a failure in its first step has a step to
+      // go back to (not a fresh start, nor a checkpoint file).
+      opts_.snapshot->payload = strategy_.snapshot(TrainState{start_.epoch, start_.stepInEpoch, start_.globalStep, {}, {}});
+      opts_.snapshot->globalStep = start_.globalStep;
+      opts_.snapshot->previous.clear();
+      opts_.snapshot->previousStep = -1;
+      opts_.snapshot->source = str("the state this run started from (step ", start_.globalStep, ", in memory)");
+    }
     if (roles_.lead) {
       fs::create_directories(dir);
       std::ofstream(dir / "config.toml") << toToml(cfg);
@@ -146,6 +155,10 @@ class Run {
     s_.total += o.stats;
     if (opts_.snapshot) {  // elastic: what a re-formed job resumes from, should a later step fail
       const bool epochDone = stepInEpoch + 1 == s_.stepsPerEpoch;
+      if (opts_.snapshot->keepPrevious) {
+        opts_.snapshot->previous = std::move(opts_.snapshot->payload);
+        opts_.snapshot->previousStep = opts_.snapshot->globalStep;
+      }
       opts_.snapshot->payload = strategy_.snapshot(epochDone ? TrainState{epoch + 1, 0, s_.globalStep, {}, {}}
                                                              : TrainState{epoch, stepInEpoch + 1, s_.globalStep, {}, {}});
       opts_.snapshot->globalStep = s_.globalStep;
@@ -277,6 +290,7 @@ class Run {
       history_ = CheckpointHistory(listCheckpoints(ckptDir.string()));
       start_ = strategy_.restoreSnapshot(opts_.snapshot->payload);
       s_.resumedFrom = opts_.snapshot->source;
+      fromSnapshot_ = true;
       s_.resumedStep = start_.globalStep;
       return;
     }
@@ -355,6 +369,7 @@ class Run {
   std::unique_ptr<Task> task_;
   std::unique_ptr<LrSchedule> schedule_;
   TrainState start_;          // where this run starts (a resumed checkpoint's position)
+  bool fromSnapshot_ = false;  // ... restored from TrainOptions::snapshot (elastic, re-formed)
   bool joined_ = false;       // restarted in place of a failed process (Strategy::joinedAtStep)
   LoopStatus s_;
   TrainResult result_;

@@ -109,6 +109,18 @@ void restoreScalerState(amp::GradScaler& scaler, const TrainState& state, const 
                  static_cast<int64_t>(sc("amp.skipped_steps", 0)));
 }
 
+std::string moduleSnapshot(torch::nn::Module& model, const torch::optim::Optimizer& opt, const TrainState& state,
+                           int world) {
+  SnapshotParts parts;
+  parts.shared = encodeTensors(checkpointEntries(model, opt, state, "in-memory snapshot"));
+  parts.world = world;
+  return packSnapshot(parts);
+}
+
+TrainState restoreModuleSnapshot(const std::string& payload, torch::nn::Module& model, torch::optim::Optimizer& opt) {
+  return loadCheckpointEntries("in-memory snapshot", unpackSnapshot(payload).shared, model, opt);
+}
+
 bool scaledOptimizerStep(amp::GradScaler& scaler, torch::optim::Optimizer& optimizer, StepOutcome& out) {
   const bool stepped = scaler.step(optimizer);
   scaler.update();

@@ -57,6 +57,17 @@ amp::GradScalerOptions gradScalerOptions(const Config& cfg);
 void saveScalerState(const amp::GradScaler& scaler, TrainState& state);
 void restoreScalerState(amp::GradScaler& scaler, const TrainState& state, const Config& cfg);
 
+// ---- in-memory snapshots (Strategy::snapshot, elastic.h) ----
+
+// One rank's model (or its shard of it) and optimizer with `state`, as a snapshot payload whose
+// shared part is what a checkpoint of them holds (no per-rank part), taken in a world of
+// `world` ranks; and back (throws Error when the payload does not match model and optimizer).
+// The tensor- and pipeline-parallel strategies: a rank's shard is the same on every data-parallel
+// replica of it, so a replacement restores the payload of a replica (elastic.cc).
+std::string moduleSnapshot(torch::nn::Module& model, const torch::optim::Optimizer& opt, const TrainState& state,
+                           int world);
+TrainState restoreModuleSnapshot(const std::string& payload, torch::nn::Module& model, torch::optim::Optimizer& opt);
+
 // The optimizer step through the scaler (a plain step when it is disabled). A step the scaler
 // skips (fp16 overflow) counts in out.stats.skippedSteps; when the scale has then fallen below
 // kMinLossScale, out.diverged.scale is set and it returns false (the loop stops the run).

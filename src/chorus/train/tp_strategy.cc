@@ -128,6 +128,22 @@ void TensorParallelStrategy::saveCheckpoint(const std::string& path, const Train
   saveShardedCheckpoint(path, *m.model, *m.optimizer, st, m.mesh);
 }
 
+// This rank's shards, their optimizer state and the loss scale (the same on every rank), as a
+// checkpoint holds them. Dropout generators are not kept, as checkpoints do not keep them.
+std::string TensorParallelStrategy::snapshot(const TrainState& state) {
+  Impl& m = *impl_;
+  TrainState st = state;
+  saveScalerState(*m.scaler, st);
+  return moduleSnapshot(*m.model, *m.optimizer, st, m.world->size());
+}
+
+TrainState TensorParallelStrategy::restoreSnapshot(const std::string& payload) {
+  Impl& m = *impl_;
+  TrainState state = restoreModuleSnapshot(payload, *m.model, *m.optimizer);
+  restoreScalerState(*m.scaler, state, m.cfg);
+  return state;
+}
+
 StepOutcome TensorParallelStrategy::step(const Batch& batch, const StepInfo& info) {
   Impl& m = *impl_;
   comm::ProcessGroup& w = *m.world;

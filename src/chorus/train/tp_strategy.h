@@ -59,6 +59,8 @@ class TensorParallelStrategy : public Strategy {
   void setup(Task& task) override;
   TrainState loadCheckpoint(const std::string& path) override;
   void saveCheckpoint(const std::string& path, const TrainState& state) override;
+  std::string snapshot(const TrainState& state) override;
+  TrainState restoreSnapshot(const std::string& payload) override;
   StepOutcome step(const Batch& batch, const StepInfo& info) override;
   JsonObject divergedRecord(const Divergence& d, const LoopStatus& s) override;
   [[noreturn]] void raiseDivergence(const Divergence& d, const LoopStatus& s) override;

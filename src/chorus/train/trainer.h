@@ -27,6 +27,11 @@ struct Snapshot {
   std::string payload;
   int64_t globalStep = -1;  // the steps it holds; -1: none
   std::string source;       // where it came from, for messages
+  // Tensor- and pipeline-parallel jobs keep the one before as well (each rank holds its own
+  // shard, and the world may have to agree on the step before a rank's newest: elastic.cc).
+  bool keepPrevious = false;
+  std::string previous;
+  int64_t previousStep = -1;  // -1: none
 };
 
 struct TrainOptions {

@@ -78,6 +78,18 @@ size_t Transport::deadlinePassed(std::span<const RequestPtr> reqs, WaitMode mode
                          "CHORUS_TIMEOUT_MS if it is only slow"));
 }
 
+bool Transport::noteCloseCause(std::exception_ptr cause) {
+  std::lock_guard<std::mutex> lock(causeMu_);
+  if (closeCause_) return false;
+  closeCause_ = std::move(cause);
+  return true;
+}
+
+std::exception_ptr Transport::closeCause() const {
+  std::lock_guard<std::mutex> lock(causeMu_);
+  return closeCause_;
+}
+
 int Transport::hostOf(int r) const {
   if (r < 0 || r >= size()) throw InvalidArgument(str("rank ", rank(), ": hostOf(", r, ") outside [0, ", size(), ")"));
   return hosts_.empty() ? r : hosts_[static_cast<size_t>(r)];

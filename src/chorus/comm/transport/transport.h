@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -149,6 +150,13 @@ class Transport {
   // Fails every pending request and wakes any waiter; later calls throw. Idempotent.
   virtual void close() = 0;
 
+  // The failure of a call that made this process close the transport (executor.h, failCall),
+  // so that the calls failing afterwards, on other groups or threads, only because it is
+  // closed, report that cause (a peer's death stays a PeerError) instead of "closed".
+  // noteCloseCause keeps the first cause only and returns whether it was the first.
+  bool noteCloseCause(std::exception_ptr cause);
+  std::exception_ptr closeCause() const;
+
   // Restarted peers (tcp with TransportOptions::acceptRejoin; see docs/transports.md,
   // "Restarted ranks"). A process that restarts in place of rank r of a running job connects
   // to every live rank again; each of them then drops its old connection to r (its pending
@@ -199,6 +207,8 @@ class Transport {
   size_t deadlinePassed(std::span<const RequestPtr> reqs, WaitMode mode, int64_t waitedNs) const;
  private:
   std::vector<int> hosts_;  // empty until setHosts
+  mutable std::mutex causeMu_;
+  std::exception_ptr closeCause_;
 };
 
 // Rethrows req->error if set; returns req->done.
