@@ -225,8 +225,15 @@ if [[ $sections == *" mp "* ]]; then
   done
 fi
 cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"
+# The command as run: the variables given that differ from their defaults, then the script.
+command="bash bench/chaos/run.sh $build_arg"
+[[ -n ${SECTIONS:-} ]] && command="SECTIONS=\"${SECTIONS}\" $command"
+[[ -n ${OUT:-} ]] && command="OUT=$(rel "$(realpath -m "$OUT")") $command"
+for v in LOST_REPEAT WORLDS_REPEAT CHAOS_RUNS CHAOS_TIMEOUT PS_RUNS PS_CLEAN PS_TIMEOUT MP_REPEAT; do
+  [[ -n ${!v:-} ]] && command="$v=${!v} $command"
+done
 python3 "$src/bench/chaos/report.py" --raw "$raw" --lost-repeat "$lost_repeat" --worlds-repeat "$worlds_repeat" \
   --chaos-runs "$chaos_runs" --chaos-timeout "$chaos_timeout" --ps-runs "$ps_runs" --ps-clean "$ps_clean" \
   --ps-timeout "$ps_timeout" --mp-repeat "$mp_repeat" --sections $sections \
-  --command "bash bench/chaos/run.sh $build_arg" --out "$out"
+  --command "$command" --out "$out"
 echo "wrote $out"
