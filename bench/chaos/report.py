@@ -114,7 +114,16 @@ def lost_section(a, problems):
     return md
 
 
-MP_LAYOUTS = [("tp", "tp 2 x dp 2"), ("pp", "pp 2 (1F1B, 4 micro-batches) x dp 2")]
+MP_LAYOUTS = [("tp", "tp 2 x dp 2"), ("pp", "pp 2 (1F1B, 4 micro-batches) x dp 2"),
+              ("tp1", "tp 2, dp 1 (2 workers; a neighbour's copy)")]
+
+
+def wall_per_step(raw, name):
+    """Wall seconds per step between the first and the last step record (log_every 1)."""
+    steps = [e for e in records(os.path.join(raw, name, "metrics.jsonl")) if e.get("event") == "step"]
+    if len(steps) < 2:
+        return None, f"{name}: fewer than 2 step records in metrics.jsonl"
+    return (steps[-1]["unix_s"] - steps[0]["unix_s"]) / (steps[-1]["step"] - steps[0]["step"]), None
 MP_METHODS = [("replace", "chorus elastic in place, --min 4 --restarts 1: a new process takes the place"),
               ("spare", "chorus elastic in place, --spares 1: a waiting spare takes the place"),
               ("restart", "chorus restart-all, --restarts 1 without --min (torchrun's strategy)")]
@@ -125,10 +134,10 @@ def mp_section(a, problems):
           "The GPT of configs/gpt.toml (4 layers, embed 128, 0.84 M parameters, AdamW) on the fortunes text, global "
           "batch 16 windows of 128 bytes, 40 steps, eval off, train.threads 1, on 4 workers (shared memory); worker 1 "
           "kills itself (SIGKILL) as it starts step 25; time lost = from the kill until step 26 completes, as above. "
-          "In place, worker 1's replacement receives its shard from its data-parallel replica (rank 3) and the other "
-          "3 workers keep their processes; restart-all resumes the checkpoint of step 20 (written every 10 steps), "
-          f"so it also redoes steps 21 to 25. {a.mp_repeat} rounds, the six runs of a round alternating; median "
-          "(min–max).", "",
+          "In place, worker 1's replacement receives its shard from its data-parallel replica (rank 3; at dp 1 from "
+          "rank 0's copy) and the other workers keep their processes; restart-all resumes the checkpoint of step 20 "
+          f"(written every 10 steps), so it also redoes steps 21 to 25. {a.mp_repeat} rounds, the runs of a round "
+          "alternating; median (min–max).", "",
           "| layout | strategy | time lost (s) | restart-all ÷ this |", "|---|---|---:|---:|"]
     for lay, lay_title in MP_LAYOUTS:
         data = {m: [] for m, _ in MP_METHODS}
@@ -144,6 +153,22 @@ def mp_section(a, problems):
             ratio = f"{statistics.median(restart) / statistics.median(vals):.1f}x" if vals and restart else "n/a"
             md.append(f"| {lay_title} | {title} | {cell(data[m], lambda v: f'{v:.2f}')} | {ratio} |")
     md.append("")
+    plain, copies = [], []
+    for r in range(1, a.mp_repeat + 1):
+        for kind, into in (("plain", plain), ("copies", copies)):
+            v, err = wall_per_step(a.raw, f"mp-tp1-{kind}-r{r}")
+            if err:
+                problems.append(err)
+            into.append(v)
+    p = [v for v in plain if v is not None]
+    c = [v for v in copies if v is not None]
+    ratio = f"{statistics.median(c) / statistics.median(p):.2f}x" if p and c else "n/a"
+    md += ["What the copies cost at dp 1: wall time per step of undisturbed tp 2 runs on 2 workers (first to last "
+           "step record), plain against elastic (`--min 2 --restarts 1`: each worker also sends its snapshot to its "
+           "neighbour after every step and keeps the neighbour's).", "",
+           "| run | wall time per step (s) | ÷ plain |", "|---|---:|---:|",
+           f"| plain (not elastic) | {cell(plain, lambda v: f'{v:.3f}')} | 1.00x |",
+           f"| elastic, with the copies | {cell(copies, lambda v: f'{v:.3f}')} | {ratio} |", ""]
     return md
 
 

@@ -40,13 +40,16 @@
 #   mp      time lost per failure in tensor- and pipeline-parallel jobs (not in the default
 #           SECTIONS; its page is bench/results/chaos-mp.md): the GPT of configs/gpt.toml (0.84 M
 #           parameters, global batch 16 windows of 128 bytes, 40 steps, eval off) on 4 workers as
-#           tp 2 x dp 2, and as pp 2 x dp 2 (1F1B, 4 micro-batches); worker 1 kills itself as it
+#           tp 2 x dp 2, and as pp 2 x dp 2 (1F1B, 4 micro-batches), and on 2 workers as tp 2 at
+#           dp 1 (each worker keeps its neighbour's snapshots); worker 1 kills itself as it
 #           starts step 25; time lost as in `lost`. MP_REPEAT rounds, alternating:
 #             replace   --min 4 --restarts 1: a new process takes worker 1's place and receives
 #                       its shard from a data-parallel replica
 #             spare     the same with --spares 1 (a spare started with the job takes the place)
 #             restart   --restarts 1 without --min: every worker is stopped and the job starts
 #                       again from its checkpoint (every 10 steps), torchrun's strategy
+#           and, per round, two undisturbed tp 2 runs at dp 1, plain and elastic (--min 2): the
+#           wall time per step that the per-step copies cost.
 # Writes bench/results/chaos.md (bench/chaos/report.py); raw outputs in BUILD_DIR/bench-chaos/.
 #
 # usage: bash bench/chaos/run.sh [BUILD_DIR]      (default: build)
@@ -208,20 +211,28 @@ else
   ps_runs=0
 fi
 if [[ $sections == *" mp "* ]]; then
-  gpt=("$src/configs/gpt.toml" --nproc 4 --set train.max_steps=40 --set train.eval=false --set train.log_every=1
+  gpt=("$src/configs/gpt.toml" --set train.max_steps=40 --set train.eval=false --set train.log_every=1
        --set output.progress=none --set train.threads=1)
-  declare -A layout=([tp]="--set parallel.tp=2"
-                     [pp]="--set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=4")
+  declare -A layout=([tp]="--nproc 4 --set parallel.tp=2"
+                     [pp]="--nproc 4 --set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=4"
+                     [tp1]="--nproc 2 --set parallel.tp=2")
+  declare -A workers=([tp]=4 [pp]=4 [tp1]=2)
   for r in $(seq 1 "$mp_repeat"); do
-    for l in tp pp; do
+    for l in tp pp tp1; do
       read -r -a sets <<< "${layout[$l]}"
-      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-replace-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min 4 --restarts 1 \
-        --set "output.dir=$raw/mp-$l-replace-r$r"
-      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-spare-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min 4 --restarts 1 \
-        --spares 1 --set "output.dir=$raw/mp-$l-spare-r$r"
+      n=${workers[$l]}
+      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-replace-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min "$n" \
+        --restarts 1 --set "output.dir=$raw/mp-$l-replace-r$r"
+      CHORUS_FAULT=kill:1:25 bench_run "mp-$l-spare-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min "$n" \
+        --restarts 1 --spares 1 --set "output.dir=$raw/mp-$l-spare-r$r"
       CHORUS_FAULT=kill:1:25 bench_run "mp-$l-restart-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --restarts 1 \
         --set output.checkpoint_every=10 --set output.keep=10 --set "output.dir=$raw/mp-$l-restart-r$r"
     done
+    # What the per-step copies of dp = 1 cost an undisturbed run: elastic against plain.
+    read -r -a sets <<< "${layout[tp1]}"
+    bench_run "mp-tp1-plain-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --set "output.dir=$raw/mp-tp1-plain-r$r"
+    bench_run "mp-tp1-copies-r$r" "$chorus" train "${gpt[@]}" "${sets[@]}" --min 2 --restarts 1 \
+      --set "output.dir=$raw/mp-tp1-copies-r$r"
   done
 fi
 cat /proc/loadavg | awk '{print "after: " $1 " " $2 " " $3}' >> "$raw/loadavg.txt"

@@ -318,6 +318,11 @@ for r in 1 2 3; do
   chaos_lost "mp-pp-replace-r$r" 1000 1002
   chaos_lost "mp-pp-spare-r$r" 1000 "100$((2 * r - 1))"   # 1, 3, (5: its metrics are emptied below)
   chaos_lost "mp-pp-restart-r$r" 1000 "101$r"   # 11, 12, 13 s
+  for m in replace spare restart; do chaos_lost "mp-tp1-$m-r$r" 1000 1004; done
+  # Undisturbed tp 2 runs at dp 1: 0.5 s per step plain, 0.6 with the copies (steps 1 to 11).
+  mkdir -p "$raw/mp-tp1-plain-r$r" "$raw/mp-tp1-copies-r$r"
+  printf '{"event":"step","step":1,"unix_s":100}\n{"event":"step","step":11,"unix_s":105}\n' > "$raw/mp-tp1-plain-r$r/metrics.jsonl"
+  printf '{"event":"step","step":1,"unix_s":100}\n{"event":"step","step":11,"unix_s":106}\n' > "$raw/mp-tp1-copies-r$r/metrics.jsonl"
 done
 : > "$raw/mp-pp-spare-r3/metrics.jsonl"
 python3 "$SRC/bench/chaos/report.py" --raw "$raw" --mp-repeat 3 --sections mp --src "$SRC" \
@@ -331,6 +336,7 @@ expect "$page" "| pp 2 (1F1B, 4 micro-batches) x dp 2 | chorus restart-all, --re
 expect "$page" "| pp 2 (1F1B, 4 micro-batches) x dp 2 | chorus elastic in place, --spares 1: a waiting spare takes the place | 2.00 (1.00–3.00) | 6.0x |" \
   "chaos mp: a run without a result is left out of the median"
 expect "$page" "mp-pp-spare-r3: no step 26 completed after the kill" "chaos mp: the run without a result is named"
+expect "$page" "| elastic, with the copies | 0.600 (0.600–0.600) | 1.20x |" "chaos mp: the copies' cost per step at dp 1"
 ! grep -q "Fashion-MNIST" "$page" && pass "chaos mp: no MLP job description on the mp page" \
   || fail "chaos mp: the MLP paragraph is on the mp page"
 

@@ -12,8 +12,10 @@
 #   3. tp 2 x dp 2, worker 3 stopped (SIGSTOP) at step 6: its heartbeat stops, the launcher names
 #      and excludes it, and a new process takes rank 3;
 #   4. what cannot recover this way is refused before any worker starts, saying what to do:
-#      dp = 1, --min below --nproc, no --restarts, an asynchronous pipeline schedule;
-#   5. the GPT at tp 1 is an all-reduce job like any other: the survivor goes on alone.
+#      --min below --nproc, no --restarts, an asynchronous pipeline schedule;
+#   5. the GPT at tp 1 is an all-reduce job like any other: the survivor goes on alone;
+#   6. at dp = 1 (tp 2, and pp 2 with a spare, on 2 workers) the replacement receives its shard
+#      from the copy its neighbour keeps, and the job ends as the undisturbed one does.
 # usage: bash elastic_mp_test.sh BUILD_DIR SOURCE_DIR
 set -u
 BUILD=${1:?usage: elastic_mp_test.sh BUILD_DIR SOURCE_DIR}
@@ -140,6 +142,32 @@ else
   same_as "tp stop" "$TMP/tp-stop" "$TMP/tp-ref"
 fi
 
+# --- 6. dp = 1: no replica, so each rank keeps its left neighbour's snapshots; the replacement
+# receives its shard from that copy (tp 2: worker 1's copy is on rank 0; pp 2 with a spare:
+# worker 0's copy is on rank 1)
+for c in "tp:kill:1:9:0:2" "pp:kill:0:7:1:2"; do
+  IFS=: read -r name kind victim step holder newid <<<"$c"
+  [ "$name" = tp ] && sets=("${TP[@]}") || sets=("${PP[@]}")
+  extra=(); [ "$name" = pp ] && extra=(--spares 1)
+  timeout 240 "$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 2 "${TINY[@]}" "${sets[@]}" \
+    --set output.dir="$TMP/$name-dp1-ref" > "$TMP/$name-dp1-ref.out" 2>&1 \
+    || fail "$name at dp 1: the undisturbed run failed: $(tail -5 "$TMP/$name-dp1-ref.out")"
+  CHORUS_FAULT=$kind:$victim:$step timeout 240 "$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 2 "${TINY[@]}" \
+    "${sets[@]}" --min 2 --restarts 1 "${extra[@]}" --set output.dir="$TMP/$name-dp1" > "$TMP/$name-dp1.out" 2> "$TMP/$name-dp1.err"
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    fail "$name at dp 1: exit $rc"; tail -20 "$TMP/$name-dp1.err"
+    continue
+  fi
+  grep -q "rank $victim of generation 1: received its shard's state of step $step ([0-9]* bytes) from rank $holder's copy" \
+    "$TMP/$name-dp1.err" && pass "$name at dp 1: rank $victim's shard came from rank $holder's copy" \
+    || fail "$name at dp 1: no sign of rank $victim's shard coming from rank $holder's copy"
+  grep -q "worker $newid (pid [0-9]*): generation 1, rank $victim of 2" "$TMP/$name-dp1.err" \
+    && pass "$name at dp 1: worker $newid took rank $victim" || fail "$name at dp 1: worker $newid is not rank $victim"
+  kept_processes "$name at dp 1" "$TMP/$name-dp1.err" $((1 - victim))
+  same_as "$name at dp 1" "$TMP/$name-dp1" "$TMP/$name-dp1-ref"
+done
+
 # --- 5. the GPT at tp 1 (the tensor-parallel strategy on one shard) shrinks like any all-reduce job
 CHORUS_FAULT=kill:1:5 timeout 240 "$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 2 "${TINY[@]}" --min 1 \
   --set output.dir="$TMP/tp1" > "$TMP/tp1.out" 2> "$TMP/tp1.err"
@@ -157,7 +185,6 @@ refused() {  # name expected-text flags...
   [ $? -ne 0 ] && grep -qF -- "$text" <<<"$out" && [ ! -e "$TMP/never" ] && pass "refused: $name" \
     || fail "$name: $out"
 }
-refused "dp = 1 (no replica holds a shard)" "there is none (dp = 1)" --nproc 2 "${TP[@]}" --min 2 --restarts 1
 refused "--min below --nproc" "keeps its world size" --nproc 4 "${TP[@]}" --min 2 --restarts 1
 refused "no replacements" "give --restarts R" --nproc 4 "${TP[@]}" --min 4
 refused "an asynchronous schedule" "recovers synchronous pipeline schedules" --nproc 4 --set parallel.pp=2 \

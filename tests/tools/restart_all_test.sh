@@ -3,7 +3,7 @@
 # tensor- or pipeline-parallel GPT job is killed, every worker is stopped and the job starts
 # again from its newest checkpoint, and it ends where an undisturbed run ends (the same
 # validation loss, to the printed digit). With the restarts spent the job fails and says so;
-# --min on such a job, and --restarts alone on a parameter-server job, are refused with what to
+# --min below --nproc on such a job, and --restarts alone on a parameter-server job, are refused with what to
 # use instead.
 # usage: bash restart_all_test.sh BUILD_DIR SOURCE_DIR
 set -u
@@ -62,8 +62,9 @@ rc=$?
 # Refused before any worker starts, with what to do instead.
 out=$("$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 2 "${TINY[@]}" --set parallel.tp=2 --min 1 --restarts 1 \
   --set output.dir="$TMP/never" 2>&1)
-[ $? -ne 0 ] && grep -qF -- "--restarts R without --min" <<<"$out" && [ ! -e "$TMP/never" ] \
-  && pass "--min on a tensor-parallel job is refused, pointing to --restarts" || fail "--min with tp: $out"
+[ $? -ne 0 ] && grep -qF -- "keeps its world size" <<<"$out" && grep -qF -- "give --min 2" <<<"$out" \
+  && [ ! -e "$TMP/never" ] && pass "--min below --nproc on a tensor-parallel job is refused, saying why" \
+  || fail "--min 1 with tp: $out"
 out=$("$CHORUS" train --nproc 2 --set ps.servers=1 --restarts 1 --set output.dir="$TMP/never" 2>&1)
 [ $? -ne 0 ] && grep -qF "ps.restarts" <<<"$out" && [ ! -e "$TMP/never" ] \
   && pass "--restarts alone on a parameter-server job is refused, pointing to ps.restarts" || fail "ps --restarts: $out"

@@ -60,6 +60,30 @@ TEST(PlanShardRecovery, AShardWithNoHolderLeftIsAnErrorThatSaysWhatToDo) {
   }
 }
 
+// dp = 1: rank r keeps rank r - 1's snapshots as copies (Snapshot::replicate).
+TEST(PlanShardRecovery, AtDpOneAReplacementTakesItsShardFromItsNeighboursCopy) {
+  // tp 2: rank 1 was replaced; rank 0 keeps its own shard and a copy of rank 1's.
+  const std::vector<int> shards = meshShards(2, 2, 1);
+  const ShardRecoveryPlan p = planShardRecovery(shards, {{0, 0, false, 5, 4}, {0, 1, true, 5, 4}});
+  EXPECT_EQ(p.step, 5);
+  EXPECT_EQ(p.source, (std::vector<int>{0, 0}));
+  EXPECT_EQ(p.fromCopy, (std::vector<bool>{false, true}));
+}
+
+TEST(PlanShardRecovery, ACopyOneStepBehindTakesTheWorldBackAStep) {
+  // pp 3: rank 1 died after its step-5 snapshot reached rank 2 only as far as step 4.
+  const ShardRecoveryPlan p = planShardRecovery(
+      meshShards(3, 1, 3), {{0, 0, false, 5, 4}, {0, 2, true, 5, 4}, {2, 2, false, 5, 4}, {2, 1, true, 4, 3}});
+  EXPECT_EQ(p.step, 4);
+  EXPECT_EQ(p.source, (std::vector<int>{0, 2, 2}));
+  EXPECT_EQ(p.fromCopy, (std::vector<bool>{false, true, false}));
+}
+
+TEST(PlanShardRecovery, ARankAndTheNeighbourWithItsCopyFailingTogetherLoseTheShard) {
+  // pp 3: ranks 1 and 2 replaced; shard 1 was on rank 1 and its copy on rank 2.
+  EXPECT_THROW(planShardRecovery(meshShards(3, 1, 3), {{0, 0, false, 5, 4}, {0, 2, true, 5, 4}}), Error);
+}
+
 TEST(PlanShardRecovery, RanksMoreThanAStepApartAreRefused) {
   // Shard 0 holds 7 and 6, shard 1 at most 5: no step that every shard holds.
   EXPECT_THROW(planShardRecovery({7, 5, 7, 5}, {6, 4, 6, 4}, meshShards(4, 2, 1)), Error);

@@ -34,13 +34,13 @@ const char* kTrainHelp =
     "  --min M             elastic (with --nproc): a worker that dies does not stop the job;\n"
     "                      the others re-form without it in their own processes and go on\n"
     "                      from the last completed step, as long as M remain. Tensor- and\n"
-    "                      pipeline-parallel jobs (dp >= 2): M = N, and a replacement takes\n"
-    "                      the failed worker's place and its shard from a replica\n"
+    "                      pipeline-parallel jobs: M = N, and a replacement takes the failed\n"
+    "                      worker's place and its shard from a replica (dp = 1: a copy)\n"
     "  --max X             elastic: at most X workers, replacements included (default N)\n"
     "  --restarts R        elastic: start up to R replacement workers in all. Without --min:\n"
     "                      when a worker fails, stop every worker and start the job again\n"
     "                      from its newest checkpoint, up to R times (torchrun's\n"
-    "                      --max-restarts; what tp/pp jobs at dp = 1 can do)\n"
+    "                      --max-restarts)\n"
     "  --spares S          elastic: keep S of those replacements started, loaded and waiting;\n"
     "                      SIGUSR1 to this process brings one into the running job\n"
     "                      (one more worker, up to --max)\n"
@@ -165,16 +165,12 @@ void checkDataFiles(const train::Config& cfg) {
 
 // --min on a tensor- or pipeline-parallel job (train/elastic.h): the world keeps its size and
 // every worker its place, a replacement takes a failed worker's place and receives its shard from
-// a data-parallel replica, so there must be replicas, replacements, and a layout that stays put.
+// a data-parallel replica (or, at dp = 1, a neighbour's copy), so there must be replacements and
+// a layout that stays put.
 void checkElasticModelParallel(const train::Config& cfg, const TrainArgs& t) {
   const train::ParallelConfig& par = cfg.parallel;
-  const int64_t shards = par.tp * par.pp;
   const std::string fallback = "; or give --restarts R without --min, which restarts every worker from the newest "
                                "checkpoint (set output.checkpoint_every)";
-  if (t.nproc / shards < 2)
-    throw UsageError(str("chorus train: --min on a tensor- or pipeline-parallel job recovers a failed worker's shard from ",
-                         "a data-parallel replica of it, and with --nproc ", t.nproc, " = tp ", par.tp, " x pp ", par.pp,
-                         " there is none (dp = 1): run with --nproc ", 2 * shards, " or more", fallback));
   if (t.minWorkers != t.nproc || (t.maxWorkers > 0 && t.maxWorkers != t.nproc))
     throw UsageError(str("chorus train: a tensor- or pipeline-parallel job keeps its world size (each worker holds its ",
                          "own shard; a replacement takes a failed worker's place): give --min ", t.nproc,

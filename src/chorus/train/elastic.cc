@@ -114,38 +114,55 @@ void agreeOnSnapshot(comm::ProcessGroup& g, Snapshot& snap, int64_t generation) 
   snap.source = str("the state of step ", best, " (rank ", root, " of generation ", generation, ", in memory)");
 }
 
-// The positional agreement (elastic.h, planShardRecovery): every rank learns every rank's
-// snapshot steps, computes the same plan, and a rank that does not hold the agreed step receives
-// it from its source (a replica of its shard) by send/recv; nobody else moves bytes.
+// The positional agreement (elastic.h, planShardRecovery): every rank learns the steps of every
+// snapshot the members hold (their own and, at dp = 1, their copies of their left neighbour's),
+// computes the same plan, and a rank that does not hold the agreed step receives it from its
+// source by send/recv; nobody else moves bytes.
 void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, int tp, int pp) {
   const int n = g.size();
-  std::vector<int64_t> steps(2 * static_cast<size_t>(n), 0);
-  steps[2 * static_cast<size_t>(g.rank())] = snap.globalStep;
-  steps[2 * static_cast<size_t>(g.rank()) + 1] = snap.previousStep;
+  const std::vector<int> shardOf = meshShards(n, tp, pp);
+  std::vector<int64_t> steps(4 * static_cast<size_t>(n), 0);
+  const size_t at = 4 * static_cast<size_t>(g.rank());
+  steps[at] = snap.globalStep;
+  steps[at + 1] = snap.previousStep;
+  steps[at + 2] = snap.replicate ? snap.copyStep : -1;
+  steps[at + 3] = snap.replicate ? snap.copyPreviousStep : -1;
   allreduceInPlace(g, steps.data(), steps.size(), DType::kInt64, ReduceOp::kSum);
-  std::vector<int64_t> newest(static_cast<size_t>(n)), previous(static_cast<size_t>(n));
+  std::vector<ShardHolding> held;
   for (int r = 0; r < n; ++r) {
-    newest[static_cast<size_t>(r)] = steps[2 * static_cast<size_t>(r)];
-    previous[static_cast<size_t>(r)] = steps[2 * static_cast<size_t>(r) + 1];
+    const size_t i = 4 * static_cast<size_t>(r);
+    held.push_back({r, shardOf[static_cast<size_t>(r)], false, steps[i], steps[i + 1]});
+    if (steps[i + 2] >= 0 || steps[i + 3] >= 0)
+      held.push_back({r, shardOf[static_cast<size_t>((r + n - 1) % n)], true, steps[i + 2], steps[i + 3]});
   }
-  const ShardRecoveryPlan plan = planShardRecovery(newest, previous, meshShards(n, tp, pp));
+  const ShardRecoveryPlan plan = planShardRecovery(shardOf, held);
   if (plan.step < 0) {
     snap.payload.clear();
     snap.previous.clear();
     snap.globalStep = snap.previousStep = -1;
     return;
   }
-  const std::string* mine = snap.globalStep == plan.step ? &snap.payload : snap.previousStep == plan.step ? &snap.previous : nullptr;
+  auto ownOf = [&](int64_t step) -> const std::string* {
+    return snap.globalStep == step ? &snap.payload : snap.previousStep == step ? &snap.previous : nullptr;
+  };
+  auto copyOf = [&](int64_t step) -> const std::string* {
+    return snap.copyStep == step ? &snap.copy : snap.copyPreviousStep == step ? &snap.copyPrevious : nullptr;
+  };
   constexpr uint32_t kSizeTag = 0x5a50, kBytesTag = 0x5a51;
   std::string received;
   for (int r = 0; r < n; ++r) {
     const int from = plan.source[static_cast<size_t>(r)];
-    if (from == r) continue;
+    if (from == r && !plan.fromCopy[static_cast<size_t>(r)]) continue;
     if (g.rank() == from) {
-      if (!mine) throw Error(str("elastic: rank ", from, " is to send step ", plan.step, " and does not hold it"));
-      const uint64_t size = mine->size();
+      const std::string* bytes = plan.fromCopy[static_cast<size_t>(r)] ? copyOf(plan.step) : ownOf(plan.step);
+      if (!bytes) throw Error(str("elastic: rank ", from, " is to send step ", plan.step, " and does not hold it"));
+      const uint64_t size = bytes->size();
+      if (from == r) {  // its own shard, from its own copy (cannot happen with a buddy on another rank)
+        received = *bytes;
+        continue;
+      }
       g.send(r, kSizeTag, &size, sizeof(size));
-      g.send(r, kBytesTag, mine->data(), mine->size());
+      g.send(r, kBytesTag, bytes->data(), bytes->size());
     } else if (g.rank() == r) {
       uint64_t size = 0;
       g.recv(from, kSizeTag, &size, sizeof(size));
@@ -154,20 +171,53 @@ void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, in
     }
   }
   const int source = plan.source[static_cast<size_t>(g.rank())];
-  if (source != g.rank()) {
+  const bool own = source == g.rank() && !plan.fromCopy[static_cast<size_t>(g.rank())];
+  if (!own) {
     std::cerr << str("chorus train: rank ", g.rank(), " of generation ", generation, ": received its shard's state of step ",
-                     plan.step, " (", received.size(), " bytes) from rank ", source, "\n");
+                     plan.step, " (", received.size(), " bytes) from rank ", source,
+                     plan.fromCopy[static_cast<size_t>(g.rank())] ? "'s copy" : "", "\n");
     snap.payload = std::move(received);
-  } else if (mine != &snap.payload) {
+  } else if (ownOf(plan.step) != &snap.payload) {
     snap.payload = std::move(snap.previous);
   }
   snap.previous.clear();
   snap.previousStep = -1;
   snap.globalStep = plan.step;
-  snap.source = source == g.rank()
-                    ? str("its own state of step ", plan.step, " (generation ", generation, ", in memory)")
-                    : str("the state of step ", plan.step, " of its shard, from rank ", source, " (generation ",
-                          generation, ", in memory)");
+  // The copies are refreshed when the run starts (the loop replicates the restored snapshot).
+  snap.copy.clear();
+  snap.copyPrevious.clear();
+  snap.copyStep = snap.copyPreviousStep = -1;
+  snap.source = own ? str("its own state of step ", plan.step, " (generation ", generation, ", in memory)")
+                    : str("the state of step ", plan.step, " of its shard, from rank ", source,
+                          plan.fromCopy[static_cast<size_t>(g.rank())] ? "'s copy" : "", " (generation ", generation,
+                          ", in memory)");
+}
+
+// Snapshot::replicate at dp = 1: rank r sends its newest snapshot to rank r + 1 and keeps rank
+// r - 1's as its copy (the one before as copyPrevious). Collective over the group.
+void replicateToBuddy(comm::ProcessGroup& g, Snapshot& snap) {
+  const int n = g.size();
+  if (n < 2) return;
+  const int right = (g.rank() + 1) % n, left = (g.rank() + n - 1) % n;
+  constexpr uint32_t kSizeTag = 0x5a52, kBytesTag = 0x5a53;
+  const uint64_t size = snap.payload.size();
+  const int64_t step = snap.globalStep;
+  uint64_t header[2] = {size, static_cast<uint64_t>(step)};
+  uint64_t theirs[2] = {0, 0};
+  comm::WorkPtr sendHeader = g.sendAsync(right, kSizeTag, header, sizeof(header));
+  comm::WorkPtr sendBytes = g.sendAsync(right, kBytesTag, snap.payload.data(), snap.payload.size());
+  g.recv(left, kSizeTag, theirs, sizeof(theirs));
+  std::string incoming(theirs[0], '\0');
+  g.recv(left, kBytesTag, incoming.data(), incoming.size());
+  sendHeader->wait();
+  sendBytes->wait();
+  const auto theirStep = static_cast<int64_t>(theirs[1]);
+  if (theirStep != snap.copyStep) {
+    snap.copyPrevious = std::move(snap.copy);
+    snap.copyPreviousStep = snap.copyStep;
+  }
+  snap.copy = std::move(incoming);
+  snap.copyStep = theirStep;
 }
 
 }  // namespace
@@ -186,47 +236,61 @@ ShardRecoveryPlan planShardRecovery(const std::vector<int64_t>& newest, const st
   const size_t n = newest.size();
   if (previous.size() != n || shardOf.size() != n)
     throw InvalidArgument("planShardRecovery: newest, previous and shardOf differ in length");
-  std::map<int, int64_t> best;  // shard -> the newest step any of its ranks holds
+  std::vector<ShardHolding> held;
+  for (size_t r = 0; r < n; ++r) held.push_back({static_cast<int>(r), shardOf[r], false, newest[r], previous[r]});
+  return planShardRecovery(shardOf, held);
+}
+
+ShardRecoveryPlan planShardRecovery(const std::vector<int>& shardOf, const std::vector<ShardHolding>& held) {
+  const size_t n = shardOf.size();
+  std::map<int, int64_t> best;  // shard -> the newest step any member holds of it
+  for (int shard : shardOf) best.emplace(shard, -1);
   int64_t most = -1;
-  for (size_t r = 0; r < n; ++r) {
-    auto [it, fresh] = best.emplace(shardOf[r], newest[r]);
-    if (!fresh) it->second = std::max(it->second, newest[r]);
-    most = std::max(most, newest[r]);
+  for (const ShardHolding& h : held) {
+    if (h.rank < 0 || static_cast<size_t>(h.rank) >= n || !best.count(h.shard))
+      throw InvalidArgument(str("planShardRecovery: a holding of rank ", h.rank, ", shard ", h.shard,
+                                " outside a world of ", n));
+    best[h.shard] = std::max(best[h.shard], h.newest);
+    most = std::max(most, h.newest);
   }
   ShardRecoveryPlan plan;
   plan.source.resize(n);
+  plan.fromCopy.assign(n, false);
   for (size_t r = 0; r < n; ++r) plan.source[r] = static_cast<int>(r);
   plan.step = most;
   for (const auto& [shard, step] : best) plan.step = std::min(plan.step, step);
-  auto holds = [&](size_t r) { return newest[r] == plan.step || previous[r] == plan.step; };
   if (plan.step < 0) {
     if (most >= 0) {
-      std::vector<int> lost;
+      std::string lost;
       for (const auto& [shard, step] : best)
-        if (step < 0) lost.push_back(shard);
-      throw Error(str("elastic: no member holds any state of shard", lost.size() > 1 ? "s " : " ", [&] {
-                        std::string s;
-                        for (int x : lost) s += str(s.empty() ? "" : ", ", x);
-                        return s;
-                      }(), " (every rank that held it failed: all its data-parallel replicas, or dp = 1), while ",
-                      "the others are at step ", most, "; the job cannot go on in memory. Restart it from its newest ",
-                      "checkpoint (chorus train --resume, or --restarts R without --min), and run with more ",
-                      "data-parallel replicas to survive this"));
+        if (step < 0) lost += str(lost.empty() ? "" : ", ", shard);
+      throw Error(str("elastic: no member holds any state of shard", lost.find(',') != std::string::npos ? "s " : " ",
+                      lost, " (every rank that held it failed: all its data-parallel replicas, or at dp = 1 the rank ",
+                      "and the neighbour that kept its copy), while the others are at step ", most,
+                      "; the job cannot go on in memory. Restart it from its newest checkpoint (chorus train ",
+                      "--resume, or --restarts R without --min)"));
     }
     plan.step = -1;
     return plan;
   }
+  auto holds = [&](const ShardHolding& h) { return h.newest == plan.step || h.previous == plan.step; };
   for (size_t r = 0; r < n; ++r) {
-    if (holds(r)) continue;
-    size_t from = n;
-    for (size_t s = 0; s < n && from == n; ++s)
-      if (shardOf[s] == shardOf[r] && holds(s)) from = s;
-    if (from == n)
-      throw Error(str("elastic: the members of shard ", shardOf[r], " hold step ", best.at(shardOf[r]),
+    const ShardHolding* from = nullptr;
+    for (const ShardHolding& h : held) {
+      if (h.shard != shardOf[r] || !holds(h)) continue;
+      if (h.rank == static_cast<int>(r) && !h.copy) {  // its own: nothing moves
+        from = &h;
+        break;
+      }
+      if (!from || h.rank < from->rank || (h.rank == from->rank && from->copy && !h.copy)) from = &h;
+    }
+    if (!from)
+      throw Error(str("elastic: the members holding shard ", shardOf[r], " hold step ", best.at(shardOf[r]),
                       " and not step ", plan.step, ", which another shard's members hold at most; the ranks are more ",
                       "than one step apart, which the per-step agreement should prevent (a chorus bug: report it); ",
                       "restart from the newest checkpoint"));
-    plan.source[r] = static_cast<int>(from);
+    plan.source[r] = from->rank;
+    plan.fromCopy[r] = from->copy;
   }
   return plan;
 }
@@ -458,6 +522,8 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
   const int tp = static_cast<int>(cfg.parallel.tp), pp = static_cast<int>(cfg.parallel.pp);
   const bool positional = tp * pp > 1;
   snap.keepPrevious = positional;
+  // At dp = 1 no replica holds a rank's shard: each rank keeps its neighbour's snapshots too.
+  if (positional && group->size() == tp * pp) snap.replicate = [&group](Snapshot& s) { replicateToBuddy(*group, s); };
   auto agree = [&](comm::ProcessGroup& g, int64_t gen) {
     if (positional) {
       agreeOnShards(g, snap, gen, tp, pp);

@@ -83,14 +83,30 @@ TrainResult trainElastic(const Config& cfg, std::shared_ptr<comm::ProcessGroup>&
 // ranks agree on the newest step whose snapshot every shard still has on some rank: each rank
 // restores its own snapshot of that step if it holds one, else receives it from the lowest rank
 // of its shard that does (planShardRecovery). A shard whose every holder failed (all its
-// replicas at once, or dp = 1) cannot be recovered in memory: Error, with what to do instead.
-struct ShardRecoveryPlan {
-  int64_t step = -1;        // the step every rank restores; -1: every rank starts afresh
-  std::vector<int> source;  // per rank: the rank whose snapshot of `step` it restores (itself, or a replica)
+// replicas at once) cannot be recovered in memory: Error, with what to do instead.
+//
+// At dp = 1 no replica exists, so the ranks replicate: after each snapshot the loop takes, rank r
+// sends it to rank r + 1 (mod the world) and keeps rank r - 1's, two deep (Snapshot::replicate,
+// copy). A replacement then receives its shard from its buddy's copy. Two neighbours that fail
+// together take a shard with them.
+struct ShardHolding {
+  int rank = 0;       // the member that holds it
+  int shard = 0;      // whose state it is (meshShards' index)
+  bool copy = false;  // a copy of another rank's snapshots (dp = 1), not the rank's own
+  int64_t newest = -1, previous = -1;  // the steps of its two snapshots (-1: none)
 };
-// newest[r] and previous[r]: rank r's snapshots' steps (-1: none); shardOf[r]: the index of the
-// shard it holds (ranks with the same index hold the same state). The plan starts afresh only when
-// no rank holds a snapshot (the loop takes one as it starts, so: a failure during setup).
+struct ShardRecoveryPlan {
+  int64_t step = -1;           // the step every rank restores; -1: every rank starts afresh
+  std::vector<int> source;     // per rank: the rank whose snapshot of `step` it restores (itself, or another holder)
+  std::vector<bool> fromCopy;  // per rank: that holder sends its copy (of this rank's shard), not its own
+};
+// shardOf[r]: the shard rank r holds (ranks with the same index hold the same state); held: every
+// snapshot the members hold, their own and their copies. A rank restores its own snapshot of the
+// agreed step when it holds it, else the lowest holder's (own before copy). The plan starts afresh
+// only when no rank holds a snapshot (the loop takes one as it starts, so: a failure during
+// setup).
+ShardRecoveryPlan planShardRecovery(const std::vector<int>& shardOf, const std::vector<ShardHolding>& held);
+// The same with own snapshots only: newest[r] and previous[r] are rank r's.
 ShardRecoveryPlan planShardRecovery(const std::vector<int64_t>& newest, const std::vector<int64_t>& previous,
                                     const std::vector<int>& shardOf);
 // The shard index of each rank of a world under ProcessMesh::make(world, tp, pp)'s layout

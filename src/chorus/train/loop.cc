@@ -108,6 +108,7 @@ class Run {
       opts_.snapshot->previousStep = -1;
       opts_.snapshot->source = str("the state this run started from (step ", start_.globalStep, ", in memory)");
     }
+    if (opts_.snapshot && opts_.snapshot->replicate) opts_.snapshot->replicate(*opts_.snapshot);
     if (roles_.lead) {
       fs::create_directories(dir);
       std::ofstream(dir / "config.toml") << toToml(cfg);
@@ -162,6 +163,7 @@ class Run {
       opts_.snapshot->payload = strategy_.snapshot(epochDone ? TrainState{epoch + 1, 0, s_.globalStep, {}, {}}
                                                              : TrainState{epoch, stepInEpoch + 1, s_.globalStep, {}, {}});
       opts_.snapshot->globalStep = s_.globalStep;
+      if (opts_.snapshot->replicate) opts_.snapshot->replicate(*opts_.snapshot);
     }
 
     const bool lastOfEpoch = stepInEpoch + 1 == s_.stepsPerEpoch || s_.globalStep >= s_.totalSteps;

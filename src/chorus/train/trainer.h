@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <string>
@@ -32,6 +33,12 @@ struct Snapshot {
   bool keepPrevious = false;
   std::string previous;
   int64_t previousStep = -1;  // -1: none
+  // At dp = 1 no other rank holds this rank's shard, so each rank also keeps copies of another
+  // rank's two newest snapshots (its buddy's), which `replicate` exchanges after each one the
+  // loop takes (elastic.cc). Empty steps: -1.
+  std::string copy, copyPrevious;
+  int64_t copyStep = -1, copyPreviousStep = -1;
+  std::function<void(Snapshot&)> replicate;  // called by the loop after each snapshot; may be empty
 };
 
 struct TrainOptions {
