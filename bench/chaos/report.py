@@ -124,7 +124,7 @@ def wall_per_step(raw, name):
     if len(steps) < 2:
         return None, f"{name}: fewer than 2 step records in metrics.jsonl"
     return (steps[-1]["unix_s"] - steps[0]["unix_s"]) / (steps[-1]["step"] - steps[0]["step"]), None
-MP_METHODS = [("replace", "chorus elastic in place, --min 4 --restarts 1: a new process takes the place"),
+MP_METHODS = [("replace", "chorus elastic in place, --min N --restarts 1: a new process takes the place"),
               ("spare", "chorus elastic in place, --spares 1: a waiting spare takes the place"),
               ("restart", "chorus restart-all, --restarts 1 without --min (torchrun's strategy)")]
 
@@ -132,7 +132,8 @@ MP_METHODS = [("replace", "chorus elastic in place, --min 4 --restarts 1: a new 
 def mp_section(a, problems):
     md = ["## Time lost per failure: tensor- and pipeline-parallel jobs", "",
           "The GPT of configs/gpt.toml (4 layers, embed 128, 0.84 M parameters, AdamW) on the fortunes text, global "
-          "batch 16 windows of 128 bytes, 40 steps, eval off, train.threads 1, on 4 workers (shared memory); worker 1 "
+          "batch 16 windows of 128 bytes, 40 steps, eval off, train.threads 1, on N = 4 workers (2 for the dp 1 "
+          "layout; shared memory); worker 1 "
           "kills itself (SIGKILL) as it starts step 25; time lost = from the kill until step 26 completes, as above. "
           "In place, worker 1's replacement receives its shard from its data-parallel replica (rank 3; at dp 1 from "
           "rank 0's copy) and the other workers keep their processes; restart-all resumes the checkpoint of step 20 "

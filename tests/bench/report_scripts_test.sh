@@ -329,7 +329,7 @@ python3 "$SRC/bench/chaos/report.py" --raw "$raw" --mp-repeat 3 --sections mp --
   --command "SECTIONS=mp bash bench/chaos/run.sh build" --out "$TMP/chaos-mp.md" 2> "$TMP/chaos-mp.err"
 page=$TMP/chaos-mp.md
 expect "$page" "# Fault tolerance of tensor- and pipeline-parallel jobs: time lost per failure" "chaos mp: its own title"
-expect "$page" "| tp 2 x dp 2 | chorus elastic in place, --min 4 --restarts 1: a new process takes the place | 2.00 (1.00–3.00) | 5.0x |" \
+expect "$page" "| tp 2 x dp 2 | chorus elastic in place, --min N --restarts 1: a new process takes the place | 2.00 (1.00–3.00) | 5.0x |" \
   "chaos mp: tp in place, median, spread and the ratio to restart-all"
 expect "$page" "| pp 2 (1F1B, 4 micro-batches) x dp 2 | chorus restart-all, --restarts 1 without --min (torchrun's strategy) | 12.00 (11.00–13.00) | 1.0x |" \
   "chaos mp: pp restart-all"
