@@ -17,19 +17,7 @@
 #   6. at dp = 1 (tp 2, and pp 2 with a spare, on 2 workers) the replacement receives its shard
 #      from the copy its neighbour keeps, and the job ends as the undisturbed one does.
 # usage: bash elastic_mp_test.sh BUILD_DIR SOURCE_DIR
-set -u
-BUILD=${1:?usage: elastic_mp_test.sh BUILD_DIR SOURCE_DIR}
-SOURCE=${2:?usage: elastic_mp_test.sh BUILD_DIR SOURCE_DIR}
-CHORUS=$BUILD/chorus
-[ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { echo "ok: $*"; }
-
-source "$(dirname "${BASH_SOURCE[0]}")/fortunes_corpus.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/gpt_script_lib.sh" elastic_mp_test "$@"
 
 TINY=(--set model.layers=2 --set model.embed=16 --set model.heads=2 --set model.context=16
       --set train.max_steps=12 --set train.batch_size=4 --set data.eval_windows=4 --set train.log_every=2
@@ -37,11 +25,6 @@ TINY=(--set model.layers=2 --set model.embed=16 --set model.heads=2 --set model.
 TP=(--set parallel.tp=2)
 PP=(--set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=2)
 
-final_loss() {
-  $PY -c 'import json,sys
-ls=[json.loads(l) for l in open(sys.argv[1])]
-print([e for e in ls if e["event"]=="eval"][-1]["val_loss"])' "$1/metrics.jsonl" 2>&1
-}
 last_ckpt() { find "$1/checkpoints" -name 'ckpt-*.pt' | sort | tail -n 1; }
 
 # Every tensor of the two runs' last checkpoints (joined over tp by `chorus checkpoint convert`,
@@ -190,5 +173,4 @@ refused "no replacements" "give --restarts R" --nproc 4 "${TP[@]}" --min 4
 refused "an asynchronous schedule" "recovers synchronous pipeline schedules" --nproc 4 --set parallel.pp=2 \
   --set parallel.schedule=pipedream --set parallel.micro_batches=2 --set model.tie_embeddings=false --min 4 --restarts 1
 
-[ $failures -eq 0 ] && echo "elastic_mp_test: all passed" || echo "elastic_mp_test: $failures failure(s)"
-[ $failures -eq 0 ]
+finish

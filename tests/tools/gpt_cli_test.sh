@@ -6,19 +6,7 @@
 # errors of tensor parallelism (heads or workers not divisible by tp, sequence parallelism with
 # pp) and of a missing corpus stop the job before any worker starts; generate's own errors.
 # usage: bash gpt_cli_test.sh BUILD_DIR SOURCE_DIR
-set -u
-BUILD=${1:?usage: gpt_cli_test.sh BUILD_DIR SOURCE_DIR}
-SOURCE=${2:?usage: gpt_cli_test.sh BUILD_DIR SOURCE_DIR}
-CHORUS=$BUILD/chorus
-[ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { echo "ok: $*"; }
-
-source "$(dirname "${BASH_SOURCE[0]}")/fortunes_corpus.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/gpt_script_lib.sh" gpt_cli_test "$@"
 
 TINY=(--set model.layers=1 --set model.embed=16 --set model.heads=2 --set model.context=16
       --set train.max_steps=6 --set train.batch_size=4 --set data.eval_windows=4 --set train.log_every=2

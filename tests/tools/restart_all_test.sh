@@ -6,30 +6,11 @@
 # --min below --nproc on such a job, and --restarts alone on a parameter-server job, are refused with what to
 # use instead.
 # usage: bash restart_all_test.sh BUILD_DIR SOURCE_DIR
-set -u
-BUILD=${1:?usage: restart_all_test.sh BUILD_DIR SOURCE_DIR}
-SOURCE=${2:?usage: restart_all_test.sh BUILD_DIR SOURCE_DIR}
-CHORUS=$BUILD/chorus
-[ -x "$CHORUS" ] || { echo "FAIL: $CHORUS is not built"; exit 1; }
-PY=/usr/bin/python3
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { echo "ok: $*"; }
-
-source "$(dirname "${BASH_SOURCE[0]}")/fortunes_corpus.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/gpt_script_lib.sh" restart_all_test "$@"
 
 TINY=(--set model.layers=2 --set model.embed=16 --set model.heads=2 --set model.context=16
       --set train.max_steps=12 --set train.batch_size=4 --set data.eval_windows=4 --set train.log_every=2
       --set output.checkpoint_every=4 --set output.progress=none --set data.path="$CORPUS")
-
-# The last eval record's val_loss of a run folder.
-final_loss() {
-  $PY -c 'import json,sys
-ls=[json.loads(l) for l in open(sys.argv[1])]
-print([e for e in ls if e["event"]=="eval"][-1]["val_loss"])' "$1/metrics.jsonl" 2>&1
-}
 
 for layout in "tp:--set parallel.tp=2" "pp:--set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=2"; do
   name=${layout%%:*}
@@ -69,5 +50,4 @@ out=$("$CHORUS" train --nproc 2 --set ps.servers=1 --restarts 1 --set output.dir
 [ $? -ne 0 ] && grep -qF "ps.restarts" <<<"$out" && [ ! -e "$TMP/never" ] \
   && pass "--restarts alone on a parameter-server job is refused, pointing to ps.restarts" || fail "ps --restarts: $out"
 
-[ $failures -eq 0 ] && echo "restart_all_test: all passed" || echo "restart_all_test: $failures failure(s)"
-[ $failures -eq 0 ]
+finish
