@@ -287,8 +287,8 @@ int trainCommand(const std::vector<std::string>& args) {
                            ": a spare joins as a replacement, so give --restarts at least as many"));
     if (t.minWorkers > 0) {
       if (cfg.ps.servers > 0)
-        throw UsageError("chorus train: --min (elastic) recovers data-parallel all-reduce jobs; a parameter-server job "
-                         "restarts its failed workers and servers in place with ps.restarts = R");
+        throw UsageError("chorus train: --min (elastic) recovers all-reduce jobs (data, tensor and pipeline parallel); a "
+                         "parameter-server job restarts its failed workers and servers in place with ps.restarts = R");
       if (cfg.parallel.tp > 1 || cfg.parallel.pp > 1) checkElasticModelParallel(cfg, t);
       const int maxWorkers = t.maxWorkers > 0 ? t.maxWorkers : t.nproc;
       if (t.minWorkers > t.nproc || t.nproc > maxWorkers)
