@@ -15,7 +15,9 @@
 #      --min below --nproc, no --restarts, an asynchronous pipeline schedule;
 #   5. the GPT at tp 1 is an all-reduce job like any other: the survivor goes on alone;
 #   6. at dp = 1 (tp 2, and pp 2 with a spare, on 2 workers) the replacement receives its shard
-#      from the copy its neighbour keeps, and the job ends as the undisturbed one does.
+#      from the copy its neighbour keeps, and the job ends as the undisturbed one does;
+#   7. dp 2 x tp 2 x pp 2 on 8 workers (3D): worker 5 killed, a new process in its place, its
+#      shard from rank 7, and the job ends as the undisturbed one does.
 # usage: bash elastic_mp_test.sh BUILD_DIR SOURCE_DIR
 source "$(dirname "${BASH_SOURCE[0]}")/gpt_script_lib.sh" elastic_mp_test "$@"
 
@@ -70,9 +72,9 @@ kept_processes() {  # name err-file ids...
   [ $ok -eq 1 ] && pass "$name: workers $* kept their processes through the re-forming"
 }
 
-run() {  # dir, then flags; CHORUS_FAULT etc. from the environment
+run() {  # dir, then flags; CHORUS_FAULT etc. and NPROC (default 4) from the environment
   local dir=$1; shift
-  timeout 240 "$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc 4 "${TINY[@]}" "$@" --set output.dir="$TMP/$dir" \
+  timeout 240 "$CHORUS" train "$SOURCE/configs/gpt.toml" --nproc "${NPROC:-4}" "${TINY[@]}" "$@" --set output.dir="$TMP/$dir" \
     > "$TMP/$dir.out" 2> "$TMP/$dir.err"
 }
 
@@ -123,6 +125,23 @@ else
     && pass "tp stop: worker 4 replaces worker 3 in its place" || fail "tp stop: no in-place replacement message"
   kept_processes "tp stop" "$TMP/tp-stop.err" 0 1 2
   same_as "tp stop" "$TMP/tp-stop" "$TMP/tp-ref"
+fi
+
+# --- 7. dp 2 x tp 2 x pp 2 on 8 workers: worker 5 (stage 1, replica 0, tp rank 1) killed at step
+# 7; a new process takes rank 5 and receives its shard from rank 7 (stage 1, replica 1, tp rank 1)
+D3=(--set parallel.tp=2 --set parallel.pp=2 --set parallel.schedule=1f1b --set parallel.micro_batches=2)
+NPROC=8 run 3d-ref "${D3[@]}" || fail "3d: the undisturbed run failed: $(tail -5 "$TMP/3d-ref.err")"
+CHORUS_FAULT=kill:5:7 NPROC=8 run 3d-kill "${D3[@]}" --min 8 --restarts 1
+rc=$?
+if [ $rc -ne 0 ]; then
+  fail "3d kill: exit $rc"; tail -20 "$TMP/3d-kill.err"
+else
+  grep -q "generation 1: 8 workers (ids 0,1,2,3,4,8,6,7), 1 replacement starting" "$TMP/3d-kill.err" \
+    && pass "3d kill: worker 8 replaces worker 5 in its place" || fail "3d kill: no in-place replacement message"
+  grep -q "rank 5 of generation 1: received its shard.s state of step 7 ([0-9]* bytes) from rank 7" "$TMP/3d-kill.err" \
+    && pass "3d kill: rank 5's shard came from its replica, rank 7" || fail "3d kill: no sign of the shard coming from rank 7"
+  kept_processes "3d kill" "$TMP/3d-kill.err" 0 1 2 3 4 6 7
+  same_as "3d kill" "$TMP/3d-kill" "$TMP/3d-ref"
 fi
 
 # --- 6. dp = 1: no replica, so each rank keeps its left neighbour's snapshots; the replacement
