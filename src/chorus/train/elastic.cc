@@ -183,10 +183,22 @@ void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, in
   snap.previous.clear();
   snap.previousStep = -1;
   snap.globalStep = plan.step;
-  // The copies are refreshed when the run starts (the loop replicates the restored snapshot).
-  snap.copy.clear();
-  snap.copyPrevious.clear();
-  snap.copyStep = snap.copyPreviousStep = -1;
+  // Copies of steps after the agreed one belong to the timeline the world abandons; the agreed
+  // step's copy stays until the run's start replicates the restored snapshots again, so a member
+  // that fails before then does not take the only other holder of a shard with it.
+  auto drop = [&](std::string& bytes, int64_t& step) {
+    if (step <= plan.step) return;
+    bytes.clear();
+    step = -1;
+  };
+  drop(snap.copy, snap.copyStep);
+  drop(snap.copyPrevious, snap.copyPreviousStep);
+  if (snap.copyStep < 0 && snap.copyPreviousStep >= 0) {
+    snap.copy = std::move(snap.copyPrevious);
+    snap.copyStep = snap.copyPreviousStep;
+    snap.copyPrevious.clear();
+    snap.copyPreviousStep = -1;
+  }
   snap.source = own ? str("its own state of step ", plan.step, " (generation ", generation, ", in memory)")
                     : str("the state of step ", plan.step, " of its shard, from rank ", source,
                           plan.fromCopy[static_cast<size_t>(g.rank())] ? "'s copy" : "", " (generation ", generation,
