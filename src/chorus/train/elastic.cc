@@ -152,15 +152,11 @@ void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, in
   std::string received;
   for (int r = 0; r < n; ++r) {
     const int from = plan.source[static_cast<size_t>(r)];
-    if (from == r && !plan.fromCopy[static_cast<size_t>(r)]) continue;
+    if (from == r) continue;  // its own (a rank's copy is always of another rank's shard)
     if (g.rank() == from) {
       const std::string* bytes = plan.fromCopy[static_cast<size_t>(r)] ? copyOf(plan.step) : ownOf(plan.step);
       if (!bytes) throw Error(str("elastic: rank ", from, " is to send step ", plan.step, " and does not hold it"));
       const uint64_t size = bytes->size();
-      if (from == r) {  // its own shard, from its own copy (cannot happen with a buddy on another rank)
-        received = *bytes;
-        continue;
-      }
       g.send(r, kSizeTag, &size, sizeof(size));
       g.send(r, kBytesTag, bytes->data(), bytes->size());
     } else if (g.rank() == r) {
@@ -171,7 +167,7 @@ void agreeOnShards(comm::ProcessGroup& g, Snapshot& snap, int64_t generation, in
     }
   }
   const int source = plan.source[static_cast<size_t>(g.rank())];
-  const bool own = source == g.rank() && !plan.fromCopy[static_cast<size_t>(g.rank())];
+  const bool own = source == g.rank();
   if (!own) {
     std::cerr << str("chorus train: rank ", g.rank(), " of generation ", generation, ": received its shard's state of step ",
                      plan.step, " (", received.size(), " bytes) from rank ", source,
