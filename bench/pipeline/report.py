@@ -103,9 +103,12 @@ def bubble_sections(raw, machine, problems, quick, repeats):
     steps = int(machine.get("bubble steps", "6").strip())
     last = max(1, steps - 2)
     out = ["## 1. Bubble: measured against theory\n",
-           f"The GPT of bench/pipeline/gpt.toml (6 blocks, embed 128, context 128, batch 32 windows, untied head) "
-           f"at pp stages with m micro-batches, the stages balanced by measured time (`parallel.balance = \"time\"`), "
-           f"{steps} steps per run, each worker 1 torch thread; interleaved with {CHUNKS} model chunks per stage. "
+           f"The GPT of bench/pipeline/gpt.toml (embed 128, context 128, batch 32 windows, untied head) at pp "
+           f"stages with m micro-batches, {steps} steps per run, each worker 1 torch thread; interleaved with "
+           f"{CHUNKS} model chunks per stage. Balanced stages: at pp = 2 its 6 blocks split by measured time "
+           f"(`parallel.balance = \"time\"`); at pp = 4 the model has 8 blocks and every stage 2 of them, the "
+           f"embedding with the first and the head with the last (`{machine.get('pp 4', '?').strip()}`; 6 blocks "
+           f"cannot be cut into 4 equal stages). "
            f"**Trace**: each stage's idle share of the step "
            f"(1 − its forward and backward time / the step's span from the first stage's first action to the last "
            f"stage's last), from the `--trace` spans by bench/pipeline/timeline.py, the median over the last "
@@ -119,25 +122,36 @@ def bubble_sections(raw, machine, problems, quick, repeats):
            f"is not split, B is the whole backward and W = 0), still with equal stages and free transfers. The "
            f"formula assumes F = B = W; when the halves differ, the simulation is the bubble the schedule itself "
            f"implies, and the trace's distance from it is what the implementation adds (transfers, the loss, "
-           f"uneven stages, noise).\n"]
+           f"uneven stages, noise). **Replayed**: the step's own compute spans, each stage's in the order it ran "
+           f"them and each with the duration it took, replayed with free transfers (an action starts when its "
+           f"stage is free and the action it depends on has ended; timeline.py's `replay`), median over the "
+           f"same steps, mean over the stages. Replayed − theory is what the measured op times add (stages that "
+           f"are not quite equal, and op-to-op variation, which grows when stages share a core); trace − replayed "
+           f"is what the transfers, the waits and the executor add. **No free core**: the step records' "
+           f"`cpu_wait_stage<s>`, the share of each stage's pipeline time its thread was runnable but had no "
+           f"core (the kernel's run-queue time, /proc/thread-self/schedstat), mean over the same steps and the "
+           f"stages: 0 when every stage has a core of its own.\n"]
     if 4 in stages:
         out.append("pp = 4 runs 4 workers on this machine's 2 cores: two stages share a core, so a stage also waits "
-                   "for the CPU, which the trace counts as busy time stretched, not as bubble. Those rows measure "
-                   "the schedule on an oversubscribed machine, not the schedule alone.\n")
+                   "for the CPU. The trace counts that as busy time stretched, unevenly from op to op, and a woken "
+                   "receiver waits for a core before it can go on. Those rows measure the schedule on an "
+                   "oversubscribed machine, not the schedule alone; the replayed column shows how much of the "
+                   "distance to theory the op times alone explain.\n")
     out.append(f"Each configuration ran {repeats} time(s), all of them alternating within a repetition; a cell is "
                f"the median over the repetitions (min–max), and the differences are between medians. Per stage: "
                f"each stage's median.\n")
-    out.append("| pp | m | schedule | theory | simulated (op times in ms) | trace | executor | trace − theory "
-               "| trace − simulated |")
-    out.append("|---:|---:|---|---:|---|---|---:|---:|---:|")
+    out.append("| pp | m | schedule | theory | simulated (op times in ms) | trace | executor | replayed "
+               "| trace − theory | trace − simulated | replayed − theory | trace − replayed | no free core |")
+    out.append("|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     verdict = {}
     sim_verdict = {}
+    replay_verdict = {}
     mem_rows = []
     for p in stages:
         for m in micros:
             for s in SCHEDULES:
                 th = theory(s, p, m)
-                traces, execs, sims, per_stage, costs = [], [], [], [], []
+                traces, execs, sims, per_stage, costs, replays, cpu_waits = [], [], [], [], [], [], []
                 for r in range(1, repeats + 1):
                     name = f"bubble-{s}-p{p}-m{m}-r{r}"
                     steps_recs, why = records(raw, name, "step")
@@ -158,6 +172,10 @@ def bubble_sections(raw, machine, problems, quick, repeats):
                         sims.append(sim["mean_bubble"])
                         costs.append(sim["costs"])
                     traces.append(sum(tb["bubble"]) / len(tb["bubble"]))
+                    if tb.get("replay"):
+                        replays.append(sum(tb["replay"]) / len(tb["replay"]))
+                    else:
+                        problems.append(f"{name}: timeline.py could not replay its steps")
                     per_stage.append(tb["bubble"])
                     ex = []
                     for st in range(p):
@@ -166,10 +184,17 @@ def bubble_sections(raw, machine, problems, quick, repeats):
                             ex.append(sum(vals) / len(vals))
                     if len(ex) == p:
                         execs.append(sum(ex) / len(ex))
+                    cw = []
+                    for st in range(p):
+                        vals = step_field(steps_recs[-last:], f"cpu_wait_stage{st}")
+                        if vals:
+                            cw.append(sum(vals) / len(vals))
+                    if len(cw) == p:
+                        cpu_waits.append(sum(cw) / len(cw))
                     peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
                     mem_rows.append((p, m, s, r, peaks, sim["peak_activations"] if sim else None))
                 if not traces:
-                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | no result | | | |")
+                    out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | | no result | | | | | | | |")
                     continue
                 def pct(values):
                     """"median% (min–max)" of fractions, in percent; the median alone for one value."""
@@ -190,8 +215,16 @@ def bubble_sections(raw, machine, problems, quick, repeats):
                     d = 100 * (med_trace - med_sim)
                     sim_diff = f"{d:+.1f}"
                     sim_verdict.setdefault(p, []).append(abs(d))
+                rep_cell, rep_theory, trace_rep = "—", "—", "—"
+                if replays:
+                    med_rep = median_spread(replays)[0]
+                    rep_cell = pct(replays)
+                    rep_theory = f"{100 * (med_rep - th):+.1f}"
+                    trace_rep = f"{100 * (med_trace - med_rep):+.1f}"
+                    replay_verdict.setdefault(p, []).append((100 * (med_rep - th), 100 * (med_trace - med_rep)))
                 out.append(f"| {p} | {m} | {s} | {100 * th:.1f}% | {sim_cell} | {pct(traces)}; per stage {per} | "
-                           f"{pct(execs)} | {diff:+.1f} | {sim_diff} |")
+                           f"{pct(execs)} | {rep_cell} | {diff:+.1f} | {sim_diff} | {rep_theory} | {trace_rep} | "
+                           f"{pct(cpu_waits)} |")
     out.append("")
     for p, diffs in verdict.items():
         worst = max(diffs)
@@ -203,6 +236,13 @@ def bubble_sections(raw, machine, problems, quick, repeats):
         holds = "holds" if worst <= 5 else "does not hold"
         out.append(f"pp = {p}: every row within 5 points of its simulation with the measured op times (largest "
                    f"difference {worst:.1f} points): {holds}.\n")
+    for p, pairs in replay_verdict.items():
+        ops = [a for a, _ in pairs]
+        rest = [b for _, b in pairs]
+        out.append(f"pp = {p}, where the distance to theory comes from: the measured op times add "
+                   f"{min(ops):+.1f} to {max(ops):+.1f} points (replayed − theory, median {median_spread(ops)[0]:+.1f}); "
+                   f"the transfers, waits and executor {min(rest):+.1f} to {max(rest):+.1f} (trace − replayed, median "
+                   f"{median_spread(rest)[0]:+.1f}).\n")
     if not quick:
         out.append("One step of 1F1B and of ZB-H1 at pp = 2 with 8 micro-batches, from the trace "
                    "(bench/pipeline/timeline.py):\n")

@@ -3,7 +3,9 @@
 # bench/pipeline/gpt.toml under each pipeline schedule. Five sections:
 #
 #   bubble     pp = 2 and 4, micro-batches 4, 8 and 16, schedules gpipe, 1f1b, interleaved (2 model
-#              chunks per stage) and zb-h1, balanced stages (parallel.balance = "time"),
+#              chunks per stage) and zb-h1, balanced stages (pp = 2: parallel.balance = "time" over the
+#              6 blocks; pp = 4: 8 blocks, 2 per stage, the embedding with the first and the head with
+#              the last, as PP4_ARGS and PP4_INTERLEAVED say),
 #              BUBBLE_STEPS steps with --trace, REPEATS times alternating: each stage's bubble measured from the trace
 #              (bench/pipeline/timeline.py, median over the last steps) and by the executor (the
 #              step records' bubble_stage<s>), against the formula and against the schedule
@@ -144,6 +146,14 @@ chorus_run() {
   echo "async steps: $async_steps"
 } > "$raw/machine.txt"
 
+# pp = 4: 6 blocks cannot make 4 equal stages, so those runs have 8, 2 per stage (interleaved: 1 per
+# model chunk), the embedding with the first and the head with the last; fixed counts, because a
+# split by measured time is measured on 2 shared cores and lands elsewhere from run to run.
+pp4_args=(--set model.layers=8 --set parallel.balance=params)
+pp4_plain=(--set "parallel.partition=[3, 2, 2, 3]")
+pp4_interleaved=(--set "parallel.partition=[2, 1, 1, 1, 1, 1, 1, 2]")
+echo "pp 4: ${pp4_args[*]} ${pp4_plain[*]} (interleaved: ${pp4_interleaved[*]})" >> "$raw/machine.txt"
+
 if has bubble; then
   for ((r = 1; r <= repeats; r++)); do
     for p in "${stage_counts[@]}"; do
@@ -151,9 +161,14 @@ if has bubble; then
         for s in gpipe 1f1b interleaved zb-h1; do
           chunks=1
           [[ $s == interleaved ]] && chunks=2
+          shape=()
+          if [[ $p -eq 4 ]]; then
+            shape=("${pp4_args[@]}")
+            if [[ $s == interleaved ]]; then shape+=("${pp4_interleaved[@]}"); else shape+=("${pp4_plain[@]}"); fi
+          fi
           chorus_run "bubble-$s-p$p-m$m-r$r" gpt.toml "$p" --set "parallel.pp=$p" --set "parallel.schedule=$s" \
             --set "parallel.virtual_stages=$chunks" --set "parallel.micro_batches=$m" \
-            --set "train.max_steps=$bubble_steps"
+            --set "train.max_steps=$bubble_steps" "${shape[@]}"
         done
       done
     done

@@ -12,7 +12,16 @@ step's window = from the earliest span of the step on any stage to the latest en
   {"step": 5, "stages": 2, "window_s": 0.41, "bubble": [0.18, 0.17], "busy_s": [0.33, 0.34]}
 
 With --last K: the same for each of the trace's last K steps, and "bubble" is each stage's
-median over them ("bubble_steps" lists every step's; "steps" the steps measured). "op_ms" is the
+median over them ("bubble_steps" lists every step's; "steps" the steps measured).
+
+Replayed ("replay", each stage's median over the steps measured, with --last): the step's own
+forward and backward spans, each stage's in the order it ran them and each with the duration it
+took, replayed with free transfers: an action starts as soon as its stage is free and the action
+it depends on has ended (the forward of micro-batch i on the virtual stage before, the backward
+on the virtual stage after, or this stage's forward on the last). Replayed minus the formula is
+what the measured op times add (unequal stages, op-to-op variation); the trace minus replayed is
+what transfers, waits and the executor add. The chunk of an interleaved action is its
+occurrence: a rank's first forward of micro-batch i is chunk 0, its first backward the last chunk. "op_ms" is the
 mean duration in milliseconds of each compute action kind (forward, backward, backward input,
 backward weight) over every stage and the steps measured: the costs to simulate the schedule
 with (`chorus pipeline show --costs F,B,W`).
@@ -69,6 +78,55 @@ def measure(spans):
     stages = sorted(spans)
     busy = [sum(s[2] - s[1] for s in spans[st] if s[0] in COMPUTE) for st in stages]
     return lo, hi, window, stages, busy
+
+
+def replay(spans):
+    """Each stage's bubble when the step's compute spans are replayed with free transfers (see the
+    module doc), or None where the spans do not form a pipeline (an action whose dependency
+    never runs)."""
+    stages = sorted(spans)
+    p = len(stages)
+    ops = {}
+    for st in stages:
+        seen = {}
+        seq = []
+        for name, a, b, mb in sorted(spans[st], key=lambda s: s[1]):
+            if name not in TAG or mb is None:
+                continue
+            kind = "F" if name == "forward" else "W" if name == "backward weight" else "B"
+            k = seen.get((kind, mb), 0)
+            seen[(kind, mb)] = k + 1
+            seq.append((kind, mb, k, b - a))
+        ops[st] = seq
+    chunks = 1 + max((k for seq in ops.values() for _, _, k, _ in seq), default=0)
+    last = chunks * p - 1
+    ended, free, busy, at = {}, dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0)
+    left = sum(len(seq) for seq in ops.values())
+    while left:
+        moved = False
+        for row, st in enumerate(stages):
+            seq = ops[st]
+            while at[st] < len(seq):
+                kind, mb, k, dur = seq[at[st]]
+                v = (k if kind == "F" else chunks - 1 - k) * p + row
+                if kind == "F":
+                    dep = ("F", v - 1, mb) if v > 0 else None
+                elif kind == "B":
+                    dep = ("B", v + 1, mb) if v < last else ("F", v, mb)
+                else:
+                    dep = ("B", v, mb)
+                if dep is not None and dep not in ended:
+                    break
+                start = max(free[st], ended[dep] if dep else 0.0)
+                free[st] = ended[(kind, v, mb)] = start + dur
+                busy[st] += dur
+                at[st] += 1
+                left -= 1
+                moved = True
+        if not moved:
+            return None
+    span = max(max(free.values()), 1e-9)
+    return [1 - busy[st] / span for st in stages]
 
 
 def svg(spans, lo, window, stages, busy, title):
@@ -144,16 +202,19 @@ def main():
                     durations.setdefault(name, []).append(end - start)
     result["op_ms"] = {k: round(statistics.mean(v) / 1e3, 3) for k, v in sorted(durations.items())}
     if a.last is not None:
-        per_step = []
+        per_step, replayed = [], []
         for st in chosen:
             sp = step_spans(events, st, a.dp)
             _, _, w, stg, b = measure(sp)
             if len(stg) != len(stages):
                 raise SystemExit(f"timeline.py: step {st} has spans of {len(stg)} stages, step {step} of {len(stages)}")
             per_step.append([1 - x / w for x in b])
+            replayed.append(replay(sp))
         result["steps"] = chosen
         result["bubble_steps"] = [[round(x, 4) for x in row] for row in per_step]
         result["bubble"] = [round(statistics.median(row[i] for row in per_step), 4) for i in range(len(stages))]
+        if all(row is not None for row in replayed):
+            result["replay"] = [round(statistics.median(row[i] for row in replayed), 4) for i in range(len(stages))]
     print(json.dumps(result))
     if a.svg:
         title = a.title or f"step {step}: {len(stages)} stages ({os.path.basename(a.trace)})"

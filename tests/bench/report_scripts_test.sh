@@ -340,5 +340,41 @@ expect "$page" "| elastic, with the copies | 0.600 (0.600–0.600) | 1.20x |" "c
 ! grep -q "Fashion-MNIST" "$page" && pass "chaos mp: no MLP job description on the mp page" \
   || fail "chaos mp: the MLP paragraph is on the mp page"
 
+# --- bench/pipeline/timeline.py: the bubble of a traced step, and the same step replayed with free
+# transfers. GPipe, 2 stages, 2 micro-batches, forward 10 ms, backward 20 ms, every transfer 5 ms:
+# the trace's span is 100 ms (bubble 0.4 on each stage); replayed it is 90 ms, the formula's
+# (p - 1)/(m + p - 1) = 1/3. Then interleaved, 2 ranks of 2 model chunks, no transfer time: the
+# replay infers each action's chunk from its occurrence and reproduces the trace (150 ms, 0.2).
+pipe_trace() {  # pipe_trace OUT "stage:name:micro_batch:start_ms:dur_ms ..." (steps 1 and 2, 1 s apart)
+  python3 - "$@" <<'PY'
+import json, sys
+out, spans = sys.argv[1], sys.argv[2].split()
+names = {"F": "forward", "B": "backward", "w": "wait activation"}
+ev = []
+for step in (1, 2):
+    for sp in spans:
+        st, kind, mb, start, dur = sp.split(":")
+        ev.append({"ph": "X", "pid": int(st), "tid": 0, "name": names[kind], "ts": (1000 * step + float(start)) * 1000,
+                   "dur": float(dur) * 1000, "args": {"step": step, "stage": int(st), "micro_batch": int(mb)}})
+json.dump({"traceEvents": ev}, open(out, "w"))
+PY
+}
+pipe_trace "$TMP/gpipe.json" "0:F:0:0:10 0:F:1:10:10 1:w:0:0:15 1:F:0:15:10 1:F:1:25:10 1:B:0:35:20 1:B:1:55:20 \
+  0:w:0:20:40 0:B:0:60:20 0:B:1:80:20"
+out=$(python3 "$SRC/bench/pipeline/timeline.py" "$TMP/gpipe.json" --last 2)
+python3 -c 'import json, sys; j = json.loads(sys.argv[1]); sys.exit(0 if j["bubble"] == [0.4, 0.4] and j["replay"] == [0.3333, 0.3333] else 1)' "$out" \
+  && pass "timeline: the traced bubble counts the transfers, the replay does not" || fail "timeline gpipe: $out"
+pipe_trace "$TMP/interleaved.json" "0:F:0:0:10 0:F:1:10:10 0:F:0:20:10 0:F:1:30:10 0:B:0:70:20 0:B:1:90:20 0:B:0:110:20 0:B:1:130:20 \
+  1:F:0:10:10 1:F:1:20:10 1:F:0:30:10 1:F:1:40:10 1:B:0:50:20 1:B:1:70:20 1:B:0:90:20 1:B:1:110:20"
+out=$(python3 "$SRC/bench/pipeline/timeline.py" "$TMP/interleaved.json" --last 2)
+python3 -c 'import json, sys; j = json.loads(sys.argv[1]); sys.exit(0 if j["bubble"] == [0.2, 0.2] and j["replay"] == [0.2, 0.2] else 1)' "$out" \
+  && pass "timeline: an interleaved step replays to its own trace" || fail "timeline interleaved: $out"
+# A backward whose gradient never comes (its micro-batch has no backward on the next stage):
+# nothing to replay, so no "replay" key rather than a wrong number.
+pipe_trace "$TMP/broken.json" "0:F:0:0:10 1:F:0:10:10 0:B:0:40:20"
+out=$(python3 "$SRC/bench/pipeline/timeline.py" "$TMP/broken.json" --last 2)
+python3 -c 'import json, sys; sys.exit("replay" in json.loads(sys.argv[1]))' "$out" \
+  && pass "timeline: an unreplayable step has no replay" || fail "timeline broken: $out"
+
 echo "$failures failed"
 [[ $failures -eq 0 ]]

@@ -394,6 +394,13 @@ TEST_P(PipelinedLoop, SameLossesAsTheWholeModel) {
     EXPECT_LT(b, 1) << "stage " << st;
   }
   EXPECT_EQ(field(steps.back(), str("bubble_stage", pp)), -12345) << "one field per stage";
+  // The share of each stage's pipeline time its thread had no free core (cpu_wait.h).
+  for (int st = 0; st < pp; ++st) {
+    const double w = field(steps.back(), str("cpu_wait_stage", st));
+    EXPECT_GE(w, 0) << "stage " << st;
+    EXPECT_LE(w, 1) << "stage " << st;
+  }
+  EXPECT_EQ(field(steps.back(), str("cpu_wait_stage", pp)), -12345) << "one field per stage";
   // Micro-batches holding forward state: GPipe all 4, 1F1B at most pp - stage; ZB-H1 keeps a
   // micro-batch's (smaller) state until its W, so up to stage + 1 more.
   for (int st = 0; st < pp; ++st) {

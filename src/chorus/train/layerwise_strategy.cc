@@ -10,6 +10,7 @@
 #include <set>
 
 #include "chorus/comm/collectives/collectives.h"
+#include "chorus/common/cpu_wait.h"
 #include "chorus/common/error.h"
 #include "chorus/common/logging.h"
 #include "chorus/parallel/data/ddp.h"
@@ -209,6 +210,8 @@ struct LayerwiseStrategy::Impl {
   // Per stage, the share of the pipeline's time it waited, summed over the steps since the
   // last step record (pipelined steps only).
   std::vector<double> bubbleSum;
+  std::vector<double> cpuWaitSum;  // each stage's summed share of pipeline time with no free core
+  bool cpuWaitKnown = false;        // every stage could read it (cpu_wait.h) in the last step
   std::vector<int> peakStored;  // per stage, the most micro-batches holding forward state in the window
   int64_t bubbleSteps = 0;
 
@@ -451,6 +454,7 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
     p.loss = [&](const torch::Tensor& out, int i) {
       return st.loss(out, targets[static_cast<size_t>(i)]) / static_cast<double>(micro);
     };
+  const double cpuWait0 = threadCpuWaitSeconds();
   parallel::PipelineRun run = m.exec->run(p);
   if (info.pauseAfter && m.exec->streaming()) {
     // PipeDream's stream drains only before the loop pauses (an evaluation, a checkpoint, an
@@ -461,6 +465,7 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
     run.peakStored = std::max(run.peakStored, drain.peakStored);
     run.spans.insert(run.spans.end(), drain.spans.begin(), drain.spans.end());
   }
+  const double cpuWait1 = threadCpuWaitSeconds();
   const Clock::time_point t1 = Clock::now();
   if (m.dp() > 1 && !async) averageGradients(*m.mesh.group("dp"), st.module());
   const Clock::time_point t2 = Clock::now();
@@ -468,22 +473,31 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
   const Clock::time_point t3 = Clock::now();
 
   // One all-reduce over the stages: the replica's loss (from the last stage), every stage's
-  // bubble (the share of its pipeline time spent waiting) and its peak stored micro-batches.
+  // bubble (the share of its pipeline time spent waiting), its peak stored micro-batches, and
+  // the share of its pipeline time its thread was runnable with no free core (cpu_wait.h; with
+  // a count of the stages that could measure it).
   StepOutcome o;
   const size_t stages = static_cast<size_t>(m.pp()), me = static_cast<size_t>(m.ppRank());
-  std::vector<double> shared(1 + 2 * stages, 0.0);
+  std::vector<double> shared(2 + 3 * stages, 0.0);
   for (double l : run.losses) shared[0] += l;  // each is its micro-batch's mean / micro
   const double busy = run.computeSeconds, waited = run.waitSeconds;
   shared[1 + me] = busy + waited > 0 ? waited / (busy + waited) : 0;
   shared[1 + stages + me] = run.peakStored;
+  if (cpuWait0 >= 0 && cpuWait1 >= 0) {
+    shared[1 + 2 * stages + me] = busy + waited > 0 ? std::min(1.0, (cpuWait1 - cpuWait0) / (busy + waited)) : 0;
+    shared[1 + 3 * stages] = 1;
+  }
   allreduceInPlace(*m.mesh.group("pp"), shared.data(), shared.size(), DType::kFloat64, ReduceOp::kSum);
   const double lossValue = shared[0];
   m.bubbleSum.resize(stages, 0.0);
+  m.cpuWaitSum.resize(stages, 0.0);
   m.peakStored.resize(stages, 0);
   for (size_t s = 0; s < stages; ++s) {
     m.bubbleSum[s] += shared[1 + s];
+    m.cpuWaitSum[s] += shared[1 + 2 * stages + s];
     m.peakStored[s] = std::max(m.peakStored[s], static_cast<int>(std::lround(shared[1 + stages + s])));
   }
+  m.cpuWaitKnown = std::lround(shared[1 + 3 * stages]) == static_cast<long>(stages);
   ++m.bubbleSteps;
   const uint64_t sent1 = m.world->bytesSent();
   o.stats.loss = lossValue;
@@ -753,7 +767,11 @@ JsonObject LayerwiseStrategy::stepRecord(const LoopStatus& s) {
     for (size_t st = 0; st < m.bubbleSum.size(); ++st)
       r.add(str("bubble_stage", st), m.bubbleSum[st] / static_cast<double>(m.bubbleSteps));
     for (size_t st = 0; st < m.peakStored.size(); ++st) r.add(str("peak_stored_stage", st), m.peakStored[st]);
+    if (m.cpuWaitKnown)
+      for (size_t st = 0; st < m.cpuWaitSum.size(); ++st)
+        r.add(str("cpu_wait_stage", st), m.cpuWaitSum[st] / static_cast<double>(m.bubbleSteps));
     m.bubbleSum.assign(m.bubbleSum.size(), 0.0);
+    m.cpuWaitSum.assign(m.cpuWaitSum.size(), 0.0);
     m.peakStored.assign(m.peakStored.size(), 0);
     m.bubbleSteps = 0;
   }
