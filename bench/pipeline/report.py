@@ -97,6 +97,18 @@ def step_field(steps, key):
     return [s[key] for s in steps if is_number(s.get(key))]
 
 
+def stage_mean(steps, key, p):
+    """The mean over stages 0..p-1 of each stage's mean `<key><s>` over the step records, or None
+    when a stage has no such field."""
+    per = []
+    for st in range(p):
+        vals = step_field(steps, f"{key}{st}")
+        if not vals:
+            return None
+        per.append(sum(vals) / len(vals))
+    return sum(per) / len(per)
+
+
 def bubble_sections(raw, machine, problems, quick, repeats):
     stages = [int(x) for x in machine.get("stages", "2").split()]
     micros = [int(x) for x in machine.get("micro-batches", "4").split()]
@@ -177,20 +189,10 @@ def bubble_sections(raw, machine, problems, quick, repeats):
                     else:
                         problems.append(f"{name}: timeline.py could not replay its steps")
                     per_stage.append(tb["bubble"])
-                    ex = []
-                    for st in range(p):
-                        vals = step_field(steps_recs[-last:], f"bubble_stage{st}")
-                        if vals:
-                            ex.append(sum(vals) / len(vals))
-                    if len(ex) == p:
-                        execs.append(sum(ex) / len(ex))
-                    cw = []
-                    for st in range(p):
-                        vals = step_field(steps_recs[-last:], f"cpu_wait_stage{st}")
-                        if vals:
-                            cw.append(sum(vals) / len(vals))
-                    if len(cw) == p:
-                        cpu_waits.append(sum(cw) / len(cw))
+                    for key, into in (("bubble_stage", execs), ("cpu_wait_stage", cpu_waits)):
+                        mean = stage_mean(steps_recs[-last:], key, p)
+                        if mean is not None:
+                            into.append(mean)
                     peaks = [steps_recs[-1].get(f"peak_stored_stage{st}") for st in range(p)]
                     mem_rows.append((p, m, s, r, peaks, sim["peak_activations"] if sim else None))
                 if not traces:
