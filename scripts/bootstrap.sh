@@ -4,10 +4,11 @@ set -euo pipefail
 # libopenblas0-openmp: Debian's LibTorch calls the system BLAS, and the default one is the
 # reference BLAS (~7 GFLOP/s here); OpenBLAS is ~40x faster and, in its OpenMP build, obeys
 # torch's thread count. It serves chorus and the PyTorch peer alike.
+# lld: links in about a third of GNU ld's time (CMakeLists.txt uses it when it is there).
 # fortunes: the text the GPT trains on (data.dataset = "fortunes", /usr/share/games/fortunes).
 # slurm-wlm, munge: a real Slurm cluster on netlab's hosts (tools/netlab/slurm.sh,
 # tests/tools/slurm_test.sh), which starts its own daemons with a private configuration.
-pkgs=(cmake ninja-build g++ clang libclang-rt-14-dev libtorch-dev libopenmpi-dev openmpi-bin
+pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev libtorch-dev libopenmpi-dev openmpi-bin
       libgtest-dev dataset-fashion-mnist python3-torch libopenblas0-openmp zlib1g-dev fortunes
       slurm-wlm munge)
 missing=()
