@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -53,6 +54,17 @@ TEST(CpuWait, SleepingIsNotWaitingForACpu) {
   const double w0 = threadCpuWaitSeconds();
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_LT(threadCpuWaitSeconds() - w0, 0.1) << "a sleeping thread is not on a run queue";
+}
+
+TEST(CpuWait, WarningAboveATenthSaysWhatToChange) {
+  EXPECT_EQ(cpuWaitWarning(0.09, 4, 1, 2), "") << "below a tenth: no warning";
+  EXPECT_EQ(cpuWaitWarning(0.0, 2, 1, 16), "");
+  const std::string w = cpuWaitWarning(0.38, 4, 1, 2);
+  EXPECT_NE(w.find("38%"), std::string::npos) << w;
+  EXPECT_NE(w.find("4 worker(s) of 1 torch thread(s) each, on a machine with 2 hardware threads"), std::string::npos)
+      << w;
+  EXPECT_NE(w.find("what to change"), std::string::npos) << w;
+  EXPECT_NE(cpuWaitWarning(0.10, 4, 1, 2), "") << "a tenth warns";
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 # "val_bpb" (also every train.eval_every steps), and `chorus generate` prints the prompt and
 # N sampled bytes from either checkpoint (the tp 2 one joined into the unsplit model); the
 # errors of tensor parallelism (heads or workers not divisible by tp, sequence parallelism with
-# pp) and of a missing corpus stop the job before any worker starts; generate's own errors.
+# pp) and of a missing corpus stop the job before any worker starts; generate's own errors; at
+# pp 4 the share of time each stage had no free core, and the warning when it is large.
 # usage: bash gpt_cli_test.sh BUILD_DIR SOURCE_DIR
 source "$(dirname "${BASH_SOURCE[0]}")/gpt_script_lib.sh" gpt_cli_test "$@"
 
@@ -125,6 +126,33 @@ printf '[data]\ndataset = "fortunes"\n[model]\nname = "gpt"\nlayers = 2\nembed =
   > "$TMP/other.toml"
 expect_gen "generate: checkpoint of another shape" 1 "does not load into the GPT" "$ckpt" --config "$TMP/other.toml"
 if out=$("$CHORUS" help 2>&1) && grep -q "generate" <<<"$out"; then pass "help lists generate"; else fail "help: $out"; fi
+
+# A pipeline of 4 stages (1F1B): each stage's share of its pipeline time with no free core is in
+# the step records and, over the run, in the summary; the run warns, saying what to change,
+# exactly when that share is a tenth or more (on a 2-core machine 4 workers share the cores).
+if "$CHORUS" train "$SOURCE/configs/gpt.toml" "${TINY[@]}" --nproc 4 --set model.layers=4 --set parallel.pp=4 \
+    --set parallel.schedule=1f1b --set parallel.micro_batches=2 --set output.dir="$TMP/pp4" \
+    > "$TMP/pp4.out" 2> "$TMP/pp4.err"; then
+  $PY - "$TMP/pp4/metrics.jsonl" "$TMP/pp4.err" <<'PYEOF' && pass "pp 4: cpu_wait recorded, warned about at a tenth" \
+    || fail "pp 4 cpu_wait: $(tail -3 "$TMP/pp4.err")"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+err = open(sys.argv[2]).read()
+steps = [r for r in recs if r["event"] == "step"]
+summary = [r for r in recs if r["event"] == "summary"][-1]
+for r in steps:
+    for s in range(4):
+        assert 0 <= r[f"cpu_wait_stage{s}"] <= 1, r
+    assert "cpu_wait_stage4" not in r, r
+share = summary["cpu_wait"]
+assert 0 <= share <= 1, summary
+warned = "waited for a free core" in err and "what to change" in err
+assert warned == (share >= 0.10), (share, err[-600:])
+print(f"cpu_wait {share:.2f}, warned {warned}")
+PYEOF
+else
+  fail "pp 4 run: $(tail -5 "$TMP/pp4.err")"
+fi
 
 if [ $failures -gt 0 ]; then
   echo "$failures failure(s)"

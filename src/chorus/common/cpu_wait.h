@@ -12,9 +12,19 @@
 // the function returns -1; callers then report nothing rather than 0.
 #pragma once
 
+#include <string>
+
 namespace chorus {
 
 // Seconds the calling thread has spent runnable but not running since it started, or -1.
 double threadCpuWaitSeconds();
+
+// The share of their time a job's threads waited for a core at which a run warns.
+inline constexpr double kCpuWaitWarnShare = 0.10;
+
+// The warning for a run whose pipeline stages waited for a core `share` of their pipeline time
+// (0..1), with `workers` workers of `threads` torch threads each and `cores` hardware threads
+// on this machine; "" when share < kCpuWaitWarnShare.
+std::string cpuWaitWarning(double share, int workers, int threads, unsigned cores);
 
 }  // namespace chorus

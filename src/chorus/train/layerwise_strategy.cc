@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "chorus/comm/collectives/collectives.h"
 #include "chorus/common/cpu_wait.h"
@@ -212,6 +213,8 @@ struct LayerwiseStrategy::Impl {
   std::vector<double> bubbleSum;
   std::vector<double> cpuWaitSum;  // each stage's summed share of pipeline time with no free core
   bool cpuWaitKnown = false;        // every stage could read it (cpu_wait.h) in the last step
+  double runCpuWait = 0;            // the run's sum over steps of the stages' mean share with no core
+  int64_t runCpuWaitSteps = 0;
   std::vector<int> peakStored;  // per stage, the most micro-batches holding forward state in the window
   int64_t bubbleSteps = 0;
 
@@ -498,6 +501,12 @@ StepOutcome LayerwiseStrategy::pipelineStep(const Batch& batch, const StepInfo& 
     m.peakStored[s] = std::max(m.peakStored[s], static_cast<int>(std::lround(shared[1 + stages + s])));
   }
   m.cpuWaitKnown = std::lround(shared[1 + 3 * stages]) == static_cast<long>(stages);
+  if (m.cpuWaitKnown) {
+    double mean = 0;
+    for (size_t s = 0; s < stages; ++s) mean += shared[1 + 2 * stages + s] / static_cast<double>(stages);
+    m.runCpuWait += mean;
+    ++m.runCpuWaitSteps;
+  }
   ++m.bubbleSteps;
   const uint64_t sent1 = m.world->bytesSent();
   o.stats.loss = lossValue;
@@ -783,8 +792,18 @@ void LayerwiseStrategy::evalFields(JsonObject& record, const LoopStatus& s) { re
 JsonObject LayerwiseStrategy::summaryRecord(const LoopStatus& s, TrainResult& result) {
   Impl& m = *impl_;
   fillSummaryResult(s, m.cfg.train.batchSize, result);
-  return gptSummaryRecord(m.cfg, s, result, *m.world, {m.tp(), m.dp(), m.pp()}, "pp_bytes_per_step",
-                          optimizerStateBytes(*m.optimizer));
+  JsonObject r = gptSummaryRecord(m.cfg, s, result, *m.world, {m.tp(), m.dp(), m.pp()}, "pp_bytes_per_step",
+                                  optimizerStateBytes(*m.optimizer));
+  if (m.runCpuWaitSteps > 0) {
+    // The stages' mean share of pipeline time with no free core over the run; a run that spent
+    // a tenth of it waiting for the CPU says so once, with what to change.
+    const double share = m.runCpuWait / static_cast<double>(m.runCpuWaitSteps);
+    r.add("cpu_wait", share);
+    const std::string warning = cpuWaitWarning(share, m.world->size(), torch::get_num_threads(),
+                                               std::max(1u, std::thread::hardware_concurrency()));
+    if (m.world->rank() == 0 && !warning.empty()) CHORUS_WARN(warning);
+  }
+  return r;
 }
 
 }  // namespace chorus::train
