@@ -38,6 +38,19 @@ def torch_args(config_path):
     return 0
 
 
+def run_model(raw, name):
+    """The [model] and batch size the run `name` trained, from the config.toml chorus wrote into its
+    output folder; None where that run left none."""
+    path = os.path.join(raw, name, "config.toml")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    m = dict(cfg.get("model", {}))
+    m["batch_size"] = cfg.get("train", {}).get("batch_size")
+    return m
+
+
 def theory(name, p, m):
     if name in ("gpipe", "1f1b"):
         return (p - 1) / (m + p - 1)
@@ -114,13 +127,20 @@ def bubble_sections(raw, machine, problems, quick, repeats):
     micros = [int(x) for x in machine.get("micro-batches", "4").split()]
     steps = int(machine.get("bubble steps", "6").strip())
     last = max(1, steps - 2)
+    model = run_model(raw, f"bubble-gpipe-p{stages[0]}-m{micros[0]}-r1") or {}
+    shape = (f"{model.get('layers', '?')} blocks, embed {model.get('embed', '?')}, {model.get('heads', '?')} heads, "
+             f"context {model.get('context', '?')}, batch {model.get('batch_size', '?')} windows")
     out = ["## 1. Bubble: measured against theory\n",
-           f"The GPT of bench/pipeline/gpt.toml (embed 128, context 128, batch 32 windows, untied head) at pp "
-           f"stages with m micro-batches, {steps} steps per run, each worker 1 torch thread; interleaved with "
-           f"{CHUNKS} model chunks per stage. Balanced stages: at pp = 2 its 6 blocks split by measured time "
-           f"(`parallel.balance = \"time\"`); at pp = 4 the model has 8 blocks and every stage 2 of them, the "
-           f"embedding with the first and the head with the last (`{machine.get('pp 4', '?').strip()}`; 6 blocks "
-           f"cannot be cut into 4 equal stages). "
+           f"The GPT of bench/pipeline/gpt.toml ({shape}, untied head; as its first run's config.toml "
+           f"says) at pp stages with m micro-batches, {steps} steps per run, each worker 1 torch thread; "
+           f"interleaved with {CHUNKS} model chunks per stage. It is wide and short so that the linear layers "
+           f"dominate and a forward, an input-gradient and a weight-gradient pass cost about the same, as the "
+           f"formulas assume (the simulated column gives the measured F, B and W). Balanced stages, by fixed "
+           f"counts: at pp = 2 the blocks 3 per stage, the embedding with the first and the head with the last "
+           f"(`{machine.get('pp 2', '?').strip()}`); at pp = 4 the model has 8 blocks and every stage 2 of "
+           f"them (`{machine.get('pp 4', '?').strip()}`; 6 blocks cannot be cut into 4 equal stages). A split "
+           f"by measured time (`parallel.balance = \"time\"`) is measured on these 2 shared cores and landed "
+           f"elsewhere from run to run, so the bubble rows do not use it (section 5 measures it). "
            f"**Trace**: each stage's idle share of the step "
            f"(1 − its forward and backward time / the step's span from the first stage's first action to the last "
            f"stage's last), from the `--trace` spans by bench/pipeline/timeline.py, the median over the last "

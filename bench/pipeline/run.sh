@@ -3,9 +3,9 @@
 # bench/pipeline/gpt.toml under each pipeline schedule. Five sections:
 #
 #   bubble     pp = 2 and 4, micro-batches 4, 8 and 16, schedules gpipe, 1f1b, interleaved (2 model
-#              chunks per stage) and zb-h1, balanced stages (pp = 2: parallel.balance = "time" over the
-#              6 blocks; pp = 4: 8 blocks, 2 per stage, the embedding with the first and the head with
-#              the last, as PP4_ARGS and PP4_INTERLEAVED say),
+#              chunks per stage) and zb-h1, balanced stages (pp = 2: the 6 blocks 3 per stage, the
+#              embedding with the first and the head with the last; pp = 4: 8 blocks, 2 per stage;
+#              fixed counts, as pp2_* and pp4_* say),
 #              BUBBLE_STEPS steps with --trace, REPEATS times alternating: each stage's bubble measured from the trace
 #              (bench/pipeline/timeline.py, median over the last steps) and by the executor (the
 #              step records' bubble_stage<s>), against the formula and against the schedule
@@ -146,9 +146,14 @@ chorus_run() {
   echo "async steps: $async_steps"
 } > "$raw/machine.txt"
 
-# pp = 4: 6 blocks cannot make 4 equal stages, so those runs have 8, 2 per stage (interleaved: 1 per
-# model chunk), the embedding with the first and the head with the last; fixed counts, because a
-# split by measured time is measured on 2 shared cores and lands elsewhere from run to run.
+# Balanced stages by fixed counts, because a split by measured time is measured on 2 shared cores
+# and lands elsewhere from run to run ([2, 1, 2, 3] once for interleaved at pp = 2). pp = 2: the 6
+# blocks, 3 per stage (interleaved: 3 per rank, in chunks of 1 and 2), the embedding with the first
+# and the head with the last. pp = 4: 6 blocks cannot make 4 equal stages, so those runs have 8,
+# 2 per stage (interleaved: 1 per model chunk).
+pp2_plain=(--set "parallel.partition=[4, 4]")
+pp2_interleaved=(--set "parallel.partition=[2, 2, 2, 2]")
+echo "pp 2: ${pp2_plain[*]} (interleaved: ${pp2_interleaved[*]})" >> "$raw/machine.txt"
 pp4_args=(--set model.layers=8 --set parallel.balance=params)
 pp4_plain=(--set "parallel.partition=[3, 2, 2, 3]")
 pp4_interleaved=(--set "parallel.partition=[2, 1, 1, 1, 1, 1, 1, 2]")
@@ -161,10 +166,13 @@ if has bubble; then
         for s in gpipe 1f1b interleaved zb-h1; do
           chunks=1
           [[ $s == interleaved ]] && chunks=2
-          shape=()
           if [[ $p -eq 4 ]]; then
             shape=("${pp4_args[@]}")
             if [[ $s == interleaved ]]; then shape+=("${pp4_interleaved[@]}"); else shape+=("${pp4_plain[@]}"); fi
+          elif [[ $s == interleaved ]]; then
+            shape=("${pp2_interleaved[@]}")
+          else
+            shape=("${pp2_plain[@]}")
           fi
           chorus_run "bubble-$s-p$p-m$m-r$r" gpt.toml "$p" --set "parallel.pp=$p" --set "parallel.schedule=$s" \
             --set "parallel.virtual_stages=$chunks" --set "parallel.micro_batches=$m" \
