@@ -427,7 +427,7 @@ def async_section(raw, problems):
     return out
 
 
-def partition_section(raw, repeats, problems):
+def partition_section(raw, repeats, problems, machine):
     out = ["## 5. Auto partition against an even split\n",
            "bench/pipeline/heavy.toml: a GPT over long windows (context 1024, embed 64, 6 blocks, batch 8) at "
            "pp = 2 with 1F1B over 8 micro-batches. Its position embedding holds more parameters than a block but "
@@ -475,6 +475,38 @@ def partition_section(raw, repeats, problems):
             out.append(f"- balance = \"time\" against {kind}: slowest stage {st / sk:.2f}x the time, tokens/s "
                        f"{tt / tk:.2f}x.")
     out.append("")
+    out += split_stability(raw, machine, problems)
+    return out
+
+
+def split_stability(raw, machine, problems):
+    """The splits balance = "time" chose in the one-step split-r<t> runs (gpt.toml, interleaved, 16
+    micro-batches): its blocks are identical, so only the even split is right."""
+    trials = int(machine.get("split trials", "0").strip() or 0)
+    if trials < 1:
+        return []
+    chosen = {}
+    for t in range(1, trials + 1):
+        start, why = records(raw, f"split-r{t}", "start")
+        if not start or not start[0].get("pp_partition"):
+            problems.append(why or f"split-r{t}: no start record with pp_partition")
+            continue
+        part = start[0]["pp_partition"]
+        chosen[part] = chosen.get(part, 0) + 1
+    model = run_model(raw, "split-r1") or {}
+    even = "[" + ", ".join([str((int(model.get("layers", 6)) + 2) // 4)] * 4) + "]"
+    out = ["**The profile's own noise.** bench/pipeline/gpt.toml ({} identical blocks) at pp = 2, interleaved "
+           "with 2 chunks per stage over 16 micro-batches (the shortest passes here), `parallel.balance = "
+           "\"time\"`, {} one-step runs: worker 0 profiles the layers each time, and with identical blocks the "
+           "even split {} is the right one.\n".format(model.get("layers", "?"), trials, even),
+           "| split chosen | runs |", "|---|---:|"]
+    for part, n in sorted(chosen.items(), key=lambda kv: -kv[1]):
+        out.append(f"| {part} | {n} |")
+    out.append("")
+    measured = sum(chosen.values())
+    ok = measured == trials and chosen.get(even, 0) == trials
+    out.append(f"**balance = \"time\" splits identical blocks evenly in every run ({chosen.get(even, 0)} of "
+               f"{trials}): {'holds' if ok else 'does not hold'}.**\n")
     return out
 
 
@@ -508,7 +540,7 @@ def report(args):
     if "async" in args.sections:
         out += async_section(args.raw, problems)
     if "partition" in args.sections:
-        out += partition_section(args.raw, args.repeats, problems)
+        out += partition_section(args.raw, args.repeats, problems, machine)
     out.append("## Not measured here\n")
     out.append("- 3D parallelism (tp × pp × dp): `make test` checks it against one process; no benchmark row yet.\n")
     if problems:

@@ -24,7 +24,9 @@
 #   partition  bench/pipeline/heavy.toml (long windows: a position embedding heavy in parameters,
 #              light in time) at pp = 2, 1f1b over 8 micro-batches, REPEATS times alternating:
 #              the even split [4, 4], balance = "params" and balance = "time": each stage's busy
-#              time per step (from the trace) and tokens/s
+#              time per step (from the trace) and tokens/s; and SPLIT_TRIALS one-step runs of
+#              bench/pipeline/gpt.toml, interleaved over 16 micro-batches, with balance = "time":
+#              the split each run's profile chose (6 identical blocks: the even split is right)
 #
 # Every chorus worker runs 1 torch thread; pp = 4 puts 4 workers on this machine's 2 cores (the
 # page says so). Writes bench/results/pipeline.md through bench/pipeline/report.py and keeps each
@@ -34,7 +36,7 @@
 #   --quick   a smoke run (a couple of minutes): pp = 2 only, m = 4 only, few steps, one
 #             repetition; the page goes to BUILD_DIR/bench-pipeline/pipeline-quick.md
 #   environment: REPEATS=3, SECTIONS="bubble speed async partition" (memory comes with bubble),
-#   BUBBLE_STEPS=10, SPEED_STEPS=12, ASYNC_STEPS=200, CHORUS=path (default BUILD_DIR/chorus, built
+#   BUBBLE_STEPS=10, SPEED_STEPS=12, ASYNC_STEPS=200, SPLIT_TRIALS=10, CHORUS=path (default BUILD_DIR/chorus, built
 #   here), OUT=file.md
 set -uo pipefail
 
@@ -65,6 +67,7 @@ if [[ $quick -eq 1 ]]; then
   bubble_steps=${BUBBLE_STEPS:-3}
   speed_steps=${SPEED_STEPS:-3}
   async_steps=${ASYNC_STEPS:-10}
+  split_trials=${SPLIT_TRIALS:-2}
   stage_counts=(2)
   micro_counts=(4)
 else
@@ -73,10 +76,11 @@ else
   bubble_steps=${BUBBLE_STEPS:-10}
   speed_steps=${SPEED_STEPS:-12}
   async_steps=${ASYNC_STEPS:-200}
+  split_trials=${SPLIT_TRIALS:-10}
   stage_counts=(2 4)
   micro_counts=(4 8 16)
 fi
-for v in repeats bubble_steps speed_steps async_steps; do
+for v in repeats bubble_steps speed_steps async_steps split_trials; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: $v=${!v} is not a positive count" >&2; exit 2; }
 done
 [[ $bubble_steps -ge 3 ]] || { echo "run.sh: BUBBLE_STEPS must be at least 3 (the first steps warm up)" >&2; exit 2; }
@@ -109,7 +113,7 @@ if has bubble; then
 fi
 has speed && planned=$((planned + repeats * 9 * (5 + speed_steps * 6 / 10)))
 has async && planned=$((planned + 6 * (8 + async_steps * 6 / 10)))
-has partition && planned=$((planned + repeats * 3 * (8 + 8 * 2)))
+has partition && planned=$((planned + repeats * 3 * (8 + 8 * 2) + split_trials * 6))
 planned_text="about $(((planned + 59) / 60)) min ($planned s) on 2 cores"
 echo "run.sh: planned run time $planned_text: sections ${sections[*]}" >&2
 
@@ -144,6 +148,7 @@ chorus_run() {
   echo "bubble steps: $bubble_steps"
   echo "speed steps: $speed_steps"
   echo "async steps: $async_steps"
+  echo "split trials: $split_trials"
 } > "$raw/machine.txt"
 
 # Balanced stages by fixed counts, because a split by measured time is measured on 2 shared cores
@@ -221,6 +226,11 @@ if has partition; then
     chorus_run "partition-even-r$r" heavy.toml 2 --set "parallel.partition=[4, 4]"
     chorus_run "partition-params-r$r" heavy.toml 2 --set parallel.balance=params
     chorus_run "partition-time-r$r" heavy.toml 2 --set parallel.balance=time
+  done
+  # The profile's own noise: how often balance = "time" splits 6 identical blocks unevenly.
+  for ((t = 1; t <= split_trials; t++)); do
+    chorus_run "split-r$t" gpt.toml 2 --set parallel.schedule=interleaved --set parallel.virtual_stages=2 \
+      --set parallel.micro_batches=16 --set parallel.balance=time --set train.max_steps=1
   done
 fi
 

@@ -251,11 +251,33 @@ TEST(LayerwisePartition, ProfileTimesEachLayerAndTheLastStagesLoss) {
   ASSERT_EQ(p.seconds.size(), 3u);
   for (double s : p.seconds) EXPECT_GT(s, 0);
   EXPECT_EQ(p.outputBytes, (std::vector<int64_t>{16 * 8 * 4, 16 * 64 * 4, 16 * 4 * 4}));
-  EXPECT_EQ(lossCalls, 4) << "one warm-up and three timed passes";
+  EXPECT_EQ(lossCalls, 3 * 4) << "three rounds of one warm-up and three timed passes";
   EXPECT_EQ(p.costs().size(), 3u);
   EXPECT_THROW(profileLayers(widths.size(), build, sample, 1, [](const torch::Tensor& out) { return out; }),
                InvalidArgument);
   EXPECT_THROW(profileLayers(widths.size(), build, sample, 0), InvalidArgument);
+}
+
+// Identical layers measure exactly the same time (the fastest of their kind), so timing noise
+// cannot tilt a split of identical blocks; a layer of another shape keeps its own time. Every
+// round builds each layer once.
+TEST(LayerwisePartition, ProfilePoolsLayersOfOneKind) {
+  // Linear 8->32, three Linear 32->32, Linear 32->2048 (64x the work of one 32->32), Linear 2048->4.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{8, 32}, {32, 32}, {32, 32}, {32, 32}, {32, 2048}, {2048, 4}};
+  std::vector<int> builds(shapes.size(), 0);
+  auto build = [&](size_t i) {
+    ++builds[i];
+    torch::manual_seed(static_cast<uint64_t>(i));
+    return torch::nn::AnyModule(torch::nn::Linear(shapes[i].first, shapes[i].second));
+  };
+  const torch::Tensor sample = torch::randn({64, 8});
+  const LayerProfile p = profileLayers(shapes.size(), build, sample, 2, {}, 4);
+  EXPECT_EQ(builds, std::vector<int>(shapes.size(), 4)) << "one build per layer and round";
+  ASSERT_EQ(p.seconds.size(), shapes.size());
+  EXPECT_EQ(p.seconds[2], p.seconds[1]);
+  EXPECT_EQ(p.seconds[3], p.seconds[1]);
+  EXPECT_GT(p.seconds[4], p.seconds[1]) << "a wider Linear is another kind";
+  EXPECT_THROW(profileLayers(shapes.size(), build, sample, 2, {}, 0), InvalidArgument);
 }
 
 // The message of what fn throws, which must be InvalidArgument.
