@@ -143,7 +143,7 @@ TEST(ProtocolTest, RejectsUnknownFlagsAndCodecWithoutFlag) {
     auto b = encodeHeader(sample());
     b[at] = 0xff;
     const std::string msg = errorOf([&] { decodeHeader(b); });
-    EXPECT_NE(msg.find("expected flags 0 or 2 and codec 0"), std::string::npos) << "byte " << at << ": " << msg;
+    EXPECT_NE(msg.find("expected flags 0, 2 or 4 and codec 0"), std::string::npos) << "byte " << at << ": " << msg;
     EXPECT_NE(msg.find("0xff"), std::string::npos) << "byte " << at << ": " << msg;
   }
   auto b = encodeHeader(sample());
@@ -156,6 +156,10 @@ TEST(ProtocolTest, RejectsUnknownFlagsAndCodecWithoutFlag) {
   EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x2 with codec 0x1"), std::string::npos);
   b[6] = 0;
   EXPECT_EQ(decodeHeader(b).flags, kFlagFinal);
+  b[5] = kFlagAgree;
+  EXPECT_EQ(decodeHeader(b).flags, kFlagAgree);
+  b[5] = kFlagAgree | kFlagFinal;
+  EXPECT_NE(errorOf([&] { decodeHeader(b); }).find("flags 0x6 with codec 0x0"), std::string::npos);
 }
 
 TEST(ProtocolTest, OpNames) {

@@ -44,7 +44,13 @@ struct Client::Impl {
   Millis reconnectTimeout{0};
   std::vector<uint64_t> epochs;                 // per server, the restarts seen (peerEpoch)
   std::vector<std::vector<float>> lastPulled;   // per server, its values as last pulled or sent
+  // Backup agreement (protocol.h, kFlagAgree): per server, whether its last pull's answer
+  // carried the flag, the version the next pull asks for (0: any), and whether a restarted
+  // process has taken its place since this client started (its versions then count apart).
+  std::vector<bool> agree, restarted;
+  std::vector<int64_t> pullFloor;
   int64_t reconnects = 0;
+  int64_t realignedPulls = 0;
   std::unique_ptr<compress::Codec> codec;  // compressPushes: pushes are its messages
   uint16_t codecId = 0;                    // 1 + its index in compress::codecNames()
   std::vector<compress::CodecState> codecStates;  // per server
@@ -132,7 +138,7 @@ struct Client::Impl {
       h.worker = worker;
       h.server = s;
       h.fingerprint = fingerprint;
-      h.version = versions[static_cast<size_t>(s)];
+      h.version = op == Op::kPull ? pullFloor[static_cast<size_t>(s)] : versions[static_cast<size_t>(s)];
       h.clock = op == Op::kPush ? clock + 1 : clock;  // a push carries the step it makes
       h.lr = lr;
       h.payloadBytes = payloads.empty() ? 0 : payloads[static_cast<size_t>(s)].size();
@@ -198,6 +204,7 @@ struct Client::Impl {
           group->recvAsync(rank, kPayloadTag, buf.data(), bytes, timeout)->wait();
           versions[static_cast<size_t>(s)] = a.version;
           serverClocks[static_cast<size_t>(s)] = a.clock;
+          agree[static_cast<size_t>(s)] = a.flags == kFlagAgree;
         }
       } catch (const BadAnswer&) {
         throw;  // a live server that breaks the protocol: no restart fixes that
@@ -227,6 +234,8 @@ struct Client::Impl {
     const uint64_t epoch = group->awaitPeer(rank, epochs[static_cast<size_t>(s)], reconnectTimeout);
     epochs[static_cast<size_t>(s)] = epoch;
     ++reconnects;
+    restarted[static_cast<size_t>(s)] = true;
+    pullFloor[static_cast<size_t>(s)] = 0;
     CHORUS_WARN(who(), ": server ", s, " (rank ", rank, ") was restarted (restart ", epoch,
                 " seen here); resynchronizing with it");
     if (!lastPulled[static_cast<size_t>(s)].empty()) {  // else: nothing to offer; the pull waits for another's init
@@ -237,10 +246,14 @@ struct Client::Impl {
     return exchange({s}, Op::kPull, {}, 0.0, &lastPulled).empty();
   }
 
-  // One call on every server, reconnecting to restarted ones (client.h).
-  void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0, uint8_t flags = 0) {
-    std::vector<int> targets(static_cast<size_t>(servers()));
-    for (int s = 0; s < servers(); ++s) targets[static_cast<size_t>(s)] = s;
+  // One call on every server (or on `only`, when given), reconnecting to restarted ones
+  // (client.h).
+  void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0, uint8_t flags = 0,
+            const std::vector<int>& only = {}) {
+    std::vector<int> targets = only;
+    if (targets.empty()) {
+      for (int s = 0; s < servers(); ++s) targets.push_back(s);
+    }
     std::vector<int> redo;
     if (reconnectTimeout.count() > 0) {
       // A server restarted since the last call: resynchronize before sending it a push based
@@ -269,6 +282,34 @@ struct Client::Impl {
       }
       redo = std::move(again);
     }
+  }
+
+  // After a pull, with backup agreement (protocol.h, kFlagAgree): pulls again from each
+  // follower whose answer is older than server 0's, asking for server 0's version, so the next
+  // push counts in the same round everywhere. A follower ahead of server 0 needs nothing: its
+  // newer rounds were closed by server 0 before it answered, so this worker's push is dropped
+  // on both. Servers that restarted since this client started count versions apart and are
+  // left as they are.
+  void alignPull() {
+    if (!agree[0] || restarted[0]) return;
+    const int64_t target = versions[0];
+    std::vector<int> behind;
+    for (int s = 1; s < servers(); ++s) {
+      const auto k = static_cast<size_t>(s);
+      if (agree[k] && !restarted[k] && versions[k] < target) behind.push_back(s);
+    }
+    if (behind.empty()) return;
+    CHORUS_DEBUG(who(), ": ", behind.size(), " follower(s) answered below server 0's version ", target,
+                 "; pulling from them again");
+    for (int s : behind) pullFloor[static_cast<size_t>(s)] = target;
+    try {
+      call(Op::kPull, {}, 0.0, 0, 0, behind);
+    } catch (...) {
+      std::fill(pullFloor.begin(), pullFloor.end(), 0);
+      throw;
+    }
+    std::fill(pullFloor.begin(), pullFloor.end(), 0);
+    ++realignedPulls;
   }
 };
 
@@ -299,6 +340,9 @@ Client::Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::
   c.serverClocks.assign(static_cast<size_t>(c.plan.servers()), 0);
   c.reconnectTimeout = reconnectTimeout;
   c.lastPulled.resize(static_cast<size_t>(c.plan.servers()));
+  c.agree.assign(static_cast<size_t>(c.plan.servers()), false);
+  c.restarted.assign(static_cast<size_t>(c.plan.servers()), false);
+  c.pullFloor.assign(static_cast<size_t>(c.plan.servers()), 0);
   c.epochs.resize(static_cast<size_t>(c.plan.servers()));
   if (reconnectTimeout.count() > 0) {
     for (int s = 0; s < c.plan.servers(); ++s) c.epochs[static_cast<size_t>(s)] = c.group->peerEpoch(c.serverRanks[static_cast<size_t>(s)]);
@@ -388,6 +432,7 @@ void Client::pull(const std::vector<std::span<float>>& params) {
   const auto t0 = Clock::now();
   try {
     c.call(Op::kPull, {}, 0.0);
+    c.alignPull();
   } catch (...) {
     c.pullWait += std::chrono::duration<double>(Clock::now() - t0).count();
     throw;
@@ -426,5 +471,6 @@ const std::vector<int64_t>& Client::versions() const { return impl_->versions; }
 double Client::pullWaitSeconds() const { return impl_->pullWait; }
 uint64_t Client::bytesPushed() const { return impl_->bytesPushed; }
 int64_t Client::reconnects() const { return impl_->reconnects; }
+int64_t Client::realignedPulls() const { return impl_->realignedPulls; }
 
 }  // namespace chorus::ps

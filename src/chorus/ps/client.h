@@ -21,6 +21,11 @@
 //      values of step 2; a goodbye is said again.
 // A server that fails again during this is retried, kMaxReconnects times per call.
 //
+// Aligned pulls (bsp with backup workers on several servers; protocol.h, kFlagAgree). Server
+// 0 decides the rounds and the others follow a little behind, so one pull may find server 0 a
+// round or more ahead of a follower. pull() then asks each follower behind again, for server
+// 0's version, so that every server counts this worker's next push in the same round.
+//
 // Compressed pushes (compressPushes): each server's part of a pushed gradient is gathered
 // into one flat buffer (its slices in order, each slice a segment for layer-wise codecs) and
 // encoded by the codec with a state of its own per server, so error-feedback residuals stay
@@ -102,6 +107,7 @@ class Client {
   double pullWaitSeconds() const;              // total time spent in pull()
   uint64_t bytesPushed() const;               // payload bytes of the pushes (codec messages when compressing)
   int64_t reconnects() const;                  // restarted servers this client resynchronized with
+  int64_t realignedPulls() const;              // pulls followed by a second one to align versions (below)
 
  private:
   struct Impl;

@@ -68,9 +68,10 @@ Header decodeHeader(const std::array<uint8_t, kHeaderBytes>& b) {
   // and only with it, so one header has one encoding.
   const uint8_t flags = b[5];
   const auto codec = static_cast<uint16_t>(get(b, 6, 2));
-  if ((flags != 0 && flags != kFlagCodec && flags != kFlagFinal) || (flags == kFlagCodec) != (codec != 0)) {
+  if ((flags != 0 && flags != kFlagCodec && flags != kFlagFinal && flags != kFlagAgree) ||
+      (flags == kFlagCodec) != (codec != 0)) {
     throw InvalidArgument(str("parameter-server message: flags 0x", std::hex, int{flags}, " with codec 0x", codec,
-                              std::dec, " (expected flags 0 or 2 and codec 0, or flags 1 and a codec); the peer "
+                              std::dec, " (expected flags 0, 2 or 4 and codec 0, or flags 1 and a codec); the peer "
                               "speaks another protocol version or the stream is out of step"));
   }
   Header h;

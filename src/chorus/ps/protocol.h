@@ -12,7 +12,9 @@
 //                       or, with flag kFlagCodec, one codec message
 //                       (compress/codec.h) of that gradient
 //   kPull       worker  none                                     kParams when consistency
-//                                                                 allows, or kError
+//                                                                 allows (and the version
+//                                                                 asked for is there), or
+//                                                                 kError
 //   kBye        worker  none                                     kAck
 //   kBye with   worker  none (the final pull: this worker is     kParams with kFlagFinal once
 //   kFlagFinal          done and wants the servers' final model) every worker has left and
@@ -27,18 +29,30 @@
 //   0  uint32 magic kMagic       4  uint8 op      5  uint8 flags       6  uint16 codec
 //   8  int32  worker index       12 int32 server index
 //   16 uint64 plan fingerprint (ShardPlan::fingerprint: both sides must agree)
-//   24 int64  version: push: basedOn (the version pulled); params: the version sent
+//   24 int64  version: push: basedOn (the version pulled); params: the version sent;
+//             pull: the least version to answer with (0: any; see kFlagAgree)
 //   32 int64  clock: push: the worker's step; pull: the worker's clock after its push
 //   40 double lr: push: the learning rate to apply with (the worker's schedule)
 //   48 uint64 payloadBytes
 //   56 int64  first slice index of the payload (pushes and inits: the server's first slice)
 //
 // flags is 0, kFlagFinal (a final pull's goodbye and its answers: see above; the worker
-// stays watched, and says a plain goodbye after the kParams) or kFlagCodec, which only a push may set: its payload is then one message of the
+// stays watched, and says a plain goodbye after the kParams), kFlagAgree (below) or
+// kFlagCodec, which only a push may set: its payload is then one message of the
 // codec whose 1-based index in compress::codecNames() is `codec` (0 otherwise), encoding the
 // gradient of the server's slices in slice order, at most kMaxCodecPayload(load) bytes. Codec
 // messages describe themselves (compress/codec.h), so the server decodes any of them with a
 // default-configured codec of that name and needs no compression settings of its own.
+//
+// kFlagAgree, on a pull's kParams only: this server's rounds are server 0's (bsp with backup
+// workers on several servers, below) and its versions count as server 0's do. A worker must
+// then hold one version from all of them, or its next push counts in one round on server 0
+// and in an older one on a follower that had not caught up when it answered (the follower
+// then drops it while server 0 applies it). So when a follower's flagged answer is older
+// than server 0's, the worker pulls from it again with version = server 0's, and the
+// follower holds that pull until it has applied server 0's decisions up to there. A server
+// that loaded a checkpoint, or a follower that saw server 0's numbering differ from its own
+// (a restart), does not set the flag and answers every pull as if the version asked were 0.
 //
 // A server checks every header (magic, op, worker and server index, fingerprint, version, first
 // slice, payload size == 4 x its load) before it touches any parameter. A bad message is
@@ -68,6 +82,7 @@ inline constexpr size_t kHeaderBytes = 64;
 inline constexpr uint64_t kMaxPayloadBytes = uint64_t{1} << 34;  // 16 GiB
 inline constexpr uint8_t kFlagCodec = 1;  // the push payload is a codec message (see above)
 inline constexpr uint8_t kFlagFinal = 2;  // a final pull's goodbye, its keepalives and its answer
+inline constexpr uint8_t kFlagAgree = 4;  // a pull's kParams from a server whose rounds are server 0's
 // The largest codec message a server of `load` floats accepts: a sparse message of every
 // entry (a 4-byte index and a 4-byte value each) plus a small header, with room to spare.
 inline constexpr uint64_t maxCodecPayload(int64_t load) { return 16 * static_cast<uint64_t>(load) + 4096; }

@@ -13,8 +13,10 @@
 //         that closes the round applies the average on the pool, slice-parallel, and the comm
 //         thread waits for it, because the next round must not start before it is in.
 //   pull  answered when Consistency allows and the worker's own pushes are applied (so a
-//         worker always reads its own writes); otherwise queued, and the queue is re-checked
-//         after every push, round and leave (the only events that change the answer).
+//         worker always reads its own writes), and, with backup agreement, once the version
+//         the pull asks for is there (protocol.h, kFlagAgree); otherwise queued, and the queue
+//         is re-checked after every push, round, decision and leave (the only events that
+//         change the answer).
 //   bye   the worker leaves; kAck. A final pull (the goodbye with kFlagFinal) leaves too, but
 //         the worker stays watched (its header receive stays posted) and gets no kAck: once no
 //         worker is left working and none may come back, and every push is applied (a
@@ -350,6 +352,12 @@ struct Server::Impl {
   comm::WorkPtr decisionWork;                   // follower: the posted decision receive
   bool coordinatorDone = false, coordinatorDown = false;
   uint64_t coordinatorEpoch = 0;
+  // Pulls ask for a version (protocol.h, kFlagAgree): per worker, the least version its queued
+  // pull may be answered with. A follower stops honouring it once a decision shows that server
+  // 0 counts versions differently (a restart); so does a server that loaded a checkpoint.
+  std::vector<int64_t> pullFloor;
+  bool numberingDiffers = false;
+  bool agrees() const { return (coordinator || follower) && !resumed && !numberingDiffers; }
   // Restarted workers: the peer epoch last seen per worker, and rejoins so far.
   std::vector<uint64_t> epochSeen;
   std::vector<int> rejoinCount;
@@ -455,6 +463,7 @@ Server::Impl::Impl(std::shared_ptr<comm::ProcessGroup> g, int serverIndex, std::
   headerWork.resize(static_cast<size_t>(workers));
   live.assign(static_cast<size_t>(workers), true);
   pullQueued.assign(static_cast<size_t>(workers), false);
+  pullFloor.assign(static_cast<size_t>(workers), 0);
   finalWait.assign(static_cast<size_t>(workers), false);
   finalSent.assign(static_cast<size_t>(workers), false);
   epochSeen.assign(static_cast<size_t>(workers), 0);
@@ -711,6 +720,12 @@ void Server::Impl::onDecision() {
     return;
   }
   ++report.decisions;
+  if (!numberingDiffers && d.round != version()) {
+    numberingDiffers = true;
+    CHORUS_WARN(who(), ": server 0 decided its round ", d.round, " while this server is at version ", version(),
+                " (one of them restarted); workers' pulls are no longer aligned to server 0's version");
+    answerPulls();
+  }
   std::vector<int> dropped;
   {
     std::lock_guard<std::mutex> lock(consMu);
@@ -819,6 +834,12 @@ std::string Server::Impl::validate(int w, const Header& h) {
   }
   if (h.flags == kFlagFinal && h.op != Op::kBye) {
     return str("field flags = ", int{h.flags}, " on a ", opName(h.op), ": only a goodbye may ask for the final model");
+  }
+  if (h.flags == kFlagAgree) {
+    return str("field flags = ", int{h.flags}, " on a ", opName(h.op), ": kFlagAgree marks a server's answer to a pull");
+  }
+  if (h.op == Op::kPull && h.version < 0) {
+    return str("field version = ", h.version, ": a pull asks for a version >= 0 (0: any)");
   }
   if (h.flags == kFlagCodec) {
     const auto& names = compress::codecNames();
@@ -939,6 +960,7 @@ void Server::Impl::handle(int w) {
         break;
       }
       pullQueued[static_cast<size_t>(w)] = true;
+      pullFloor[static_cast<size_t>(w)] = h.version;
       answerPulls();
       break;
     case Op::kBye: {
@@ -1096,7 +1118,7 @@ void Server::Impl::answerPulls() {
     bool ok;
     {
       std::lock_guard<std::mutex> lock(consMu);
-      ok = cons.canPull(w);
+      ok = cons.canPull(w) && (!agrees() || versionBase + cons.version() >= pullFloor[static_cast<size_t>(w)]);
     }
     if (ok) answerPull(w);
   }
@@ -1124,6 +1146,7 @@ void Server::Impl::answerPull(int w) {
   // at least those (asp may add a few in flight).
   const int64_t v = version();
   Outgoing& out = queueAnswer(w, Op::kParams, v);
+  if (agrees()) out.head.flags = kFlagAgree;
   out.values = copyValues();
   busyNs += static_cast<int64_t>(secondsSince(t0) * 1e9);
   post(w, out);

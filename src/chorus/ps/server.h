@@ -41,9 +41,14 @@
 // (protocol.h, kDecisionTag) before it applies them. The others follow
 // (ConsistencyOptions::followRounds): they keep each counted push apart until the decision,
 // then apply the members' average, waiting for a member's push that has not arrived yet, and
-// drop the rest. A member that dies before its push reached a follower is left out there (the
-// only way the shards can differ, logged). When the last worker leaves, server 0 tells the
-// others it is done, so no receive is left posted.
+// drop the rest. A worker's push must count in the same round everywhere, so it must be based
+// on one version from every server: a follower answers a pull with kFlagAgree and holds a pull
+// that asks for a version it has not reached (protocol.h), and the worker asks a follower
+// again when its answer was older than server 0's (Client, aligned pulls). A member that dies
+// before its push reached a follower is left out there (logged), and after a server restart
+// the versions no longer line up and pulls are not aligned: the only ways the shards can
+// differ. When the last worker leaves, server 0 tells the others it is done, so no receive is
+// left posted.
 //
 // Checkpoints. With checkpointPath set the shard (values, optimizer state, version, the plan's
 // fingerprint) is written atomically (temp file, fsync, rename), with a SHA-256 of its body
