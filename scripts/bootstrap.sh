@@ -6,11 +6,12 @@ set -euo pipefail
 # torch's thread count. It serves chorus and the PyTorch peer alike.
 # lld: links in about a third of GNU ld's time (CMakeLists.txt uses it when it is there).
 # fortunes: the text the GPT trains on (data.dataset = "fortunes", /usr/share/games/fortunes).
+# python3-yaml: tests/tools/k8s_test.sh reads the Kubernetes manifest (python3-torch needs it too).
 # slurm-wlm, munge: a real Slurm cluster on netlab's hosts (tools/netlab/slurm.sh,
 # tests/tools/slurm_test.sh), which starts its own daemons with a private configuration.
 pkgs=(cmake ninja-build g++ clang lld libclang-rt-14-dev libtorch-dev libopenmpi-dev openmpi-bin
       libgtest-dev dataset-fashion-mnist python3-torch libopenblas0-openmp zlib1g-dev fortunes
-      slurm-wlm munge)
+      slurm-wlm munge python3-yaml)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

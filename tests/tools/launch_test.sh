@@ -312,6 +312,57 @@ test_two_nodes_on_loopback() {
   unset CHORUS_JOB_SECRET
 }
 
+# Flags from the environment (Kubernetes): torchrun's PET_* variables, which Kubeflow's trainer
+# sets in each pod, and an Indexed Job's JOB_COMPLETION_INDEX; the command line wins over both.
+test_flags_from_environment() {
+  local port=$((20000 + ($$ + 7) % 20000)) ok=1 out rc k
+  export CHORUS_JOB_SECRET=0123456789abcdef0123456789abcdef
+  for k in 0 1; do
+    env PET_NNODES=2 PET_NODE_RANK=$k PET_MASTER_ADDR=127.0.0.1 PET_MASTER_PORT=$port PET_NPROC_PER_NODE=2 \
+      timeout 60 "$CHORUS" launch --transport tcp --timeout-ms 20000 -- "$PROBE" env >"$TMP/pet$k.out" 2>&1 &
+  done
+  wait %1 || { ok=0; echo "  node 0 failed"; }
+  wait %2 || { ok=0; echo "  node 1 failed"; }
+  for k in 0 1; do
+    grep -q "from the environment: --nnodes 2 (PET_NNODES), --nproc 2 (PET_NPROC_PER_NODE), --node-rank $k \
+(PET_NODE_RANK), --rdzv-endpoint 127.0.0.1:$port (PET_MASTER_ADDR, PET_MASTER_PORT)" "$TMP/pet$k.out" ||
+      { ok=0; echo "  node $k did not say which flags came from where"; }
+    grep -qx "\[rank 1\] CHORUS_RANK=$((2 * k + 1))" "$TMP/pet$k.out" || { ok=0; echo "  node $k rank 1 is not rank $((2 * k + 1))"; }
+    grep -qx "\[rank 0\] CHORUS_WORLD_SIZE=4" "$TMP/pet$k.out" || { ok=0; echo "  node $k: world is not 4"; }
+  done
+  [ $ok -eq 1 ] && pass "PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR/PORT, PET_NPROC_PER_NODE: 2 nodes x 2 ranks" ||
+    { fail "flags from PET_*"; head -20 "$TMP"/pet?.out; }
+  # JOB_COMPLETION_INDEX gives the node rank; explicit flags win over PET_*.
+  ok=1
+  port=$((port + 1))
+  for k in 0 1; do
+    env JOB_COMPLETION_INDEX=$k PET_NNODES=5 PET_NPROC_PER_NODE=3 timeout 60 "$CHORUS" launch --nnodes 2 \
+      --rdzv-endpoint 127.0.0.1:$port -n 1 --transport tcp --timeout-ms 20000 -- "$PROBE" env >"$TMP/jci$k.out" 2>&1 &
+  done
+  wait %1 || { ok=0; echo "  node 0 failed"; }
+  wait %2 || { ok=0; echo "  node 1 failed"; }
+  for k in 0 1; do
+    grep -q "from the environment: --node-rank $k (JOB_COMPLETION_INDEX)$" "$TMP/jci$k.out" || { ok=0; echo "  node $k: $(head -1 "$TMP/jci$k.out")"; }
+    grep -qx "\[rank 0\] CHORUS_RANK=$k" "$TMP/jci$k.out" && grep -qx "\[rank 0\] CHORUS_WORLD_SIZE=2" "$TMP/jci$k.out" ||
+      { ok=0; echo "  node $k: not rank $k of 2"; }
+  done
+  [ $ok -eq 1 ] && pass "JOB_COMPLETION_INDEX is the node rank; --nnodes and -n on the command line win over PET_*" ||
+    { fail "JOB_COMPLETION_INDEX"; head -20 "$TMP"/jci?.out; }
+  # Bad values are usage errors naming the variable; one node ignores the rank and endpoint.
+  ok=1
+  out=$(PET_NNODES=1:4 "$CHORUS" launch -n 1 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "PET_NNODES='1:4' is a torchrun range" || { ok=0; echo "  range: rc $rc: $out"; }
+  out=$(PET_NNODES=two "$CHORUS" launch -n 1 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "PET_NNODES='two' is not a node count" || { ok=0; echo "  nnodes: rc $rc: $out"; }
+  out=$(PET_NPROC_PER_NODE=gpu "$CHORUS" launch "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 2 ] && echo "$out" | grep -q "PET_NPROC_PER_NODE=gpu" || { ok=0; echo "  gpu: rc $rc: $out"; }
+  out=$(JOB_COMPLETION_INDEX=3 PET_MASTER_ADDR=127.0.0.1 "$CHORUS" launch -n 1 "$PROBE" env 2>&1); rc=$?
+  [ $rc -eq 0 ] && echo "$out" | grep -qx "\[rank 0\] CHORUS_WORLD_SIZE=1" || { ok=0; echo "  one node: rc $rc: $out"; }
+  [ $ok -eq 1 ] && pass "PET_* usage errors name the variable (exit 2); a one-node launch ignores the node index" ||
+    fail "PET_* usage errors"
+  unset CHORUS_JOB_SECRET
+}
+
 test_tags_every_line
 test_lines_never_interleave
 test_environment
@@ -324,6 +375,7 @@ test_store_on_every_interface
 test_usage_errors
 test_collectives_across_processes
 test_two_nodes_on_loopback
+test_flags_from_environment
 
 if [ $failures -ne 0 ]; then
   echo "launch_test: $failures FAILED"

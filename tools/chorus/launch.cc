@@ -21,7 +21,9 @@
 #include "launch.h"
 
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -42,6 +44,7 @@
 #include <optional>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "args.h"
 #include "chorus/common/clock.h"
@@ -318,6 +321,40 @@ std::string resolveProgram(const std::string& name) {
     start = colon + 1;
   }
   throw InvalidArgument(str("cannot find program '", name, "' on PATH; give its path instead, e.g. ./", name));
+}
+
+// Node 0 binds the store on the endpoint's host. Under Kubernetes that is the pod's own DNS
+// name (pod-0.service), whose record the cluster DNS may publish a little after the pod
+// starts: wait for it to resolve, up to the job's timeout.
+void waitUntilResolvable(const std::string& host, Millis timeout) {
+  const Deadline deadline(timeout);
+  bool said = false;
+  for (;;) {
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+    if (res != nullptr) ::freeaddrinfo(res);
+    if (rc == 0) {
+      if (said) std::cerr << "chorus launch: '" << host << "' resolves now" << std::endl;
+      return;
+    }
+    if (rc != EAI_AGAIN && rc != EAI_NONAME && rc != EAI_FAIL) {
+      throw Error(str("node 0 cannot resolve its rendezvous host '", host, "': ", gai_strerror(rc)));
+    }
+    if (deadline.expired()) {
+      throw TimeoutError(str("node 0: its rendezvous host '", host, "' did not resolve within ", timeout.count(),
+                             " ms (", gai_strerror(rc), "); give --rdzv-endpoint a name or address of this node (under ",
+                             "Kubernetes, pod-0's hostname.subdomain, with a headless Service of that name that ",
+                             "publishes not-ready addresses)"));
+    }
+    if (!said) {
+      std::cerr << "chorus launch: waiting for node 0's rendezvous host '" << host << "' to resolve ("
+                << gai_strerror(rc) << ")" << std::endl;
+      said = true;
+    }
+    std::this_thread::sleep_for(std::min<Millis>(Millis(200), Millis(deadline.remainingMs())));
+  }
 }
 
 std::string selfExecutable() {
@@ -1012,6 +1049,7 @@ int launchLocal(const LaunchOptions& opts, const std::vector<std::string>& argv)
     jobId = "m" + toHex(d.data(), 8);
     storeOpts.secret = opts.secret;
     if (opts.nodeRank == 0) {
+      waitUntilResolvable(opts.rdzvHost, opts.timeoutMs > 0 ? Millis(opts.timeoutMs) : defaultTimeout());
       storeOpts.bindAddr = opts.rdzvHost;
       storeOpts.port = opts.rdzvPort;
       try {
@@ -1184,6 +1222,73 @@ ArgParser makeLaunchParser() {
 
 }  // namespace
 
+namespace {
+
+// Kubernetes and torchrun's environment (docs/cluster.md#kubernetes): each multi-node flag the
+// command line leaves out comes from torchrun's PET_* variables when they are set (Kubeflow's
+// trainer sets them in every pod), and the node rank from an Indexed Job's
+// JOB_COMPLETION_INDEX. The flag, its value, and the variables it came from.
+struct EnvFlag {
+  std::string flag, value, source;
+};
+
+std::vector<EnvFlag> launchFlagsFromEnvironment(const ArgParser& p) {
+  std::vector<EnvFlag> out;
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v == nullptr ? "" : v;
+  };
+  int nnodes = 1;
+  if (p.has("--nnodes")) {
+    nnodes = static_cast<int>(p.getInt("--nnodes", 1, 4096));
+  } else if (const std::string v = env("PET_NNODES"); !v.empty()) {
+    if (v.find(':') != std::string::npos) {
+      throw UsageError(str("chorus launch: PET_NNODES='", v, "' is a torchrun range of nodes (MIN:MAX); chorus launch ",
+                           "runs a fixed number of nodes: set it to one count"));
+    }
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    if (end == v.c_str() || *end != '\0' || n < 1 || n > 4096) {
+      throw UsageError(str("chorus launch: PET_NNODES='", v, "' is not a node count from 1 to 4096"));
+    }
+    nnodes = static_cast<int>(n);
+    out.push_back({"--nnodes", v, "PET_NNODES"});
+  }
+  if (!p.has("--nproc")) {
+    if (std::string v = env("PET_NPROC_PER_NODE"); !v.empty()) {
+      if (v == "gpu") {
+        throw UsageError("chorus launch: PET_NPROC_PER_NODE=gpu: chorus runs ranks on CPUs here; set a number of ranks");
+      }
+      if (v == "auto" || v == "cpu") {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        const int cpus = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+        v = std::to_string(std::max(1, cpus));
+      }
+      out.push_back({"--nproc", v, "PET_NPROC_PER_NODE"});
+    }
+  }
+  if (nnodes > 1 && !p.has("--node-rank")) {
+    if (const std::string v = env("PET_NODE_RANK"); !v.empty()) {
+      out.push_back({"--node-rank", v, "PET_NODE_RANK"});
+    } else if (const std::string i = env("JOB_COMPLETION_INDEX"); !i.empty()) {
+      out.push_back({"--node-rank", i, "JOB_COMPLETION_INDEX"});
+    }
+  }
+  if (nnodes > 1 && !p.has("--rdzv-endpoint")) {
+    if (const std::string v = env("PET_RDZV_ENDPOINT"); !v.empty()) {
+      out.push_back({"--rdzv-endpoint", v, "PET_RDZV_ENDPOINT"});
+    } else if (const std::string a = env("PET_MASTER_ADDR"); !a.empty()) {
+      const std::string port = env("PET_MASTER_PORT");
+      out.push_back({"--rdzv-endpoint", str(a, ":", port.empty() ? "29500" : port),
+                     port.empty() ? "PET_MASTER_ADDR" : "PET_MASTER_ADDR, PET_MASTER_PORT"});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string launchHelp() {
   return str(
       "usage: chorus launch -n N [flags] [--] PROGRAM [ARGS...]\n"
@@ -1210,6 +1315,11 @@ std::string launchHelp() {
       "there, ranks K*n .. K*n+n-1 of N*n; node 0 hosts the store on --rdzv-endpoint, and every\n"
       "node needs the same secret (CHORUS_JOB_SECRET or --secret-file). A rank that fails stops\n"
       "its own node's ranks; the other nodes' ranks then fail naming it and their launchers stop.\n"
+      "Flags left out come from the environment when it has them, as under Kubernetes\n"
+      "(docs/cluster.md): --nnodes from PET_NNODES, -n from PET_NPROC_PER_NODE (a number, or\n"
+      "auto: this process's CPUs), --node-rank from PET_NODE_RANK or an Indexed Job's\n"
+      "JOB_COMPLETION_INDEX, --rdzv-endpoint from PET_RDZV_ENDPOINT or\n"
+      "PET_MASTER_ADDR:PET_MASTER_PORT; node 0 waits for its endpoint's name to resolve.\n"
       "\n"
       "flags:\n",
       makeLaunchParser().flagTable(),
@@ -1227,6 +1337,18 @@ int launchCommand(const std::vector<std::string>& args) {
   if (p.has("--help")) {
     std::cout << launchHelp();
     return 0;
+  }
+  if (const auto fromEnv = launchFlagsFromEnvironment(p); !fromEnv.empty()) {
+    std::vector<std::string> all;
+    std::string said;
+    for (const auto& [flag, value, source] : fromEnv) {
+      all.insert(all.end(), {flag, value});
+      said += str(said.empty() ? "" : ", ", flag, " ", value, " (", source, ")");
+    }
+    all.insert(all.end(), args.begin(), args.end());
+    p = makeLaunchParser();
+    p.parse(all);
+    std::cerr << "chorus launch: from the environment: " << said << std::endl;
   }
   if (!p.has("--nproc")) {
     throw UsageError("chorus launch: give the number of ranks: chorus launch -n N [flags] -- PROGRAM [ARGS...]");
