@@ -323,6 +323,8 @@ std::string resolveProgram(const std::string& name) {
   throw InvalidArgument(str("cannot find program '", name, "' on PATH; give its path instead, e.g. ./", name));
 }
 
+namespace {
+
 // Node 0 binds the store on the endpoint's host. Under Kubernetes that is the pod's own DNS
 // name (pod-0.service), whose record the cluster DNS may publish a little after the pod
 // starts: wait for it to resolve, up to the job's timeout.
@@ -356,6 +358,8 @@ void waitUntilResolvable(const std::string& host, Millis timeout) {
     std::this_thread::sleep_for(std::min<Millis>(Millis(200), Millis(deadline.remainingMs())));
   }
 }
+
+}  // namespace
 
 std::string selfExecutable() {
   char buf[4096];
