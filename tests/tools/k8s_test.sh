@@ -48,12 +48,16 @@ pass() { echo "ok: $*"; }
 read -r PODS JOB SUBDOMAIN < <("$PY" - "$MANIFEST" "$TMP" "$(dirname "$CHORUS")" <<'EOF'
 import os, shlex, sys, yaml
 manifest, tmp, bindir = sys.argv[1:4]
-docs = {d["kind"]: d for d in yaml.safe_load_all(open(manifest)) if d}
+objects = [d for d in yaml.safe_load_all(open(manifest)) if d]
 problems = []
 def need(cond, what):
     if not cond:
         problems.append(what)
-svc, job, cms = docs.get("Service"), docs.get("Job"), [d for d in yaml.safe_load_all(open(manifest)) if d and d["kind"] == "ConfigMap"]
+def one(kind):
+    found = [d for d in objects if d["kind"] == kind]
+    return found[0] if len(found) == 1 else None
+svc, job = one("Service"), one("Job")
+cms = [d for d in objects if d["kind"] == "ConfigMap"]
 need(svc is not None and job is not None, "a Service and a Job")
 if problems:
     sys.exit("manifest: " + "; ".join(problems))
@@ -73,7 +77,7 @@ def flag(f):
     return argv[argv.index(f) + 1] if f in argv else None
 need(argv[:2] == ["chorus", "launch"], "the container runs chorus launch")
 need(flag("--nnodes") == str(n), f"--nnodes {n}, one node per pod")
-need(flag("--rdzv-endpoint", ) is not None and flag("--rdzv-endpoint").rsplit(":", 1)[0] == f"{name}-0.{pod.get('subdomain')}",
+need((flag("--rdzv-endpoint") or "").rsplit(":", 1)[0] == f"{name}-0.{pod.get('subdomain')}",
      f"--rdzv-endpoint names pod 0: {name}-0.{pod.get('subdomain')}")
 need("--node-rank" not in argv, "no --node-rank: each pod takes JOB_COMPLETION_INDEX")
 if problems:

@@ -45,10 +45,9 @@ struct Client::Impl {
   std::vector<uint64_t> epochs;                 // per server, the restarts seen (peerEpoch)
   std::vector<std::vector<float>> lastPulled;   // per server, its values as last pulled or sent
   // Backup agreement (protocol.h, kFlagAgree): per server, whether its last pull's answer
-  // carried the flag, the version the next pull asks for (0: any), and whether a restarted
-  // process has taken its place since this client started (its versions then count apart).
+  // carried the flag, and whether a restarted process has taken its place since this client
+  // started (its versions then count apart).
   std::vector<bool> agree, restarted;
-  std::vector<int64_t> pullFloor;
   int64_t reconnects = 0;
   int64_t realignedPulls = 0;
   std::unique_ptr<compress::Codec> codec;  // compressPushes: pushes are its messages
@@ -104,9 +103,10 @@ struct Client::Impl {
   // other kError message, after every answer has been read, so the streams stay in step.
   // payloads[s] are bytes of floats, or of a codec message when `codec` (an id) is not 0.
   // flags kFlagFinal (a goodbye only): the final pull; keepalives are read past, and the
-  // answer is kParams like a pull's.
+  // answer is kParams like a pull's. pullFloor: the version a pull asks for (0: any).
   std::vector<int> exchange(const std::vector<int>& targets, Op op, const std::vector<Bytes>& payloads, double lr,
-                            std::vector<std::vector<float>>* got, uint16_t codecId = 0, uint8_t flags = 0) {
+                            std::vector<std::vector<float>>* got, uint16_t codecId = 0, uint8_t flags = 0,
+                            int64_t pullFloor = 0) {
     const bool final = flags == kFlagFinal;
     const bool params = op == Op::kPull || final;
     const size_t n = targets.size();
@@ -138,7 +138,7 @@ struct Client::Impl {
       h.worker = worker;
       h.server = s;
       h.fingerprint = fingerprint;
-      h.version = op == Op::kPull ? pullFloor[static_cast<size_t>(s)] : versions[static_cast<size_t>(s)];
+      h.version = op == Op::kPull ? pullFloor : versions[static_cast<size_t>(s)];
       h.clock = op == Op::kPush ? clock + 1 : clock;  // a push carries the step it makes
       h.lr = lr;
       h.payloadBytes = payloads.empty() ? 0 : payloads[static_cast<size_t>(s)].size();
@@ -235,7 +235,6 @@ struct Client::Impl {
     epochs[static_cast<size_t>(s)] = epoch;
     ++reconnects;
     restarted[static_cast<size_t>(s)] = true;
-    pullFloor[static_cast<size_t>(s)] = 0;
     CHORUS_WARN(who(), ": server ", s, " (rank ", rank, ") was restarted (restart ", epoch,
                 " seen here); resynchronizing with it");
     if (!lastPulled[static_cast<size_t>(s)].empty()) {  // else: nothing to offer; the pull waits for another's init
@@ -247,9 +246,9 @@ struct Client::Impl {
   }
 
   // One call on every server (or on `only`, when given), reconnecting to restarted ones
-  // (client.h).
+  // (client.h). pullFloor: as for exchange().
   void call(Op op, const std::vector<Bytes>& payloads, double lr, uint16_t codecId = 0, uint8_t flags = 0,
-            const std::vector<int>& only = {}) {
+            const std::vector<int>& only = {}, int64_t pullFloor = 0) {
     std::vector<int> targets = only;
     if (targets.empty()) {
       for (int s = 0; s < servers(); ++s) targets.push_back(s);
@@ -265,7 +264,7 @@ struct Client::Impl {
       }
       targets = std::move(now);
     }
-    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled, codecId, flags);
+    std::vector<int> lost = exchange(targets, op, payloads, lr, &lastPulled, codecId, flags, pullFloor);
     redo.insert(redo.end(), lost.begin(), lost.end());
     for (int attempt = 0; !redo.empty(); ++attempt) {
       if (attempt == Client::kMaxReconnects) {
@@ -301,14 +300,7 @@ struct Client::Impl {
     if (behind.empty()) return;
     CHORUS_DEBUG(who(), ": ", behind.size(), " follower(s) answered below server 0's version ", target,
                  "; pulling from them again");
-    for (int s : behind) pullFloor[static_cast<size_t>(s)] = target;
-    try {
-      call(Op::kPull, {}, 0.0, 0, 0, behind);
-    } catch (...) {
-      std::fill(pullFloor.begin(), pullFloor.end(), 0);
-      throw;
-    }
-    std::fill(pullFloor.begin(), pullFloor.end(), 0);
+    call(Op::kPull, {}, 0.0, 0, 0, behind, target);
     ++realignedPulls;
   }
 };
@@ -342,7 +334,6 @@ Client::Client(std::shared_ptr<comm::ProcessGroup> group, int workerIndex, std::
   c.lastPulled.resize(static_cast<size_t>(c.plan.servers()));
   c.agree.assign(static_cast<size_t>(c.plan.servers()), false);
   c.restarted.assign(static_cast<size_t>(c.plan.servers()), false);
-  c.pullFloor.assign(static_cast<size_t>(c.plan.servers()), 0);
   c.epochs.resize(static_cast<size_t>(c.plan.servers()));
   if (reconnectTimeout.count() > 0) {
     for (int s = 0; s < c.plan.servers(); ++s) c.epochs[static_cast<size_t>(s)] = c.group->peerEpoch(c.serverRanks[static_cast<size_t>(s)]);
